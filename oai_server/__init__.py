@@ -1,0 +1,1 @@
+"""OpenAI-compatible voice-assistant server: Gemma 2 chat + Orpheus TTS."""

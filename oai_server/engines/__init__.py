@@ -1,0 +1,1 @@
+"""Token engines behind the `engines.base.TokenEngine` seam."""

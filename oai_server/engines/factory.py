@@ -1,0 +1,147 @@
+"""Builds the engines a server runs on, from settings: in-process vLLM, transformers, or remote."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..pipeline.snac_stream import SnacDecoder, load_snac, resolve_device
+from ..settings import Settings
+from .base import TokenEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    """Everything the pipelines need from the model side."""
+
+    llm: TokenEngine
+    llm_tokenizer: Any
+    llm_stop_token_ids: tuple[int, ...]
+    tts: TokenEngine
+    tts_tokenizer: Any
+    snac: SnacDecoder
+
+    async def close(self) -> None:
+        """Abort everything and release the engines."""
+        await asyncio.gather(self.llm.close(), self.tts.close(), return_exceptions=True)
+        await asyncio.to_thread(self.snac.close)
+
+
+def choose_engine(settings: Settings) -> str:
+    """`auto` -> vllm when it is installed and CUDA is present, else transformers."""
+    if settings.engine != "auto":
+        return settings.engine
+    import torch
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        return "vllm"
+    return "transformers"
+
+
+def resolve_models(settings: Settings) -> Settings:
+    """In the demo profile, build the tiny offline models and point the settings at them."""
+    if not settings.demo:
+        return settings
+    from ..demo import build_demo_models
+
+    demo = build_demo_models(settings.cache_dir)
+    return settings.model_copy(
+        update={
+            "llm_model_name": str(demo.llm_dir),
+            "tts_model_name": str(demo.tts_dir),
+            "snac_model_name": str(demo.snac_dir),
+            "llm_served_name": settings.llm_served_name or "demo-gemma-2",
+            "tts_served_name": settings.tts_served_name or "demo-orpheus",
+        }
+    )
+
+
+def gemma_stop_ids(tokenizer: Any) -> tuple[int, ...]:
+    """`<end_of_turn>` and eos."""
+    ids = {tokenizer.eos_token_id}
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        ids.add(end_of_turn)
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngine]:
+    if kind == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        common = {"dtype": settings.dtype, "enforce_eager": settings.enforce_eager}
+        tts = await VLLMEngine.create(
+            settings.tts_model_name,
+            tokenizer=settings.tts_model_name,
+            max_model_len=settings.tts_max_model_len,
+            gpu_memory_utilization=settings.tts_gpu_memory_utilization,
+            max_num_seqs=settings.tts_max_num_seqs,
+            kv_cache_dtype=settings.tts_kv_cache_dtype,
+            quantization=settings.tts_quantization,
+            orpheus_slots=True,
+            kind="vllm-orpheus",
+            **common,
+        )
+        llm = await VLLMEngine.create(
+            settings.llm_model_name,
+            tokenizer=settings.llm_model_name,
+            max_model_len=settings.llm_max_model_len,
+            gpu_memory_utilization=settings.llm_gpu_memory_utilization,
+            max_num_seqs=settings.llm_max_num_seqs,
+            kind="vllm-gemma",
+            **common,
+        )
+        return llm, tts
+    if kind == "remote":
+        from .remote import RemoteEngine
+
+        assert settings.llm_remote_url and settings.tts_remote_url
+        llm_remote = RemoteEngine(settings.llm_remote_url, model=settings.llm_model_name, kind="remote-gemma")
+        tts_remote = RemoteEngine(settings.tts_remote_url, model=settings.tts_model_name, kind="remote-orpheus")
+        return llm_remote, tts_remote
+    from .transformers_engine import TransformersEngine
+
+    def load() -> tuple[TokenEngine, TokenEngine]:
+        common = {"device": settings.device, "dtype": settings.dtype, "max_concurrency": settings.max_concurrency}
+        llm = TransformersEngine(
+            settings.llm_model_name, kind="transformers-gemma", max_model_len=settings.llm_max_model_len, **common
+        )
+        tts = TransformersEngine(
+            settings.tts_model_name, kind="transformers-orpheus", max_model_len=settings.tts_max_model_len, **common
+        )
+        return llm, tts
+
+    return await asyncio.to_thread(load)
+
+
+@asynccontextmanager
+async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
+    """Load tokenizers, engines and SNAC for `settings` (already resolved); close them on exit."""
+    from .loading import load_tokenizer
+
+    kind = choose_engine(settings)
+    logger.info("loading engines (%s): llm=%s tts=%s", kind, settings.llm_model_name, settings.tts_model_name)
+    llm_tokenizer, tts_tokenizer = await asyncio.gather(
+        asyncio.to_thread(load_tokenizer, settings.llm_model_name),
+        asyncio.to_thread(load_tokenizer, settings.tts_model_name),
+    )
+    device = resolve_device(settings.snac_device)
+    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device)
+    snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
+    try:
+        llm, tts = await _build(settings, kind)
+    except BaseException:
+        snac.close()
+        raise
+    engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
+    try:
+        yield engines
+    finally:
+        await engines.close()

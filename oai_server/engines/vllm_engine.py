@@ -1,0 +1,269 @@
+"""`TokenEngine` on vLLM's in-process `AsyncLLM` (v1 engine), written against vLLM 0.26.0.
+
+vLLM is imported lazily (in `create` and in the default sampling-params factory), so this module
+imports without it. The pure mappings (`sampling_kwargs`, `engine_kwargs`) produce plain dicts;
+only the ``vllm.SamplingParams(**kwargs)`` / ``AsyncEngineArgs(**kwargs)`` calls need vLLM.
+
+Streaming: requests use ``RequestOutputKind.DELTA`` and ``detokenize=False``; each
+``RequestOutput.outputs[0].token_ids`` is a delta (vLLM merges deltas when we lag, so one delta
+may carry several ids). vLLM's ``CompletionOutput.token_ids`` keep the stop token (EOS or a
+``stop_token_ids`` hit, see ``v1/core/sched/utils.py:check_stop``); the seam promises stop
+tokens are not yielded, so the last id of a ``finish_reason == "stop"`` output is dropped.
+
+Abort, exactly once: ``AsyncLLM.generate`` aborts its own request when `CancelledError` or
+`GeneratorExit` reaches its frame. A cancelled consumer raises `CancelledError` inside that frame
+(we are awaiting it), and on `aclose()` of our generator we `aclose()` vLLM's, so vLLM issues
+the single abort and we never add a second one. A finished stream is always drained to its end
+before its last delta is yielded, so closing after the last delta aborts nothing. `abort(id)`
+from another task goes to ``AsyncLLM.abort(id)`` (external id); vLLM then ends the stream with
+an ``abort`` output and our generator returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+SamplingParamsFactory = Callable[[dict[str, Any]], Any]
+EngineFactory = Callable[[dict[str, Any]], Any]
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Map our `SamplingParams` onto ``vllm.SamplingParams`` keyword arguments (plain values).
+
+    ``output_kind`` (a vLLM enum) is added by the factory. ``top_k=0`` means "disabled" in both
+    (vLLM 0.26.0 documents 0 as the preferred disabled value and tolerates -1).
+    """
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": max(params.top_k, 0),
+        "repetition_penalty": params.repetition_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "seed": params.seed,
+        "stop_token_ids": list(params.stop_token_ids),
+        "detokenize": False,
+        "skip_special_tokens": False,
+    }
+    if params.orpheus_audio_slots:
+        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY
+
+        kwargs["extra_args"] = {EXTRA_ARGS_KEY: True}
+    return kwargs
+
+
+def vllm_sampling_params(kwargs: dict[str, Any]) -> Any:
+    """Default factory: ``vllm.SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)``."""
+    from vllm import SamplingParams as VllmSamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
+
+
+def engine_kwargs(
+    model: str,
+    *,
+    tokenizer: str | None,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+    dtype: str = "auto",
+    enforce_eager: bool = False,
+    max_num_seqs: int | None = None,
+    kv_cache_dtype: str = "auto",
+    quantization: str | None = None,
+    enable_prefix_caching: bool = True,
+    orpheus_slots: bool = False,
+) -> dict[str, Any]:
+    """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class)."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "dtype": dtype,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enforce_eager": enforce_eager,
+        "kv_cache_dtype": kv_cache_dtype,
+        "quantization": quantization,
+        "enable_prefix_caching": enable_prefix_caching,
+    }
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if orpheus_slots:
+        from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+
+        kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
+    return kwargs
+
+
+def _build_async_llm(kwargs: dict[str, Any]) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+
+
+def _describe(exc: BaseException) -> str:
+    """A message for `EngineError`; vLLM's `EngineGenerateError` is empty and chains the cause."""
+    parts = [f"{type(exc).__name__}: {exc}".rstrip(": ")]
+    cause = exc.__cause__
+    if cause is not None:
+        parts.append(f"{type(cause).__name__}: {cause}".rstrip(": "))
+    return " <- ".join(parts)
+
+
+class VLLMEngine:
+    """A `TokenEngine` over one in-process vLLM `AsyncLLM`."""
+
+    def __init__(
+        self,
+        engine: Any,
+        info: EngineInfo,
+        *,
+        orpheus_slots: bool = False,
+        sampling_params_factory: SamplingParamsFactory | None = None,
+    ) -> None:
+        """Wrap an already built `AsyncLLM` (or a double with its interface); see `create`."""
+        self.info = info
+        self._engine = engine
+        self._orpheus_slots = orpheus_slots
+        self._make_params: SamplingParamsFactory = sampling_params_factory or vllm_sampling_params
+        self._in_flight: set[str] = set()
+        self._closed = False
+
+    @classmethod
+    async def create(
+        cls,
+        model: str,
+        *,
+        tokenizer: str | None,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        dtype: str = "auto",
+        enforce_eager: bool = False,
+        max_num_seqs: int | None = None,
+        kv_cache_dtype: str = "auto",
+        quantization: str | None = None,
+        enable_prefix_caching: bool = True,
+        orpheus_slots: bool = False,
+        kind: str = "vllm",
+        engine_factory: EngineFactory | None = None,
+        sampling_params_factory: SamplingParamsFactory | None = None,
+    ) -> VLLMEngine:
+        """Start an `AsyncLLM` for ``model`` (blocking this thread while vLLM loads, 45-120 s).
+
+        ``engine_factory(kwargs)`` replaces ``AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))``
+        (tests inject a double); it may return the engine or an awaitable of it. With
+        ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
+        ``orpheus_audio_slots`` are constrained to the audio band of each position.
+        """
+        kwargs = engine_kwargs(
+            model,
+            tokenizer=tokenizer,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            max_num_seqs=max_num_seqs,
+            kv_cache_dtype=kv_cache_dtype,
+            quantization=quantization,
+            enable_prefix_caching=enable_prefix_caching,
+            orpheus_slots=orpheus_slots,
+        )
+        # Built on the event-loop thread on purpose: AsyncLLM binds its ZMQ/asyncio clients there.
+        built = (engine_factory or _build_async_llm)(kwargs)
+        engine = await built if inspect.isawaitable(built) else built
+        details: dict[str, object] = {
+            key: kwargs.get(key)
+            for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+        }
+        details.update(
+            kv_cache_dtype=kv_cache_dtype,
+            quantization=quantization,
+            enable_prefix_caching=enable_prefix_caching,
+            orpheus_slots=orpheus_slots,
+        )
+        info = EngineInfo(kind=kind, model=model, max_model_len=max_model_len, details=details)
+        return cls(engine, info, orpheus_slots=orpheus_slots, sampling_params_factory=sampling_params_factory)
+
+    async def generate(
+        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[list[int]]:
+        """Stream token-id deltas (stop token excluded); closing or cancelling aborts in vLLM."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        if request_id in self._in_flight:
+            raise EngineError(f"request id {request_id!r} is already in flight")
+        if params.orpheus_audio_slots and not self._orpheus_slots:
+            raise EngineError("orpheus_audio_slots requested but the engine has no slot logits processor")
+        vllm_params = self._make_params(sampling_kwargs(params))
+        prompt = {"prompt_token_ids": list(prompt_token_ids)}
+        self._in_flight.add(request_id)
+        stream = self._engine.generate(prompt, vllm_params, request_id)
+        final: list[int] = []
+        try:
+            async for output in stream:
+                completion = output.outputs[0]
+                ids = list(completion.token_ids)
+                if output.finished:
+                    if completion.finish_reason == "error":
+                        raise EngineError(f"vLLM reported an error for request {request_id}")
+                    if completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+                        ids = ids[:-1]
+                    # Drain vLLM's generator to its end before yielding, so a consumer that stops
+                    # after the last delta does not make it abort a finished request.
+                    final = ids
+                    continue
+                if ids:
+                    yield ids
+        except EngineError:
+            raise
+        except Exception as exc:  # vLLM's own errors (dead engine, bad request, ...)
+            raise EngineError(_describe(exc)) from exc
+        finally:
+            self._in_flight.discard(request_id)
+            # No-op when the stream ended or was cancelled inside; on our aclose() this throws
+            # GeneratorExit into vLLM's generate, which issues the one abort.
+            await stream.aclose()
+        if final:
+            yield final
+
+    async def abort(self, request_id: str) -> None:
+        """Abort an in-flight request by id (``AsyncLLM.abort``); unknown ids are ignored."""
+        if request_id in self._in_flight:
+            await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raise `EngineError` if vLLM's engine core is dead (``AsyncLLM.check_health``)."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            raise EngineError(_describe(exc)) from exc
+
+    def active_requests(self) -> int:
+        """Requests whose stream is open right now."""
+        return len(self._in_flight)
+
+    async def close(self) -> None:
+        """Abort everything in flight, then shut vLLM's engine core down. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for request_id in sorted(self._in_flight):
+            try:
+                await self._engine.abort(request_id)
+            except Exception:
+                logger.exception("abort of %s failed during close", request_id)
+        result = self._engine.shutdown()
+        if inspect.isawaitable(result):
+            await result

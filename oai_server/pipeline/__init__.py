@@ -1,0 +1,1 @@
+"""Audio pipeline: text segmenting, Orpheus mapping, SNAC streaming, encoding and tempo."""

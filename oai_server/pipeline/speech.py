@@ -1,0 +1,251 @@
+"""Text to speech: Orpheus tokens -> SNAC frames -> PCM, one segment or a pipeline of them.
+
+`SpeechSynthesizer.synthesize` speaks one segment and yields one 2048-sample PCM chunk per
+SNAC frame as soon as it is decoded. `synthesize_segments` speaks a stream of segments in
+order while the next `depth` segments are already generating (TTS of segment k+1 runs while
+segment k streams), joined with a short crossfade. Leaving either iterator early cancels every
+engine request it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..engines.base import SamplingParams, TokenEngine, new_request_id
+from .orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, build_prompt_ids
+from .snac_stream import SnacDecoder, WindowPlanner
+
+CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz
+
+
+class TextTokenizer(Protocol):
+    """The slice of a Hugging Face tokenizer the pipelines use."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`."""
+        ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`."""
+        ...
+
+
+@dataclass(frozen=True)
+class VoiceOptions:
+    """Per-request Orpheus options."""
+
+    voice: str
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    seed: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class SpeechStats:
+    """Token counts of what was spoken, for `usage`."""
+
+    prompt_tokens: int = 0
+    audio_tokens: int = 0
+    frames: int = 0
+    segments: int = 0
+    ignored_tokens: int = 0
+
+
+@dataclass
+class SpeechEvent:
+    """One step of a multi-segment stream: a segment starts (text set) or audio (pcm set)."""
+
+    text: str | None = None
+    pcm: bytes = b""
+    stats: SpeechStats = field(default_factory=SpeechStats)
+
+
+class SpeechSynthesizer:
+    """Speaks text with Orpheus on a `TokenEngine`, decoding with a shared `SnacDecoder`."""
+
+    def __init__(
+        self,
+        engine: TokenEngine,
+        tokenizer: TextTokenizer,
+        decoder: SnacDecoder,
+        *,
+        context_frames: int,
+        lookahead_frames: int,
+        tokens_per_char: float,
+        max_tokens: int,
+        max_model_len: int,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.decoder = decoder
+        self.context_frames = context_frames
+        self.lookahead_frames = lookahead_frames
+        self.tokens_per_char = tokens_per_char
+        self.max_tokens = max_tokens
+        self.max_model_len = max_model_len
+
+    def prompt_ids(self, text: str, voice: str) -> list[int]:
+        """Orpheus prompt ids for `voice: text`."""
+        return build_prompt_ids(self.tokenizer.encode(f"{voice}: {text}", add_special_tokens=True))
+
+    def token_budget(self, text: str, prompt_len: int, requested: int | None) -> int:
+        """Audio tokens allowed for one segment: scaled by text length, whole frames, capped."""
+        budget = requested or max(8 * TOKENS_PER_FRAME, math.ceil(len(text) * self.tokens_per_char))
+        budget = min(budget, self.max_tokens, self.max_model_len - prompt_len)
+        return max(TOKENS_PER_FRAME, budget - budget % TOKENS_PER_FRAME)
+
+    async def synthesize(self, text: str, options: VoiceOptions, stats: SpeechStats) -> AsyncIterator[bytes]:
+        """PCM of one segment, one SNAC frame (2048 samples, s16le) at a time."""
+        prompt = self.prompt_ids(text, options.voice)
+        if len(prompt) + TOKENS_PER_FRAME > self.max_model_len:
+            from ..errors import invalid
+
+            raise invalid("The input is too long for the speech model's context.", "input")
+        params = SamplingParams(
+            max_tokens=self.token_budget(text, len(prompt), options.max_tokens),
+            temperature=options.temperature,
+            top_p=options.top_p,
+            repetition_penalty=options.repetition_penalty,
+            seed=options.seed,
+            stop_token_ids=STOP_TOKEN_IDS,
+            orpheus_audio_slots=True,
+        )
+        parser = AudioTokenParser()
+        planner = WindowPlanner(self.context_frames, self.lookahead_frames)
+        stats.prompt_tokens += len(prompt)
+        stats.segments += 1
+        try:
+            deltas = self.engine.generate(prompt, params, new_request_id("tts"))
+            async with aclosing(deltas):  # type: ignore[type-var]
+                async for delta in deltas:
+                    windows = planner.add(parser.feed(delta))
+                    for pcm in await asyncio.gather(*(self.decoder.decode(w) for w in windows)):
+                        stats.frames += 1
+                        yield pcm
+            for pcm in await asyncio.gather(*(self.decoder.decode(w) for w in planner.finish())):
+                stats.frames += 1
+                yield pcm
+        finally:
+            stats.audio_tokens += parser.audio_tokens
+            stats.ignored_tokens += parser.ignored
+
+
+class Crossfader:
+    """Joins segments with a short linear crossfade; holds back the last few samples."""
+
+    def __init__(self, samples: int = CROSSFADE_SAMPLES) -> None:
+        self.samples = samples
+        self._tail = np.zeros(0, dtype="<i2")
+        self._join_next = False
+        self._ramp = np.linspace(0.0, 1.0, samples, dtype=np.float32)
+
+    def boundary(self) -> None:
+        """The next audio starts a new segment."""
+        self._join_next = bool(len(self._tail))
+
+    def feed(self, pcm: bytes) -> bytes:
+        """Audio to emit now (all but the held-back tail)."""
+        audio = np.frombuffer(pcm, dtype="<i2")
+        if self._join_next and len(audio) >= len(self._tail):
+            n = len(self._tail)
+            ramp = self._ramp[-n:] if n < self.samples else self._ramp
+            head = self._tail * (1.0 - ramp) + audio[:n] * ramp
+            audio = np.concatenate([np.round(head).astype("<i2"), audio[n:]])
+        else:
+            audio = np.concatenate([self._tail, audio])
+        self._join_next = False
+        keep = min(self.samples, len(audio))
+        self._tail = audio[len(audio) - keep :].copy()
+        return audio[: len(audio) - keep].tobytes()
+
+    def flush(self) -> bytes:
+        """End of stream: the held-back tail."""
+        tail, self._tail = self._tail, np.zeros(0, dtype="<i2")
+        return tail.tobytes()
+
+
+_END = object()
+
+
+async def synthesize_segments(
+    synthesizer: SpeechSynthesizer,
+    segments: AsyncIterator[str],
+    options: VoiceOptions,
+    *,
+    depth: int = 2,
+    crossfade_samples: int = CROSSFADE_SAMPLES,
+    stats: SpeechStats | None = None,
+) -> AsyncIterator[SpeechEvent]:
+    """Speak segments in order, synthesising up to `depth` segments ahead of the one streaming.
+
+    Yields a text event when a segment's audio starts, then its audio events. Counts go to
+    `stats` (also carried by every event). Closing the iterator cancels all segment tasks (and so
+    aborts their engine requests) before it returns.
+    """
+    stats = stats if stats is not None else SpeechStats()
+    order: asyncio.Queue[tuple[str, asyncio.Queue[object], asyncio.Task[None]] | object] = asyncio.Queue(depth)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def speak(text: str, out: asyncio.Queue[object]) -> None:
+        try:
+            async for pcm in synthesizer.synthesize(text, options, stats):
+                out.put_nowait(pcm)
+            out.put_nowait(_END)
+        except Exception as exc:
+            out.put_nowait(exc)
+
+    async def produce() -> None:
+        try:
+            async for text in segments:
+                out: asyncio.Queue[object] = asyncio.Queue()
+                task = asyncio.create_task(speak(text, out))
+                tasks.append(task)
+                await order.put((text, out, task))
+            await order.put(_END)
+        except Exception as exc:
+            await order.put(exc)
+        finally:
+            close = getattr(segments, "aclose", None)
+            if close is not None:
+                await close()
+
+    producer = asyncio.create_task(produce())
+    fader = Crossfader(crossfade_samples)
+    try:
+        while True:
+            item = await order.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, tuple)
+            text, out, _ = item
+            fader.boundary()
+            yield SpeechEvent(text=text, stats=stats)
+            while True:
+                piece = await out.get()
+                if piece is _END:
+                    break
+                if isinstance(piece, BaseException):
+                    raise piece
+                assert isinstance(piece, bytes)
+                pcm = fader.feed(piece)
+                if pcm:
+                    yield SpeechEvent(pcm=pcm, stats=stats)
+        tail = fader.flush()
+        if tail:
+            yield SpeechEvent(pcm=tail, stats=stats)
+    finally:
+        producer.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(producer, *tasks, return_exceptions=True)

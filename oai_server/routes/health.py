@@ -1,0 +1,51 @@
+"""`/health` (liveness, in the seed's shape) and `/health/ready` (the engines answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from .deps import services
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness: the process serves HTTP. Reports whether each engine is loaded (seed shape)."""
+    svc = getattr(request.app.state, "services", None)
+    loaded = svc is not None
+    body: dict[str, Any] = {
+        "status": "healthy" if loaded else "loading",
+        "models": {"tts": loaded, "llm": loaded},
+        "features": {"text_to_speech": loaded, "conversational_ai": loaded, "streaming": True},
+    }
+    if svc is not None:
+        body["engines"] = {
+            "llm": {"kind": svc.engines.llm.info.kind, "model": svc.settings.chat_model_id},
+            "tts": {"kind": svc.engines.tts.info.kind, "model": svc.settings.speech_model_id},
+        }
+        body["active_streams"] = svc.admission.active
+        body["queued_streams"] = svc.admission.queued
+    return body
+
+
+@router.get("/health/ready", response_model=None)
+async def ready(svc: Services = Depends(services)) -> JSONResponse | dict[str, Any]:
+    """Readiness: both engines answer a health check and the server is not draining."""
+    checks = await asyncio.gather(
+        asyncio.wait_for(svc.engines.llm.check_health(), 5),
+        asyncio.wait_for(svc.engines.tts.check_health(), 5),
+        return_exceptions=True,
+    )
+    failures = {name: repr(result) for name, result in zip(("llm", "tts"), checks) if isinstance(result, BaseException)}
+    if failures or svc.admission.draining:
+        status = "draining" if svc.admission.draining else "unavailable"
+        return JSONResponse({"status": status, "failures": failures}, status_code=503)
+    return {"status": "ready"}

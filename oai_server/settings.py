@@ -1,0 +1,195 @@
+"""Server settings, from the environment (`OAI_SERVER_*` or the seed's names) and the CLI.
+
+Every field reads `OAI_SERVER_<FIELD>`; the fields the seed system had also read the seed's
+own variable (LLM_MODEL_NAME, TTS_GPU_MEMORY_UTILIZATION, PORT, SNAC_DEVICE, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe", "julia")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Your replies are spoken aloud, so answer in short, "
+    "natural spoken sentences. Never use markdown, lists, headings, code, emoji or URLs. "
+    "Keep answers brief unless asked for detail."
+)
+
+
+def _env(name: str, *seed_names: str) -> AliasChoices:
+    return AliasChoices(name, f"OAI_SERVER_{name.upper()}", *seed_names)
+
+
+class Settings(BaseSettings):
+    """All settings of the server. Field docstrings are the `--help` text and the README table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OAI_SERVER_", populate_by_name=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    # --- serving ---
+    host: str = Field("0.0.0.0", validation_alias=_env("host"))
+    """Address to bind."""
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("port", "PORT"))
+    """Port to bind (seed: PORT)."""
+    demo: bool = Field(False, validation_alias=_env("demo"))
+    """Offline demo profile: tiny random-weight models generated on first use, CPU only."""
+    cache_dir: Path = Field(Path.home() / ".cache" / "oai-server", validation_alias=_env("cache_dir"))
+    """Where the demo profile writes its generated models."""
+    engine: Literal["auto", "vllm", "transformers", "remote"] = Field("auto", validation_alias=_env("engine"))
+    """Engine backend: vllm when installed with CUDA, else transformers (auto); or remote servers."""
+    log_level: str = Field("info", validation_alias=_env("log_level"))
+    """Log level (debug, info, warning, error)."""
+
+    # --- LLM (Gemma) ---
+    llm_model_name: str = Field("google/gemma-2-2b-it", validation_alias=_env("llm_model_name", "LLM_MODEL_NAME"))
+    """Chat model id or local path (seed: LLM_MODEL_NAME)."""
+    llm_served_name: str | None = Field(None, validation_alias=_env("llm_served_name"))
+    """Model id reported by /v1/models for chat (default: llm_model_name)."""
+    llm_max_model_len: int = Field(2048, ge=64, validation_alias=_env("llm_max_model_len", "LLM_MAX_MODEL_LEN"))
+    """Context length of the chat model; prompts are trimmed to fit (seed: LLM_MAX_MODEL_LEN)."""
+    llm_gpu_memory_utilization: float = Field(
+        0.25, gt=0, le=1, validation_alias=_env("llm_gpu_memory_utilization", "LLM_GPU_MEMORY_UTILIZATION")
+    )
+    """GPU memory share of the chat engine on vLLM (seed: LLM_GPU_MEMORY_UTILIZATION)."""
+    llm_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("llm_max_num_seqs"))
+    """vLLM max_num_seqs for the chat engine."""
+    llm_max_tokens: int = Field(512, ge=1, validation_alias=_env("llm_max_tokens"))
+    """Default and upper bound of max_tokens for chat replies."""
+    llm_remote_url: str | None = Field(None, validation_alias=_env("llm_remote_url"))
+    """Base URL of a remote OpenAI-compatible server for the chat model (engine=remote)."""
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("system_prompt"))
+    """Voice-style system prompt prepended to every conversation ('' disables)."""
+
+    # --- TTS (Orpheus) ---
+    tts_model_name: str = Field(
+        "canopylabs/orpheus-3b-0.1-ft", validation_alias=_env("tts_model_name", "TTS_MODEL_NAME")
+    )
+    """Orpheus model id or local path (seed: TTS_MODEL_NAME)."""
+    tts_served_name: str | None = Field(None, validation_alias=_env("tts_served_name"))
+    """Model id reported by /v1/models for speech (default: tts_model_name)."""
+    tts_max_model_len: int = Field(2048, ge=64, validation_alias=_env("tts_max_model_len", "TTS_MAX_MODEL_LEN"))
+    """Context length of the Orpheus engine (seed: TTS_MAX_MODEL_LEN)."""
+    tts_gpu_memory_utilization: float = Field(
+        0.35, gt=0, le=1, validation_alias=_env("tts_gpu_memory_utilization", "TTS_GPU_MEMORY_UTILIZATION")
+    )
+    """GPU memory share of the Orpheus engine on vLLM (seed: TTS_GPU_MEMORY_UTILIZATION)."""
+    tts_max_num_seqs: int = Field(128, ge=1, validation_alias=_env("tts_max_num_seqs"))
+    """vLLM max_num_seqs for the Orpheus engine."""
+    tts_remote_url: str | None = Field(None, validation_alias=_env("tts_remote_url"))
+    """Base URL of a remote OpenAI-compatible server for Orpheus (engine=remote)."""
+    tts_temperature: float = Field(0.6, ge=0, le=2, validation_alias=_env("tts_temperature"))
+    """Orpheus sampling temperature."""
+    tts_top_p: float = Field(0.8, gt=0, le=1, validation_alias=_env("tts_top_p"))
+    """Orpheus nucleus sampling."""
+    tts_repetition_penalty: float = Field(1.1, ge=1, le=2, validation_alias=_env("tts_repetition_penalty"))
+    """Orpheus repetition penalty (>= 1.1 is needed for stable speech)."""
+    tts_max_tokens: int = Field(2800, ge=7, validation_alias=_env("tts_max_tokens"))
+    """Cap on audio tokens per text segment (2800 tokens = 34 s of audio)."""
+    tts_tokens_per_char: float = Field(8.0, gt=0, validation_alias=_env("tts_tokens_per_char"))
+    """Per-segment token budget per input character (8.2 ~ 10 chars/s of speech), capped by tts_max_tokens."""
+    tts_segment_chars: int = Field(300, ge=40, le=1000, validation_alias=_env("tts_segment_chars"))
+    """Long input is split at sentence/clause boundaries into pieces of at most this many characters."""
+    tts_pipeline_depth: int = Field(2, ge=1, le=8, validation_alias=_env("tts_pipeline_depth"))
+    """How many segments of one reply are synthesised ahead of the one being streamed."""
+    voices: Annotated[list[str], NoDecode] = Field(list(DEFAULT_VOICES), validation_alias=_env("voices"))
+    """Orpheus voices offered (comma-separated in the environment)."""
+    default_voice: str = Field("tara", validation_alias=_env("default_voice"))
+    """Voice used for unknown OpenAI voice names and seed requests without a voice."""
+
+    # --- SNAC ---
+    snac_model_name: str = Field("hubertsiuzdak/snac_24khz", validation_alias=_env("snac_model_name"))
+    """SNAC decoder id or local path."""
+    snac_device: str = Field("auto", validation_alias=_env("snac_device", "SNAC_DEVICE"))
+    """Device of the SNAC decoder: auto, cpu, cuda, cuda:N (seed: SNAC_DEVICE)."""
+    snac_lookahead_frames: int = Field(1, ge=0, le=4, validation_alias=_env("snac_lookahead_frames"))
+    """Frames decoded after a frame before it is emitted (latency vs seam quality)."""
+    snac_context_frames: int = Field(2, ge=0, le=6, validation_alias=_env("snac_context_frames"))
+    """Frames of left context decoded with each emitted frame."""
+    snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
+    """Most SNAC windows decoded in one batch across all live streams."""
+
+    # --- chat audio ---
+    audio_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("audio_ttl_seconds"))
+    """How long an audio id from a reply can be referred to in later turns (expires_at)."""
+    audio_cache_size: int = Field(10000, ge=1, validation_alias=_env("audio_cache_size"))
+    """Most audio ids kept (oldest dropped first)."""
+    first_segment_words: int = Field(4, ge=0, validation_alias=_env("first_segment_words"))
+    """The first spoken segment may be cut at a clause once it has this many words (0 disables)."""
+
+    # --- engines (vLLM) ---
+    dtype: str = Field("auto", validation_alias=_env("dtype"))
+    """Model dtype (auto, bfloat16, float16, float32)."""
+    enforce_eager: bool = Field(False, validation_alias=_env("enforce_eager"))
+    """vLLM: disable CUDA graphs (faster start, slower decode)."""
+    tts_kv_cache_dtype: str = Field("auto", validation_alias=_env("tts_kv_cache_dtype"))
+    """vLLM KV-cache dtype for Orpheus (auto or fp8)."""
+    tts_quantization: str | None = Field(None, validation_alias=_env("tts_quantization"))
+    """vLLM weight quantization for Orpheus (e.g. fp8)."""
+    device: str = Field("auto", validation_alias=_env("device"))
+    """Device of the transformers engines: auto, cpu, cuda."""
+    max_concurrency: int = Field(8, ge=1, validation_alias=_env("max_concurrency"))
+    """Requests generating at once in each transformers engine."""
+
+    # --- limits and security ---
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, validation_alias=_env("api_keys"))
+    """Accepted API keys (comma-separated in OAI_SERVER_API_KEYS); empty disables auth."""
+    api_key_file: Path | None = Field(None, validation_alias=_env("api_key_file"))
+    """File with one API key per line."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("cors_origins"))
+    """Origins allowed by CORS (comma-separated; '*' for any)."""
+    max_input_chars: int = Field(4096, ge=1, validation_alias=_env("max_input_chars"))
+    """Longest speech input and longest single chat message."""
+    max_messages: int = Field(256, ge=1, validation_alias=_env("max_messages"))
+    """Most messages in one chat request."""
+    max_concurrent_streams: int = Field(256, ge=1, validation_alias=_env("max_concurrent_streams"))
+    """Requests served at once; more wait in the queue."""
+    max_queued: int = Field(512, ge=0, validation_alias=_env("max_queued"))
+    """Requests waiting for a slot; past this the answer is 429."""
+    queue_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("queue_timeout_seconds"))
+    """Longest wait in the queue before a 429."""
+    request_timeout_seconds: float = Field(300.0, gt=0, validation_alias=_env("request_timeout_seconds"))
+    """Deadline of one request; a stuck engine request is cancelled after it."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"))
+    """Largest request body accepted (413 past it)."""
+    shutdown_drain_seconds: float = Field(20.0, ge=0, validation_alias=_env("shutdown_drain_seconds"))
+    """On SIGTERM, how long in-flight streams may finish before they are aborted."""
+    redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
+    """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+
+    @field_validator("voices", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_voice not in self.voices:
+            raise ValueError(f"default_voice {self.default_voice!r} is not in voices {self.voices}")
+        if self.engine == "remote" and not (self.llm_remote_url and self.tts_remote_url):
+            raise ValueError("engine=remote needs llm_remote_url and tts_remote_url")
+        return self
+
+    @property
+    def chat_model_id(self) -> str:
+        """The id clients use for chat."""
+        return self.llm_served_name or self.llm_model_name
+
+    @property
+    def speech_model_id(self) -> str:
+        """The id clients use for speech."""
+        return self.tts_served_name or self.tts_model_name
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from the settings and the key file, without blanks."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_key_file is not None:
+            keys += self.api_key_file.read_text().split()
+        return [key for key in keys if key.strip()]

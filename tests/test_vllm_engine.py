@@ -1,0 +1,519 @@
+"""`VLLMEngine` and the Orpheus slot logits processor, without vLLM (CI never has it).
+
+`FakeAsyncLLM` mirrors vLLM 0.26.0's `AsyncLLM` as read in `vllm/v1/engine/async_llm.py`
+(`generate`, `abort`, `check_health`, `shutdown`) and `vllm/v1/engine/output_processor.py`
+(`RequestOutputCollector.put/get`, `OutputProcessor.abort_requests`):
+
+* request ids get an internal ``-xxxxxxxx`` suffix (`InputProcessor.assign_request_id`);
+* DELTA outputs are merged when the consumer lags (`RequestOutputCollector.put`);
+* `generate` aborts its own request (internal id, ``internal=True``) on `CancelledError`,
+  `GeneratorExit` and unexpected errors, the last re-raised as an empty `EngineGenerateError`;
+* `abort(external_id)` ends a live request with a ``finish_reason="abort"`` output; unknown or
+  already finished ids abort nothing (they are still recorded as calls);
+* a "stop" finish keeps the stop token as the last id (`v1/core/sched/utils.py:check_stop`).
+
+The slot mask is tested with real torch on CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import pytest
+import torch
+
+from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
+from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
+from oai_server.engines.vllm_orpheus_logits import (
+    EXTRA_ARGS_KEY,
+    OrpheusSlotLogitsProcessor,
+    apply_slot_mask,
+    build_slot_table,
+)
+from oai_server.pipeline import orpheus
+
+# ---------------------------------------------------------------- the AsyncLLM double
+
+
+class EngineGenerateError(Exception):
+    """Mirror of vllm.v1.engine.exceptions.EngineGenerateError (raised empty, cause chained)."""
+
+
+class EngineDeadError(Exception):
+    """Mirror of vllm.v1.engine.exceptions.EngineDeadError."""
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class Output:
+    """Shaped like vllm.outputs.RequestOutput (only what the engine reads)."""
+
+    request_id: str
+    outputs: list[Completion]
+    finished: bool
+
+
+def out(ids: list[int], reason: str | None = None, stop: int | str | None = None) -> Completion:
+    return Completion(list(ids), reason, stop)
+
+
+@dataclass
+class _Live:
+    internal_id: str
+    slot: Output | Exception | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, item: Completion | Exception, external_id: str) -> None:
+        if isinstance(item, Exception) or self.slot is None or isinstance(self.slot, Exception):
+            self.slot = item if isinstance(item, Exception) else self._wrap(item, external_id)
+        else:  # DELTA aggregation, as RequestOutputCollector.put -> RequestOutput.add(aggregate=True)
+            self.slot.outputs[0].token_ids.extend(item.token_ids)
+            self.slot.outputs[0].finish_reason = item.finish_reason
+            self.slot.outputs[0].stop_reason = item.stop_reason
+            self.slot.finished = item.finish_reason is not None
+        self.ready.set()
+
+    @staticmethod
+    def _wrap(item: Completion, external_id: str) -> Output:
+        return Output(
+            external_id,
+            [Completion(list(item.token_ids), item.finish_reason, item.stop_reason)],
+            item.finish_reason is not None,
+        )
+
+    async def get(self) -> Output:
+        while self.slot is None:
+            await self.ready.wait()
+        item, self.slot = self.slot, None
+        self.ready.clear()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+class FakeAsyncLLM:
+    """Test double of vLLM 0.26.0 `AsyncLLM` (see module docstring)."""
+
+    def __init__(self, scripts: dict[str, list[list[Completion | Exception]]] | None = None) -> None:
+        # request id -> batches; each batch is put (merged) before the next get().
+        self.scripts = scripts or {}
+        self.generate_calls: list[tuple[Any, Any, str]] = []
+        self.abort_calls: list[tuple[str, bool]] = []
+        self.aborted: list[str] = []  # external ids whose live request an abort actually ended
+        self.live: dict[str, _Live] = {}
+        self.dead = False
+        self.shutdown_calls = 0
+
+    async def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Output]:
+        self.generate_calls.append((prompt, sampling_params, request_id))
+        q: _Live | None = None
+        try:
+            if self.dead:
+                raise EngineDeadError()
+            q = _Live(f"{request_id}-{uuid.uuid4().hex[:8]}")
+            self.live[request_id] = q
+            await asyncio.sleep(0)  # add_request_async sends to the engine core
+            batches = list(self.scripts.get(request_id, []))
+            finished = False
+            while not finished:
+                if batches:
+                    for item in batches.pop(0):
+                        q.put(item, request_id)
+                output = await q.get()
+                finished = output.finished
+                if finished:
+                    self.live.pop(request_id, None)
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            if q is not None:
+                await self.abort(q.internal_id, internal=True)
+            raise
+        except EngineDeadError:
+            raise
+        except Exception as exc:
+            if q is not None:
+                await self.abort(q.internal_id, internal=True)
+            raise EngineGenerateError() from exc
+
+    async def abort(self, request_id: str, internal: bool = False) -> None:
+        self.abort_calls.append((request_id, internal))
+        for external_id, live in list(self.live.items()):
+            if (live.internal_id if internal else external_id) == request_id:
+                del self.live[external_id]
+                self.aborted.append(external_id)
+                live.put(Completion([], "abort"), external_id)
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("EngineCore encountered an issue.")
+
+    def shutdown(self) -> None:
+        self.shutdown_calls += 1
+
+
+def identity_params(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return kwargs
+
+
+async def make_engine(double: FakeAsyncLLM, *, orpheus_slots: bool = False) -> VLLMEngine:
+    return await VLLMEngine.create(
+        "m",
+        tokenizer=None,
+        max_model_len=4096,
+        gpu_memory_utilization=0.3,
+        orpheus_slots=orpheus_slots,
+        engine_factory=lambda kwargs: double,
+        sampling_params_factory=identity_params,
+    )
+
+
+PARAMS = SamplingParams(max_tokens=32, stop_token_ids=(9,))
+
+
+async def collect(gen: AsyncIterator[list[int]]) -> list[list[int]]:
+    return [delta async for delta in gen]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------- mapping and creation
+
+
+def test_sampling_kwargs_maps_every_field() -> None:
+    params = SamplingParams(
+        max_tokens=77,
+        temperature=0.6,
+        top_p=0.8,
+        top_k=40,
+        repetition_penalty=1.1,
+        presence_penalty=0.3,
+        frequency_penalty=0.2,
+        seed=123,
+        stop_token_ids=(128258, 5),
+        orpheus_audio_slots=True,
+    )
+    assert sampling_kwargs(params) == {
+        "n": 1,
+        "max_tokens": 77,
+        "temperature": 0.6,
+        "top_p": 0.8,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.2,
+        "seed": 123,
+        "stop_token_ids": [128258, 5],
+        "detokenize": False,
+        "skip_special_tokens": False,
+        "extra_args": {EXTRA_ARGS_KEY: True},
+    }
+    plain = sampling_kwargs(SamplingParams(max_tokens=5))
+    assert plain["top_k"] == 0 and plain["seed"] is None and plain["stop_token_ids"] == []
+    assert "extra_args" not in plain
+
+
+def test_default_factory_builds_delta_vllm_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the constructor is stubbed: vLLM is absent in CI.
+    class Kind(Enum):
+        CUMULATIVE = 0
+        DELTA = 1
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kw: kw  # type: ignore[attr-defined]
+    sub = types.ModuleType("vllm.sampling_params")
+    sub.RequestOutputKind = Kind  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sub)
+    from oai_server.engines.vllm_engine import vllm_sampling_params
+
+    built = vllm_sampling_params(sampling_kwargs(PARAMS))
+    assert built["output_kind"] is Kind.DELTA and built["max_tokens"] == 32
+
+
+async def test_create_passes_engine_args_and_info() -> None:
+    seen: dict[str, Any] = {}
+    double = FakeAsyncLLM()
+
+    async def factory(kwargs: dict[str, Any]) -> FakeAsyncLLM:
+        seen.update(kwargs)
+        return double
+
+    engine = await VLLMEngine.create(
+        "orpheus",
+        tokenizer="tok",
+        max_model_len=2048,
+        gpu_memory_utilization=0.35,
+        dtype="bfloat16",
+        enforce_eager=True,
+        max_num_seqs=64,
+        kv_cache_dtype="fp8",
+        quantization="fp8",
+        enable_prefix_caching=False,
+        orpheus_slots=True,
+        kind="vllm-tts",
+        engine_factory=factory,
+    )
+    assert seen == {
+        "model": "orpheus",
+        "tokenizer": "tok",
+        "dtype": "bfloat16",
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.35,
+        "enforce_eager": True,
+        "kv_cache_dtype": "fp8",
+        "quantization": "fp8",
+        "enable_prefix_caching": False,
+        "max_num_seqs": 64,
+        "logits_processors": [OrpheusSlotLogitsProcessor],
+    }
+    assert isinstance(engine, TokenEngine)
+    assert (engine.info.kind, engine.info.model, engine.info.max_model_len) == ("vllm-tts", "orpheus", 2048)
+    plain = await make_engine(FakeAsyncLLM())
+    with pytest.raises(EngineError, match="slot"):
+        await collect(plain.generate([1], SamplingParams(max_tokens=3, orpheus_audio_slots=True), "x"))
+
+
+# ---------------------------------------------------------------- streaming
+
+
+async def test_deltas_prompt_ids_and_stop_token_dropped() -> None:
+    double = FakeAsyncLLM(
+        {"r1": [[out([1, 2])], [out([])], [out([3]), out([4, 5])], [out([6, 9], "stop", 9)]]}
+    )
+    engine = await make_engine(double)
+    deltas = await collect(engine.generate((11, 12, 13), PARAMS, "r1"))
+    assert deltas == [[1, 2], [3, 4, 5], [6]]  # lagging deltas merged, empty skipped, stop id dropped
+    prompt, params, request_id = double.generate_calls[0]
+    assert prompt == {"prompt_token_ids": [11, 12, 13]} and request_id == "r1"
+    assert params == sampling_kwargs(PARAMS)
+    assert double.abort_calls == [] and engine.active_requests() == 0
+
+
+async def test_length_finish_keeps_last_id_and_eos_stop_drops_it() -> None:
+    double = FakeAsyncLLM({"a": [[out([4, 5], "length")]], "b": [[out([7, 1], "stop", None)]]})
+    engine = await make_engine(double)
+    assert await collect(engine.generate([1], PARAMS, "a")) == [[4, 5]]
+    assert await collect(engine.generate([1], PARAMS, "b")) == [[7]]
+    assert double.abort_calls == []
+
+
+async def test_request_ids_are_passed_through_and_duplicates_rejected() -> None:
+    ids = [new_request_id("tts") for _ in range(3)]
+    assert len(set(ids)) == 3
+    double = FakeAsyncLLM({rid: [[out([1], "length")]] for rid in ids})
+    engine = await make_engine(double)
+    for rid in ids:
+        assert await collect(engine.generate([1], PARAMS, rid)) == [[1]]
+    assert [call[2] for call in double.generate_calls] == ids
+
+    double.scripts["dup"] = [[out([1])]]
+    first = engine.generate([1], PARAMS, "dup")
+    assert await anext(first) == [1]
+    with pytest.raises(EngineError, match="already in flight"):
+        await collect(engine.generate([1], PARAMS, "dup"))
+    assert engine.active_requests() == 1
+    await first.aclose()
+
+
+# ---------------------------------------------------------------- abort / cancel / close
+
+
+async def test_aclose_aborts_exactly_once() -> None:
+    double = FakeAsyncLLM({"r": [[out([1, 2])]]})
+    engine = await make_engine(double)
+    gen = engine.generate([1], PARAMS, "r")
+    assert await anext(gen) == [1, 2]
+    assert engine.active_requests() == 1
+    await gen.aclose()
+    assert len(double.abort_calls) == 1 and double.aborted == ["r"]
+    assert double.live == {} and engine.active_requests() == 0
+
+
+@pytest.mark.parametrize("before_first_token", [True, False])
+async def test_consumer_cancel_aborts_exactly_once(before_first_token: bool) -> None:
+    double = FakeAsyncLLM({} if before_first_token else {"r": [[out([1])]]})
+    engine = await make_engine(double)
+    got: list[list[int]] = []
+
+    async def consume() -> None:
+        async for delta in engine.generate([1], PARAMS, "r"):
+            got.append(delta)
+
+    task = asyncio.create_task(consume())
+    await settle()
+    assert engine.active_requests() == 1 and got == ([] if before_first_token else [[1]])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(double.abort_calls) == 1 and double.aborted == ["r"]
+    assert double.live == {} and engine.active_requests() == 0
+
+
+async def test_close_after_last_delta_aborts_nothing() -> None:
+    double = FakeAsyncLLM({"r": [[out([1])], [out([2, 9], "stop", 9)]]})
+    engine = await make_engine(double)
+    gen = engine.generate([1], PARAMS, "r")
+    assert await anext(gen) == [1]
+    assert await anext(gen) == [2]
+    await gen.aclose()
+    assert double.abort_calls == [] and engine.active_requests() == 0
+
+
+async def test_abort_by_id_ends_stream_and_ignores_unknown() -> None:
+    double = FakeAsyncLLM({"r": [[out([3])]]})
+    engine = await make_engine(double)
+    task = asyncio.create_task(collect(engine.generate([1], PARAMS, "r")))
+    await settle()
+    await engine.abort("nope")
+    assert double.abort_calls == []
+    await engine.abort("r")
+    assert await task == [[3]]
+    assert double.abort_calls == [("r", False)] and engine.active_requests() == 0
+
+
+async def test_errors_become_engine_error() -> None:
+    double = FakeAsyncLLM({"r": [[out([1])], [RuntimeError("CUDA out of memory")]]})
+    engine = await make_engine(double)
+    got: list[list[int]] = []
+    with pytest.raises(EngineError, match="CUDA out of memory"):
+        async for delta in engine.generate([1], PARAMS, "r"):
+            got.append(delta)
+    assert got == [[1]] and engine.active_requests() == 0
+    assert len(double.abort_calls) == 1  # vLLM's own abort on an unexpected error
+
+    double.scripts["e"] = [[out([], "error")]]
+    with pytest.raises(EngineError, match="error"):
+        await collect(engine.generate([1], PARAMS, "e"))
+
+    double.dead = True
+    with pytest.raises(EngineError, match="EngineDeadError"):
+        await collect(engine.generate([1], PARAMS, "d"))
+    with pytest.raises(EngineError, match="EngineCore"):
+        await engine.check_health()
+    assert engine.active_requests() == 0
+
+
+async def test_close_aborts_in_flight_and_shuts_down() -> None:
+    double = FakeAsyncLLM({"a": [[out([1])]], "b": [[out([2])]]})
+    engine = await make_engine(double)
+    await engine.check_health()
+    tasks = [asyncio.create_task(collect(engine.generate([1], PARAMS, rid))) for rid in ("a", "b")]
+    await settle()
+    assert engine.active_requests() == 2
+    await engine.close()
+    assert await asyncio.gather(*tasks) == [[[1]], [[2]]]
+    assert sorted(double.abort_calls) == [("a", False), ("b", False)]
+    assert double.shutdown_calls == 1 and engine.active_requests() == 0
+    await engine.close()
+    assert double.shutdown_calls == 1
+    with pytest.raises(EngineError, match="closed"):
+        await collect(engine.generate([1], PARAMS, "c"))
+    with pytest.raises(EngineError, match="closed"):
+        await engine.check_health()
+
+
+# ---------------------------------------------------------------- slot logits processor
+
+V = orpheus.ORPHEUS_VOCAB_SIZE
+
+
+def allowed_ids(row: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(torch.isfinite(row)).flatten().tolist())
+
+
+def band_of(k: int) -> set[int]:
+    ids = set(orpheus.slot_band(k))
+    return ids | {orpheus.END_OF_SPEECH} if orpheus.stop_allowed(k) else ids
+
+
+def test_slot_mask_allows_only_each_rows_band() -> None:
+    table = build_slot_table(V)
+    assert table.shape == (7, V) and table.sum().item() == 7 * orpheus.CODEBOOK_SIZE + 1
+    logits = torch.randn(5, V)
+    untouched = logits[2].clone()
+    rows = [0, 1, 3, 4]
+    positions = [0, 6, 7, 13]
+    apply_slot_mask(logits, table, torch.tensor(rows), torch.tensor(positions))
+    for row, k in zip(rows, positions, strict=True):
+        assert allowed_ids(logits[row]) == band_of(k)
+        base = orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * (k % 7)
+        assert torch.isfinite(logits[row, [base, base + 4095]]).all()  # codes 0 and 4095
+        assert not torch.isfinite(logits[row, base + 4096])
+    assert (orpheus.END_OF_SPEECH in allowed_ids(logits[0])) and (
+        orpheus.END_OF_SPEECH in allowed_ids(logits[3])
+    )
+    assert orpheus.END_OF_SPEECH not in allowed_ids(logits[1]) | allowed_ids(logits[4])
+    assert torch.equal(logits[2], untouched)
+    with pytest.raises(ValueError):
+        build_slot_table(1000)
+
+
+class Direction(Enum):
+    UNIDIRECTIONAL = 1
+    SWAP = 2
+
+
+def batch(removed=(), added=(), moved=()) -> types.SimpleNamespace:  # type: ignore[no-untyped-def]
+    return types.SimpleNamespace(batch_size=0, removed=list(removed), added=list(added), moved=list(moved))
+
+
+def opted(flag: Any = True) -> types.SimpleNamespace:
+    return types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: flag})
+
+
+def test_processor_tracks_batch_and_positions() -> None:
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    assert proc.is_argmax_invariant() is False
+    out_a: list[int] = []
+    out_b = [1, 2, 3]
+    proc.update_state(
+        batch(
+            added=[
+                (0, opted(), [1], out_a),
+                (1, types.SimpleNamespace(extra_args=None), [1], []),
+                (2, opted(1), [1], out_b),
+            ]
+        )
+    )
+    logits = torch.zeros(3, V)
+    proc.apply(logits)
+    assert allowed_ids(logits[0]) == band_of(0)
+    assert bool(torch.isfinite(logits[1]).all())  # not opted in: untouched
+    assert allowed_ids(logits[2]) == band_of(3)
+
+    out_a.extend([5] * 8)  # vLLM appends to the live list; the position follows it
+    proc.update_state(None)
+    logits = torch.zeros(3, V)
+    proc.apply(logits)
+    assert allowed_ids(logits[0]) == band_of(8)
+
+    proc.update_state(batch(moved=[(0, 2, Direction.SWAP)]))  # a swaps with b
+    logits = torch.zeros(3, V)
+    proc.apply(logits)
+    assert allowed_ids(logits[0]) == band_of(3) and allowed_ids(logits[2]) == band_of(8)
+
+    proc.update_state(batch(moved=[(2, 1, Direction.UNIDIRECTIONAL)], removed=[0]))
+    logits = torch.zeros(3, V)
+    proc.apply(logits)
+    assert bool(torch.isfinite(logits[0]).all()) and bool(torch.isfinite(logits[2]).all())
+    assert allowed_ids(logits[1]) == band_of(8)
+
+    OrpheusSlotLogitsProcessor.validate_params(opted(True))
+    with pytest.raises(ValueError):
+        OrpheusSlotLogitsProcessor.validate_params(opted("yes"))
