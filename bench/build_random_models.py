@@ -32,10 +32,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oai_server.pipeline import orpheus  # noqa: E402
+from oai_server.pipeline import orpheus
 
 GEMMA_VOCAB = 256000
-GEMMA_SPECIALS = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 106: "<start_of_turn>", 107: "<end_of_turn>"}
+GEMMA_SPECIALS = {
+    0: "<pad>",
+    1: "<eos>",
+    2: "<bos>",
+    3: "<unk>",
+    106: "<start_of_turn>",
+    107: "<end_of_turn>",
+}
 _SYLLABLES = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]  # 75 syllables
 
 
@@ -69,8 +76,17 @@ def _tokenizer_json(vocab_size: int, specials: dict[int, str], bytes_start: int,
     for token_id in range(vocab_size):
         if token_id in specials:
             content = specials[token_id]
-            added.append({"id": token_id, "content": content, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True})
+            added.append(
+                {
+                    "id": token_id,
+                    "content": content,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+            )
             vocab[content] = token_id
         elif bytes_start <= token_id < bytes_start + 256:
             continue
@@ -85,19 +101,35 @@ def _tokenizer_json(vocab_size: int, specials: dict[int, str], bytes_start: int,
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                          "use_regex": True},
+        "pre_tokenizer": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "pair": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
             "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}},
         },
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": False, "vocab": vocab, "merges": []},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [],
+        },
     }
     return json.dumps(data, ensure_ascii=False)
 
@@ -110,9 +142,14 @@ def write_gemma_tokenizer(out: Path) -> None:
     from oai_server.demo import GEMMA_CHAT_TEMPLATE
 
     raw = Tokenizer.from_str(_tokenizer_json(GEMMA_VOCAB, GEMMA_SPECIALS, 108, "<bos>"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>",
-                                  pad_token="<pad>", unk_token="<unk>",
-                                  additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
     tok.chat_template = GEMMA_CHAT_TEMPLATE
     tok.save_pretrained(out)
 
@@ -126,8 +163,12 @@ def write_orpheus_tokenizer(out: Path) -> None:
     specials = {i: named.get(i, f"<|reserved_special_token_{i - 128000}|>") for i in range(128000, 128256)}
     specials.update({i: f"<custom_token_{i - 128256}>" for i in range(128256, orpheus.ORPHEUS_VOCAB_SIZE)})
     raw = Tokenizer.from_str(_tokenizer_json(orpheus.ORPHEUS_VOCAB_SIZE, specials, 0, "<|begin_of_text|>"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                  pad_token=f"<custom_token_{orpheus.PAD - 128256}>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token=f"<custom_token_{orpheus.PAD - 128256}>",
+    )
     tok.save_pretrained(out)
 
 
@@ -136,18 +177,44 @@ def orpheus_config(tiny: bool) -> Any:
     from transformers import LlamaConfig
 
     size = (
-        {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-         "head_dim": 32, "intermediate_size": 128}
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "intermediate_size": 128,
+        }
         if tiny
-        else {"hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
-              "head_dim": 128, "intermediate_size": 8192}
+        else {
+            "hidden_size": 3072,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 24,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 8192,
+        }
     )
     return LlamaConfig(
-        vocab_size=orpheus.ORPHEUS_VOCAB_SIZE, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0, hidden_act="silu", attention_bias=False, mlp_bias=False,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=True, dtype="bfloat16", **size,
+        vocab_size=orpheus.ORPHEUS_VOCAB_SIZE,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=128001,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+        **size,
     )
 
 
@@ -156,16 +223,40 @@ def gemma_config(tiny: bool) -> Any:
     from transformers import Gemma2Config
 
     size = (
-        {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-         "head_dim": 32, "intermediate_size": 128, "query_pre_attn_scalar": 32}
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "intermediate_size": 128,
+            "query_pre_attn_scalar": 32,
+        }
         if tiny
-        else {"hidden_size": 2304, "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
-              "head_dim": 256, "intermediate_size": 9216, "query_pre_attn_scalar": 256}
+        else {
+            "hidden_size": 2304,
+            "num_hidden_layers": 26,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "intermediate_size": 9216,
+            "query_pre_attn_scalar": 256,
+        }
     )
     return Gemma2Config(
-        vocab_size=GEMMA_VOCAB, max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
-        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, rms_norm_eps=1e-6,
-        pad_token_id=0, bos_token_id=2, eos_token_id=[1, 107], tie_word_embeddings=True, dtype="bfloat16", **size,
+        vocab_size=GEMMA_VOCAB,
+        max_position_embeddings=8192,
+        hidden_activation="gelu_pytorch_tanh",
+        sliding_window=4096,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=[1, 107],
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+        **size,
     )
 
 
@@ -208,7 +299,10 @@ def build(which: str, out: Path, tiny: bool, device: torch.device) -> None:
         start = time.perf_counter()
         params = write_random_model(model_cls, make_config(tiny), target, device, norm_fill)
         write_tokenizer(target)
-        print(f"{name}: {params / 1e9:.3f}B params -> {target} in {time.perf_counter() - start:.1f}s", flush=True)
+        print(
+            f"{name}: {params / 1e9:.3f}B params -> {target} in {time.perf_counter() - start:.1f}s",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,8 +77,13 @@ class Admission:
     async def acquire(self) -> Ticket:
         """Take a slot, waiting in the queue if needed; 429 when the queue is full or too slow."""
         if self.draining:
-            raise APIError(503, "The server is shutting down.", type="server_error", code="shutting_down",
-                           headers={"retry-after": "1"})
+            raise APIError(
+                503,
+                "The server is shutting down.",
+                type="server_error",
+                code="shutting_down",
+                headers={"retry-after": "1"},
+            )
         if self.active < self.max_active and not self._waiters:
             self.active += 1
             self._idle.clear()

@@ -18,6 +18,7 @@ from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .engines.factory import Engines, open_engines, resolve_models
 from .errors import install_error_handlers
+from .middleware import install_middleware
 from .pipeline.speech import SpeechSynthesizer
 from .serving.chat import ChatServing
 from .serving.speech import SpeechServing
@@ -56,7 +57,12 @@ def build_services(settings: Settings, engines: Engines) -> Services:
     )
     speech = SpeechServing(settings, synthesizer)
     chat = ChatServing(
-        settings, engines.llm, engines.llm_tokenizer, engines.llm_stop_token_ids, synthesizer, store,
+        settings,
+        engines.llm,
+        engines.llm_tokenizer,
+        engines.llm_stop_token_ids,
+        synthesizer,
+        store,
         speech.voice_options,
     )
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
@@ -85,8 +91,9 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app = FastAPI(title="oai-server", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
-    from .routes import audio_speech, chat_completions, health, models, seed
+    install_middleware(app, settings)
+    from .routes import audio_speech, chat_completions, health, metrics, models, seed
 
-    for module in (audio_speech, chat_completions, models, health, seed):
+    for module in (audio_speech, chat_completions, models, health, seed, metrics):
         app.include_router(module.router)
     return app

@@ -39,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name in _REPEATABLE:
             serve.add_argument(_REPEATABLE[name], dest=name, action="append", help=f"{help_text} (repeatable)")
         elif _is_bool(field.annotation):
-            serve.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
+            serve.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         elif _is_list(field.annotation):
             serve.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"{help_text} (comma-separated)")
         else:
@@ -51,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     overrides = {
-        name: value
-        for name, value in vars(args).items()
-        if name in Settings.model_fields and value is not None
+        name: value for name, value in vars(args).items() if name in Settings.model_fields and value is not None
     }
     return Settings(**overrides)
 
@@ -76,5 +79,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
     )
-
-

@@ -144,6 +144,19 @@ def _train_bpe(vocab_size: int, special_tokens: list[str]) -> Tokenizer:
     return tokenizer
 
 
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise RuntimeError(f"demo tokenizer lacks {token!r}")
+    return token_id
+
+
+def _embedding_weight(model: Any) -> torch.Tensor:
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def _is_word(piece: str) -> bool:
     """Whether a byte-level vocab entry is a space-led alphabetic piece (``Ġword``)."""
     return piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
@@ -176,7 +189,7 @@ def _build_gemma(out: Path) -> None:
     from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
     raw = _train_bpe(1000, list(GEMMA_SPECIAL_TOKENS))
-    ids = {tok: raw.token_to_id(tok) for tok in GEMMA_SPECIAL_TOKENS}
+    ids = {tok: _token_id(raw, tok) for tok in GEMMA_SPECIAL_TOKENS}
     raw.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", ids["<bos>"])]
     )
@@ -213,7 +226,7 @@ def _build_gemma(out: Path) -> None:
     model = Gemma2ForCausalLM(config)
     words = [i for i in range(vocab_size) if _is_word(raw.id_to_token(i) or "")]
     # Tuned so a sampled demo reply is ~25 space-separated pieces before <end_of_turn>.
-    _text_bias(model.get_input_embeddings().weight, words, {ids["<end_of_turn>"]: 1.05})
+    _text_bias(_embedding_weight(model), words, {ids["<end_of_turn>"]: 1.05})
     _shrink_post_norms(model, 0.1)
     model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]
     model.save_pretrained(out)
@@ -289,9 +302,9 @@ def _build_orpheus(out: Path) -> None:
         head_dim=16,
         max_position_embeddings=131072,
         rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        rope_scaling={
+        rope_parameters={
             "rope_type": "llama3",
+            "rope_theta": 500000.0,
             "factor": 32.0,
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
@@ -304,7 +317,7 @@ def _build_orpheus(out: Path) -> None:
     model = LlamaForCausalLM(config)
     audio = list(range(orpheus.AUDIO_TOKEN_BASE, orpheus.AUDIO_TOKEN_END))
     # Tuned so that at temperature 0.6 a demo utterance ends after ~25 frames (~2 s).
-    _text_bias(model.get_input_embeddings().weight, audio, {orpheus.END_OF_SPEECH: 1.55})
+    _text_bias(_embedding_weight(model), audio, {orpheus.END_OF_SPEECH: 1.55})
     model.save_pretrained(out)
 
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     """Default and upper bound of max_tokens for chat replies."""
     llm_remote_url: str | None = Field(None, validation_alias=_env("llm_remote_url"))
     """Base URL of a remote OpenAI-compatible server for the chat model (engine=remote)."""
+    llm_remote_model: str | None = Field(None, validation_alias=_env("llm_remote_model"))
+    """Model name the remote chat server serves (default: llm_model_name)."""
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("system_prompt"))
     """Voice-style system prompt prepended to every conversation ('' disables)."""
 
@@ -83,6 +85,12 @@ class Settings(BaseSettings):
     """vLLM max_num_seqs for the Orpheus engine."""
     tts_remote_url: str | None = Field(None, validation_alias=_env("tts_remote_url"))
     """Base URL of a remote OpenAI-compatible server for Orpheus (engine=remote)."""
+    tts_remote_model: str | None = Field(None, validation_alias=_env("tts_remote_model"))
+    """Model name the remote Orpheus server serves (default: tts_model_name)."""
+    remote_api_key: SecretStr | None = Field(None, validation_alias=_env("remote_api_key"))
+    """Bearer key sent to the remote engine servers."""
+    remote_read_timeout: float = Field(60.0, gt=0, validation_alias=_env("remote_read_timeout"))
+    """Longest silence from a remote engine stream before the request fails."""
     tts_temperature: float = Field(0.6, ge=0, le=2, validation_alias=_env("tts_temperature"))
     """Orpheus sampling temperature."""
     tts_top_p: float = Field(0.8, gt=0, le=1, validation_alias=_env("tts_top_p"))

@@ -14,12 +14,18 @@ import torch
 from oai_server.demo import DemoModels, build_demo_models
 from oai_server.pipeline import orpheus
 
-WEIGHT_FILES = ("llm/model.safetensors", "tts/model.safetensors", "snac/pytorch_model.bin", "tts/tokenizer.json")
+WEIGHT_FILES = (
+    "llm/model.safetensors",
+    "tts/model.safetensors",
+    "snac/pytorch_model.bin",
+    "tts/tokenizer.json",
+)
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoModels:
-    return build_demo_models(tmp_path_factory.getbasetemp() / "demo-models")
+def demo(demo_models: DemoModels) -> DemoModels:
+    """The session's demo models (built once by `conftest.demo_models`)."""
+    return demo_models
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,11 @@ def test_orpheus_tokenizer_matches_orpheus_ids(tts_tokenizer) -> None:
     assert len(tts_tokenizer) == orpheus.ORPHEUS_VOCAB_SIZE
     assert tts_tokenizer.convert_tokens_to_ids("<|eot_id|>") == orpheus.END_OF_TEXT
     assert tts_tokenizer.convert_tokens_to_ids("<|audio|>") == orpheus.ORPHEUS_VOCAB_SIZE - 1
-    for n, token_id in ((1, orpheus.START_OF_SPEECH), (2, orpheus.END_OF_SPEECH), (3, orpheus.START_OF_HUMAN)):
+    for n, token_id in (
+        (1, orpheus.START_OF_SPEECH),
+        (2, orpheus.END_OF_SPEECH),
+        (3, orpheus.START_OF_HUMAN),
+    ):
         assert tts_tokenizer.convert_tokens_to_ids(f"<custom_token_{n}>") == token_id
     assert tts_tokenizer.decode([orpheus.AUDIO_TOKEN_BASE]) == "<custom_token_10>"
     last_audio = orpheus.AUDIO_TOKEN_END - 1

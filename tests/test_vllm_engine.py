@@ -293,9 +293,7 @@ async def test_create_passes_engine_args_and_info() -> None:
 
 
 async def test_deltas_prompt_ids_and_stop_token_dropped() -> None:
-    double = FakeAsyncLLM(
-        {"r1": [[out([1, 2])], [out([])], [out([3]), out([4, 5])], [out([6, 9], "stop", 9)]]}
-    )
+    double = FakeAsyncLLM({"r1": [[out([1, 2])], [out([])], [out([3]), out([4, 5])], [out([6, 9], "stop", 9)]]})
     engine = await make_engine(double)
     deltas = await collect(engine.generate((11, 12, 13), PARAMS, "r1"))
     assert deltas == [[1, 2], [3, 4, 5], [6]]  # lagging deltas merged, empty skipped, stop id dropped
@@ -455,9 +453,7 @@ def test_slot_mask_allows_only_each_rows_band() -> None:
         base = orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * (k % 7)
         assert torch.isfinite(logits[row, [base, base + 4095]]).all()  # codes 0 and 4095
         assert not torch.isfinite(logits[row, base + 4096])
-    assert (orpheus.END_OF_SPEECH in allowed_ids(logits[0])) and (
-        orpheus.END_OF_SPEECH in allowed_ids(logits[3])
-    )
+    assert (orpheus.END_OF_SPEECH in allowed_ids(logits[0])) and (orpheus.END_OF_SPEECH in allowed_ids(logits[3]))
     assert orpheus.END_OF_SPEECH not in allowed_ids(logits[1]) | allowed_ids(logits[4])
     assert torch.equal(logits[2], untouched)
     with pytest.raises(ValueError):

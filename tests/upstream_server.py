@@ -164,9 +164,7 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
                     yield encode(item, sent)
                     sent += 1
                     if faults.error_after_chunks is not None and sent >= faults.error_after_chunks:
-                        error = {
-                            "error": {"message": "injected mid-stream failure", "type": "InternalServerError"}
-                        }
+                        error = {"error": {"message": "injected mid-stream failure", "type": "InternalServerError"}}
                         yield f"data: {json.dumps(error)}\n\n".encode()
                         break
                     if faults.stall_after_chunks is not None and sent >= faults.stall_after_chunks:

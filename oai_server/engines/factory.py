@@ -52,8 +52,11 @@ def resolve_models(settings: Settings) -> Settings:
     from ..demo import build_demo_models
 
     demo = build_demo_models(settings.cache_dir)
+    # Cap each segment at ~2 s of audio so the demo stays fast on a laptop CPU, unless the user chose a cap.
+    caps = {} if "tts_max_tokens" in settings.model_fields_set else {"tts_max_tokens": 168}
     return settings.model_copy(
         update={
+            **caps,
             "llm_model_name": str(demo.llm_dir),
             "tts_model_name": str(demo.tts_dir),
             "snac_model_name": str(demo.snac_dir),
@@ -76,7 +79,6 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
     if kind == "vllm":
         from .vllm_engine import VLLMEngine
 
-        common = {"dtype": settings.dtype, "enforce_eager": settings.enforce_eager}
         tts = await VLLMEngine.create(
             settings.tts_model_name,
             tokenizer=settings.tts_model_name,
@@ -87,7 +89,8 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             quantization=settings.tts_quantization,
             orpheus_slots=True,
             kind="vllm-orpheus",
-            **common,
+            dtype=settings.dtype,
+            enforce_eager=settings.enforce_eager,
         )
         llm = await VLLMEngine.create(
             settings.llm_model_name,
@@ -96,25 +99,53 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             gpu_memory_utilization=settings.llm_gpu_memory_utilization,
             max_num_seqs=settings.llm_max_num_seqs,
             kind="vllm-gemma",
-            **common,
+            dtype=settings.dtype,
+            enforce_eager=settings.enforce_eager,
         )
         return llm, tts
     if kind == "remote":
-        from .remote import RemoteEngine
+        from .remote import RemoteEngine, RemoteEngineConfig
 
         assert settings.llm_remote_url and settings.tts_remote_url
-        llm_remote = RemoteEngine(settings.llm_remote_url, model=settings.llm_model_name, kind="remote-gemma")
-        tts_remote = RemoteEngine(settings.tts_remote_url, model=settings.tts_model_name, kind="remote-orpheus")
-        return llm_remote, tts_remote
+        key = settings.remote_api_key.get_secret_value() if settings.remote_api_key else None
+        llm_config = RemoteEngineConfig(
+            settings.llm_remote_url,
+            settings.llm_remote_model or settings.llm_model_name,
+            api_key=key,
+            read_timeout=settings.remote_read_timeout,
+            max_model_len=settings.llm_max_model_len,
+        )
+        tts_config = RemoteEngineConfig(
+            settings.tts_remote_url,
+            settings.tts_remote_model or settings.tts_model_name,
+            api_key=key,
+            read_timeout=settings.remote_read_timeout,
+            max_model_len=settings.tts_max_model_len,
+        )
+        return RemoteEngine(llm_config, kind="remote-gemma"), RemoteEngine(tts_config, kind="remote-orpheus")
     from .transformers_engine import TransformersEngine
 
+    # One torch thread per op for the tiny demo models: two engines and SNAC share the cores (2 ms vs 60 ms a step).
+    threads = 1 if settings.demo else None
+
     def load() -> tuple[TokenEngine, TokenEngine]:
-        common = {"device": settings.device, "dtype": settings.dtype, "max_concurrency": settings.max_concurrency}
         llm = TransformersEngine(
-            settings.llm_model_name, kind="transformers-gemma", max_model_len=settings.llm_max_model_len, **common
+            settings.llm_model_name,
+            kind="transformers-gemma",
+            device=settings.device,
+            dtype=settings.dtype,
+            max_concurrency=settings.max_concurrency,
+            max_model_len=settings.llm_max_model_len,
+            torch_threads=threads,
         )
         tts = TransformersEngine(
-            settings.tts_model_name, kind="transformers-orpheus", max_model_len=settings.tts_max_model_len, **common
+            settings.tts_model_name,
+            kind="transformers-orpheus",
+            device=settings.device,
+            dtype=settings.dtype,
+            max_concurrency=settings.max_concurrency,
+            max_model_len=settings.tts_max_model_len,
+            torch_threads=threads,
         )
         return llm, tts
 
@@ -124,6 +155,9 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
 @asynccontextmanager
 async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     """Load tokenizers, engines and SNAC for `settings` (already resolved); close them on exit."""
+    # transformers' lazy module import is not thread-safe: resolve it here before the loader threads.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     from .loading import load_tokenizer
 
     kind = choose_engine(settings)

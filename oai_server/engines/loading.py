@@ -53,11 +53,11 @@ def _load_error(name_or_path: str, what: str, exc: BaseException) -> ModelLoadEr
         return ModelLoadError(f"could not load the {what} from local directory {name_or_path!r}: {exc}")
     return ModelLoadError(
         f"could not load the {what} {name_or_path!r} from the Hugging Face Hub or its local cache: "
-        f"{type(exc).__name__}: {str(exc).strip().rstrip('.')}. If the model is gated (e.g. google/gemma-2-2b-it), accept "
-        "its license on the Hub and set HF_TOKEN to a token with access; if this machine is "
-        "offline, download the model beforehand (HF_HUB_OFFLINE=1 uses only the cache) or pass "
-        "a local directory. To try the server without any download, run it with --demo "
-        "(tiny offline demo models)."
+        f"{type(exc).__name__}: {str(exc).strip().rstrip('.')}. If the model is gated "
+        "(e.g. google/gemma-2-2b-it), accept its license on the Hub and set HF_TOKEN to a token "
+        "with access; if this machine is offline, download the model beforehand "
+        "(HF_HUB_OFFLINE=1 uses only the cache) or pass a local directory. To try the server "
+        "without any download, run it with --demo (tiny offline demo models)."
     )
 
 
@@ -97,7 +97,7 @@ def load_causal_lm(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **kwargs)
     except _hub_errors() as exc:
         raise _load_error(name, "model", exc) from exc
     return model.to(target).eval()

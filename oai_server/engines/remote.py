@@ -14,8 +14,9 @@ that `generate` receives; in that mode `generate` raises `EngineError` at call t
 
 The Orpheus per-position slot constraint (`SamplingParams.orpheus_audio_slots`) cannot be
 enforced by a remote client. It is forwarded as ``vllm_xargs={"orpheus_audio_slots": 1}`` so an
-upstream running the project's logits processor applies it; without one, out-of-band ids are
-skipped by `pipeline.orpheus.AudioTokenParser` downstream.
+upstream running `engines.vllm_orpheus_logits.OrpheusSlotLogitsProcessor` (``vllm serve
+--logits-processors``) applies it; without it, out-of-band ids are skipped downstream by
+`pipeline.orpheus.AudioTokenParser`.
 
 Cancellation: each request streams in its own task; closing or cancelling the consumer, or
 `abort(request_id)`, cancels that task, which closes the HTTP connection, and vLLM aborts a
@@ -45,6 +46,7 @@ _OVERLOAD_STATUSES = frozenset({429, 503})
 _CUSTOM_TOKEN = re.compile(r"<custom_token_(\d+)>")
 _PREFIX = "<custom_token_"
 _END = object()
+_Queue = asyncio.Queue[Any]  # deltas, then _END or the EngineError that ended the stream
 
 
 class TextTokenizer(Protocol):
@@ -101,11 +103,7 @@ class _TextDecoder:
         text = self._tail + text
         self._tail = ""
         cut = text.rfind("<")
-        if (
-            cut != -1
-            and ">" not in text[cut:]
-            and (_PREFIX.startswith(text[cut:]) or text[cut:].startswith(_PREFIX))
-        ):
+        if cut != -1 and ">" not in text[cut:] and (_PREFIX.startswith(text[cut:]) or text[cut:].startswith(_PREFIX)):
             text, self._tail = text[:cut], text[cut:]
         ids: list[int] = []
         pos = 0
@@ -141,16 +139,14 @@ def _upstream_message(payload: Any, fallback: str) -> str:
 
 
 def _retry_after(response: httpx.Response, cap: float) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
+    value = response.headers.get("retry-after", "")
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:  # the HTTP-date form
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
             return None
-        seconds = parsed.timestamp() - time.time()
     return min(max(seconds, 0.0), cap)
 
 
@@ -178,18 +174,12 @@ class RemoteEngine:
             max_model_len=config.max_model_len,
             details={"base_url": self._base, "api": config.api},
         )
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        c, pool = config, config.max_connections
         self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=config.read_timeout,
-                write=config.read_timeout,
-                pool=config.pool_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-            ),
+            headers={"Authorization": f"Bearer {c.api_key}"} if c.api_key else {},
+            # httpx's read timeout bounds every socket read: it is the per-chunk stall timeout.
+            timeout=httpx.Timeout(c.read_timeout, connect=c.connect_timeout, pool=c.pool_timeout),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             transport=transport,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -234,8 +224,8 @@ class RemoteEngine:
             if response.status_code in (404, 405) or response.is_success:
                 await self._check_models(required=response.status_code in (404, 405))
                 return
-        except httpx.HTTPError as exc:
-            raise EngineError(f"upstream {self._base} unreachable: {exc!r}") from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise EngineError(f"upstream {self._base} unreachable or malformed: {exc!r}") from exc
         raise EngineError(f"upstream {self._base}/health answered {response.status_code}")
 
     def active_requests(self) -> int:
@@ -298,8 +288,8 @@ class RemoteEngine:
         if request_id in self._tasks:
             raise EngineError(f"request id {request_id!r} is already in flight")
         body["request_id"] = request_id
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(self._produce(path, body, params, request_id, queue))
+        queue: _Queue = asyncio.Queue()
+        task = asyncio.create_task(self._produce(path, body, params, queue))
         self._tasks[request_id] = task
         task.add_done_callback(lambda done: self._forget(request_id, done))
         try:
@@ -318,16 +308,9 @@ class RemoteEngine:
         if self._tasks.get(request_id) is task:
             del self._tasks[request_id]
 
-    async def _produce(
-        self,
-        path: str,
-        body: dict[str, Any],
-        params: SamplingParams,
-        request_id: str,
-        queue: asyncio.Queue[Any],
-    ) -> None:
+    async def _produce(self, path: str, body: dict[str, Any], params: SamplingParams, queue: _Queue) -> None:
         try:
-            await self._stream(path, body, params, request_id, queue)
+            await self._stream(path, body, params, queue)
         except asyncio.CancelledError:
             queue.put_nowait(_END)  # aborted: the consumer's iterator ends quietly
             raise
@@ -342,10 +325,10 @@ class RemoteEngine:
         else:
             queue.put_nowait(_END)
 
-    async def _open(self, path: str, body: dict[str, Any], request_id: str) -> httpx.Response:
+    async def _open(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """Send the request, retrying only while no 2xx response has started."""
         request = self._client.build_request(
-            "POST", f"{self._base}{path}", json=body, headers={"X-Request-Id": request_id}
+            "POST", f"{self._base}{path}", json=body, headers={"X-Request-Id": body["request_id"]}
         )
         for attempt in range(self.config.max_retries + 1):
             last = attempt == self.config.max_retries
@@ -378,15 +361,8 @@ class RemoteEngine:
             raise (EngineOverloadedError if status in _OVERLOAD_STATUSES else EngineError)(message)
         raise AssertionError("unreachable")
 
-    async def _stream(
-        self,
-        path: str,
-        body: dict[str, Any],
-        params: SamplingParams,
-        request_id: str,
-        queue: asyncio.Queue[Any],
-    ) -> None:
-        response = await self._open(path, body, request_id)
+    async def _stream(self, path: str, body: dict[str, Any], params: SamplingParams, queue: _Queue) -> None:
+        response = await self._open(path, body)
         decoder = _TextDecoder(self._tokenizer)
         stops = frozenset(params.stop_token_ids)
         emitted = 0
@@ -401,6 +377,7 @@ class RemoteEngine:
                     continue  # comment (":"), other SSE fields, or blank line between events
                 event, data = "\n".join(data), []
                 if event.strip() == "[DONE]":
+                    final = [] if final is None else final
                     break
                 ids, upstream_done = self._parse_event(event, decoder)
                 if final is not None:

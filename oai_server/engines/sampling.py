@@ -116,11 +116,13 @@ class TokenSampler:
         if prompt:
             self._seen[torch.tensor(prompt, device=device)] = True
 
-    def penalise(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply the repetition, presence and frequency penalties; returns float32 logits."""
-        logits = apply_repetition_penalty(logits.float(), self._seen, self.params.repetition_penalty)
+    def penalise(self, logits: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Apply the repetition, presence and frequency penalties to ``logits``, which hold the
+        ids ``start .. start + len(logits) - 1``; returns float32 logits."""
+        stop = start + logits.shape[-1]
+        logits = apply_repetition_penalty(logits.float(), self._seen[start:stop], self.params.repetition_penalty)
         return apply_presence_frequency(
-            logits, self._counts, self.params.presence_penalty, self.params.frequency_penalty
+            logits, self._counts[start:stop], self.params.presence_penalty, self.params.frequency_penalty
         )
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
@@ -132,18 +134,18 @@ class TokenSampler:
 
     def step(self, logits: torch.Tensor) -> int:
         """Choose the next token id from next-token ``logits`` and record it."""
-        logits = self.penalise(logits)
         if self.params.orpheus_audio_slots:
-            # Same result as choosing over `audio_slot_mask(...)`, but sorts 4097 logits, not 156 940.
+            # Same result as choosing over `audio_slot_mask(self.process(logits))`, but only the
+            # 4097 allowed logits are penalised and sorted, not all 156 940.
             band = orpheus.slot_band(self.generated)
-            candidates = logits[band.start : band.stop]
+            candidates = self.penalise(logits[band.start : band.stop], band.start)
             if orpheus.stop_allowed(self.generated):
                 eos = orpheus.END_OF_SPEECH
-                candidates = torch.cat([candidates, logits[eos : eos + 1]])
+                candidates = torch.cat([candidates, self.penalise(logits[eos : eos + 1], eos)])
             index = choose(candidates, self.params, self.generator)
             token = band.start + index if index < len(band) else orpheus.END_OF_SPEECH
         else:
-            token = choose(logits, self.params, self.generator)
+            token = choose(self.penalise(logits), self.params, self.generator)
         self.record(token)
         return token
 

@@ -144,9 +144,7 @@ class TransformersEngine:
         except RuntimeError as exc:  # pool shut down between the check and submit
             self._forget(request)
             raise EngineError("engine is closed") from exc
-        request.future.add_done_callback(
-            lambda future: emit(_Finished(aborted=True)) if future.cancelled() else None
-        )
+        request.future.add_done_callback(lambda future: emit(_Finished(aborted=True)) if future.cancelled() else None)
         try:
             while True:
                 batch: list[int] = []

@@ -113,11 +113,8 @@ def _build_async_llm(kwargs: dict[str, Any]) -> Any:
 
 def _describe(exc: BaseException) -> str:
     """A message for `EngineError`; vLLM's `EngineGenerateError` is empty and chains the cause."""
-    parts = [f"{type(exc).__name__}: {exc}".rstrip(": ")]
-    cause = exc.__cause__
-    if cause is not None:
-        parts.append(f"{type(cause).__name__}: {cause}".rstrip(": "))
-    return " <- ".join(parts)
+    chain = [exc] if exc.__cause__ is None else [exc, exc.__cause__]
+    return " <- ".join(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__ for e in chain)
 
 
 class VLLMEngine:
@@ -182,8 +179,7 @@ class VLLMEngine:
         built = (engine_factory or _build_async_llm)(kwargs)
         engine = await built if inspect.isawaitable(built) else built
         details: dict[str, object] = {
-            key: kwargs.get(key)
-            for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+            key: kwargs.get(key) for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
         }
         details.update(
             kv_cache_dtype=kv_cache_dtype,

@@ -106,7 +106,7 @@ def frames_to_levels(frames: Sequence[Sequence[int]]) -> tuple[list[int], list[i
     for frame in frames:
         level0, level1, level2 = [0], [0, 0], [0, 0, 0, 0]
         slots = (level0, level1, level2)
-        for code, (level, index) in zip(frame, SLOT_LEVELS):
+        for code, (level, index) in zip(frame, SLOT_LEVELS, strict=True):
             slots[level][index] = code
         levels[0].extend(level0)
         levels[1].extend(level1)

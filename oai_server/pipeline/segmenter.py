@@ -25,6 +25,10 @@ chunked into deltas; a decision that needs characters not yet seen waits for the
 * ``first_segment_words``: for latency, the first segment of a stream may end at a clause boundary
   once it holds at least that many words.
 
+Latency: a boundary after ``.!?`` is emitted once the next non-space character arrives (after an
+initial or acronym, once the next word is complete), and a new sentence is not scanned until 10
+characters past its start have arrived (to recognise a list marker); ``flush`` decides everything.
+
 Segments are stripped of surrounding whitespace; inner whitespace is kept as is. Concatenating the
 segments reproduces the input apart from whitespace at the cuts.
 """
@@ -40,20 +44,24 @@ _BULLETS = frozenset("•⁃◦▪")
 _CLAUSE_PUNCT = frozenset(",;:，；：")
 _OPENERS = "\"'“‘([{«¿¡*_`"
 
+
+def _wordset(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
 # Never end a sentence: they precede a name or an example.
-_TITLES = frozenset(
-    "mr mrs ms mx dr prof rev gen col capt lt sgt cpl sen rep gov pres hon fr messrs mme mlle "
-    "e.g i.e vs cf viz".split()
+_TITLES = _wordset(
+    "mr mrs ms mx dr prof rev gen col capt lt sgt cpl sen rep gov pres hon fr messrs mme mlle e.g i.e vs cf viz"
 )
 # Do not end a sentence when a number follows ("No. 5", "p. 55").
-_NUMBER_ABBREVS = frozenset("no nos nr n° p pp vol fig figs ch sec art tel ph eq approx ca op ex".split())
+_NUMBER_ABBREVS = _wordset("no nos nr n° p pp vol fig figs ch sec art tel ph eq approx ca op ex")
 # End a sentence only when a common sentence starter follows.
-_WEAK_ABBREVS = frozenset("st mt jr sr ft".split())
-_SENTENCE_STARTERS = frozenset(
+_WEAK_ABBREVS = _wordset("st mt jr sr ft")
+_SENTENCE_STARTERS = _wordset(
     "a after also and are as at but can could did do does each every finally first for he hello her here "
     "hi his how however i if in is it it's its let let's many maybe more most my next no now oh ok okay "
     "on one our please she since so some that that's the their then there there's these they this those "
-    "thus to today we well were what when where which while who why will with would yes yet you your".split()
+    "thus to today we well were what when where which while who why will with would yes yet you your"
 )
 _ACRONYM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")
 _WORD_RE = re.compile(r"[A-Za-z'’]+")
@@ -93,9 +101,10 @@ class SentenceSegmenter:
         self._seg_start = 0  # start of the segment being built (may hold merged short sentences)
         self._sent_start = 0  # start of the current sentence (list-marker context)
         self._scan = 0  # everything before this index is decided "no boundary"
-        self._marker: tuple[int, str, str] | None | bool = False  # False = not computed yet
+        self._marker: tuple[int, str, str] | bool | None = False  # False = not computed yet
         self._emitted = 0
         self._final = False
+        self._forced = False
 
     def push(self, text: str) -> list[str]:
         """Feed a text delta; return the segments completed by it (possibly none)."""
@@ -117,6 +126,7 @@ class SentenceSegmenter:
     def _drain(self) -> list[str]:
         out: list[str] = []
         while True:
+            self._forced = False  # set by _length_cut: such a cut is emitted even if short
             try:
                 cut = self._next_cut()
             except _NeedMore:
@@ -129,7 +139,7 @@ class SentenceSegmenter:
             if not piece:
                 self._seg_start = cut
                 continue
-            if len(piece) < self.min_chars:
+            if len(piece) < self.min_chars and not self._forced:
                 continue  # too short: keep it and merge it with the next sentence
             out.append(piece)
             self._emitted += 1
@@ -265,11 +275,13 @@ class SentenceSegmenter:
         marker = self._start_marker()
         if marker is None or i < marker[0]:
             return _NO
-        end, value, style = marker
+        _, value, style = marker
         want = str(int(value) + 1) if value.isdigit() else chr(ord(value) + 1)
         probe = [self._char(i + 1 + n) for n in range(len(want) + len(style) + 1)]
-        if "".join(probe[: len(want)]) == want and "".join(probe[len(want) : -1]) == style and (
-            probe[-1] in (" ", "\t")
+        if (
+            "".join(probe[: len(want)]) == want
+            and "".join(probe[len(want) : -1]) == style
+            and (probe[-1] in (" ", "\t"))
         ):
             return i
         return _NO
@@ -289,6 +301,7 @@ class SentenceSegmenter:
 
     def _length_cut(self) -> int:
         """Cut for a segment that reached ``max_chars`` without a sentence boundary."""
+        self._forced = True
         start, limit = self._seg_start, self._seg_start + self.max_chars
         window = self._buf[start:limit]
         for k in range(len(window) - 1, len(window) // 2 - 1, -1):

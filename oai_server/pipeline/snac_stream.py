@@ -31,6 +31,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,7 @@ class _Job:
 class SnacDecoder:
     """Decodes windows for every live stream in batches, on one worker thread."""
 
-    def __init__(self, model: torch.nn.Module, device: str, max_batch: int = 64) -> None:
+    def __init__(self, model: Any, device: str, max_batch: int = 64) -> None:
         self.model = model
         self.device = device
         self.max_batch = max_batch
@@ -149,9 +150,7 @@ class SnacDecoder:
         """Decode windows of one length in one batch (the worker's unit of work)."""
         length = len(windows[0].frames)
         codes = [frames_to_levels(w.frames) for w in windows]
-        tensors = [
-            torch.tensor([c[level] for c in codes], dtype=torch.long, device=self.device) for level in range(3)
-        ]
+        tensors = [torch.tensor([c[level] for c in codes], dtype=torch.long, device=self.device) for level in range(3)]
         with torch.inference_mode():
             audio = self.model.decode(tensors)[:, 0, :]  # [B, 2048 * length]
             pcm = (audio.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)
@@ -193,7 +192,7 @@ class SnacDecoder:
                 continue
             self.windows_decoded += len(group)
             self.batches += 1
-            for job, pcm in zip(group, results):
+            for job, pcm in zip(group, results, strict=True):
                 job.loop.call_soon_threadsafe(_set_result, job.future, pcm)
 
     def close(self) -> None:

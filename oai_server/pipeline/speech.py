@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -184,7 +184,7 @@ async def synthesize_segments(
     depth: int = 2,
     crossfade_samples: int = CROSSFADE_SAMPLES,
     stats: SpeechStats | None = None,
-) -> AsyncIterator[SpeechEvent]:
+) -> AsyncGenerator[SpeechEvent, None]:
     """Speak segments in order, synthesising up to `depth` segments ahead of the one streaming.
 
     Yields a text event when a segment's audio starts, then its audio events. Counts go to

@@ -68,14 +68,10 @@ class TempoFilter:
 
     def _build_graph(self) -> av.filter.Graph:
         graph = av.filter.Graph()
-        source = graph.add_abuffer(
-            sample_rate=self.sample_rate, format="s16", layout="mono", time_base=self._time_base
-        )
+        source = graph.add_abuffer(sample_rate=self.sample_rate, format="s16", layout="mono", time_base=self._time_base)
         tempos = [graph.add("atempo", repr(factor)) for factor in atempo_chain(self.speed)]
         # Pin the output format so callers always get packed s16 mono at the input rate.
-        out_format = graph.add(
-            "aformat", f"sample_fmts=s16:channel_layouts=mono:sample_rates={self.sample_rate}"
-        )
+        out_format = graph.add("aformat", f"sample_fmts=s16:channel_layouts=mono:sample_rates={self.sample_rate}")
         sink = graph.add("abuffersink")
         graph.link_nodes(source, *tempos, out_format, sink).configure()
         return graph

@@ -16,6 +16,7 @@ def services(request: Request) -> Services:
     """The running server's services; 503 while the engines are still loading."""
     svc = getattr(request.app.state, "services", None)
     if svc is None:
-        raise APIError(503, "The models are still loading.", type="server_error", code="loading",
-                       headers={"retry-after": "5"})
+        raise APIError(
+            503, "The models are still loading.", type="server_error", code="loading", headers={"retry-after": "5"}
+        )
     return cast("Services", svc)

@@ -44,7 +44,11 @@ async def ready(svc: Services = Depends(services)) -> JSONResponse | dict[str, A
         asyncio.wait_for(svc.engines.tts.check_health(), 5),
         return_exceptions=True,
     )
-    failures = {name: repr(result) for name, result in zip(("llm", "tts"), checks) if isinstance(result, BaseException)}
+    failures = {
+        name: repr(result)
+        for name, result in zip(("llm", "tts"), checks, strict=True)
+        if isinstance(result, BaseException)
+    }
     if failures or svc.admission.draining:
         status = "draining" if svc.admission.draining else "unavailable"
         return JSONResponse({"status": status, "failures": failures}, status_code=503)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from ..admission import HeldBody
-from ..models import ChatCompletionRequest, ChatMessage, OpenAIModel
+from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel
 from ..pipeline.encode import make_encoder
 from ..responses import AbortingStreamingResponse
 from ..serving.speech import SpeechJob
@@ -82,8 +82,12 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
     text = " ".join(body.prompt.split())
     job = SpeechJob(split_text(text, svc.settings.tts_segment_chars), options, "wav", 1.0, False)
     ticket = await svc.admission.acquire()
-    body_stream = guarded(_wav(svc.speech.pcm(job, SpeechStats())),
-                          deadline_seconds=svc.settings.request_timeout_seconds, sse=False, send_done=False)
+    body_stream = guarded(
+        _wav(svc.speech.pcm(job, SpeechStats())),
+        deadline_seconds=svc.settings.request_timeout_seconds,
+        sse=False,
+        send_done=False,
+    )
     return AbortingStreamingResponse(HeldBody(body_stream, ticket), media_type="audio/wav")
 
 
@@ -136,7 +140,7 @@ async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) ->
         model=svc.settings.chat_model_id,
         messages=messages,
         modalities=["text"] if body.stream_text else ["text", "audio"],
-        audio=None if body.stream_text else {"voice": body.voice, "format": "pcm16"},  # type: ignore[arg-type]
+        audio=None if body.stream_text else AudioOutput(voice=body.voice, format="pcm16"),
         max_tokens=body.max_tokens,
     )
     job = await svc.chat.prepare(request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,9 @@ from ..models import ChatCompletionRequest, chunk, completion, now, usage, voice
 from ..pipeline.assistant import ReplyStats, reply_text, spoken_segments
 from ..pipeline.chat_prompt import ChatTemplateTokenizer, Turn, build_chat_prompt
 from ..pipeline.encode import encode_all
-from ..pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
+from ..pipeline.speech import SpeechEvent, SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
 from ..settings import Settings
 from ..sse import DONE, b64_pieces, data_event
-from ..voices import resolve_voice
 
 CHAT_MODEL_ALIASES = ("gpt-4o-audio-preview", "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini")
 
@@ -65,7 +64,7 @@ class ChatServing:
         stop_token_ids: tuple[int, ...],
         synthesizer: SpeechSynthesizer,
         audio_store: AudioStore,
-        voice_options: Any,
+        voice_options: Callable[..., VoiceOptions],
     ) -> None:
         self.settings = settings
         self.llm = llm
@@ -137,7 +136,7 @@ class ChatServing:
     def _text(self, job: ChatJob) -> AsyncIterator[str]:
         return reply_text(self.llm, self.tokenizer, job.prompt_ids, job.params, job.request.stop_list, job.reply)
 
-    def _speech(self, job: ChatJob) -> Any:
+    def _speech(self, job: ChatJob) -> AsyncGenerator[SpeechEvent, None]:
         assert job.voice is not None
         segments = spoken_segments(
             self._text(job),
@@ -159,20 +158,25 @@ class ChatServing:
         if audio is not None:
             yield self._chunk(job, {"audio": audio})
         if job.include_usage:
-            yield data_event({**chunk(job.completion_id, job.created, job.request.model, {}), "choices": [],
-                              "usage": job.usage()})
+            yield data_event(
+                {**chunk(job.completion_id, job.created, job.request.model, {}), "choices": [], "usage": job.usage()}
+            )
         yield DONE
 
     async def stream(self, job: ChatJob) -> AsyncIterator[bytes]:
         """SSE body of a streaming request."""
-        if job.voice is None:
-            yield self._chunk(job, {"role": "assistant", "content": "", "refusal": None})
-            text = self._text(job)
-            async for delta in text:
-                yield self._chunk(job, {"content": delta})
-            async for event in self._finish(job, None):
-                yield event
-            return
+        body = self._stream_text(job) if job.voice is None else self._stream_audio(job)
+        async for event in body:
+            yield event
+
+    async def _stream_text(self, job: ChatJob) -> AsyncIterator[bytes]:
+        yield self._chunk(job, {"role": "assistant", "content": "", "refusal": None})
+        async for text in self._text(job):
+            yield self._chunk(job, {"content": text})
+        async for event in self._finish(job, None):
+            yield event
+
+    async def _stream_audio(self, job: ChatJob) -> AsyncIterator[bytes]:
         yield self._chunk(job, {"role": "assistant", "content": None, "refusal": None})
         audio_id = f"audio_{uuid.uuid4().hex}"
         transcript: list[str] = []
@@ -181,13 +185,11 @@ class ChatServing:
         try:
             async for event in events:
                 if event.text is not None:
-                    piece = event.text if not transcript else f" {event.text}"
-                    delta: dict[str, Any] = {"transcript": piece}
-                    if not transcript:
-                        delta = {"id": audio_id, **delta}
+                    if transcript:
+                        yield self._chunk(job, {"audio": {"transcript": f" {event.text}"}})
+                    else:  # the first audio delta carries the id, exactly once
+                        yield self._chunk(job, {"content": None, "audio": {"id": audio_id, "transcript": event.text}})
                     transcript.append(event.text)
-                    yield self._chunk(job, {"content": None, "audio": delta} if len(transcript) == 1
-                                      else {"audio": delta})
                 for data in b64_pieces(event.pcm, carry, final=False):
                     yield self._chunk(job, {"audio": {"data": data}})
             for data in b64_pieces(b"", carry, final=True):
@@ -220,9 +222,15 @@ class ChatServing:
         """The whole `chat.completion` of a non-streaming request."""
         if job.voice is None:
             parts = [delta async for delta in self._text(job)]
-            message = {"role": "assistant", "content": "".join(parts), "refusal": None, "annotations": []}
-            return completion(job.completion_id, job.created, job.request.model, message,
-                              job.reply.finish_reason, job.usage())
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(parts),
+                "refusal": None,
+                "annotations": [],
+            }
+            return completion(
+                job.completion_id, job.created, job.request.model, message, job.reply.finish_reason, job.usage()
+            )
         assert job.request.audio is not None
         transcript: list[str] = []
         pcm = bytearray()
@@ -239,7 +247,7 @@ class ChatServing:
         expires_at = now() + self.settings.audio_ttl_seconds
         spoken = " ".join(transcript)
         await self.audio_store.put(audio_id, spoken, expires_at)
-        message = {
+        audio_message: dict[str, Any] = {
             "role": "assistant",
             "content": None,
             "refusal": None,
@@ -251,5 +259,6 @@ class ChatServing:
                 "transcript": spoken,
             },
         }
-        return completion(job.completion_id, job.created, job.request.model, message,
-                          job.reply.finish_reason, job.usage())
+        return completion(
+            job.completion_id, job.created, job.request.model, audio_message, job.reply.finish_reason, job.usage()
+        )

@@ -9,7 +9,7 @@ tempo run in worker threads, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from ..errors import invalid, model_not_found
@@ -104,7 +104,7 @@ class SpeechServing:
         pieces = split_text(text, self.settings.tts_segment_chars)
         return SpeechJob(pieces, options, request.response_format, request.speed, request.stream_format == "sse")
 
-    async def pcm(self, job: SpeechJob, stats: SpeechStats) -> AsyncIterator[bytes]:
+    async def pcm(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
         """Raw 24 kHz s16le PCM of the job, tempo-adjusted, as it is produced."""
         tempo = TempoFilter(job.speed)
         events = synthesize_segments(
@@ -126,7 +126,7 @@ class SpeechServing:
         finally:
             await events.aclose()
 
-    async def encoded(self, job: SpeechJob, stats: SpeechStats) -> AsyncIterator[bytes]:
+    async def encoded(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
         """The job's audio in its response format, as it is produced."""
         encoder: AudioEncoder = make_encoder(job.response_format, streaming=True)
         lossless = job.response_format in ("pcm", "wav")
@@ -165,4 +165,3 @@ class SpeechServing:
             yield named_event("speech.audio.done", {"type": "speech.audio.done", "usage": usage})
         finally:
             await audio.aclose()
-

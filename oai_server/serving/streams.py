@@ -25,8 +25,9 @@ def as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, TimeoutError):
-        return APIError(504, "The request exceeded its deadline and was cancelled.", type="server_error",
-                        code="timeout")
+        return APIError(
+            504, "The request exceeded its deadline and was cancelled.", type="server_error", code="timeout"
+        )
     if isinstance(exc, EngineError):
         return server_error(f"The engine failed: {exc}")
     return server_error()

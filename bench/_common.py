@@ -1,0 +1,267 @@
+"""Shared helpers of the bench scripts: server subprocesses, the playback simulator, summaries, plots.
+
+The playback simulator is the heart of every streaming metric: a client player that starts once
+`prebuffer_ms` of audio is buffered (or at the end of a shorter stream) and then plays in real
+time. Each time the next chunk arrives after the buffered audio has run out, that is one
+underrun; the wait until it arrives adds to the stall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 2048
+TOKENS_PER_FRAME = 7
+REAL_TIME_TOKENS_PER_SECOND = TOKENS_PER_FRAME * SAMPLE_RATE / SAMPLES_PER_FRAME
+
+SENTENCES = (
+    "Hello there! It is a lovely morning, and the sun is shining over the quiet hills.",
+    "To make a good cup of tea, boil fresh water, pour it over the leaves, and wait three minutes.",
+    "The train leaves at seven o'clock, so we should pack our bags and go to bed early tonight.",
+    "Once upon a time, a curious little robot wandered through the city looking for new friends.",
+)
+
+
+@dataclass
+class StreamResult:
+    """One streamed request as the client saw it (times in seconds from the request being sent)."""
+
+    ok: bool = False
+    error: str | None = None
+    ttfa_s: float | None = None
+    wall_s: float = 0.0
+    audio_s: float = 0.0
+    bytes: int = 0
+    underruns: int = 0
+    stall_ms: float = 0.0
+    rtf: float | None = None
+    arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    """(seconds since the request was sent, cumulative samples received) per audio chunk."""
+
+    def finish(self, wall_s: float, prebuffer_ms: float) -> StreamResult:
+        """Fill the derived metrics from `arrivals` once the stream has ended at `wall_s`."""
+        self.wall_s = wall_s
+        samples = self.arrivals[-1][1] if self.arrivals else 0
+        self.audio_s = samples / SAMPLE_RATE
+        self.ttfa_s = self.arrivals[0][0] if self.arrivals else None
+        self.rtf = wall_s / self.audio_s if self.audio_s > 0 else None
+        self.underruns, stall_s = simulate_playback(self.arrivals, wall_s, prebuffer_ms / 1000)
+        self.stall_ms = stall_s * 1000
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """The JSON form (without the per-chunk arrivals)."""
+        data = asdict(self)
+        data.pop("arrivals")
+        return data
+
+
+def simulate_playback(arrivals: Sequence[tuple[float, int]], end_s: float, prebuffer_s: float) -> tuple[int, float]:
+    """Underruns and total stall seconds of a real-time player fed by `arrivals`.
+
+    `arrivals` are (time, cumulative samples) in time order. Playback starts when the buffered
+    audio reaches `prebuffer_s` or at `end_s` (end of stream) if it never does. Afterwards a chunk
+    that arrives after everything before it has been played is an underrun; playback resumes
+    when it arrives (no re-buffering), so the stall is the gap.
+    """
+    if not arrivals:
+        return 0, 0.0
+    need = prebuffer_s * SAMPLE_RATE
+    start = next((t for t, total in arrivals if total >= need), end_s)
+    underruns, stall = 0, 0.0
+    previous = 0
+    for t, total in arrivals:
+        if total == previous:
+            continue
+        dry_at = start + stall + previous / SAMPLE_RATE
+        if t > start and t > dry_at:
+            underruns += 1
+            stall += t - dry_at
+        previous = total
+    return underruns, stall
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100) of `values`; None when empty."""
+    data = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not data:
+        return None
+    pos = (len(data) - 1) * q / 100
+    low, high = math.floor(pos), math.ceil(pos)
+    return data[low] + (data[high] - data[low]) * (pos - low)
+
+
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max of `values`."""
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+    }
+
+
+def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) -> dict[str, Any]:
+    """The per-level report: percentiles, zero-underrun streams, aggregate audio tokens/s."""
+    ok = [r for r in results if r.ok]
+    samples = sum(r.audio_s for r in ok) * SAMPLE_RATE
+    tokens = samples / SAMPLES_PER_FRAME * TOKENS_PER_FRAME
+    zero = sum(1 for r in ok if r.underruns == 0)
+    errors = [r.error for r in results if not r.ok]
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "ok": len(ok),
+        "errors": len(errors),
+        "error_samples": sorted(set(e for e in errors if e))[:5],
+        "ttfa_ms": {k: None if v is None else v * 1000 for k, v in spread([r.ttfa_s for r in ok if r.ttfa_s]).items()},
+        "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
+        "underruns": spread([float(r.underruns) for r in ok]),
+        "stall_ms": spread([r.stall_ms for r in ok]),
+        "streams_zero_underruns": zero,
+        "zero_underrun_fraction": zero / len(results) if results else 0.0,
+        "audio_s_total": samples / SAMPLE_RATE,
+        "bytes_total": sum(r.bytes for r in ok),
+        "wall_s": wall_s,
+        "aggregate_audio_tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
+        "per_stream_audio_tokens_per_s_p50": percentile(
+            [r.audio_s * SAMPLE_RATE / SAMPLES_PER_FRAME * TOKENS_PER_FRAME / r.wall_s for r in ok if r.wall_s], 50
+        ),
+    }
+
+
+def capacity(levels: Sequence[dict[str, Any]], ttfa_p95_ms: float) -> dict[str, Any]:
+    """Largest N whose streams all succeeded with zero underruns (and also with TTFA p95 <= limit)."""
+    clean = [lv for lv in levels if lv["requests"] and lv["streams_zero_underruns"] == lv["requests"]]
+    fast = [lv for lv in clean if (lv["ttfa_ms"]["p95"] or math.inf) <= ttfa_p95_ms]
+    return {
+        "largest_n_zero_underruns": max((lv["concurrency"] for lv in clean), default=0),
+        "largest_n_zero_underruns_ttfa_ok": max((lv["concurrency"] for lv in fast), default=0),
+        "ttfa_p95_threshold_ms": ttfa_p95_ms,
+    }
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(title: str, levels: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text table of the levels of one mode."""
+    head = (
+        f"{'N':>5} {'ok':>5} {'err':>4} {'ttfa50':>7} {'ttfa95':>7} {'ttfa99':>7} {'rtf50':>6} {'rtf95':>6} "
+        f"{'und95':>6} {'0-und':>6} {'agg tok/s':>10}"
+    )
+    lines = [title, head]
+    for lv in levels:
+        t, r = lv["ttfa_ms"], lv["rtf"]
+        lines.append(
+            f"{lv['concurrency']:>5} {lv['ok']:>5} {lv['errors']:>4} {_fmt(t['p50']):>7} {_fmt(t['p95']):>7} "
+            f"{_fmt(t['p99']):>7} {_fmt(r['p50'], 2):>6} {_fmt(r['p95'], 2):>6} "
+            f"{_fmt(lv['underruns']['p95'], 1):>6} {lv['streams_zero_underruns']:>6} "
+            f"{lv['aggregate_audio_tokens_per_s']:>10.0f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """TTFA percentiles and the zero-underrun fraction vs N, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, levels in results.items():
+        ns = [lv["concurrency"] for lv in levels]
+        for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+            ax1.plot(ns, [lv["ttfa_ms"][q] or float("nan") for lv in levels], style, marker="o", label=f"{mode} {q}")
+        ax2.plot(ns, [lv["zero_underrun_fraction"] for lv in levels], marker="o", label=mode)
+    for ax, ylabel in ((ax1, "time to first audio (ms)"), (ax2, "streams with zero underruns")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent streams N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    ax2.set_ylim(-0.05, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON, creating the parent directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_process(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own process group with stdout+stderr to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+
+def server_argv(port: int, extra: Sequence[str]) -> list[str]:
+    """`python -m oai_server serve --host 127.0.0.1 --port P ...`."""
+    return [sys.executable, "-m", "oai_server", "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, path: str = "/health/ready") -> float:
+    """Poll `url + path` until it answers 200; raise if the process exits or time runs out."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url}{path} was ready")
+        try:
+            if httpx.get(url + path, timeout=5).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM the process group, then SIGKILL it after `grace_s`."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file (for error reports)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,335 @@
+"""In-process baselines on the same engine/GPU as the server, for ratios against `bench/load.py`.
+
+Modes (each swept over N concurrent streams of the same Orpheus prompts):
+
+* ``raw``: the engine alone, no audio decoding: first-token time and tokens/s per stream and in
+  aggregate; its token timeline is also played as audio (7 tokens = 2048 samples), the ceiling.
+* ``seed``: a faithful reimplementation of the seed's / Canopy's pipeline. Each engine update is
+  detokenized to ``<custom_token_N>`` text; only the last custom token of each update is parsed
+  (``N - 10 - 4096 * (k % 7)``), codes <= 0 are dropped, and after every 7th code once k >= 28
+  ONE unbatched SNAC decode of the last 28 codes runs for that stream (tensors built with
+  ``torch.cat``, ``.cpu()`` then int16, samples 2048:4096), on the event loop like Canopy's sync
+  wrapper (``--seed-decode loop``) or in a thread per decode (``--seed-decode thread``).
+* ``ours``: this project's `SpeechSynthesizer` (batched, windowed SNAC in its worker thread).
+
+Every mode reports the metrics of `load.py` (TTFA, RTF, underruns with a 250 ms prebuffer), so
+"real-time streams ours / seed" is the ratio of the largest N with zero underruns.
+Sampling is constrained to the Orpheus audio slots in every mode (random weights would
+otherwise emit few audio tokens), so the modes differ only downstream of the engine.
+
+    python bench/baselines.py --demo --out /tmp/baselines.json                # CPU smoke test
+    python bench/baselines.py --engine vllm --tts-model /tmp/rand/orpheus --snac /tmp/rand/snac \\
+        --concurrency 1,8,32,64 --max-tokens 1024 --out bench/out/baselines.json   # on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import SENTENCES, StreamResult, capacity, summarize, table, write_json
+
+from oai_server.engines.base import SamplingParams, TokenEngine, new_request_id
+from oai_server.pipeline.orpheus import STOP_TOKEN_IDS, build_prompt_ids
+
+VOICE = "tara"
+
+
+# --- the seed's / Canopy's decoder, reproduced -------------------------------------------------
+
+
+def canopy_token_to_code(token_string: str, index: int) -> int | None:
+    """Canopy's `turn_token_into_id`: the LAST `<custom_token_N>` of the text, as a code."""
+    token_string = token_string.strip()
+    last = token_string.rfind("<custom_token_")
+    if last == -1:
+        return None
+    last_token = token_string[last:]
+    if last_token.startswith("<custom_token_") and last_token.endswith(">"):
+        try:
+            return int(last_token[14:-1]) - 10 - ((index % 7) * 4096)
+        except ValueError:
+            return None
+    return None
+
+
+def canopy_convert_to_audio(multiframe: list[int], snac: torch.nn.Module, device: str) -> bytes | None:
+    """Canopy's `convert_to_audio`: one unbatched decode of 4 frames, middle 2048 samples as int16."""
+    if len(multiframe) < 7:
+        return None
+    codes_0 = torch.tensor([], device=device, dtype=torch.int32)
+    codes_1 = torch.tensor([], device=device, dtype=torch.int32)
+    codes_2 = torch.tensor([], device=device, dtype=torch.int32)
+    num_frames = len(multiframe) // 7
+    frame = multiframe[: num_frames * 7]
+    for j in range(num_frames):
+        i = 7 * j
+        codes_0 = torch.cat([codes_0, torch.tensor([frame[i]], device=device, dtype=torch.int32)])
+        codes_1 = torch.cat([codes_1, torch.tensor([frame[i + 1]], device=device, dtype=torch.int32)])
+        codes_1 = torch.cat([codes_1, torch.tensor([frame[i + 4]], device=device, dtype=torch.int32)])
+        for k in (2, 3, 5, 6):
+            codes_2 = torch.cat([codes_2, torch.tensor([frame[i + k]], device=device, dtype=torch.int32)])
+    codes = [codes_0.unsqueeze(0), codes_1.unsqueeze(0), codes_2.unsqueeze(0)]
+    if any(torch.any(c < 0) or torch.any(c > 4096) for c in codes):
+        return None
+    with torch.inference_mode():
+        audio_hat = snac.decode(codes)
+    audio_np = audio_hat[:, :, 2048:4096].detach().cpu().numpy()
+    return (audio_np * 32767).astype(np.int16).tobytes()
+
+
+# --- one stream per mode -----------------------------------------------------------------------
+
+
+class Bench:
+    """The engine, tokenizer and SNAC shared by every stream of every mode."""
+
+    def __init__(self, args: argparse.Namespace, engine: TokenEngine, tokenizer: Any, snac: torch.nn.Module) -> None:
+        self.args = args
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.snac = snac
+        self.synthesizer: Any = None
+
+    def prompt(self, index: int) -> tuple[str, list[int]]:
+        """Text and Orpheus prompt ids of stream `index`."""
+        text = self.args.text or SENTENCES[index % len(SENTENCES)]
+        return text, build_prompt_ids(self.tokenizer.encode(f"{VOICE}: {text}", add_special_tokens=True))
+
+    def params(self) -> SamplingParams:
+        """The server's Orpheus sampling defaults with a fixed token budget."""
+        return SamplingParams(
+            max_tokens=self.args.max_tokens,
+            temperature=0.6,
+            top_p=0.8,
+            repetition_penalty=1.1,
+            stop_token_ids=STOP_TOKEN_IDS,
+            orpheus_audio_slots=True,
+        )
+
+    async def raw(self, index: int) -> StreamResult:
+        """Engine only; the token timeline is played as if every 7 tokens were a frame."""
+        _, prompt = self.prompt(index)
+        result, started, tokens = StreamResult(), time.perf_counter(), 0
+        first = None
+        async for delta in self.engine.generate(prompt, self.params(), new_request_id("raw")):
+            now = time.perf_counter() - started
+            first = now if first is None else first
+            before, tokens = tokens // 7, tokens + len(delta)
+            if tokens // 7 > before:
+                result.arrivals.append((now, tokens // 7 * 2048))
+        wall = time.perf_counter() - started
+        result.ok = tokens > 0
+        result.finish(wall, self.args.prebuffer_ms)
+        extra = {"first_token_s": first, "tokens": tokens, "tokens_per_s": tokens / wall if wall else 0.0}
+        result.error = None if result.ok else "no tokens"
+        return _with(result, extra)
+
+    async def seed(self, index: int) -> StreamResult:
+        """The seed's pipeline (see the module docstring)."""
+        _, prompt = self.prompt(index)
+        result, started = StreamResult(), time.perf_counter()
+        buffer: list[int] = []
+        count = 0
+        device = self.args.snac_device
+        async for delta in self.engine.generate(prompt, self.params(), new_request_id("seed")):
+            token = canopy_token_to_code(self.tokenizer.decode(delta, skip_special_tokens=False), count)
+            if token is None or token <= 0:
+                continue
+            buffer.append(token)
+            count += 1
+            if count % 7 == 0 and count > 27:
+                window = buffer[-28:]
+                if self.args.seed_decode == "thread":
+                    audio = await asyncio.to_thread(canopy_convert_to_audio, window, self.snac, device)
+                else:
+                    audio = canopy_convert_to_audio(window, self.snac, device)
+                if audio:
+                    result.bytes += len(audio)
+                    result.arrivals.append((time.perf_counter() - started, result.bytes // 2))
+        result.ok = result.bytes > 0
+        result.error = None if result.ok else "no audio"
+        return result.finish(time.perf_counter() - started, self.args.prebuffer_ms)
+
+    async def ours(self, index: int) -> StreamResult:
+        """This project's synthesizer: parser, window planner, batched SNAC decoder."""
+        from oai_server.pipeline.speech import SpeechStats, VoiceOptions
+
+        text, _ = self.prompt(index)
+        options = VoiceOptions(VOICE, 0.6, 0.8, 1.1, max_tokens=self.args.max_tokens)
+        result, started = StreamResult(), time.perf_counter()
+        async for pcm in self.synthesizer.synthesize(text, options, SpeechStats()):
+            result.bytes += len(pcm)
+            result.arrivals.append((time.perf_counter() - started, result.bytes // 2))
+        result.ok = result.bytes > 0
+        result.error = None if result.ok else "no audio"
+        return result.finish(time.perf_counter() - started, self.args.prebuffer_ms)
+
+
+def _with(result: StreamResult, extra: dict[str, Any]) -> StreamResult:
+    result.__dict__["extra"] = extra
+    return result
+
+
+async def run_level(bench: Bench, mode: str, n: int) -> dict[str, Any]:
+    """N concurrent streams of one mode; the `summarize` report plus raw-engine extras."""
+    stream = getattr(bench, mode)
+
+    async def guarded(i: int) -> StreamResult:
+        try:
+            return await stream(i)
+        except Exception as exc:  # a failed stream is a result, not a crash of the sweep
+            return StreamResult(error=f"{type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(guarded(i) for i in range(n)))
+    summary = summarize(n, results, time.perf_counter() - started)
+    extras = [r.__dict__.get("extra") for r in results if r.ok and r.__dict__.get("extra")]
+    if extras:
+        from _common import spread
+
+        summary["first_token_ms"] = {
+            k: None if v is None else v * 1000 for k, v in spread([e["first_token_s"] for e in extras]).items()
+        }
+        summary["tokens_per_s_per_stream"] = spread([e["tokens_per_s"] for e in extras])
+        summary["engine_tokens_total"] = sum(e["tokens"] for e in extras)
+        summary["aggregate_engine_tokens_per_s"] = summary["engine_tokens_total"] / summary["wall_s"]
+    return summary
+
+
+async def build(args: argparse.Namespace) -> Bench:
+    """Engine, tokenizer and SNAC from the arguments."""
+    from oai_server.engines.loading import load_tokenizer
+    from oai_server.pipeline.snac_stream import SnacDecoder, load_snac
+    from oai_server.pipeline.speech import SpeechSynthesizer
+
+    tokenizer = load_tokenizer(args.tts_model)
+    snac = load_snac(args.snac, args.snac_device)
+    engine: TokenEngine
+    if args.engine == "vllm":
+        from oai_server.engines.vllm_engine import VLLMEngine
+
+        engine = await VLLMEngine.create(
+            args.tts_model,
+            tokenizer=args.tts_model,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_num_seqs=max(args.concurrency),
+            enforce_eager=args.enforce_eager,
+            orpheus_slots=True,
+            kind="vllm-orpheus",
+        )
+    else:
+        from oai_server.engines.transformers_engine import TransformersEngine
+
+        engine = await asyncio.to_thread(
+            TransformersEngine,
+            args.tts_model,
+            kind="transformers-orpheus",
+            max_model_len=args.max_model_len,
+            max_concurrency=max(args.concurrency),
+        )
+    bench = Bench(args, engine, tokenizer, snac)
+    bench.synthesizer = SpeechSynthesizer(
+        engine,
+        tokenizer,
+        SnacDecoder(snac, args.snac_device, max_batch=64),
+        context_frames=2,
+        lookahead_frames=1,
+        tokens_per_char=8.0,
+        max_tokens=args.max_tokens,
+        max_model_len=args.max_model_len,
+    )
+    return bench
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up, then sweep every mode; the report."""
+    bench = await build(args)
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "modes": {}, "capacity": {}}
+    try:
+        for mode in args.modes:
+            await run_level(bench, mode, min(4, max(args.concurrency)))  # warm-up, not recorded
+            levels = []
+            for n in args.concurrency:
+                levels.append(await run_level(bench, mode, n))
+                print(f"[{mode}] N={n}: ok {levels[-1]['ok']}/{n}", flush=True)
+            report["modes"][mode] = levels
+            report["capacity"][mode] = capacity(levels, args.ttfa_p95_ms)
+    finally:
+        await bench.engine.close()
+        bench.synthesizer.decoder.close()
+    cap = report["capacity"]
+    if "ours" in cap and "seed" in cap:
+        seed_n = cap["seed"]["largest_n_zero_underruns"]
+        ours_n = cap["ours"]["largest_n_zero_underruns"]
+        report["ratio_ours_over_seed_real_time_streams"] = ours_n / seed_n if seed_n else None
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """CLI options; `--demo` fills in the CPU demo models and a tiny sweep."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo", action="store_true", help="CPU smoke test on the demo models")
+    p.add_argument("--engine", choices=("vllm", "transformers"), default=None)
+    p.add_argument("--tts-model", default=None)
+    p.add_argument("--snac", default=None)
+    p.add_argument("--snac-device", default=None)
+    p.add_argument("--modes", default="raw,seed,ours")
+    p.add_argument("--concurrency", default=None, help="comma-separated N (default 1,8,32,64; demo 1,2)")
+    p.add_argument("--max-tokens", type=int, default=None, help="audio tokens per stream (default 1024; demo 70)")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--text", default=None)
+    p.add_argument("--prebuffer-ms", type=float, default=250.0)
+    p.add_argument("--ttfa-p95-ms", type=float, default=1000.0)
+    p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="JSON report path")
+    args = p.parse_args(argv)
+    if args.demo:
+        from oai_server.demo import build_demo_models
+
+        demo = build_demo_models(Path(tempfile.gettempdir()) / "oai-cache")
+        args.tts_model = args.tts_model or str(demo.tts_dir)
+        args.snac = args.snac or str(demo.snac_dir)
+        args.engine = args.engine or "transformers"
+    if not (args.tts_model and args.snac):
+        p.error("--tts-model and --snac are required (or --demo)")
+    args.engine = args.engine or ("vllm" if torch.cuda.is_available() else "transformers")
+    args.snac_device = args.snac_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.concurrency = [int(x) for x in (args.concurrency or ("1,2" if args.demo else "1,8,32,64")).split(",")]
+    args.max_tokens = args.max_tokens or (70 if args.demo else 1024)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the baselines, print the tables, write the JSON."""
+    args = parse_args(argv)
+    report = asyncio.run(amain(args))
+    for mode, levels in report["modes"].items():
+        print(table(f"\n== {mode} ({args.engine}, {args.max_tokens} tokens/stream) ==", levels))
+        print(f"largest N with zero underruns: {report['capacity'][mode]['largest_n_zero_underruns']}")
+    if "ratio_ours_over_seed_real_time_streams" in report:
+        print(f"real-time streams ours / seed: {report['ratio_ours_over_seed_real_time_streams']}")
+    out = args.out or Path(tempfile.mkdtemp(prefix="oai-baselines-")) / "baselines.json"
+    write_json(out, report)
+    print(f"wrote {out}")
+    ok = sum(lv["ok"] for levels in report["modes"].values() for lv in levels)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

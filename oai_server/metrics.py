@@ -1,0 +1,213 @@
+"""Prometheus metrics of one app, in the app's own registry.
+
+`Metrics` owns a private `CollectorRegistry`, so several apps in one process (tests) never
+share or collide on series. The request counter and duration histogram are recorded by the
+middleware (`middleware.RequestContextMiddleware`); the pipelines record latency and audio
+through the `observe_*` / `count_*` methods. Gauges of live state (admission slots and queue,
+engine requests in flight) are read at scrape time from sources bound with `set_live_sources`.
+
+Series (all names prefixed `oai_`):
+
+- `requests_total{route,method,status}`: route is the matched route template ("other" if none).
+- `request_duration_seconds{route}`: until the last body byte (whole stream for streamed replies).
+- `time_to_first_audio_seconds{endpoint}`, `time_to_first_token_seconds`: 10 ms .. 10 s buckets.
+- `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
+- `active_streams`, `queued_streams`: live from the admission object.
+- `engine_active_requests{engine}`: live from each engine's `active_requests()`.
+- `engine_aborts_total{engine}`, `audio_frames_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""Content type of the text exposition format served at `/metrics`."""
+
+OTHER_ROUTE = "other"
+"""Route label of requests that matched no route (bounds the label's cardinality)."""
+
+LATENCY_BUCKETS = (
+    0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75,
+    1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""Buckets of the first-audio / first-token histograms: fine-grained from 10 ms to 10 s."""
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""Buckets of the request duration (streamed replies can last minutes)."""
+
+RTF_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+"""Buckets of the real-time factor (synthesis seconds per audio second)."""
+
+
+class AdmissionLike(Protocol):
+    """What the queue gauges read (`admission.Admission` fits)."""
+
+    @property
+    def active(self) -> int:
+        """Requests holding a slot."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot."""
+        ...
+
+
+class EngineLike(Protocol):
+    """What the engine gauge reads (`engines.base.TokenEngine` fits)."""
+
+    def active_requests(self) -> int:
+        """Requests in flight inside the engine."""
+        ...
+
+
+AdmissionSource = Callable[[], "AdmissionLike | None"]
+EngineSource = Callable[[], Mapping[str, EngineLike]]
+
+
+def _no_admission() -> AdmissionLike | None:
+    return None
+
+
+def _no_engines() -> Mapping[str, EngineLike]:
+    return {}
+
+
+class _LiveCollector(Collector):
+    """Gauges computed at scrape time from the bound sources."""
+
+    def __init__(self) -> None:
+        self.admission: AdmissionSource = _no_admission
+        self.engines: EngineSource = _no_engines
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("oai_active_streams", "Requests holding an admission slot."),
+            GaugeMetricFamily("oai_queued_streams", "Requests waiting in the admission queue."),
+            GaugeMetricFamily(
+                "oai_engine_active_requests", "Requests in flight inside each engine.", labels=["engine"]
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples (lets the registry check names without calling sources)."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the sources now; a failing source drops its samples rather than the scrape."""
+        active, queued, engines = self._families()
+        try:
+            admission = self.admission()
+            active.add_metric([], admission.active if admission is not None else 0)
+            queued.add_metric([], admission.queued if admission is not None else 0)
+        except Exception:
+            logger.exception("metrics: admission source failed")
+        try:
+            for name, engine in self.engines().items():
+                engines.add_metric([name], engine.active_requests())
+        except Exception:
+            logger.exception("metrics: engine source failed")
+        return (active, queued, engines)
+
+
+class Metrics:
+    """All series of one app, in a registry of its own (never the global default registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "oai_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "oai_request_duration_seconds",
+            "HTTP request duration until the last body byte.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.ttfa = Histogram(
+            "oai_time_to_first_audio_seconds",
+            "Time from request to the first audio byte.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "oai_time_to_first_token_seconds",
+            "Time from request to the first chat token.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.rtf = Histogram(
+            "oai_real_time_factor",
+            "Synthesis time divided by audio duration.",
+            ["endpoint"],
+            buckets=RTF_BUCKETS,
+            registry=reg,
+        )
+        self.aborts = Counter(
+            "oai_engine_aborts",
+            "Engine requests aborted (disconnect, deadline, error).",
+            ["engine"],
+            registry=reg,
+        )
+        self.frames = Counter("oai_audio_frames", "SNAC audio frames decoded and sent.", registry=reg)
+        self._live = _LiveCollector()
+        reg.register(self._live)
+
+    def set_live_sources(
+        self, *, admission: AdmissionSource | None = None, engines: EngineSource | None = None
+    ) -> None:
+        """Bind the callables the gauges read at scrape time.
+
+        `admission()` returns the admission object (or None before startup: gauges read 0);
+        `engines()` maps an engine label (e.g. "llm", "tts") to an object with `active_requests()`.
+        """
+        if admission is not None:
+            self._live.admission = admission
+        if engines is not None:
+            self._live.engines = engines
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished HTTP request (called by the middleware)."""
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.request_duration.labels(route=route).observe(seconds)
+
+    def observe_ttfa(self, endpoint: str, seconds: float) -> None:
+        """Time to first audio of one reply; `endpoint` is e.g. "speech", "chat", "seed_tts"."""
+        self.ttfa.labels(endpoint=endpoint).observe(seconds)
+
+    def observe_ttft(self, seconds: float) -> None:
+        """Time to the first chat token of one reply."""
+        self.ttft.observe(seconds)
+
+    def observe_rtf(self, endpoint: str, value: float) -> None:
+        """Real-time factor (synthesis seconds / audio seconds) of one finished reply."""
+        self.rtf.labels(endpoint=endpoint).observe(value)
+
+    def count_frames(self, n: int = 1) -> None:
+        """Count `n` audio frames sent to clients."""
+        if n > 0:
+            self.frames.inc(n)
+
+    def count_abort(self, engine: str) -> None:
+        """Count one engine request aborted before it finished; `engine` is "llm" or "tts"."""
+        self.aborts.labels(engine=engine).inc()
+
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4) of every series, for `GET /metrics`."""
+        return generate_latest(self.registry)

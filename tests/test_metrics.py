@@ -1,0 +1,179 @@
+"""Prometheus metrics: the `Metrics` API, live gauges, `/metrics` on the real demo app, isolation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import prometheus_client
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from oai_server.app import create_app
+from oai_server.metrics import Metrics
+from oai_server.settings import Settings
+
+KEY = "sk-metrics-test-key"
+METRIC_NAMES = (
+    "oai_requests_total",
+    "oai_request_duration_seconds",
+    "oai_time_to_first_audio_seconds",
+    "oai_time_to_first_token_seconds",
+    "oai_real_time_factor",
+    "oai_active_streams",
+    "oai_queued_streams",
+    "oai_engine_aborts_total",
+    "oai_audio_frames_total",
+    "oai_engine_active_requests",
+)
+
+
+def requests_count(metrics: Metrics, route: str, method: str = "GET", status: int = 200) -> float:
+    value = metrics.registry.get_sample_value(
+        "oai_requests_total", {"route": route, "method": method, "status": str(status)}
+    )
+    return value or 0.0
+
+
+@pytest.fixture(scope="module")
+def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(demo=True, cache_dir=tmp_path_factory.getbasetemp() / "demo-cache", api_keys=[KEY])
+
+
+@pytest.fixture(scope="module")
+async def demo_app(demo_settings: Settings) -> AsyncIterator[FastAPI]:
+    app = create_app(demo_settings)
+    async with LifespanManager(app, startup_timeout=120):
+        yield app
+
+
+@pytest.fixture
+async def demo_client(demo_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=demo_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+def test_observation_api_records_values() -> None:
+    m = Metrics()
+    m.observe_ttfa("speech", 0.012)
+    m.observe_ttfa("speech", 0.3)
+    m.observe_ttft(0.04)
+    m.observe_rtf("chat", 0.25)
+    m.count_frames(3)
+    m.count_frames(0)
+    m.count_abort("tts")
+    m.count_abort("tts")
+    m.observe_request("/v1/audio/speech", "POST", 200, 1.5)
+    get = m.registry.get_sample_value
+    assert get("oai_time_to_first_audio_seconds_count", {"endpoint": "speech"}) == 2
+    assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "0.01"}) == 0
+    assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "0.02"}) == 1
+    assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "10.0"}) == 2
+    assert get("oai_time_to_first_token_seconds_sum") == pytest.approx(0.04)
+    assert get("oai_real_time_factor_count", {"endpoint": "chat"}) == 1
+    assert get("oai_audio_frames_total") == 3
+    assert get("oai_engine_aborts_total", {"engine": "tts"}) == 2
+    assert requests_count(m, "/v1/audio/speech", "POST") == 1
+    assert get("oai_request_duration_seconds_sum", {"route": "/v1/audio/speech"}) == pytest.approx(1.5)
+
+
+class FakeAdmission:
+    def __init__(self) -> None:
+        self.active = 3
+        self.queued = 2
+
+
+class FakeEngine:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def active_requests(self) -> int:
+        return self.n
+
+
+class BrokenEngine:
+    def active_requests(self) -> int:
+        raise RuntimeError("engine gone")
+
+
+def test_live_gauges_read_sources_at_scrape_time() -> None:
+    m = Metrics()
+    get = m.registry.get_sample_value
+    assert get("oai_active_streams") == 0 and get("oai_queued_streams") == 0  # before startup
+    admission = FakeAdmission()
+    tts = FakeEngine(5)
+    m.set_live_sources(admission=lambda: admission, engines=lambda: {"llm": FakeEngine(1), "tts": tts})
+    assert (get("oai_active_streams"), get("oai_queued_streams")) == (3, 2)
+    admission.active, tts.n = 7, 9
+    assert get("oai_active_streams") == 7
+    assert get("oai_engine_active_requests", {"engine": "tts"}) == 9
+    assert get("oai_engine_active_requests", {"engine": "llm"}) == 1
+    m.set_live_sources(engines=lambda: {"tts": BrokenEngine()})
+    assert b"oai_active_streams 7.0" in m.render()  # a failing source does not break the scrape
+
+
+def test_two_registries_do_not_collide() -> None:
+    a, b = Metrics(), Metrics()
+    a.count_frames(4)
+    a.observe_request("/health", "GET", 200, 0.001)
+    assert a.registry is not b.registry
+    assert b.registry.get_sample_value("oai_audio_frames_total") == 0
+    assert requests_count(b, "/health") == 0
+    assert prometheus_client.REGISTRY.get_sample_value("oai_audio_frames_total") is None
+
+
+async def test_metrics_endpoint_on_demo_app(demo_app: FastAPI, demo_client: httpx.AsyncClient) -> None:
+    response = await demo_client.get("/metrics")  # no key needed
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    for name in METRIC_NAMES:
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+    assert 'oai_engine_active_requests{engine="llm"} 0.0' in text
+    assert 'oai_engine_active_requests{engine="tts"} 0.0' in text
+
+
+async def test_request_counter_uses_route_template(demo_app: FastAPI, demo_client: httpx.AsyncClient) -> None:
+    metrics: Metrics = demo_app.state.metrics
+    route = "/v1/models/{model_id:path}"
+    before_ok = requests_count(metrics, route, status=200)
+    before_404 = requests_count(metrics, route, status=404)
+    before_401 = requests_count(metrics, route, status=401)
+    before_other = requests_count(metrics, "other", status=404)
+    auth = {"authorization": f"Bearer {KEY}"}
+    assert (await demo_client.get("/v1/models/demo-gemma-2", headers=auth)).status_code == 200
+    assert (await demo_client.get("/v1/models/no-such-model", headers=auth)).status_code == 404
+    assert (await demo_client.get("/v1/models/demo-gemma-2")).status_code == 401
+    assert (await demo_client.get("/no/such/path/1", headers=auth)).status_code == 404
+    assert (await demo_client.get("/no/such/path/2", headers=auth)).status_code == 404
+    assert requests_count(metrics, route, status=200) == before_ok + 1
+    assert requests_count(metrics, route, status=404) == before_404 + 1
+    assert requests_count(metrics, route, status=401) == before_401 + 1
+    assert requests_count(metrics, "other", status=404) == before_other + 2
+    scraped = (await demo_client.get("/metrics")).text
+    assert 'route="/v1/models/{model_id:path}"' in scraped
+    assert "demo-gemma-2" not in scraped  # raw paths never become labels
+
+
+async def test_demo_app_auth_and_admission_gauge(demo_app: FastAPI, demo_client: httpx.AsyncClient) -> None:
+    assert (await demo_client.get("/health")).status_code == 200
+    assert (await demo_client.get("/v1/models")).status_code == 401
+    assert (await demo_client.get("/v1/models", headers={"authorization": f"Bearer {KEY}"})).status_code == 200
+    metrics: Metrics = demo_app.state.metrics
+    ticket = await demo_app.state.services.admission.acquire()
+    try:
+        assert metrics.registry.get_sample_value("oai_active_streams") == 1
+    finally:
+        ticket.release()
+    assert metrics.registry.get_sample_value("oai_active_streams") == 0
+
+
+def test_two_apps_in_one_process(demo_settings: Settings, tmp_path: Path) -> None:
+    first = create_app(demo_settings)
+    second = create_app(demo_settings)
+    assert first.state.metrics.registry is not second.state.metrics.registry
+    first.state.metrics.count_abort("llm")
+    assert second.state.metrics.registry.get_sample_value("oai_engine_aborts_total", {"engine": "llm"}) is None
