@@ -8,6 +8,7 @@ underrun; the wait until it arrives adds to the stall time.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -265,3 +266,88 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+# --- GPU check helpers ---------------------------------------------------------------------------
+
+SNAC_24KHZ_CONFIG = {
+    "sampling_rate": 24000,
+    "encoder_dim": 48,
+    "encoder_rates": [2, 4, 8, 8],
+    "decoder_dim": 1024,
+    "decoder_rates": [8, 8, 4, 2],
+    "attn_window_size": None,
+    "codebook_size": 4096,
+    "codebook_dim": 8,
+    "vq_strides": [4, 2, 1],
+    "noise": True,
+    "depthwise": True,
+}
+
+
+def ensure_snac(path: Path) -> str:
+    """Write a random-weight SNAC with the real 24 kHz config at `path` unless one is there."""
+    if (path / "config.json").is_file():
+        return "existing"
+    import torch
+    from snac import SNAC
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = SNAC(**SNAC_24KHZ_CONFIG)
+    (path / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG, indent=2) + "\n")
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    return "random (real 24 kHz config)"
+
+
+def decode_audio(data: bytes, fmt: str) -> tuple[int, int]:
+    """(samples, sample rate) of encoded audio, decoded with PyAV (pcm: s16le 24 kHz)."""
+    if fmt in ("pcm", "pcm16"):
+        return len(data) // 2, 24000
+    import av
+
+    samples, rate = 0, 0
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(audio=0):
+            samples += frame.samples
+            rate = frame.sample_rate
+    return samples, rate
+
+
+def engine_gauges(base: str) -> dict[str, float]:
+    """`oai_engine_active_requests{engine=...}` from /metrics, plus /health's active_streams."""
+    gauges: dict[str, float] = {}
+    try:
+        text = httpx.get(base + "/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("oai_engine_active_requests{"):
+                label = line.split('engine="', 1)[1].split('"', 1)[0]
+                gauges[f"engine:{label}"] = float(line.rsplit(" ", 1)[1])
+    except (httpx.HTTPError, IndexError, ValueError):
+        pass
+    gauges["active_streams"] = float(httpx.get(base + "/health", timeout=5).json().get("active_streams", -1))
+    return gauges
+
+
+def gpu_memory() -> dict[str, Any]:
+    """Per-process GPU memory from nvidia-smi, each pid named by its command line."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout  # fmt: skip
+        total = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"nvidia-smi: {exc}"}
+    procs = []
+    for line in out.strip().splitlines():
+        pid, used = (x.strip() for x in line.split(","))
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+        except OSError:
+            cmd = "?"
+        procs.append({"pid": int(pid), "used_mib": float(used), "cmdline": cmd})
+    return {"processes": procs, "gpu_used_total_mib": total}

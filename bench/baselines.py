@@ -282,6 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """CLI options; `--demo` fills in the CPU demo models and a tiny sweep."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--demo", action="store_true", help="CPU smoke test on the demo models")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "oai-cache", help="--demo models")
     p.add_argument("--engine", choices=("vllm", "transformers"), default=None)
     p.add_argument("--tts-model", default=None)
     p.add_argument("--snac", default=None)
@@ -301,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.demo:
         from oai_server.demo import build_demo_models
 
-        demo = build_demo_models(Path(tempfile.gettempdir()) / "oai-cache")
+        demo = build_demo_models(args.cache_dir)
         args.tts_model = args.tts_model or str(demo.tts_dir)
         args.snac = args.snac or str(demo.snac_dir)
         args.engine = args.engine or "transformers"

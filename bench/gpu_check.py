@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,93 +31,24 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import free_port, percentile, server_argv, start_process, stop_process, tail, wait_ready  # noqa: E402
+from _common import (
+    decode_audio,
+    engine_gauges,
+    ensure_snac,
+    free_port,
+    gpu_memory,
+    percentile,
+    server_argv,
+    start_process,
+    stop_process,
+    tail,
+    wait_ready,
+)
 
-SNAC_24KHZ_CONFIG = {
-    "sampling_rate": 24000,
-    "encoder_dim": 48,
-    "encoder_rates": [2, 4, 8, 8],
-    "decoder_dim": 1024,
-    "decoder_rates": [8, 8, 4, 2],
-    "attn_window_size": None,
-    "codebook_size": 4096,
-    "codebook_dim": 8,
-    "vq_strides": [4, 2, 1],
-    "noise": True,
-    "depthwise": True,
-}
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 TEXT = "Hello there! It is a lovely morning, and the sun is shining over the quiet hills."
 LONG_TEXT = " ".join([TEXT] * 3)
 LOGITS_PROCESSOR = "oai_server.engines.vllm_orpheus_logits:OrpheusSlotLogitsProcessor"
-
-
-def ensure_snac(path: Path) -> str:
-    """Write a random-weight SNAC with the real 24 kHz config at `path` unless one is there."""
-    if (path / "config.json").is_file():
-        return "existing"
-    import torch
-    from snac import SNAC
-
-    path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = SNAC(**SNAC_24KHZ_CONFIG)
-    (path / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG, indent=2) + "\n")
-    torch.save(model.state_dict(), path / "pytorch_model.bin")
-    return "random (real 24 kHz config)"
-
-
-def decode_audio(data: bytes, fmt: str) -> tuple[int, int]:
-    """(samples, sample rate) of encoded audio, decoded with PyAV (pcm: s16le 24 kHz)."""
-    if fmt in ("pcm", "pcm16"):
-        return len(data) // 2, 24000
-    import av
-
-    samples, rate = 0, 0
-    with av.open(io.BytesIO(data)) as container:
-        for frame in container.decode(audio=0):
-            samples += frame.samples
-            rate = frame.sample_rate
-    return samples, rate
-
-
-def engine_gauges(base: str) -> dict[str, float]:
-    """`oai_engine_active_requests{engine=...}` from /metrics, plus /health's active_streams."""
-    gauges: dict[str, float] = {}
-    try:
-        text = httpx.get(base + "/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith("oai_engine_active_requests{"):
-                label = line.split('engine="', 1)[1].split('"', 1)[0]
-                gauges[f"engine:{label}"] = float(line.rsplit(" ", 1)[1])
-    except (httpx.HTTPError, IndexError, ValueError):
-        pass
-    gauges["active_streams"] = float(httpx.get(base + "/health", timeout=5).json().get("active_streams", -1))
-    return gauges
-
-
-def gpu_memory() -> dict[str, Any]:
-    """Per-process GPU memory from nvidia-smi, each pid named by its command line."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout  # fmt: skip
-        total = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": f"nvidia-smi: {exc}"}
-    procs = []
-    for line in out.strip().splitlines():
-        pid, used = (x.strip() for x in line.split(","))
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
-        except OSError:
-            cmd = "?"
-        procs.append({"pid": int(pid), "used_mib": float(used), "cmdline": cmd})
-    return {"processes": procs, "gpu_used_total_mib": total}
 
 
 class Checker:
@@ -153,7 +82,10 @@ class Checker:
     def speech_format(self, fmt: str) -> dict[str, Any]:
         """One speech request in `fmt`, decoded."""
         response = self.client.audio.speech.create(
-            model=self.speech_model, voice="alloy", input=TEXT, response_format=fmt  # type: ignore[arg-type]
+            model=self.speech_model,
+            voice="alloy",
+            input=TEXT,
+            response_format=fmt,  # type: ignore[arg-type]
         )
         samples, rate = decode_audio(response.content, fmt)
         return {"ok": samples > 0, "bytes": len(response.content), "samples": samples, "rate": rate}
@@ -186,24 +118,35 @@ class Checker:
         }
 
     def chat_stream(self) -> dict[str, Any]:
-        """Streamed chat with pcm16 audio through the SDK."""
-        stream = self.client.chat.completions.create(
-            model=self.chat_model,
-            messages=[{"role": "user", "content": "Tell me a short story about a robot."}],
-            modalities=["text", "audio"],
-            audio={"voice": "alloy", "format": "pcm16"},
-            stream=True,
-            max_tokens=96,
-        )
-        pcm, transcript, audio_id = 0, [], None
-        for chunk in stream:
-            for choice in chunk.choices:
-                audio = choice.delta.audio or {}
-                audio = audio if isinstance(audio, dict) else audio.model_dump()
-                pcm += len(base64.b64decode(audio["data"])) if audio.get("data") else 0
-                transcript.append(audio.get("transcript") or "")
-                audio_id = audio_id or audio.get("id")
-        return {"ok": pcm > 0 and bool(audio_id), "audio_s": pcm / 2 / 24000, "transcript": "".join(transcript)[:80]}
+        """Streamed chat with pcm16 audio through the SDK (retried: a random model may say nothing)."""
+        attempts = 0
+        while attempts < 3:
+            attempts += 1
+            stream = self.client.chat.completions.create(
+                model=self.chat_model,
+                messages=[{"role": "user", "content": "Tell me a short story about a robot."}],
+                modalities=["text", "audio"],
+                audio={"voice": "alloy", "format": "pcm16"},
+                stream=True,
+                max_tokens=96,
+            )
+            pcm, transcript, audio_id = 0, [], None
+            for chunk in stream:
+                for choice in chunk.choices:
+                    audio = choice.delta.audio or {}
+                    audio = audio if isinstance(audio, dict) else audio.model_dump()
+                    pcm += len(base64.b64decode(audio["data"])) if audio.get("data") else 0
+                    transcript.append(audio.get("transcript") or "")
+                    audio_id = audio_id or audio.get("id")
+            if pcm > 0:
+                break
+        return {
+            "ok": pcm > 0 and bool(audio_id),
+            "attempts": attempts,
+            "audio_id": audio_id,
+            "audio_s": pcm / 2 / 24000,
+            "transcript": "".join(transcript)[:80],
+        }
 
     def chat_whole(self) -> dict[str, Any]:
         """Non-streamed chat with wav audio, decoded."""
@@ -216,7 +159,12 @@ class Checker:
         )
         audio = reply.choices[0].message.audio
         samples, rate = decode_audio(base64.b64decode(audio.data), "wav") if audio else (0, 0)
-        return {"ok": samples > 0, "samples": samples, "rate": rate, "transcript": (audio.transcript if audio else "")[:80]}
+        return {
+            "ok": samples > 0,
+            "samples": samples,
+            "rate": rate,
+            "transcript": (audio.transcript if audio else "")[:80],
+        }
 
     def disconnect(self) -> dict[str, Any]:
         """Close a long chat stream after 2 audio chunks; both engines must drain to 0 requests."""
@@ -248,6 +196,7 @@ class Checker:
             "after": after,
             "drain_s": round(drained, 2),
             "metrics_found": any(k.startswith("engine:") for k in after),
+            "engines_busy_at_close": sorted(k for k, v in during.items() if k.startswith("engine:") and v > 0),
         }
 
     def latency(self, speech_runs: int, chat_runs: int) -> dict[str, Any]:
@@ -330,10 +279,23 @@ def run_remote_checks(args: argparse.Namespace, report: dict[str, Any], deadline
     }
     procs = {
         name: start_process(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", *argv[:1], *argv[1:],
-             "--host", "127.0.0.1", "--port", str(ports[name]), "--max-model-len", "2048", *eager],
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                *argv[:1],
+                *argv[1:],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports[name]),
+                "--max-model-len",
+                "2048",
+                *eager,
+            ],
             args.log_dir / f"vllm_{name}.log",
-        )  # fmt: skip
+        )
         for name, argv in upstreams.items()
     }
     checks: dict[str, Any] = {}

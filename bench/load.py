@@ -207,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=None, help="directory for results.json and results.png")
     p.add_argument("--demo", action="store_true", help="start the CPU demo server and run a tiny sweep")
-    p.add_argument("--server-timeout", type=float, default=300.0, help="--demo: wait this long for ready")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "oai-cache", help="--demo models")
+    p.add_argument("--server-timeout", type=float, default=300.0, help="wait this long for /health/ready")
     args = p.parse_args(argv)
     if args.concurrency is None:
         args.concurrency = "1,2" if args.demo else "1,8,32,64,128"
@@ -229,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             port = free_port()
             args.url = f"http://127.0.0.1:{port}"
-            cache = Path(tempfile.gettempdir()) / "oai-cache"
-            server = start_process(
-                server_argv(port, ["--demo", "--cache-dir", str(cache), "--log-level", "warning"]), log
-            )
+            flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning"]
+            server = start_process(server_argv(port, flags), log)
             print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
+        else:
+            wait_ready(args.url, None, args.server_timeout)
         report = asyncio.run(sweep(args))
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}\n{tail(log)}", file=sys.stderr)

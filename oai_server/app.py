@@ -18,6 +18,7 @@ from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .engines.factory import Engines, open_engines, resolve_models
 from .errors import install_error_handlers
+from .metrics import Metrics
 from .middleware import install_middleware
 from .pipeline.speech import SpeechSynthesizer
 from .serving.chat import ChatServing
@@ -40,7 +41,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
 
 
-def build_services(settings: Settings, engines: Engines) -> Services:
+def build_services(settings: Settings, engines: Engines, metrics: Metrics | None = None) -> Services:
     """Wire the serving objects onto the engines."""
     synthesizer = SpeechSynthesizer(
         engines.tts,
@@ -55,7 +56,7 @@ def build_services(settings: Settings, engines: Engines) -> Services:
     store: AudioStore = (
         RedisAudioStore(settings.redis_url) if settings.redis_url else MemoryAudioStore(settings.audio_cache_size)
     )
-    speech = SpeechServing(settings, synthesizer)
+    speech = SpeechServing(settings, synthesizer, metrics)
     chat = ChatServing(
         settings,
         engines.llm,
@@ -64,6 +65,7 @@ def build_services(settings: Settings, engines: Engines) -> Services:
         synthesizer,
         store,
         speech.voice_options,
+        metrics,
     )
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
     return Services(settings, engines, speech, chat, admission, store)
@@ -76,11 +78,11 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engines is not None:
-            app.state.services = build_services(settings, engines)
+            app.state.services = build_services(settings, engines, app.state.metrics)
             yield
             return
         async with open_engines(settings) as opened:
-            services = build_services(settings, opened)
+            services = build_services(settings, opened, app.state.metrics)
             app.state.services = services
             logger.info("ready: chat model %s, speech model %s", settings.chat_model_id, settings.speech_model_id)
             yield

@@ -289,3 +289,10 @@ def test_disconnect_aborts_llm_and_tts(live_server: LiveServer) -> None:
     assert wait_until(lambda: engines.llm.active_requests() == 0 and engines.tts.active_requests() == 0, 5)
     generated = engines.tts.generated_tokens()  # type: ignore[attr-defined]
     assert wait_until(lambda: engines.tts.generated_tokens() == generated, 1.0)  # type: ignore[attr-defined]
+
+
+def test_metrics_count_chat_first_token_and_aborts(live_server: LiveServer) -> None:
+    text = httpx.get(f"{live_server.url}/metrics", timeout=10).text
+    assert "oai_time_to_first_token_seconds_count" in text
+    aborts = [line for line in text.splitlines() if line.startswith('oai_engine_aborts_total{engine="tts"}')]
+    assert aborts and float(aborts[0].split()[-1]) >= 1  # from test_disconnect_aborts_llm_and_tts

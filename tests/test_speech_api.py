@@ -188,3 +188,14 @@ def test_models_list_and_retrieve(client: Any, live_server: Any) -> None:
         client.models.retrieve("org/unknown-model")
     raw = httpx.get(f"{live_server.url}/v1/models/org%2Funknown", timeout=10)
     assert raw.status_code == 404 and raw.json()["error"]["code"] == "model_not_found"
+
+
+def test_metrics_record_first_audio_frames_and_rtf(client: Any, live_server: Any) -> None:
+    speech_sse(client, TEXT, "pcm", seed=2)
+    text = httpx.get(f"{live_server.url}/metrics", timeout=10).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
+    assert values['oai_time_to_first_audio_seconds_count{endpoint="speech"}'] >= 1
+    assert values['oai_real_time_factor_count{endpoint="speech"}'] >= 1
+    assert values["oai_audio_frames_total"] >= 1

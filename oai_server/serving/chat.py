@@ -13,8 +13,9 @@ import asyncio
 import base64
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audio_store import AudioStore
 from ..engines.base import SamplingParams, TokenEngine
@@ -26,6 +27,10 @@ from ..pipeline.encode import encode_all
 from ..pipeline.speech import SpeechEvent, SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
 from ..settings import Settings
 from ..sse import DONE, b64_pieces, data_event
+from .streams import StreamMeter
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 CHAT_MODEL_ALIASES = ("gpt-4o-audio-preview", "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini")
 
@@ -42,6 +47,7 @@ class ChatJob:
     created: int = field(default_factory=now)
     reply: ReplyStats = field(default_factory=ReplyStats)
     speech: SpeechStats = field(default_factory=SpeechStats)
+    meter: StreamMeter = field(default_factory=lambda: StreamMeter(None, "chat"))
 
     @property
     def include_usage(self) -> bool:
@@ -65,6 +71,7 @@ class ChatServing:
         synthesizer: SpeechSynthesizer,
         audio_store: AudioStore,
         voice_options: Callable[..., VoiceOptions],
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.llm = llm
@@ -73,6 +80,7 @@ class ChatServing:
         self.synthesizer = synthesizer
         self.audio_store = audio_store
         self.voice_options = voice_options
+        self.metrics = metrics
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -131,10 +139,14 @@ class ChatServing:
             seed=request.seed,
             stop_token_ids=self.stop_token_ids,
         )
-        return ChatJob(request, prompt.token_ids, params, voice)
+        return ChatJob(request, prompt.token_ids, params, voice, meter=StreamMeter(self.metrics, "chat"))
 
-    def _text(self, job: ChatJob) -> AsyncIterator[str]:
-        return reply_text(self.llm, self.tokenizer, job.prompt_ids, job.params, job.request.stop_list, job.reply)
+    async def _text(self, job: ChatJob) -> AsyncIterator[str]:
+        text = reply_text(self.llm, self.tokenizer, job.prompt_ids, job.params, job.request.stop_list, job.reply)
+        async with aclosing(text):  # type: ignore[type-var]
+            async for delta in text:
+                job.meter.first_token()
+                yield delta
 
     def _speech(self, job: ChatJob) -> AsyncGenerator[SpeechEvent, None]:
         assert job.voice is not None
@@ -171,8 +183,12 @@ class ChatServing:
 
     async def _stream_text(self, job: ChatJob) -> AsyncIterator[bytes]:
         yield self._chunk(job, {"role": "assistant", "content": "", "refusal": None})
-        async for text in self._text(job):
-            yield self._chunk(job, {"content": text})
+        try:
+            async for text in self._text(job):
+                yield self._chunk(job, {"content": text})
+            job.meter.finish(0)
+        finally:
+            job.meter.close(("llm",))
         async for event in self._finish(job, None):
             yield event
 
@@ -191,10 +207,13 @@ class ChatServing:
                         yield self._chunk(job, {"content": None, "audio": {"id": audio_id, "transcript": event.text}})
                     transcript.append(event.text)
                 for data in b64_pieces(event.pcm, carry, final=False):
+                    job.meter.first_audio()
                     yield self._chunk(job, {"audio": {"data": data}})
             for data in b64_pieces(b"", carry, final=True):
                 yield self._chunk(job, {"audio": {"data": data}})
+            job.meter.finish(job.speech.frames)
         finally:
+            job.meter.close(("llm", "tts"))
             await events.aclose()
         if not transcript:  # nothing was spoken: still announce the audio id once
             yield self._chunk(job, {"content": None, "audio": {"id": audio_id, "transcript": ""}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import invalid, model_not_found
 from ..models import SpeechRequest, voice_name
@@ -21,6 +22,10 @@ from ..pipeline.tempo import TempoFilter
 from ..settings import Settings
 from ..sse import b64_pieces, named_event
 from ..voices import resolve_voice
+from .streams import StreamMeter
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 SPEECH_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 
@@ -50,9 +55,10 @@ async def iterate(items: Iterable[str]) -> AsyncIterator[str]:
 class SpeechServing:
     """Speech requests on one `SpeechSynthesizer`."""
 
-    def __init__(self, settings: Settings, synthesizer: SpeechSynthesizer) -> None:
+    def __init__(self, settings: Settings, synthesizer: SpeechSynthesizer, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.synthesizer = synthesizer
+        self.metrics = metrics
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -145,14 +151,18 @@ class SpeechServing:
     async def body(self, job: SpeechJob) -> AsyncIterator[bytes]:
         """The HTTP body: raw audio bytes, or SSE events ending with `speech.audio.done`."""
         stats = SpeechStats()
+        meter = StreamMeter(self.metrics, "speech")
         audio = self.encoded(job, stats)
         try:
             if not job.sse:
                 async for data in audio:
+                    meter.first_audio()
                     yield data
+                meter.finish(stats.frames)
                 return
             carry = bytearray()
             async for data in audio:
+                meter.first_audio()
                 for piece in b64_pieces(data, carry, final=False, align=3):
                     yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
             for piece in b64_pieces(b"", carry, final=True, align=3):
@@ -162,6 +172,8 @@ class SpeechServing:
                 "output_tokens": stats.audio_tokens,
                 "total_tokens": stats.prompt_tokens + stats.audio_tokens,
             }
+            meter.finish(stats.frames)
             yield named_event("speech.audio.done", {"type": "speech.audio.done", "usage": usage})
         finally:
+            meter.close(("tts",))
             await audio.aclose()

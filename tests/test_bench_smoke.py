@@ -1,0 +1,97 @@
+"""CI smoke test of the bench scripts on the CPU demo profile (no timing assertions).
+
+`bench/load.py --demo` starts its own demo server and drives it over real sockets;
+`bench/baselines.py --demo` runs the raw-engine, seed-style and our pipeline in process.
+The playback simulator that every underrun figure rests on is checked on exact timelines.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import simulate_playback  # noqa: E402
+
+LEVEL_KEYS = {
+    "concurrency",
+    "requests",
+    "ok",
+    "errors",
+    "ttfa_ms",
+    "rtf",
+    "underruns",
+    "stall_ms",
+    "streams_zero_underruns",
+    "zero_underrun_fraction",
+    "audio_s_total",
+    "aggregate_audio_tokens_per_s",
+}
+FRAME = 2048  # samples = 85.33 ms at 24 kHz
+
+
+def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:
+    # 3 frames at t=0 (256 ms buffered >= 250 ms: play from 0), the 4th at 0.5 s: dry at 0.256 s.
+    arrivals = [(0.0, FRAME), (0.0, 2 * FRAME), (0.0, 3 * FRAME), (0.5, 4 * FRAME)]
+    underruns, stall = simulate_playback(arrivals, end_s=0.5, prebuffer_s=0.25)
+    assert underruns == 1
+    assert stall == pytest.approx(0.5 - 3 * FRAME / 24000)
+
+
+def test_playback_real_time_arrivals_never_stall() -> None:
+    arrivals = [(i * 0.08, (i + 1) * FRAME) for i in range(20)]  # faster than 85.3 ms per frame
+    assert simulate_playback(arrivals, end_s=1.6, prebuffer_s=0.25) == (0, 0.0)
+
+
+def test_playback_short_stream_starts_at_end() -> None:
+    # Never reaches 250 ms: the player starts at the end of the stream, so nothing can run dry.
+    assert simulate_playback([(0.1, FRAME), (2.0, 2 * FRAME)], end_s=2.0, prebuffer_s=0.25) == (0, 0.0)
+
+
+def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
+    out = tmp_path / "load"
+    proc = _run("load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2")
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["modes"]) == {"speech", "chat"}
+    for mode, levels in report["modes"].items():
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        for level in levels:
+            assert set(level) >= LEVEL_KEYS
+            assert level["ok"] == level["requests"], level["error_samples"]
+            assert level["audio_s_total"] > 0
+        assert {"largest_n_zero_underruns", "largest_n_zero_underruns_ttfa_ok"} <= set(report["capacity"][mode])
+        assert len(report["streams"][mode]["2"]) == 2
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "largest N with zero underruns" in proc.stdout
+
+
+@pytest.mark.slow
+def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
+    out = tmp_path / "baselines.json"
+    _run("baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2")
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"raw", "seed", "ours"}
+    for levels in report["modes"].values():
+        assert all(set(lv) >= LEVEL_KEYS and lv["ok"] == lv["requests"] for lv in levels)
+    raw = report["modes"]["raw"][0]
+    assert raw["engine_tokens_total"] > 0 and "first_token_ms" in raw
+    assert "ratio_ours_over_seed_real_time_streams" in report
