@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .engines.placement import Placement, make_placement
+
 DEFAULT_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe", "julia")
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -122,6 +124,18 @@ class Settings(BaseSettings):
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
 
+    # --- placement (several GPUs; defaults keep one-GPU behaviour) ---
+    llm_gpus: str | None = Field(None, validation_alias=_env("llm_gpus"))
+    """GPU indices of the chat engine, e.g. "0" (vLLM; default: all visible, shared)."""
+    tts_gpus: str | None = Field(None, validation_alias=_env("tts_gpus"))
+    """GPU indices of the Orpheus engine, e.g. "1" or "1,2,3,4" (tensor x data parallel cards)."""
+    llm_tensor_parallel_size: int = Field(1, ge=1, validation_alias=_env("llm_tensor_parallel_size"))
+    """Tensor-parallel GPUs of the chat engine."""
+    tts_tensor_parallel_size: int = Field(1, ge=1, validation_alias=_env("tts_tensor_parallel_size"))
+    """Tensor-parallel GPUs of each Orpheus replica."""
+    tts_data_parallel_size: int = Field(1, ge=1, validation_alias=_env("tts_data_parallel_size"))
+    """Data-parallel Orpheus replicas (vLLM balances requests across them)."""
+
     # --- chat audio ---
     audio_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("audio_ttl_seconds"))
     """How long an audio id from a reply can be referred to in later turns (expires_at)."""
@@ -183,7 +197,15 @@ class Settings(BaseSettings):
             raise ValueError(f"default_voice {self.default_voice!r} is not in voices {self.voices}")
         if self.engine == "remote" and not (self.llm_remote_url and self.tts_remote_url):
             raise ValueError("engine=remote needs llm_remote_url and tts_remote_url")
+        self.placements()  # validates the GPU lists against the parallel sizes
         return self
+
+    def placements(self) -> dict[str, Placement]:
+        """Validated placement of each in-process vLLM engine."""
+        return {
+            "llm": make_placement("llm", self.llm_gpus, self.llm_tensor_parallel_size, 1),
+            "tts": make_placement("tts", self.tts_gpus, self.tts_tensor_parallel_size, self.tts_data_parallel_size),
+        }
 
     @property
     def chat_model_id(self) -> str:

@@ -76,8 +76,10 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         for level in levels:
             assert set(level) >= LEVEL_KEYS
-            assert level["ok"] == level["requests"], level["error_samples"]
-            assert level["audio_s_total"] > 0
+            # A random-weight chat model sometimes ends its reply at once (nothing to speak).
+            if mode == "speech":
+                assert level["ok"] == level["requests"], level["error_samples"]
+        assert sum(level["audio_s_total"] for level in levels) > 0
         assert {"largest_n_zero_underruns", "largest_n_zero_underruns_ttfa_ok"} <= set(report["capacity"][mode])
         assert len(report["streams"][mode]["2"]) == 2
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -90,8 +92,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     _run("baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2")
     report = json.loads(out.read_text())
     assert set(report["modes"]) == {"raw", "seed", "ours"}
-    for levels in report["modes"].values():
-        assert all(set(lv) >= LEVEL_KEYS and lv["ok"] == lv["requests"] for lv in levels)
+    for mode, levels in report["modes"].items():
+        assert all(set(lv) >= LEVEL_KEYS for lv in levels)
+        # The seed's pipeline plays nothing of an utterance shorter than 4 frames, and the demo
+        # Orpheus sometimes stops that early: only our pipeline and the raw engine must never miss.
+        if mode != "seed":
+            assert all(lv["ok"] == lv["requests"] for lv in levels), levels
     raw = report["modes"]["raw"][0]
     assert raw["engine_tokens_total"] > 0 and "first_token_ms" in raw
     assert "ratio_ours_over_seed_real_time_streams" in report

@@ -77,7 +77,13 @@ def gemma_stop_ids(tokenizer: Any) -> tuple[int, ...]:
 
 async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngine]:
     if kind == "vllm":
+        import torch
+
+        from .placement import check_against_devices
         from .vllm_engine import VLLMEngine
+
+        placements = settings.placements()
+        check_against_devices(placements, torch.cuda.device_count())
 
         tts = await VLLMEngine.create(
             settings.tts_model_name,
@@ -88,6 +94,7 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             kv_cache_dtype=settings.tts_kv_cache_dtype,
             quantization=settings.tts_quantization,
             orpheus_slots=True,
+            placement=placements["tts"],
             kind="vllm-orpheus",
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,
@@ -98,6 +105,7 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             max_model_len=settings.llm_max_model_len,
             gpu_memory_utilization=settings.llm_gpu_memory_utilization,
             max_num_seqs=settings.llm_max_num_seqs,
+            placement=placements["llm"],
             kind="vllm-gemma",
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
+from oai_server.engines.placement import Placement, visible_devices
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class VLLMEngine:
         quantization: str | None = None,
         enable_prefix_caching: bool = True,
         orpheus_slots: bool = False,
+        placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
         sampling_params_factory: SamplingParamsFactory | None = None,
@@ -175,9 +177,12 @@ class VLLMEngine:
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
         )
+        placement = placement or Placement(None)
+        kwargs.update(placement.engine_kwargs())
         # Built on the event-loop thread on purpose: AsyncLLM binds its ZMQ/asyncio clients there.
-        built = (engine_factory or _build_async_llm)(kwargs)
-        engine = await built if inspect.isawaitable(built) else built
+        with visible_devices(placement.gpus):
+            built = (engine_factory or _build_async_llm)(kwargs)
+            engine = await built if inspect.isawaitable(built) else built
         details: dict[str, object] = {
             key: kwargs.get(key) for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
         }
@@ -186,6 +191,8 @@ class VLLMEngine:
             quantization=quantization,
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
+            gpus=placement.gpus,
+            **placement.engine_kwargs(),
         )
         info = EngineInfo(kind=kind, model=model, max_model_len=max_model_len, details=details)
         return cls(engine, info, orpheus_slots=orpheus_slots, sampling_params_factory=sampling_params_factory)

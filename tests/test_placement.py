@@ -1,0 +1,93 @@
+"""GPU placement of the vLLM engines (issue: two GPUs), tested without GPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from oai_server.engines.placement import (
+    Placement,
+    check_against_devices,
+    make_placement,
+    parse_gpus,
+    visible_devices,
+)
+from oai_server.engines.vllm_engine import VLLMEngine
+from oai_server.settings import Settings
+
+
+def test_defaults_keep_one_gpu_behaviour() -> None:
+    placements = Settings().placements()
+    assert placements["llm"] == Placement(None) and placements["tts"] == Placement(None)
+    assert placements["tts"].engine_kwargs() == {}
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"), [("0", (0,)), ("1, 2", (1, 2)), ("", None), (None, None), ([3, 4], (3, 4))]
+)
+def test_parse_gpus(gpus: Any, expected: Any) -> None:
+    assert parse_gpus(gpus) == expected
+
+
+@pytest.mark.parametrize("bad", ["-1", "0,0", "x"])
+def test_parse_gpus_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_gpus(bad)
+
+
+def test_split_and_parallel_layouts() -> None:
+    two = Settings(llm_gpus="0", tts_gpus="1").placements()
+    assert two["llm"].gpus == (0,) and two["tts"].gpus == (1,)
+    many = Settings(tts_gpus="1,2,3,4", tts_tensor_parallel_size=2, tts_data_parallel_size=2).placements()
+    assert many["tts"].engine_kwargs() == {"tensor_parallel_size": 2, "data_parallel_size": 2}
+    with pytest.raises(ValidationError, match="needs 4"):
+        Settings(tts_gpus="1,2", tts_tensor_parallel_size=2, tts_data_parallel_size=2)
+    with pytest.raises(ValueError, match="do not exist"):
+        check_against_devices({"tts": make_placement("tts", "1", 1, 1)}, device_count=1)
+    with pytest.raises(ValueError, match="needs 2 GPUs"):
+        check_against_devices({"tts": make_placement("tts", None, 2, 1)}, device_count=1)
+    check_against_devices(two, device_count=2)
+
+
+def test_visible_devices_is_scoped_and_relative(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with visible_devices((1,)):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    with visible_devices((0, 2)):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+
+
+def test_engine_starts_with_its_cards_and_parallel_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen: dict[str, Any] = {}
+
+    class FakeAsyncLLM:
+        def shutdown(self) -> None:
+            pass
+
+    def factory(kwargs: dict[str, Any]) -> FakeAsyncLLM:
+        seen["env"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen["kwargs"] = kwargs
+        return FakeAsyncLLM()
+
+    placement = make_placement("tts", "2,3", 2, 1)
+    engine = asyncio.run(
+        VLLMEngine.create(
+            "m",
+            tokenizer="m",
+            max_model_len=64,
+            gpu_memory_utilization=0.5,
+            placement=placement,
+            engine_factory=factory,
+        )
+    )
+    assert seen["env"] == "2,3" and seen["kwargs"]["tensor_parallel_size"] == 2
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert engine.info.details["gpus"] == (2, 3)
