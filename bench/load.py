@@ -173,13 +173,11 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
             summary, results = await run_level(mode, n, args)
             levels.append(summary)
             report["streams"].setdefault(mode, {})[str(n)] = [r.public() for r in results]
-            print(
-                f"[{mode}] N={n}: ok {summary['ok']}/{summary['requests']}, "
-                f"ttfa p50 {summary['ttfa_ms']['p50'] or 0:.0f} ms, zero-underrun {summary['streams_zero_underruns']}",
-                flush=True,
-            )
-        report["modes"][mode] = levels
-        report["capacity"][mode] = capacity(levels, args.ttfa_p95_ms)
+            print(f"[{mode}] N={n}: {json.dumps(summary)}", flush=True)
+            report["modes"][mode] = levels
+            report["capacity"][mode] = capacity(levels, args.ttfa_p95_ms)
+            if args.out is not None:  # a killed run still leaves every finished level
+                write_json(args.out / "results.json", {**report, "partial": True})
     return report
 
 
@@ -224,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sweep (starting the demo server with --demo); 0 unless no request succeeded."""
     args = parse_args(argv)
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-load-"))
+    out.mkdir(parents=True, exist_ok=True)
+    args.out = out
     server = None
     log = out / "server.log"
     try:

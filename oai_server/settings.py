@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     """vLLM KV-cache dtype for Orpheus (auto or fp8)."""
     tts_quantization: str | None = Field(None, validation_alias=_env("tts_quantization"))
     """vLLM weight quantization for Orpheus (e.g. fp8)."""
+    warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        [1, 8, 32, 128], validation_alias=_env("warmup_batch_sizes")
+    )
+    """Batch sizes of the sampled warm-up requests run before readiness (empty disables)."""
     device: str = Field("auto", validation_alias=_env("device"))
     """Device of the transformers engines: auto, cpu, cuda."""
     max_concurrency: int = Field(8, ge=1, validation_alias=_env("max_concurrency"))
@@ -184,7 +188,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
 
-    @field_validator("voices", "api_keys", "cors_origins", mode="before")
+    @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

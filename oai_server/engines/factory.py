@@ -53,7 +53,9 @@ def resolve_models(settings: Settings) -> Settings:
 
     demo = build_demo_models(settings.cache_dir)
     # Cap each segment at ~2 s of audio so the demo stays fast on a laptop CPU, unless the user chose a cap.
-    caps = {} if "tts_max_tokens" in settings.model_fields_set else {"tts_max_tokens": 168}
+    caps: dict[str, object] = {} if "tts_max_tokens" in settings.model_fields_set else {"tts_max_tokens": 168}
+    if "warmup_batch_sizes" not in settings.model_fields_set:
+        caps["warmup_batch_sizes"] = [1]
     return settings.model_copy(
         update={
             **caps,
@@ -184,6 +186,10 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         raise
     engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
     try:
+        if settings.warmup_batch_sizes:
+            from .warmup import warm_up
+
+            await warm_up(engines, settings.warmup_batch_sizes)
         yield engines
     finally:
         await engines.close()
