@@ -7,6 +7,7 @@ OUT=${OUT:-/tmp/out}; RAND=${RAND:-/tmp/rand}
 cleanup() { pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
 cleanup
 mkdir -p "$OUT"
+python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
 case "${1:-load}" in
   load)
     python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
