@@ -340,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enforce-eager", action="store_true", help="pass --enforce-eager (faster start)")
     p.add_argument("--server-arg", action="append", default=[], help="extra serve flag (repeatable)")
     p.add_argument("--remote", action="store_true", help="also check --engine remote on two vllm serve")
+    p.add_argument("--skip-server", action="store_true", help="skip the in-process checks (e.g. only --remote)")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--budget-s", type=float, default=520.0, help="total time; later phases are skipped past it")
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if not args.demo:
         report["snac"] = ensure_snac(args.snac)
-    run_server_checks(args, report, deadline)
+    if not args.skip_server:
+        run_server_checks(args, report, deadline)
     if args.remote:
         if deadline - time.monotonic() > 150:
             run_remote_checks(args, report, deadline)
