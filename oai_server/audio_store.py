@@ -69,4 +69,6 @@ class RedisAudioStore:
     async def get(self, audio_id: str) -> str | None:
         """GET; Redis drops expired keys itself."""
         value = await self._client.get(self._prefix + audio_id)
-        return value.decode() if value is not None else None
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)

@@ -138,25 +138,20 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
     # One torch thread per op for the tiny demo models: two engines and SNAC share the cores (2 ms vs 60 ms a step).
     threads = 1 if settings.demo else None
 
+    def engine(model: str, kind: str, max_model_len: int) -> TokenEngine:
+        return TransformersEngine(
+            model,
+            kind=kind,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_concurrency=settings.max_concurrency,
+            max_model_len=max_model_len,
+            torch_threads=threads,
+        )
+
     def load() -> tuple[TokenEngine, TokenEngine]:
-        llm = TransformersEngine(
-            settings.llm_model_name,
-            kind="transformers-gemma",
-            device=settings.device,
-            dtype=settings.dtype,
-            max_concurrency=settings.max_concurrency,
-            max_model_len=settings.llm_max_model_len,
-            torch_threads=threads,
-        )
-        tts = TransformersEngine(
-            settings.tts_model_name,
-            kind="transformers-orpheus",
-            device=settings.device,
-            dtype=settings.dtype,
-            max_concurrency=settings.max_concurrency,
-            max_model_len=settings.tts_max_model_len,
-            torch_threads=threads,
-        )
+        llm = engine(settings.llm_model_name, "transformers-gemma", settings.llm_max_model_len)
+        tts = engine(settings.tts_model_name, "transformers-orpheus", settings.tts_max_model_len)
         return llm, tts
 
     return await asyncio.to_thread(load)
