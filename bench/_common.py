@@ -270,33 +270,18 @@ def tail(path: Path, lines: int = 30) -> str:
 
 # --- GPU check helpers ---------------------------------------------------------------------------
 
-SNAC_24KHZ_CONFIG = {
-    "sampling_rate": 24000,
-    "encoder_dim": 48,
-    "encoder_rates": [2, 4, 8, 8],
-    "decoder_dim": 1024,
-    "decoder_rates": [8, 8, 4, 2],
-    "attn_window_size": None,
-    "codebook_size": 4096,
-    "codebook_dim": 8,
-    "vq_strides": [4, 2, 1],
-    "noise": True,
-    "depthwise": True,
-}
-
 
 def ensure_snac(path: Path) -> str:
     """Write a random-weight SNAC with the real 24 kHz config at `path` unless one is there."""
     if (path / "config.json").is_file():
         return "existing"
     import torch
-    from snac import SNAC
+
+    from oai_server.demo import SNAC_24KHZ_CONFIG, write_random_snac
 
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = SNAC(**SNAC_24KHZ_CONFIG)
-    (path / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG, indent=2) + "\n")
-    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    write_random_snac(path, SNAC_24KHZ_CONFIG)
     return "random (real 24 kHz config)"
 
 

@@ -321,11 +321,11 @@ def _build_orpheus(out: Path) -> None:
     model.save_pretrained(out)
 
 
-SNAC_DEMO_CONFIG: dict[str, Any] = {
+SNAC_24KHZ_CONFIG: dict[str, Any] = {
     "sampling_rate": 24000,
-    "encoder_dim": 8,
+    "encoder_dim": 48,
     "encoder_rates": [2, 4, 8, 8],
-    "decoder_dim": 64,
+    "decoder_dim": 1024,
     "decoder_rates": [8, 8, 4, 2],
     "attn_window_size": None,
     "codebook_size": 4096,
@@ -334,12 +334,21 @@ SNAC_DEMO_CONFIG: dict[str, Any] = {
     "noise": True,
     "depthwise": True,
 }
+"""hubertsiuzdak/snac_24khz's config.json."""
+
+SNAC_DEMO_CONFIG: dict[str, Any] = {**SNAC_24KHZ_CONFIG, "encoder_dim": 8, "decoder_dim": 64}
+"""The real layout (rates, strides, codebooks: 2048 samples per frame) with small widths."""
+
+
+def write_random_snac(out: Path, config: dict[str, Any]) -> None:
+    """Write a random-weight SNAC as `config.json` + `pytorch_model.bin` (loadable offline)."""
+    from snac import SNAC
+
+    model = SNAC(**config)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
 
 
 def _build_snac(out: Path) -> None:
-    from snac import SNAC
-
     out.mkdir(parents=True)
-    model = SNAC(**SNAC_DEMO_CONFIG)
-    (out / "config.json").write_text(json.dumps(SNAC_DEMO_CONFIG, indent=2) + "\n")
-    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    write_random_snac(out, SNAC_DEMO_CONFIG)

@@ -118,21 +118,27 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
 
         assert settings.llm_remote_url and settings.tts_remote_url
         key = settings.remote_api_key.get_secret_value() if settings.remote_api_key else None
-        llm_config = RemoteEngineConfig(
-            settings.llm_remote_url,
-            settings.llm_remote_model or settings.llm_model_name,
-            api_key=key,
-            read_timeout=settings.remote_read_timeout,
-            max_model_len=settings.llm_max_model_len,
+
+        def remote(url: str, model: str, max_model_len: int, kind: str) -> TokenEngine:
+            config = RemoteEngineConfig(
+                url, model, api_key=key, read_timeout=settings.remote_read_timeout, max_model_len=max_model_len
+            )
+            return RemoteEngine(config, kind=kind)
+
+        return (
+            remote(
+                settings.llm_remote_url,
+                settings.llm_remote_model or settings.llm_model_name,
+                settings.llm_max_model_len,
+                "remote-gemma",
+            ),
+            remote(
+                settings.tts_remote_url,
+                settings.tts_remote_model or settings.tts_model_name,
+                settings.tts_max_model_len,
+                "remote-orpheus",
+            ),
         )
-        tts_config = RemoteEngineConfig(
-            settings.tts_remote_url,
-            settings.tts_remote_model or settings.tts_model_name,
-            api_key=key,
-            read_timeout=settings.remote_read_timeout,
-            max_model_len=settings.tts_max_model_len,
-        )
-        return RemoteEngine(llm_config, kind="remote-gemma"), RemoteEngine(tts_config, kind="remote-orpheus")
     from .transformers_engine import TransformersEngine
 
     # One torch thread per op for the tiny demo models: two engines and SNAC share the cores (2 ms vs 60 ms a step).
