@@ -210,12 +210,17 @@ async def run_level(bench: Bench, mode: str, n: int) -> dict[str, Any]:
 
 async def build(args: argparse.Namespace) -> Bench:
     """Engine, tokenizer and SNAC from the arguments."""
+    from snac import SNAC
+
     from oai_server.engines.loading import load_tokenizer
-    from oai_server.pipeline.snac_stream import SnacDecoder, load_snac
+    from oai_server.pipeline.snac_stream import SnacDecoder, WindowPolicy, load_snac
     from oai_server.pipeline.speech import SpeechSynthesizer
 
     tokenizer = load_tokenizer(args.tts_model)
-    snac = load_snac(args.snac, args.snac_device)
+    seed_snac = SNAC.from_pretrained(args.snac).to(args.snac_device).eval()  # as the seed loads it
+    decoder = SnacDecoder(load_snac(args.snac, args.snac_device), args.snac_device, max_batch=64)
+    windows = WindowPolicy()
+    await decoder.capture_graphs(windows.steady_shape)  # as the server's warm-up does (CUDA only)
     engine: TokenEngine
     if args.engine == "vllm":
         from oai_server.engines.vllm_engine import VLLMEngine
@@ -240,13 +245,12 @@ async def build(args: argparse.Namespace) -> Bench:
             max_model_len=args.max_model_len,
             max_concurrency=max(args.concurrency),
         )
-    bench = Bench(args, engine, tokenizer, snac)
+    bench = Bench(args, engine, tokenizer, seed_snac)
     bench.synthesizer = SpeechSynthesizer(
         engine,
         tokenizer,
-        SnacDecoder(snac, args.snac_device, max_batch=64),
-        context_frames=2,
-        lookahead_frames=1,
+        decoder,
+        windows=windows,
         tokens_per_char=8.0,
         max_tokens=args.max_tokens,
         max_model_len=args.max_model_len,

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -277,31 +278,19 @@ def run_remote_checks(args: argparse.Namespace, report: dict[str, Any], deadline
         "tts": [args.tts_model, "--gpu-memory-utilization", "0.35", "--logits-processors", LOGITS_PROCESSOR],
         "llm": [args.llm_model, "--gpu-memory-utilization", "0.25"],
     }
-    procs = {
-        name: start_process(
-            [
-                sys.executable,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                *argv[:1],
-                *argv[1:],
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports[name]),
-                "--max-model-len",
-                "2048",
-                *eager,
-            ],
-            args.log_dir / f"vllm_{name}.log",
-        )
-        for name, argv in upstreams.items()
-    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     checks: dict[str, Any] = {}
     try:
-        for name, proc in procs.items():
-            wait_ready(f"http://127.0.0.1:{ports[name]}", proc, max(5.0, deadline - time.monotonic() - 60), "/health")
+        # One at a time: vLLM's start-up memory profiling fails if another process on the same GPU
+        # changes its memory use meanwhile.
+        for name, argv in upstreams.items():
+            command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", *argv]
+            command += ["--host", "127.0.0.1", "--port", str(ports[name]), "--max-model-len", "2048", *eager]
+            procs[name] = start_process(command, args.log_dir / f"vllm_{name}.log")
+            started = time.monotonic()
+            budget = max(5.0, deadline - time.monotonic() - 60)
+            wait_ready(f"http://127.0.0.1:{ports[name]}", procs[name], budget, "/health")
+            checks[f"remote_{name}_upstream_ready"] = {"ok": True, "seconds": round(time.monotonic() - started, 1)}
         port = free_port()
         flags = [
             "--engine", "remote", "--llm-remote-url", f"http://127.0.0.1:{ports['llm']}",
@@ -316,7 +305,8 @@ def run_remote_checks(args: argparse.Namespace, report: dict[str, Any], deadline
             check.run("remote_speech_pcm", lambda: check.speech_format("pcm"))
             check.run("remote_chat_stream", check.chat_stream)
             check.run("remote_latency", lambda: check.latency(3, 2))
-            checks = check.results
+            checks.update(check.results)
+            checks["remote_gpu_memory"] = {"ok": True, **gpu_memory()}
         finally:
             stop_process(server)
     except Exception as exc:
@@ -364,8 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if not args.demo:
         report["snac"] = ensure_snac(args.snac)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every phase, so a killed run still leaves its figures
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
     if not args.skip_server:
         run_server_checks(args, report, deadline)
+        save()
     if args.remote:
         if deadline - time.monotonic() > 150:
             run_remote_checks(args, report, deadline)
@@ -383,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"single-stream audio tokens/s {sse.get('audio_tokens_per_s')} (real time needs 82)")
     for proc in report.get("gpu_memory_after_ready", {}).get("processes", []):
         print(f"GPU pid {proc['pid']}: {proc['used_mib']:.0f} MiB  {proc['cmdline'][:90]}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    save()
     print(f"{'PASSED' if report['passed'] else 'FAILED'} in {report['total_s']} s; wrote {args.out}")
     return 0 if report["passed"] else 1
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
-from .engines.factory import Engines, open_engines, resolve_models
+from .engines.factory import Engines, open_engines, resolve_models, window_policy
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import install_middleware
@@ -47,8 +47,7 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         engines.tts,
         engines.tts_tokenizer,
         engines.snac,
-        context_frames=settings.snac_context_frames,
-        lookahead_frames=settings.snac_lookahead_frames,
+        windows=window_policy(settings),
         tokens_per_char=settings.tts_tokens_per_char,
         max_tokens=settings.tts_max_tokens,
         max_model_len=settings.tts_max_model_len,

@@ -121,8 +121,12 @@ class Settings(BaseSettings):
     """Frames decoded after a frame before it is emitted (latency vs seam quality)."""
     snac_context_frames: int = Field(2, ge=0, le=6, validation_alias=_env("snac_context_frames"))
     """Frames of left context decoded with each emitted frame."""
+    snac_frames_per_decode: int = Field(2, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
+    """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
+    snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
+    """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
 
     # --- placement (several GPUs; defaults keep one-GPU behaviour) ---
     llm_gpus: str | None = Field(None, validation_alias=_env("llm_gpus"))
@@ -154,7 +158,7 @@ class Settings(BaseSettings):
     tts_quantization: str | None = Field(None, validation_alias=_env("tts_quantization"))
     """vLLM weight quantization for Orpheus (e.g. fp8)."""
     warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
-        [1, 8, 32, 128], validation_alias=_env("warmup_batch_sizes")
+        [1, 2, 4, 8, 16, 32, 64, 128], validation_alias=_env("warmup_batch_sizes")
     )
     """Batch sizes of the sampled warm-up requests run before readiness (empty disables)."""
     device: str = Field("auto", validation_alias=_env("device"))

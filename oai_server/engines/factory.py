@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline.snac_stream import SnacDecoder, load_snac, resolve_device
+from ..pipeline.snac_stream import SnacDecoder, WindowPolicy, load_snac, resolve_device
 from ..settings import Settings
 from .base import TokenEngine
 
@@ -190,7 +190,15 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         if settings.warmup_batch_sizes:
             from .warmup import warm_up
 
-            await warm_up(engines, settings.warmup_batch_sizes)
+            graphs = window_policy(settings).steady_shape if settings.snac_cuda_graphs else None
+            sizes = settings.warmup_batch_sizes
+            llm_sizes = [size for size in sizes if size <= settings.llm_max_num_seqs]
+            await warm_up(engines, sizes, llm_sizes, graphs)
         yield engines
     finally:
         await engines.close()
+
+
+def window_policy(settings: Settings) -> WindowPolicy:
+    """The SNAC window settings."""
+    return WindowPolicy(settings.snac_context_frames, settings.snac_lookahead_frames, settings.snac_frames_per_decode)

@@ -2,7 +2,7 @@
 
 The first batched, sampled request on vLLM JIT-compiles Triton sampling and penalty kernels for
 that batch shape, which stalled every live stream for ~4 s on the H100. So before `/health/ready`
-turns green, each engine runs short sampled requests at a few batch sizes (with the same
+turns green, each engine runs short sampled requests at each configured batch size (with the same
 sampling features real requests use: top-p, repetition penalty, the Orpheus slot mask), and SNAC
 decodes a window of each shape once.
 """
@@ -17,7 +17,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from ..pipeline.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, build_prompt_ids
-from ..pipeline.snac_stream import Window
+from ..pipeline.snac_stream import Window, WindowShape
 from .base import SamplingParams, TokenEngine, new_request_id
 
 if TYPE_CHECKING:
@@ -39,8 +39,11 @@ async def warm_engine(engine: TokenEngine, prompt: Sequence[int], params: Sampli
         await asyncio.gather(*(_drain(engine, prompt, params) for _ in range(size)))
 
 
-async def warm_up(engines: Engines, sizes: Sequence[int]) -> float:
-    """Warm both engines and SNAC; returns the seconds it took."""
+async def warm_up(
+    engines: Engines, sizes: Sequence[int], llm_sizes: Sequence[int], snac_graphs: WindowShape | None = None
+) -> float:
+    """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC (capturing CUDA graphs of the
+    `snac_graphs` window shape when the decoder is on CUDA); returns the seconds it took."""
     start = time.monotonic()
     tts_prompt = build_prompt_ids(engines.tts_tokenizer.encode("tara: Warming up.", add_special_tokens=True))
     tts_params = SamplingParams(
@@ -57,10 +60,15 @@ async def warm_up(engines: Engines, sizes: Sequence[int]) -> float:
     )
     await asyncio.gather(
         warm_engine(engines.tts, tts_prompt, tts_params, sizes),
-        warm_engine(engines.llm, llm_prompt, llm_params, sizes[:2]),
+        warm_engine(engines.llm, llm_prompt, llm_params, llm_sizes),
     )
+    if snac_graphs is not None:
+        try:
+            await engines.snac.capture_graphs(snac_graphs)
+        except Exception:
+            logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME
-    for length in range(1, 5):
+    for length in range(1, 8):
         await asyncio.gather(*(engines.snac.decode(Window((frame,) * length, 0)) for _ in range(4)))
     elapsed = time.monotonic() - start
     logger.info("warm-up done in %.1f s (batch sizes %s)", elapsed, list(sizes))

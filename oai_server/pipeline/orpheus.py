@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 START_OF_HUMAN = 128259
 END_OF_TEXT = 128009
 END_OF_HUMAN = 128260
@@ -100,15 +102,15 @@ class AudioTokenParser:
         return len(self._pending)
 
 
-def frames_to_levels(frames: Sequence[Sequence[int]]) -> tuple[list[int], list[int], list[int]]:
-    """Redistribute frames into SNAC's three code levels (lengths n, 2n, 4n)."""
-    levels: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for frame in frames:
-        level0, level1, level2 = [0], [0, 0], [0, 0, 0, 0]
-        slots = (level0, level1, level2)
-        for code, (level, index) in zip(frame, SLOT_LEVELS, strict=True):
-            slots[level][index] = code
-        levels[0].extend(level0)
-        levels[1].extend(level1)
-        levels[2].extend(level2)
-    return levels
+# For each SNAC level, the frame slots that hold its codes, in time order (level 0: 1 per frame, 1: 2, 2: 4).
+LEVEL_SLOTS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(sorted((slot for slot, (lv, _) in enumerate(SLOT_LEVELS) if lv == level), key=lambda s: SLOT_LEVELS[s][1]))
+    for level in range(3)
+)
+
+
+def frames_to_levels(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Redistribute a batch of windows, int array [batch, n, 7], into SNAC's three code levels
+    ([batch, n], [batch, 2n], [batch, 4n])."""
+    batch = frames.shape[0]
+    return tuple(frames[:, :, slots].reshape(batch, -1) for slots in LEVEL_SLOTS)  # type: ignore[return-value]

@@ -1,15 +1,20 @@
 """SNAC streaming decode: frames in, 24 kHz s16le PCM out, each frame emitted exactly once.
 
-Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L; defaults C=2, L=1):
-frame f is emitted once frame f+L is known (or at the end of the stream), by decoding frames
-``[f-C, f+L]`` (clipped to what exists) and keeping the 2048 samples that belong to f. So:
+Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L, `snac_frames_per_decode` K;
+defaults C=2, L=1, K=2): frames are emitted in chunks. A chunk of k frames starting at frame f is
+emitted once frame f+k-1+L is known (or at the end of the stream), by decoding frames
+``[f-C, f+k-1+L]`` (clipped to what exists) and keeping the 2048*k samples that belong to the chunk.
+Chunk sizes ramp up 1, 2, 4, ... to K, so:
 
 * every frame is emitted once, in order, as exactly 2048 samples: n frames -> 2048*n samples,
   with nothing trimmed at the start and the tail flushed at the end;
 * the first audio needs L+1 frames = 14 tokens with L=1 (Canopy's reference needs 28 and never
   plays the first frame or the last two);
-* each emitted frame costs one decode of C+1+L frames (4 with the defaults, like Canopy's
-  28-token window); static shapes in steady state, so windows batch across streams.
+* in steady state each decode covers C+K+L frames for K emitted ones: 2.5 decoded frames per
+  emitted frame with the defaults, against 4 for Canopy's (and K=1's) one-frame-per-window scheme.
+  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps, which a client
+  pre-buffer must cover when generation runs just at real time. Steady windows have one static
+  shape, so they batch across streams and run as CUDA graphs on a GPU (`snac_graphs.py`).
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames, so
 more left context is cheap (it only widens a batched decode) while every frame of lookahead
@@ -18,7 +23,7 @@ are below SNAC's own per-call noise (its NoiseBlocks add fresh noise on every de
 L=2 for Canopy's right context at +85 ms latency.
 
 Decoding happens in one worker thread per decoder that batches the windows of all live
-streams (grouped by window length), converts to int16 on the device and copies to the host
+streams (grouped by window shape), converts to int16 on the device and copies to the host
 once per group, so the event loop never runs SNAC.
 """
 
@@ -28,15 +33,17 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .orpheus import SAMPLES_PER_FRAME, frames_to_levels
+
+if TYPE_CHECKING:
+    from .snac_graphs import GraphSet
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +56,48 @@ class Window:
 
     frames: tuple[Frame, ...]
     emit: int
-    """Index in `frames` of the frame whose samples are emitted."""
+    """Index in `frames` of the first frame whose samples are emitted."""
+    count: int = 1
+    """How many frames, from `emit` on, are emitted."""
+
+    @property
+    def shape(self) -> WindowShape:
+        """(frames decoded, first emitted, emitted): windows of one shape decode as one batch."""
+        return (len(self.frames), self.emit, self.count)
+
+
+WindowShape = tuple[int, int, int]
 
 
 class WindowPlanner:
-    """Decides which window to decode for each frame of one stream (pure; no I/O)."""
+    """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
 
-    def __init__(self, context_frames: int = 2, lookahead_frames: int = 1) -> None:
+    def __init__(self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1) -> None:
         self.context = context_frames
         self.lookahead = lookahead_frames
+        self.frames_per_decode = frames_per_decode
         self._frames: list[Frame] = []
         self._next_emit = 0
+        self._emitted = 0
 
-    def _window(self, frame_index: int) -> Window:
-        start = max(0, frame_index - self.context)
-        end = min(len(self._frames), frame_index + self.lookahead + 1)
-        return Window(tuple(self._frames[start:end]), frame_index - start)
+    def _chunk(self) -> int:
+        # 1, 2, 4, ... frames: the first audio as early as possible, then fewer, larger decodes.
+        return min(self.frames_per_decode, self._emitted + 1)
+
+    def _take(self, count: int) -> Window:
+        first = self._next_emit
+        start = max(0, first - self.context)
+        end = min(len(self._frames), first + count + self.lookahead)
+        self._next_emit += count
+        self._emitted += count
+        return Window(tuple(self._frames[start:end]), first - start, count)
 
     def add(self, frames: Sequence[Frame]) -> list[Window]:
         """Add complete frames; return the windows whose frames can now be emitted."""
         self._frames.extend(frames)
         ready = []
-        while self._next_emit + self.lookahead < len(self._frames):
-            ready.append(self._window(self._next_emit))
-            self._next_emit += 1
+        while self._next_emit + self._chunk() + self.lookahead <= len(self._frames):
+            ready.append(self._take(self._chunk()))
         self._trim()
         return ready
 
@@ -80,36 +105,63 @@ class WindowPlanner:
         """End of stream: the windows of the frames still waiting for lookahead."""
         ready = []
         while self._next_emit < len(self._frames):
-            ready.append(self._window(self._next_emit))
-            self._next_emit += 1
+            ready.append(self._take(min(self._chunk(), len(self._frames) - self._next_emit)))
         return ready
 
     def _trim(self) -> None:
-        # Keep only the frames later windows can still need, so memory stays O(C + L).
+        # Keep only the frames later windows can still need, so memory stays O(C + K + L).
         drop = max(0, self._next_emit - self.context)
         if drop > 64:
             del self._frames[:drop]
             self._next_emit -= drop
 
 
+@dataclass(frozen=True)
+class WindowPolicy:
+    """The window settings (see the module docstring): context C, lookahead L, frames per decode K."""
+
+    context_frames: int = 2
+    lookahead_frames: int = 1
+    frames_per_decode: int = 2
+
+    def planner(self) -> WindowPlanner:
+        """A planner for one stream."""
+        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode)
+
+    @property
+    def steady_shape(self) -> WindowShape:
+        """The shape of every window once a stream is past its first few frames."""
+        decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames
+        return (decoded, self.context_frames, self.frames_per_decode)
+
+
 def load_snac(name_or_path: str, device: str) -> torch.nn.Module:
-    """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id."""
+    """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id, ready for
+    inference: eval mode, weight norm folded into the weights (the same outputs, without recomputing
+    every weight on every decode)."""
     from snac import SNAC
 
     from ..engines.loading import ModelLoadError
 
     try:
-        if Path(name_or_path).is_dir():
-            model = SNAC.from_pretrained(str(name_or_path))
-        else:
-            model = SNAC.from_pretrained(name_or_path)
+        model = SNAC.from_pretrained(str(name_or_path))
     except Exception as exc:  # hub errors come in many types
         raise ModelLoadError(
             f"Could not load the SNAC decoder '{name_or_path}': {exc}. Check network access to the "
             "Hugging Face Hub (set HF_TOKEN if needed) or pass a local path, or run with --demo "
             "for the offline demo profile."
         ) from exc
+    fold_weight_norm(model)
     return model.to(device).eval()
+
+
+def fold_weight_norm(model: torch.nn.Module) -> None:
+    """Replace every weight-norm parametrization by the plain weight it computes."""
+    from torch.nn.utils import parametrize
+
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
 def resolve_device(device: str) -> str:
@@ -117,6 +169,13 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def decode_pcm(model: Any, codes: Sequence[torch.Tensor], shape: WindowShape) -> torch.Tensor:
+    """SNAC decode of a batch of windows of one shape -> the emitted samples as int16 [B, 2048 * count]."""
+    _, emit, count = shape
+    audio = model.decode(list(codes))[:, 0, emit * SAMPLES_PER_FRAME : (emit + count) * SAMPLES_PER_FRAME]
+    return (audio.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)
 
 
 @dataclass
@@ -127,61 +186,93 @@ class _Job:
 
 
 class SnacDecoder:
-    """Decodes windows for every live stream in batches, on one worker thread."""
+    """Decodes windows for every live stream in batches, on one worker thread.
+
+    On CUDA, `capture_graphs` records the steady window shape at a ladder of batch sizes; batches
+    of that shape then replay a graph (padded up to the next captured size) instead of launching
+    SNAC's few hundred kernels one by one.
+    """
 
     def __init__(self, model: Any, device: str, max_batch: int = 64) -> None:
         self.model = model
         self.device = device
         self.max_batch = max_batch
         self.windows_decoded = 0
+        self.frames_decoded = 0
+        self.frames_emitted = 0
         self.batches = 0
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.graphs: GraphSet | None = None
+        self._jobs: queue.SimpleQueue[_Job | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="snac-decoder", daemon=True)
         self._thread.start()
 
     async def decode(self, window: Window) -> bytes:
-        """PCM (s16le, 2048 samples) of the window's emitted frame."""
+        """PCM (s16le, 2048 samples per emitted frame) of the window's emitted frames."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._jobs.put(_Job(window, future, loop))
         return await future
 
+    async def capture_graphs(self, shape: WindowShape) -> None:
+        """On CUDA, capture CUDA graphs for windows of `shape` (on the worker, between batches)."""
+        if not self.device.startswith("cuda"):
+            return
+        from .snac_graphs import GraphSet
+
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def capture() -> None:
+            try:
+                self.graphs = GraphSet.capture(self.model, shape, self.max_batch, self.device)
+                loop.call_soon_threadsafe(_set_result, done, None)
+            except Exception as exc:  # a failed capture leaves the eager path in place
+                loop.call_soon_threadsafe(_set_exception, done, exc)
+
+        self._jobs.put(capture)
+        await done
+
     def decode_sync(self, windows: Sequence[Window]) -> list[bytes]:
-        """Decode windows of one length in one batch (the worker's unit of work)."""
-        length = len(windows[0].frames)
-        codes = [frames_to_levels(w.frames) for w in windows]
-        tensors = [torch.tensor([c[level] for c in codes], dtype=torch.long, device=self.device) for level in range(3)]
-        with torch.inference_mode():
-            audio = self.model.decode(tensors)[:, 0, :]  # [B, 2048 * length]
-            pcm = (audio.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)
-            assert pcm.shape[-1] == SAMPLES_PER_FRAME * length
-            starts = torch.tensor([w.emit * SAMPLES_PER_FRAME for w in windows], device=self.device)
-            index = starts[:, None] + torch.arange(SAMPLES_PER_FRAME, device=self.device)[None, :]
-            frames = torch.gather(pcm, 1, index).cpu().numpy()  # one device-to-host copy
-        return [np.ascontiguousarray(row).astype("<i2", copy=False).tobytes() for row in frames]
+        """Decode windows of one shape in one batch (the worker's unit of work)."""
+        shape = windows[0].shape
+        levels = frames_to_levels(np.asarray([w.frames for w in windows], dtype=np.int64))
+        if self.graphs is not None and self.graphs.shape == shape:
+            pcm = self.graphs.run(levels)
+        else:
+            codes = [torch.from_numpy(level).to(self.device) for level in levels]
+            with torch.inference_mode():
+                pcm = decode_pcm(self.model, codes, shape).cpu().numpy()  # one device-to-host copy
+        self.windows_decoded += len(windows)
+        self.frames_decoded += shape[0] * len(windows)
+        self.frames_emitted += shape[2] * len(windows)
+        self.batches += 1
+        return [np.ascontiguousarray(row).astype("<i2", copy=False).tobytes() for row in pcm]
 
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
+            if not isinstance(job, _Job):
+                job()
+                continue
             jobs = [job]
             while len(jobs) < self.max_batch:
                 try:
                     more = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    self._jobs.put(None)
+                if not isinstance(more, _Job):
+                    self._jobs.put(more)  # control jobs wait for this batch
                     break
                 jobs.append(more)
             self._decode_jobs(jobs)
 
     def _decode_jobs(self, jobs: list[_Job]) -> None:
-        live = [job for job in jobs if not job.future.cancelled()]
-        groups: dict[int, list[_Job]] = {}
-        for job in live:
-            groups.setdefault(len(job.window.frames), []).append(job)
+        groups: dict[WindowShape, list[_Job]] = {}
+        for job in jobs:
+            if not job.future.cancelled():
+                groups.setdefault(job.window.shape, []).append(job)
         for group in groups.values():
             try:
                 results = self.decode_sync([job.window for job in group])
@@ -190,8 +281,6 @@ class SnacDecoder:
                 for job in group:
                     job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
                 continue
-            self.windows_decoded += len(group)
-            self.batches += 1
             for job, pcm in zip(group, results, strict=True):
                 job.loop.call_soon_threadsafe(_set_result, job.future, pcm)
 
@@ -201,11 +290,11 @@ class SnacDecoder:
         self._thread.join(timeout=5)
 
 
-def _set_result(future: asyncio.Future[bytes], value: bytes) -> None:
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[bytes], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

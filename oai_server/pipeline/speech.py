@@ -20,7 +20,7 @@ import numpy as np
 
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 from .orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, build_prompt_ids
-from .snac_stream import SnacDecoder, WindowPlanner
+from .snac_stream import SnacDecoder, Window, WindowPolicy
 
 CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz
 
@@ -78,8 +78,7 @@ class SpeechSynthesizer:
         tokenizer: TextTokenizer,
         decoder: SnacDecoder,
         *,
-        context_frames: int,
-        lookahead_frames: int,
+        windows: WindowPolicy,
         tokens_per_char: float,
         max_tokens: int,
         max_model_len: int,
@@ -87,8 +86,7 @@ class SpeechSynthesizer:
         self.engine = engine
         self.tokenizer = tokenizer
         self.decoder = decoder
-        self.context_frames = context_frames
-        self.lookahead_frames = lookahead_frames
+        self.windows = windows
         self.tokens_per_char = tokens_per_char
         self.max_tokens = max_tokens
         self.max_model_len = max_model_len
@@ -120,23 +118,24 @@ class SpeechSynthesizer:
             orpheus_audio_slots=True,
         )
         parser = AudioTokenParser()
-        planner = WindowPlanner(self.context_frames, self.lookahead_frames)
+        planner = self.windows.planner()
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         try:
             deltas = self.engine.generate(prompt, params, new_request_id("tts"))
             async with aclosing(deltas):  # type: ignore[type-var]
                 async for delta in deltas:
-                    windows = planner.add(parser.feed(delta))
-                    for pcm in await asyncio.gather(*(self.decoder.decode(w) for w in windows)):
-                        stats.frames += 1
+                    for pcm in await self._decode(planner.add(parser.feed(delta)), stats):
                         yield pcm
-            for pcm in await asyncio.gather(*(self.decoder.decode(w) for w in planner.finish())):
-                stats.frames += 1
+            for pcm in await self._decode(planner.finish(), stats):
                 yield pcm
         finally:
             stats.audio_tokens += parser.audio_tokens
             stats.ignored_tokens += parser.ignored
+
+    async def _decode(self, windows: list[Window], stats: SpeechStats) -> list[bytes]:
+        stats.frames += sum(window.count for window in windows)
+        return await asyncio.gather(*(self.decoder.decode(window) for window in windows))
 
 
 class Crossfader:

@@ -1,0 +1,158 @@
+"""SNAC decode cost per emitted frame: the seed's scheme against ours, side by side in one run.
+
+Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac names a model):
+
+* ``seed``: Canopy's / the seed's decode: weight norm as loaded, eager, one 4-frame window per
+  emitted frame (K=1);
+* ``eager-K``: ours without graphs: weight norm folded, C=2 / L=1 windows emitting K frames;
+* ``graph-K``: the same through the CUDA graphs the server captures at warm-up (CUDA only).
+
+For each batch size it prints the time per batch and per emitted frame, and how many real-time
+streams SNAC alone could keep up with (one frame is 85.3 ms of audio) on this device. On CUDA it
+also checks that graph replay matches eager decoding (noise off). Usage:
+
+    python bench/snac_decode.py --out /tmp/snac_decode.json                 # CPU: small batches
+    python bench/snac_decode.py --device cuda --batch 1,8,32,64,128 --out $OUT/snac_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from oai_server.demo import SNAC_24KHZ_CONFIG
+from oai_server.pipeline.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
+from oai_server.pipeline.snac_stream import WindowPolicy, decode_pcm, fold_weight_norm
+
+FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
+
+
+def build_model(args: argparse.Namespace, *, fold: bool, noise: bool = True) -> Any:
+    from snac import SNAC
+
+    if args.snac:
+        model = SNAC.from_pretrained(args.snac)
+    else:
+        torch.manual_seed(0)
+        model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": noise})
+    if fold:
+        fold_weight_norm(model)
+    return model.to(args.device).eval()
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_batches(run: Any, device: str, repeats: int) -> float:
+    """Median seconds of `run()` after two warm-up calls."""
+    run()
+    run()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def windows(batch: int, length: int) -> list[np.ndarray]:
+    codes = np.random.default_rng(batch).integers(0, 4096, size=(batch, length, 7))
+    return list(frames_to_levels(codes))
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    seed_model = build_model(args, fold=False)
+    ours = build_model(args, fold=True)
+    rows: list[dict[str, Any]] = []
+    schemes: list[tuple[str, Any, WindowPolicy, bool]] = [("seed", seed_model, WindowPolicy(2, 1, 1), False)]
+    for k in args.frames_per_decode:
+        schemes.append((f"eager-K{k}", ours, WindowPolicy(2, 1, k), False))
+        if args.device.startswith("cuda"):
+            schemes.append((f"graph-K{k}", ours, WindowPolicy(2, 1, k), True))
+    for name, model, policy, graphs in schemes:
+        shape = policy.steady_shape
+        graph_set = None
+        if graphs:
+            from oai_server.pipeline.snac_graphs import GraphSet
+
+            graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
+        for batch in args.batch:
+            levels = windows(batch, shape[0])
+            if graph_set is not None:
+                gs = graph_set
+
+                def run(gs: Any = gs, levels: list[np.ndarray] = levels) -> Any:
+                    return gs.run(levels)
+            else:
+
+                def run(model: Any = model, levels: list[np.ndarray] = levels, shape: Any = shape) -> Any:
+                    codes = [torch.from_numpy(level).to(args.device) for level in levels]
+                    with torch.inference_mode():
+                        return decode_pcm(model, codes, shape).cpu().numpy()
+
+            seconds = time_batches(run, args.device, args.repeats)
+            per_frame = seconds / (batch * shape[2])
+            rows.append(
+                {
+                    "scheme": name,
+                    "batch": batch,
+                    "window_frames": shape[0],
+                    "emitted_frames": shape[2],
+                    "ms_per_batch": round(seconds * 1e3, 3),
+                    "us_per_emitted_frame": round(per_frame * 1e6, 1),
+                    "realtime_streams_snac_alone": int(FRAME_SECONDS / per_frame),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows}
+
+
+def graph_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
+    """Graph replay vs eager decode of the same windows, noise off: max |difference| in int16 steps."""
+    from oai_server.pipeline.snac_graphs import GraphSet
+
+    model = build_model(args, fold=True, noise=False)
+    shape = WindowPolicy().steady_shape
+    graph_set = GraphSet.capture(model, shape, 8, args.device)
+    levels = windows(5, shape[0])
+    with torch.inference_mode():
+        eager = decode_pcm(model, [torch.from_numpy(lv).to(args.device) for lv in levels], shape).cpu().numpy()
+    replay = graph_set.run(levels)
+    diff = int(np.abs(eager.astype(np.int32) - replay.astype(np.int32)).max())
+    return {"max_abs_diff_int16": diff, "ok": diff <= 2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--snac", default=None, help="SNAC dir or id (default: random weights, real 24 kHz config)")
+    p.add_argument("--batch", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--frames-per-decode", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    report: dict[str, Any] = {"device": args.device, "random_weights": not args.snac, **measure(args)}
+    if args.device.startswith("cuda"):
+        report["graph_vs_eager"] = graph_matches_eager(args)
+        print("graph vs eager:", report["graph_vs_eager"], flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

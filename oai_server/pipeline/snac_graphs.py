@@ -1,0 +1,90 @@
+"""CUDA graphs for SNAC decodes of the steady window shape.
+
+SNAC's decoder is a few hundred small convolution kernels. Launched one by one from Python, a
+small batch costs ~5 ms of launch overhead on an H100 (0.6 ms as a graph; ../shared/gpu), and that
+time also competes with the vLLM engines for the GPU. Streams spend almost all their windows in one
+shape (`WindowPlanner.steady_shape`), so that shape is captured at a ladder of batch sizes; a batch
+replays the smallest graph that holds it, padded, and larger batches run in slices. SNAC's
+NoiseBlocks draw fresh noise on every replay (CUDA graphs advance the RNG offset), as in eager mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .snac_stream import WindowShape, decode_pcm
+
+logger = logging.getLogger(__name__)
+
+
+def batch_ladder(max_batch: int) -> list[int]:
+    """Captured batch sizes: powers of two below `max_batch`, and `max_batch` itself."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    return sorted({*sizes, max_batch})
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    codes: list[torch.Tensor]  # static inputs, one per SNAC level
+    pcm: torch.Tensor  # static output, int16 on the device
+    host: torch.Tensor  # pinned host copy of `pcm`
+
+    def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
+        n = levels[0].shape[0]
+        for static, level in zip(self.codes, levels, strict=True):
+            static[:n].copy_(torch.from_numpy(level), non_blocking=False)
+        self.graph.replay()
+        self.host[:n].copy_(self.pcm[:n], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self.host[:n].numpy().copy()
+
+
+class GraphSet:
+    """Captured decodes of one window shape at several batch sizes."""
+
+    def __init__(self, shape: WindowShape, graphs: dict[int, _Graph]) -> None:
+        self.shape = shape
+        self._graphs = graphs
+        self._sizes = sorted(graphs)
+
+    @classmethod
+    def capture(cls, model: Any, shape: WindowShape, max_batch: int, device: str) -> GraphSet:
+        """Capture `shape` at every size of `batch_ladder(max_batch)`, largest first (so one
+        memory pool serves all)."""
+        length = shape[0]
+        pool = torch.cuda.graph_pool_handle()
+        graphs: dict[int, _Graph] = {}
+        for batch in sorted(batch_ladder(max_batch), reverse=True):
+            codes = [torch.zeros((batch, length << level), dtype=torch.long, device=device) for level in range(3)]
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.inference_mode(), torch.cuda.stream(side):
+                for _ in range(2):  # warm the kernels (cuDNN picks its algorithms) before capture
+                    decode_pcm(model, codes, shape)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                pcm = decode_pcm(model, codes, shape)
+            host = torch.empty(pcm.shape, dtype=torch.int16, pin_memory=True)
+            graphs[batch] = _Graph(graph, codes, pcm, host)
+        logger.info("SNAC CUDA graphs captured for window shape %s at batch sizes %s", shape, sorted(graphs))
+        return cls(shape, graphs)
+
+    def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
+        """int16 PCM [B, 2048 * count] for a batch of windows of this shape."""
+        n = levels[0].shape[0]
+        largest = self._sizes[-1]
+        if n > largest:
+            parts = [self.run([level[i : i + largest] for level in levels]) for i in range(0, n, largest)]
+            return np.concatenate(parts)
+        size = next(s for s in self._sizes if s >= n)
+        return self._graphs[size].run(levels)

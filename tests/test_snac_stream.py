@@ -1,0 +1,163 @@
+"""SNAC streaming: the window planner's chunking, the code-level layout, weight-norm folding and the
+batched decoder (on the demo SNAC; the CUDA-graph path is checked on the GPU by bench/snac_decode.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from oai_server.demo import SNAC_DEMO_CONFIG, DemoModels
+from oai_server.pipeline.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
+from oai_server.pipeline.snac_stream import (
+    SnacDecoder,
+    Window,
+    WindowPlanner,
+    WindowPolicy,
+    fold_weight_norm,
+    load_snac,
+)
+
+
+def frames(n: int, start: int = 0) -> list[tuple[int, ...]]:
+    """Distinct frames, so a window's content shows which frames it holds."""
+    return [tuple(range(7 * i, 7 * i + 7)) for i in range(start, start + n)]
+
+
+def emitted_frames(windows: list[Window]) -> list[tuple[int, ...]]:
+    return [f for w in windows for f in w.frames[w.emit : w.emit + w.count]]
+
+
+@pytest.mark.parametrize(
+    ("context", "lookahead", "per_decode"), [(2, 1, 1), (2, 1, 2), (2, 1, 4), (0, 0, 3), (3, 2, 2)]
+)
+@pytest.mark.parametrize("seed", range(4))
+def test_every_frame_emitted_once_in_order_however_frames_arrive(
+    context: int, lookahead: int, per_decode: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    planner = WindowPlanner(context, lookahead, per_decode)
+    stream = frames(150)
+    windows: list[Window] = []
+    i = 0
+    while i < len(stream):
+        n = rng.choice([0, 1, 1, 1, 2, 5])
+        windows += planner.add(stream[i : i + n])
+        i += n
+    windows += planner.finish()
+    assert emitted_frames(windows) == stream
+    for w in windows:
+        assert 1 <= w.count <= per_decode
+        assert w.emit <= context and len(w.frames) - w.emit - w.count <= lookahead
+
+
+def test_chunks_ramp_up_then_hold_the_steady_shape() -> None:
+    policy = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=4)
+    planner = policy.planner()
+    windows = [w for f in frames(40) for w in planner.add([f])]
+    assert [w.count for w in windows[:4]] == [1, 2, 4, 4]
+    assert all(w.shape == policy.steady_shape == (7, 2, 4) for w in windows[2:])
+
+
+def test_first_audio_needs_only_lookahead_plus_one_frame() -> None:
+    planner = WindowPolicy(2, 1, 2).planner()
+    assert planner.add(frames(1)) == []
+    (first,) = planner.add(frames(1, start=1))
+    assert first == Window(tuple(frames(2)), 0, 1)
+
+
+def test_each_steady_window_holds_its_context_and_lookahead() -> None:
+    planner = WindowPolicy(2, 1, 2).planner()
+    stream = frames(12)
+    windows = [w for f in stream for w in planner.add([f])]
+    third = windows[2]  # frames 3 and 4, after chunks [0] and [1, 2]
+    assert third == Window(tuple(stream[1:6]), 2, 2)
+
+
+def test_finish_flushes_the_tail_in_chunks_no_larger_than_k() -> None:
+    planner = WindowPolicy(2, 1, 2).planner()
+    stream = frames(8)
+    windows = planner.add(stream)
+    tail = planner.finish()
+    assert emitted_frames(windows + tail) == stream
+    assert tail[-1].frames[-1] == stream[-1] and tail[-1].emit + tail[-1].count == len(tail[-1].frames)
+    assert planner.finish() == []
+
+
+def test_planner_memory_stays_bounded() -> None:
+    planner = WindowPolicy(2, 1, 2).planner()
+    for f in frames(5000):
+        planner.add([f])
+    assert len(planner._frames) <= 2 + 2 + 1 + 65
+
+
+def test_levels_follow_the_orpheus_slot_layout() -> None:
+    batch = np.random.default_rng(0).integers(0, 4096, size=(3, 5, 7))
+    levels = frames_to_levels(batch)
+    assert [lv.shape for lv in levels] == [(3, 5), (3, 10), (3, 20)]
+    for b in range(3):
+        for f in range(5):
+            for slot, (level, index) in enumerate(SLOT_LEVELS):
+                assert levels[level][b, f * (1 << level) + index] == batch[b, f, slot]
+
+
+def _snac_without_noise() -> Any:
+    from snac import SNAC
+
+    torch.manual_seed(0)
+    return SNAC(**{**SNAC_DEMO_CONFIG, "noise": False}).eval()
+
+
+def test_folding_weight_norm_keeps_the_output() -> None:
+    from torch.nn.utils import parametrize
+
+    model = _snac_without_noise()
+    codes = [torch.randint(0, 4096, (2, 4 << level)) for level in range(3)]
+    with torch.inference_mode():
+        before = model.decode(codes)
+    fold_weight_norm(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    with torch.inference_mode():
+        after = model.decode(codes)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_decode_equals_one_by_one_and_emits_the_chunk() -> None:
+    model = _snac_without_noise()
+    decoder = SnacDecoder(model, "cpu", max_batch=8)
+    try:
+        stream = frames(9)
+        codes = [tuple(c % 4096 for c in f) for f in stream]
+        windows = [Window(tuple(codes[i : i + 5]), 2, 2) for i in range(4)]
+        together = decoder.decode_sync(windows)
+        alone = [decoder.decode_sync([w])[0] for w in windows]
+        assert all(len(pcm) == 2 * SAMPLES_PER_FRAME * 2 for pcm in together)
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
+        # the emitted samples are the chunk's slice of the whole window's decode
+        whole = Window(windows[0].frames, 0, 5)
+        full = np.frombuffer(decoder.decode_sync([whole])[0], "<i2")
+        chunk = np.frombuffer(together[0], "<i2")
+        np.testing.assert_allclose(chunk, full[2 * SAMPLES_PER_FRAME : 4 * SAMPLES_PER_FRAME], atol=2)
+        assert decoder.frames_decoded == 5 * 4 + 5 * 4 + 5 and decoder.frames_emitted == 2 * 8 + 5
+    finally:
+        decoder.close()
+
+
+async def test_concurrent_streams_are_batched_by_shape(demo_models: DemoModels) -> None:
+    decoder = SnacDecoder(load_snac(str(demo_models.snac_dir), "cpu"), "cpu", max_batch=16)
+    try:
+        codes = [tuple(c % 4096 for c in f) for f in frames(5)]
+        steady = Window(tuple(codes), 2, 2)
+        short = Window(tuple(codes[:2]), 0, 1)
+        results = await asyncio.gather(*(decoder.decode(steady if i % 2 else short) for i in range(12)))
+        assert [len(r) for r in results] == [SAMPLES_PER_FRAME * 2 * (2 if i % 2 else 1) for i in range(12)]
+        assert decoder.windows_decoded == 12 and decoder.batches < 12
+        await decoder.capture_graphs(steady.shape)  # CPU: a no-op that leaves the eager path
+        assert decoder.graphs is None
+    finally:
+        decoder.close()
