@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H100 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines  (writes under $OUT)
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines  (writes under $OUT). Knobs: MODE,
+# CONC, SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8 --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM.
 set -u
 OUT=${OUT:-/tmp/out}; RAND=${RAND:-/tmp/rand}
 cleanup() { pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
@@ -12,7 +13,7 @@ case "${1:-load}" in
   load)
     python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
       --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
-      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs 256 --port 8080 > "$OUT/server.log" 2>&1 &
+      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs 256 --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/load.py --url http://127.0.0.1:8080 --mode "${MODE:-both}" \
       --concurrency "${CONC:-1,8,32,64,128}" --server-timeout 330 --out "$OUT/load" 2>&1 | tail -60
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv

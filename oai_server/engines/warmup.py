@@ -21,6 +21,7 @@ from ..pipeline.snac_stream import Window, WindowShape
 from .base import SamplingParams, TokenEngine, new_request_id
 
 if TYPE_CHECKING:
+    from ..pipeline.speech import TextTokenizer
     from .factory import Engines
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,10 @@ async def warm_engine(engine: TokenEngine, prompt: Sequence[int], params: Sampli
         await asyncio.gather(*(_drain(engine, prompt, params) for _ in range(size)))
 
 
-async def warm_up(
-    engines: Engines, sizes: Sequence[int], llm_sizes: Sequence[int], snac_graphs: WindowShape | None = None
-) -> float:
-    """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC (capturing CUDA graphs of the
-    `snac_graphs` window shape when the decoder is on CUDA); returns the seconds it took."""
-    start = time.monotonic()
-    tts_prompt = build_prompt_ids(engines.tts_tokenizer.encode("tara: Warming up.", add_special_tokens=True))
-    tts_params = SamplingParams(
+def tts_warmup_request(tokenizer: TextTokenizer) -> tuple[list[int], SamplingParams]:
+    """A short Orpheus request with the sampling features real requests use."""
+    prompt = build_prompt_ids(tokenizer.encode("tara: Warming up.", add_special_tokens=True))
+    params = SamplingParams(
         max_tokens=4 * TOKENS_PER_FRAME,
         temperature=0.6,
         top_p=0.8,
@@ -54,6 +51,16 @@ async def warm_up(
         stop_token_ids=STOP_TOKEN_IDS,
         orpheus_audio_slots=True,
     )
+    return prompt, params
+
+
+async def warm_up(
+    engines: Engines, sizes: Sequence[int], llm_sizes: Sequence[int], snac_graphs: WindowShape | None = None
+) -> float:
+    """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC (capturing CUDA graphs of the
+    `snac_graphs` window shape when the decoder is on CUDA); returns the seconds it took."""
+    start = time.monotonic()
+    tts_prompt, tts_params = tts_warmup_request(engines.tts_tokenizer)
     llm_prompt = engines.llm_tokenizer.encode("Hello", add_special_tokens=True)
     llm_params = SamplingParams(
         max_tokens=8, temperature=1.0, top_p=0.95, presence_penalty=0.1, stop_token_ids=engines.llm_stop_token_ids

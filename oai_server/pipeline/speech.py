@@ -180,18 +180,23 @@ async def synthesize_segments(
     segments: AsyncIterator[str],
     options: VoiceOptions,
     *,
-    depth: int = 2,
+    depth: int = 1,
     crossfade_samples: int = CROSSFADE_SAMPLES,
     stats: SpeechStats | None = None,
 ) -> AsyncGenerator[SpeechEvent, None]:
-    """Speak segments in order, synthesising up to `depth` segments ahead of the one streaming.
+    """Speak segments in order, with at most `depth` segments generating at once.
 
+    With depth 1 the next segment starts generating when the previous one has finished generating
+    (usually long before it has finished playing), so a reply never holds more than one engine
+    request and concurrent replies don't slow each other's playing segment below real time; a
+    larger depth overlaps segments. At most `depth + 2` finished segments wait for a slow reader.
     Yields a text event when a segment's audio starts, then its audio events. Counts go to
     `stats` (also carried by every event). Closing the iterator cancels all segment tasks (and so
     aborts their engine requests) before it returns.
     """
     stats = stats if stats is not None else SpeechStats()
-    order: asyncio.Queue[tuple[str, asyncio.Queue[object], asyncio.Task[None]] | object] = asyncio.Queue(depth)
+    order: asyncio.Queue[tuple[str, asyncio.Queue[object], asyncio.Task[None]] | object] = asyncio.Queue(depth + 2)
+    generating = asyncio.Semaphore(depth)
     tasks: list[asyncio.Task[None]] = []
 
     async def speak(text: str, out: asyncio.Queue[object]) -> None:
@@ -201,11 +206,14 @@ async def synthesize_segments(
             out.put_nowait(_END)
         except Exception as exc:
             out.put_nowait(exc)
+        finally:
+            generating.release()
 
     async def produce() -> None:
         try:
             async for text in segments:
                 out: asyncio.Queue[object] = asyncio.Queue()
+                await generating.acquire()
                 task = asyncio.create_task(speak(text, out))
                 tasks.append(task)
                 await order.put((text, out, task))

@@ -1,0 +1,78 @@
+"""`synthesize_segments`: order, how many segments generate at once, cancellation (scripted synthesizer)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from oai_server.pipeline.speech import SpeechStats, synthesize_segments
+
+
+class ScriptedSynthesizer:
+    """Speaks a segment as `frames` chunks of 2048 samples, one per `delay` seconds; records overlap."""
+
+    def __init__(self, frames: int = 3, delay: float = 0.01) -> None:
+        self.frames = frames
+        self.delay = delay
+        self.generating = 0
+        self.most_at_once = 0
+        self.cancelled: list[str] = []
+
+    async def synthesize(self, text: str, options: Any, stats: SpeechStats) -> AsyncIterator[bytes]:
+        self.generating += 1
+        self.most_at_once = max(self.most_at_once, self.generating)
+        try:
+            for i in range(self.frames):
+                await asyncio.sleep(self.delay)
+                yield bytes([i % 256, len(text) % 256]) * 2048
+        except asyncio.CancelledError:
+            self.cancelled.append(text)
+            raise
+        finally:
+            self.generating -= 1
+
+
+async def texts(*items: str) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def collect(depth: int, synth: ScriptedSynthesizer, n: int = 6) -> list[str]:
+    spoken = []
+    events = synthesize_segments(synth, texts(*(f"segment {i}" for i in range(n))), None, depth=depth)  # type: ignore[arg-type]
+    async for event in events:
+        if event.text:
+            spoken.append(event.text)
+    return spoken
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+async def test_segments_in_order_with_at_most_depth_generating(depth: int) -> None:
+    synth = ScriptedSynthesizer()
+    spoken = await collect(depth, synth)
+    assert spoken == [f"segment {i}" for i in range(6)]
+    assert synth.most_at_once == depth
+
+
+async def test_next_segment_generates_while_a_slow_reader_still_plays() -> None:
+    synth = ScriptedSynthesizer(frames=2, delay=0.005)
+    events = synthesize_segments(synth, texts("one", "two", "three"), None, depth=1)  # type: ignore[arg-type]
+    first = await anext(events)
+    assert first.text == "one"
+    await asyncio.sleep(0.2)  # the reader stalls; generation carries on, one segment at a time
+    assert synth.generating == 0 and synth.most_at_once == 1
+    rest = [event async for event in events]
+    assert [e.text for e in rest if e.text] == ["two", "three"]
+
+
+async def test_closing_cancels_generating_segments() -> None:
+    synth = ScriptedSynthesizer(frames=100, delay=0.01)
+    events = synthesize_segments(synth, texts("one", "two"), None, depth=2)  # type: ignore[arg-type]
+    await anext(events)
+    await anext(events)
+    await events.aclose()
+    assert synth.generating == 0
+    assert set(synth.cancelled) == {"one", "two"}
