@@ -137,39 +137,23 @@ def _tokenizer_json(vocab_size: int, specials: dict[int, str], bytes_start: int,
 def write_gemma_tokenizer(out: Path) -> None:
     """Gemma-2 id layout (see module docstring) with Gemma's chat template."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
-    from oai_server.demo import GEMMA_CHAT_TEMPLATE
+    from oai_server.demo import gemma_tokenizer
 
-    raw = Tokenizer.from_str(_tokenizer_json(GEMMA_VOCAB, GEMMA_SPECIALS, 108, "<bos>"))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-    )
-    tok.chat_template = GEMMA_CHAT_TEMPLATE
-    tok.save_pretrained(out)
+    gemma_tokenizer(Tokenizer.from_str(_tokenizer_json(GEMMA_VOCAB, GEMMA_SPECIALS, 108, "<bos>"))).save_pretrained(out)
 
 
 def write_orpheus_tokenizer(out: Path) -> None:
     """Orpheus id layout: Llama-3 specials at 128000.., ``<custom_token_N>`` at 128256+N."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
+
+    from oai_server.demo import orpheus_tokenizer
 
     named = {128000: "<|begin_of_text|>", 128001: "<|end_of_text|>", 128009: "<|eot_id|>"}
     specials = {i: named.get(i, f"<|reserved_special_token_{i - 128000}|>") for i in range(128000, 128256)}
     specials.update({i: f"<custom_token_{i - 128256}>" for i in range(128256, orpheus.ORPHEUS_VOCAB_SIZE)})
     raw = Tokenizer.from_str(_tokenizer_json(orpheus.ORPHEUS_VOCAB_SIZE, specials, 0, "<|begin_of_text|>"))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token=f"<custom_token_{orpheus.PAD - 128256}>",
-    )
-    tok.save_pretrained(out)
+    orpheus_tokenizer(raw).save_pretrained(out)
 
 
 def orpheus_config(tiny: bool) -> Any:

@@ -15,7 +15,7 @@ case "${1:-load}" in
       --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
       --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs 256 --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/load.py --url http://127.0.0.1:8080 --mode "${MODE:-both}" \
-      --concurrency "${CONC:-1,8,32,64,128}" --server-timeout 330 --out "$OUT/load" 2>&1 | tail -60
+      --concurrency "${CONC:-1,8,32,64,128}" --server-timeout 330 --out "$OUT/load" ${LOAD_ARGS:-} 2>&1 | tail -60
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv
     ;;
   baselines)

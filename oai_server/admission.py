@@ -116,9 +116,13 @@ class Admission:
         if self.active == 0:
             self._idle.set()
 
+    def drain(self) -> None:
+        """Stop admitting: from now on every new request gets 503 (in-flight ones go on)."""
+        self.draining = True
+
     async def wait_idle(self, timeout: float) -> bool:
         """Stop admitting and wait for in-flight requests; True if all finished in time."""
-        self.draining = True
+        self.drain()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True

@@ -185,14 +185,10 @@ def _shrink_post_norms(model: torch.nn.Module, scale: float) -> None:
                 param.fill_(scale - 1.0)
 
 
-def _build_gemma(out: Path) -> None:
-    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+def gemma_tokenizer(raw: Tokenizer) -> Any:
+    """A fast tokenizer with Gemma's special tokens and chat template around `raw` (demo and bench models)."""
+    from transformers import PreTrainedTokenizerFast
 
-    raw = _train_bpe(1000, list(GEMMA_SPECIAL_TOKENS))
-    ids = {tok: _token_id(raw, tok) for tok in GEMMA_SPECIAL_TOKENS}
-    raw.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", ids["<bos>"])]
-    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token="<bos>",
@@ -202,7 +198,30 @@ def _build_gemma(out: Path) -> None:
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
     )
     tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def orpheus_tokenizer(raw: Tokenizer) -> Any:
+    """A fast tokenizer with Orpheus's (Llama-3) special tokens around `raw` (demo and bench models)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token=f"<custom_token_{orpheus.PAD - 128256}>",
+    )
+
+
+def _build_gemma(out: Path) -> None:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    raw = _train_bpe(1000, list(GEMMA_SPECIAL_TOKENS))
+    ids = {tok: _token_id(raw, tok) for tok in GEMMA_SPECIAL_TOKENS}
+    raw.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", ids["<bos>"])]
+    )
+    gemma_tokenizer(raw).save_pretrained(out)
 
     vocab_size = raw.get_vocab_size()
     config = Gemma2Config(
@@ -281,16 +300,10 @@ def _orpheus_tokenizer_json(text_bpe: Tokenizer) -> str:
 
 
 def _build_orpheus(out: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     raw = Tokenizer.from_str(_orpheus_tokenizer_json(_train_bpe(1000, [])))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token=f"<custom_token_{orpheus.PAD - 128256}>",
-    )
-    tokenizer.save_pretrained(out)
+    orpheus_tokenizer(raw).save_pretrained(out)
 
     config = LlamaConfig(
         vocab_size=orpheus.ORPHEUS_VOCAB_SIZE,

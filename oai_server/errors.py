@@ -3,7 +3,9 @@
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}`` with
 `application/json`, before a stream starts (a status code) and inside a started stream (one
 more SSE event, see `sse.error_event`). Framework errors (routing 404/405, validation, bad
-JSON, oversize bodies) are mapped here too, so no `{"detail": ...}` body ever leaves.
+JSON, oversize bodies) are mapped here too, so no `{"detail": ...}` body ever leaves. The
+OpenAPI schema documents the same: routes declare `ERROR_RESPONSES`, and FastAPI's unused
+422 `HTTPValidationError` is taken out of it (validation errors are 400s here).
 """
 
 from __future__ import annotations
@@ -14,12 +16,45 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
 # Permanent client errors: the SDK must not retry them (`x-should-retry: false`).
 _RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class ErrorDetail(BaseModel):
+    """The inside of the envelope."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """`{"error": {...}}`: the body of every error response (OpenAPI schema only)."""
+
+    error: ErrorDetail
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Invalid request: validation, malformed JSON, unsupported or too large values."),
+    401: _documented("Missing or wrong API key (when keys are configured)."),
+    404: _documented("Unknown model."),
+    413: _documented("The body is larger than --max-body-bytes."),
+    429: _documented("At capacity: the queue is full or the wait was too long (see retry-after)."),
+    500: _documented("Server error before the response started."),
+    503: _documented("The models are loading or the server is shutting down (see retry-after)."),
+    504: _documented("The request exceeded its deadline."),
+}
+"""The error responses every API route declares in the OpenAPI schema (`responses=` of the route)."""
 
 
 class APIError(Exception):
@@ -136,7 +171,27 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.exception("unhandled error", exc_info=exc)
         return server_error().response()
 
+    _document_errors(app)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unhandled)
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Drop FastAPI's automatic 422 `HTTPValidationError` from the schema: it is never sent."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = build()  # FastAPI caches it in app.openapi_schema: the edit below is done once
+        if fresh:
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

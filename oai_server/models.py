@@ -10,11 +10,14 @@ ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checke
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import APIError, invalid
+
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+"""Seeds are 64-bit integers (what torch and vLLM generators take); others are a 400, not a failed stream."""
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 ChatAudioFormat = Literal["wav", "aac", "mp3", "flac", "opus", "pcm16"]
@@ -62,7 +65,7 @@ class SpeechRequest(OpenAIModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     repetition_penalty: float | None = Field(None, ge=1, le=2)
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 # --------------------------------------------------------------------------- chat
@@ -135,7 +138,7 @@ class ChatCompletionRequest(OpenAIModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=128)
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -34,9 +34,11 @@ class AbortingStreamingResponse(StreamingResponse):
         *,
         media_type: str,
         headers: dict[str, str] | None = None,
+        status_code: int = 200,
     ) -> None:
+        # `status_code` is also what FastAPI reads to document a route's success status.
         base = dict(SSE_HEADERS) if media_type == "text/event-stream" else {"Cache-Control": "no-cache"}
-        super().__init__(content, media_type=media_type, headers={**base, **(headers or {})})
+        super().__init__(content, status_code=status_code, media_type=media_type, headers={**base, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Race the body against `http.disconnect`; always close the body iterator."""

@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     """Per-segment token budget per input character (8.2 ~ 10 chars/s of speech), capped by tts_max_tokens."""
     tts_segment_chars: int = Field(300, ge=40, le=1000, validation_alias=_env("tts_segment_chars"))
     """Long input is split at sentence/clause boundaries into pieces of at most this many characters."""
-    tts_pipeline_depth: int = Field(2, ge=1, le=8, validation_alias=_env("tts_pipeline_depth"))
-    """How many segments of one reply are synthesised ahead of the one being streamed."""
+    tts_pipeline_depth: int = Field(1, ge=1, le=8, validation_alias=_env("tts_pipeline_depth"))
+    """Segments of one reply generating at once (1: the next starts once the previous has generated)."""
     voices: Annotated[list[str], NoDecode] = Field(list(DEFAULT_VOICES), validation_alias=_env("voices"))
     """Orpheus voices offered (comma-separated in the environment)."""
     default_voice: str = Field("tara", validation_alias=_env("default_voice"))

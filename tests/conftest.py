@@ -6,6 +6,8 @@ uvicorn on 127.0.0.1 in a background thread, so clients see real streaming over 
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import threading
 import time
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 
 from oai_server.app import Services, create_app
 from oai_server.demo import DemoModels, build_demo_models
+from oai_server.engines.factory import Engines
 from oai_server.settings import Settings
 
 
@@ -69,10 +72,28 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (in its own thread)."""
+        return self.server.servers[0].get_loop()
 
-def start_server(settings: Settings) -> LiveServer:
-    """Start the app on a free loopback port and wait until it is ready."""
-    app = create_app(settings)
+    def tasks(self) -> collections.Counter[str]:
+        """The asyncio tasks alive on the server's loop, counted by coroutine name."""
+
+        async def alive() -> collections.Counter[str]:
+            me = asyncio.current_task()
+            return collections.Counter(
+                getattr(task.get_coro(), "__qualname__", repr(task.get_coro()))
+                for task in asyncio.all_tasks()
+                if task is not me
+            )
+
+        return asyncio.run_coroutine_threadsafe(alive(), self.loop).result(timeout=10)
+
+
+def start_server(settings: Settings, engines: Engines | None = None) -> LiveServer:
+    """Start the app (on `engines` if given) on a free loopback port and wait until it is ready."""
+    app = create_app(settings, engines=engines)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -101,3 +101,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     raw = report["modes"]["raw"][0]
     assert raw["engine_tokens_total"] > 0 and "first_token_ms" in raw
     assert "ratio_ours_over_seed_real_time_streams" in report
+
+
+def test_snac_decode_bench_compares_schemes(tmp_path: Path) -> None:
+    out = tmp_path / "snac.json"
+    _run("snac_decode.py", "--batch", "1", "--frames-per-decode", "2", "--repeats", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    shapes = [(r["scheme"], r["window_frames"], r["emitted_frames"]) for r in rows]
+    assert shapes == [("seed", 4, 1), ("eager-K2", 5, 2)]
+    assert all(r["us_per_emitted_frame"] > 0 for r in rows)

@@ -1,7 +1,7 @@
 """Pure-torch logits processing and sampling, shared by engines that run their own decode loop.
 
 Order per step (as in vLLM): penalties -> Orpheus audio-slot constraint -> temperature
-(0 means greedy) -> top-k -> top-p -> multinomial with a per-request `torch.Generator`.
+(below 1e-5 means greedy) -> top-k -> top-p -> multinomial with a per-request `torch.Generator`.
 Stop tokens are the caller's business: `TokenSampler.step` only picks the next id.
 """
 
@@ -81,10 +81,14 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily, as in vLLM (smaller ones overflow `logits / temperature`)."""
+
+
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Pick one index from processed 1-D logits: greedy when temperature is 0, else
+    """Pick one index from processed 1-D logits: greedy when temperature is (nearly) 0, else
     temperature -> top-k -> top-p -> multinomial with ``generator``."""
-    if params.temperature <= 0.0:
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     scaled = apply_top_p(apply_top_k(logits / params.temperature, params.top_k), params.top_p)
     probs = torch.softmax(scaled, dim=-1)

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Depends
 
 from ..admission import HeldBody
 from ..models import SpeechRequest
+from ..pipeline.encode import AUDIO_FORMATS
 from ..responses import AbortingStreamingResponse
 from ..serving.streams import guarded
 from .deps import services
+from .docs import SPEECH_EVENT, binary, sse, streamed
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -18,7 +20,13 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 
-@router.post("/v1/audio/speech", response_class=AbortingStreamingResponse)
+RESPONSES = streamed(
+    "The audio in `response_format`, or `speech.audio.delta` / `speech.audio.done` events with `stream_format: sse`.",
+    {**binary(*AUDIO_FORMATS.values()), **sse(SPEECH_EVENT)},
+)
+
+
+@router.post("/v1/audio/speech", response_class=AbortingStreamingResponse, responses=RESPONSES)
 async def create_speech(body: SpeechRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Stream speech in the requested format, or as `speech.audio.*` SSE events."""
     job = svc.speech.prepare(body)

@@ -13,6 +13,7 @@ from ..models import ChatCompletionRequest
 from ..responses import AbortingStreamingResponse, cancel_on_disconnect
 from ..serving.streams import as_api_error, guarded
 from .deps import services
+from .docs import CHAT_COMPLETION, CHAT_EVENT, sse, streamed
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -20,7 +21,13 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+RESPONSES = streamed(
+    "A `chat.completion`, or `chat.completion.chunk` events ending with `[DONE]` when streamed.",
+    {"application/json": {"schema": CHAT_COMPLETION}, **sse(CHAT_EVENT)},
+)
+
+
+@router.post("/v1/chat/completions", response_model=None, responses=RESPONSES)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
 ) -> AbortingStreamingResponse | JSONResponse:

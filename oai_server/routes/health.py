@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
+from ..errors import ErrorResponse
 from .deps import services
 
 if TYPE_CHECKING:
@@ -36,7 +38,25 @@ async def health(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.get("/health/ready", response_model=None)
+class Readiness(BaseModel):
+    """The body of `/health/ready` (OpenAPI schema only)."""
+
+    status: str
+    """`ready`, or with a 503 `unavailable` or `draining`."""
+    failures: dict[str, str] = {}
+    """Engines whose health check failed, with the error."""
+
+
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Both engines answer and the server is not draining."},
+    503: {
+        "model": Readiness | ErrorResponse,
+        "description": "An engine failed its check or the server is draining; the envelope while models load.",
+    },
+}
+
+
+@router.get("/health/ready", response_model=None, responses=READY_RESPONSES)
 async def ready(svc: Services = Depends(services)) -> JSONResponse | dict[str, Any]:
     """Readiness: both engines answer a health check and the server is not draining."""
     checks = await asyncio.gather(

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends
 
-from ..errors import model_not_found
+from ..errors import ERROR_RESPONSES, model_not_found
 from ..models import model_card
 from .deps import services
 
@@ -23,13 +23,13 @@ def _cards(svc: Services) -> list[dict[str, Any]]:
     return [model_card(model_id, created) for model_id in ids]
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
     """Every model id the server answers to (chat and speech, with OpenAI aliases)."""
     return {"object": "list", "data": _cards(svc)}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
 async def retrieve_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
     """One model; 404 `model_not_found` for unknown ids (ids may contain `/`, raw or %2F)."""
     wanted = unquote(model_id)

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from ..admission import HeldBody
+from ..errors import ERROR_RESPONSES
 from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel
 from ..pipeline.encode import make_encoder
 from ..responses import AbortingStreamingResponse
 from ..serving.speech import SpeechJob
 from ..serving.streams import guarded
 from .deps import services
+from .docs import binary, streamed
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -91,19 +93,25 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
     return AbortingStreamingResponse(HeldBody(body_stream, ticket), media_type="audio/wav")
 
 
-@router.get("/tts", response_class=AbortingStreamingResponse)
+TTS_RESPONSES = streamed("Streaming WAV (24 kHz, s16, mono).", binary("audio/wav"))
+CHAT_RESPONSES = streamed(
+    "The spoken reply as streaming WAV, or its text with `stream_text`.", binary("audio/wav", "text/plain")
+)
+
+
+@router.get("/tts", response_class=AbortingStreamingResponse, responses=TTS_RESPONSES)
 async def tts_get(params: SeedTTSRequest = Query(), svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/tts` with query parameters: streaming WAV."""
     return await _tts(params, svc)
 
 
-@router.post("/tts", response_class=AbortingStreamingResponse)
+@router.post("/tts", response_class=AbortingStreamingResponse, responses=TTS_RESPONSES)
 async def tts_post(body: SeedTTSRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/tts` with a JSON body: streaming WAV."""
     return await _tts(body, svc)
 
 
-@router.get("/models")
+@router.get("/models", responses=ERROR_RESPONSES)
 async def seed_models(svc: Services = Depends(services)) -> dict[str, Any]:
     """The seed's model description, with license fields."""
     return {
@@ -131,7 +139,7 @@ async def seed_models(svc: Services = Depends(services)) -> dict[str, Any]:
     }
 
 
-@router.post("/chat", response_class=AbortingStreamingResponse)
+@router.post("/chat", response_class=AbortingStreamingResponse, responses=CHAT_RESPONSES)
 async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/chat`: the spoken reply as streaming WAV, or its text with `stream_text`."""
     messages = [ChatMessage(role=item.role, content=item.content) for item in body.history]

@@ -41,15 +41,18 @@ def as_api_error(exc: BaseException) -> APIError:
 async def guarded(
     body: AsyncIterator[bytes], *, deadline_seconds: float, sse: bool, send_done: bool
 ) -> AsyncIterator[bytes]:
-    """Yield `body` until done, the deadline passes, or it fails; always close `body`."""
-    deadline = time.monotonic() + deadline_seconds
+    """Yield `body` until done, the deadline passes, or it fails; always close `body`.
+
+    The body is awaited in this task (`asyncio.timeout_at`, not `wait_for`'s inner task): a
+    cancellation (the client went away) then goes straight through the body, and the body is
+    never still running in another task when it is closed below.
+    """
+    deadline = asyncio.get_running_loop().time() + deadline_seconds
     try:
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                chunk = await asyncio.wait_for(anext(body), remaining)
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(body)
             except StopAsyncIteration:
                 return
             yield chunk

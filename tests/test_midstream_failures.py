@@ -1,0 +1,277 @@
+"""Failures after the 200: an engine that raises or stalls mid-stream, on the real demo engines.
+
+The server runs `create_app(settings, engines=...)` on the real engines opened by the factory
+(`open_engines`: tiny Gemma, tiny Orpheus, SNAC), each wrapped in a `FaultyEngine` that passes
+every call through and, when a test arms it, raises `EngineError` or stalls forever after N
+generated tokens. Once the status line is out the server must end the stream recognisably:
+
+- speech SSE: a final `data: {"error": ...}` event (no `speech.audio.done`);
+- chat streaming: the error event, which the official SDK raises as `openai.APIError`;
+- raw audio: the body is cut without its terminating chunk (the client sees a broken transfer);
+- a stall: the per-request deadline (`request_timeout_seconds`) cancels the engine request.
+
+After each fault the server serves the next request normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from oai_server.demo import DemoModels
+from oai_server.engines.base import EngineError, EngineInfo, SamplingParams, TokenEngine
+from oai_server.engines.factory import Engines, open_engines, resolve_models
+
+from .conftest import LiveServer, demo_settings, start_server, wait_until
+
+DEADLINE = 4.0
+"""`request_timeout_seconds` of this server: far above a normal demo reply (< 1 s), short to wait for."""
+MODEL = "gpt-4o-audio-preview"
+MESSAGES = [{"role": "user", "content": "Tell me something nice."}]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What an armed `FaultyEngine` does once `after_tokens` tokens went out (or the reply ended first)."""
+
+    after_tokens: int
+    stall: bool = False
+    """Stall forever (until cancelled) instead of raising."""
+
+
+class FaultyEngine:
+    """A `TokenEngine` around a real one: passes everything through, injects a `Fault` when armed."""
+
+    def __init__(self, inner: TokenEngine) -> None:
+        self.inner = inner
+        self.info: EngineInfo = inner.info
+        self.fault: Fault | None = None
+        self.raised = 0
+        """Faults raised."""
+        self.stalled = 0
+        """Requests that reached a stall."""
+        self.cancelled = 0
+        """Stalled requests that were cancelled (by the deadline or a disconnect)."""
+        self.live: set[str] = set()
+        """Requests whose `generate` has not finished (cleaned up) yet."""
+
+    async def generate(
+        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[list[int]]:
+        fault = self.fault
+        deltas = self.inner.generate(prompt_token_ids, params, request_id)
+        self.live.add(request_id)
+        sent = 0
+        try:
+            async for delta in deltas:
+                yield delta
+                sent += len(delta)
+                if fault is not None and sent >= fault.after_tokens:
+                    await self._inject(fault, sent)
+            if fault is not None:  # a reply shorter than `after_tokens` fails at its end instead
+                await self._inject(fault, sent)
+        finally:
+            await deltas.aclose()  # aborts the real engine's request if it is still running
+            self.live.discard(request_id)
+
+    async def _inject(self, fault: Fault, sent: int) -> None:
+        if fault.stall:
+            self.stalled += 1
+            try:
+                await asyncio.Event().wait()  # nothing ever sets it
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        self.raised += 1
+        raise EngineError(f"injected fault after {sent} tokens")
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self.inner.check_health()
+
+    def active_requests(self) -> int:
+        return self.inner.active_requests()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dataclass
+class FaultServer:
+    live: LiveServer
+    llm: FaultyEngine
+    tts: FaultyEngine
+    client: Any
+
+    @contextmanager
+    def armed(self, engine: FaultyEngine, fault: Fault) -> Iterator[None]:
+        """Inject `fault` into every request of `engine` inside the block (the counters restart at 0)."""
+        engine.raised = engine.stalled = engine.cancelled = 0
+        engine.fault = fault
+        try:
+            yield
+        finally:
+            engine.fault = None
+
+    def idle(self) -> bool:
+        """No request left anywhere: admission, the wrappers, the real engines."""
+        admission = self.live.services.admission
+        return (
+            admission.active == 0
+            and admission.queued == 0
+            and not self.llm.live
+            and not self.tts.live
+            and self.llm.inner.active_requests() == 0
+            and self.tts.inner.active_requests() == 0
+        )
+
+
+@pytest.fixture(scope="module")
+def fault_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[FaultServer]:
+    settings = resolve_models(demo_settings(demo_cache, request_timeout_seconds=DEADLINE))
+    loop = asyncio.new_event_loop()  # the engines are opened (and closed) here; they serve any loop
+    opened = open_engines(settings)
+    real: Engines = loop.run_until_complete(opened.__aenter__())
+    llm, tts = FaultyEngine(real.llm), FaultyEngine(real.tts)
+    live = start_server(settings, engines=replace(real, llm=llm, tts=tts))
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
+    try:
+        yield FaultServer(live, llm, tts, client)
+    finally:
+        live.stop()
+        loop.run_until_complete(opened.__aexit__(None, None, None))
+        loop.close()
+
+
+def speech_body(fmt: str = "pcm", sse: bool = True, text: str = "Hello there. This is a test.") -> dict[str, Any]:
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt, "seed": 3}
+    if sse:
+        body["stream_format"] = "sse"
+    return body
+
+
+def sse_payloads(server: FaultServer, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Status 200 and the JSON of every `data:` event of a speech SSE request."""
+    with httpx.stream("POST", f"{server.live.url}/v1/audio/speech", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def assert_serves_normally(server: FaultServer) -> None:
+    """A full speech stream and a full chat reply right after a fault."""
+    assert wait_until(server.idle, 10)
+    events = sse_payloads(server, speech_body())
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+    reply = server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, seed=1)
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+
+
+def test_speech_sse_ends_with_an_error_event(fault_server: FaultServer) -> None:
+    with fault_server.armed(fault_server.tts, Fault(after_tokens=21)):
+        events = sse_payloads(fault_server, speech_body())
+    assert fault_server.tts.raised == 1
+    deltas, last = events[:-1], events[-1]
+    assert deltas and all(event["type"] == "speech.audio.delta" for event in deltas)  # audio went out first
+    assert base64.b64decode("".join(event["audio"] for event in deltas))
+    assert set(last) == {"error"}
+    assert last["error"]["type"] == "server_error" and "injected fault" in last["error"]["message"]
+    assert set(last["error"]) == {"message", "type", "param", "code"}
+    assert_serves_normally(fault_server)
+
+
+def test_chat_stream_failure_raises_api_error_in_the_sdk(fault_server: FaultServer) -> None:
+    with fault_server.armed(fault_server.llm, Fault(after_tokens=3)):
+        stream = fault_server.client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=40, seed=1, stream=True
+        )
+        chunks = []
+        with pytest.raises(openai.APIError) as error:
+            for chunk in stream:
+                chunks.append(chunk)
+    assert fault_server.llm.raised == 1
+    assert "injected fault" in error.value.message
+    assert isinstance(error.value.body, dict) and error.value.body["type"] == "server_error"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)  # text went out before the failure
+    assert_serves_normally(fault_server)
+
+
+def test_chat_audio_stream_failure_in_tts_raises_api_error(fault_server: FaultServer) -> None:
+    with fault_server.armed(fault_server.tts, Fault(after_tokens=21)):
+        stream = fault_server.client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=40,
+            seed=1,
+            stream=True,
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "pcm16"},
+        )
+        chunks = []
+        with pytest.raises(openai.APIError):
+            for chunk in stream:
+                chunks.append(chunk)
+    assert fault_server.tts.raised == 1
+    deltas = [c.choices[0].delta.audio for c in chunks if c.choices and c.choices[0].delta.audio]
+    assert deltas and deltas[0].id.startswith("audio_")  # the audio had started
+    assert not any(c.choices and c.choices[0].finish_reason for c in chunks)  # no normal ending
+    assert_serves_normally(fault_server)
+
+
+def test_raw_audio_stream_is_cut_without_its_final_chunk(fault_server: FaultServer) -> None:
+    received = 0
+    url = f"{fault_server.live.url}/v1/audio/speech"
+    with (
+        fault_server.armed(fault_server.tts, Fault(after_tokens=21)),
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", url, json=speech_body("pcm", sse=False), timeout=60) as response,
+    ):
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/pcm"
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+    assert fault_server.tts.raised == 1
+    assert received > 0  # audio went out before the cut
+    assert_serves_normally(fault_server)
+
+
+def test_deadline_cancels_a_stalled_speech_stream(fault_server: FaultServer) -> None:
+    started = time.monotonic()
+    with fault_server.armed(fault_server.tts, Fault(after_tokens=14, stall=True)):
+        events = sse_payloads(fault_server, speech_body())
+    elapsed = time.monotonic() - started
+    assert fault_server.tts.stalled == 1 and fault_server.tts.cancelled == 1  # the engine request was cancelled
+    assert elapsed >= DEADLINE - 0.5
+    assert events[-1] == {
+        "error": {
+            "message": "The request exceeded its deadline and was cancelled.",
+            "type": "server_error",
+            "param": None,
+            "code": "timeout",
+        }
+    }
+    assert_serves_normally(fault_server)
+
+
+def test_deadline_cancels_a_stalled_chat_completion(fault_server: FaultServer) -> None:
+    with (
+        fault_server.armed(fault_server.llm, Fault(after_tokens=2, stall=True)),
+        pytest.raises(openai.APIStatusError) as error,
+    ):
+        fault_server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, seed=1)
+    assert error.value.status_code == 504 and error.value.code == "timeout"
+    assert fault_server.llm.stalled == 1 and fault_server.llm.cancelled == 1
+    assert_serves_normally(fault_server)
