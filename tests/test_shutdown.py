@@ -139,10 +139,12 @@ class Stream:
 
 
 def refused_or_503(url: str) -> bool:
-    """True when a new request cannot get in: connection refused, or a 503 `shutting_down` envelope."""
+    """True when a new request cannot get in: connection refused, closed unanswered (a connection accepted
+    just before the listener closed is dropped by uvicorn's shutdown; clients retry it as a connection
+    error), or a 503 `shutting_down` envelope."""
     try:
         response = httpx.get(f"{url}/v1/models", timeout=5)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError):
         return True
     return response.status_code == 503 and response.json()["error"]["code"] == "shutting_down"
 
