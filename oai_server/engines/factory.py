@@ -190,10 +190,9 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         if settings.warmup_batch_sizes:
             from .warmup import warm_up
 
-            graphs = window_policy(settings).steady_shape if settings.snac_cuda_graphs else None
             sizes = settings.warmup_batch_sizes
             llm_sizes = [size for size in sizes if size <= settings.llm_max_num_seqs]
-            await warm_up(engines, sizes, llm_sizes, graphs)
+            await warm_up(engines, sizes, llm_sizes, window_policy(settings), settings.snac_cuda_graphs)
         yield engines
     finally:
         await engines.close()

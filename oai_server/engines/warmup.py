@@ -17,7 +17,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from ..pipeline.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, build_prompt_ids
-from ..pipeline.snac_stream import Window, WindowShape
+from ..pipeline.snac_stream import Window, WindowPolicy
 from .base import SamplingParams, TokenEngine, new_request_id
 
 if TYPE_CHECKING:
@@ -55,10 +55,15 @@ def tts_warmup_request(tokenizer: TextTokenizer) -> tuple[list[int], SamplingPar
 
 
 async def warm_up(
-    engines: Engines, sizes: Sequence[int], llm_sizes: Sequence[int], snac_graphs: WindowShape | None = None
+    engines: Engines,
+    sizes: Sequence[int],
+    llm_sizes: Sequence[int],
+    windows: WindowPolicy,
+    snac_graphs: bool = False,
 ) -> float:
-    """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC (capturing CUDA graphs of the
-    `snac_graphs` window shape when the decoder is on CUDA); returns the seconds it took."""
+    """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC at every window length `windows` can
+    produce (first capturing CUDA graphs of its steady shape when `snac_graphs` and the decoder is on
+    CUDA); returns the seconds it took."""
     start = time.monotonic()
     tts_prompt, tts_params = tts_warmup_request(engines.tts_tokenizer)
     llm_prompt = engines.llm_tokenizer.encode("Hello", add_special_tokens=True)
@@ -69,13 +74,13 @@ async def warm_up(
         warm_engine(engines.tts, tts_prompt, tts_params, sizes),
         warm_engine(engines.llm, llm_prompt, llm_params, llm_sizes),
     )
-    if snac_graphs is not None:
+    if snac_graphs:
         try:
-            await engines.snac.capture_graphs(snac_graphs)
+            await engines.snac.capture_graphs(windows.steady_shape)
         except Exception:
             logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME
-    for length in range(1, 8):
+    for length in range(1, windows.steady_shape[0] + 1):  # no window is longer than the steady one
         await asyncio.gather(*(engines.snac.decode(Window((frame,) * length, 0)) for _ in range(4)))
     elapsed = time.monotonic() - start
     logger.info("warm-up done in %.1f s (batch sizes %s)", elapsed, list(sizes))

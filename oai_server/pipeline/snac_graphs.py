@@ -3,7 +3,7 @@
 SNAC's decoder is a few hundred small convolution kernels. Launched one by one from Python, a
 small batch costs ~5 ms of launch overhead on an H100 (0.6 ms as a graph; ../shared/gpu), and that
 time also competes with the vLLM engines for the GPU. Streams spend almost all their windows in one
-shape (`WindowPlanner.steady_shape`), so that shape is captured at a ladder of batch sizes; a batch
+shape (`WindowPolicy.steady_shape`), so that shape is captured at a ladder of batch sizes; a batch
 replays the smallest graph that holds it, padded, and larger batches run in slices. SNAC's
 NoiseBlocks draw fresh noise on every replay (CUDA graphs advance the RNG offset), as in eager mode.
 """
