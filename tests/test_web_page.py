@@ -6,6 +6,7 @@ Playwright's own browser download cannot run here, so Debian's Chromium is launc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -141,9 +142,16 @@ def test_chat_streams_speech_and_transcript_and_keeps_history(page: Any, live_se
     assert page.console_errors == []
 
 
+LONG_REPLY_SEED = 20
+
+
 def test_stop_aborts_playback_and_the_server_request(page: Any, live_server: LiveServer) -> None:
     """Stop during a long reply: the page stops, and the server's stream ends (its engines are aborted)."""
     page.goto(live_server.url + "/")
+    # The random demo model ends some replies after 2 tokens; with this seed it writes to its 512-token
+    # cap, so the reply is still streaming when Stop is clicked. The request still goes to the real server.
+    page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=json.dumps(
+        {**json.loads(route.request.post_data or "{}"), "seed": LONG_REPLY_SEED})))  # fmt: skip
     send(page, "Tell me a very long story about the sea.", max_tokens=None)
     page.wait_for_function("() => window.__oai.scheduledBuffers > 0", timeout=STREAM_TIMEOUT_MS)
     assert hooks(page)["status"] == "streaming"
