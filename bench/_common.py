@@ -50,6 +50,10 @@ class StreamResult:
     underruns: int = 0
     stall_ms: float = 0.0
     rtf: float | None = None
+    first_text_s: float | None = None
+    """Chat only: when the first transcript arrived (the first segment was cut and its TTS started)."""
+    first_text_words: int | None = None
+    """Chat only: words in that first transcript."""
     arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
     """(seconds since the request was sent, cumulative samples received) per audio chunk."""
 
@@ -131,6 +135,7 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
         "error_samples": sorted(set(e for e in errors if e))[:5],
         "ttfa_ms": {k: None if v is None else v * 1000 for k, v in spread([r.ttfa_s for r in ok if r.ttfa_s]).items()},
         "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
+        **_first_text(ok),
         "underruns": spread([float(r.underruns) for r in ok]),
         "stall_ms": spread([r.stall_ms for r in ok]),
         "streams_zero_underruns": zero,
@@ -142,6 +147,17 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
         "per_stream_audio_tokens_per_s_p50": percentile(
             [r.audio_s * SAMPLE_RATE / SAMPLES_PER_FRAME * TOKENS_PER_FRAME / r.wall_s for r in ok if r.wall_s], 50
         ),
+    }
+
+
+def _first_text(results: Sequence[StreamResult]) -> dict[str, Any]:
+    """Chat's split of TTFA: time to the first transcript (LLM + segmenter) and that segment's words."""
+    times = [r.first_text_s * 1000 for r in results if r.first_text_s is not None]
+    if not times:
+        return {}
+    return {
+        "first_text_ms": spread(times),
+        "first_text_words": spread([float(r.first_text_words or 0) for r in results if r.first_text_s is not None]),
     }
 
 
@@ -164,7 +180,7 @@ def table(title: str, levels: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table of the levels of one mode."""
     head = (
         f"{'N':>5} {'ok':>5} {'err':>4} {'ttfa50':>7} {'ttfa95':>7} {'ttfa99':>7} {'rtf50':>6} {'rtf95':>6} "
-        f"{'und95':>6} {'0-und':>6} {'agg tok/s':>10}"
+        f"{'und95':>6} {'0-und':>6} {'agg tok/s':>10} {'text50':>7}"
     )
     lines = [title, head]
     for lv in levels:
@@ -173,7 +189,7 @@ def table(title: str, levels: Sequence[dict[str, Any]]) -> str:
             f"{lv['concurrency']:>5} {lv['ok']:>5} {lv['errors']:>4} {_fmt(t['p50']):>7} {_fmt(t['p95']):>7} "
             f"{_fmt(t['p99']):>7} {_fmt(r['p50'], 2):>6} {_fmt(r['p95'], 2):>6} "
             f"{_fmt(lv['underruns']['p95'], 1):>6} {lv['streams_zero_underruns']:>6} "
-            f"{lv['aggregate_audio_tokens_per_s']:>10.0f}"
+            f"{lv['aggregate_audio_tokens_per_s']:>10.0f} {_fmt(lv.get('first_text_ms', {}).get('p50')):>7}"
         )
     return "\n".join(lines)
 

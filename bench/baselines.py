@@ -232,6 +232,8 @@ async def build(args: argparse.Namespace) -> Bench:
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=max(args.concurrency),
             enforce_eager=args.enforce_eager,
+            quantization=args.quantization,
+            kv_cache_dtype=args.kv_cache_dtype,
             orpheus_slots=True,
             kind="vllm-orpheus",
         )
@@ -307,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
+    p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     args = p.parse_args(argv)
     if args.demo:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H100 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines  (writes under $OUT). Knobs: MODE,
-# CONC, SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8 --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM.
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines|profile  (writes under $OUT). Knobs:
+# MODE, CONC, SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8 --tts-kv-cache-dtype fp8"), TTS_MEM,
+# LLM_MEM, LOAD_ARGS, MODES; ENGINE_ARGS (baselines/profile, e.g. "--quantization fp8 --kv-cache-dtype fp8").
 set -u
 OUT=${OUT:-/tmp/out}; RAND=${RAND:-/tmp/rand}
 cleanup() { pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
@@ -21,7 +22,13 @@ case "${1:-load}" in
   baselines)
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/baselines.py --engine vllm --tts-model "$RAND/orpheus" \
       --snac "$RAND/snac" --concurrency "${CONC:-1,8,32,64}" --max-tokens 1024 --modes "${MODES:-raw,seed,ours}" \
-      --out "$OUT/baselines.json" 2>&1 | tail -60
+      --out "$OUT/baselines.json" ${ENGINE_ARGS:-} 2>&1 | tail -60
+    ;;
+  profile)  # one engine, N streams, a torch-profiler trace of a few decode steps (bench/profile_engine.py)
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" \
+      --concurrency "${CONC:-128}" --out "$OUT/profile" ${ENGINE_ARGS:-} > "$OUT/profile.log" 2>&1
+    grep "^unprofiled" "$OUT/profile.log"; sed -n '/^=== profile summary/,$p' "$OUT/profile.log" | head -70
+    tail -5 "$OUT/profile.log"
     ;;
 esac
 cleanup

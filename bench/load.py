@@ -2,10 +2,11 @@
 
 Drives `/v1/audio/speech` (pcm, stream_format audio) and/or `/v1/chat/completions` with audio
 (modalities text+audio, pcm16, stream; `delta.audio.data` base64) with real sockets. Per stream
-it records time to first audio, the audio timeline against the wall clock, and a simulated
-player's underruns (start after `--prebuffer-ms` of audio, then real time). Per level it reports
-TTFA/RTF/underrun percentiles, streams with zero underruns and the aggregate audio tokens/s,
-and overall the largest N with zero underruns. No assertions on timings: it measures.
+it records time to first audio (for chat also time to the first transcript, i.e. the first segment
+cut from the LLM's reply, which splits TTFA into its LLM and TTS parts), the audio timeline against
+the wall clock, and a simulated player's underruns (start after `--prebuffer-ms` of audio, then real
+time). Per level it reports TTFA/RTF/underrun percentiles, streams with zero underruns and the
+aggregate audio tokens/s, and overall the largest N with zero underruns. No assertions on timings: it measures.
 
     python bench/load.py --url http://127.0.0.1:8080 --mode both --concurrency 1,8,32,64,128 --out bench/out
     python bench/load.py --demo          # starts the CPU demo server itself, tiny sweep
@@ -124,9 +125,12 @@ async def chat_stream(client: httpx.AsyncClient, args: argparse.Namespace, text:
                     rec.result.error = f"stream error: {str(event['error'])[:200]}"
                     break
                 for choice in event.get("choices") or ():
-                    data = ((choice.get("delta") or {}).get("audio") or {}).get("data")
-                    if data:
-                        rec.add(base64.b64decode(data))
+                    audio = (choice.get("delta") or {}).get("audio") or {}
+                    if audio.get("transcript") and rec.result.first_text_s is None:
+                        rec.result.first_text_s = time.perf_counter() - rec.started
+                        rec.result.first_text_words = len(audio["transcript"].split())
+                    if audio.get("data"):
+                        rec.add(base64.b64decode(audio["data"]))
         if rec.result.error is None:
             rec.result.ok = rec.result.bytes > 0
             rec.result.error = None if rec.result.ok else "no audio"

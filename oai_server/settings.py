@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     """Most audio ids kept (oldest dropped first)."""
     first_segment_words: int = Field(4, ge=0, validation_alias=_env("first_segment_words"))
     """The first spoken segment may be cut at a clause once it has this many words (0 disables)."""
+    first_segment_max_words: int = Field(10, ge=0, validation_alias=_env("first_segment_max_words"))
+    """The first spoken segment ends after this many words even without punctuation (0 disables)."""
 
     # --- engines (vLLM) ---
     dtype: str = Field("auto", validation_alias=_env("dtype"))

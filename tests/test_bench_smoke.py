@@ -82,6 +82,11 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
         assert sum(level["audio_s_total"] for level in levels) > 0
         assert {"largest_n_zero_underruns", "largest_n_zero_underruns_ttfa_ok"} <= set(report["capacity"][mode])
         assert len(report["streams"][mode]["2"]) == 2
+    for level in report["modes"]["chat"]:
+        if level["ok"]:  # the transcript of a segment is sent before its audio
+            assert level["first_text_ms"]["p50"] <= level["ttfa_ms"]["p50"]
+            assert 1 <= level["first_text_words"]["max"] <= 10  # --first-segment-max-words
+    assert all("first_text_ms" not in level for level in report["modes"]["speech"])
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "largest N with zero underruns" in proc.stdout
 
@@ -110,3 +115,32 @@ def test_snac_decode_bench_compares_schemes(tmp_path: Path) -> None:
     shapes = [(r["scheme"], r["window_frames"], r["emitted_frames"]) for r in rows]
     assert shapes == [("seed", 4, 1), ("eager-K2", 5, 2)]
     assert all(r["us_per_emitted_frame"] > 0 for r in rows)
+
+
+def test_profile_trace_summary(tmp_path: Path) -> None:
+    from profile_engine import summarize_trace
+
+    def kernel(name: str, ts: float, dur: float) -> dict[str, object]:
+        return {"cat": "kernel", "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        {"cat": "user_annotation", "name": "gpu_model_runner: forward", "ts": 0, "dur": 5},
+        {"cat": "user_annotation", "name": "gpu_model_runner: forward", "ts": 100, "dur": 5},
+        {"cat": "gpu_user_annotation", "name": "gpu_model_runner: sample", "ts": 60, "dur": 30},
+        kernel("sm90_xmma_gemm_bf16", 0, 40),
+        kernel("flash_fwd_splitkv_kernel", 30, 20),  # overlaps the GEMM by 10 us
+        kernel("void at::native::sort_kernel", 60, 30),
+        kernel("sm90_xmma_gemm_bf16", 100, 40),
+        kernel("my_custom_thing", 190, 10),
+    ]
+    path = tmp_path / "worker.pt.trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    summary = summarize_trace(path)
+    assert summary["steps"] == 2
+    assert summary["gpu_busy_ms_per_step"] == pytest.approx((50 + 30 + 40 + 10) / 2 / 1000)
+    assert summary["profiled_wall_ms_per_step"] == pytest.approx(200 / 2 / 1000)
+    assert summary["by_category_ms_per_step"] == pytest.approx(
+        {"gemm": 0.04, "sampling": 0.015, "attention": 0.01, "other": 0.005}
+    )
+    assert summary["by_region_gpu_ms_per_step"] == {"sample": pytest.approx(0.015)}
+    assert summary["top_kernels_ms_per_step"][0] == ("sm90_xmma_gemm_bf16", pytest.approx(0.04))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from oai_server.pipeline.assistant import spoken_segments
 from oai_server.pipeline.speech import SpeechStats, synthesize_segments
 
 
@@ -76,3 +77,19 @@ async def test_closing_cancels_generating_segments() -> None:
     await events.aclose()
     assert synth.generating == 0
     assert set(synth.cancelled) == {"one", "two"}
+
+
+async def test_first_segment_is_cut_after_max_words_while_the_reply_goes_on() -> None:
+    produced: list[int] = []
+
+    async def reply() -> AsyncIterator[str]:  # an LLM writing 40 words without punctuation
+        for i in range(40):
+            produced.append(i)
+            yield f"w{i} "
+
+    segments = spoken_segments(reply(), max_chars=300, first_segment_words=4, first_segment_max_words=10)
+    first = await anext(segments)
+    assert first == " ".join(f"w{i}" for i in range(10))
+    assert len(produced) == 10  # spoken as soon as the 10th word is complete, not at the 300-char cut
+    rest = [segment async for segment in segments]
+    assert rest == [" ".join(f"w{i}" for i in range(10, 40))]

@@ -127,6 +127,37 @@ def test_first_segment_clause_cut(text: str, words: int | None, expected: list[s
     assert _segment(text, first_segment_words=words) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # no punctuation: the first segment ends after 5 words, later ones only at sentences
+            "one two three four five six seven eight nine ten. Next one.",
+            ["one two three four five", "six seven eight nine ten.", "Next one."],
+        ),
+        (  # a sentence boundary before the cap wins
+            "Well I can do it. Ok then, see you.",
+            ["Well I can do it.", "Ok then, see you."],
+        ),
+        (  # never right after a word ending in "." (maybe an abbreviation): the next space instead
+            "Ask the kind old Dr. Smith about it again please.",
+            ["Ask the kind old Dr. Smith", "about it again please."],
+        ),
+        ("Short reply here.", ["Short reply here."]),
+    ],
+)
+def test_first_segment_word_cap(text: str, expected: list[str]) -> None:
+    assert _segment(text, first_segment_max_words=5) == expected
+    for size in (1, 2, 3):  # the same cut however the text arrives
+        assert _stream(text, [size] * len(text), min_chars=0, first_segment_max_words=5) == expected
+
+
+def test_first_segment_word_cap_holds_a_too_short_piece() -> None:
+    assert _segment("a b c d e f g h i j k l m n o p", first_segment_max_words=3, min_chars=12) == [
+        "a b c d e f g",  # cut at every space once 3 words are in, held until 12 characters
+        "h i j k l m n o p",
+    ]
+
+
 def test_max_chars_cuts_at_word_and_clause_boundaries() -> None:
     words = " ".join(["word"] * 100)
     out = _segment(words, max_chars=50)
@@ -160,6 +191,8 @@ def test_invalid_options() -> None:
         SentenceSegmenter(max_chars=10, min_chars=10)
     with pytest.raises(ValueError):
         SentenceSegmenter(first_segment_words=0)
+    with pytest.raises(ValueError):
+        SentenceSegmenter(first_segment_max_words=0)
 
 
 _CORPUS = (
@@ -204,7 +237,9 @@ _PIECES = st.sampled_from(
 @given(
     text=st.one_of(st.sampled_from(_CORPUS), st.lists(_PIECES, max_size=40).map("".join)),
     sizes=st.lists(st.integers(min_value=1, max_value=7), max_size=80),
-    options=st.sampled_from([{}, {"min_chars": 0, "first_segment_words": None}, {"max_chars": 40}]),
+    options=st.sampled_from(
+        [{}, {"min_chars": 0, "first_segment_words": None}, {"max_chars": 40}, {"first_segment_max_words": 3}]
+    ),
 )
 def test_chunking_invariance_and_no_loss(text: str, sizes: list[int], options: dict[str, int | None]) -> None:
     whole = _stream(text, [], **options)

@@ -58,9 +58,15 @@ async def reply_text(
     stats.finish_reason = "length" if stats.text_tokens >= params.max_tokens else "stop"
 
 
-async def spoken_segments(text: AsyncIterator[str], *, max_chars: int, first_segment_words: int) -> AsyncIterator[str]:
-    """Segments to speak: cut at sentence (or, first, clause) boundaries; markdown and emoji removed."""
-    segmenter = SentenceSegmenter(max_chars=max_chars, first_segment_words=first_segment_words or None)
+async def spoken_segments(
+    text: AsyncIterator[str], *, max_chars: int, first_segment_words: int, first_segment_max_words: int = 0
+) -> AsyncIterator[str]:
+    """Segments to speak: cut at sentence (or, first, clause or word-count) boundaries; markdown and emoji removed."""
+    segmenter = SentenceSegmenter(
+        max_chars=max_chars,
+        first_segment_words=first_segment_words or None,
+        first_segment_max_words=first_segment_max_words or None,
+    )
     async with aclosing(text):  # type: ignore[type-var]
         async for delta in text:
             for segment in segmenter.push(delta):

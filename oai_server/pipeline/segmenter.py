@@ -24,6 +24,10 @@ chunked into deltas; a decision that needs characters not yet seen waits for the
 * ``min_chars``: a sentence shorter than this is held and merged with the following one (not at flush).
 * ``first_segment_words``: for latency, the first segment of a stream may end at a clause boundary
   once it holds at least that many words.
+* ``first_segment_max_words``: for latency, the first segment of a stream ends at the first space
+  after that many words even without any punctuation (not after a word ending in ``.``, which may
+  be an abbreviation). It bounds how long the first audio waits for an LLM that writes a long first
+  clause; the price is a cut mid-clause, which Orpheus may voice with a slight pause.
 
 Latency: a boundary after ``.!?`` is emitted once the next non-space character arrives (after an
 initial or acronym, once the next word is complete), and a new sentence is not scanned until 10
@@ -83,7 +87,13 @@ class SentenceSegmenter:
     After ``flush`` the instance is reset and can be reused for a new stream.
     """
 
-    def __init__(self, max_chars: int = 300, min_chars: int = 12, first_segment_words: int | None = 4) -> None:
+    def __init__(
+        self,
+        max_chars: int = 300,
+        min_chars: int = 12,
+        first_segment_words: int | None = 4,
+        first_segment_max_words: int | None = None,
+    ) -> None:
         """Configure length limits; see the module docstring for what each option does."""
         if max_chars < 2:
             raise ValueError("max_chars must be at least 2")
@@ -91,9 +101,12 @@ class SentenceSegmenter:
             raise ValueError("min_chars must be in [0, max_chars)")
         if first_segment_words is not None and first_segment_words < 1:
             raise ValueError("first_segment_words must be positive or None")
+        if first_segment_max_words is not None and first_segment_max_words < 1:
+            raise ValueError("first_segment_max_words must be positive or None")
         self.max_chars = max_chars
         self.min_chars = min_chars
         self.first_segment_words = first_segment_words
+        self.first_segment_max_words = first_segment_max_words
         self._reset()
 
     def _reset(self) -> None:
@@ -201,7 +214,7 @@ class SentenceSegmenter:
                 return -j
             return self._after_terminator(i, j, dots)
         if c.isspace():
-            return self._space_event(i)
+            return i if self._first_segment_full(i) else self._space_event(i)
         if self._emitted == 0 and self.first_segment_words is not None:
             return self._clause_event(i, c)
         return _NO
@@ -285,6 +298,15 @@ class SentenceSegmenter:
         ):
             return i
         return _NO
+
+    def _first_segment_full(self, i: int) -> bool:
+        """Whether the first segment has ``first_segment_max_words`` words before the space at ``i``."""
+        limit = self.first_segment_max_words
+        if self._emitted or limit is None or self._buf[i - 1] in ".\u2026" or self._buf[i - 1].isspace():
+            return False
+        if not self._buf[self._sent_start : i].strip():  # just cut here (and held as too short)
+            return False
+        return len(self._buf[self._seg_start : i].split()) >= limit
 
     def _clause_event(self, i: int, c: str) -> int:
         """Early cut of the first segment at a clause boundary once it has enough words."""

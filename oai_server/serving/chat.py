@@ -154,6 +154,7 @@ class ChatServing:
             self._text(job),
             max_chars=self.settings.tts_segment_chars,
             first_segment_words=self.settings.first_segment_words,
+            first_segment_max_words=self.settings.first_segment_max_words,
         )
         return synthesize_segments(
             self.synthesizer, segments, job.voice, depth=self.settings.tts_pipeline_depth, stats=job.speech

@@ -1,0 +1,221 @@
+"""Where a decode step's time goes: the raw Orpheus engine at N streams, under vLLM's torch profiler.
+
+One vLLM `AsyncLLM` on an Orpheus-shaped model, set up as `bench/baselines.py`'s raw mode (our slot
+logits processor, the server's Orpheus sampling: temperature 0.6, top_p 0.8, repetition penalty 1.1).
+After the usual batched warm-up it runs N streams, measures the unprofiled step time for
+`--measure-s`, then profiles `--steps` engine steps (vLLM `ProfilerConfig.max_iterations`) and
+summarises the worker's trace: GPU kernel time per step against the unprofiled wall time per step
+(the gap is time the GPU waits for the host), kernel time by category and by vLLM region
+(forward, sample, ...), and the top kernels. GPU only; needs vLLM.
+
+    python3 bench/profile_engine.py --tts-model /tmp/rand/orpheus --concurrency 128 --out /tmp/out/profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SENTENCES, write_json
+
+CATEGORIES = (  # first match wins; kernel names lowercased
+    ("attention", ("flash", "fmha", "attn", "paged", "reshape_and_cache")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul", "splitk", "scaled_mm", "fp8")),
+    ("sampling", ("sort", "topk", "top_k", "top_p", "softmax", "cumsum", "scan", "exponential", "argmax", "sample")),
+    ("penalties/logits", ("scatter", "gather", "index", "masked", "bincount", "penalt", "where")),
+    ("norm/activation/rope", ("norm", "silu", "act_and_mul", "rotary", "gelu")),
+    ("copies", ("memcpy", "memset", "copy", "cat")),
+)
+
+
+def category(name: str) -> str:
+    """The coarse category of a kernel name."""
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def _union_us(intervals: Iterable[tuple[float, float]]) -> float:
+    total, end = 0.0, -1.0
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
+    """GPU time of a torch-profiler chrome trace: per step, by category, by vLLM region, top kernels."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    steps = sum(1 for e in events if e.get("cat") == "user_annotation" and e.get("name") == "gpu_model_runner: forward")
+    by_name: Counter[str] = Counter()
+    by_cat: Counter[str] = Counter()
+    for e in kernels:
+        by_name[e["name"]] += e["dur"]
+        by_cat[category(e["name"])] += e["dur"]
+    regions: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "gpu_user_annotation" and str(e.get("name", "")).startswith("gpu_model_runner"):
+            regions[e["name"].removeprefix("gpu_model_runner: ")] += e.get("dur", 0)
+    busy = _union_us((e["ts"], e["ts"] + e["dur"]) for e in kernels)
+    span = max((e["ts"] + e["dur"] for e in kernels), default=0) - min((e["ts"] for e in kernels), default=0)
+    per = max(steps, 1)
+    total = sum(by_cat.values()) or 1
+    return {
+        "trace": path.name,
+        "steps": steps,
+        "gpu_busy_ms_per_step": busy / per / 1000,
+        "profiled_wall_ms_per_step": span / per / 1000,
+        "kernels_per_step": len(kernels) / per,
+        "by_category_ms_per_step": {k: v / per / 1000 for k, v in by_cat.most_common()},
+        "by_category_share": {k: v / total for k, v in by_cat.most_common()},
+        "by_region_gpu_ms_per_step": {k: v / per / 1000 for k, v in regions.most_common()},
+        "top_kernels_ms_per_step": [(name[:120], us / per / 1000) for name, us in by_name.most_common(top)],
+    }
+
+
+async def _stream(engine: Any, prompt: list[int], params: Any, index: int, counter: list[int]) -> None:
+    from oai_server.engines.base import new_request_id
+
+    async for delta in engine.generate(prompt, params, new_request_id(f"prof{index}")):
+        counter[0] += len(delta)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, warm up, measure, profile; the report."""
+    from vllm.config import ProfilerConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from oai_server.engines.base import SamplingParams
+    from oai_server.engines.loading import load_tokenizer
+    from oai_server.engines.vllm_engine import VLLMEngine
+    from oai_server.engines.warmup import tts_warmup_request, warm_engine
+    from oai_server.pipeline.orpheus import STOP_TOKEN_IDS, build_prompt_ids
+
+    trace_dir = args.out / "trace"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    profiler = ProfilerConfig(
+        profiler="torch",
+        torch_profiler_dir=str(trace_dir),
+        torch_profiler_with_stack=False,
+        ignore_frontend=True,
+        max_iterations=args.steps,
+    )
+    built: list[Any] = []
+
+    def factory(kwargs: dict[str, Any]) -> Any:
+        built.append(AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, profiler_config=profiler)))
+        return built[0]
+
+    n = args.concurrency
+    engine = await VLLMEngine.create(
+        args.tts_model,
+        tokenizer=args.tts_model,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=n,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+        orpheus_slots=True,
+        kind="vllm-orpheus",
+        engine_factory=factory,
+    )
+    tokenizer = load_tokenizer(args.tts_model)
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
+    try:
+        prompt, params = tts_warmup_request(tokenizer)
+        await warm_engine(engine, prompt, params, sorted({1, n}))
+        params = SamplingParams(
+            max_tokens=args.max_tokens,
+            temperature=0.6,
+            top_p=0.8,
+            repetition_penalty=1.1,
+            stop_token_ids=STOP_TOKEN_IDS,
+            orpheus_audio_slots=True,
+        )
+        counter = [0]
+        prompts = [
+            build_prompt_ids(tokenizer.encode(f"tara: {SENTENCES[i % len(SENTENCES)]}", add_special_tokens=True))
+            for i in range(n)
+        ]
+        tasks = [asyncio.create_task(_stream(engine, prompts[i], params, i, counter)) for i in range(n)]
+        await asyncio.sleep(args.settle_s)
+        c0, t0 = counter[0], time.perf_counter()
+        await asyncio.sleep(args.measure_s)
+        c1, t1 = counter[0], time.perf_counter()
+        steps_per_s = (c1 - c0) / n / (t1 - t0)
+        report["unprofiled"] = {
+            "tokens_per_s_per_stream": steps_per_s,
+            "wall_ms_per_step": 1000 / steps_per_s if steps_per_s else None,
+            "aggregate_tokens_per_s": (c1 - c0) / (t1 - t0),
+        }
+        print(f"unprofiled: {json.dumps(report['unprofiled'])}", flush=True)
+        await built[0].start_profile()
+        await asyncio.sleep(args.profile_s)
+        await built[0].stop_profile()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        deadline = time.monotonic() + args.trace_timeout
+        traces: list[Path] = []
+        while time.monotonic() < deadline and not traces:
+            await asyncio.sleep(1)
+            traces = sorted(trace_dir.rglob("*.json*"), key=lambda p: p.stat().st_size)
+        if not traces:
+            raise RuntimeError(f"no trace written under {trace_dir}")
+        await asyncio.sleep(2)  # let a trace still being gzipped finish
+        report["profile"] = summarize_trace(traces[-1])
+    finally:
+        await engine.close()
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """CLI options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tts-model", required=True)
+    p.add_argument("--concurrency", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    p.add_argument("--quantization", default=None, help="vLLM weight quantization, e.g. fp8")
+    p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
+    p.add_argument("--settle-s", type=float, default=1.5, help="run this long before measuring")
+    p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")
+    p.add_argument("--profile-s", type=float, default=4.0, help="how long the profiler stays on at most")
+    p.add_argument("--trace-timeout", type=float, default=180.0)
+    p.add_argument("--out", type=Path, required=True)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run it, print the summary, write `profile.json` under --out."""
+    args = parse_args(argv)
+    report = asyncio.run(amain(args))
+    prof = report["profile"]
+    print("=== profile summary ===")
+    print(json.dumps(report["unprofiled"]))
+    print(json.dumps({k: v for k, v in prof.items() if k != "top_kernels_ms_per_step"}, indent=1))
+    for name, ms in prof["top_kernels_ms_per_step"]:
+        print(f"{ms:8.3f} ms/step  {category(name):<22} {name}")
+    write_json(args.out / "profile.json", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
