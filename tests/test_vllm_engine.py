@@ -460,6 +460,16 @@ def test_slot_mask_allows_only_each_rows_band() -> None:
         build_slot_table(1000)
 
 
+def test_slot_mask_of_every_row_in_order_matches_the_row_gather() -> None:
+    table = build_slot_table(V)
+    logits = torch.randn(4, V)
+    positions = torch.tensor([0, 5, 6, 700])
+    by_rows = apply_slot_mask(logits.clone(), table, torch.arange(4), positions)
+    every = apply_slot_mask(logits.clone(), table, None, positions)
+    assert torch.equal(every, by_rows)
+    assert [allowed_ids(row) for row in every] == [band_of(int(k)) for k in positions]
+
+
 class Direction(Enum):
     UNIDIRECTIONAL = 1
     SWAP = 2

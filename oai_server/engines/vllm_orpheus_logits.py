@@ -57,17 +57,21 @@ def build_slot_table(vocab_size: int, device: torch.device | str = "cpu") -> tor
 
 
 def apply_slot_mask(
-    logits: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    logits: torch.Tensor, table: torch.Tensor, rows: torch.Tensor | None, positions: torch.Tensor
 ) -> torch.Tensor:
     """Set to -inf, in place, every logit of ``rows`` outside the band of its audio position.
 
     ``rows`` and ``positions`` are int64 tensors of equal length on ``logits.device``; rows not
-    listed are untouched. Returns ``logits``.
+    listed are untouched. ``rows=None`` means every row in order (the common case of a batch of
+    speech requests only): one masked fill of ``logits``, without gathering rows out and back in,
+    which at 128 rows of a 157k vocabulary saves two full passes over the logits. Returns ``logits``.
     """
-    if rows.numel() == 0:
+    if positions.numel() == 0:
         return logits
-    allowed = table.index_select(0, torch.remainder(positions, orpheus.TOKENS_PER_FRAME))
-    masked = logits.index_select(0, rows).masked_fill_(~allowed, float("-inf"))
+    blocked = table.index_select(0, torch.remainder(positions, orpheus.TOKENS_PER_FRAME)).logical_not_()
+    if rows is None:
+        return logits.masked_fill_(blocked, float("-inf"))
+    masked = logits.index_select(0, rows).masked_fill_(blocked, float("-inf"))
     logits.index_copy_(0, rows, masked)
     return logits
 
@@ -126,9 +130,10 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         if table is None or table.shape[1] != logits.shape[1] or table.device != logits.device:
             table = self._table = build_slot_table(logits.shape[1], logits.device)
         num_rows = logits.shape[0]
-        items = [(row, len(ids)) for row, ids in self._output_ids.items() if row < num_rows]
+        items = sorted((row, len(ids)) for row, ids in self._output_ids.items() if row < num_rows)
         if not items:
             return logits
         host = torch.tensor(items, dtype=torch.int64, pin_memory=self._pin_memory)
         dev = host.to(logits.device, non_blocking=self._pin_memory)
-        return apply_slot_mask(logits, table, dev[:, 0], dev[:, 1])
+        every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
+        return apply_slot_mask(logits, table, None if every_row else dev[:, 0], dev[:, 1])
