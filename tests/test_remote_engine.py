@@ -130,17 +130,18 @@ async def test_streams_the_direct_engines_ids(scripted, text_only: bool) -> None
     base_url, engine, app = scripted
     app.state.faults.omit_token_ids = text_only
     app.state.faults.tokens_per_chunk = 3  # several ids (several <custom_token_N>) per delta
-    direct = [t for d in await collect(engine.generate(PROMPT, params(), "direct-1")) for t in d]
+    direct = [t for d in await collect(engine.generate(PROMPT, params(repetition_penalty=1.3), "direct-1")) for t in d]
     remote = make_remote(base_url)
     try:
-        deltas = await collect(remote.generate(PROMPT, params(), "req-1"))
+        deltas = await collect(remote.generate(PROMPT, params(repetition_penalty=1.3), "req-1"))
     finally:
         await remote.close()
     assert [t for d in deltas for t in d] == direct and len(direct) == 21
     assert [len(d) for d in deltas] == [3] * 7
     body, headers = app.state.received[0]["body"], app.state.received[0]["headers"]
     assert body["prompt"] == PROMPT and body["return_token_ids"] is True and body["stream"] is True
-    assert body["vllm_xargs"] == {"orpheus_audio_slots": 1} and body["stop_token_ids"] == list(STOP)
+    assert body["vllm_xargs"] == {"orpheus_audio_slots": 1, "orpheus_repetition_penalty": 1.3}
+    assert body["repetition_penalty"] == 1.0 and body["stop_token_ids"] == list(STOP)
     assert body["top_k"] == -1 and body["skip_special_tokens"] is False and body["seed"] == 7
     assert headers["x-request-id"] == "req-1" and headers["authorization"] == "Bearer sk-upstream"
 

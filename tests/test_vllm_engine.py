@@ -33,6 +33,7 @@ from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, ne
 from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
+    PENALTY_KEY,
     OrpheusSlotLogitsProcessor,
     apply_slot_mask,
     build_slot_table,
@@ -214,17 +215,18 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "temperature": 0.6,
         "top_p": 0.8,
         "top_k": 40,
-        "repetition_penalty": 1.1,
+        "repetition_penalty": 1.0,  # applied by the slot processor instead (extra_args)
         "presence_penalty": 0.3,
         "frequency_penalty": 0.2,
         "seed": 123,
         "stop_token_ids": [128258, 5],
         "detokenize": False,
         "skip_special_tokens": False,
-        "extra_args": {EXTRA_ARGS_KEY: True},
+        "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1},
     }
-    plain = sampling_kwargs(SamplingParams(max_tokens=5))
-    assert plain["top_k"] == 0 and plain["seed"] is None and plain["stop_token_ids"] == []
+    plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))
+    assert plain["repetition_penalty"] == 1.2 and plain["top_k"] == 0
+    assert plain["seed"] is None and plain["stop_token_ids"] == []
     assert "extra_args" not in plain
 
 
@@ -523,3 +525,71 @@ def test_processor_tracks_batch_and_positions() -> None:
     OrpheusSlotLogitsProcessor.validate_params(opted(True))
     with pytest.raises(ValueError):
         OrpheusSlotLogitsProcessor.validate_params(opted("yes"))
+    for bad in ("1.1", True, 0, -1.0, 11):
+        with pytest.raises(ValueError):
+            OrpheusSlotLogitsProcessor.validate_params(
+                types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: True, PENALTY_KEY: bad})
+            )
+
+
+def penalised(penalty: float) -> types.SimpleNamespace:
+    return types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: True, PENALTY_KEY: penalty})
+
+
+def vllm_reference(logits: torch.Tensor, histories: dict[int, tuple[list[int], float]]) -> torch.Tensor:
+    """vLLM's repetition penalty (apply_penalties: every seen token, whole vocab) then the band mask."""
+    out = logits.clone()
+    for row, (ids, penalty) in histories.items():
+        seen = torch.zeros(V, dtype=torch.bool)
+        seen[[t for t in ids if t >= 0]] = True
+        penalties = torch.where(seen, torch.tensor(penalty), torch.tensor(1.0))
+        out[row] *= torch.where(out[row] > 0, 1.0 / penalties, penalties)
+        band = torch.zeros(V, dtype=torch.bool)
+        band[list(band_of(len(ids)))] = True
+        out[row] = out[row].masked_fill(~band, float("-inf"))
+    return out
+
+
+def audio_history(n: int, generator: torch.Generator) -> list[int]:
+    codes = torch.randint(0, 40, (n,), generator=generator).tolist()  # few codes: many repeats
+    return [orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * (k % 7) + c for k, c in enumerate(codes)]
+
+
+def test_processor_repetition_penalty_equals_vllms_and_follows_the_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    a, c = audio_history(30, g), audio_history(12, g)
+    a.append(-1)  # async scheduling: the last token is still a placeholder
+    proc.update_state(
+        batch(added=[(0, penalised(1.3), [1], a), (1, opted(False), [1], []), (2, penalised(1.1), [1], c)])
+    )
+
+    def check(histories: dict[int, tuple[list[int], float]], untouched: tuple[int, ...] = ()) -> None:
+        logits = torch.randn(3, V, generator=g) * 3
+        expected = vllm_reference(logits, histories)
+        got = proc.apply(logits.clone())
+        for row in histories:
+            assert torch.equal(torch.isinf(got[row]), torch.isinf(expected[row]))
+            assert torch.allclose(got[row], expected[row], rtol=1e-6, atol=0)
+        for row in untouched:
+            assert torch.equal(got[row], logits[row])
+
+    check({0: (a, 1.3), 2: (c, 1.1)}, untouched=(1,))
+    a[-1] = audio_history(31, g)[-1]  # the placeholder resolves; more tokens arrive
+    a.extend(audio_history(40, g)[31:])
+    c.extend(audio_history(14, g)[12:])
+    check({0: (a, 1.3), 2: (c, 1.1)}, untouched=(1,))
+
+    proc.update_state(batch(moved=[(0, 2, Direction.SWAP)]))
+    check({0: (c, 1.1), 2: (a, 1.3)}, untouched=(1,))
+
+    fresh: list[int] = [orpheus.AUDIO_TOKEN_BASE + 5]  # a new request in a reused slot sees nothing old
+    proc.update_state(batch(removed=[2], added=[(2, penalised(2.0), [1], fresh)]))
+    check({0: (c, 1.1), 2: (fresh, 2.0)}, untouched=(1,))
+
+    many = [(i, penalised(1.2), [1], audio_history(9, g)) for i in range(3, 20)]
+    proc.update_state(batch(added=many))  # the seen table grows past its first 8 slots
+    logits = torch.randn(20, V, generator=g)
+    expected = vllm_reference(logits, {i: (ids, 1.2) for i, _, _, ids in many} | {0: (c, 1.1), 2: (fresh, 2.0)})
+    got = proc.apply(logits.clone())
+    assert torch.allclose(got[3:], expected[3:], rtol=1e-6, atol=0) and torch.equal(got[1], logits[1])

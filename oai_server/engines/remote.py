@@ -263,7 +263,9 @@ class RemoteEngine:
         if params.stop_token_ids:
             body["stop_token_ids"] = list(params.stop_token_ids)
         if params.orpheus_audio_slots and self.config.forward_orpheus_slots:
-            body["vllm_xargs"] = {"orpheus_audio_slots": 1}
+            # The upstream's slot processor applies the penalty (see vllm_orpheus_logits).
+            body["vllm_xargs"] = {"orpheus_audio_slots": 1, "orpheus_repetition_penalty": params.repetition_penalty}
+            body["repetition_penalty"] = 1.0
         return body
 
     async def _check_models(self, *, required: bool) -> None:

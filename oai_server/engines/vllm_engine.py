@@ -56,9 +56,12 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "skip_special_tokens": False,
     }
     if params.orpheus_audio_slots:
-        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY
+        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY
 
-        kwargs["extra_args"] = {EXTRA_ARGS_KEY: True}
+        # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
+        # every request's whole output history on the host at every step.
+        kwargs["extra_args"] = {EXTRA_ARGS_KEY: True, PENALTY_KEY: params.repetition_penalty}
+        kwargs["repetition_penalty"] = 1.0
     return kwargs
 
 

@@ -14,6 +14,16 @@ scheduling the list may end in ``-1`` placeholders, which still count). Only
 The mask is one gather from a precomputed ``[7, vocab]`` bool table on the logits' device; the
 Python work per step is O(opted-in rows).
 
+Repetition penalty: a request may carry its Orpheus repetition penalty in
+``extra_args[PENALTY_KEY]`` (with vLLM's own ``repetition_penalty`` left at 1.0). vLLM's penalty
+path rebuilds a padded tensor of every request's whole output history on the host at every step
+(O(total generated tokens), several ms per step at 128 long speech streams, in Python) and bins it
+over the full vocabulary on the GPU. Here each request has a row of a ``[slots, 7 * 4096]`` bool
+"seen" table on the device, updated with only the tokens that arrived since the last step, and the
+penalty touches only the 4096 logits of the position's band (everything else is masked anyway).
+The result equals vLLM's for these rows: prompt tokens never fall in an audio band, and vLLM's
+formula (``logit * (1/p if logit > 0 else p)`` for seen tokens) is applied as is.
+
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
 mask functions below need only torch.
 """
@@ -21,6 +31,7 @@ mask functions below need only torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,11 +45,20 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 EXTRA_ARGS_KEY = "orpheus_audio_slots"
 """Key in ``SamplingParams.extra_args`` that switches the slot constraint on for a request."""
+PENALTY_KEY = "orpheus_repetition_penalty"
+"""Key in ``SamplingParams.extra_args``: the repetition penalty this processor applies (default 1)."""
+AUDIO_SPAN = orpheus.AUDIO_TOKEN_END - orpheus.AUDIO_TOKEN_BASE
 
 
 def wants_audio_slots(extra_args: dict[str, Any] | None) -> bool:
     """Whether a request's ``extra_args`` opt it into the slot constraint."""
     return bool(extra_args and extra_args.get(EXTRA_ARGS_KEY))
+
+
+def penalty_of(extra_args: dict[str, Any] | None) -> float:
+    """The repetition penalty a request's ``extra_args`` ask this processor for (1.0: none)."""
+    value = (extra_args or {}).get(PENALTY_KEY)
+    return 1.0 if value is None else float(value)
 
 
 def build_slot_table(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -76,8 +96,44 @@ def apply_slot_mask(
     return logits
 
 
+def apply_band_penalty(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    rows: torch.Tensor | None,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    penalties: torch.Tensor,
+) -> torch.Tensor:
+    """vLLM's repetition penalty on the band of each row's position, for tokens marked in ``seen``.
+
+    ``seen`` is ``[slots, AUDIO_SPAN]`` bool (column = token id - ``AUDIO_TOKEN_BASE``); ``slots``
+    picks each row's line of it; ``penalties`` is float per row. ``rows=None``: every row in order.
+    Changes ``logits`` in place and returns it.
+    """
+    offsets = orpheus.CODEBOOK_SIZE * torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
+    band = offsets.unsqueeze(1) + torch.arange(orpheus.CODEBOOK_SIZE, device=logits.device)
+    columns = band + orpheus.AUDIO_TOKEN_BASE
+    line = (torch.arange(logits.shape[0], device=logits.device) if rows is None else rows).unsqueeze(1)
+    values = logits[line, columns]
+    hit = seen[slots.unsqueeze(1), band]
+    factor = penalties.to(values.dtype).unsqueeze(1)
+    scale = torch.where(values > 0, factor.reciprocal(), factor)
+    logits[line, columns] = torch.where(hit, values * scale, values)
+    return logits
+
+
+@dataclass
+class _Row:
+    """One opted-in request: its live output list, its line of the seen table, its penalty."""
+
+    output_ids: Sequence[int]
+    slot: int
+    penalty: float
+    synced: int = 0  # output_ids[:synced] are already marked in the seen table
+
+
 class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
-    """Per-position Orpheus audio-band constraint as a vLLM v1 `LogitsProcessor`.
+    """Per-position Orpheus audio-band constraint (and band repetition penalty) as a vLLM v1 `LogitsProcessor`.
 
     Pass the class in ``AsyncEngineArgs(logits_processors=[OrpheusSlotLogitsProcessor])``; it is
     pickled by reference into vLLM's engine-core process, so it must stay a module-level class.
@@ -86,9 +142,12 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self._device = torch.device(device)
         self._pin_memory = bool(is_pin_memory) and self._device.type == "cuda"
-        # Persistent-batch row -> the request's live output-token list (owned by vLLM).
-        self._output_ids: dict[int, Sequence[int]] = {}
+        self._rows: dict[int, _Row] = {}  # persistent-batch row -> request state
         self._table: torch.Tensor | None = None
+        self._seen: torch.Tensor | None = None  # [slots, AUDIO_SPAN] bool
+        self._free: list[int] = []
+        self._slots = 0
+        self._stale: list[int] = []  # slots handed to new requests, to clear before use
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -97,43 +156,107 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         value = extra.get(EXTRA_ARGS_KEY)
         if value is not None and not isinstance(value, (bool, int)):
             raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a bool, got {value!r}")
+        penalty = extra.get(PENALTY_KEY)
+        if penalty is not None and (
+            isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 < penalty <= 10
+        ):
+            raise ValueError(f"extra_args[{PENALTY_KEY!r}] must be a number in (0, 10], got {penalty!r}")
 
     def is_argmax_invariant(self) -> bool:
         """The mask changes the argmax, so it must also apply to greedy requests."""
         return False
 
+    def _take_slot(self) -> int:
+        if not self._free:
+            grown = max(8, 2 * self._slots)
+            self._free.extend(range(grown - 1, self._slots - 1, -1))
+            self._slots = grown
+        slot = self._free.pop()
+        self._stale.append(slot)
+        return slot
+
+    def _drop(self, index: int) -> _Row | None:
+        row = self._rows.pop(index, None)
+        if row is not None:
+            self._free.append(row.slot)
+        return row
+
     def update_state(self, batch_update: Any) -> None:
         """Track opted-in rows through vLLM's removed -> added -> moved batch changes."""
         if batch_update is None:
             return
-        rows = self._output_ids
+        rows = self._rows
         for index in batch_update.removed:
-            rows.pop(index, None)
+            self._drop(index)
         for index, params, _prompt_ids, output_ids in batch_update.added:
-            if wants_audio_slots(getattr(params, "extra_args", None)):
-                rows[index] = output_ids
-            else:
-                rows.pop(index, None)
+            self._drop(index)
+            extra = getattr(params, "extra_args", None)
+            if wants_audio_slots(extra):
+                rows[index] = _Row(output_ids, self._take_slot(), penalty_of(extra))
         for a_index, b_index, direction in batch_update.moved:
             a_entry = rows.pop(a_index, None)
             b_entry = rows.pop(b_index, None)
             if a_entry is not None:
                 rows[b_index] = a_entry
-            if b_entry is not None and direction.name == "SWAP":
-                rows[a_index] = b_entry
+            if b_entry is not None:
+                if direction.name == "SWAP":
+                    rows[a_index] = b_entry
+                else:
+                    self._free.append(b_entry.slot)
+
+    def _to_device(self, values: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A small host list on ``device`` without stalling the host (pinned, non-blocking copy)."""
+        host = torch.tensor(values, dtype=dtype, pin_memory=self._pin_memory)
+        return host.to(device, non_blocking=self._pin_memory)
+
+    def _seen_table(self, device: torch.device) -> torch.Tensor:
+        seen = self._seen
+        if seen is None or seen.device != device:
+            seen = torch.zeros((self._slots, AUDIO_SPAN), dtype=torch.bool, device=device)
+        elif seen.shape[0] < self._slots:
+            extra = torch.zeros((self._slots - seen.shape[0], AUDIO_SPAN), dtype=torch.bool, device=device)
+            seen = torch.cat([seen, extra])
+        self._seen = seen
+        return seen
+
+    def _mark_new_tokens(self, rows: list[_Row], seen: torch.Tensor) -> None:
+        """Mark the tokens that arrived since the last step (placeholders ``-1`` wait for the next)."""
+        if self._stale:
+            seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
+            self._stale.clear()
+        marks: list[int] = []
+        for row in rows:
+            ids = row.output_ids
+            for i in range(row.synced, len(ids)):
+                token = ids[i]
+                if token < 0:
+                    break
+                row.synced = i + 1
+                column = token - orpheus.AUDIO_TOKEN_BASE
+                if 0 <= column < AUDIO_SPAN:
+                    marks += (row.slot, column)
+        if marks:
+            dev = self._to_device(marks, torch.int64, seen.device).view(-1, 2)
+            seen[dev[:, 0], dev[:, 1]] = True
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Mask the logits of opted-in rows (in place) and return them."""
-        if not self._output_ids:
+        """Apply the opted-in rows' repetition penalty and band mask (in place) and return the logits."""
+        if not self._rows:
             return logits
         table = self._table
         if table is None or table.shape[1] != logits.shape[1] or table.device != logits.device:
             table = self._table = build_slot_table(logits.shape[1], logits.device)
         num_rows = logits.shape[0]
-        items = sorted((row, len(ids)) for row, ids in self._output_ids.items() if row < num_rows)
+        items = sorted((index, row) for index, row in self._rows.items() if index < num_rows)
         if not items:
             return logits
-        host = torch.tensor(items, dtype=torch.int64, pin_memory=self._pin_memory)
-        dev = host.to(logits.device, non_blocking=self._pin_memory)
+        seen = self._seen_table(logits.device)
+        self._mark_new_tokens([row for _, row in items], seen)
+        state = [(index, len(row.output_ids), row.slot) for index, row in items]
+        dev = self._to_device(state, torch.int64, logits.device)
         every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
-        return apply_slot_mask(logits, table, None if every_row else dev[:, 0], dev[:, 1])
+        rows = None if every_row else dev[:, 0]
+        if any(row.penalty != 1.0 for _, row in items):
+            penalties = self._to_device([row.penalty for _, row in items], torch.float32, logits.device)
+            apply_band_penalty(logits, seen, rows, dev[:, 1], dev[:, 2], penalties)
+        return apply_slot_mask(logits, table, rows, dev[:, 1])
