@@ -115,7 +115,8 @@ def repair(label: str, case: Any) -> None:
             body.pop(refused, None)
         if isinstance(body.get("max_tokens"), int | float):
             body["max_tokens"] = max(1, min(int(body["max_tokens"]), LLM_MAX_TOKENS))
-        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)][-MAX_MESSAGES:]
+        fuzzed = body.get("messages")  # a negative case may send a number or a string here: keep it
+        messages = [m for m in fuzzed if isinstance(m, dict)][-MAX_MESSAGES:] if isinstance(fuzzed, list) else []
         for message in messages:
             if message.get("role") in ("tool", "function"):  # refused roles
                 message["role"] = "user"

@@ -97,29 +97,23 @@ def apply_slot_mask(
 
 
 def apply_band_penalty(
-    logits: torch.Tensor,
-    seen: torch.Tensor,
-    rows: torch.Tensor | None,
-    positions: torch.Tensor,
-    slots: torch.Tensor,
-    penalties: torch.Tensor,
+    logits: torch.Tensor, seen: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, penalties: torch.Tensor
 ) -> torch.Tensor:
     """vLLM's repetition penalty on the band of each row's position, for tokens marked in ``seen``.
 
-    ``seen`` is ``[slots, AUDIO_SPAN]`` bool (column = token id - ``AUDIO_TOKEN_BASE``); ``slots``
-    picks each row's line of it; ``penalties`` is float per row. ``rows=None``: every row in order.
-    Changes ``logits`` in place and returns it.
+    Every row of ``logits`` takes part, in order. ``seen`` is ``[slots, AUDIO_SPAN]`` bool (column
+    = token id - ``AUDIO_TOKEN_BASE``); ``slots`` picks each row's line of it; ``penalties`` is
+    float per row. Only gathers and scatters (no advanced-index assignment, which would copy a
+    host scalar and stall the host on the GPU). Changes ``logits`` in place and returns it.
     """
     offsets = orpheus.CODEBOOK_SIZE * torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
     band = offsets.unsqueeze(1) + torch.arange(orpheus.CODEBOOK_SIZE, device=logits.device)
     columns = band + orpheus.AUDIO_TOKEN_BASE
-    line = (torch.arange(logits.shape[0], device=logits.device) if rows is None else rows).unsqueeze(1)
-    values = logits[line, columns]
-    hit = seen[slots.unsqueeze(1), band]
+    values = logits.gather(1, columns)
+    hit = torch.take(seen, slots.unsqueeze(1) * seen.shape[1] + band)
     factor = penalties.to(values.dtype).unsqueeze(1)
     scale = torch.where(values > 0, factor.reciprocal(), factor)
-    logits[line, columns] = torch.where(hit, values * scale, values)
-    return logits
+    return logits.scatter_(1, columns, torch.where(hit, values * scale, values))
 
 
 @dataclass
@@ -234,10 +228,9 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
                 row.synced = i + 1
                 column = token - orpheus.AUDIO_TOKEN_BASE
                 if 0 <= column < AUDIO_SPAN:
-                    marks += (row.slot, column)
+                    marks.append(row.slot * AUDIO_SPAN + column)
         if marks:
-            dev = self._to_device(marks, torch.int64, seen.device).view(-1, 2)
-            seen[dev[:, 0], dev[:, 1]] = True
+            seen.view(-1).index_fill_(0, self._to_device(marks, torch.int64, seen.device), True)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the opted-in rows' repetition penalty and band mask (in place) and return the logits."""
@@ -255,8 +248,11 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         state = [(index, len(row.output_ids), row.slot) for index, row in items]
         dev = self._to_device(state, torch.int64, logits.device)
         every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
-        rows = None if every_row else dev[:, 0]
         if any(row.penalty != 1.0 for _, row in items):
             penalties = self._to_device([row.penalty for _, row in items], torch.float32, logits.device)
-            apply_band_penalty(logits, seen, rows, dev[:, 1], dev[:, 2], penalties)
-        return apply_slot_mask(logits, table, rows, dev[:, 1])
+            if every_row:
+                apply_band_penalty(logits, seen, dev[:, 1], dev[:, 2], penalties)
+            else:
+                part = apply_band_penalty(logits.index_select(0, dev[:, 0]), seen, dev[:, 1], dev[:, 2], penalties)
+                logits.index_copy_(0, dev[:, 0], part)
+        return apply_slot_mask(logits, table, None if every_row else dev[:, 0], dev[:, 1])
