@@ -234,6 +234,7 @@ async def build(args: argparse.Namespace) -> Bench:
             enforce_eager=args.enforce_eager,
             quantization=args.quantization,
             kv_cache_dtype=args.kv_cache_dtype,
+            stream_interval=args.stream_interval,
             orpheus_slots=True,
             kind="vllm-orpheus",
         )
@@ -311,6 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
+    p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     args = p.parse_args(argv)
     if args.demo:

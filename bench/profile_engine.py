@@ -130,6 +130,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=n,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
+        stream_interval=args.stream_interval,
         orpheus_slots=True,
         kind="vllm-orpheus",
         engine_factory=factory,
@@ -194,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--quantization", default=None, help="vLLM weight quantization, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
     p.add_argument("--settle-s", type=float, default=1.5, help="run this long before measuring")
     p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")

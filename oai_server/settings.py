@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     """GPU memory share of the Orpheus engine on vLLM (seed: TTS_GPU_MEMORY_UTILIZATION)."""
     tts_max_num_seqs: int = Field(128, ge=1, validation_alias=_env("tts_max_num_seqs"))
     """vLLM max_num_seqs for the Orpheus engine."""
+    tts_stream_interval: int = Field(7, ge=1, le=64, validation_alias=_env("tts_stream_interval"))
+    """vLLM stream_interval of the Orpheus engine: tokens per delta (7 = one SNAC frame; less host work)."""
     tts_remote_url: str | None = Field(None, validation_alias=_env("tts_remote_url"))
     """Base URL of a remote OpenAI-compatible server for Orpheus (engine=remote)."""
     tts_remote_model: str | None = Field(None, validation_alias=_env("tts_remote_model"))

@@ -264,6 +264,7 @@ async def test_create_passes_engine_args_and_info() -> None:
         dtype="bfloat16",
         enforce_eager=True,
         max_num_seqs=64,
+        stream_interval=7,
         kv_cache_dtype="fp8",
         quantization="fp8",
         enable_prefix_caching=False,
@@ -282,8 +283,10 @@ async def test_create_passes_engine_args_and_info() -> None:
         "quantization": "fp8",
         "enable_prefix_caching": False,
         "max_num_seqs": 64,
+        "stream_interval": 7,
         "logits_processors": [OrpheusSlotLogitsProcessor],
     }
+    assert engine.info.details["stream_interval"] == 7
     assert isinstance(engine, TokenEngine)
     assert (engine.info.kind, engine.info.model, engine.info.max_model_len) == ("vllm-tts", "orpheus", 2048)
     plain = await make_engine(FakeAsyncLLM())

@@ -93,6 +93,7 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             max_model_len=settings.tts_max_model_len,
             gpu_memory_utilization=settings.tts_gpu_memory_utilization,
             max_num_seqs=settings.tts_max_num_seqs,
+            stream_interval=settings.tts_stream_interval,
             kv_cache_dtype=settings.tts_kv_cache_dtype,
             quantization=settings.tts_quantization,
             orpheus_slots=True,

@@ -82,6 +82,7 @@ def engine_kwargs(
     dtype: str = "auto",
     enforce_eager: bool = False,
     max_num_seqs: int | None = None,
+    stream_interval: int = 1,
     kv_cache_dtype: str = "auto",
     quantization: str | None = None,
     enable_prefix_caching: bool = True,
@@ -101,6 +102,8 @@ def engine_kwargs(
     }
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
+    if stream_interval != 1:  # vLLM delivers a request's tokens every `stream_interval` steps (and its first at once)
+        kwargs["stream_interval"] = stream_interval
     if orpheus_slots:
         from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
 
@@ -151,6 +154,7 @@ class VLLMEngine:
         dtype: str = "auto",
         enforce_eager: bool = False,
         max_num_seqs: int | None = None,
+        stream_interval: int = 1,
         kv_cache_dtype: str = "auto",
         quantization: str | None = None,
         enable_prefix_caching: bool = True,
@@ -175,6 +179,7 @@ class VLLMEngine:
             dtype=dtype,
             enforce_eager=enforce_eager,
             max_num_seqs=max_num_seqs,
+            stream_interval=stream_interval,
             kv_cache_dtype=kv_cache_dtype,
             quantization=quantization,
             enable_prefix_caching=enable_prefix_caching,
@@ -187,7 +192,8 @@ class VLLMEngine:
             built = (engine_factory or _build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
         details: dict[str, object] = {
-            key: kwargs.get(key) for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+            key: kwargs.get(key)
+            for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "stream_interval")
         }
         details.update(
             kv_cache_dtype=kv_cache_dtype,
