@@ -54,13 +54,18 @@ def _union_us(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
+def _is_step(name: str) -> bool:
+    """vLLM 0.26 annotates each engine step as ``execute_context_<n>(..)_generation_<m>(..)``."""
+    return name.startswith("execute_context_") or name == "gpu_model_runner: forward"
+
+
 def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
     """GPU time of a torch-profiler chrome trace: per step, by category, by vLLM region, top kernels."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         events = json.load(f)["traceEvents"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
-    steps = sum(1 for e in events if e.get("cat") == "user_annotation" and e.get("name") == "gpu_model_runner: forward")
+    steps = sum(1 for e in events if e.get("cat") == "user_annotation" and _is_step(str(e.get("name", ""))))
     by_name: Counter[str] = Counter()
     by_cat: Counter[str] = Counter()
     for e in kernels:

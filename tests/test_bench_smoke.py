@@ -124,8 +124,9 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
         return {"cat": "kernel", "name": name, "ts": ts, "dur": dur}
 
     events = [
-        {"cat": "user_annotation", "name": "gpu_model_runner: forward", "ts": 0, "dur": 5},
-        {"cat": "user_annotation", "name": "gpu_model_runner: forward", "ts": 100, "dur": 5},
+        {"cat": "user_annotation", "name": "execute_context_0(0)_generation_127(127)", "ts": 0, "dur": 5},
+        {"cat": "user_annotation", "name": "execute_context_0(0)_generation_127(127)", "ts": 100, "dur": 5},
+        {"cat": "user_annotation", "name": "aten::mm", "ts": 1, "dur": 1},
         {"cat": "gpu_user_annotation", "name": "gpu_model_runner: sample", "ts": 60, "dur": 30},
         kernel("sm90_xmma_gemm_bf16", 0, 40),
         kernel("flash_fwd_splitkv_kernel", 30, 20),  # overlaps the GEMM by 10 us
