@@ -140,8 +140,8 @@ async def test_streams_the_direct_engines_ids(scripted, text_only: bool) -> None
     assert [len(d) for d in deltas] == [3] * 7
     body, headers = app.state.received[0]["body"], app.state.received[0]["headers"]
     assert body["prompt"] == PROMPT and body["return_token_ids"] is True and body["stream"] is True
-    assert body["vllm_xargs"] == {"orpheus_audio_slots": 1, "orpheus_repetition_penalty": 1.3}
-    assert body["repetition_penalty"] == 1.0 and body["stop_token_ids"] == list(STOP)
+    assert body["vllm_xargs"] == {"orpheus_audio_slots": 1}
+    assert body["repetition_penalty"] == 1.3 and body["stop_token_ids"] == list(STOP)
     assert body["top_k"] == -1 and body["skip_special_tokens"] is False and body["seed"] == 7
     assert headers["x-request-id"] == "req-1" and headers["authorization"] == "Bearer sk-upstream"
 

@@ -64,8 +64,7 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         temperature=float(body.get("temperature", 1.0)),
         top_p=float(body.get("top_p", 1.0)),
         top_k=max(top_k, 0),
-        # As an upstream with OrpheusSlotLogitsProcessor: the penalty comes in vllm_xargs.
-        repetition_penalty=float(xargs.get("orpheus_repetition_penalty", body.get("repetition_penalty", 1.0))),
+        repetition_penalty=float(body.get("repetition_penalty", 1.0)),
         presence_penalty=float(body.get("presence_penalty", 0.0)),
         frequency_penalty=float(body.get("frequency_penalty", 0.0)),
         seed=None if seed is None else int(seed),

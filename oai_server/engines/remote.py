@@ -263,9 +263,8 @@ class RemoteEngine:
         if params.stop_token_ids:
             body["stop_token_ids"] = list(params.stop_token_ids)
         if params.orpheus_audio_slots and self.config.forward_orpheus_slots:
-            # The upstream's slot processor applies the penalty (see vllm_orpheus_logits).
-            body["vllm_xargs"] = {"orpheus_audio_slots": 1, "orpheus_repetition_penalty": params.repetition_penalty}
-            body["repetition_penalty"] = 1.0
+            # Only the slot flag: the penalty stays vLLM's, so an upstream without our processor keeps it.
+            body["vllm_xargs"] = {"orpheus_audio_slots": 1}
         return body
 
     async def _check_models(self, *, required: bool) -> None:
