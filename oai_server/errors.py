@@ -95,6 +95,14 @@ def invalid(message: str, param: str | None = None, code: str | None = "invalid_
     return APIError(400, message, param=param, code=code)
 
 
+def check_length(text: str, limit: int, param: str) -> None:
+    """Raise the 400 ``string_above_max_length`` error if ``text`` is longer than ``limit`` characters."""
+    if len(text) > limit:
+        raise invalid(
+            f"The {param} is {len(text)} characters; the maximum is {limit}.", param, "string_above_max_length"
+        )
+
+
 def model_not_found(model: str) -> APIError:
     """The 404 OpenAI returns for an unknown model id."""
     return APIError(

@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("cors_origins"))
     """Origins allowed by CORS (comma-separated; '*' for any)."""
     max_input_chars: int = Field(4096, ge=1, validation_alias=_env("max_input_chars"))
-    """Longest speech input and longest single chat message."""
+    """Longest speech input and longest single chat message (also the seed routes' `prompt` and `message`)."""
     max_messages: int = Field(256, ge=1, validation_alias=_env("max_messages"))
     """Most messages in one chat request."""
     max_concurrent_streams: int = Field(256, ge=1, validation_alias=_env("max_concurrent_streams"))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from oai_server.demo import DemoModels
 from oai_server.pipeline.orpheus import SAMPLES_PER_FRAME
 
-from .conftest import LiveServer
+from .conftest import LiveServer, demo_settings, start_server
 
 
 def read_streamed_wav(data: bytes) -> tuple[int, int, int, bytes]:
@@ -43,6 +45,25 @@ def test_tts_bad_input(live_server: LiveServer) -> None:
     assert response.status_code == 400 and response.json()["error"]["param"] == "voice"
     missing = httpx.get(f"{live_server.url}/tts", timeout=30)
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_required_parameter"
+
+
+def test_seed_input_limit_is_the_max_input_chars_setting(demo_cache: Path, demo_models: DemoModels) -> None:
+    server = start_server(demo_settings(demo_cache, max_input_chars=20))
+    try:
+        for path, body in (("/tts", {"prompt": "x" * 21}), ("/chat", {"message": "y" * 21})):
+            response = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+            param = next(iter(body))
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == {
+                "message": f"The {param} is 21 characters; the maximum is 20.",
+                "type": "invalid_request_error",
+                "param": param,
+                "code": "string_above_max_length",
+            }
+        ok = httpx.post(f"{server.url}/tts", json={"prompt": "z" * 20, "max_tokens": 14}, timeout=60)
+        assert ok.status_code == 200 and ok.content[:4] == b"RIFF"
+    finally:
+        server.stop()
 
 
 def test_seed_models_shape(live_server: LiveServer) -> None:

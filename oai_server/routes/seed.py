@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from ..admission import HeldBody
-from ..errors import ERROR_RESPONSES
+from ..errors import ERROR_RESPONSES, check_length
 from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel
 from ..pipeline.encode import make_encoder
 from ..responses import AbortingStreamingResponse
@@ -32,7 +32,7 @@ router = APIRouter(tags=["seed"])
 class SeedTTSRequest(OpenAIModel):
     """The seed's `/tts` parameters and defaults."""
 
-    prompt: str = Field(min_length=1, max_length=4096)
+    prompt: str = Field(min_length=1)  # at most --max-input-chars, checked against the settings
     voice: str = "tara"
     temperature: float = Field(0.4, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -50,7 +50,7 @@ class SeedHistoryItem(OpenAIModel):
 class SeedChatRequest(OpenAIModel):
     """The seed's `/chat` body."""
 
-    message: str = Field(min_length=1, max_length=4096)
+    message: str = Field(min_length=1)  # at most --max-input-chars, checked against the settings
     voice: str = "tara"
     history: list[SeedHistoryItem] = Field(default_factory=list, max_length=256)
     stream_text: bool = False
@@ -74,6 +74,7 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
     from ..pipeline.segmenter import split_text
     from ..pipeline.speech import SpeechStats
 
+    check_length(body.prompt, svc.settings.max_input_chars, "prompt")
     options = svc.speech.voice_options(
         body.voice,
         temperature=body.temperature,
@@ -142,6 +143,7 @@ async def seed_models(svc: Services = Depends(services)) -> dict[str, Any]:
 @router.post("/chat", response_class=AbortingStreamingResponse, responses=CHAT_RESPONSES)
 async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/chat`: the spoken reply as streaming WAV, or its text with `stream_text`."""
+    check_length(body.message, svc.settings.max_input_chars, "message")
     messages = [ChatMessage(role=item.role, content=item.content) for item in body.history]
     messages.append(ChatMessage(role="user", content=body.message))
     request = ChatCompletionRequest(

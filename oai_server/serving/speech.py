@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import invalid, model_not_found
+from ..errors import check_length, invalid, model_not_found
 from ..models import SpeechRequest, voice_name
 from ..pipeline.encode import AudioEncoder, content_type_for, make_encoder
 from ..pipeline.segmenter import split_text
@@ -94,12 +94,7 @@ class SpeechServing:
         text = " ".join(request.input.split())
         if not text:
             raise invalid("The input must not be empty.", "input", "invalid_value")
-        if len(request.input) > self.settings.max_input_chars:
-            raise invalid(
-                f"The input is {len(request.input)} characters; the maximum is {self.settings.max_input_chars}.",
-                "input",
-                "string_above_max_length",
-            )
+        check_length(request.input, self.settings.max_input_chars, "input")
         options = self.voice_options(
             voice_name(request.voice),
             temperature=request.temperature,
