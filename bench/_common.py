@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+VOICE = "tara"
 SAMPLE_RATE = 24000
 SAMPLES_PER_FRAME = 2048
 TOKENS_PER_FRAME = 7
@@ -35,6 +36,28 @@ SENTENCES = (
     "The train leaves at seven o'clock, so we should pack our bags and go to bed early tonight.",
     "Once upon a time, a curious little robot wandered through the city looking for new friends.",
 )
+
+
+def orpheus_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Orpheus prompt ids of `text` spoken by `VOICE`."""
+    from oai_server.pipeline.orpheus import build_prompt_ids
+
+    return build_prompt_ids(tokenizer.encode(f"{VOICE}: {text}", add_special_tokens=True))
+
+
+def orpheus_params(max_tokens: int) -> Any:
+    """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget."""
+    from oai_server.engines.base import SamplingParams
+    from oai_server.pipeline.orpheus import STOP_TOKEN_IDS
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.6,
+        top_p=0.8,
+        repetition_penalty=1.1,
+        stop_token_ids=STOP_TOKEN_IDS,
+        orpheus_audio_slots=True,
+    )
 
 
 @dataclass

@@ -38,13 +38,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import SENTENCES, StreamResult, capacity, summarize, table, write_json
+from _common import (
+    SENTENCES,
+    VOICE,
+    StreamResult,
+    capacity,
+    orpheus_params,
+    orpheus_prompt,
+    summarize,
+    table,
+    write_json,
+)
 
 from oai_server.engines.base import SamplingParams, TokenEngine, new_request_id
-from oai_server.pipeline.orpheus import STOP_TOKEN_IDS, build_prompt_ids
-
-VOICE = "tara"
-
 
 # --- the seed's / Canopy's decoder, reproduced -------------------------------------------------
 
@@ -105,18 +111,11 @@ class Bench:
     def prompt(self, index: int) -> tuple[str, list[int]]:
         """Text and Orpheus prompt ids of stream `index`."""
         text = self.args.text or SENTENCES[index % len(SENTENCES)]
-        return text, build_prompt_ids(self.tokenizer.encode(f"{VOICE}: {text}", add_special_tokens=True))
+        return text, orpheus_prompt(self.tokenizer, text)
 
     def params(self) -> SamplingParams:
         """The server's Orpheus sampling defaults with a fixed token budget."""
-        return SamplingParams(
-            max_tokens=self.args.max_tokens,
-            temperature=0.6,
-            top_p=0.8,
-            repetition_penalty=1.1,
-            stop_token_ids=STOP_TOKEN_IDS,
-            orpheus_audio_slots=True,
-        )
+        return orpheus_params(self.args.max_tokens)
 
     async def raw(self, index: int) -> StreamResult:
         """Engine only; the token timeline is played as if every 7 tokens were a frame."""

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SENTENCES, write_json
+from _common import SENTENCES, orpheus_params, orpheus_prompt, write_json
 
 CATEGORIES = (  # first match wins; kernel names lowercased
     ("attention", ("flash", "fmha", "attn", "paged", "reshape_and_cache")),
@@ -105,11 +105,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from oai_server.engines.base import SamplingParams
     from oai_server.engines.loading import load_tokenizer
     from oai_server.engines.vllm_engine import VLLMEngine
     from oai_server.engines.warmup import tts_warmup_request, warm_engine
-    from oai_server.pipeline.orpheus import STOP_TOKEN_IDS, build_prompt_ids
 
     trace_dir = args.out / "trace"
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -145,19 +143,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     try:
         prompt, params = tts_warmup_request(tokenizer)
         await warm_engine(engine, prompt, params, sorted({1, n}))
-        params = SamplingParams(
-            max_tokens=args.max_tokens,
-            temperature=0.6,
-            top_p=0.8,
-            repetition_penalty=1.1,
-            stop_token_ids=STOP_TOKEN_IDS,
-            orpheus_audio_slots=True,
-        )
+        params = orpheus_params(args.max_tokens)
         counter = [0]
-        prompts = [
-            build_prompt_ids(tokenizer.encode(f"tara: {SENTENCES[i % len(SENTENCES)]}", add_special_tokens=True))
-            for i in range(n)
-        ]
+        prompts = [orpheus_prompt(tokenizer, SENTENCES[i % len(SENTENCES)]) for i in range(n)]
         tasks = [asyncio.create_task(_stream(engine, prompts[i], params, i, counter)) for i in range(n)]
         await asyncio.sleep(args.settle_s)
         c0, t0 = counter[0], time.perf_counter()
