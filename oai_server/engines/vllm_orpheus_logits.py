@@ -169,11 +169,10 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._stale.append(slot)
         return slot
 
-    def _drop(self, index: int) -> _Row | None:
+    def _drop(self, index: int) -> None:
         row = self._rows.pop(index, None)
         if row is not None:
             self._free.append(row.slot)
-        return row
 
     def update_state(self, batch_update: Any) -> None:
         """Track opted-in rows through vLLM's removed -> added -> moved batch changes."""
@@ -248,11 +247,11 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         state = [(index, len(row.output_ids), row.slot) for index, row in items]
         dev = self._to_device(state, torch.int64, logits.device)
         every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
+        target = logits if every_row else logits.index_select(0, dev[:, 0])  # opted-in rows, in order
         if any(row.penalty != 1.0 for _, row in items):
             penalties = self._to_device([row.penalty for _, row in items], torch.float32, logits.device)
-            if every_row:
-                apply_band_penalty(logits, seen, dev[:, 1], dev[:, 2], penalties)
-            else:
-                part = apply_band_penalty(logits.index_select(0, dev[:, 0]), seen, dev[:, 1], dev[:, 2], penalties)
-                logits.index_copy_(0, dev[:, 0], part)
-        return apply_slot_mask(logits, table, None if every_row else dev[:, 0], dev[:, 1])
+            apply_band_penalty(target, seen, dev[:, 1], dev[:, 2], penalties)
+        apply_slot_mask(target, table, None, dev[:, 1])
+        if not every_row:
+            logits.index_copy_(0, dev[:, 0], target)
+        return logits
