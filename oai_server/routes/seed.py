@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ..admission import HeldBody
 from ..errors import ERROR_RESPONSES, check_length
-from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel
+from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel, Seed
 from ..pipeline.encode import make_encoder
 from ..responses import AbortingStreamingResponse
 from ..serving.speech import SpeechJob
@@ -38,6 +38,8 @@ class SeedTTSRequest(OpenAIModel):
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(2000, ge=7, le=8192)
     repetition_penalty: float = Field(1.1, ge=1, le=2)
+    seed: Seed | None = None
+    """Not in the seed system: makes the audio reproducible."""
 
 
 class SeedHistoryItem(OpenAIModel):
@@ -55,6 +57,8 @@ class SeedChatRequest(OpenAIModel):
     history: list[SeedHistoryItem] = Field(default_factory=list, max_length=256)
     stream_text: bool = False
     max_tokens: int | None = Field(None, ge=1)
+    seed: Seed | None = None
+    """Not in the seed system: makes the reply (text and audio) reproducible."""
 
 
 async def _wav(pcm: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -81,6 +85,7 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
         top_p=body.top_p,
         repetition_penalty=body.repetition_penalty,
         max_tokens=body.max_tokens,
+        seed=body.seed,
     )
     text = " ".join(body.prompt.split())
     job = SpeechJob(split_text(text, svc.settings.tts_segment_chars), options, "wav", 1.0, False)
@@ -152,6 +157,7 @@ async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) ->
         modalities=["text"] if body.stream_text else ["text", "audio"],
         audio=None if body.stream_text else AudioOutput(voice=body.voice, format="pcm16"),
         max_tokens=body.max_tokens,
+        seed=body.seed,
     )
     job = await svc.chat.prepare(request)
     ticket = await svc.admission.acquire()

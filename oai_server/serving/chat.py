@@ -122,7 +122,8 @@ class ChatServing:
             raise invalid(f"max_tokens is too large: {max_tokens}. The maximum is {s.llm_max_tokens}.", param)
         voice = None
         if request.wants_audio and request.audio is not None:
-            voice = self.voice_options(voice_name(request.audio.voice), param="audio.voice")
+            # A seeded request seeds its speech too, so the whole reply is reproducible.
+            voice = self.voice_options(voice_name(request.audio.voice), param="audio.voice", seed=request.seed)
         reserve = min(max_tokens, s.llm_max_model_len // 2)
         prompt = build_chat_prompt(
             self.tokenizer,
