@@ -40,15 +40,15 @@ SENTENCES = (
 
 def orpheus_prompt(tokenizer: Any, text: str) -> list[int]:
     """Orpheus prompt ids of `text` spoken by `VOICE`."""
-    from oai_server.pipeline.orpheus import build_prompt_ids
+    from oai_server.codec.orpheus import speech_prompt
 
-    return build_prompt_ids(tokenizer.encode(f"{VOICE}: {text}", add_special_tokens=True))
+    return speech_prompt(tokenizer, VOICE, text)
 
 
 def orpheus_params(max_tokens: int) -> Any:
     """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget."""
+    from oai_server.codec.orpheus import STOP_TOKEN_IDS
     from oai_server.engines.base import SamplingParams
-    from oai_server.pipeline.orpheus import STOP_TOKEN_IDS
 
     return SamplingParams(
         max_tokens=max_tokens,
@@ -316,7 +316,7 @@ def ensure_snac(path: Path) -> str:
         return "existing"
     import torch
 
-    from oai_server.demo import SNAC_24KHZ_CONFIG, write_random_snac
+    from oai_server.engines.demo import SNAC_24KHZ_CONFIG, write_random_snac
 
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

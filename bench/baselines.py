@@ -211,8 +211,10 @@ async def build(args: argparse.Namespace) -> Bench:
     """Engine, tokenizer and SNAC from the arguments."""
     from snac import SNAC
 
+    from oai_server.codec.snac_model import load_snac
+    from oai_server.codec.snac_stream import SnacDecoder
+    from oai_server.codec.snac_windows import WindowPolicy
     from oai_server.engines.loading import load_tokenizer
-    from oai_server.pipeline.snac_stream import SnacDecoder, WindowPolicy, load_snac
     from oai_server.pipeline.speech import SpeechSynthesizer
 
     tokenizer = load_tokenizer(args.tts_model)
@@ -315,7 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     args = p.parse_args(argv)
     if args.demo:
-        from oai_server.demo import build_demo_models
+        from oai_server.engines.demo import build_demo_models
 
         demo = build_demo_models(args.cache_dir)
         args.tts_model = args.tts_model or str(demo.tts_dir)

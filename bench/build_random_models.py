@@ -10,7 +10,7 @@ Tokenizers are written beside the weights, with vocabularies exactly as large as
 * Gemma: ids 0..3 ``<pad> <eos> <bos> <unk>``, 106/107 ``<start_of_turn>``/``<end_of_turn>``,
   byte-level tokens after that, then decode-only filler words up to 256 000 (every id decodes
   to text, some with a full stop, so a random-weight chat still feeds the sentence segmenter).
-  Chat template: `oai_server.demo.GEMMA_CHAT_TEMPLATE`.
+  Chat template: `oai_server.engines.demo.GEMMA_CHAT_TEMPLATE`.
 * Orpheus: byte-level tokens at 0..255, filler words up to 127 999, Llama-3 specials at
   128000..128255 (128000 BOS, 128001 end of text, 128009 eot), ``<custom_token_N>`` = 128256+N.
 
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oai_server.pipeline import orpheus
+from oai_server.codec import orpheus
 
 GEMMA_VOCAB = 256000
 GEMMA_SPECIALS = {
@@ -138,7 +138,7 @@ def write_gemma_tokenizer(out: Path) -> None:
     """Gemma-2 id layout (see module docstring) with Gemma's chat template."""
     from tokenizers import Tokenizer
 
-    from oai_server.demo import gemma_tokenizer
+    from oai_server.engines.demo import gemma_tokenizer
 
     gemma_tokenizer(Tokenizer.from_str(_tokenizer_json(GEMMA_VOCAB, GEMMA_SPECIALS, 108, "<bos>"))).save_pretrained(out)
 
@@ -147,7 +147,7 @@ def write_orpheus_tokenizer(out: Path) -> None:
     """Orpheus id layout: Llama-3 specials at 128000.., ``<custom_token_N>`` at 128256+N."""
     from tokenizers import Tokenizer
 
-    from oai_server.demo import orpheus_tokenizer
+    from oai_server.engines.demo import orpheus_tokenizer
 
     named = {128000: "<|begin_of_text|>", 128001: "<|end_of_text|>", 128009: "<|eot_id|>"}
     specials = {i: named.get(i, f"<|reserved_special_token_{i - 128000}|>") for i in range(128000, 128256)}

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oai_server.demo import SNAC_24KHZ_CONFIG
-from oai_server.pipeline.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
-from oai_server.pipeline.snac_stream import WindowPolicy, decode_pcm, fold_weight_norm
+from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
+from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
+from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
 FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
 
@@ -86,7 +87,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shape = policy.steady_shape
         graph_set = None
         if graphs:
-            from oai_server.pipeline.snac_graphs import GraphSet
+            from oai_server.codec.snac_graphs import GraphSet
 
             graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
         for batch in args.batch:
@@ -122,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def graph_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
     """Graph replay vs eager decode of the same windows, noise off: max |difference| in int16 steps."""
-    from oai_server.pipeline.snac_graphs import GraphSet
+    from oai_server.codec.snac_graphs import GraphSet
 
     model = build_model(args, fold=True, noise=False)
     shape = WindowPolicy().steady_shape

@@ -1,73 +1,25 @@
 """The application factory: `create_app(settings)` builds the FastAPI app.
 
 Engines are opened in the lifespan (or injected by tests) and kept, with the serving objects
-built on them, in one `Services` object on `app.state`. Nothing lives in module globals.
+built on them, in one `serving.services.Services` object on `app.state`. Nothing lives in module globals.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from .admission import Admission
-from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
-from .engines.factory import Engines, open_engines, resolve_models, window_policy
-from .errors import install_error_handlers
-from .metrics import Metrics
-from .middleware import install_middleware
-from .pipeline.speech import SpeechSynthesizer
-from .serving.chat import ChatServing
-from .serving.speech import SpeechServing
+from .engines.bundle import Engines
+from .engines.factory import open_engines, resolve_models
+from .routes.errors import install_error_handlers
+from .routes.middleware import install_middleware
+from .serving.services import build_services
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the routes use; built once per app in the lifespan."""
-
-    settings: Settings
-    engines: Engines
-    speech: SpeechServing
-    chat: ChatServing
-    admission: Admission
-    audio_store: AudioStore
-    started_at: float = field(default_factory=time.time)
-
-
-def build_services(settings: Settings, engines: Engines, metrics: Metrics | None = None) -> Services:
-    """Wire the serving objects onto the engines."""
-    synthesizer = SpeechSynthesizer(
-        engines.tts,
-        engines.tts_tokenizer,
-        engines.snac,
-        windows=window_policy(settings),
-        tokens_per_char=settings.tts_tokens_per_char,
-        max_tokens=settings.tts_max_tokens,
-        max_model_len=settings.tts_max_model_len,
-    )
-    store: AudioStore = (
-        RedisAudioStore(settings.redis_url) if settings.redis_url else MemoryAudioStore(settings.audio_cache_size)
-    )
-    speech = SpeechServing(settings, synthesizer, metrics)
-    chat = ChatServing(
-        settings,
-        engines.llm,
-        engines.llm_tokenizer,
-        engines.llm_stop_token_ids,
-        synthesizer,
-        store,
-        speech.voice_options,
-        metrics,
-    )
-    admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    return Services(settings, engines, speech, chat, admission, store)
 
 
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:

@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .engines.placement import Placement, make_placement
-
 DEFAULT_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe", "julia")
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -209,15 +207,7 @@ class Settings(BaseSettings):
             raise ValueError(f"default_voice {self.default_voice!r} is not in voices {self.voices}")
         if self.engine == "remote" and not (self.llm_remote_url and self.tts_remote_url):
             raise ValueError("engine=remote needs llm_remote_url and tts_remote_url")
-        self.placements()  # validates the GPU lists against the parallel sizes
         return self
-
-    def placements(self) -> dict[str, Placement]:
-        """Validated placement of each in-process vLLM engine."""
-        return {
-            "llm": make_placement("llm", self.llm_gpus, self.llm_tensor_parallel_size, 1),
-            "tts": make_placement("tts", self.tts_gpus, self.tts_tensor_parallel_size, self.tts_data_parallel_size),
-        }
 
     @property
     def chat_model_id(self) -> str:

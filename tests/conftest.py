@@ -20,9 +20,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from oai_server.app import Services, create_app
-from oai_server.demo import DemoModels, build_demo_models
-from oai_server.engines.factory import Engines
+from oai_server.app import create_app
+from oai_server.engines.bundle import Engines
+from oai_server.engines.demo import DemoModels, build_demo_models
+from oai_server.serving.services import Services
 from oai_server.settings import Settings
 
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from oai_server.admission import Admission, HeldBody, Ticket
 from oai_server.errors import APIError
+from oai_server.serving.admission import Admission, HeldBody, Ticket
 
 
 async def settle() -> None:
@@ -44,7 +44,7 @@ async def test_full_queue_is_429_with_retry_after() -> None:
     error = caught.value
     assert error.status == 429 and error.code == "rate_limit_exceeded"
     assert error.headers["retry-after"] == "1"
-    assert error.response().headers["retry-after"] == "1"
+    assert error.response_headers()["retry-after"] == "1"
     for task in waiting:
         held.release()
         held = await asyncio.wait_for(task, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from oai_server.audio_store import MemoryAudioStore, RedisAudioStore
+from oai_server.serving.audio_store import MemoryAudioStore, RedisAudioStore
 
 from .conftest import demo_settings, start_server
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from oai_server.demo import DemoModels, build_demo_models
-from oai_server.pipeline import orpheus
+from oai_server.codec import orpheus
+from oai_server.engines.demo import DemoModels, build_demo_models
 
 WEIGHT_FILES = (
     "llm/model.safetensors",

@@ -37,7 +37,7 @@ import httpx
 import openai
 import pytest
 
-from oai_server.demo import DemoModels
+from oai_server.engines.demo import DemoModels
 
 from .conftest import LiveServer, demo_settings, start_server, wait_until
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from oai_server.errors import install_error_handlers
-from oai_server.middleware import current_request_id, install_log_filter, install_middleware
 from oai_server.routes import metrics as metrics_routes
+from oai_server.routes.errors import install_error_handlers
+from oai_server.routes.middleware import current_request_id, install_log_filter, install_middleware
 from oai_server.settings import Settings
 
 LIMIT = 2048

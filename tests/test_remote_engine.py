@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oai_server.demo import build_demo_models
+from oai_server.codec import orpheus
 from oai_server.engines.base import (
     EngineError,
     EngineInfo,
@@ -21,10 +21,10 @@ from oai_server.engines.base import (
     SamplingParams,
     TokenEngine,
 )
+from oai_server.engines.demo import build_demo_models
 from oai_server.engines.loading import load_tokenizer
 from oai_server.engines.remote import CUSTOM_TOKEN_BASE, RemoteEngine, RemoteEngineConfig, _TextDecoder
 from oai_server.engines.transformers_engine import TransformersEngine
-from oai_server.pipeline import orpheus
 from tests.upstream_server import UpstreamFaults, create_upstream_app, serve_in_thread
 
 MODEL = "orpheus-test"

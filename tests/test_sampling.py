@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from oai_server.codec import orpheus
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.sampling import (
     TokenSampler,
@@ -16,7 +17,6 @@ from oai_server.engines.sampling import (
     choose,
     make_generator,
 )
-from oai_server.pipeline import orpheus
 
 V = orpheus.ORPHEUS_VOCAB_SIZE
 

@@ -41,7 +41,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from oai_server.demo import DemoModels
+from oai_server.engines.demo import DemoModels
 
 from .conftest import LiveServer, demo_settings, start_server
 

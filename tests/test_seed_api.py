@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from oai_server.demo import DemoModels
-from oai_server.pipeline.orpheus import SAMPLES_PER_FRAME
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME
+from oai_server.engines.demo import DemoModels
 
 from .conftest import LiveServer, demo_settings, start_server
 

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from oai_server.demo import DemoModels
+from oai_server.engines.demo import DemoModels
 from oai_server.pipeline.segmenter import split_text
 
 from .conftest import wait_until

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from oai_server.demo import SNAC_DEMO_CONFIG, DemoModels
-from oai_server.pipeline.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
-from oai_server.pipeline.snac_stream import (
-    SnacDecoder,
-    Window,
-    WindowPlanner,
-    WindowPolicy,
-    fold_weight_norm,
-    load_snac,
-)
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
+from oai_server.codec.snac_model import fold_weight_norm, load_snac
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
+from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels
 
 
 def frames(n: int, start: int = 0) -> list[tuple[int, ...]]:

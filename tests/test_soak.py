@@ -32,7 +32,7 @@ import httpx
 import psutil
 import pytest
 
-from oai_server.demo import DemoModels
+from oai_server.engines.demo import DemoModels
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.segmenter import split_text
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from oai_server.pipeline.orpheus import SAMPLES_PER_FRAME, TOKENS_PER_FRAME
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME, TOKENS_PER_FRAME
 from oai_server.pipeline.segmenter import split_text
 from oai_server.pipeline.speech import CROSSFADE_SAMPLES
 

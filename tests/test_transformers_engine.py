@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from oai_server.demo import DemoModels
+from oai_server.codec import orpheus
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine
+from oai_server.engines.demo import DemoModels
 from oai_server.engines.loading import load_causal_lm, load_tokenizer
 from oai_server.engines.transformers_engine import TransformersEngine
-from oai_server.pipeline import orpheus
 
 ORPHEUS_PARAMS = SamplingParams(
     max_tokens=7 * 12,

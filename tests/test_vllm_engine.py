@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import torch
 
+from oai_server.codec import orpheus
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
 from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
@@ -38,7 +39,6 @@ from oai_server.engines.vllm_orpheus_logits import (
     apply_slot_mask,
     build_slot_table,
 )
-from oai_server.pipeline import orpheus
 
 # ---------------------------------------------------------------- the AsyncLLM double
 

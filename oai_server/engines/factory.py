@@ -7,31 +7,16 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline.snac_stream import SnacDecoder, WindowPolicy, load_snac, resolve_device
+from ..codec.snac_model import load_snac, resolve_device
+from ..codec.snac_stream import SnacDecoder
+from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
 from .base import TokenEngine
+from .bundle import Engines
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Engines:
-    """Everything the pipelines need from the model side."""
-
-    llm: TokenEngine
-    llm_tokenizer: Any
-    llm_stop_token_ids: tuple[int, ...]
-    tts: TokenEngine
-    tts_tokenizer: Any
-    snac: SnacDecoder
-
-    async def close(self) -> None:
-        """Abort everything and release the engines."""
-        await asyncio.gather(self.llm.close(), self.tts.close(), return_exceptions=True)
-        await asyncio.to_thread(self.snac.close)
 
 
 def choose_engine(settings: Settings) -> str:
@@ -46,10 +31,14 @@ def choose_engine(settings: Settings) -> str:
 
 
 def resolve_models(settings: Settings) -> Settings:
-    """In the demo profile, build the tiny offline models and point the settings at them."""
+    """Check the settings that need more than one field, then, in the demo profile, build the tiny
+    offline models and point the settings at them. Raises `ValueError` naming the bad setting."""
+    from .placement import placements
+
+    placements(settings)
     if not settings.demo:
         return settings
-    from ..demo import build_demo_models
+    from .demo import build_demo_models
 
     demo = build_demo_models(settings.cache_dir)
     # Cap each segment at ~2 s of audio so the demo stays fast on a laptop CPU, unless the user chose a cap.
@@ -81,11 +70,11 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
     if kind == "vllm":
         import torch
 
-        from .placement import check_against_devices
+        from .placement import check_against_devices, placements
         from .vllm_engine import VLLMEngine
 
-        placements = settings.placements()
-        check_against_devices(placements, torch.cuda.device_count())
+        placed = placements(settings)
+        check_against_devices(placed, torch.cuda.device_count())
 
         tts = await VLLMEngine.create(
             settings.tts_model_name,
@@ -97,7 +86,7 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             kv_cache_dtype=settings.tts_kv_cache_dtype,
             quantization=settings.tts_quantization,
             orpheus_slots=True,
-            placement=placements["tts"],
+            placement=placed["tts"],
             kind="vllm-orpheus",
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,
@@ -108,7 +97,7 @@ async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngin
             max_model_len=settings.llm_max_model_len,
             gpu_memory_utilization=settings.llm_gpu_memory_utilization,
             max_num_seqs=settings.llm_max_num_seqs,
-            placement=placements["llm"],
+            placement=placed["llm"],
             kind="vllm-gemma",
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLoadError
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -21,10 +23,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says how to fix it."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -17,6 +17,10 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -98,3 +102,13 @@ def visible_devices(gpus: tuple[int, ...] | None) -> Iterator[None]:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def placements(settings: Settings) -> dict[str, Placement]:
+    """Validated placement of each in-process vLLM engine (raises `ValueError` naming the setting)."""
+    return {
+        "llm": make_placement("llm", settings.llm_gpus, settings.llm_tensor_parallel_size, 1),
+        "tts": make_placement(
+            "tts", settings.tts_gpus, settings.tts_tensor_parallel_size, settings.tts_data_parallel_size
+        ),
+    }

@@ -33,10 +33,11 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import httpx
 
+from ..codec.tokenizer import TextTokenizer
 from .base import EngineError, EngineInfo, EngineOverloadedError, SamplingParams
 
 CUSTOM_TOKEN_BASE = 128256
@@ -47,14 +48,6 @@ _CUSTOM_TOKEN = re.compile(r"<custom_token_(\d+)>")
 _PREFIX = "<custom_token_"
 _END = object()
 _Queue = asyncio.Queue[Any]  # deltas, then _END or the EngineError that ended the stream
-
-
-class TextTokenizer(Protocol):
-    """The tokenizer surface `RemoteEngine` needs to turn text deltas back into ids."""
-
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]:
-        """Token ids of ``text``."""
-        ...
 
 
 @dataclass(frozen=True)

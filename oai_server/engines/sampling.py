@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from oai_server.codec import orpheus
 from oai_server.engines.base import SamplingParams
-from oai_server.pipeline import orpheus
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from oai_server.pipeline import orpheus
+from oai_server.codec import orpheus
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from ..pipeline.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, build_prompt_ids
-from ..pipeline.snac_stream import Window, WindowPolicy
+from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, speech_prompt
+from ..codec.snac_windows import Window, WindowPolicy
 from .base import SamplingParams, TokenEngine, new_request_id
 
 if TYPE_CHECKING:
-    from ..pipeline.speech import TextTokenizer
-    from .factory import Engines
+    from ..codec.tokenizer import TextTokenizer
+    from .bundle import Engines
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def warm_engine(engine: TokenEngine, prompt: Sequence[int], params: Sampli
 
 def tts_warmup_request(tokenizer: TextTokenizer) -> tuple[list[int], SamplingParams]:
     """A short Orpheus request with the sampling features real requests use."""
-    prompt = build_prompt_ids(tokenizer.encode("tara: Warming up.", add_special_tokens=True))
+    prompt = speech_prompt(tokenizer, "tara", "Warming up.")
     params = SamplingParams(
         max_tokens=4 * TOKENS_PER_FRAME,
         temperature=0.6,

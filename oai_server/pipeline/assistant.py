@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from ..codec.tokenizer import TextTokenizer
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 from .detokenize import IncrementalDetokenizer, StopMatcher
 from .segmenter import SentenceSegmenter
-from .speech import TextTokenizer
 from .text_clean import clean_for_speech
 
 

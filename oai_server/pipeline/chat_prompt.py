@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..codec.tokenizer import TextTokenizer
 from ..errors import APIError, invalid
-from .speech import TextTokenizer
 
 _ROLE_MAP = {"user": "user", "assistant": "assistant"}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .speech import TextTokenizer
+from ..codec.tokenizer import TextTokenizer
 
 _WINDOW = 6
 

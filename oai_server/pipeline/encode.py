@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import av
 import av.audio.stream
@@ -42,6 +42,19 @@ AUDIO_FORMATS: Mapping[str, str] = MappingProxyType(
 
 #: Accepted alternative names (the chat completions audio API says ``pcm16``).
 FORMAT_ALIASES: Mapping[str, str] = MappingProxyType({"pcm16": "pcm"})
+
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+"""`response_format` of `/v1/audio/speech`: the keys of `AUDIO_FORMATS`."""
+ChatAudioFormat = Literal["wav", "aac", "mp3", "flac", "opus", "pcm16"]
+"""`audio.format` of chat completions: the same formats, raw PCM named ``pcm16``."""
+STREAMED_CHAT_FORMATS: tuple[str, ...] = ("pcm16",)
+"""Chat audio formats a streamed reply may use: each delta must be playable on its own."""
+INLINE_FORMATS = frozenset({"pcm", "wav"})
+"""Formats cheap enough to encode on the event loop (no codec); the others run in worker threads."""
+if set(get_args(SpeechFormat)) != set(AUDIO_FORMATS) or {
+    FORMAT_ALIASES.get(name, name) for name in get_args(ChatAudioFormat)
+} != set(AUDIO_FORMATS):
+    raise AssertionError("the format literals must name exactly the AUDIO_FORMATS")
 
 #: RIFF/data size used by streaming WAV headers, where the length is unknown (as OpenAI and Kokoro do).
 WAV_UNKNOWN_SIZE = 0xFFFFFFFF

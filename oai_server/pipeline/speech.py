@@ -11,30 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
+from ..codec.snac_stream import SnacDecoder
+from ..codec.snac_windows import Window, WindowPolicy
+from ..codec.tokenizer import TextTokenizer
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
-from .orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, build_prompt_ids
-from .snac_stream import SnacDecoder, Window, WindowPolicy
 
 CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz
-
-
-class TextTokenizer(Protocol):
-    """The slice of a Hugging Face tokenizer the pipelines use."""
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`."""
-        ...
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Text of `ids`."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +82,7 @@ class SpeechSynthesizer:
 
     def prompt_ids(self, text: str, voice: str) -> list[int]:
         """Orpheus prompt ids for `voice: text`."""
-        return build_prompt_ids(self.tokenizer.encode(f"{voice}: {text}", add_special_tokens=True))
+        return speech_prompt(self.tokenizer, voice, text)
 
     def token_budget(self, text: str, prompt_len: int, requested: int | None) -> int:
         """Audio tokens allowed for one segment: scaled by text length, whole frames, capped."""

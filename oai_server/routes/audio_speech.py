@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
 
-from ..admission import HeldBody
-from ..models import SpeechRequest
-from ..pipeline.encode import AUDIO_FORMATS
-from ..responses import AbortingStreamingResponse
-from ..serving.streams import guarded
+from ..errors import APIError
+from ..pipeline.encode import AUDIO_FORMATS, content_type_for
+from ..protocol.chat import SpeechRequest
+from ..serving.speech import EncodedAudio, SpeechOutput
 from .deps import services
 from .docs import SPEECH_EVENT, binary, sse, streamed
+from .responses import AbortingStreamingResponse, stream_response
+from .sse import b64_pieces, error_event, named_event
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 router = APIRouter()
 
@@ -26,12 +28,44 @@ RESPONSES = streamed(
 )
 
 
+async def raw_audio(outputs: AsyncIterator[SpeechOutput]) -> AsyncIterator[bytes]:
+    """The encoded audio as the body itself."""
+    async for output in outputs:
+        if isinstance(output, EncodedAudio):
+            yield output.data
+
+
+async def speech_sse(outputs: AsyncIterator[SpeechOutput]) -> AsyncIterator[bytes]:
+    """`speech.audio.delta` events (base64 pieces that concatenate), then `speech.audio.done` with usage."""
+    carry = bytearray()
+    async for output in outputs:
+        if isinstance(output, EncodedAudio):
+            for piece in b64_pieces(output.data, carry, final=False, align=3):
+                yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
+            continue
+        for piece in b64_pieces(b"", carry, final=True, align=3):
+            yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
+        usage = {
+            "input_tokens": output.input_tokens,
+            "output_tokens": output.output_tokens,
+            "total_tokens": output.input_tokens + output.output_tokens,
+        }
+        yield named_event("speech.audio.done", {"type": "speech.audio.done", "usage": usage})
+
+
+def speech_failure(error: APIError) -> list[bytes]:
+    """How a speech SSE stream ends after a failure: one error event."""
+    return [error_event(error)]
+
+
 @router.post("/v1/audio/speech", response_class=AbortingStreamingResponse, responses=RESPONSES)
 async def create_speech(body: SpeechRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Stream speech in the requested format, or as `speech.audio.*` SSE events."""
     job = svc.speech.prepare(body)
-    ticket = await svc.admission.acquire()
-    stream = guarded(
-        svc.speech.body(job), deadline_seconds=svc.settings.request_timeout_seconds, sse=job.sse, send_done=False
+    if body.stream_format == "sse":
+        return await stream_response(
+            svc, svc.speech.stream(job), speech_sse, media_type="text/event-stream", on_failure=speech_failure
+        )
+    return await stream_response(
+        svc, svc.speech.stream(job), raw_audio, media_type=content_type_for(job.response_format)
     )
-    return AbortingStreamingResponse(HeldBody(stream, ticket), media_type=job.media_type)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..admission import HeldBody
-from ..models import ChatCompletionRequest
-from ..responses import AbortingStreamingResponse, cancel_on_disconnect
-from ..serving.streams import as_api_error, guarded
+from ..protocol.chat import ChatCompletionRequest
 from .deps import services
 from .docs import CHAT_COMPLETION, CHAT_EVENT, sse, streamed
+from .render_chat import chat_completion, chat_failure, chat_sse
+from .responses import AbortingStreamingResponse, stream_response, whole_response
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 router = APIRouter()
 
@@ -33,17 +32,9 @@ async def create_chat_completion(
 ) -> AbortingStreamingResponse | JSONResponse:
     """Chat with text or text + audio output, streamed as SSE chunks or returned whole."""
     job = await svc.chat.prepare(body)
-    ticket = await svc.admission.acquire()
     if body.stream:
-        stream = guarded(
-            svc.chat.stream(job), deadline_seconds=svc.settings.request_timeout_seconds, sse=True, send_done=True
+        return await stream_response(
+            svc, svc.chat.stream(job), partial(chat_sse, job), media_type="text/event-stream", on_failure=chat_failure
         )
-        return AbortingStreamingResponse(HeldBody(stream, ticket), media_type="text/event-stream")
-    try:
-        work = asyncio.wait_for(svc.chat.complete(job), svc.settings.request_timeout_seconds)
-        result: dict[str, Any] = await cancel_on_disconnect(request, work)
-    except Exception as exc:
-        raise as_api_error(exc) from exc
-    finally:
-        ticket.release()
+    result: dict[str, Any] = await whole_response(svc, request, lambda: chat_completion(job, svc.chat.stream(job)))
     return JSONResponse(result)

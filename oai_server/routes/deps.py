@@ -9,7 +9,7 @@ from fastapi import Request
 from ..errors import APIError
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 
 def services(request: Request) -> Services:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ERROR_RESPONSES
+from .errors import ERROR_RESPONSES
 
 Responses = dict[int | str, dict[str, Any]]
 

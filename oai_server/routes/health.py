@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ..errors import ErrorResponse
 from .deps import services
+from .errors import ErrorResponse
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 router = APIRouter()
 
@@ -29,9 +29,10 @@ async def health(request: Request) -> dict[str, Any]:
         "features": {"text_to_speech": loaded, "conversational_ai": loaded, "streaming": True},
     }
     if svc is not None:
+        served = {"llm": svc.settings.chat_model_id, "tts": svc.settings.speech_model_id}
         body["engines"] = {
-            "llm": {"kind": svc.engines.llm.info.kind, "model": svc.settings.chat_model_id},
-            "tts": {"kind": svc.engines.tts.info.kind, "model": svc.settings.speech_model_id},
+            name: {"kind": engine.info.kind, "model": served.get(name, engine.info.model)}
+            for name, engine in svc.engines.roles().items()
         }
         body["active_streams"] = svc.admission.active
         body["queued_streams"] = svc.admission.queued
@@ -48,7 +49,7 @@ class Readiness(BaseModel):
 
 
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": Readiness, "description": "Both engines answer and the server is not draining."},
+    200: {"model": Readiness, "description": "Every engine answers and the server is not draining."},
     503: {
         "model": Readiness | ErrorResponse,
         "description": "An engine failed its check or the server is draining; the envelope while models load.",
@@ -58,16 +59,13 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/health/ready", response_model=None, responses=READY_RESPONSES)
 async def ready(svc: Services = Depends(services)) -> JSONResponse | dict[str, Any]:
-    """Readiness: both engines answer a health check and the server is not draining."""
+    """Readiness: every engine answers a health check and the server is not draining."""
+    roles = svc.engines.roles()
     checks = await asyncio.gather(
-        asyncio.wait_for(svc.engines.llm.check_health(), 5),
-        asyncio.wait_for(svc.engines.tts.check_health(), 5),
-        return_exceptions=True,
+        *(asyncio.wait_for(engine.check_health(), 5) for engine in roles.values()), return_exceptions=True
     )
     failures = {
-        name: repr(result)
-        for name, result in zip(("llm", "tts"), checks, strict=True)
-        if isinstance(result, BaseException)
+        name: repr(result) for name, result in zip(roles, checks, strict=True) if isinstance(result, BaseException)
     }
     if failures or svc.admission.draining:
         status = "draining" if svc.admission.draining else "unavailable"

@@ -7,12 +7,13 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends
 
-from ..errors import ERROR_RESPONSES, model_not_found
-from ..models import model_card
+from ..errors import model_not_found
+from ..protocol.chat import model_card
 from .deps import services
+from .errors import ERROR_RESPONSES
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 router = APIRouter()
 

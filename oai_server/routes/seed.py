@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
-from ..admission import HeldBody
-from ..errors import ERROR_RESPONSES, check_length
-from ..models import AudioOutput, ChatCompletionRequest, ChatMessage, OpenAIModel, Seed
+from ..errors import check_length, invalid
+from ..pipeline.chat_prompt import Turn
 from ..pipeline.encode import make_encoder
-from ..responses import AbortingStreamingResponse
-from ..serving.speech import SpeechJob
-from ..serving.streams import guarded
+from ..protocol.chat import OpenAIModel, Seed
+from ..serving.reply import Conversation, TextSampling
+from ..serving.reply_events import AudioChunk, ReplyEvent, TextDelta
+from .audio_speech import raw_audio
 from .deps import services
 from .docs import binary, streamed
+from .errors import ERROR_RESPONSES
+from .responses import AbortingStreamingResponse, stream_response
 
 if TYPE_CHECKING:
-    from ..app import Services
+    from ..serving.services import Services
 
 router = APIRouter(tags=["seed"])
 
@@ -61,25 +63,25 @@ class SeedChatRequest(OpenAIModel):
     """Not in the seed system: makes the reply (text and audio) reproducible."""
 
 
-async def _wav(pcm: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _wav(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[bytes]:
+    """The spoken reply as one streaming WAV file."""
     encoder = make_encoder("wav", streaming=True)
-    try:
-        yield encoder.encode(b"")
-        async for chunk in pcm:
-            yield encoder.encode(chunk)
-        yield encoder.finish()
-    finally:
-        close = getattr(pcm, "aclose", None)
-        if close is not None:
-            await close()
+    yield encoder.encode(b"")
+    async for event in events:
+        if isinstance(event, AudioChunk):
+            yield encoder.encode(event.pcm)
+    yield encoder.finish()
+
+
+async def _text(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[bytes]:
+    """The reply's text as UTF-8, as it is generated."""
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield event.text.encode()
 
 
 async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse:
-    from ..pipeline.segmenter import split_text
-    from ..pipeline.speech import SpeechStats
-
-    check_length(body.prompt, svc.settings.max_input_chars, "prompt")
-    options = svc.speech.voice_options(
+    options = svc.voices.options(
         body.voice,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -87,16 +89,8 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
         max_tokens=body.max_tokens,
         seed=body.seed,
     )
-    text = " ".join(body.prompt.split())
-    job = SpeechJob(split_text(text, svc.settings.tts_segment_chars), options, "wav", 1.0, False)
-    ticket = await svc.admission.acquire()
-    body_stream = guarded(
-        _wav(svc.speech.pcm(job, SpeechStats())),
-        deadline_seconds=svc.settings.request_timeout_seconds,
-        sse=False,
-        send_done=False,
-    )
-    return AbortingStreamingResponse(HeldBody(body_stream, ticket), media_type="audio/wav")
+    job = svc.speech.job(body.prompt, options, "wav", 1.0, "prompt")
+    return await stream_response(svc, svc.speech.stream(job), raw_audio, media_type="audio/wav")
 
 
 TTS_RESPONSES = streamed("Streaming WAV (24 kHz, s16, mono).", binary("audio/wav"))
@@ -149,21 +143,17 @@ async def seed_models(svc: Services = Depends(services)) -> dict[str, Any]:
 async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/chat`: the spoken reply as streaming WAV, or its text with `stream_text`."""
     check_length(body.message, svc.settings.max_input_chars, "message")
-    messages = [ChatMessage(role=item.role, content=item.content) for item in body.history]
-    messages.append(ChatMessage(role="user", content=body.message))
-    request = ChatCompletionRequest(
-        model=svc.settings.chat_model_id,
-        messages=messages,
-        modalities=["text"] if body.stream_text else ["text", "audio"],
-        audio=None if body.stream_text else AudioOutput(voice=body.voice, format="pcm16"),
-        max_tokens=body.max_tokens,
-        seed=body.seed,
-    )
-    job = await svc.chat.prepare(request)
-    ticket = await svc.admission.acquire()
-    deadline = svc.settings.request_timeout_seconds
+    turns = [Turn(item.role, item.content) for item in body.history]
+    turns.append(Turn("user", body.message))
+    voice = None if body.stream_text else svc.voices.options(body.voice, seed=body.seed)
+    max_tokens = body.max_tokens or svc.settings.llm_max_tokens
+    if max_tokens > svc.settings.llm_max_tokens:
+        raise invalid(
+            f"max_tokens is too large: {max_tokens}. The maximum is {svc.settings.llm_max_tokens}.", "max_tokens"
+        )
+    sampling = TextSampling(max_tokens=max_tokens, seed=body.seed)
+    prepared = await svc.replies.prepare(Conversation(turns, sampling, voice))
+    events = svc.replies.stream(prepared, "chat")
     if body.stream_text:
-        text = guarded(svc.chat.text_bytes(job), deadline_seconds=deadline, sse=False, send_done=False)
-        return AbortingStreamingResponse(HeldBody(text, ticket), media_type="text/plain; charset=utf-8")
-    audio = guarded(_wav(svc.chat.pcm(job)), deadline_seconds=deadline, sse=False, send_done=False)
-    return AbortingStreamingResponse(HeldBody(audio, ticket), media_type="audio/wav")
+        return await stream_response(svc, events, _text, media_type="text/plain; charset=utf-8")
+    return await stream_response(svc, events, _wav, media_type="audio/wav")

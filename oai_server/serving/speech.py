@@ -1,9 +1,10 @@
-"""`/v1/audio/speech` (and the seed's `/tts`): validated request -> encoded audio stream.
+"""Speech requests (`/v1/audio/speech` and the seed's `/tts`): text -> encoded audio, as typed outputs.
 
 Long input is split into pieces Orpheus handles well (`split_text`), spoken in order as one
-continuous stream with short crossfades, tempo-adjusted for `speed`, encoded as it is
-produced, and sent raw or as `speech.audio.delta` / `speech.audio.done` events. Encoding and
-tempo run in worker threads, never on the event loop.
+continuous stream with short crossfades, tempo-adjusted for `speed`, and encoded as it is
+produced. `SpeechServing.stream` yields `EncodedAudio` pieces and a final `SpeechDone` with the
+usage; the edge sends them raw or as `speech.audio.*` events. Encoding and tempo run in worker
+threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import check_length, invalid, model_not_found
-from ..models import SpeechRequest, voice_name
-from ..pipeline.encode import AudioEncoder, content_type_for, make_encoder
+from ..pipeline.encode import INLINE_FORMATS, AudioEncoder, make_encoder
 from ..pipeline.segmenter import split_text
 from ..pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
 from ..pipeline.tempo import TempoFilter
+from ..pipeline.voices import VoiceCatalog
+from ..protocol.chat import SpeechRequest, voice_name
 from ..settings import Settings
-from ..sse import b64_pieces, named_event
-from ..voices import resolve_voice
-from .streams import StreamMeter
+from .meter import StreamMeter
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -38,12 +38,24 @@ class SpeechJob:
     options: VoiceOptions
     response_format: str
     speed: float
-    sse: bool
 
-    @property
-    def media_type(self) -> str:
-        """Content type of the response body."""
-        return "text/event-stream" if self.sse else content_type_for(self.response_format)
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """The next bytes of the encoded audio."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SpeechDone:
+    """All audio was sent: the token usage."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+SpeechOutput = EncodedAudio | SpeechDone
 
 
 async def iterate(items: Iterable[str]) -> AsyncIterator[str]:
@@ -55,9 +67,16 @@ async def iterate(items: Iterable[str]) -> AsyncIterator[str]:
 class SpeechServing:
     """Speech requests on one `SpeechSynthesizer`."""
 
-    def __init__(self, settings: Settings, synthesizer: SpeechSynthesizer, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        synthesizer: SpeechSynthesizer,
+        voices: VoiceCatalog,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.synthesizer = synthesizer
+        self.voices = voices
         self.metrics = metrics
 
     @property
@@ -65,48 +84,28 @@ class SpeechServing:
         """Model ids accepted for speech."""
         return (self.settings.speech_model_id, *SPEECH_MODEL_ALIASES)
 
-    def voice_options(
-        self,
-        voice: str | None,
-        *,
-        param: str = "voice",
-        temperature: float | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-    ) -> VoiceOptions:
-        """Sampling options for a voice, with server defaults for what was not given."""
-        s = self.settings
-        return VoiceOptions(
-            voice=resolve_voice(voice, s.voices, s.default_voice, param),
-            temperature=s.tts_temperature if temperature is None else temperature,
-            top_p=s.tts_top_p if top_p is None else top_p,
-            repetition_penalty=s.tts_repetition_penalty if repetition_penalty is None else repetition_penalty,
-            seed=seed,
-            max_tokens=max_tokens,
-        )
+    def job(self, text: str, options: VoiceOptions, response_format: str, speed: float, param: str) -> SpeechJob:
+        """A job for `text` (raises the 400 for empty or too long text, naming `param`)."""
+        check_length(text, self.settings.max_input_chars, param)
+        words = " ".join(text.split())
+        if not words:
+            raise invalid(f"The {param} must not be empty.", param, "invalid_value")
+        return SpeechJob(split_text(words, self.settings.tts_segment_chars), options, response_format, speed)
 
     def prepare(self, request: SpeechRequest) -> SpeechJob:
-        """Validate a request (raises `APIError`) before any audio is produced."""
+        """Validate a `/v1/audio/speech` request (raises `APIError`) before any audio is produced."""
         if request.model not in self.model_ids:
             raise model_not_found(request.model)
-        text = " ".join(request.input.split())
-        if not text:
-            raise invalid("The input must not be empty.", "input", "invalid_value")
-        check_length(request.input, self.settings.max_input_chars, "input")
-        options = self.voice_options(
+        options = self.voices.options(
             voice_name(request.voice),
             temperature=request.temperature,
             top_p=request.top_p,
             repetition_penalty=request.repetition_penalty,
             seed=request.seed,
         )
-        pieces = split_text(text, self.settings.tts_segment_chars)
-        return SpeechJob(pieces, options, request.response_format, request.speed, request.stream_format == "sse")
+        return self.job(request.input, options, request.response_format, request.speed, "input")
 
-    async def pcm(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
-        """Raw 24 kHz s16le PCM of the job, tempo-adjusted, as it is produced."""
+    async def _pcm(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
         tempo = TempoFilter(job.speed)
         events = synthesize_segments(
             self.synthesizer,
@@ -127,11 +126,10 @@ class SpeechServing:
         finally:
             await events.aclose()
 
-    async def encoded(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
-        """The job's audio in its response format, as it is produced."""
+    async def _encoded(self, job: SpeechJob, stats: SpeechStats) -> AsyncGenerator[bytes, None]:
         encoder: AudioEncoder = make_encoder(job.response_format, streaming=True)
-        lossless = job.response_format in ("pcm", "wav")
-        source = self.pcm(job, stats)
+        lossless = job.response_format in INLINE_FORMATS
+        source = self._pcm(job, stats)
         try:
             async for pcm in source:
                 data = encoder.encode(pcm) if lossless else await asyncio.to_thread(encoder.encode, pcm)
@@ -143,32 +141,17 @@ class SpeechServing:
         finally:
             await source.aclose()
 
-    async def body(self, job: SpeechJob) -> AsyncIterator[bytes]:
-        """The HTTP body: raw audio bytes, or SSE events ending with `speech.audio.done`."""
+    async def stream(self, job: SpeechJob) -> AsyncGenerator[SpeechOutput, None]:
+        """The job's audio in its format as it is produced, then the usage."""
         stats = SpeechStats()
         meter = StreamMeter(self.metrics, "speech")
-        audio = self.encoded(job, stats)
+        audio = self._encoded(job, stats)
         try:
-            if not job.sse:
-                async for data in audio:
-                    meter.first_audio()
-                    yield data
-                meter.finish(stats.frames)
-                return
-            carry = bytearray()
             async for data in audio:
                 meter.first_audio()
-                for piece in b64_pieces(data, carry, final=False, align=3):
-                    yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
-            for piece in b64_pieces(b"", carry, final=True, align=3):
-                yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
-            usage = {
-                "input_tokens": stats.prompt_tokens,
-                "output_tokens": stats.audio_tokens,
-                "total_tokens": stats.prompt_tokens + stats.audio_tokens,
-            }
+                yield EncodedAudio(data)
             meter.finish(stats.frames)
-            yield named_event("speech.audio.done", {"type": "speech.audio.done", "usage": usage})
         finally:
             meter.close(("tts",))
             await audio.aclose()
+        yield SpeechDone(stats.prompt_tokens, stats.audio_tokens)

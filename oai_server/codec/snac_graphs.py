@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .snac_stream import WindowShape, decode_pcm
+from .snac_model import decode_pcm
+from .snac_windows import WindowShape
 
 logger = logging.getLogger(__name__)
 

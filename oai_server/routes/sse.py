@@ -8,15 +8,19 @@ it as `APIError`). Base64 pieces are cut on 3-byte boundaries so concatenated pi
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from .errors import APIError
+from ..errors import APIError
 
 DONE = b"data: [DONE]\n\n"
 KEEP_ALIVE = b": keep-alive\n\n"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+KEEP_ALIVE_SECONDS = 15.0
+"""A stream silent this long gets a comment line, so proxies and clients do not time it out."""
 
 
 def _dumps(payload: Any) -> str:
@@ -51,3 +55,35 @@ def b64_pieces(data: bytes, carry: bytearray, *, final: bool, align: int = 6) ->
     piece = bytes(carry[:usable])
     del carry[:usable]
     return [base64.b64encode(piece).decode("ascii")]
+
+
+async def with_keep_alive(body: AsyncIterator[bytes], interval: float = KEEP_ALIVE_SECONDS) -> AsyncIterator[bytes]:
+    """`body`, plus a `KEEP_ALIVE` comment whenever it has been silent for `interval` seconds.
+
+    One `anext` of the body is pending at a time; when the consumer stops (or is cancelled, the
+    client went away) the pending step is cancelled and awaited before the body is closed, so the
+    body never runs on in another task.
+    """
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(body))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield KEEP_ALIVE
+                continue
+            step, pending = pending, None
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()

@@ -14,13 +14,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import APIError, invalid
+from ..errors import APIError, invalid
+from ..pipeline.encode import STREAMED_CHAT_FORMATS, ChatAudioFormat, SpeechFormat
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 """Seeds are 64-bit integers (what torch and vLLM generators take); others are a 400, not a failed stream."""
-
-SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-ChatAudioFormat = Literal["wav", "aac", "mp3", "flac", "opus", "pcm16"]
 
 
 class OpenAIModel(BaseModel):
@@ -184,11 +182,12 @@ class ChatCompletionRequest(OpenAIModel):
                     "audio",
                     "missing_required_parameter",
                 )
-            if self.stream and self.audio.format != "pcm16":
+            if self.stream and self.audio.format not in STREAMED_CHAT_FORMATS:
+                supported = ", ".join(f"'{name}'" for name in STREAMED_CHAT_FORMATS)
                 raise APIError(
                     400,
                     f"Unsupported value: 'audio.format' does not support '{self.audio.format}' when "
-                    "stream=true. Supported values are: 'pcm16'.",
+                    f"stream=true. Supported values are: {supported}.",
                     param="audio.format",
                     code="unsupported_value",
                 )

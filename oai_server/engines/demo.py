@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from oai_server.pipeline import orpheus
+from oai_server.codec import orpheus
 
 DEMO_VERSION = "demo-v1"
 _SEED = 20240611

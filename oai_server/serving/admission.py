@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
-from .errors import APIError, rate_limited
+from ..errors import APIError, rate_limited
 
 
 class Ticket:

@@ -34,13 +34,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, server_error
-from .metrics import OTHER_ROUTE, Metrics
+from ..errors import APIError, server_error
+from ..metrics import OTHER_ROUTE, Metrics
+from .errors import error_response, reject_websocket
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .settings import Settings
+    from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("oai_server.access")
@@ -52,6 +53,8 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oai_re
 EXEMPT_PATHS = frozenset({"/", "/health", "/metrics", "/favicon.ico"})
 """Paths served without an API key (besides `/health/*` and `/static/*`)."""
 EXEMPT_PREFIXES = ("/health/", "/static/")
+INSECURE_KEY_SUBPROTOCOL = "openai-insecure-api-key."
+"""WebSocket subprotocol prefix carrying an API key (the Realtime API's browser form)."""
 
 
 def current_request_id() -> str | None:
@@ -117,7 +120,10 @@ class RequestContextMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI call; non-HTTP scopes pass through."""
+        """Serve one ASGI call (HTTP or WebSocket; the lifespan passes through)."""
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -143,7 +149,7 @@ class RequestContextMiddleware:
             if response_started:
                 raise  # the status is out; the server closes the connection
             logger.exception("unhandled error")
-            await server_error().response()(scope, receive, send_with_id)
+            await error_response(server_error())(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             method = scope["method"]
@@ -153,6 +159,40 @@ class RequestContextMiddleware:
             access_logger.info("%s %s %d %.1fms id=%s", method, path, status, ms, request_id, extra=fields)
             if self.metrics is not None:
                 self.metrics.observe_request(route_template(scope), method, status, seconds)
+            _request_id.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket session: its request id (echoed on the accept), one log line and the metrics at its end.
+
+        The status recorded is 101 once accepted, the HTTP status of a refused handshake, or 403 for a
+        close before accepting (what the server sends then).
+        """
+        request_id = choose_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        token = _request_id.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 403
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "websocket.accept":
+                status = 101
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            path = scope.get("path", "")
+            fields = {"method": "WEBSOCKET", "path": path, "status": status, "duration_ms": round(seconds * 1000, 3)}
+            access_logger.info("WEBSOCKET %s %d %.1fms id=%s", path, status, seconds * 1000, request_id, extra=fields)
+            if self.metrics is not None:
+                self.metrics.observe_request(route_template(scope), "WEBSOCKET", status, seconds)
             _request_id.reset(token)
 
 
@@ -194,13 +234,31 @@ class ApiKeyMiddleware:
             ok |= hmac.compare_digest(digest, candidate)
         return ok
 
+    def websocket_authorized(self, scope: Scope) -> bool:
+        """A WebSocket's key: the Authorization header, or the browser form, a subprotocol
+        `openai-insecure-api-key.<key>` (browsers cannot set headers on a WebSocket)."""
+        if self.authorized(Headers(scope=scope).get("authorization")):
+            return True
+        for protocol in scope.get("subprotocols", ()):
+            if protocol.startswith(INSECURE_KEY_SUBPROTOCOL) and self.authorized(
+                f"Bearer {protocol[len(INSECURE_KEY_SUBPROTOCOL) :]}"
+            ):
+                return True
+        return False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 unless the request is exempt or carries an accepted key."""
+        if scope["type"] == "websocket":
+            if self.websocket_authorized(scope):
+                await self.app(scope, receive, send)
+            else:
+                await reject_websocket(scope, receive, send, invalid_api_key())
+            return
         if scope["type"] != "http" or is_exempt(scope["method"], scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         if not self.authorized(Headers(scope=scope).get("authorization")):
-            await invalid_api_key().response()(scope, receive, send)
+            await error_response(invalid_api_key())(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -228,7 +286,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
-            await request_too_large(self.max_bytes).response()(scope, receive, send)
+            await error_response(request_too_large(self.max_bytes))(scope, receive, send)
             return
         state: dict[str, Any] = {"received": 0, "exceeded": False, "started": False, "replaced": False}
 
@@ -268,7 +326,7 @@ class BodyLimitMiddleware:
         async def no_body() -> Message:
             return {"type": "http.disconnect"}
 
-        await request_too_large(self.max_bytes).response()(scope, no_body, send)
+        await error_response(request_too_large(self.max_bytes))(scope, no_body, send)
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
@@ -281,9 +339,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
 
     def engines() -> dict[str, Any]:
         found = getattr(services(), "engines", None)
-        if found is None:
-            return {}
-        return {name: getattr(found, name) for name in ("llm", "tts") if hasattr(found, name)}
+        return {} if found is None else dict(found.roles())
 
     metrics.set_live_sources(admission=lambda: getattr(services(), "admission", None), engines=engines)
     install_log_filter()

@@ -1,4 +1,6 @@
-"""SNAC streaming decode: frames in, 24 kHz s16le PCM out, each frame emitted exactly once.
+"""SNAC streaming decode: windows of every live stream decoded in batches on one worker thread.
+
+Which frames go into a window is `snac_windows`'s business (summarised here); the model is `snac_model`'s.
 
 Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L, `snac_frames_per_decode` K;
 defaults C=2, L=1, K=2): frames are emitted in chunks. A chunk of k frames starting at frame f is
@@ -35,147 +37,17 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .orpheus import SAMPLES_PER_FRAME, frames_to_levels
-
-if TYPE_CHECKING:
-    from .snac_graphs import GraphSet
+from .orpheus import frames_to_levels
+from .snac_graphs import GraphSet
+from .snac_model import decode_pcm
+from .snac_windows import Window, WindowShape
 
 logger = logging.getLogger(__name__)
-
-Frame = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Window:
-    """Frames to decode together, and which of them to emit."""
-
-    frames: tuple[Frame, ...]
-    emit: int
-    """Index in `frames` of the first frame whose samples are emitted."""
-    count: int = 1
-    """How many frames, from `emit` on, are emitted."""
-
-    @property
-    def shape(self) -> WindowShape:
-        """(frames decoded, first emitted, emitted): windows of one shape decode as one batch."""
-        return (len(self.frames), self.emit, self.count)
-
-
-WindowShape = tuple[int, int, int]
-
-
-class WindowPlanner:
-    """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
-
-    def __init__(self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1) -> None:
-        self.context = context_frames
-        self.lookahead = lookahead_frames
-        self.frames_per_decode = frames_per_decode
-        self._frames: list[Frame] = []
-        self._next_emit = 0
-        self._emitted = 0
-
-    def _chunk(self) -> int:
-        # 1, 2, 4, ... frames: the first audio as early as possible, then fewer, larger decodes.
-        return min(self.frames_per_decode, self._emitted + 1)
-
-    def _take(self, count: int) -> Window:
-        first = self._next_emit
-        start = max(0, first - self.context)
-        end = min(len(self._frames), first + count + self.lookahead)
-        self._next_emit += count
-        self._emitted += count
-        return Window(tuple(self._frames[start:end]), first - start, count)
-
-    def add(self, frames: Sequence[Frame]) -> list[Window]:
-        """Add complete frames; return the windows whose frames can now be emitted."""
-        self._frames.extend(frames)
-        ready = []
-        while self._next_emit + self._chunk() + self.lookahead <= len(self._frames):
-            ready.append(self._take(self._chunk()))
-        self._trim()
-        return ready
-
-    def finish(self) -> list[Window]:
-        """End of stream: the windows of the frames still waiting for lookahead."""
-        ready = []
-        while self._next_emit < len(self._frames):
-            ready.append(self._take(min(self._chunk(), len(self._frames) - self._next_emit)))
-        return ready
-
-    def _trim(self) -> None:
-        # Keep only the frames later windows can still need, so memory stays O(C + K + L).
-        drop = max(0, self._next_emit - self.context)
-        if drop > 64:
-            del self._frames[:drop]
-            self._next_emit -= drop
-
-
-@dataclass(frozen=True)
-class WindowPolicy:
-    """The window settings (see the module docstring): context C, lookahead L, frames per decode K."""
-
-    context_frames: int = 2
-    lookahead_frames: int = 1
-    frames_per_decode: int = 2
-
-    def planner(self) -> WindowPlanner:
-        """A planner for one stream."""
-        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode)
-
-    @property
-    def steady_shape(self) -> WindowShape:
-        """The shape of every window once a stream is past its first few frames."""
-        decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames
-        return (decoded, self.context_frames, self.frames_per_decode)
-
-
-def load_snac(name_or_path: str, device: str) -> torch.nn.Module:
-    """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id, ready for
-    inference: eval mode, weight norm folded into the weights (the same outputs, without recomputing
-    every weight on every decode)."""
-    from snac import SNAC
-
-    from ..engines.loading import ModelLoadError
-
-    try:
-        model = SNAC.from_pretrained(str(name_or_path))
-    except Exception as exc:  # hub errors come in many types
-        raise ModelLoadError(
-            f"Could not load the SNAC decoder '{name_or_path}': {exc}. Check network access to the "
-            "Hugging Face Hub (set HF_TOKEN if needed) or pass a local path, or run with --demo "
-            "for the offline demo profile."
-        ) from exc
-    fold_weight_norm(model)
-    return model.to(device).eval()
-
-
-def fold_weight_norm(model: torch.nn.Module) -> None:
-    """Replace every weight-norm parametrization by the plain weight it computes."""
-    from torch.nn.utils import parametrize
-
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when available, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def decode_pcm(model: Any, codes: Sequence[torch.Tensor], shape: WindowShape) -> torch.Tensor:
-    """SNAC decode of a batch of windows of one shape -> the emitted samples as int16 [B, 2048 * count]."""
-    _, emit, count = shape
-    audio = model.decode(list(codes))[:, 0, emit * SAMPLES_PER_FRAME : (emit + count) * SAMPLES_PER_FRAME]
-    return (audio.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)
 
 
 @dataclass
@@ -217,8 +89,6 @@ class SnacDecoder:
         """On CUDA, capture CUDA graphs for windows of `shape` (on the worker, between batches)."""
         if not self.device.startswith("cuda"):
             return
-        from .snac_graphs import GraphSet
-
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 

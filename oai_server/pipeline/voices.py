@@ -20,8 +20,10 @@ unknown name is a 400.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .errors import invalid
+from ..errors import invalid
+from .speech import VoiceOptions
 
 OPENAI_VOICE_ALIASES: dict[str, str] = {
     "alloy": "tara",
@@ -52,3 +54,35 @@ def resolve_voice(requested: str | None, voices: Sequence[str], default: str, pa
         return alias if alias in voices else default
     offered = ", ".join([*voices, *OPENAI_VOICE_ALIASES])
     raise invalid(f"Unknown voice '{requested}'. Supported voices are: {offered}.", param, "invalid_value")
+
+
+@dataclass(frozen=True)
+class VoiceCatalog:
+    """The configured voices and the server's Orpheus sampling defaults: voice names -> `VoiceOptions`."""
+
+    voices: tuple[str, ...]
+    default: str
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+
+    def options(
+        self,
+        voice: str | None,
+        *,
+        param: str = "voice",
+        temperature: float | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+    ) -> VoiceOptions:
+        """Sampling options for a voice name (400 naming `param` if unknown), defaults for what is not given."""
+        return VoiceOptions(
+            voice=resolve_voice(voice, self.voices, self.default, param),
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p if top_p is None else top_p,
+            repetition_penalty=self.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+        )

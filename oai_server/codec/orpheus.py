@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .tokenizer import TextTokenizer
+
 START_OF_HUMAN = 128259
 END_OF_TEXT = 128009
 END_OF_HUMAN = 128260
@@ -44,6 +46,11 @@ REAL_TIME_TOKENS_PER_SECOND = TOKENS_PER_FRAME * SAMPLE_RATE / SAMPLES_PER_FRAME
 def build_prompt_ids(text_token_ids: Sequence[int]) -> list[int]:
     """Wrap the tokenized ``"voice: text"`` (BOS included by the tokenizer) in Orpheus's markers."""
     return [START_OF_HUMAN, *text_token_ids, *PROMPT_SUFFIX]
+
+
+def speech_prompt(tokenizer: TextTokenizer, voice: str, text: str) -> list[int]:
+    """The Orpheus prompt ids for `text` in `voice`: the tokenized ``"voice: text"`` wrapped in markers."""
+    return build_prompt_ids(tokenizer.encode(f"{voice}: {text}", add_special_tokens=True))
 
 
 def slot_band(position: int) -> range:

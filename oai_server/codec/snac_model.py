@@ -1,0 +1,54 @@
+"""The SNAC 24 kHz decoder model: loading (weight norm folded), device choice, one batched decode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .orpheus import SAMPLES_PER_FRAME
+from .snac_windows import WindowShape
+
+
+def load_snac(name_or_path: str, device: str) -> torch.nn.Module:
+    """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id, ready for
+    inference: eval mode, weight norm folded into the weights (the same outputs, without recomputing
+    every weight on every decode)."""
+    from snac import SNAC
+
+    from ..errors import ModelLoadError
+
+    try:
+        model = SNAC.from_pretrained(str(name_or_path))
+    except Exception as exc:  # hub errors come in many types
+        raise ModelLoadError(
+            f"Could not load the SNAC decoder '{name_or_path}': {exc}. Check network access to the "
+            "Hugging Face Hub (set HF_TOKEN if needed) or pass a local path, or run with --demo "
+            "for the offline demo profile."
+        ) from exc
+    fold_weight_norm(model)
+    return model.to(device).eval()
+
+
+def fold_weight_norm(model: torch.nn.Module) -> None:
+    """Replace every weight-norm parametrization by the plain weight it computes."""
+    from torch.nn.utils import parametrize
+
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def decode_pcm(model: Any, codes: Sequence[torch.Tensor], shape: WindowShape) -> torch.Tensor:
+    """SNAC decode of a batch of windows of one shape -> the emitted samples as int16 [B, 2048 * count]."""
+    _, emit, count = shape
+    audio = model.decode(list(codes))[:, 0, emit * SAMPLES_PER_FRAME : (emit + count) * SAMPLES_PER_FRAME]
+    return (audio.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)

@@ -1,0 +1,116 @@
+"""SNAC streaming windows: which frames to decode together so each frame is emitted exactly once.
+
+Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L, `snac_frames_per_decode` K;
+defaults C=2, L=1, K=2): frames are emitted in chunks. A chunk of k frames starting at frame f is
+emitted once frame f+k-1+L is known (or at the end of the stream), by decoding frames
+``[f-C, f+k-1+L]`` (clipped to what exists) and keeping the 2048*k samples that belong to the chunk.
+Chunk sizes ramp up 1, 2, 4, ... to K, so:
+
+* every frame is emitted once, in order, as exactly 2048 samples: n frames -> 2048*n samples,
+  with nothing trimmed at the start and the tail flushed at the end;
+* the first audio needs L+1 frames = 14 tokens with L=1 (Canopy's reference needs 28 and never
+  plays the first frame or the last two);
+* in steady state each decode covers C+K+L frames for K emitted ones: 2.5 decoded frames per
+  emitted frame with the defaults, against 4 for Canopy's (and K=1's) one-frame-per-window scheme.
+  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps, which a client
+  pre-buffer must cover when generation runs just at real time. Steady windows have one static
+  shape, so they batch across streams and run as CUDA graphs on a GPU (`snac_graphs.py`).
+
+Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames, so
+more left context is cheap (it only widens a batched decode) while every frame of lookahead
+adds 85 ms to the first audio. L=1 gives 2048 samples of right context; the seams it leaves
+are below SNAC's own per-call noise (its NoiseBlocks add fresh noise on every decode). Set
+L=2 for Canopy's right context at +85 ms latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Frame = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames to decode together, and which of them to emit."""
+
+    frames: tuple[Frame, ...]
+    emit: int
+    """Index in `frames` of the first frame whose samples are emitted."""
+    count: int = 1
+    """How many frames, from `emit` on, are emitted."""
+
+    @property
+    def shape(self) -> WindowShape:
+        """(frames decoded, first emitted, emitted): windows of one shape decode as one batch."""
+        return (len(self.frames), self.emit, self.count)
+
+
+WindowShape = tuple[int, int, int]
+
+
+class WindowPlanner:
+    """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
+
+    def __init__(self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1) -> None:
+        self.context = context_frames
+        self.lookahead = lookahead_frames
+        self.frames_per_decode = frames_per_decode
+        self._frames: list[Frame] = []
+        self._next_emit = 0
+        self._emitted = 0
+
+    def _chunk(self) -> int:
+        # 1, 2, 4, ... frames: the first audio as early as possible, then fewer, larger decodes.
+        return min(self.frames_per_decode, self._emitted + 1)
+
+    def _take(self, count: int) -> Window:
+        first = self._next_emit
+        start = max(0, first - self.context)
+        end = min(len(self._frames), first + count + self.lookahead)
+        self._next_emit += count
+        self._emitted += count
+        return Window(tuple(self._frames[start:end]), first - start, count)
+
+    def add(self, frames: Sequence[Frame]) -> list[Window]:
+        """Add complete frames; return the windows whose frames can now be emitted."""
+        self._frames.extend(frames)
+        ready = []
+        while self._next_emit + self._chunk() + self.lookahead <= len(self._frames):
+            ready.append(self._take(self._chunk()))
+        self._trim()
+        return ready
+
+    def finish(self) -> list[Window]:
+        """End of stream: the windows of the frames still waiting for lookahead."""
+        ready = []
+        while self._next_emit < len(self._frames):
+            ready.append(self._take(min(self._chunk(), len(self._frames) - self._next_emit)))
+        return ready
+
+    def _trim(self) -> None:
+        # Keep only the frames later windows can still need, so memory stays O(C + K + L).
+        drop = max(0, self._next_emit - self.context)
+        if drop > 64:
+            del self._frames[:drop]
+            self._next_emit -= drop
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """The window settings (see the module docstring): context C, lookahead L, frames per decode K."""
+
+    context_frames: int = 2
+    lookahead_frames: int = 1
+    frames_per_decode: int = 2
+
+    def planner(self) -> WindowPlanner:
+        """A planner for one stream."""
+        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode)
+
+    @property
+    def steady_shape(self) -> WindowShape:
+        """The shape of every window once a stream is past its first few frames."""
+        decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames
+        return (decoded, self.context_frames, self.frames_per_decode)

@@ -1,0 +1,52 @@
+"""Latency and throughput metrics of one reply: first token, first audio, real-time factor, frames, aborts."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+
+
+class StreamMeter:
+    """Times one reply for the metrics: first token, first audio, real-time factor, frames, aborts."""
+
+    def __init__(self, metrics: Metrics | None, endpoint: str) -> None:
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.start = time.monotonic()
+        self.first_token_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.finished = False
+
+    def first_token(self) -> None:
+        """The first text token of the reply arrived."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.observe_ttft(self.first_token_at - self.start)
+
+    def first_audio(self) -> None:
+        """The first audio bytes of the reply are being sent."""
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.observe_ttfa(self.endpoint, self.first_audio_at - self.start)
+
+    def finish(self, frames: int) -> None:
+        """The reply is complete: record its real-time factor and frames."""
+        self.finished = True
+        if self.metrics is None or frames <= 0:
+            return
+        audio_seconds = frames * SAMPLES_PER_FRAME / SAMPLE_RATE
+        self.metrics.observe_rtf(self.endpoint, (time.monotonic() - self.start) / audio_seconds)
+        self.metrics.count_frames(frames)
+
+    def close(self, engines: tuple[str, ...]) -> None:
+        """Called when the reply's stream closes: an unfinished reply aborted its engine requests."""
+        if not self.finished and self.metrics is not None:
+            for engine in engines:
+                self.metrics.count_abort(engine)

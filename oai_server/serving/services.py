@@ -1,0 +1,63 @@
+"""The serving objects of one running server, built on its engines: what the routes use."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..engines.bundle import Engines
+from ..engines.factory import window_policy
+from ..metrics import Metrics
+from ..pipeline.speech import SpeechSynthesizer
+from ..pipeline.voices import VoiceCatalog
+from ..settings import Settings
+from .admission import Admission
+from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
+from .chat import ChatServing
+from .reply import ReplyService
+from .speech import SpeechServing
+
+
+@dataclass
+class Services:
+    """What the routes use; built once per app in the lifespan."""
+
+    settings: Settings
+    engines: Engines
+    voices: VoiceCatalog
+    replies: ReplyService
+    speech: SpeechServing
+    chat: ChatServing
+    admission: Admission
+    audio_store: AudioStore
+    started_at: float = field(default_factory=time.time)
+
+
+def build_services(settings: Settings, engines: Engines, metrics: Metrics | None = None) -> Services:
+    """Wire the serving objects onto the engines."""
+    synthesizer = SpeechSynthesizer(
+        engines.tts,
+        engines.tts_tokenizer,
+        engines.snac,
+        windows=window_policy(settings),
+        tokens_per_char=settings.tts_tokens_per_char,
+        max_tokens=settings.tts_max_tokens,
+        max_model_len=settings.tts_max_model_len,
+    )
+    store: AudioStore = (
+        RedisAudioStore(settings.redis_url) if settings.redis_url else MemoryAudioStore(settings.audio_cache_size)
+    )
+    voices = VoiceCatalog(
+        tuple(settings.voices),
+        settings.default_voice,
+        settings.tts_temperature,
+        settings.tts_top_p,
+        settings.tts_repetition_penalty,
+    )
+    replies = ReplyService(
+        settings, engines.llm, engines.llm_tokenizer, engines.llm_stop_token_ids, synthesizer, store, metrics
+    )
+    speech = SpeechServing(settings, synthesizer, voices, metrics)
+    chat = ChatServing(settings, replies, store, voices)
+    admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
+    return Services(settings, engines, voices, replies, speech, chat, admission, store)
