@@ -1,0 +1,1 @@
+"""The codec layer: the Orpheus token layout, SNAC decoding, and audio containers."""
