@@ -1,0 +1,1 @@
+"""Wire types of the OpenAI API surface: requests validated, responses built and documented."""
