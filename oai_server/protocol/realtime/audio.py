@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, Tag
 
-from .base import ClientModel, discriminate, tag
+from .base import ClientModel, by_kind, discriminate, tag
 
 
 class PCMFormat(ClientModel):
@@ -131,7 +131,10 @@ class VoiceId(ClientModel):
     id: str
 
 
-Voice = str | VoiceId
+Voice = Annotated[
+    Annotated[str, Tag(tag("string"))] | Annotated[VoiceId, Tag(tag("object"))],
+    by_kind("a voice name or an object with an id"),
+]
 """A built-in voice name (ours, or OpenAI's: alloy … marin, cedar) or a custom `{id}`."""
 
 

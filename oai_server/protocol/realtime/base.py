@@ -19,6 +19,7 @@ from oai_server.errors import APIError
 
 _TAG = "="
 _UNION_ERROR = "invalid_union_member"
+_KIND_ERROR = "invalid_kind"
 
 
 def new_id(prefix: str) -> str:
@@ -63,6 +64,32 @@ def discriminate(key: str, aliases: dict[str, str] | None = None) -> Discriminat
         custom_error_type=f"{_UNION_ERROR}:{key}",
         custom_error_message=f"'{key}' is missing or not one of the accepted values",
     )
+
+
+def _json_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return tag("boolean")
+    if isinstance(value, int):
+        return tag("integer")
+    if isinstance(value, float):
+        return tag("number")
+    if isinstance(value, str):
+        return tag("string")
+    if isinstance(value, dict | BaseModel):
+        return tag("object")
+    if isinstance(value, list):
+        return tag("array")
+    return None
+
+
+def by_kind(expected: str) -> Discriminator:
+    """A discriminator on the JSON kind of the value (`integer`, `string`, `object`, …; tags via `tag`).
+
+    For unions like `int | "inf"` or `"auto" | {…}`: without it pydantic's smart union puts
+    member labels (`constrained-int`, `literal['inf']`) into error locations. A kind no member
+    takes is an `invalid_type` error saying `expected`.
+    """
+    return Discriminator(_json_kind, custom_error_type=_KIND_ERROR, custom_error_message=f"expected {expected}")
 
 
 def param_path(loc: Sequence[int | str]) -> str | None:
@@ -118,6 +145,8 @@ def client_error(exc: ValidationError, prefix: Sequence[str] = (), event_id: str
             event_id,
         )
     param = param_path(loc)
+    if kind == _KIND_ERROR:
+        return ClientEventError(f"Invalid type for '{param}': {first['msg']}.", param, "invalid_type", event_id)
     if kind in _MISSING:
         return ClientEventError(
             f"Missing required parameter: '{param}'.", param, "missing_required_parameter", event_id

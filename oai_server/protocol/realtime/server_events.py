@@ -152,7 +152,7 @@ class TranscriptionCompletedEvent(_ServerEvent):
 
 
 class ErrorDetail(ServerModel):
-    """The `error` of an `error` event (and of a failed transcription)."""
+    """The `error` of an `error` event."""
 
     type: str = "invalid_request_error"
     code: str | None = None
@@ -172,15 +172,24 @@ class ErrorDetail(ServerModel):
         )
 
 
+class TranscriptionError(ServerModel):
+    """The `error` of a failed transcription (no `event_id`: no client event caused it)."""
+
+    type: str = "server_error"
+    code: str | None = None
+    message: str
+    param: str | None = None
+
+
 class TranscriptionFailedEvent(_ServerEvent):
-    """`conversation.item.input_audio_transcription.failed`."""
+    """`conversation.item.input_audio_transcription.failed`: the item stays, without a transcript."""
 
     type: Literal["conversation.item.input_audio_transcription.failed"] = (
         "conversation.item.input_audio_transcription.failed"
     )
     item_id: str
     content_index: int = 0
-    error: ErrorDetail
+    error: TranscriptionError
 
 
 class ResponseCreatedEvent(_ServerEvent):

@@ -20,6 +20,7 @@ from pydantic import (
     AliasChoices,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     model_serializer,
     model_validator,
 )
@@ -38,7 +39,7 @@ from .audio import (
     TurnDetection,
     TurnDetectionUpdate,
 )
-from .base import ClientEventError, ClientModel, new_id
+from .base import ClientEventError, ClientModel, by_kind, new_id, tag
 
 SESSION_TTL_S = 30 * 60
 """`expires_at` is this long after creation (OpenAI's session lifetime)."""
@@ -59,7 +60,10 @@ def audio_only() -> list[Literal["text", "audio"]]:
 Modalities = Annotated[list[Literal["text", "audio"]], AfterValidator(_one_modality)]
 """`output_modalities`: normalised to `["audio"]` or `["text"]`."""
 
-MaxOutputTokens = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
+MaxOutputTokens = Annotated[
+    Annotated[int, Field(ge=1, le=4096), Tag(tag("integer"))] | Annotated[Literal["inf"], Tag(tag("string"))],
+    by_kind("an integer or 'inf'"),
+]
 """1–4096 tokens, or `"inf"` for the model's limit."""
 
 
@@ -79,7 +83,11 @@ class ToolChoiceFunction(ClientModel):
     name: str
 
 
-ToolChoice = Literal["auto", "none", "required"] | ToolChoiceFunction
+ToolChoice = Annotated[
+    Annotated[Literal["auto", "none", "required"], Tag(tag("string"))]
+    | Annotated[ToolChoiceFunction, Tag(tag("object"))],
+    by_kind("'auto', 'none', 'required' or an object"),
+]
 
 
 class TracingConfig(ClientModel):
@@ -97,7 +105,10 @@ class RetentionRatio(ClientModel):
     retention_ratio: Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-Truncation = Literal["auto", "disabled"] | RetentionRatio
+Truncation = Annotated[
+    Annotated[Literal["auto", "disabled"], Tag(tag("string"))] | Annotated[RetentionRatio, Tag(tag("object"))],
+    by_kind("'auto', 'disabled' or an object"),
+]
 
 
 class PromptRef(ClientModel):
@@ -109,6 +120,11 @@ class PromptRef(ClientModel):
 
 
 IncludeItem = Literal["item.input_audio_transcription.logprobs"]
+
+Tracing = Annotated[
+    Annotated[Literal["auto"], Tag(tag("string"))] | Annotated[TracingConfig, Tag(tag("object"))],
+    by_kind("'auto' or an object"),
+]
 
 
 class SessionConfig(ClientModel):
@@ -122,7 +138,7 @@ class SessionConfig(ClientModel):
     max_output_tokens: MaxOutputTokens = "inf"
     tools: list[FunctionTool] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
-    tracing: Literal["auto"] | TracingConfig | None = None
+    tracing: Tracing | None = None
     truncation: Truncation = "auto"
     prompt: PromptRef | None = None
     include: list[IncludeItem] | None = None
@@ -273,7 +289,7 @@ class SessionUpdate(ClientModel):
     max_output_tokens: MaxOutputTokens | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
-    tracing: Literal["auto"] | TracingConfig | None = None
+    tracing: Tracing | None = None
     truncation: Truncation | None = None
     prompt: PromptRef | None = None
     include: list[IncludeItem] | None = None
