@@ -91,7 +91,7 @@ def _response(status: str = "completed") -> Response:
     )
 
 
-def _samples() -> list[se._ServerEvent]:
+def _samples() -> list[se.ServerEvent]:
     user = UserMessage(id="item_u", status="completed", content=[InputAudio(transcript=None), InputText(text="hi")])
     assistant = AssistantMessage(id="item_a", status="in_progress", content=[])
     part = {"response_id": "resp_1", "item_id": "item_a", "output_index": 0, "content_index": 0}
@@ -162,7 +162,7 @@ def test_every_emitted_type_has_a_sample() -> None:
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.type)
-def test_server_event_validates_against_the_sdk(event: se._ServerEvent) -> None:
+def test_server_event_validates_against_the_sdk(event: se.ServerEvent) -> None:
     frame = event.to_json()
     parsed = SDK_SERVER_EVENT.validate_json(frame)
     assert parsed.type == event.type
@@ -173,7 +173,7 @@ def test_server_event_validates_against_the_sdk(event: se._ServerEvent) -> None:
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.type)
-def test_the_sdk_check_catches_a_missing_required_field(event: se._ServerEvent) -> None:
+def test_the_sdk_check_catches_a_missing_required_field(event: se.ServerEvent) -> None:
     data = json.loads(event.to_json())
     sdk_cls = type(SDK_SERVER_EVENT.validate_python(data))
     required = [name for name, f in sdk_cls.model_fields.items() if f.is_required() and name != "type"]

@@ -36,7 +36,7 @@ from .items import (
     UserMessage,
 )
 from .responses import Response, ResponseCreateParams, StatusDetails, Usage
-from .server_events import SERVER_EVENT_TYPES, ErrorDetail, ErrorEvent, server_event_adapter
+from .server_events import SERVER_EVENT_TYPES, ErrorDetail, ErrorEvent, ServerEvent, server_event_adapter
 from .session import SessionConfig, SessionUpdate, merge_turn_detection
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "Response",
     "ResponseCreateParams",
     "SemanticVAD",
+    "ServerEvent",
     "ServerVAD",
     "SessionConfig",
     "SessionUpdate",

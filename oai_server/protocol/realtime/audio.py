@@ -58,7 +58,11 @@ SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
 
 
 class ServerVAD(ClientModel):
-    """Energy/model VAD that ends a turn after `silence_duration_ms` of silence."""
+    """VAD that ends a turn after `silence_duration_ms` of silence.
+
+    The spec bounds only `threshold` (0–1) and `idle_timeout_ms` (5–30 s); the 10 s caps on the
+    two durations are ours, so a client cannot make the server buffer unbounded audio.
+    """
 
     type: Literal["server_vad"] = "server_vad"
     threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, AliasChoices, Field, model_validator
 
 from .audio import AudioFormat, PCMFormat, Voice
 from .base import ClientModel, ServerModel, new_id
-from .items import Item, ResponseInputItem
+from .items import ConversationItem, ResponseInputItem
 from .session import FunctionTool, MaxOutputTokens, Modalities, ToolChoice, audio_only
 
 METADATA_MAX_PAIRS = 16
@@ -174,7 +174,7 @@ class Response(ServerModel):
     object: Literal["realtime.response"] = "realtime.response"
     status: ResponseStatus = "in_progress"
     status_details: StatusDetails | None = None
-    output: list[Item] = Field(default_factory=list)
+    output: list[ConversationItem] = Field(default_factory=list)
     conversation_id: str | None = None
     output_modalities: list[Literal["text", "audio"]] = Field(default_factory=audio_only)
     max_output_tokens: int | Literal["inf"] = "inf"

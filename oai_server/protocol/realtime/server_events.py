@@ -16,12 +16,14 @@ from pydantic import Field, Tag, TypeAdapter
 from oai_server.errors import APIError
 
 from .base import ServerModel, discriminate, new_id, tag
-from .items import ContentPart, Item
+from .items import ContentPart, ConversationItem
 from .responses import Response
 from .session import SessionConfig
 
 
-class _ServerEvent(ServerModel):
+class ServerEvent(ServerModel):
+    """Base of every server event: an `event_id` (`event_` + 20 hex digits) unless given."""
+
     event_id: str = Field(default_factory=lambda: new_id("event"))
 
     def to_json(self) -> str:
@@ -29,21 +31,21 @@ class _ServerEvent(ServerModel):
         return self.model_dump_json()
 
 
-class SessionCreatedEvent(_ServerEvent):
+class SessionCreatedEvent(ServerEvent):
     """`session.created`: first event of every connection."""
 
     type: Literal["session.created"] = "session.created"
     session: SessionConfig
 
 
-class SessionUpdatedEvent(_ServerEvent):
+class SessionUpdatedEvent(ServerEvent):
     """`session.updated`: the whole session after a `session.update`."""
 
     type: Literal["session.updated"] = "session.updated"
     session: SessionConfig
 
 
-class InputAudioBufferCommittedEvent(_ServerEvent):
+class InputAudioBufferCommittedEvent(ServerEvent):
     """`input_audio_buffer.committed`: the buffer became user item `item_id`."""
 
     type: Literal["input_audio_buffer.committed"] = "input_audio_buffer.committed"
@@ -51,13 +53,13 @@ class InputAudioBufferCommittedEvent(_ServerEvent):
     previous_item_id: str | None = None
 
 
-class InputAudioBufferClearedEvent(_ServerEvent):
+class InputAudioBufferClearedEvent(ServerEvent):
     """`input_audio_buffer.cleared`."""
 
     type: Literal["input_audio_buffer.cleared"] = "input_audio_buffer.cleared"
 
 
-class InputAudioBufferSpeechStartedEvent(_ServerEvent):
+class InputAudioBufferSpeechStartedEvent(ServerEvent):
     """`input_audio_buffer.speech_started`: `audio_start_ms` into the buffer's audio since the session began."""
 
     type: Literal["input_audio_buffer.speech_started"] = "input_audio_buffer.speech_started"
@@ -65,7 +67,7 @@ class InputAudioBufferSpeechStartedEvent(_ServerEvent):
     item_id: str
 
 
-class InputAudioBufferSpeechStoppedEvent(_ServerEvent):
+class InputAudioBufferSpeechStoppedEvent(ServerEvent):
     """`input_audio_buffer.speech_stopped`."""
 
     type: Literal["input_audio_buffer.speech_stopped"] = "input_audio_buffer.speech_stopped"
@@ -73,7 +75,7 @@ class InputAudioBufferSpeechStoppedEvent(_ServerEvent):
     item_id: str
 
 
-class InputAudioBufferTimeoutTriggeredEvent(_ServerEvent):
+class InputAudioBufferTimeoutTriggeredEvent(ServerEvent):
     """`input_audio_buffer.timeout_triggered`: `idle_timeout_ms` passed with no speech."""
 
     type: Literal["input_audio_buffer.timeout_triggered"] = "input_audio_buffer.timeout_triggered"
@@ -82,30 +84,30 @@ class InputAudioBufferTimeoutTriggeredEvent(_ServerEvent):
     item_id: str
 
 
-class ConversationItemAddedEvent(_ServerEvent):
+class ConversationItemAddedEvent(ServerEvent):
     """`conversation.item.added`: an item entered the conversation (maybe still in progress)."""
 
     type: Literal["conversation.item.added"] = "conversation.item.added"
     previous_item_id: str | None = None
-    item: Item
+    item: ConversationItem
 
 
-class ConversationItemDoneEvent(_ServerEvent):
+class ConversationItemDoneEvent(ServerEvent):
     """`conversation.item.done`: the item is final."""
 
     type: Literal["conversation.item.done"] = "conversation.item.done"
     previous_item_id: str | None = None
-    item: Item
+    item: ConversationItem
 
 
-class ConversationItemRetrievedEvent(_ServerEvent):
+class ConversationItemRetrievedEvent(ServerEvent):
     """`conversation.item.retrieved`."""
 
     type: Literal["conversation.item.retrieved"] = "conversation.item.retrieved"
-    item: Item
+    item: ConversationItem
 
 
-class ConversationItemTruncatedEvent(_ServerEvent):
+class ConversationItemTruncatedEvent(ServerEvent):
     """`conversation.item.truncated`: the item's audio and transcript now end at `audio_end_ms`."""
 
     type: Literal["conversation.item.truncated"] = "conversation.item.truncated"
@@ -114,14 +116,14 @@ class ConversationItemTruncatedEvent(_ServerEvent):
     audio_end_ms: int
 
 
-class ConversationItemDeletedEvent(_ServerEvent):
+class ConversationItemDeletedEvent(ServerEvent):
     """`conversation.item.deleted`."""
 
     type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
     item_id: str
 
 
-class TranscriptionDeltaEvent(_ServerEvent):
+class TranscriptionDeltaEvent(ServerEvent):
     """`conversation.item.input_audio_transcription.delta`."""
 
     type: Literal["conversation.item.input_audio_transcription.delta"] = (
@@ -139,7 +141,7 @@ class TranscriptionUsage(ServerModel):
     seconds: float
 
 
-class TranscriptionCompletedEvent(_ServerEvent):
+class TranscriptionCompletedEvent(ServerEvent):
     """`conversation.item.input_audio_transcription.completed`."""
 
     type: Literal["conversation.item.input_audio_transcription.completed"] = (
@@ -181,7 +183,7 @@ class TranscriptionError(ServerModel):
     param: str | None = None
 
 
-class TranscriptionFailedEvent(_ServerEvent):
+class TranscriptionFailedEvent(ServerEvent):
     """`conversation.item.input_audio_transcription.failed`: the item stays, without a transcript."""
 
     type: Literal["conversation.item.input_audio_transcription.failed"] = (
@@ -192,39 +194,39 @@ class TranscriptionFailedEvent(_ServerEvent):
     error: TranscriptionError
 
 
-class ResponseCreatedEvent(_ServerEvent):
+class ResponseCreatedEvent(ServerEvent):
     """`response.created`."""
 
     type: Literal["response.created"] = "response.created"
     response: Response
 
 
-class ResponseDoneEvent(_ServerEvent):
+class ResponseDoneEvent(ServerEvent):
     """`response.done`: every response ends with one, cancelled ones too."""
 
     type: Literal["response.done"] = "response.done"
     response: Response
 
 
-class ResponseOutputItemAddedEvent(_ServerEvent):
+class ResponseOutputItemAddedEvent(ServerEvent):
     """`response.output_item.added`."""
 
     type: Literal["response.output_item.added"] = "response.output_item.added"
     response_id: str
     output_index: int
-    item: Item
+    item: ConversationItem
 
 
-class ResponseOutputItemDoneEvent(_ServerEvent):
+class ResponseOutputItemDoneEvent(ServerEvent):
     """`response.output_item.done`."""
 
     type: Literal["response.output_item.done"] = "response.output_item.done"
     response_id: str
     output_index: int
-    item: Item
+    item: ConversationItem
 
 
-class _PartRef(_ServerEvent):
+class _PartRef(ServerEvent):
     response_id: str
     item_id: str
     output_index: int
@@ -295,14 +297,14 @@ class RateLimit(ServerModel):
     reset_seconds: float
 
 
-class RateLimitsUpdatedEvent(_ServerEvent):
+class RateLimitsUpdatedEvent(ServerEvent):
     """`rate_limits.updated`."""
 
     type: Literal["rate_limits.updated"] = "rate_limits.updated"
     rate_limits: list[RateLimit]
 
 
-class ErrorEvent(_ServerEvent):
+class ErrorEvent(ServerEvent):
     """`error`: the session goes on unless the server closes it."""
 
     type: Literal["error"] = "error"
@@ -314,7 +316,7 @@ class ErrorEvent(_ServerEvent):
         return cls(error=ErrorDetail.of(exc, event_id))
 
 
-_SERVER_EVENTS: tuple[type[_ServerEvent], ...] = (
+_SERVER_EVENTS: tuple[type[ServerEvent], ...] = (
     SessionCreatedEvent, SessionUpdatedEvent,
     InputAudioBufferCommittedEvent, InputAudioBufferClearedEvent, InputAudioBufferSpeechStartedEvent,
     InputAudioBufferSpeechStoppedEvent, InputAudioBufferTimeoutTriggeredEvent,
@@ -329,12 +331,12 @@ _SERVER_EVENTS: tuple[type[_ServerEvent], ...] = (
     RateLimitsUpdatedEvent, ErrorEvent,
 )  # fmt: skip
 
-SERVER_EVENT_TYPES: dict[str, type[_ServerEvent]] = {cls.model_fields["type"].default: cls for cls in _SERVER_EVENTS}
+SERVER_EVENT_TYPES: dict[str, type[ServerEvent]] = {cls.model_fields["type"].default: cls for cls in _SERVER_EVENTS}
 """Every server event type we emit, by its `type`."""
 
 
 @cache
-def server_event_adapter() -> TypeAdapter[_ServerEvent]:
+def server_event_adapter() -> TypeAdapter[ServerEvent]:
     """A TypeAdapter over all server events, discriminated on `type` (tests and tools validate with it)."""
     members = tuple(Annotated[cls, Tag(tag(name))] for name, cls in SERVER_EVENT_TYPES.items())
     union: Any = Annotated[Union[members], discriminate("type")]  # noqa: UP007 (built from a runtime tuple)
