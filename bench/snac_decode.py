@@ -102,7 +102,12 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
         if graphs:
             from oai_server.pipeline.snac_graphs import GraphSet
 
-            graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
+            try:
+                graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
+            except RuntimeError as exc:  # a precision the graphs cannot take: say so, time the others
+                rows.append({"scheme": name, "precision": precision, "error": f"capture: {str(exc)[:200]}"})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
         for batch in args.batch:
             levels = windows(batch, shape[0])
             if graph_set is not None:
