@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
-from _common import StreamResult, percentile, summarize
+from _common import SENTENCES, StreamResult, percentile, summarize
 from capacity import Criteria, evaluate
 from clients import RequestSpec, Seeds, chat_max_tokens, request_fn, speech_text
 
@@ -76,7 +76,7 @@ def spec_for(mode: str, index: int, seconds: float, args: argparse.Namespace, se
     """The request asking for `seconds` of speech."""
     if mode == "speech":
         return RequestSpec(speech_text(seconds, args.tokens_per_char, index), seed=seed, target_audio_s=seconds)
-    text = args.text or speech_text(1.0, args.tokens_per_char, index)
+    text = args.text or SENTENCES[index % len(SENTENCES)]
     return RequestSpec(text, chat_max_tokens(seconds, args.chat_tokens_per_s), seed, seconds)
 
 
