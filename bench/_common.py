@@ -77,6 +77,21 @@ class StreamResult:
     """Chat only: when the first transcript arrived (the first segment was cut and its TTS started)."""
     first_text_words: int | None = None
     """Chat only: words in that first transcript."""
+    first_text: str | None = None
+    """Chat only: that first transcript."""
+    status: int | None = None
+    """HTTP status of the response (None when no response came)."""
+    headers_s: float | None = None
+    """When the response headers arrived (for a 429: the time to the refusal)."""
+    retry_after_s: float | None = None
+    """The `retry-after` header of a 429 or 503."""
+    hung: bool = False
+    """The client gave up: no end of the stream within its deadline."""
+    sent_at_s: float | None = None
+    """When the request was sent, in seconds from the start of its run (arrival models)."""
+    seed: int | None = None
+    target_audio_s: float | None = None
+    """The speech length the arrival model asked for (None in bursts)."""
     arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
     """(seconds since the request was sent, cumulative samples received) per audio chunk."""
 
@@ -90,6 +105,11 @@ class StreamResult:
         self.underruns, stall_s = simulate_playback(self.arrivals, wall_s, prebuffer_ms / 1000)
         self.stall_ms = stall_s * 1000
         return self
+
+    @property
+    def refused(self) -> bool:
+        """Admission refused the request (429): counted apart from failures."""
+        return self.status == 429
 
     def public(self) -> dict[str, Any]:
         """The JSON form (without the per-chunk arrivals)."""
@@ -144,19 +164,28 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) -> dict[str, Any]:
-    """The per-level report: percentiles, zero-underrun streams, aggregate audio tokens/s."""
+    """The per-level report: percentiles, zero-underrun streams, aggregate audio tokens/s.
+
+    `errors` are failures other than admission refusals; 429s are counted in `refused_429`, with
+    the time to the refusal and the `retry-after` they carried.
+    """
     ok = [r for r in results if r.ok]
+    refused = [r for r in results if r.refused]
     samples = sum(r.audio_s for r in ok) * SAMPLE_RATE
     tokens = samples / SAMPLES_PER_FRAME * TOKENS_PER_FRAME
     zero = sum(1 for r in ok if r.underruns == 0)
-    errors = [r.error for r in results if not r.ok]
+    errors = [r.error for r in results if not r.ok and not r.refused]
     return {
         "concurrency": concurrency,
         "requests": len(results),
         "ok": len(ok),
         "errors": len(errors),
         "error_samples": sorted(set(e for e in errors if e))[:5],
-        "ttfa_ms": {k: None if v is None else v * 1000 for k, v in spread([r.ttfa_s for r in ok if r.ttfa_s]).items()},
+        "refused_429": len(refused),
+        "time_to_429_ms": _ms(spread([r.headers_s for r in refused if r.headers_s is not None])),
+        "retry_after_s": sorted({r.retry_after_s for r in refused if r.retry_after_s is not None}),
+        "hung": sum(1 for r in results if r.hung),
+        "ttfa_ms": _ms(spread([r.ttfa_s for r in ok if r.ttfa_s])),
         "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
         **_first_text(ok),
         "underruns": spread([float(r.underruns) for r in ok]),
@@ -173,6 +202,10 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
     }
 
 
+def _ms(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else v * 1000 for k, v in values.items()}
+
+
 def _first_text(results: Sequence[StreamResult]) -> dict[str, Any]:
     """Chat's split of TTFA: time to the first transcript (LLM + segmenter) and that segment's words."""
     times = [r.first_text_s * 1000 for r in results if r.first_text_s is not None]
@@ -184,17 +217,6 @@ def _first_text(results: Sequence[StreamResult]) -> dict[str, Any]:
     }
 
 
-def capacity(levels: Sequence[dict[str, Any]], ttfa_p95_ms: float) -> dict[str, Any]:
-    """Largest N whose streams all succeeded with zero underruns (and also with TTFA p95 <= limit)."""
-    clean = [lv for lv in levels if lv["requests"] and lv["streams_zero_underruns"] == lv["requests"]]
-    fast = [lv for lv in clean if (lv["ttfa_ms"]["p95"] or math.inf) <= ttfa_p95_ms]
-    return {
-        "largest_n_zero_underruns": max((lv["concurrency"] for lv in clean), default=0),
-        "largest_n_zero_underruns_ttfa_ok": max((lv["concurrency"] for lv in fast), default=0),
-        "ttfa_p95_threshold_ms": ttfa_p95_ms,
-    }
-
-
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -202,44 +224,19 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 def table(title: str, levels: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table of the levels of one mode."""
     head = (
-        f"{'N':>5} {'ok':>5} {'err':>4} {'ttfa50':>7} {'ttfa95':>7} {'ttfa99':>7} {'rtf50':>6} {'rtf95':>6} "
-        f"{'und95':>6} {'0-und':>6} {'agg tok/s':>10} {'text50':>7}"
+        f"{'N':>5} {'ok':>5} {'err':>4} {'429':>4} {'ttfa50':>7} {'ttfa95':>7} {'ttfa99':>7} {'rtf50':>6} "
+        f"{'rtf99':>6} {'und95':>6} {'0-und':>6} {'agg tok/s':>10} {'text50':>7}"
     )
     lines = [title, head]
     for lv in levels:
         t, r = lv["ttfa_ms"], lv["rtf"]
         lines.append(
-            f"{lv['concurrency']:>5} {lv['ok']:>5} {lv['errors']:>4} {_fmt(t['p50']):>7} {_fmt(t['p95']):>7} "
-            f"{_fmt(t['p99']):>7} {_fmt(r['p50'], 2):>6} {_fmt(r['p95'], 2):>6} "
-            f"{_fmt(lv['underruns']['p95'], 1):>6} {lv['streams_zero_underruns']:>6} "
+            f"{lv['concurrency']:>5} {lv['ok']:>5} {lv['errors']:>4} {lv.get('refused_429', 0):>4} "
+            f"{_fmt(t['p50']):>7} {_fmt(t['p95']):>7} {_fmt(t['p99']):>7} {_fmt(r['p50'], 2):>6} "
+            f"{_fmt(r['p99'], 2):>6} {_fmt(lv['underruns']['p95'], 1):>6} {lv['streams_zero_underruns']:>6} "
             f"{lv['aggregate_audio_tokens_per_s']:>10.0f} {_fmt(lv.get('first_text_ms', {}).get('p50')):>7}"
         )
     return "\n".join(lines)
-
-
-def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """TTFA percentiles and the zero-underrun fraction vs N, one line per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, levels in results.items():
-        ns = [lv["concurrency"] for lv in levels]
-        for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
-            ax1.plot(ns, [lv["ttfa_ms"][q] or float("nan") for lv in levels], style, marker="o", label=f"{mode} {q}")
-        ax2.plot(ns, [lv["zero_underrun_fraction"] for lv in levels], marker="o", label=mode)
-    for ax, ylabel in ((ax1, "time to first audio (ms)"), (ax2, "streams with zero underruns")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent streams N")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    ax2.set_ylim(-0.05, 1.05)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -331,7 +328,7 @@ def decode_audio(data: bytes, fmt: str) -> tuple[int, int]:
     import av
 
     samples, rate = 0, 0
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         for frame in container.decode(audio=0):
             samples += frame.samples
             rate = frame.sample_rate

@@ -42,13 +42,13 @@ from _common import (
     SENTENCES,
     VOICE,
     StreamResult,
-    capacity,
     orpheus_params,
     orpheus_prompt,
     summarize,
     table,
     write_json,
 )
+from capacity import Criteria, capacity_block
 
 from oai_server.engines.base import SamplingParams, TokenEngine, new_request_id
 
@@ -280,7 +280,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 levels.append(await run_level(bench, mode, n))
                 print(f"[{mode}] N={n}: ok {levels[-1]['ok']}/{n}", flush=True)
             report["modes"][mode] = levels
-            report["capacity"][mode] = capacity(levels, args.ttfa_p95_ms)
+            criteria = Criteria(args.ttfa_p95_ms, args.rtf_p99_max, args.prebuffer_ms)
+            report["capacity"][mode] = capacity_block(levels, criteria)
     finally:
         await bench.engine.close()
         bench.synthesizer.decoder.close()
@@ -307,7 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--text", default=None)
     p.add_argument("--prebuffer-ms", type=float, default=250.0)
-    p.add_argument("--ttfa-p95-ms", type=float, default=1000.0)
+    p.add_argument("--ttfa-p95-ms", type=float, default=500.0, help="capacity: TTFA p95 limit")
+    p.add_argument("--rtf-p99-max", type=float, default=1.0, help="capacity: RTF p99 limit")
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--enforce-eager", action="store_true")
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(amain(args))
     for mode, levels in report["modes"].items():
         print(table(f"\n== {mode} ({args.engine}, {args.max_tokens} tokens/stream) ==", levels))
-        print(f"largest N with zero underruns: {report['capacity'][mode]['largest_n_zero_underruns']}")
+        cap = report["capacity"][mode]
+        print(f"capacity: {cap['capacity']}; largest N with zero underruns: {cap['largest_n_zero_underruns']}")
     if "ratio_ours_over_seed_real_time_streams" in report:
         print(f"real-time streams ours / seed: {report['ratio_ours_over_seed_real_time_streams']}")
     out = args.out or Path(tempfile.mkdtemp(prefix="oai-baselines-")) / "baselines.json"

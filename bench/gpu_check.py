@@ -201,8 +201,8 @@ class Checker:
         }
 
     def latency(self, speech_runs: int, chat_runs: int) -> dict[str, Any]:
-        """TTFA p50 of sequential speech (pcm) and streamed chat requests, via bench/load.py."""
-        import load
+        """TTFA p50 of sequential speech (pcm) and streamed chat requests, via bench/clients.py."""
+        import clients
 
         args = argparse.Namespace(
             speech_model=self.speech_model, chat_model=self.chat_model, voice="alloy", prebuffer_ms=250.0,
@@ -213,8 +213,8 @@ class Checker:
             async with httpx.AsyncClient(base_url=self.base, timeout=120) as client:
                 return [await fn(client, args, TEXT) for _ in range(runs)]
 
-        speech = asyncio.run(sequential(load.speech_stream, speech_runs))
-        chat = asyncio.run(sequential(load.chat_stream, chat_runs))
+        speech = asyncio.run(sequential(clients.speech_stream, speech_runs))
+        chat = asyncio.run(sequential(clients.chat_stream, chat_runs))
         ms = [r.ttfa_s * 1000 for r in speech if r.ok and r.ttfa_s]
         chat_ms = [r.ttfa_s * 1000 for r in chat if r.ok and r.ttfa_s]
         return {

@@ -1,14 +1,24 @@
-"""Load test of a running server over HTTP: N concurrent audio streams, swept over N.
+"""Load test of a running server over HTTP: bursts, a capacity search, Poisson arrivals, overload.
 
-Drives `/v1/audio/speech` (pcm, stream_format audio) and/or `/v1/chat/completions` with audio
-(modalities text+audio, pcm16, stream; `delta.audio.data` base64) with real sockets. Per stream
-it records time to first audio (for chat also time to the first transcript, i.e. the first segment
-cut from the LLM's reply, which splits TTFA into its LLM and TTS parts), the audio timeline against
-the wall clock, and a simulated player's underruns (start after `--prebuffer-ms` of audio, then real
-time). Per level it reports TTFA/RTF/underrun percentiles, streams with zero underruns and the
-aggregate audio tokens/s, and overall the largest N with zero underruns. No assertions on timings: it measures.
+Phases (each optional, run per mode, speech and/or chat; clients in `clients.py`):
+
+* bursts (`--concurrency 1,8,32`): N streams at once (`--requests-per-stream` each, one after
+  another), and the `capacity` block (`capacity.py`): per level which criteria held, and the
+  capacity, the largest N with 100 % success, zero underruns (`--prebuffer-ms` 250), RTF p99 <=
+  `--rtf-p99-max` (1) and TTFA p95 <= `--ttfa-p95-ms` (500; chat `--chat-ttfa-p95-ms`, 800);
+* `--search`: find the capacity by running bursts up a ladder and bisecting (`capacity.search`);
+* `--arrival-rates 0.5,1,2`: Poisson arrivals with the 1-20 s length mix (`arrivals.py`) for
+  `--arrival-duration-s` each, TTFA/underruns/RTF/429s against the offered load;
+* `--overload C`: offer `--overload-factor` (1.5) x C and check that admitted streams stay clean
+  and the rest get a 429 within `--refusal-target-s` (2 s), nothing hanging.
+
+Per stream it records time to first audio (for chat also the first transcript), the audio timeline
+against the wall clock and a simulated player's underruns. No assertions on timings: it measures.
+`--seed` seeds every request (base + request number); `--demo` does so by default.
 
     python bench/load.py --url http://127.0.0.1:8080 --mode both --concurrency 1,8,32,64,128 --out bench/out
+    python bench/load.py --url ... --mode speech --concurrency '' --search --search-max 512 --out ...
+    python bench/load.py --url ... --concurrency '' --arrival-rates 2,4,8 --arrival-duration-s 60 --out ...
     python bench/load.py --demo          # starts the CPU demo server itself, tiny sweep
 """
 
@@ -16,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -31,9 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     SENTENCES,
     StreamResult,
-    capacity,
     free_port,
-    plot,
     server_argv,
     start_process,
     stop_process,
@@ -43,115 +51,34 @@ from _common import (
     wait_ready,
     write_json,
 )
+from arrivals import mix_config, overload, run_rate
+from capacity import Criteria, capacity_block, search
+from clients import RequestSpec, Seeds, request_fn
+from plots import plot_arrivals, plot_bursts, plot_capacity
 
 DEMO_TEXT = "Hello there, how are you today?"
-
-
-def _headers(args: argparse.Namespace) -> dict[str, str]:
-    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-
-
-class _Recorder:
-    """Accumulates audio bytes of one stream into (time, cumulative samples) arrivals."""
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.result = StreamResult()
-        self._samples = 0
-
-    def add(self, data: bytes) -> None:
-        self.result.bytes += len(data)
-        samples = self.result.bytes // 2
-        if samples > self._samples:
-            self._samples = samples
-            self.result.arrivals.append((time.perf_counter() - self.started, samples))
-
-
-async def _http_error(response: httpx.Response) -> str:
-    body = (await response.aread()).decode(errors="replace")
-    return f"HTTP {response.status_code}: {body[:200]}"
-
-
-async def speech_stream(client: httpx.AsyncClient, args: argparse.Namespace, text: str) -> StreamResult:
-    """One `/v1/audio/speech` pcm stream."""
-    body = {
-        "model": args.speech_model,
-        "input": text,
-        "voice": args.voice,
-        "response_format": "pcm",
-        "stream_format": "audio",
-    }
-    rec = _Recorder(time.perf_counter())
-    try:
-        async with client.stream("POST", "/v1/audio/speech", json=body, headers=_headers(args)) as response:
-            if response.status_code != 200:
-                rec.result.error = await _http_error(response)
-                return rec.result
-            async for data in response.aiter_raw():
-                if data:
-                    rec.add(data)
-        rec.result.ok = rec.result.bytes > 0
-        rec.result.error = None if rec.result.ok else "no audio"
-    except (httpx.HTTPError, OSError) as exc:
-        rec.result.error = f"{type(exc).__name__}: {exc}"
-    return rec.result.finish(time.perf_counter() - rec.started, args.prebuffer_ms)
-
-
-async def chat_stream(client: httpx.AsyncClient, args: argparse.Namespace, text: str) -> StreamResult:
-    """One streamed chat completion with audio (pcm16)."""
-    body: dict[str, Any] = {
-        "model": args.chat_model,
-        "messages": [{"role": "user", "content": text}],
-        "modalities": ["text", "audio"],
-        "audio": {"voice": args.voice, "format": "pcm16"},
-        "stream": True,
-    }
-    if args.max_tokens:
-        body["max_tokens"] = args.max_tokens
-    rec = _Recorder(time.perf_counter())
-    try:
-        async with client.stream("POST", "/v1/chat/completions", json=body, headers=_headers(args)) as response:
-            if response.status_code != 200:
-                rec.result.error = await _http_error(response)
-                return rec.result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                event = json.loads(payload)
-                if "error" in event:
-                    rec.result.error = f"stream error: {str(event['error'])[:200]}"
-                    break
-                for choice in event.get("choices") or ():
-                    audio = (choice.get("delta") or {}).get("audio") or {}
-                    if audio.get("transcript") and rec.result.first_text_s is None:
-                        rec.result.first_text_s = time.perf_counter() - rec.started
-                        rec.result.first_text_words = len(audio["transcript"].split())
-                    if audio.get("data"):
-                        rec.add(base64.b64decode(audio["data"]))
-        if rec.result.error is None:
-            rec.result.ok = rec.result.bytes > 0
-            rec.result.error = None if rec.result.ok else "no audio"
-    except (httpx.HTTPError, OSError, ValueError) as exc:
-        rec.result.error = f"{type(exc).__name__}: {exc}"
-    return rec.result.finish(time.perf_counter() - rec.started, args.prebuffer_ms)
+DEMO_SEED = 1234
+"""Base seed of --demo: every demo request seeded, so no smoke run sees a random empty reply."""
 
 
 def _text(args: argparse.Namespace, index: int) -> str:
     return args.text or SENTENCES[index % len(SENTENCES)]
 
 
-async def run_level(mode: str, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[StreamResult]]:
-    """N concurrent workers, each sending `--requests-per-stream` requests one after another."""
-    request = speech_stream if mode == "speech" else chat_stream
+async def run_level(
+    mode: str, n: int, args: argparse.Namespace, seeds: Seeds
+) -> tuple[dict[str, Any], list[StreamResult]]:
+    """A burst: N concurrent workers, each sending `--requests-per-stream` requests one after another."""
+    request = request_fn(mode)
+    specs = [
+        [RequestSpec(_text(args, i + k), seed=seeds.take()) for k in range(args.requests_per_stream)] for i in range(n)
+    ]
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
 
         async def worker(index: int) -> list[StreamResult]:
-            return [await request(client, args, _text(args, index + k)) for k in range(args.requests_per_stream)]
+            return [await request(client, args, spec, None, 0.0) for spec in specs[index]]
 
         started = time.perf_counter()
         per_worker = await asyncio.gather(*(worker(i) for i in range(n)))
@@ -160,34 +87,120 @@ async def run_level(mode: str, n: int, args: argparse.Namespace) -> tuple[dict[s
     return summarize(n, results, wall), results
 
 
-async def warm_up(mode: str, args: argparse.Namespace) -> None:
-    """A few unrecorded concurrent requests (first-use JIT compiles would skew the first level)."""
-    if args.warmup > 0:
-        await run_level(mode, args.warmup, args)
+def criteria(mode: str, args: argparse.Namespace) -> Criteria:
+    """The capacity thresholds of `mode` from the flags."""
+    ttfa = args.ttfa_p95_ms if mode == "speech" else args.chat_ttfa_p95_ms
+    return Criteria(ttfa_p95_ms=ttfa, rtf_p99_max=args.rtf_p99_max, prebuffer_ms=args.prebuffer_ms)
 
 
-async def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """Every mode at every concurrency level; the report as a dict."""
-    modes = ["speech", "chat"] if args.mode == "both" else [args.mode]
-    report: dict[str, Any] = {"url": args.url, "config": _config(args), "modes": {}, "capacity": {}, "streams": {}}
-    for mode in modes:
-        await warm_up(mode, args)
-        levels = []
-        for n in args.concurrency:
-            summary, results = await run_level(mode, n, args)
+class Sweep:
+    """Every phase of every mode; the report grows as they run and is rewritten after each step."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.seeds = Seeds(args.seed)
+        self.report: dict[str, Any] = {
+            "url": args.url,
+            "config": _config(args),
+            "modes": {},
+            "capacity": {},
+            "streams": {},
+            "search": {},
+            "arrivals": {},
+            "overload": {},
+        }
+
+    def save(self) -> None:
+        if self.args.out is not None:  # a killed run still leaves every finished step
+            write_json(self.args.out / "results.json", {**self.report, "partial": True})
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        for mode in ["speech", "chat"] if args.mode == "both" else [args.mode]:
+            if args.warmup > 0:  # unrecorded: first-use JIT compiles would skew the first level
+                await run_level(mode, args.warmup, args, self.seeds)
+            await self.bursts(mode)
+            if args.search:
+                await self.search(mode)
+            for rate in args.arrival_rates:
+                summary, results = await run_rate(mode, rate, args, self.seeds, criteria(mode, args))
+                self.report["arrivals"].setdefault(mode, []).append(summary)
+                self.report["streams"].setdefault(mode, {})[f"rate={rate:g}"] = [r.public() for r in results]
+                print(f"[{mode}] arrivals {rate:g}/s: {_brief(summary)}", flush=True)
+                self.save()
+            if args.overload:
+                summary, results = await overload(mode, args.overload, args, self.seeds, criteria(mode, args))
+                self.report["overload"][mode] = summary
+                self.report["streams"].setdefault(mode, {})["overload"] = [r.public() for r in results]
+                print(f"[{mode}] overload x{args.overload_factor:g}: {json.dumps(summary['verdict'])}", flush=True)
+                self.save()
+        return self.report
+
+    async def bursts(self, mode: str) -> None:
+        levels: list[dict[str, Any]] = []
+        for n in self.args.concurrency:
+            summary, results = await run_level(mode, n, self.args, self.seeds)
             levels.append(summary)
-            report["streams"].setdefault(mode, {})[str(n)] = [r.public() for r in results]
+            self.report["streams"].setdefault(mode, {})[str(n)] = [r.public() for r in results]
             print(f"[{mode}] N={n}: {json.dumps(summary)}", flush=True)
-            report["modes"][mode] = levels
-            report["capacity"][mode] = capacity(levels, args.ttfa_p95_ms)
-            if args.out is not None:  # a killed run still leaves every finished level
-                write_json(args.out / "results.json", {**report, "partial": True})
-    return report
+            self.report["modes"][mode] = levels
+            self.report["capacity"][mode] = capacity_block(levels, criteria(mode, self.args))
+            self.save()
+
+    async def search(self, mode: str) -> None:
+        args = self.args
+
+        async def level(n: int) -> dict[str, Any]:
+            return (await run_level(mode, n, args, self.seeds))[0]
+
+        self.report["search"][mode] = await search(
+            level,
+            criteria(mode, args),
+            start=args.search_start,
+            maximum=args.search_max,
+            resolution=args.search_resolution,
+            growth=args.search_growth,
+            log=lambda line: print(f"[{mode}] {line}", flush=True),
+        )
+        self.save()
+
+
+def _brief(summary: dict[str, Any]) -> str:
+    keys = ("offered_requests", "ok", "errors", "refused_429", "hung", "streams_zero_underruns")
+    return json.dumps({k: summary[k] for k in keys} | {"ttfa_ms": summary["ttfa_ms"], "rtf": summary["rtf"]})
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("mode", "concurrency", "requests_per_stream", "text", "max_tokens", "prebuffer_ms", "voice", "warmup")
-    return {k: getattr(args, k) for k in keys} | {"ttfa_p95_threshold_ms": args.ttfa_p95_ms}
+    keys = (
+        "mode", "concurrency", "requests_per_stream", "text", "max_tokens", "prebuffer_ms", "voice", "warmup", "seed",
+        "ttfa_p95_ms", "chat_ttfa_p95_ms", "rtf_p99_max", "search", "search_start", "search_max", "search_resolution",
+        "search_growth", "arrival_rates", "arrival_duration_s", "overload", "overload_factor", "overload_arrivals",
+        "overload_duration_s", "refusal_target_s", "hang_s",
+    )  # fmt: skip
+    return {k: getattr(args, k) for k in keys} | {"length_mix": mix_config(args)}
+
+
+def arrivals_table(mode: str, rates: list[dict[str, Any]]) -> str:
+    """Offered load against what came out, one line per rate."""
+    lines = [
+        f"\n== {mode}: Poisson arrivals ==",
+        f"{'rate/s':>7} {'load':>6} {'req':>5} {'ok':>5} {'429':>4} {'err':>4} {'hung':>4} {'cmax':>5} {'cmean':>6} "
+        f"{'ttfa50':>7} {'ttfa95':>7} {'ttfa99':>7} {'rtf99':>6} {'0-und':>6}",
+    ]
+    for r in rates:
+        t, c = r["ttfa_ms"], r["concurrency_reached"]
+        cells = [f"{v:>7.0f}" if v is not None else f"{'-':>7}" for v in (t["p50"], t["p95"], t["p99"])]
+        rtf = r["rtf"]["p99"]
+        lines.append(
+            f"{r['rate_per_s']:>7g} {r['offered_load_streams']:>6.1f} {r['requests']:>5} {r['ok']:>5} "
+            f"{r['refused_429']:>4} {r['errors']:>4} {r['hung']:>4} {c['max']:>5} {c['mean']:>6.1f} {' '.join(cells)} "
+            f"{'-' if rtf is None else f'{rtf:.2f}':>6} {r['streams_zero_underruns']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,20 +208,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8080", help="base URL of a running server")
     p.add_argument("--mode", choices=("speech", "chat", "both"), default="both")
-    p.add_argument("--concurrency", default=None, help="comma-separated sweep of N (default 1,8,32,64,128; demo 1,2)")
+    p.add_argument("--concurrency", default=None, help="bursts: N, comma-separated ('' none)")
     p.add_argument("--requests-per-stream", type=int, default=1)
     p.add_argument("--text", default=None, help="input text (default: built-in sentences, one per stream)")
-    p.add_argument("--max-tokens", type=int, default=None, help="chat max_tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="chat max_tokens of bursts")
+    p.add_argument("--seed", type=int, default=None, help="base seed: request k gets seed+k (default none; demo 1234)")
     p.add_argument("--prebuffer-ms", type=float, default=250.0)
-    p.add_argument("--ttfa-p95-ms", type=float, default=1000.0, help="TTFA p95 limit of the capacity flag")
+    g = p.add_argument_group("capacity definition")
+    g.add_argument("--ttfa-p95-ms", type=float, default=500.0, help="speech: TTFA p95 limit")
+    g.add_argument("--chat-ttfa-p95-ms", type=float, default=800.0, help="chat: TTFA p95 limit")
+    g.add_argument("--rtf-p99-max", type=float, default=1.0, help="RTF p99 limit")
+    g = p.add_argument_group("capacity search (bursts)")
+    g.add_argument("--search", action="store_true", help="find the capacity: ladder up, then bisect")
+    g.add_argument("--search-start", type=int, default=8)
+    g.add_argument("--search-max", type=int, default=512)
+    g.add_argument("--search-growth", type=float, default=2.0, help="ladder factor")
+    g.add_argument("--search-resolution", type=int, default=16, help="stop bisecting when pass/fail are this close")
+    g = p.add_argument_group("arrival model (Poisson)")
+    g.add_argument("--arrival-rates", default="", help="comma-separated requests/s to sweep (default: none)")
+    g.add_argument("--arrival-duration-s", type=float, default=60.0, help="arrivals per rate during this long")
+    g.add_argument("--arrival-seed", type=int, default=0, help="seed of arrival times and lengths")
+    g.add_argument("--length-median-s", type=float, default=5.0, help="lognormal median of the speech length")
+    g.add_argument("--length-sigma", type=float, default=0.6)
+    g.add_argument("--length-min-s", type=float, default=1.0)
+    g.add_argument("--length-max-s", type=float, default=20.0)
+    g.add_argument("--tokens-per-char", type=float, default=8.0, help="the server's --tts-tokens-per-char")
+    g.add_argument("--chat-tokens-per-s", type=float, default=3.0, help="chat max_tokens per second of speech")
+    g.add_argument("--overload", type=int, default=0, help="a capacity C: offer --overload-factor x C")
+    g.add_argument("--overload-factor", type=float, default=1.5)
+    g.add_argument("--overload-arrivals", choices=("poisson", "burst"), default="poisson")
+    g.add_argument("--overload-duration-s", type=float, default=60.0)
+    g.add_argument("--refusal-target-s", type=float, default=2.0, help="a 429 should come within this long")
+    g.add_argument("--hang-s", type=float, default=180.0, help="arrivals: a request not done after this long hung")
     p.add_argument("--voice", default="alloy")
     p.add_argument("--speech-model", default="tts-1")
     p.add_argument("--chat-model", default="gpt-4o-audio-preview")
     p.add_argument("--api-key", default=None)
     p.add_argument("--warmup", type=int, default=2, help="unrecorded concurrent requests before each mode")
     p.add_argument("--request-timeout", type=float, default=600.0)
-    p.add_argument("--out", type=Path, default=None, help="directory for results.json and results.png")
+    p.add_argument("--out", type=Path, default=None, help="directory for results.json and the plots")
     p.add_argument("--demo", action="store_true", help="start the CPU demo server and run a tiny sweep")
+    p.add_argument("--server-args", default="", help="--demo: extra flags of the demo server")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "oai-cache", help="--demo models")
     p.add_argument("--server-timeout", type=float, default=300.0, help="wait this long for /health/ready")
     args = p.parse_args(argv)
@@ -218,12 +258,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.text = args.text or DEMO_TEXT
         args.max_tokens = args.max_tokens or 24
         args.warmup = min(args.warmup, 1)
-    args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+        args.seed = DEMO_SEED if args.seed is None else args.seed
+    args.concurrency = _ints(args.concurrency)
+    args.arrival_rates = [float(x) for x in args.arrival_rates.split(",") if x.strip()]
     return args
 
 
+def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The tables and verdicts on stdout."""
+    for mode, levels in report["modes"].items():
+        print(table(f"\n== {mode} bursts ({args.url}, prebuffer {args.prebuffer_ms:.0f} ms; ms, RTF) ==", levels))
+        cap = report["capacity"][mode]
+        failed = {v["n"]: v["failed"] for v in cap["levels"] if v["failed"]}
+        print(f"capacity: {cap['capacity']} (largest N with zero underruns: {cap['largest_n_zero_underruns']}; "
+              f"failed: {failed or 'none'})")  # fmt: skip
+    for mode, found in report["search"].items():
+        print(f"[{mode}] search: capacity {found['capacity']}, levels run {found['levels_run']}")
+    for mode, rates in report["arrivals"].items():
+        print(arrivals_table(mode, rates))
+    for mode, over in report["overload"].items():
+        print(
+            f"[{mode}] overload x{over['factor']:g} of {over['capacity']}: admitted {over['admitted']}, refused "
+            f"{over['refused_429']}, time to 429 max {over['time_to_429_s_max']}, verdict {over['verdict']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the sweep (starting the demo server with --demo); 0 unless no request succeeded."""
+    """Run the phases (starting the demo server with --demo); 0 unless no request succeeded."""
     args = parse_args(argv)
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-load-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -235,28 +296,31 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             args.url = f"http://127.0.0.1:{port}"
             flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning"]
-            server = start_process(server_argv(port, flags), log)
+            server = start_process(server_argv(port, flags + shlex.split(args.server_args)), log)
             print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
         else:
             wait_ready(args.url, None, args.server_timeout)
-        report = asyncio.run(sweep(args))
+        report = asyncio.run(Sweep(args).run())
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}\n{tail(log)}", file=sys.stderr)
         return 1
     finally:
         if server is not None:
             stop_process(server)
-    for mode, levels in report["modes"].items():
-        print(table(f"\n== {mode} ({args.url}, prebuffer {args.prebuffer_ms:.0f} ms; ms, RTF) ==", levels))
-        cap = report["capacity"][mode]
-        print(
-            f"largest N with zero underruns: {cap['largest_n_zero_underruns']}; "
-            f"and TTFA p95 <= {cap['ttfa_p95_threshold_ms']:.0f} ms: {cap['largest_n_zero_underruns_ttfa_ok']}"
-        )
+    print_report(report, args)
     write_json(out / "results.json", report)
-    plot(report["modes"], out / "results.png")
-    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
-    total_ok = sum(lv["ok"] for levels in report["modes"].values() for lv in levels)
+    if report["modes"]:
+        plot_bursts(report["modes"], out / "results.png")
+        plot_capacity(report["capacity"], out / "capacity.png")
+    if report["search"]:
+        searched = {m: {**s, "levels": sorted(s["runs"], key=lambda r: r["n"])} for m, s in report["search"].items()}
+        plot_capacity(searched, out / "search.png")
+    if report["arrivals"]:
+        plot_arrivals(report["arrivals"], out / "arrivals.png")
+    print(f"wrote {out / 'results.json'} and the plots")
+    levels = [lv for lvs in [*report["modes"].values(), *report["arrivals"].values()] for lv in lvs]
+    levels += [*report["overload"].values(), *(r["level"] for s in report["search"].values() for r in s["runs"])]
+    total_ok = sum(lv["ok"] for lv in levels)
     return 0 if total_ok else 1
 
 

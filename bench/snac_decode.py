@@ -5,11 +5,16 @@ Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac 
 * ``seed``: Canopy's / the seed's decode: weight norm as loaded, eager, one 4-frame window per
   emitted frame (K=1);
 * ``eager-K``: ours without graphs: weight norm folded, C=2 / L=1 windows emitting K frames;
-* ``graph-K``: the same through the CUDA graphs the server captures at warm-up (CUDA only).
+* ``graph-K``: the same through the CUDA graphs the server captures at warm-up (CUDA only);
+* ``eager-K-bf16``, ``graph-K-fp16``, ...: ours with the model cast to each of `--precisions`
+  other than fp32 (fp32, bf16, fp16: those the device runs; `precision` lists which ran).
 
 For each batch size it prints the time per batch and per emitted frame, and how many real-time
 streams SNAC alone could keep up with (one frame is 85.3 ms of audio) on this device. On CUDA it
-also checks that graph replay matches eager decoding (noise off). Usage:
+also checks that graph replay matches eager decoding (noise off). Fidelity (`snac_fidelity.py`,
+noise off): the SNR in dB of each precision against fp32, and of our streamed (windowed) decode
+against a whole-utterance decode for the default windows (C=2, L=1) and each K (target >= 50 dB).
+Usage:
 
     python bench/snac_decode.py --out /tmp/snac_decode.json                 # CPU: small batches
     python bench/snac_decode.py --device cuda --batch 1,8,32,64,128 --out $OUT/snac_decode.json
@@ -28,6 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from snac_fidelity import cast, decode_whole, precision_snr, streamed_snr, utterance
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
@@ -74,22 +82,33 @@ def windows(batch: int, length: int) -> list[np.ndarray]:
     return list(frames_to_levels(codes))
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
+    """Time every scheme at every batch size (precisions: those that ran in the fidelity check)."""
     seed_model = build_model(args, fold=False)
     ours = build_model(args, fold=True)
     rows: list[dict[str, Any]] = []
-    schemes: list[tuple[str, Any, WindowPolicy, bool]] = [("seed", seed_model, WindowPolicy(2, 1, 1), False)]
-    for k in args.frames_per_decode:
-        schemes.append((f"eager-K{k}", ours, WindowPolicy(2, 1, k), False))
-        if args.device.startswith("cuda"):
-            schemes.append((f"graph-K{k}", ours, WindowPolicy(2, 1, k), True))
-    for name, model, policy, graphs in schemes:
+    schemes: list[tuple[str, str, Any, WindowPolicy, bool]] = [
+        ("seed", "fp32", seed_model, WindowPolicy(2, 1, 1), False)
+    ]
+    for precision in precisions:
+        model = cast(ours, precision)
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        for k in args.frames_per_decode:
+            schemes.append((f"eager-K{k}{suffix}", precision, model, WindowPolicy(2, 1, k), False))
+            if args.device.startswith("cuda"):
+                schemes.append((f"graph-K{k}{suffix}", precision, model, WindowPolicy(2, 1, k), True))
+    for name, precision, model, policy, graphs in schemes:
         shape = policy.steady_shape
         graph_set = None
         if graphs:
             from oai_server.codec.snac_graphs import GraphSet
 
-            graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
+            try:
+                graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
+            except RuntimeError as exc:  # a precision the graphs cannot take: say so, time the others
+                rows.append({"scheme": name, "precision": precision, "error": f"capture: {str(exc)[:200]}"})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
         for batch in args.batch:
             levels = windows(batch, shape[0])
             if graph_set is not None:
@@ -109,6 +128,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(
                 {
                     "scheme": name,
+                    "precision": precision,
                     "batch": batch,
                     "window_frames": shape[0],
                     "emitted_frames": shape[2],
@@ -143,9 +163,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--frames-per-decode", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
+    p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    report: dict[str, Any] = {"device": args.device, "random_weights": not args.snac, **measure(args)}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "fp32" not in args.precisions:
+        args.precisions.insert(0, "fp32")  # the reference
+    clean = build_model(args, fold=True, noise=False)
+    codes = utterance(args.snr_frames)
+    reference = decode_whole(clean, codes, args.device)
+    precision = precision_snr(clean, args.precisions, args.device, codes, reference)
+    print("precision vs fp32:", json.dumps(precision), flush=True)
+    streamed = streamed_snr(clean, args.device, codes, reference[1], args.frames_per_decode, args.snr_target_db)
+    for row in streamed:
+        print("streamed vs whole:", json.dumps(row), flush=True)
+    ran = [name for name, result in precision.items() if result["ran"]]
+    report: dict[str, Any] = {
+        "device": args.device,
+        "random_weights": not args.snac,
+        "precision": precision,
+        "precisions_ran": ran,
+        "streamed_vs_whole": streamed,
+        **measure(args, ran),
+    }
     if args.device.startswith("cuda"):
         report["graph_vs_eager"] = graph_matches_eager(args)
         print("graph vs eager:", report["graph_vs_eager"], flush=True)

@@ -1,23 +1,36 @@
 """CI smoke test of the bench scripts on the CPU demo profile (no timing assertions).
 
-`bench/load.py --demo` starts its own demo server and drives it over real sockets;
-`bench/baselines.py --demo` runs the raw-engine, seed-style and our pipeline in process.
-The playback simulator that every underrun figure rests on is checked on exact timelines.
+`bench/load.py --demo` starts its own demo server and drives it over real sockets (bursts with
+their capacity block, a short Poisson run, an overload burst against a server admitting two);
+`bench/baselines.py --demo` runs the raw-engine, seed-style and our pipeline in process;
+`bench/snac_decode.py` times SNAC and reports precision and streaming SNRs. The playback
+simulator, the capacity verdicts and search, and the arrival model are checked on exact inputs.
+Every demo request is seeded (`load.py --demo` derives one seed per request from a base seed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import simulate_playback  # noqa: E402
+from _common import StreamResult, simulate_playback, summarize  # noqa: E402
+from arrivals import LengthMix, concurrency_reached, poisson_plan  # noqa: E402
+from capacity import Criteria, capacity_block, evaluate, ladder, search  # noqa: E402
+from clients import Seeds, chat_max_tokens, speech_text  # noqa: E402
+from snac_fidelity import snr_db  # noqa: E402
+
+from oai_server.pipeline.segmenter import SentenceSegmenter  # noqa: E402
 
 LEVEL_KEYS = {
     "concurrency",
@@ -32,7 +45,13 @@ LEVEL_KEYS = {
     "zero_underrun_fraction",
     "audio_s_total",
     "aggregate_audio_tokens_per_s",
+    "refused_429",
+    "time_to_429_ms",
+    "retry_after_s",
+    "hung",
 }
+CRITERIA_ORDER = ("success", "zero_underruns", "rtf_p99", "ttfa_p95_ms")
+CRITERIA = set(CRITERIA_ORDER)
 FRAME = 2048  # samples = 85.33 ms at 24 kHz
 
 
@@ -54,6 +73,158 @@ def test_playback_short_stream_starts_at_end() -> None:
     assert simulate_playback([(0.1, FRAME), (2.0, 2 * FRAME)], end_s=2.0, prebuffer_s=0.25) == (0, 0.0)
 
 
+def _level(n: int, *, ok: int | None = None, clean: int | None = None, rtf: float = 0.5, ttfa: float = 100.0) -> Any:
+    """A level summary with only what the verdicts read."""
+    ok = n if ok is None else ok
+    return {
+        "concurrency": n,
+        "requests": n,
+        "ok": ok,
+        "streams_zero_underruns": ok if clean is None else clean,
+        "rtf": {"p99": rtf},
+        "ttfa_ms": {"p95": ttfa},
+    }
+
+
+def test_capacity_verdict_names_each_failed_criterion() -> None:
+    criteria = Criteria(ttfa_p95_ms=500)
+    good = evaluate(_level(8), criteria)
+    assert (good["passed"], good["failed"], good["clear_fail"]) == (True, [], False)
+    assert set(good["criteria"]) == CRITERIA
+    slow = evaluate(_level(8, ttfa=600), criteria)  # 20 % over: marginal
+    assert (slow["passed"], slow["failed"], slow["clear_fail"]) == (False, ["ttfa_p95_ms"], False)
+    bad = evaluate(_level(8, clean=6, rtf=1.3, ttfa=900), criteria)
+    assert bad["failed"] == ["zero_underruns", "rtf_p99", "ttfa_p95_ms"] and bad["clear_fail"]
+    assert bad["criteria"]["zero_underruns"] == {"value": 2, "limit": 0, "held": False}
+    assert bad["criteria"]["rtf_p99"] == {"value": 1.3, "limit": 1.0, "held": False}
+    refused = evaluate(_level(8, ok=7), criteria)
+    assert refused["failed"] == ["success", "zero_underruns"]
+    assert refused["criteria"]["success"]["value"] == 7 / 8
+
+
+def test_capacity_block_is_the_largest_passing_level() -> None:
+    levels = [_level(1), _level(2, ttfa=600), _level(4), _level(8, clean=7)]
+    block = capacity_block(levels, Criteria(ttfa_p95_ms=500))
+    assert [v["failed"] for v in block["levels"]] == [[], ["ttfa_p95_ms"], [], ["zero_underruns"]]
+    assert block["capacity"] == 4
+    assert block["first_failed_n"] == 2 and block["non_monotonic"]
+    assert block["largest_n_zero_underruns"] == 4
+    assert capacity_block([_level(1, ttfa=900)], Criteria(ttfa_p95_ms=500))["capacity"] == 0
+
+
+def test_level_counts_429_apart_from_failures() -> None:
+    clean = StreamResult(ok=True, status=200, arrivals=[(0.05 + i * 0.08, (i + 1) * FRAME) for i in range(6)])
+    dry = StreamResult(ok=True, status=200, arrivals=[(0.05, 3 * FRAME), (0.6, 4 * FRAME)])
+    refused = StreamResult(status=429, headers_s=0.01, retry_after_s=1.0, error="HTTP 429: at capacity")
+    broken = StreamResult(status=200, error="no audio")
+    level = summarize(4, [clean.finish(0.6, 250), dry.finish(0.6, 250), refused, broken], wall_s=1.0)
+    assert (level["ok"], level["errors"], level["refused_429"], level["hung"]) == (2, 1, 1, 0)
+    assert level["retry_after_s"] == [1.0]
+    assert level["time_to_429_ms"]["max"] == pytest.approx(10.0)
+    verdict = evaluate(level, Criteria(ttfa_p95_ms=500, rtf_p99_max=10))
+    assert verdict["failed"] == ["success", "zero_underruns"]
+    assert verdict["criteria"]["zero_underruns"]["value"] == 3  # the underrun, the refusal, the failure
+
+
+def test_capacity_search_ladders_up_then_bisects() -> None:
+    async def run(n: int) -> Any:
+        return _level(n) if n <= 200 else _level(n, clean=n // 2)  # past 200 half the streams underrun
+
+    found = asyncio.run(search(run, Criteria(ttfa_p95_ms=500), start=8, maximum=512, resolution=16))
+    assert found["levels_run"] == [8, 16, 32, 64, 128, 256, 192, 224, 208]
+    assert found["capacity"] == 192
+    assert found["bracket"] == {"pass": 192, "fail": 208}
+    assert [r["phase"] for r in found["runs"]].count("ladder") == 6  # 512 never ran after a clear failure
+    assert ladder(48, 100, 1.5) == [48, 72, 100]
+
+
+def test_capacity_search_steps_past_one_marginal_failure_not_two() -> None:
+    def find(special: dict[int, Any]) -> dict[str, Any]:
+        async def run(n: int) -> Any:
+            return special.get(n, _level(n))
+
+        return asyncio.run(search(run, Criteria(ttfa_p95_ms=500), start=8, maximum=512, resolution=16))
+
+    # 64 misses TTFA by 10 % (noise?), 128 passes, 256 fails clearly.
+    once = find({64: _level(64, ttfa=550), 256: _level(256, clean=0)})
+    assert once["levels_run"] == [8, 16, 32, 64, 128, 256, 192, 224, 240]
+    assert once["capacity"] == 240
+    # Two marginal failures in a row stop the ladder; the bisection runs below the first.
+    twice = find({64: _level(64, ttfa=550), 128: _level(128, ttfa=550)})
+    assert twice["levels_run"] == [8, 16, 32, 64, 128, 48]
+    assert twice["capacity"] == 48
+
+
+def test_poisson_plan_is_seeded_and_inside_its_window() -> None:
+    plan = poisson_plan(2.0, 30.0, LengthMix(), seed=7)
+    assert plan == poisson_plan(2.0, 30.0, LengthMix(), seed=7)
+    assert plan != poisson_plan(2.0, 30.0, LengthMix(), seed=8)
+    times = [t for t, _ in plan]
+    assert times == sorted(times) and times[0] > 0 and times[-1] < 30.0
+    assert all(1.0 <= s <= 20.0 for _, s in plan)
+    faster = poisson_plan(4.0, 30.0, LengthMix(), seed=7)  # the same lengths in the same order at any rate
+    shared = min(len(plan), len(faster))
+    assert [s for _, s in faster][:shared] == [s for _, s in plan][:shared]
+
+
+def test_length_mix_is_the_documented_lognormal() -> None:
+    mix = LengthMix()
+    rng = random.Random(1)
+    draws = sorted(mix.draw(rng) for _ in range(20001))
+    assert 4.8 < draws[10000] < 5.2  # the median
+    assert (draws[0], draws[-1]) == (1.0, 20.0)  # clipped at both ends
+    assert 5.5 < mix.mean_s() < 6.5
+
+
+def test_concurrency_reached_counts_admitted_streams() -> None:
+    results = [
+        StreamResult(status=200, sent_at_s=0.0, headers_s=0.1, wall_s=2.1),  # in flight 0.1 .. 2.1
+        StreamResult(status=200, sent_at_s=1.0, headers_s=0.0, wall_s=2.0),  # 1.0 .. 3.0
+        StreamResult(status=429, sent_at_s=0.5, headers_s=0.05, wall_s=0.05),  # never admitted
+    ]
+    assert concurrency_reached(results, until_s=4.0) == {"max": 2, "mean": pytest.approx(1.0)}
+
+
+def test_request_knobs_ask_for_the_length() -> None:
+    seeds = Seeds(10)
+    assert [seeds.take() for _ in range(3)] == [10, 11, 12]
+    assert Seeds(None).take() is None
+    for seconds in (1.0, 5.0, 20.0):
+        text = speech_text(seconds, tokens_per_char=8.0)
+        assert abs(len(text) - seconds * 82.03 / 8.0) <= 12  # cut at the space nearest the target
+        assert text == text.strip()
+    assert chat_max_tokens(5.0, tokens_per_s=3.0) == 15
+    assert chat_max_tokens(0.1, tokens_per_s=3.0) == 1
+
+
+def test_snr_db() -> None:
+    x = np.sin(np.arange(1000) / 7.0)
+    assert snr_db(x, x) is None
+    assert snr_db(x, 1.1 * x) == pytest.approx(20.0)
+
+
+def follows_first_segment_rule(transcript: str, max_words: int = 10) -> bool:
+    """The segmenter ends the first segment at the first space after `max_words` words, but never right
+    after a word ending in "." or "…" (perhaps an abbreviation): so past the limit, every word but the
+    last ends in one."""
+    words = transcript.split()
+    return bool(words) and all(w.endswith((".", "…")) for w in words[max_words - 1 : -1])
+
+
+def test_first_segment_rule_is_the_segmenters() -> None:
+    def first(text: str) -> str:
+        segmenter = SentenceSegmenter(max_chars=300, first_segment_words=4, first_segment_max_words=10)
+        return [*segmenter.push(text), *segmenter.flush()][0]
+
+    words = [f"word{i}" for i in range(1, 14)]
+    assert first(" ".join(words)) == " ".join(words[:10])
+    abbreviated = [*words[:9], "approx.", "eleven", "twelve"]
+    assert first(" ".join(abbreviated)) == " ".join(abbreviated[:11])  # 11 words
+    for text in (" ".join(words), " ".join(abbreviated)):
+        assert follows_first_segment_rule(first(text))
+    assert not follows_first_segment_rule(" ".join(words[:11]))
+
+
 def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
@@ -66,29 +237,69 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     return proc
 
 
+def _check_capacity_block(block: dict[str, Any], levels: list[dict[str, Any]], ttfa_limit: float) -> None:
+    assert block["criteria"] == {"ttfa_p95_ms": ttfa_limit, "rtf_p99_max": 1.0, "prebuffer_ms": 250.0}
+    assert [v["n"] for v in block["levels"]] == [lv["concurrency"] for lv in levels]
+    for level, verdict in zip(levels, block["levels"], strict=True):
+        checks = verdict["criteria"]
+        assert set(checks) == CRITERIA
+        assert checks["success"]["held"] is (level["ok"] == level["requests"])
+        assert checks["zero_underruns"]["value"] == level["requests"] - level["streams_zero_underruns"]
+        assert checks["rtf_p99"]["value"] == level["rtf"]["p99"]
+        assert checks["rtf_p99"]["held"] is (level["rtf"]["p99"] <= 1.0)
+        assert checks["ttfa_p95_ms"]["value"] == level["ttfa_ms"]["p95"]
+        assert checks["ttfa_p95_ms"]["held"] is (level["ttfa_ms"]["p95"] <= ttfa_limit)
+        assert verdict["failed"] == [k for k in CRITERIA_ORDER if not checks[k]["held"]]
+        assert verdict["passed"] is (not verdict["failed"])
+    assert block["capacity"] == max((v["n"] for v in block["levels"] if v["passed"]), default=0)
+
+
 @pytest.mark.slow
 def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "load"
-    proc = _run("load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2")
+    proc = _run(
+        "load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
+        "--arrival-rates", "1", "--arrival-duration-s", "3", "--overload", "2", "--overload-arrivals", "burst",
+        "--server-args", "--max-concurrent-streams 2 --max-queued 0",
+    )  # fmt: skip
     report = json.loads((out / "results.json").read_text())
     assert set(report["modes"]) == {"speech", "chat"}
+    seeds = [s["seed"] for runs in report["streams"].values() for run in runs.values() for s in run]
+    assert None not in seeds and len(set(seeds)) == len(seeds)  # one seed per request, from the base seed
+    plan = poisson_plan(1.0, 3.0, LengthMix(), seed=0)
+    assert plan  # the demo's Poisson run sends something
     for mode, levels in report["modes"].items():
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         for level in levels:
             assert set(level) >= LEVEL_KEYS
-            # A random-weight chat model sometimes ends its reply at once (nothing to speak).
-            if mode == "speech":
-                assert level["ok"] == level["requests"], level["error_samples"]
-        assert sum(level["audio_s_total"] for level in levels) > 0
-        assert {"largest_n_zero_underruns", "largest_n_zero_underruns_ttfa_ok"} <= set(report["capacity"][mode])
+            assert level["ok"] == level["requests"], level["error_samples"]  # seeded: no empty reply
+        _check_capacity_block(report["capacity"][mode], levels, 500.0 if mode == "speech" else 800.0)
         assert len(report["streams"][mode]["2"]) == 2
-    for level in report["modes"]["chat"]:
-        if level["ok"]:  # the transcript of a segment is sent before its audio
-            assert level["first_text_ms"]["p50"] <= level["ttfa_ms"]["p50"]
-            assert 1 <= level["first_text_words"]["max"] <= 10  # --first-segment-max-words
+
+        (rate,) = report["arrivals"][mode]
+        assert rate["offered_requests"] == rate["requests"] == len(plan)
+        assert rate["ok"] == rate["requests"], rate["error_samples"]  # at most 2 at once: all admitted
+        assert (rate["errors"], rate["refused_429"], rate["hung"]) == (0, 0, 0)
+        assert rate["offered_load_streams"] == pytest.approx(LengthMix().mean_s())
+        assert [s["target_audio_s"] for s in report["streams"][mode]["rate=1"]] == [s for _, s in plan]
+        assert 1 <= rate["concurrency_reached"]["max"] <= 2
+        assert set(rate["criteria"]["criteria"]) == CRITERIA
+
+        # 3 sent at once against a server admitting 2 and queueing none: the third is refused, since
+        # an admitted stream runs for hundreds of ms before it could free its slot.
+        over = report["overload"][mode]
+        assert (over["offered_requests"], over["admitted"], over["refused_429"]) == (3, 2, 1)
+        assert over["retry_after_s"] == [1.0]
+        assert (over["errors"], over["hung"], over["verdict"]["nothing_hung"]) == (0, 0, True)
+        assert len(over["admitted_underruns"]) == 2
+    for level in report["modes"]["chat"]:  # the transcript of a segment is sent before its audio
+        assert level["first_text_ms"]["p50"] <= level["ttfa_ms"]["p50"]
+    transcripts = [s["first_text"] for run in ("1", "2", "rate=1") for s in report["streams"]["chat"][run]]
+    assert all(follows_first_segment_rule(t) for t in transcripts), transcripts
     assert all("first_text_ms" not in level for level in report["modes"]["speech"])
-    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "largest N with zero underruns" in proc.stdout
+    for name in ("results.png", "capacity.png", "arrivals.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "capacity: " in proc.stdout and "Poisson arrivals" in proc.stdout
 
 
 @pytest.mark.slow
@@ -103,18 +314,33 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
         # Orpheus sometimes stops that early: only our pipeline and the raw engine must never miss.
         if mode != "seed":
             assert all(lv["ok"] == lv["requests"] for lv in levels), levels
+        assert [v["n"] for v in report["capacity"][mode]["levels"]] == [1, 2]
     raw = report["modes"]["raw"][0]
     assert raw["engine_tokens_total"] > 0 and "first_token_ms" in raw
     assert "ratio_ours_over_seed_real_time_streams" in report
 
 
-def test_snac_decode_bench_compares_schemes(tmp_path: Path) -> None:
+def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None:
     out = tmp_path / "snac.json"
-    _run("snac_decode.py", "--batch", "1", "--frames-per-decode", "2", "--repeats", "1", "--out", str(out))
-    rows = json.loads(out.read_text())["rows"]
-    shapes = [(r["scheme"], r["window_frames"], r["emitted_frames"]) for r in rows]
-    assert shapes == [("seed", 4, 1), ("eager-K2", 5, 2)]
+    _run(
+        "snac_decode.py", "--batch", "1", "--frames-per-decode", "2", "--repeats", "1", "--precisions", "fp32,bf16",
+        "--snr-frames", "8", "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    shapes = [(r["scheme"], r["precision"], r["window_frames"], r["emitted_frames"]) for r in rows]
+    assert shapes == [("seed", "fp32", 4, 1), ("eager-K2", "fp32", 5, 2), ("eager-K2-bf16", "bf16", 5, 2)]
     assert all(r["us_per_emitted_frame"] > 0 for r in rows)
+    assert report["precisions_ran"] == ["fp32", "bf16"]
+    assert report["precision"]["fp32"] == {"ran": True, "reference": True}
+    bf16 = report["precision"]["bf16"]
+    # bf16 keeps 8 mantissa bits: audibly the same audio, yet not bit-identical to fp32.
+    assert bf16["ran"] and 30 < bf16["snr_db"] < 90 and 30 < bf16["snr_db_pcm16"] < 90
+    (streamed,) = report["streamed_vs_whole"]
+    shape = tuple(streamed[k] for k in ("context_frames", "lookahead_frames", "frames_per_decode", "frames", "windows"))
+    assert shape == (2, 1, 2, 8, 5)  # chunks of 1, 2, 2, 2, then the last frame at the end
+    assert not streamed["identical"]
+    assert streamed["snr_db"] >= 50 and streamed["meets_target"]
 
 
 def test_profile_trace_summary(tmp_path: Path) -> None:
