@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from oai_server.pipeline.orpheus import frames_to_levels
-from oai_server.pipeline.snac_stream import SnacDecoder, Window, WindowPolicy, decode_pcm
+from oai_server.codec.orpheus import frames_to_levels
+from oai_server.codec.snac_model import decode_pcm
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import Window, WindowPolicy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,7 +125,7 @@ def _stitch_pcm(decoder: SnacDecoder, windows: list[Window]) -> np.ndarray:
 def _decoder(model: Any, device: str, shape: tuple[int, int, int], graphs: bool) -> SnacDecoder:
     decoder = SnacDecoder(model, device, max_batch=64)
     if graphs and device.startswith("cuda"):
-        from oai_server.pipeline.snac_graphs import GraphSet
+        from oai_server.codec.snac_graphs import GraphSet
 
         decoder.graphs = GraphSet.capture(model, shape, 64, device)  # what the server's warm-up does
     return decoder
