@@ -84,20 +84,28 @@ def compose(layout: list[float | str], rate: int = 16000) -> tuple[np.ndarray, l
     return np.concatenate(pieces).astype(np.float32), placed
 
 
-def encode(samples: np.ndarray, rate: int, fmt: str, *, channels: int = 1) -> bytes:
-    """Encode mono float32 ``samples`` into ``fmt`` (a key of `ENCODINGS`), optionally duplicated to stereo."""
-    muxer, codec, codec_rate = ENCODINGS[fmt]
+def encode(samples: np.ndarray, rate: int, fmt: str, *, channels: int = 1, muxer: str | None = None) -> bytes:
+    """Encode float32 ``samples`` into ``fmt`` (a key of `ENCODINGS`).
+
+    ``samples`` is mono (n,), duplicated when ``channels`` is 2, or already stereo (n, 2).
+    ``muxer`` overrides the container (e.g. ``"aiff"``) keeping the format's codec.
+    """
+    default_muxer, codec, codec_rate = ENCODINGS[fmt]
+    samples = np.asarray(samples, dtype=np.float32)
+    columns = samples[:, None] if samples.ndim == 1 else samples  # (n, channels)
+    if columns.shape[1] == 1 and channels == 2:
+        columns = np.repeat(columns, 2, axis=1)
     if codec_rate is not None and codec_rate != rate:
-        samples, rate = resample(samples, rate, codec_rate), codec_rate
+        columns = np.stack([resample(c, rate, codec_rate) for c in columns.T], axis=1)
+        rate = codec_rate
+    channels = columns.shape[1]
     layout = "stereo" if channels == 2 else "mono"
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=muxer) as container:
+    with av.open(buffer, "w", format=muxer or default_muxer) as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-        if channels == 2:
-            pcm = np.repeat(pcm, 2)
+        pcm = (np.clip(columns, -1, 1) * 32767).astype(np.int16).reshape(-1)  # interleaved
         frame_size = stream.codec_context.frame_size or 1024
-        for start in range(0, len(samples), frame_size):
+        for start in range(0, len(columns), frame_size):
             chunk = pcm[start * channels : (start + frame_size) * channels]
             frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout=layout)
             frame.sample_rate = rate

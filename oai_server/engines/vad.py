@@ -213,31 +213,36 @@ def split_for_asr(
 ) -> list[SpeechRegion]:
     """Pack speech regions into pieces of at most ``max_seconds`` for a model window, in order.
 
-    Each region first gets ``pad_ms`` of the surrounding audio on both sides (never past halfway to
-    its neighbour, nor outside ``[0, total_samples]``). Consecutive regions share a piece while it
-    stays within ``max_seconds``, so pieces are cut only in silence; a single region longer than
-    that is cut hard into equal parts.
+    Each region first gets up to ``pad_ms`` of the surrounding audio on both sides (never past
+    halfway to its neighbour, nor outside ``[0, total_samples]``, and never so much that a region
+    that fits would no longer fit). Consecutive regions share a piece while it stays within
+    ``max_seconds``, so pieces are cut only in silence; a single region longer than that is cut
+    hard into equal parts.
     """
     limit = int(max_seconds * SAMPLE_RATE)
     if limit <= 0:
         raise ValueError("max_seconds must be > 0")
     pad = pad_ms * SAMPLE_RATE // 1000
-    padded: list[SpeechRegion] = []
+    pieces: list[SpeechRegion] = []
     for i, region in enumerate(regions):
         low = 0 if i == 0 else (regions[i - 1].end + region.start) // 2
         high = total_samples if i + 1 == len(regions) else (region.end + regions[i + 1].start) // 2
-        end = region.end + pad if high is None else min(region.end + pad, high)
-        padded.append(SpeechRegion(max(region.start - pad, low), max(end, region.end)))
-    pieces: list[SpeechRegion] = []
-    for region in padded:
-        parts = -(-region.samples // limit)
+        left = max(min(pad, region.start - low), 0)
+        right = max(pad if high is None else min(pad, high - region.end), 0)
+        if region.samples <= limit < region.samples + left + right:
+            slack = limit - region.samples
+            left = min(left, slack // 2)
+            right = min(right, slack - left)
+            left = min(region.start - low, slack - right, pad)
+        padded = SpeechRegion(region.start - left, region.end + right)
+        parts = -(-padded.samples // limit)
         if parts > 1:
-            bounds = [region.start + region.samples * k // parts for k in range(parts + 1)]
+            bounds = [padded.start + padded.samples * k // parts for k in range(parts + 1)]
             pieces.extend(SpeechRegion(a, b) for a, b in itertools.pairwise(bounds))
-        elif pieces and region.end - pieces[-1].start <= limit:
-            pieces[-1] = SpeechRegion(pieces[-1].start, region.end)
+        elif pieces and padded.end - pieces[-1].start <= limit:
+            pieces[-1] = SpeechRegion(pieces[-1].start, padded.end)
         else:
-            pieces.append(region)
+            pieces.append(padded)
     return pieces
 
 
