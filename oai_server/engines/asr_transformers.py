@@ -116,6 +116,7 @@ class TransformersWhisper:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._requests: dict[str, _Request] = {}
         self._running = 0
+        self._generated = 0
         self._closed = False
         self.batch_sizes: list[int] = []
         """Rows of every generate call so far (for metrics and tests)."""
@@ -183,6 +184,11 @@ class TransformersWhisper:
         """Requests waiting or decoding."""
         with self._cond:
             return len(self._requests)
+
+    def generated_tokens(self) -> int:
+        """Transcript tokens decoded since the engine started, all requests together."""
+        with self._cond:
+            return self._generated
 
     async def close(self) -> None:
         """Abort everything and stop the workers (a running generate ends at its next step)."""
@@ -316,6 +322,8 @@ class TransformersWhisper:
                 stopping_criteria=StoppingCriteriaList([_RowStop(batch, streamer)]),
             )
         streamer.finish()
+        with self._cond:
+            self._generated += sum(streamer.counts)
 
 
 _NOTHING: Any = object()
