@@ -46,7 +46,9 @@ SAMPLE_RATE = 16000
 Factory = Callable[[dict[str, Any]], Any]
 
 
-def whisper_prompt(audio: np.ndarray, language: str, task: str = "transcribe", prompt: str | None = None) -> dict:
+def whisper_prompt(
+    audio: np.ndarray, language: str, task: str = "transcribe", prompt: str | None = None
+) -> dict[str, Any]:
     """The encoder/decoder prompt vLLM's Whisper takes for one window of 16 kHz audio."""
     previous = f"<|startofprev|> {prompt.strip()}" if prompt and prompt.strip() else ""
     return {
