@@ -128,6 +128,38 @@ class Settings(BaseSettings):
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
 
+    # --- speech recognition (Whisper) and voice activity detection ---
+    asr: bool = Field(True, validation_alias=_env("asr"))
+    """Load the speech-recognition engine (transcriptions, spoken chat messages, Realtime audio input)."""
+    asr_model_name: str = Field(
+        "openai/whisper-large-v3-turbo", validation_alias=_env("asr_model_name", "ASR_MODEL_NAME")
+    )
+    """Whisper model id or local path (seed-style: ASR_MODEL_NAME)."""
+    asr_served_name: str | None = Field(None, validation_alias=_env("asr_served_name"))
+    """Model id reported by /v1/models for transcription (default: asr_model_name)."""
+    asr_gpu_memory_utilization: float = Field(
+        0.1, gt=0, le=1, validation_alias=_env("asr_gpu_memory_utilization", "ASR_GPU_MEMORY_UTILIZATION")
+    )
+    """GPU memory share of the speech-recognition engine on vLLM (ASR_GPU_MEMORY_UTILIZATION)."""
+    asr_max_model_len: int = Field(448, ge=64, le=448, validation_alias=_env("asr_max_model_len"))
+    """Decoder context of the speech-recognition engine (Whisper: 448 tokens)."""
+    asr_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("asr_max_num_seqs"))
+    """vLLM max_num_seqs for the speech-recognition engine."""
+    asr_max_batch: int = Field(8, ge=1, validation_alias=_env("asr_max_batch"))
+    """Transformers engine: utterances transcribed in one batch."""
+    asr_remote_url: str | None = Field(None, validation_alias=_env("asr_remote_url"))
+    """Base URL of a remote OpenAI-compatible /v1/audio/transcriptions server (engine=remote)."""
+    asr_remote_model: str | None = Field(None, validation_alias=_env("asr_remote_model"))
+    """Model name the remote transcription server serves (default: asr_model_name)."""
+    asr_max_audio_seconds: float = Field(1500.0, gt=0, validation_alias=_env("asr_max_audio_seconds"))
+    """Longest audio accepted for transcription or in one chat message (uploads are also capped at 25 MB)."""
+    vad_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("vad_threshold"))
+    """Voice activity: speech probability above which a frame is speech (OpenAI server_vad default 0.5)."""
+    vad_prefix_padding_ms: int = Field(300, ge=0, le=10000, validation_alias=_env("vad_prefix_padding_ms"))
+    """Voice activity: audio kept before detected speech starts."""
+    vad_silence_duration_ms: int = Field(500, ge=0, le=10000, validation_alias=_env("vad_silence_duration_ms"))
+    """Voice activity: silence that ends a turn (and where long audio is cut for transcription)."""
+
     # --- placement (several GPUs; defaults keep one-GPU behaviour) ---
     llm_gpus: str | None = Field(None, validation_alias=_env("llm_gpus"))
     """GPU indices of the chat engine, e.g. "0" (vLLM; default: all visible, shared)."""
@@ -139,6 +171,8 @@ class Settings(BaseSettings):
     """Tensor-parallel GPUs of each Orpheus replica."""
     tts_data_parallel_size: int = Field(1, ge=1, validation_alias=_env("tts_data_parallel_size"))
     """Data-parallel Orpheus replicas (vLLM balances requests across them)."""
+    asr_gpus: str | None = Field(None, validation_alias=_env("asr_gpus"))
+    """GPU index of the speech-recognition engine, e.g. "0" (vLLM; default: all visible, shared)."""
 
     # --- chat audio ---
     audio_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("audio_ttl_seconds"))
@@ -213,6 +247,11 @@ class Settings(BaseSettings):
     def chat_model_id(self) -> str:
         """The id clients use for chat."""
         return self.llm_served_name or self.llm_model_name
+
+    @property
+    def transcription_model_id(self) -> str:
+        """The id clients use for transcription."""
+        return self.asr_served_name or self.asr_model_name
 
     @property
     def speech_model_id(self) -> str:

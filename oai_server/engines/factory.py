@@ -13,6 +13,7 @@ from ..codec.snac_model import load_snac, resolve_device
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
+from .asr_factory import build_asr, build_vad
 from .base import TokenEngine
 from .bundle import Engines
 
@@ -39,8 +40,10 @@ def resolve_models(settings: Settings) -> Settings:
     if not settings.demo:
         return settings
     from .demo import build_demo_models
+    from .demo_whisper import build_demo_whisper
 
     demo = build_demo_models(settings.cache_dir)
+    whisper = build_demo_whisper(settings.cache_dir) if settings.asr else None
     # Cap each segment at ~2 s of audio so the demo stays fast on a laptop CPU, unless the user chose a cap.
     caps: dict[str, object] = {} if "tts_max_tokens" in settings.model_fields_set else {"tts_max_tokens": 168}
     if "warmup_batch_sizes" not in settings.model_fields_set:
@@ -53,6 +56,11 @@ def resolve_models(settings: Settings) -> Settings:
             "snac_model_name": str(demo.snac_dir),
             "llm_served_name": settings.llm_served_name or "demo-gemma-2",
             "tts_served_name": settings.tts_served_name or "demo-orpheus",
+            **(
+                {"asr_model_name": str(whisper), "asr_served_name": settings.asr_served_name or "demo-whisper"}
+                if whisper is not None
+                else {}
+            ),
         }
     )
 
@@ -162,7 +170,13 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     from .loading import load_tokenizer
 
     kind = choose_engine(settings)
-    logger.info("loading engines (%s): llm=%s tts=%s", kind, settings.llm_model_name, settings.tts_model_name)
+    logger.info(
+        "loading engines (%s): llm=%s tts=%s asr=%s",
+        kind,
+        settings.llm_model_name,
+        settings.tts_model_name,
+        settings.asr_model_name if settings.asr else "off",
+    )
     llm_tokenizer, tts_tokenizer = await asyncio.gather(
         asyncio.to_thread(load_tokenizer, settings.llm_model_name),
         asyncio.to_thread(load_tokenizer, settings.tts_model_name),
@@ -176,6 +190,12 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         snac.close()
         raise
     engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
+    try:
+        engines.asr = await build_asr(settings, kind)
+        engines.vad = await build_vad(engines.asr)
+    except BaseException:
+        await engines.close()
+        raise
     try:
         if settings.warmup_batch_sizes:
             from .warmup import warm_up
