@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     """Model name the remote transcription server serves (default: asr_model_name)."""
     asr_max_audio_seconds: float = Field(1500.0, gt=0, validation_alias=_env("asr_max_audio_seconds"))
     """Longest audio accepted for transcription or in one chat message (uploads are also capped at 25 MB)."""
+    asr_translation: Literal["auto", "yes", "no"] = Field("auto", validation_alias=_env("asr_translation"))
+    """Whether the speech model can translate to English (/v1/audio/translations); auto: not for turbo or .en models."""
     vad_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("vad_threshold"))
     """Voice activity: speech probability above which a frame is speech (OpenAI server_vad default 0.5)."""
     vad_prefix_padding_ms: int = Field(300, ge=0, le=10000, validation_alias=_env("vad_prefix_padding_ms"))

@@ -10,12 +10,14 @@ ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checke
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..errors import APIError, invalid
 from ..pipeline.encode import STREAMED_CHAT_FORMATS, ChatAudioFormat, SpeechFormat
+from .content_parts import InputAudioPart, part_kind
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 """Seeds are 64-bit integers (what torch and vLLM generators take); others are a 400, not a failed stream."""
@@ -76,6 +78,12 @@ class TextPart(OpenAIModel):
     text: str = ""
 
 
+ContentPart = Annotated[
+    Annotated[InputAudioPart, Tag("input_audio")] | Annotated[TextPart, Tag("other")], Discriminator(part_kind)
+]
+"""A content part: ``input_audio``, or text (any other type is refused by `ChatMessage.text`)."""
+
+
 class AudioRef(OpenAIModel):
     """`audio: {"id": ...}` on an assistant history message (extra keys allowed)."""
 
@@ -86,25 +94,31 @@ class ChatMessage(OpenAIModel):
     """One message of `messages`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     audio: AudioRef | None = None
 
-    def text(self, index: int) -> str:
-        """The message's text; non-text parts are refused."""
+    def text(self, index: int, transcripts: Mapping[int, str] | None = None) -> str:
+        """The message's text; ``transcripts`` stand for the audio parts (by index); other parts are refused."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
+        transcripts = transcripts or {}
         pieces = []
         for part_index, part in enumerate(self.content):
-            if part.type != "text":
+            if part_index in transcripts:
+                pieces.append(transcripts[part_index])
+                continue
+            if not isinstance(part, TextPart) or part.type != "text":
                 raise invalid(
                     f"Content part type '{part.type}' is not supported; only text parts are.",
                     f"messages[{index}].content[{part_index}].type",
                     "unsupported_value",
                 )
             pieces.append(part.text)
+        if transcripts:  # spoken and typed parts are separate utterances: one space between them
+            return " ".join(piece.strip() for piece in pieces if piece.strip())
         return "".join(pieces)
 
 
