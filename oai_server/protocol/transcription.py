@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from ..errors import invalid
 from .chat import OpenAIModel
@@ -71,13 +71,23 @@ class TranscriptionForm(TranslationForm):
 
     @field_validator("chunking_strategy", mode="before")
     @classmethod
-    def _json_object(cls, value: Any) -> Any:
+    def _chunking(cls, value: Any) -> Any:
+        """``"auto"`` or a server_vad object (also as a JSON string); errors name the inner field in the message."""
         if isinstance(value, str) and value.strip().startswith("{"):
             try:
-                return json.loads(value)
+                value = json.loads(value)
             except json.JSONDecodeError:
                 raise ValueError("not valid JSON") from None
-        return value
+        if value is None or value == "auto":
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("must be 'auto' or a server_vad object")
+        try:
+            return ServerVadChunking.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
 
     def check_supported(self) -> None:
         """Refuse options we cannot honour, instead of silently ignoring them."""
