@@ -42,7 +42,8 @@ def audio_part(data: bytes, fmt: str = "wav") -> dict[str, Any]:
 
 def spoken(data: bytes, fmt: str = "wav", text: str | None = "Please answer this:") -> list[dict[str, Any]]:
     """One user message: an optional text part, then the audio part."""
-    parts = ([{"type": "text", "text": text}] if text else []) + [audio_part(data, fmt)]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    parts.append(audio_part(data, fmt))
     return [{"role": "user", "content": parts}]
 
 
@@ -125,6 +126,7 @@ def test_langchain_spoken_message(live_server: LiveServer, wav: bytes) -> None:
     message = HumanMessage(content=[{"type": "text", "text": "Listen:"}, audio_part(wav)])
     reply = llm.invoke([message], seed=4)
     assert isinstance(reply.content, str)
+    assert reply.usage_metadata is not None
     assert reply.usage_metadata["input_token_details"]["audio"] == transcript_tokens(live_server, wav)
     streamed = list(llm.stream([message], seed=4, stream_usage=True))
     assert "".join(str(c.content) for c in streamed) == reply.content
@@ -136,7 +138,8 @@ def test_langchain_spoken_message(live_server: LiveServer, wav: bytes) -> None:
 def bad(client: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
-    body: dict[str, Any] = raised.value.body
+    body = raised.value.body
+    assert isinstance(body, dict)
     return body
 
 
@@ -154,14 +157,14 @@ def test_bad_audio_parts_are_400s_pointing_at_the_part(client: Any, wav: bytes) 
     empty_part = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
     empty = bad(client, [{"role": "user", "content": [empty_part]}])
     assert empty["code"] == "missing_required_parameter"
-    assistant = [
+    assistant: list[dict[str, Any]] = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [audio_part(wav)]},
         {"role": "user", "content": "Well?"},
     ]
     assert bad(client, assistant)["param"] == "messages[1].content[0].type"
     # The second message's part is the bad one: the param says so.
-    two = [*spoken(wav), {"role": "assistant", "content": "ok"}, *spoken(b"RIFF....WAVE", text=None)]
+    two: list[dict[str, Any]] = [*spoken(wav), {"role": "assistant", "content": "ok"}, *spoken(b"RIFF", text=None)]
     assert bad(client, two)["param"] == "messages[2].content[0].input_audio.data"
 
 

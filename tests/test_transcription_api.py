@@ -28,7 +28,7 @@ from .conftest import LiveServer, demo_settings, start_server
 
 TOLERANCE_S = 0.15
 RATE = 16000
-SHORT = [0.5, "Hello there, how are you today?", 0.6]
+SHORT: list[float | str] = [0.5, "Hello there, how are you today?", 0.6]
 LONG_SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please call me back tomorrow morning after nine.",
@@ -242,6 +242,7 @@ def test_long_audio_is_cut_at_silences_and_transcribed_in_order(
         assert not any(s.start * RATE < piece.end < s.end * RATE for s in placed)
 
     async def alone(samples: np.ndarray, index: int) -> str:
+        assert services.engines.asr is not None
         stream = services.engines.asr.transcribe(samples, TranscriptionParams(language="en"), f"alone-{index}")
         return "".join([p.text async for p in stream]).strip()
 
@@ -349,7 +350,7 @@ def test_bad_fields_are_400s_naming_the_field(
 def test_unknown_model_is_404(live_server: LiveServer, short_wav: bytes, client: Any) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         client.audio.transcriptions.create(model="tts-1", file=("a.wav", short_wav))
-    assert raised.value.body["code"] == "model_not_found"
+    assert isinstance(raised.value.body, dict) and raised.value.body["code"] == "model_not_found"
     no_model = httpx.post(
         f"{live_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", short_wav)}, timeout=30
     )
