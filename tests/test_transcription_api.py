@@ -357,3 +357,10 @@ def test_unknown_model_is_404(live_server: LiveServer, short_wav: bytes, client:
     assert error_of(no_model)["code"] == "missing_required_parameter"
     models = {m.id for m in client.models.list()}
     assert {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "demo-whisper"} <= models
+
+
+def test_a_tiny_temperature_decodes_greedily(live_server: LiveServer, short_wav: bytes) -> None:
+    """Found by the schema fuzzer: 4e-289 made Whisper's sampler divide by ~0 (a 500)."""
+    greedy = post(live_server, short_wav, language="en").json()["text"]
+    tiny = post(live_server, short_wav, language="en", temperature="4e-289")
+    assert tiny.status_code == 200 and tiny.json()["text"] == greedy

@@ -118,7 +118,7 @@ def form_fields(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
             continue  # files are read apart
         match = _KEY.match(key)
         if match is None:
-            raise invalid(f"Unrecognized form field name '{key}'.", key, "invalid_value")
+            continue  # not a field of ours (unknown fields are ignored, as in JSON bodies)
         name, sub = match.group(1), match.group(2)
         if sub is None and name not in LIST_FIELDS:
             out[name] = value
