@@ -192,6 +192,8 @@ def test_curl_style_form_fields(live_server: LiveServer, short: tuple[np.ndarray
     assert nested.status_code == 200 and nested.json()["segments"][0]["seek"] == body["segments"][0]["seek"]
     auto = post(live_server, wav, chunking_strategy="auto", stream="false")
     assert auto.status_code == 200 and auto.headers["content-type"] == "application/json"
+    capped = post(live_server, wav, max_tokens="2").json()  # our extension: tokens per 30 s piece
+    assert 1 <= capped["usage"]["output_tokens"] <= 2 < auto.json()["usage"]["output_tokens"]
 
 
 # --------------------------------------------------------------------------- the VAD gate and long audio
@@ -334,6 +336,7 @@ def test_size_and_duration_limits(strict_server: LiveServer, long_audio: tuple[n
         ({"temperature": "warm"}, "temperature", "invalid_value"),
         ({"stream": "maybe"}, "stream", "invalid_value"),
         ({"model": ""}, "model", "invalid_value"),
+        ({"max_tokens": "0"}, "max_tokens", "invalid_value"),
     ],
 )
 def test_bad_fields_are_400s_naming_the_field(

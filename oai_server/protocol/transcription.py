@@ -51,6 +51,8 @@ class TranslationForm(OpenAIModel):
     prompt: str | None = None
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0, le=1)
+    # Not in OpenAI's spec: a cap on the transcript tokens of each 30 s piece (cost control, benchmarks).
+    max_tokens: int | None = Field(None, ge=1, le=448)
 
     @property
     def timestamped(self) -> bool:

@@ -45,6 +45,7 @@ _COMMON: dict[str, Any] = {
     "prompt": {"type": "string"},
     "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
     "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 448, "description": "Not OpenAI's: tokens per piece."},
 }
 TRANSCRIPTION_FORM = multipart(
     {

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..codec.audio_input import MAX_UPLOAD_BYTES, DecodedAudio, decode_audio, decode_base64, resample
 from ..engines.asr import (
+    MAX_DECODER_POSITIONS,
     WINDOW_SECONDS,
     SpeechRecognizer,
     Task,
@@ -85,6 +86,8 @@ class TranscriptionOptions:
     """Voice activity parameters (``chunking_strategy: server_vad``); None: the server's settings."""
     timestamped: bool = False
     """One piece, and so one segment, per stretch of speech instead of pieces packed up to 30 s."""
+    max_tokens: int = MAX_DECODER_POSITIONS
+    """Transcript tokens per piece at most (the decoder's context bounds it too)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ class TranscriptionService:
         task: Task = "transcribe",
         vad: VadParams | None = None,
         timestamped: bool = False,
+        max_tokens: int | None = None,
     ) -> TranscriptionOptions:
         """Validated options (400 for an unknown language, a temperature outside [0, 1], a prompt too long)."""
         asr = self._require("model")
@@ -254,7 +258,10 @@ class TranscriptionService:
         if prompt is not None:
             check_length(prompt, self.settings.max_input_chars, "prompt")
         code = check_language(language, asr.languages)
-        return TranscriptionOptions(code, prompt or None, temperature, task, vad, timestamped)
+        if max_tokens is not None and not 1 <= max_tokens <= MAX_DECODER_POSITIONS:
+            raise invalid(f"max_tokens must be between 1 and {MAX_DECODER_POSITIONS}, got {max_tokens}.", "max_tokens")
+        limit = max_tokens or MAX_DECODER_POSITIONS
+        return TranscriptionOptions(code, prompt or None, temperature, task, vad, timestamped, limit)
 
     async def prepare_form(self, form: TranscriptionForm | TranslationForm, data: bytes) -> TranscriptionJob:
         """A `/v1/audio/transcriptions` or `/translations` request, validated, decoded and planned (raises 400s).
@@ -279,11 +286,16 @@ class TranscriptionService:
                 temperature=form.temperature,
                 vad=vad,
                 timestamped=form.timestamped,
+                max_tokens=form.max_tokens,
             )
         else:
             self.check_translation()
             options = self.options(
-                prompt=form.prompt, temperature=form.temperature, task="translate", timestamped=form.timestamped
+                prompt=form.prompt,
+                temperature=form.temperature,
+                task="translate",
+                timestamped=form.timestamped,
+                max_tokens=form.max_tokens,
             )
         return await self.prepare(await self.decode(data, param="file"), options)
 
@@ -372,7 +384,7 @@ class TranscriptionService:
         """The job's events in order (see the module doc); closing it aborts the engine requests."""
         asr = self._require("model")
         o = job.options
-        params = TranscriptionParams(language=o.language, prompt=o.prompt, temperature=o.temperature, task=o.task)
+        params = TranscriptionParams(o.language, o.prompt, o.temperature, o.max_tokens, o.task)
         queues: list[asyncio.Queue[TranscriptPiece | BaseException | None]] = [asyncio.Queue() for _ in job.pieces]
         limiter = asyncio.Semaphore(self._max_parallel)
         tasks = [
