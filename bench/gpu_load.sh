@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H200 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines|profile  (writes under $OUT). Knobs:
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|asr|baselines|profile  (writes under $OUT). Knobs:
+# ASR (1: the server also runs the Whisper-large-v3-turbo-shaped random model from $RAND/whisper, built here
+# if missing, with ASR_MEM of the GPU, 0.1; 0: --no-asr); asr mode: bench/asr_load.py against that server
+# (ASR_CONC latency levels "1,32", SPEECH_N speech streams 64, TRANSCRIBERS 32, ASR_LOAD_ARGS);
 # MODE, CONC (bursts; CONC= skips them), SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8
 # --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM, MAX_SEQS (--tts-max-num-seqs and --max-concurrent-streams, 256),
 # LOAD_ARGS, MODES; ENGINE_ARGS (baselines/profile, e.g. "--quantization fp8 --kv-cache-dtype fp8");
@@ -16,13 +19,29 @@ cleanup() { pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; slee
 cleanup
 mkdir -p "$OUT"
 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
+if [ "${ASR:-1}" = 1 ] && { [ "${1:-load}" = load ] || [ "${1:-load}" = asr ]; }; then
+  [ -f "$RAND/whisper/config.json" ] || python3 bench/build_random_models.py --out "$RAND" --which whisper
+  ASR_FLAGS=(--asr-model-name "$RAND/whisper" --asr-gpu-memory-utilization "${ASR_MEM:-0.1}")
+else
+  ASR_FLAGS=(--no-asr)
+fi
+serve() {  # the server on vLLM in the background: SERVER_PID
+  python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
+    --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
+    --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs "${MAX_SEQS:-256}" \
+    --max-concurrent-streams "${MAX_SEQS:-256}" --port 8080 "${ASR_FLAGS[@]}" ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+}
 case "${1:-load}" in
+  asr)  # transcription latency/throughput, GPU memory per engine, and its cost to speech streams
+    serve
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/asr_load.py --url http://127.0.0.1:8080 --out "$OUT/asr" \
+      --server-pid "$SERVER_PID" --server-timeout 330 --concurrency "${ASR_CONC:-1,32}" \
+      --speech-streams "${SPEECH_N:-64}" --transcribers "${TRANSCRIBERS:-32}" ${ASR_LOAD_ARGS:-} 2>&1 | tail -40
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+    ;;
   load)
-    python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
-      --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
-      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs "${MAX_SEQS:-256}" \
-      --max-concurrent-streams "${MAX_SEQS:-256}" --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
-    SERVER_PID=$!
+    serve
     if [ -n "${PYSPY_S:-}" ]; then
       ( until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health/ready')" 2>/dev/null; do sleep 1; done
         sleep "${PYSPY_DELAY:-5}"
