@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..codec.snac_model import load_snac, resolve_device
+from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
@@ -182,7 +182,8 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         asyncio.to_thread(load_tokenizer, settings.tts_model_name),
     )
     device = resolve_device(settings.snac_device)
-    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device)
+    dtype = resolve_snac_dtype(settings.snac_dtype, device)
+    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
     snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
         llm, tts = await _build(settings, kind)
