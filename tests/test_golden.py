@@ -172,6 +172,7 @@ def golden_server(demo_cache: Path, demo_models: DemoModels, tmp_path_factory: p
         tts_served_name="demo-orpheus",
         tts_max_tokens=168,
         warmup_batch_sizes=[1],
+        asr=False,
         snac_max_batch=1,  # a batched conv differs from a single one in the last bit: decode windows alone
     )
     server = start_server(settings)
