@@ -173,7 +173,11 @@ class Sweep:
         args = self.args
 
         async def level(n: int) -> dict[str, Any]:
-            return (await run_level(mode, n, args, self.seeds))[0]
+            summary = (await run_level(mode, n, args, self.seeds))[0]
+            # a run cut short (the GPU call's time limit) still leaves every level it ran
+            self.report.setdefault("search_levels", {}).setdefault(mode, []).append(summary)
+            self.save()
+            return summary
 
         self.report["search"][mode] = await search(
             level,
