@@ -10,6 +10,8 @@ and layout, with each capacity's ratio to the one-card run of the same table, an
 against cards.
 
     python bench/placement_summary.py --dir $OUT --tag h200x2_speech --cards 2 --placement speech
+    python bench/placement_summary.py --dir bench/results --tag h200x2_auto --cards 2 --placement auto \
+        --suffix _random_weights      # after copying <tag>_<phase>/results.json to <tag>_<phase>_random_weights.json
     python bench/placement_summary.py --table bench/results/h200x*_summary_random_weights.json --plot scaling.png
 """
 
@@ -70,13 +72,18 @@ def capacity_of(report: dict[str, Any], mode: str) -> dict[str, Any] | None:
     }
 
 
-def summarize_run(directory: Path, tag: str, cards: int, placement: str) -> dict[str, Any]:
-    """The summary of one `gpu_load.sh placement` run (see the module docstring)."""
+def summarize_run(directory: Path, tag: str, cards: int, placement: str, suffix: str = "") -> dict[str, Any]:
+    """The summary of one `gpu_load.sh placement` run (see the module docstring). Phase results are
+    `<tag>_<phase>/results.json` as the script writes them, or `<tag>_<phase><suffix>.json` as copied
+    into `bench/results/` (e.g. suffix `_random_weights`)."""
     summary: dict[str, Any] = {"tag": tag, "cards": cards, "placement": placement, "random_weights": True}
-    layout = directory / f"{tag}_layout.txt"
-    summary["layout"] = layout.read_text().strip() if layout.exists() else None
+    layouts = [directory / f"{tag}_layout{suffix}.txt", directory / f"{tag}_layout.txt"]
+    layout = next((path for path in layouts if path.exists()), None)
+    summary["layout"] = layout.read_text().strip() if layout is not None else None
     for phase in ("ttfa", *CAPACITY_PHASES):
         path = directory / f"{tag}_{phase}" / "results.json"
+        if not path.exists():
+            path = directory / f"{tag}_{phase}{suffix}.json"
         if not path.exists():
             summary[phase] = None
             continue
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag")
     p.add_argument("--cards", type=int, default=1)
     p.add_argument("--placement", default="auto")
+    p.add_argument("--suffix", default="", help="phase files named <tag>_<phase><suffix>.json (bench/results)")
     p.add_argument("--table", type=Path, nargs="+", help="several runs: their summary JSON files")
     p.add_argument("--plot", type=Path, default=None, help="with --table: write the scaling plot here")
     args = p.parse_args(argv)
@@ -173,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dir is None or args.tag is None:
         p.error("give --dir and --tag (one run) or --table (several)")
-    summary = summarize_run(args.dir, args.tag, args.cards, args.placement)
-    (args.dir / f"{args.tag}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = summarize_run(args.dir, args.tag, args.cards, args.placement, args.suffix)
+    (args.dir / f"{args.tag}_summary{args.suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table([summary]))
     return 0
 
