@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..codec.snac_model import load_snac, resolve_device
+from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
@@ -208,7 +208,8 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     )
     layout = gpu_layout(settings) if kind == "vllm" else None
     device = layout.snac_device if layout is not None else resolve_device(settings.snac_device)
-    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device)
+    dtype = resolve_snac_dtype(settings.snac_dtype, device)
+    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
     snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
         llm, tts = await _build(settings, kind, layout)
