@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+    placement: Literal["auto", "shared", "speech", "chat", "balanced"] = Field(
+        "auto", validation_alias=_env("placement")
+    )
+    """GPU layout of the vLLM engines: auto (shared on one card, balanced on more; manual when a --*-gpus or
+    parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
+    SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
 
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod
