@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
+    snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
+    """Precision of the SNAC decoder: auto is float16 on CUDA, float32 on CPU."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
 
@@ -229,6 +231,12 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+    placement: Literal["auto", "shared", "speech", "chat", "balanced"] = Field(
+        "auto", validation_alias=_env("placement")
+    )
+    """GPU layout of the vLLM engines: auto (shared on one card, balanced on more; manual when a --*-gpus or
+    parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
+    SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
 
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod
