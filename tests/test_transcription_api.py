@@ -22,7 +22,7 @@ import pytest
 from oai_server.engines.asr import TranscriptionParams
 from oai_server.serving.transcription import ENCODER_POSITIONS_PER_SECOND, translation_refusal
 from oai_server.settings import Settings
-from tests.speech_audio import ENCODINGS, Placed, compose, encode
+from tests.speech_audio import ENCODINGS, Placed, compose, encode, to_pcm16
 
 from .conftest import LiveServer, demo_settings, start_server
 
@@ -367,3 +367,20 @@ def test_a_tiny_temperature_decodes_greedily(live_server: LiveServer, short_wav:
     greedy = post(live_server, short_wav, language="en").json()["text"]
     tiny = post(live_server, short_wav, language="en", temperature="4e-289")
     assert tiny.status_code == 200 and tiny.json()["text"] == greedy
+
+
+def test_raw_pcm_of_a_realtime_buffer(live_server: LiveServer) -> None:
+    """The seam a Realtime session uses: 24 kHz pcm16 in, a transcript of its one stretch of speech out."""
+    audio, placed = compose(SHORT, rate=24000)
+    service = live_server.services.transcription
+
+    async def transcribe() -> Any:
+        decoded = await service.decode_pcm16(to_pcm16(audio), 24000, param="audio")
+        job = await service.prepare(decoded, service.options(language="en", timestamped=True))
+        return decoded, await service.transcribe(job)
+
+    decoded, done = asyncio.run_coroutine_threadsafe(transcribe(), live_server.loop).result(timeout=60)
+    assert decoded.sample_rate == RATE and abs(decoded.duration - len(audio) / 24000) < 0.01
+    assert done.text and done.language == "en" and len(done.segments) == 1
+    assert_near(done.segments[0].start, placed[0].start)
+    assert done.usage.output_tokens == done.segments[0].tokens > 0

@@ -4,6 +4,7 @@
 spoken chat messages (`input_audio` parts) and, later, a Realtime session use it the same way::
 
     audio = await service.decode(data, param="file")          # any container -> 16 kHz mono (400 if bad)
+                                                              # (or decode_base64, decode_pcm16 for raw pcm)
     job = await service.prepare(audio, service.options(...))  # VAD: where the speech is, cut into pieces
     async for event in service.stream(job): ...               # TranscriptTextDelta* / TranscriptSegment ...
     done = await service.transcribe(job)                      # or only the final TranscriptDone
@@ -38,7 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codec.audio_input import MAX_UPLOAD_BYTES, DecodedAudio, decode_audio, decode_base64, resample
+from ..codec.audio_input import (
+    MAX_UPLOAD_BYTES,
+    DecodedAudio,
+    decode_audio,
+    decode_base64,
+    decode_pcm16,
+    resample,
+)
 from ..engines.asr import (
     MAX_DECODER_POSITIONS,
     WINDOW_SECONDS,
@@ -326,6 +334,17 @@ class TranscriptionService:
             )
 
         return await asyncio.to_thread(work)
+
+    async def decode_pcm16(self, data: bytes, source_rate: int, *, param: str) -> DecodedAudio:
+        """Raw s16le mono at ``source_rate`` (a Realtime input audio buffer: 24 kHz) to 16 kHz, in a worker thread."""
+        return await asyncio.to_thread(
+            decode_pcm16,
+            data,
+            source_rate,
+            sample_rate=SAMPLE_RATE,
+            param=param,
+            max_seconds=self.settings.asr_max_audio_seconds,
+        )
 
     async def prepare(self, audio: DecodedAudio, options: TranscriptionOptions) -> TranscriptionJob:
         """Find the speech (VAD, in a worker thread) and cut it into model windows."""
