@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
 from .errors import error_response, reject_websocket
+from .json_body import JsonBodyMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -344,6 +345,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     metrics.set_live_sources(admission=lambda: getattr(services(), "admission", None), engines=engines)
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
+    app.add_middleware(JsonBodyMiddleware)  # routes/json_body.py: curl -d bodies are JSON
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keys = settings.all_api_keys()
     if keys:
