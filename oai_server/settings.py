@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     first_segment_words: int = Field(4, ge=0, validation_alias=_env("first_segment_words"))
     """The first spoken segment may be cut at a clause once it has this many words (0 disables)."""
     first_segment_max_words: int = Field(10, ge=0, validation_alias=_env("first_segment_max_words"))
-    """The first spoken segment ends after this many words even without punctuation (0 disables)."""
+    """The first spoken segment holds at most this many words, cut even without punctuation (0 disables)."""
 
     # --- engines (vLLM) ---
     dtype: str = Field("auto", validation_alias=_env("dtype"))

@@ -348,3 +348,48 @@ def test_first_segment_never_exceeds_its_word_cap() -> None:
         "one two three four five six seven eight nine",
         "Dr. Smith went home and slept.",
     ]
+
+
+# --------------------------------------------------------------------------- the README's examples, verbatim
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def using_it() -> str:
+    text = README.read_text()
+    return text[text.index("## Using it") : text.index("\n## ", text.index("## Using it") + 5)]
+
+
+def blocks(section: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def test_readme_using_it_examples_work_verbatim(live_server: LiveServer, tmp_path: Path) -> None:
+    """Every curl and Python example of "Using it", run as written (only the host and port are the test server's)."""
+    section = using_it()
+    host = live_server.url.removeprefix("http://")
+
+    def local(code: str) -> str:
+        return code.replace("http://localhost:8080", live_server.url).replace("localhost:8080", host)
+
+    shell = blocks(section, "bash")
+    shell += [f"{command}\n" for command in re.findall(r"`(curl [^`]*localhost[^`]+)`", section)]  # the seed one-liners
+    assert len(shell) >= 3
+    for code in shell:
+        result = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + local(code).replace("curl ", "curl --fail-with-body ")],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, (code, result.stderr.decode()[-2000:], result.stdout[-2000:])
+        if "stream_format" in code:
+            assert b"speech.audio.done" in result.stdout
+        if '"stream":true' in code:
+            assert result.stdout.rstrip().endswith(b"data: [DONE]")
+    for name in ("hello.wav", "reply.wav"):
+        assert (tmp_path / name).read_bytes()[:4] == b"RIFF", name
+    python = blocks(section, "python")
+    assert len(python) == 2
+    for code in python:
+        exec(compile(local(code), "README.md", "exec"), {"__name__": "readme"})
