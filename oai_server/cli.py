@@ -154,9 +154,9 @@ def check_key_file(settings: Settings) -> None:
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, bound before any model loads, so a taken port fails at once."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # IPv4 first: `localhost` should answer at 127.0.0.1, where the ready line points browsers.
+        family, kind, proto, _, address = sorted(found, key=lambda info: info[0] != socket.AF_INET)[0]
     except socket.gaierror as exc:
         raise StartupError(
             f"cannot listen on host {host!r}: {exc.strerror}: set --host to an address of this machine "

@@ -102,34 +102,28 @@ def _facts(model: str, demo_name: str | None) -> Facts:
     )
 
 
+def _info(facts: Facts, model_id: str, capabilities: list[str], **extra: list[str]) -> SeedModelInfo:
+    return SeedModelInfo(
+        name=facts.name,
+        id=model_id,
+        provider=facts.provider,
+        parameters=facts.parameters,
+        license=facts.license,
+        license_url=facts.license_url,
+        capabilities=capabilities,
+        loaded=True,
+        **extra,
+    )
+
+
 def describe_models(settings: Settings) -> SeedModels:
     """The seed's `/models` for a server running with `settings` (already resolved)."""
     demo = settings.demo
     llm = _facts(settings.llm_model_name, "Demo chat model (Gemma 2 architecture, random weights)" if demo else None)
     tts = _facts(settings.tts_model_name, "Demo speech model (Orpheus layout, random weights)" if demo else None)
-    extra = {"note": DEMO_NOTE} if demo else {}
     return SeedModels(
-        llm=SeedModelInfo(
-            name=llm.name,
-            id=settings.chat_model_id,
-            provider=llm.provider,
-            parameters=llm.parameters,
-            license=llm.license,
-            license_url=llm.license_url,
-            capabilities=LLM_CAPABILITIES,
-            loaded=True,
-        ),
-        tts=SeedModelInfo(
-            name=tts.name,
-            id=settings.speech_model_id,
-            provider=tts.provider,
-            parameters=tts.parameters,
-            license=tts.license,
-            license_url=tts.license_url,
-            capabilities=TTS_CAPABILITIES,
-            voices=list(settings.voices),
-            loaded=True,
-        ),
+        llm=_info(llm, settings.chat_model_id, LLM_CAPABILITIES),
+        tts=_info(tts, settings.speech_model_id, TTS_CAPABILITIES, voices=list(settings.voices)),
         demo=demo,
-        **extra,
+        **({"note": DEMO_NOTE} if demo else {}),
     )
