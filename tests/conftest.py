@@ -28,7 +28,17 @@ import pytest
 
 from oai_server.engines.demo import DemoModels, build_demo_models
 
-from .helpers import IN_CI, LiveServer, demo_settings, quiet_settings, quiet_snac, start_server, wait_until
+from .helpers import (
+    IN_CI,
+    LiveServer,
+    ThreadedServer,
+    demo_settings,
+    quiet_settings,
+    quiet_snac,
+    sdk_client,
+    start_server,
+    wait_until,
+)
 
 __all__ = ["LiveServer", "demo_settings", "start_server", "wait_until"]  # for modules that import them from here
 
@@ -78,11 +88,63 @@ def quiet_server(
 
 
 @pytest.fixture(scope="session")
+def remote_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveServer]:
+    """The app with ``--engine remote`` against two upstreams on loopback (`tests/upstream_server.py`,
+    vLLM's wire shape) serving the demo Gemma and the demo Orpheus on transformers engines."""
+    import asyncio
+
+    from oai_server.engines.loading import load_tokenizer
+    from oai_server.engines.transformers_engine import TransformersEngine
+
+    from .upstream_server import create_upstream_app
+
+    models = {"llm": ("gemma-demo", demo_models.llm_dir), "tts": ("orpheus-demo", demo_models.tts_dir)}
+    engines = {
+        role: TransformersEngine(path, kind=f"upstream-{role}", device="cpu", max_concurrency=4, torch_threads=1)
+        for role, (_, path) in models.items()
+    }
+    upstreams = {
+        role: ThreadedServer(
+            create_upstream_app(engines[role], load_tokenizer(path), model=name),
+            lifespan="off",
+            name=f"upstream-{role}",
+        )
+        for role, (name, path) in models.items()
+    }
+    settings = demo_settings(
+        demo_cache,
+        engine="remote",
+        llm_remote_url=upstreams["llm"].url,
+        llm_remote_model="gemma-demo",
+        tts_remote_url=upstreams["tts"].url,
+        tts_remote_model="orpheus-demo",
+    )
+    server = start_server(settings)
+    server.upstream_engines = engines
+    yield server
+    server.stop()
+    for role in models:
+        upstreams[role].stop()
+        asyncio.run(engines[role].close())
+
+
+@pytest.fixture(scope="session", params=["in-process", "remote"])
+def any_server(request: pytest.FixtureRequest) -> LiveServer:
+    """The API tests that matter most run twice: on in-process engines and with ``--engine remote``."""
+    server: LiveServer = request.getfixturevalue("live_server" if request.param == "in-process" else "remote_server")
+    return server
+
+
+@pytest.fixture(scope="session")
 def client(live_server: LiveServer) -> Any:
     """The official openai SDK pointed at the live server."""
-    from openai import OpenAI
+    return sdk_client(live_server)
 
-    return OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
+
+@pytest.fixture(scope="session")
+def any_client(any_server: LiveServer) -> Any:
+    """The openai SDK pointed at `any_server`."""
+    return sdk_client(any_server)
 
 
 # --- suite rules ----------------------------------------------------------------------------------------

@@ -136,11 +136,33 @@ class LiveServer(ThreadedServer):
     def __init__(self, app: Any) -> None:
         super().__init__(app, name="oai-server")
         self.app = app
+        self.upstream_engines: dict[str, Any] = {}
+        """For a server on remote engines: the engines behind its upstreams, by role (`llm`, `tts`)."""
 
     @property
     def services(self) -> Any:
         """The app's `Services` (engines, admission, ...)."""
         return self.app.state.services
+
+    def model_engines(self) -> dict[str, Any]:
+        """The engines that run the models, by role: the server's own, or those behind its upstreams.
+        They count their decode steps (`generated_tokens()`)."""
+        engines = self.services.engines
+        return self.upstream_engines or {"llm": engines.llm, "tts": engines.tts}
+
+    def generated_tokens(self) -> int:
+        """Decode steps of every model engine so far."""
+        return sum(engine.generated_tokens() for engine in self.model_engines().values())
+
+    def idle(self) -> bool:
+        """Nothing in flight: no admitted or queued stream, no request in any engine (or upstream engine)."""
+        svc = self.services
+        engines = [svc.engines.llm, svc.engines.tts, *self.upstream_engines.values()]
+        return (
+            svc.admission.active == 0
+            and svc.admission.queued == 0
+            and all(engine.active_requests() == 0 for engine in engines)
+        )
 
     def tasks(self) -> collections.Counter[str]:
         """The asyncio tasks alive on the server's loop, counted by coroutine name."""
@@ -158,6 +180,13 @@ class LiveServer(ThreadedServer):
     def scrape(self) -> dict[str, float]:
         """The server's `/metrics`, parsed."""
         return scrape(self.url)
+
+
+def sdk_client(server: ThreadedServer) -> Any:
+    """The official openai SDK pointed at a server (no retries: a failure must show)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
 
 
 def start_server(settings: Settings, engines: Any = None) -> LiveServer:
