@@ -103,14 +103,11 @@ def remote_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveSer
         role: TransformersEngine(path, kind=f"upstream-{role}", device="cpu", max_concurrency=4, torch_threads=1)
         for role, (_, path) in models.items()
     }
-    upstreams = {
-        role: ThreadedServer(
-            create_upstream_app(engines[role], load_tokenizer(path), model=name),
-            lifespan="off",
-            name=f"upstream-{role}",
-        )
+    apps = {
+        role: create_upstream_app(engines[role], load_tokenizer(path), model=name)
         for role, (name, path) in models.items()
     }
+    upstreams = {role: ThreadedServer(app, lifespan="off", name=f"upstream-{role}") for role, app in apps.items()}
     settings = demo_settings(
         demo_cache,
         engine="remote",
@@ -120,7 +117,7 @@ def remote_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveSer
         tts_remote_model="orpheus-demo",
     )
     server = start_server(settings)
-    server.upstream_engines = engines
+    server.upstream_engines, server.upstream_apps = engines, apps
     yield server
     server.stop()
     for role in models:

@@ -138,6 +138,8 @@ class LiveServer(ThreadedServer):
         self.app = app
         self.upstream_engines: dict[str, Any] = {}
         """For a server on remote engines: the engines behind its upstreams, by role (`llm`, `tts`)."""
+        self.upstream_apps: dict[str, Any] = {}
+        """For a server on remote engines: its upstream apps by role (their `state.faults` inject failures)."""
 
     @property
     def services(self) -> Any:

@@ -53,6 +53,8 @@ class UpstreamFaults:
     """Group engine deltas until a chunk holds at least this many ids (multi-token deltas)."""
     omit_token_ids: bool = False
     """Behave like an upstream without ``return_token_ids`` support (text only)."""
+    unhealthy: bool = False
+    """``GET /health`` answers 503."""
 
 
 def _sampling(body: Mapping[str, Any]) -> SamplingParams:
@@ -223,6 +225,8 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
 
     @app.get("/health")
     async def health() -> Response:
+        if app.state.faults.unhealthy:
+            return _error(503, "injected: unhealthy")
         try:
             await engine.check_health()
         except Exception as exc:
