@@ -99,6 +99,19 @@ def steady(read: Callable[[], Any], window: float, interval: float = 0.02) -> tu
     return True, first, first
 
 
+async def asteady(read: Callable[[], Any], window: float, interval: float = 0.01) -> tuple[bool, Any, Any]:
+    """`steady` for coroutines: watch without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    first = read()
+    deadline = loop.time() + window
+    while loop.time() < deadline:
+        await asyncio.sleep(interval)
+        now = read()
+        if now != first:
+            return False, first, now
+    return True, first, first
+
+
 # --- servers in a thread --------------------------------------------------------------------------------
 
 
