@@ -20,7 +20,7 @@ import pytest
 
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server
+from .helpers import LiveServer, demo_settings, quiet_snac, start_server
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 RECORD = os.environ.get("OAI_GOLDEN_RECORD") == "1"
@@ -149,23 +149,6 @@ def _b64_audio_in_json(body: bytes) -> bytes:
             audio["data"] = base64.b64encode(_zero_ogg_serials(raw)).decode()
             return json.dumps(doc, sort_keys=True).encode()
     return body
-
-
-def quiet_snac(source: Path, target: Path) -> Path:
-    """A copy of a SNAC model whose NoiseBlocks add nothing (their 1x1 convolution's weight-norm gain is 0)."""
-    import torch
-    from snac import SNAC
-    from snac.layers import NoiseBlock
-
-    config = json.loads((source / "config.json").read_text())
-    names = [name for name, module in SNAC(**config).named_modules() if isinstance(module, NoiseBlock)]
-    state = torch.load(source / "pytorch_model.bin", map_location="cpu")
-    for name in names:
-        gain = f"{name}.linear.parametrizations.weight.original0"
-        state[gain] = torch.zeros_like(state[gain])
-    torch.save(state, target / "pytorch_model.bin")
-    (target / "config.json").write_text(json.dumps(config))
-    return target
 
 
 @pytest.fixture(scope="module")
