@@ -12,8 +12,9 @@ Rules enforced here for every run:
 - under ``CI`` a skipped test fails (a skip there means a test that never ran);
 - ``@pytest.mark.gpu`` tests are deselected by default (``-m "not gpu"`` in addopts) and, when
   selected without CUDA, skip locally / fail in CI;
-- the coverage floor (``[tool.coverage.report] fail_under``) is enforced on full runs only, since
-  a run of a few files covers less by design; the summary says which applied;
+- the coverage floor (``[tool.coverage.report] fail_under``) is enforced, and the table printed, on
+  full runs only, since a run of a few files covers less by design (``--cov-report`` brings the table
+  back); the summary says which applied;
 - the order seed (pytest-randomly) is printed in the summary, so a shuffled run can be replayed.
 """
 
@@ -148,11 +149,12 @@ def any_client(any_server: LiveServer) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs CUDA; deselected by default (run with -m gpu)")
     cov = config.pluginmanager.get_plugin("_cov")
     if cov is not None and not _full_run(config):
         config.stash[_FLOOR_RELAXED] = cov.options.cov_fail_under
         cov.options.cov_fail_under = None
+        if not any(arg.startswith("--cov-report") for arg in config.invocation_params.args):
+            cov.options.cov_report = {}  # a few files' coverage says little: no table unless asked for
 
 
 _FLOOR_RELAXED = pytest.StashKey[Any]()
