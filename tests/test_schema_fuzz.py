@@ -43,7 +43,7 @@ from schemathesis.checks import (
 
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server
+from .helpers import LiveServer, demo_settings, start_server
 
 EXAMPLES = int(os.environ.get("OAI_FUZZ_EXAMPLES", "50"))
 """Hypothesis examples per operation and generation mode (raise it for a longer local run)."""
