@@ -53,6 +53,17 @@ def require_tool(name: str, hint: str, *candidates: str | None) -> str:
     pytest.skip(message)
 
 
+def chromium_path() -> str:
+    """Debian's Chromium (or $CHROMIUM_PATH): a failure under CI, a skip with an install hint otherwise."""
+    return require_tool(
+        "chromium",
+        "apt-get install -y chromium (or set CHROMIUM_PATH)",
+        os.environ.get("CHROMIUM_PATH"),
+        "/usr/bin/chromium",
+        shutil.which("chromium-browser"),
+    )
+
+
 # --- waiting on conditions ------------------------------------------------------------------------------
 
 

@@ -204,9 +204,9 @@ def test_snr_db() -> None:
 
 
 def follows_first_segment_rule(transcript: str, max_words: int = 10) -> bool:
-    """The segmenter ends the first segment at the first space after `max_words` words, but never right
-    after a word ending in "." or "…" (perhaps an abbreviation): so past the limit, every word but the
-    last ends in one."""
+    """The segmenter ends the first segment after `max_words` words, or before the last one when it ends
+    in "." or "…" (perhaps an abbreviation); where that would cut at the start of a sentence it waits for
+    the next space instead: so past the limit, every word but the last ends in one."""
     words = transcript.split()
     return bool(words) and all(w.endswith((".", "…")) for w in words[max_words - 1 : -1])
 
@@ -219,7 +219,8 @@ def test_first_segment_rule_is_the_segmenters() -> None:
     words = [f"word{i}" for i in range(1, 14)]
     assert first(" ".join(words)) == " ".join(words[:10])
     abbreviated = [*words[:9], "approx.", "eleven", "twelve"]
-    assert first(" ".join(abbreviated)) == " ".join(abbreviated[:11])  # 11 words
+    # the 10th word ends in ".": the cut goes before it, so it opens the next segment (at most 10 words)
+    assert first(" ".join(abbreviated)) == " ".join(abbreviated[:9])
     for text in (" ".join(words), " ".join(abbreviated)):
         assert follows_first_segment_rule(first(text))
     assert not follows_first_segment_rule(" ".join(words[:11]))
@@ -238,7 +239,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
 
 
 def _check_capacity_block(block: dict[str, Any], levels: list[dict[str, Any]], ttfa_limit: float) -> None:
-    assert block["criteria"] == {"ttfa_p95_ms": ttfa_limit, "rtf_p99_max": 1.0, "prebuffer_ms": 250.0}
+    assert block["criteria"] == {"ttfa_p95_ms": ttfa_limit, "rtf_p99_max": 1.0, "prebuffer_ms": 250.0, "parts": []}
     assert [v["n"] for v in block["levels"]] == [lv["concurrency"] for lv in levels]
     for level, verdict in zip(levels, block["levels"], strict=True):
         checks = verdict["criteria"]

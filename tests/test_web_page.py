@@ -9,8 +9,6 @@ the page shows does not depend on the random demo model's luck.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .helpers import LiveServer, demo_settings, require_tool, start_server, wait_until
+from .helpers import LiveServer, chromium_path, demo_settings, start_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM_ARGS = [
@@ -39,13 +37,7 @@ GOOD_KEY = "sk-web-page-good"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the module (Debian's, or $CHROMIUM_PATH)."""
-    path = require_tool(
-        "chromium",
-        "apt-get install -y chromium (or set CHROMIUM_PATH)",
-        os.environ.get("CHROMIUM_PATH"),
-        "/usr/bin/chromium",
-        shutil.which("chromium-browser"),
-    )
+    path = chromium_path()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

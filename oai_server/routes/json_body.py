@@ -2,12 +2,15 @@
 
 `curl -d '{...}'` sends `Content-Type: application/x-www-form-urlencoded`, some clients send
 `text/plain` or no type at all; FastAPI would hand those bodies to validation as raw bytes ("Input
-should be a valid dictionary", `param: null`). No route here takes a form, so the body of a POST,
-PUT or PATCH with one of those types (or none) is declared JSON before routing; a body that is not
-JSON then gets the usual 400 `invalid_json`. Multipart and every other declared type pass untouched.
+should be a valid dictionary", `param: null`). Outside the routes that take forms (the transcription
+uploads), the body of a POST, PUT or PATCH with one of those types (or none) is declared JSON before
+routing; a body that is not JSON then gets the usual 400 `invalid_json`. Multipart and every other
+declared type pass untouched.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -19,12 +22,14 @@ _METHODS = frozenset({"POST", "PUT", "PATCH"})
 class JsonBodyMiddleware:
     """Declares form, plain-text and untyped request bodies `application/json` (pure ASGI)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, form_paths: Iterable[str] = ()) -> None:
         self.app = app
+        self.form_paths = frozenset(form_paths)
+        """Routes whose bodies are forms (url-encoded fields are legitimate there)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Rewrite the request's Content-Type where it is one of `READ_AS_JSON` or missing."""
-        if scope["type"] == "http" and scope["method"] in _METHODS:
+        if scope["type"] == "http" and scope["method"] in _METHODS and scope["path"] not in self.form_paths:
             headers = scope["headers"]
             declared = [value for key, value in headers if key == b"content-type"]
             media_type = declared[0].split(b";")[0].strip().lower() if declared else None
