@@ -363,7 +363,7 @@ def quiet_settings(cache: Path, models: Any, snac_dir: Path, **overrides: Any) -
         tts_max_tokens=168,
         warmup_batch_sizes=[1],
         snac_max_batch=1,
-        **overrides,
+        **{"asr": False, **overrides},  # the demo Whisper comes only with demo=True
     )
 
 

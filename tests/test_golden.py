@@ -20,7 +20,7 @@ import pytest
 
 from oai_server.engines.demo import DemoModels
 
-from .helpers import LiveServer, demo_settings, quiet_snac, start_server
+from .helpers import LiveServer, quiet_settings, quiet_snac, start_server
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 RECORD = os.environ.get("OAI_GOLDEN_RECORD") == "1"
@@ -160,20 +160,7 @@ def golden_server(demo_cache: Path, demo_models: DemoModels, tmp_path_factory: p
     # Float sums depend on how torch splits them over threads: pin the count (the demo profile's 1).
     torch.set_num_threads(1)
     snac = quiet_snac(demo_models.snac_dir, tmp_path_factory.mktemp("snac-quiet"))
-    settings = demo_settings(
-        demo_cache,
-        demo=False,
-        engine="transformers",
-        llm_model_name=str(demo_models.llm_dir),
-        tts_model_name=str(demo_models.tts_dir),
-        snac_model_name=str(snac),
-        llm_served_name="demo-gemma-2",
-        tts_served_name="demo-orpheus",
-        tts_max_tokens=168,
-        warmup_batch_sizes=[1],
-        asr=False,
-        snac_max_batch=1,  # a batched conv differs from a single one in the last bit: decode windows alone
-    )
+    settings = quiet_settings(demo_cache, demo_models, snac)
     server = start_server(settings)
     yield server
     server.stop()

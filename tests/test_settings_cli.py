@@ -114,6 +114,7 @@ def test_every_readme_flag_parses_and_every_environment_name_is_read(monkeypatch
     """Each flag of the README's table is accepted by `serve`, and each environment name it lists is read."""
     rows = readme_rows()
     assert len(rows) == len(Settings.model_fields)
+    every_env_name = {env for _, env_names, _ in rows for env in env_names}
     parser = build_parser()
     for flags, env_names, default in rows:
         for flag in flags:
@@ -123,6 +124,8 @@ def test_every_readme_flag_parses_and_every_environment_name_is_read(monkeypatch
             assert given - {"command"} <= settings_from_args(parser.parse_args(argv)).model_fields_set
         for env in env_names:
             with monkeypatch.context() as env_patch:
+                for name in every_env_name:  # the test session sets some (e.g. the cache dir): start clean
+                    env_patch.delenv(name, raising=False)
                 env_patch.setenv(env, probe(default))
                 read = Settings().model_fields_set
             assert len(read) == 1, f"{env} is not read ({read})"
