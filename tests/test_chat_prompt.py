@@ -18,7 +18,27 @@ from oai_server.engines.demo import DemoModels
 from oai_server.errors import APIError
 from oai_server.pipeline.chat_prompt import ChatPrompt, Turn, _merge, build_chat_prompt, fold_turns, render
 
-WORDS = "the a train leaves at seven o'clock so we should pack our bags and go to bed early hello".split()
+WORDS = [
+    "the",
+    "a",
+    "train",
+    "leaves",
+    "at",
+    "seven",
+    "o'clock",
+    "so",
+    "we",
+    "should",
+    "pack",
+    "our",
+    "bags",
+    "and",
+    "go",
+    "to",
+    "bed",
+    "early",
+    "hello",
+]
 WHITESPACE = ["", " ", "\n", "\t ", "\u3000", "  \n\n "]
 
 
