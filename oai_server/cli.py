@@ -116,14 +116,18 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     """Run the app until SIGTERM/SIGINT, then drain; exits 3 if the server could not start."""
+    from . import runtime_limits
     from .app import create_app
 
+    runtime_limits.prepare_process(settings)  # issue 20: fd limit, malloc arenas
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_seconds),
+        **runtime_limits.uvicorn_options(settings, app),  # issue 20: guarded protocols, header limits
     )
     server = DrainingServer(config)
     server.run()

@@ -194,6 +194,22 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
 
+    # --- connections and the process (hostile clients; see oai_server/runtime_limits.py) ---
+    max_connections: int = Field(0, ge=0, validation_alias=_env("max_connections"))
+    """Open connections (HTTP and WebSocket) at once; past it: 503 and close (0: the fd limit minus a reserve)."""
+    max_header_bytes: int = Field(32768, ge=1024, validation_alias=_env("max_header_bytes"))
+    """Largest request line plus headers in bytes; past it the answer is 431 and the connection closes."""
+    max_headers: int = Field(128, ge=8, validation_alias=_env("max_headers"))
+    """Most header fields in one request; past it the answer is 431 and the connection closes."""
+    header_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("header_timeout_seconds"))
+    """Longest wait for a request's headers, from the connection or the request's first byte; then 408, close."""
+    body_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("body_timeout_seconds"))
+    """Longest wait for a request body once its headers arrived; then 408 and the connection closes."""
+    write_stall_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("write_stall_timeout_seconds"))
+    """A client that reads nothing this long has its response cut: engine requests aborted, slot freed."""
+    malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("malloc_arena_max"))
+    """glibc malloc arenas, set at start (0: glibc's default, 8 per core, which keeps ~45 MB per concurrent stream)."""
+
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

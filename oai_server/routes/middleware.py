@@ -12,6 +12,11 @@ untouched. `install_middleware` stacks them, outermost first:
    `/`, `/health`, `/health/*`, `/metrics` (scraped without auth inside a cluster; keep the port
    private if that matters), `/static/*`, `/favicon.ico`, and OPTIONS requests.
 4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes`, from Content-Length or by counting.
+5. `LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
+   lifetime of the app (its ASGI lifespan); requests pass straight through.
+
+Connection-level limits (header size, slow or stalled clients, the connection cap) sit below
+the ASGI app, in `connections.py`.
 
 Errors are answered with `errors.APIError`, so the envelope stays in one place.
 """
@@ -36,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
+from ..serving.loop_monitor import LoopLagMonitor
 from .errors import error_response, reject_websocket
 
 if TYPE_CHECKING:
@@ -329,10 +335,31 @@ class BodyLimitMiddleware:
         await error_response(request_too_large(self.max_bytes))(scope, no_body, send)
 
 
+class LoopLagMiddleware:
+    """Runs `monitor` while the app's lifespan runs (from startup to the end of shutdown)."""
+
+    def __init__(self, app: ASGIApp, monitor: LoopLagMonitor) -> None:
+        self.app = app
+        self.monitor = monitor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass HTTP and WebSocket through; wrap the lifespan with the monitor."""
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        self.monitor.start()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await self.monitor.stop()
+
+
 def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
-    """Stack the middleware on `app`, create `app.state.metrics`, and bind its live gauges."""
+    """Stack the middleware on `app`, create `app.state.metrics` (live gauges bound) and `app.state.loop_monitor`."""
     metrics = Metrics()
     app.state.metrics = metrics
+    monitor = LoopLagMonitor(metrics.observe_loop_lag)
+    app.state.loop_monitor = monitor
 
     def services() -> Any:
         return getattr(app.state, "services", None)
@@ -344,6 +371,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     metrics.set_live_sources(admission=lambda: getattr(services(), "admission", None), engines=engines)
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
+    app.add_middleware(LoopLagMiddleware, monitor=monitor)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keys = settings.all_api_keys()
     if keys:

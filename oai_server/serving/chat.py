@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from ..errors import invalid, model_not_found
+from ..errors import check_length, invalid, model_not_found
 from ..pipeline.chat_prompt import Turn
 from ..pipeline.voices import VoiceCatalog
 from ..protocol.chat import ChatCompletionRequest, voice_name
@@ -60,11 +60,15 @@ class ChatServing:
         return (self.settings.chat_model_id, *CHAT_MODEL_ALIASES)
 
     async def turns(self, request: ChatCompletionRequest) -> list[Turn]:
-        """Message texts, with assistant audio ids resolved to their transcripts."""
+        """Message texts, with assistant audio ids resolved to their transcripts.
+
+        Each message is at most `max_input_chars` characters (a 400 naming `messages[i].content`).
+        """
         turns = []
         total = 0
         for index, message in enumerate(request.messages):
             text = message.text(index)
+            check_length(text, self.settings.max_input_chars, f"messages[{index}].content")
             if message.role == "assistant" and message.audio is not None and not text.strip():
                 transcript = await self.audio_store.get(message.audio.id)
                 if transcript is None:
