@@ -11,78 +11,41 @@ httptools is installed, as `uvicorn[standard]` does); `GuardedHttpToolsProtocol`
   headers within `header_timeout`; then it is closed (with a 408 if part of a request came).
 - **Body timeout**: a declared body must arrive within `body_timeout` of its headers; then 408
   (if no response started) and close; the app sees a disconnect.
-- **Write stall**: a connection whose socket stays full (the client stopped reading) for
-  `write_stall_timeout` is aborted. The app sees the disconnect at once, so the stream's engine
-  requests are aborted and its admission slot is freed; counted as `write_stall`.
+- **Write stall** (`write_stall.py`): a client that acknowledges nothing of a response for
+  `write_stall_timeout` (it stopped reading) is cut off; the app sees the disconnect at once, so
+  the stream's engine requests are aborted and its admission slot is freed.
 - **Connection cap**: past `max_connections` open connections (HTTP and WebSocket), a new one
-  gets a 503 envelope at once (a FIN after it, the request is read and dropped) and a log line.
+  gets a 503 envelope at once and a log line.
 - **Malformed requests** (a NUL in a header, a bad request line) get the OpenAI envelope, not
   uvicorn's plain-text 400.
 
+Every answer given here is followed by a lingering close: a FIN after the envelope, whatever the
+client still sends is read and dropped for up to `LINGER_SECONDS`, then the socket is closed (a
+plain close with unread input would send an RST, which can destroy the answer before the client
+reads it).
+
 `GuardedWebSocketProtocol` gives WebSocket connections (after their upgrade, whose headers went
-through all of the above) the same write-stall abort; their idle limit is uvicorn's ping timeout.
-Every refusal and cut is counted in `oai_connections_closed_total{reason}` and logged (at most
-once per `LOG_EVERY_SECONDS` per reason, with a count).
+through all of the above, and which count against the cap) the same write-stall abort; a silent
+peer is closed by uvicorn's ping timeout. Every refusal and cut is counted and logged through
+`connection_events.ConnectionEvents`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..errors import APIError
-from ..metrics import Metrics
+from .connection_events import ConnectionEvents, ConnectionLimits
 from .middleware import REQUEST_ID_HEADER, new_request_id
+from .write_stall import WriteStallGuard
 
-logger = logging.getLogger(__name__)
-
-LOG_EVERY_SECONDS = 10.0
-"""A reason is logged at most this often (with how many happened since): a flood cannot flood the log."""
-REFUSED_LINGER_SECONDS = 2.0
-"""How long a refused connection may take to read its 503 before the socket is aborted."""
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """The limits one server enforces on every connection (see the module docstring)."""
-
-    max_connections: int
-    max_header_bytes: int
-    max_headers: int
-    header_timeout: float
-    body_timeout: float
-    write_stall_timeout: float
-
-
-@dataclass
-class ConnectionEvents:
-    """Counts (metrics) and rate-limited logs of the connections the server closes or refuses."""
-
-    metrics: Metrics | None = None
-    connections: set[Any] = field(default_factory=set)
-    """uvicorn's set of open connection protocols, bound when the first connection opens."""
-    _last_logged: dict[str, float] = field(default_factory=dict)
-    _unlogged: dict[str, int] = field(default_factory=dict)
-
-    def closed(self, reason: str, message: str) -> None:
-        """Count one closed or refused connection; log `message` unless `reason` was logged just now."""
-        if self.metrics is not None:
-            self.metrics.count_connection_closed(reason)
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-            return
-        self._last_logged[reason] = now
-        more = self._unlogged.pop(reason, 0)
-        suffix = f" ({more} more since the last such line)" if more else ""
-        logger.warning("%s%s", message, suffix)
+LINGER_SECONDS = 2.0
+"""How long a connection answered here may take to read the answer before the socket is aborted."""
 
 
 def raw_error_response(error: APIError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -104,38 +67,11 @@ class _StopParsing(Exception):
     """Raised from a parser callback to stop at once (httptools turns it into a parser error)."""
 
 
-class _WriteStallGuard:
-    """Aborts the transport when it stays paused for writing (the client stopped reading) too long."""
-
-    limits: ClassVar[ConnectionLimits]
-    events: ClassVar[ConnectionEvents]
-    transport: asyncio.Transport
-    _stall_timer: asyncio.TimerHandle | None = None
-
-    def _arm_stall(self) -> None:
-        if self._stall_timer is None:
-            loop = asyncio.get_running_loop()
-            self._stall_timer = loop.call_later(self.limits.write_stall_timeout, self._stalled)
-
-    def _disarm_stall(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-
-    def _stalled(self) -> None:
-        self._stall_timer = None
-        peer = self.transport.get_extra_info("peername")
-        self.events.closed(
-            "write_stall",
-            f"closing connection from {peer}: it read nothing for {self.limits.write_stall_timeout:g} s",
-        )
-        self.transport.abort()  # close() would wait for the full buffer to drain: never
-
-
-class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
+class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
     """uvicorn's httptools HTTP/1.1 protocol with this server's connection limits (`bind` sets them)."""
 
     _refused = False
+    _lingering = False
     _awaiting_headers = True
     _request_started = False
     _header_bytes = 0
@@ -157,9 +93,8 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
         self._arm_header_timer()
 
     def _refuse(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self._refused = True
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         error = APIError(
             503,
             "The server has too many open connections; please retry shortly.",
@@ -171,10 +106,7 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
             "over_capacity",
             f"refused a connection: {len(self.connections)} open, the cap is {self.limits.max_connections}",
         )
-        transport.write(raw_error_response(error, self.server_state.default_headers))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._linger_timer = self.loop.call_later(REFUSED_LINGER_SECONDS, transport.abort)
+        self._answer_and_close(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop every timer, then uvicorn's bookkeeping."""
@@ -182,14 +114,14 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._body_timer = self._linger_timer = None
-        self._disarm_stall()
+        self._stop_watching_writes()
         if self._refused:
             return
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Count header bytes before the parser sees them; refused connections' bytes are dropped."""
-        if self._refused or self.transport.is_closing():
+        """Count header bytes before the parser sees them; after an answer given here, bytes are dropped."""
+        if self._lingering or self.transport.is_closing():
             return
         if self._awaiting_headers:
             self._header_bytes += len(data)
@@ -197,29 +129,33 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
             self._arm_header_timer()
         super().data_received(data)
         too_large = self._awaiting_headers and self._header_bytes > self.limits.max_header_bytes
-        if too_large and not self.transport.is_closing():
+        if too_large and not self._lingering and not self.transport.is_closing():
             self._headers_too_large()  # at most one read past the limit reached the parser
 
     def eof_received(self) -> None:
-        """A refused client that is done: close now."""
-        if self._refused:
+        """A client that got an answer here and is done sending: close now."""
+        if self._lingering:
             self.transport.close()
 
     def pause_writing(self) -> None:
-        """The socket is full: start the write-stall clock."""
+        """The transport's buffer is full (see `write_stall`)."""
         super().pause_writing()
-        self._arm_stall()
+        self._writes_paused(True)
 
     def resume_writing(self) -> None:
-        """The client read: stop the write-stall clock."""
+        """The transport's buffer drained."""
         super().resume_writing()
-        self._disarm_stall()
+        self._writes_paused(False)
 
     def handle_websocket_upgrade(self) -> None:
         """The WebSocket protocol takes over: this one's timers stop."""
         self._disarm_header_timer()
         self._disarm_body_timer()
+        self._stop_watching_writes()
         super().handle_websocket_upgrade()
+
+    def _nothing_to_send(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
     # --- parser callbacks ---
 
@@ -246,6 +182,7 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
         super().on_headers_complete()
         if not self.pipeline and not self.parser.should_upgrade():
             self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+            self._watch_writes()
 
     def on_message_complete(self) -> None:
         """The whole request arrived."""
@@ -263,10 +200,17 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
         self._answer_and_close(error)
 
     def _answer_and_close(self, error: APIError) -> None:
-        if self.transport.is_closing():
+        """Write the envelope, then the lingering close (see the module docstring)."""
+        if self._lingering or self.transport.is_closing():
             return
+        self._lingering = True
+        self._disarm_header_timer()
+        self._disarm_body_timer()
         self.transport.write(raw_error_response(error, self.server_state.default_headers))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()  # uvicorn may have paused reading; drop what comes
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
     def _too_large_error(self) -> APIError:
         return APIError(
@@ -299,7 +243,7 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing() or not self._awaiting_headers:
+        if self._lingering or self.transport.is_closing() or not self._awaiting_headers:
             return
         seconds = self.limits.header_timeout
         if self._responding():  # bytes behind a response still streaming: judged once it is done
@@ -314,7 +258,7 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
-        if self.transport.is_closing() or self.cycle is None:
+        if self._lingering or self.transport.is_closing() or self.cycle is None:
             return
         seconds = self.limits.body_timeout
         self.events.closed("body_timeout", f"closing connection from {self.client}: no body within {seconds:g} s")
@@ -329,26 +273,33 @@ class GuardedHttpToolsProtocol(_WriteStallGuard, HttpToolsProtocol):
             self._answer_and_close(error)
 
 
-class GuardedWebSocketProtocol(_WriteStallGuard, WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol with the write-stall abort."""
+class GuardedWebSocketProtocol(WriteStallGuard, WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with the write-stall abort, watched for the connection's whole life."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """uvicorn's setup, then the write watch."""
+        super().connection_made(transport)
+        self._watch_writes()
 
     def pause_writing(self) -> None:
-        """The socket is full: start the write-stall clock."""
+        """The transport's buffer is full (see `write_stall`)."""
         super().pause_writing()
-        self._arm_stall()
+        self._writes_paused(True)
 
     def resume_writing(self) -> None:
-        """The client read: stop the write-stall clock."""
+        """The transport's buffer drained."""
         super().resume_writing()
-        self._disarm_stall()
+        self._writes_paused(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the clock, then uvicorn's bookkeeping."""
-        self._disarm_stall()
+        """Stop the watch, then uvicorn's bookkeeping."""
+        self._stop_watching_writes()
         super().connection_lost(exc)
 
 
-def bind(limits: ConnectionLimits, events: ConnectionEvents) -> tuple[type[GuardedHttpToolsProtocol], type[Any]]:
+def bind(
+    limits: ConnectionLimits, events: ConnectionEvents
+) -> tuple[type[GuardedHttpToolsProtocol], type[GuardedWebSocketProtocol]]:
     """The HTTP and WebSocket protocol classes for uvicorn's `http=` and `ws=`, bound to `limits` and `events`."""
     attrs = {"limits": limits, "events": events}
     http = type("BoundGuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
