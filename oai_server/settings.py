@@ -207,6 +207,8 @@ class Settings(BaseSettings):
     """Longest wait for a request body once its headers arrived; then 408 and the connection closes."""
     write_stall_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("write_stall_timeout_seconds"))
     """A client that reads nothing this long has its response cut: engine requests aborted, slot freed."""
+    max_json_values: int = Field(10000, ge=100, validation_alias=_env("max_json_values"))
+    """Most JSON values (strings, numbers, arrays, objects) in one request body; past it 400, counted off the loop."""
     malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("malloc_arena_max"))
     """glibc malloc arenas, set at start (0: glibc's default, 8 per core, which keeps ~45 MB per concurrent stream)."""
 

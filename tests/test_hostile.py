@@ -39,10 +39,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from oai_server.app import create_app
 from oai_server.engines.demo import DemoModels
+from oai_server.routes.json_guard import count_json_values
 from oai_server.runtime_limits import fd_reserve, max_connections, prepare_process, raise_fd_limit, uvicorn_options
 from oai_server.settings import Settings
 
@@ -187,8 +189,7 @@ def envelope(response: bytes) -> tuple[int, dict[str, Any], bytes]:
 
 
 def test_long_chat_history_does_not_freeze_the_loop(server: LiveServer) -> None:
-    words = "the train leaves at seven so we should pack our bags and go to bed early ".split()
-    text = " ".join(words[i % len(words)] for i in range(900))[:4096]
+    text = ("the train leaves at seven so we should pack our bags and go to bed early " * 60)[:4096]
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i in range(255)]
     body = json.dumps({**CHAT, "messages": messages})
     assert len(body) > 1_000_000
@@ -196,6 +197,31 @@ def test_long_chat_history_does_not_freeze_the_loop(server: LiveServer) -> None:
         response = post_raw(server, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] > 1000  # trimmed to the context, not refused
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [0] * 1_900_000},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}] * 120_000}]},
+        {"stop": [[]] * 1_300_000},
+    ],
+    ids=["2M-numbers", "120k-content-parts", "1.3M-empty-lists"],
+)
+def test_bodies_with_too_many_json_values_are_refused_off_the_loop(server: LiveServer, extra: dict[str, Any]) -> None:
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "hi"}], **extra}, separators=(",", ":"))
+    assert len(body) > 3_000_000
+    with watched(server):
+        response = post_raw(server, "/v1/chat/completions", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "request_too_complex"
+
+
+def test_json_values_are_counted_exactly() -> None:
+    body = b'{"a": [1, 2.5e3, -1, "x\\"y, [z]", {"b": null}], "c": false, "d": {}}'
+    assert count_json_values(body, 100) == 14
+    assert count_json_values(body, 5) == 6  # stops past the limit
+    assert count_json_values(b"{'a': 1}", 100) is None  # not JSON: the framework answers
 
 
 # --------------------------------------------------------------------------- 2. header limits
@@ -438,7 +464,11 @@ def fuzz_body(kind: str, text: str, where: str) -> tuple[str, dict[str, Any]]:
             message = {"role": "user", "content": [{"type": "text", "text": text}]}
         else:
             message["content"] = text
-        return "/v1/chat/completions", {**CHAT, "stream": True, "messages": [{"role": "system", "content": text}, message]}
+        return "/v1/chat/completions", {
+            **CHAT,
+            "stream": True,
+            "messages": [{"role": "system", "content": text}, message],
+        }
     body = {"message": "Hi.", "stream_text": True, "max_tokens": 4, "seed": 1}
     body["voice" if where == "voice" else "message"] = text
     return "/chat", body
@@ -475,7 +505,8 @@ def test_one_chat_message_is_bounded_by_max_input_chars(server: LiveServer) -> N
 def test_malloc_arenas_are_capped_at_start() -> None:
     env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
     code = (
-        "import os; from oai_server.runtime_limits import configure_allocator; from oai_server.settings import Settings;"
+        "import os\nfrom oai_server.runtime_limits import configure_allocator\n"
+        "from oai_server.settings import Settings\n"
         "print(configure_allocator(Settings(malloc_arena_max=2)), os.environ['MALLOC_ARENA_MAX'])"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -11,6 +11,7 @@ NUL, control and combining characters are valid scalar values and pass.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any
 
@@ -32,7 +33,21 @@ def is_valid_text(text: str) -> bool:
 
 def has_invalid_text(value: Any) -> bool:
     """Whether `value` is, or contains (in lists, tuples and dicts, keys included), a string that is not valid."""
-    stack = [value]  # iterative: a deeply nested body must not hit the recursion limit
+    if isinstance(value, str):
+        return not is_valid_text(value)
+    if not isinstance(value, dict | list | tuple):
+        return False
+    try:  # C speed: a lone surrogate survives `ensure_ascii=False` and then fails to encode
+        json.dumps(value, ensure_ascii=False).encode()
+        return False
+    except UnicodeEncodeError:
+        return True
+    except (TypeError, ValueError, RecursionError):
+        return _walk_for_invalid_text(value)
+
+
+def _walk_for_invalid_text(value: Any) -> bool:
+    stack = [value]  # iterative: a deeply nested value must not hit the recursion limit
     while stack:
         item = stack.pop()
         if isinstance(item, str):

@@ -12,6 +12,8 @@ untouched. `install_middleware` stacks them, outermost first:
    `/`, `/health`, `/health/*`, `/metrics` (scraped without auth inside a cluster; keep the port
    private if that matters), `/static/*`, `/favicon.ico`, and OPTIONS requests.
 4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes`, from Content-Length or by counting.
+   Inside it, `json_guard.JsonValueLimitMiddleware`: 400 past `settings.max_json_values` values in a
+   body, counted in a worker thread before the framework parses the body on the loop.
 5. `LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
    lifetime of the app (its ASGI lifespan); requests pass straight through.
 
@@ -43,6 +45,7 @@ from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
 from ..serving.loop_monitor import LoopLagMonitor
 from .errors import error_response, reject_websocket
+from .json_guard import JsonValueLimitMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -372,6 +375,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
     app.add_middleware(LoopLagMiddleware, monitor=monitor)
+    app.add_middleware(JsonValueLimitMiddleware, max_values=settings.max_json_values)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keys = settings.all_api_keys()
     if keys:
