@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from typing import Any
 
 import httpx
 import psutil
-from _common import ROOT, free_port, start_process, stop_process, tail, wait_ready, write_json
+from _common import ROOT, free_port, stop_process, tail, wait_ready, write_json
 
 TEXT = (
     "Hello there! It is a lovely morning, and the sun is shining over the quiet hills. "
@@ -125,8 +126,9 @@ def rss_mb(proc: psutil.Process) -> float:
     return total / 1e6
 
 
-def speech(url: str, seed: int) -> int:
-    body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "pcm", "seed": seed}
+def speech(url: str, seed: int, repeat: int = 1) -> int:
+    text = " ".join([TEXT] * repeat)
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", "seed": seed}
     with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=600) as response:
         response.raise_for_status()
         return sum(len(piece) for piece in response.iter_bytes())
@@ -138,7 +140,7 @@ def sample_rss(proc: psutil.Process, stop: threading.Event, peak: list[float]) -
         stop.wait(0.2)
 
 
-def level(url: str, proc: psutil.Process, n: int, baseline: float, settle_s: float) -> dict[str, Any]:
+def level(url: str, proc: psutil.Process, n: int, baseline: float, settle_s: float, repeat: int) -> dict[str, Any]:
     """N concurrent speech streams: RSS growth per stream, /health times and loop lag meanwhile."""
     peak = [0.0]
     stop = threading.Event()
@@ -147,7 +149,7 @@ def level(url: str, proc: psutil.Process, n: int, baseline: float, settle_s: flo
     lag_before = lag_buckets(url)
     started = time.monotonic()
     with HealthProber(url) as prober, ThreadPoolExecutor(n) as pool:
-        sizes = list(pool.map(lambda seed: speech(url, seed), range(1, n + 1)))
+        sizes = list(pool.map(lambda seed: speech(url, seed, repeat), range(1, n + 1)))
     wall = time.monotonic() - started
     lag = lag_delta(lag_before, lag_buckets(url))
     time.sleep(settle_s)
@@ -194,6 +196,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (repeatable)")
     parser.add_argument("--cache-dir", default=os.environ.get("OAI_TEST_CACHE", "/tmp/oai-test-cache"))
     parser.add_argument("--settle-s", type=float, default=3.0, help="wait after a level before reading RSS")
+    parser.add_argument("--text-repeat", type=int, default=4, help="speech input: the two sentences this many times")
     parser.add_argument("--skip-hostile", action="store_true", help="skip the 1 MB chat request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
@@ -205,14 +208,23 @@ def main() -> None:
     os.environ.pop("MALLOC_ARENA_MAX", None)  # the server inherits this environment: measure its own choice
     env = {"PYTHONPATH": args.server_root, **dict(item.split("=", 1) for item in args.env)}
     log = args.out.with_suffix(".log")
-    server = start_process(argv, log, env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as log_file:  # run from the server root: `-m` puts the cwd first on sys.path
+        server = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=args.server_root,
+            start_new_session=True,
+        )
     try:
         wait_ready(url, server, 600)
         proc = psutil.Process(server.pid)
         speech(url, 0)  # warm-up: first-use allocations are not per-stream growth
         time.sleep(args.settle_s)
         baseline = rss_mb(proc)
-        levels = [level(url, proc, int(n), baseline, args.settle_s) for n in args.streams.split(",")]
+        levels = [level(url, proc, int(n), baseline, args.settle_s, args.text_repeat) for n in args.streams.split(",")]
         hostile = None if args.skip_hostile else hostile_chat(url)
     except Exception:
         print(tail(log), file=sys.stderr)
@@ -224,6 +236,7 @@ def main() -> None:
         "serve_args": args.serve_args,
         "environment": {key: value for key, value in env.items() if key != "PYTHONPATH"},
         "cpu_count": os.cpu_count(),
+        "text_repeat": args.text_repeat,
         "levels": levels,
         "hostile_chat": hostile,
     }

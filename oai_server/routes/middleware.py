@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
-from ..serving.loop_monitor import LoopLagMonitor
+from ..serving.loop_monitor import LoopLagMonitor, freeze_startup_heap
 from .errors import error_response, reject_websocket
 from .json_guard import JsonValueLimitMiddleware
 
@@ -339,7 +339,10 @@ class BodyLimitMiddleware:
 
 
 class LoopLagMiddleware:
-    """Runs `monitor` while the app's lifespan runs (from startup to the end of shutdown)."""
+    """Runs `monitor` while the app's lifespan runs; freezes the startup heap once startup completes.
+
+    See `serving.loop_monitor` for both: the lag metric, and why the objects of startup are frozen.
+    """
 
     def __init__(self, app: ASGIApp, monitor: LoopLagMonitor) -> None:
         self.app = app
@@ -351,8 +354,15 @@ class LoopLagMiddleware:
             await self.app(scope, receive, send)
             return
         self.monitor.start()
+
+        async def send_started(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                frozen = freeze_startup_heap()  # before any request is served: nothing waits on it
+                logger.debug("startup heap frozen: %d objects out of the collector's reach", frozen)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_started)
         finally:
             await self.monitor.stop()
 
