@@ -29,6 +29,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -190,7 +191,7 @@ def hostile_chat(url: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", default="20", help="comma-separated concurrency levels (ascending)")
+    parser.add_argument("--streams", default="20", help="comma-separated concurrency levels ('' for none)")
     parser.add_argument("--server-root", default=str(ROOT), help="checkout whose oai_server is started")
     parser.add_argument("--serve-args", default="", help="extra `oai-server serve` flags")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (repeatable)")
@@ -207,7 +208,7 @@ def main() -> None:
     argv += ["--cache-dir", args.cache_dir, "--log-level", "warning", *shlex.split(args.serve_args)]
     os.environ.pop("MALLOC_ARENA_MAX", None)  # the server inherits this environment: measure its own choice
     env = {"PYTHONPATH": args.server_root, **dict(item.split("=", 1) for item in args.env)}
-    log = args.out.with_suffix(".log")
+    log = Path(tempfile.gettempdir()) / f"oai-reliability-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_file:  # run from the server root: `-m` puts the cwd first on sys.path
         server = subprocess.Popen(
@@ -224,7 +225,8 @@ def main() -> None:
         speech(url, 0)  # warm-up: first-use allocations are not per-stream growth
         time.sleep(args.settle_s)
         baseline = rss_mb(proc)
-        levels = [level(url, proc, int(n), baseline, args.settle_s, args.text_repeat) for n in args.streams.split(",")]
+        counts = [int(n) for n in args.streams.split(",") if n.strip()]
+        levels = [level(url, proc, n, baseline, args.settle_s, args.text_repeat) for n in counts]
         hostile = None if args.skip_hostile else hostile_chat(url)
     except Exception:
         print(tail(log), file=sys.stderr)
