@@ -125,8 +125,44 @@ class Settings(BaseSettings):
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
+    snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
+    """Precision of the SNAC decoder: auto is float16 on CUDA, float32 on CPU."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
+
+    # --- speech recognition (Whisper) and voice activity detection ---
+    asr: bool = Field(True, validation_alias=_env("asr"))
+    """Load the speech-recognition engine (transcriptions, spoken chat messages, Realtime audio input)."""
+    asr_model_name: str = Field(
+        "openai/whisper-large-v3-turbo", validation_alias=_env("asr_model_name", "ASR_MODEL_NAME")
+    )
+    """Whisper model id or local path (seed-style: ASR_MODEL_NAME)."""
+    asr_served_name: str | None = Field(None, validation_alias=_env("asr_served_name"))
+    """Model id reported by /v1/models for transcription (default: asr_model_name)."""
+    asr_gpu_memory_utilization: float = Field(
+        0.1, gt=0, le=1, validation_alias=_env("asr_gpu_memory_utilization", "ASR_GPU_MEMORY_UTILIZATION")
+    )
+    """GPU memory share of the speech-recognition engine on vLLM (ASR_GPU_MEMORY_UTILIZATION)."""
+    asr_max_model_len: int = Field(448, ge=64, le=448, validation_alias=_env("asr_max_model_len"))
+    """Decoder context of the speech-recognition engine (Whisper: 448 tokens)."""
+    asr_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("asr_max_num_seqs"))
+    """vLLM max_num_seqs for the speech-recognition engine."""
+    asr_max_batch: int = Field(8, ge=1, validation_alias=_env("asr_max_batch"))
+    """Transformers engine: utterances transcribed in one batch."""
+    asr_remote_url: str | None = Field(None, validation_alias=_env("asr_remote_url"))
+    """Base URL of a remote OpenAI-compatible /v1/audio/transcriptions server (engine=remote)."""
+    asr_remote_model: str | None = Field(None, validation_alias=_env("asr_remote_model"))
+    """Model name the remote transcription server serves (default: asr_model_name)."""
+    asr_max_audio_seconds: float = Field(1500.0, gt=0, validation_alias=_env("asr_max_audio_seconds"))
+    """Longest audio accepted for transcription or in one chat message (uploads are also capped at 25 MB)."""
+    asr_translation: Literal["auto", "yes", "no"] = Field("auto", validation_alias=_env("asr_translation"))
+    """Whether the speech model can translate to English (/v1/audio/translations); auto: not for turbo or .en models."""
+    vad_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("vad_threshold"))
+    """Voice activity: speech probability above which a frame is speech (OpenAI server_vad default 0.5)."""
+    vad_prefix_padding_ms: int = Field(300, ge=0, le=10000, validation_alias=_env("vad_prefix_padding_ms"))
+    """Voice activity: audio kept before detected speech starts."""
+    vad_silence_duration_ms: int = Field(500, ge=0, le=10000, validation_alias=_env("vad_silence_duration_ms"))
+    """Voice activity: silence that ends a turn (and where long audio is cut for transcription)."""
 
     # --- placement (several GPUs; defaults keep one-GPU behaviour) ---
     llm_gpus: str | None = Field(None, validation_alias=_env("llm_gpus"))
@@ -139,6 +175,8 @@ class Settings(BaseSettings):
     """Tensor-parallel GPUs of each Orpheus replica."""
     tts_data_parallel_size: int = Field(1, ge=1, validation_alias=_env("tts_data_parallel_size"))
     """Data-parallel Orpheus replicas (vLLM balances requests across them)."""
+    asr_gpus: str | None = Field(None, validation_alias=_env("asr_gpus"))
+    """GPU index of the speech-recognition engine, e.g. "0" (vLLM; default: all visible, shared)."""
 
     # --- chat audio ---
     audio_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("audio_ttl_seconds"))
@@ -193,6 +231,12 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+    placement: Literal["auto", "shared", "speech", "chat", "balanced"] = Field(
+        "auto", validation_alias=_env("placement")
+    )
+    """GPU layout of the vLLM engines: auto (shared on one card, balanced on more; manual when a --*-gpus or
+    parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
+    SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
 
     # --- connections and the process (hostile clients; see oai_server/runtime_limits.py) ---
     max_connections: int = Field(0, ge=0, validation_alias=_env("max_connections"))
@@ -204,7 +248,7 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("header_timeout_seconds"))
     """Longest wait for a request's headers, from the connection or the request's first byte; then 408, close."""
     body_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("body_timeout_seconds"))
-    """Longest wait for a request body once its headers arrived; then 408 and the connection closes."""
+    """A request body must bring 1 KiB (or its end) within each such period after its headers; else 408, close."""
     write_stall_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("write_stall_timeout_seconds"))
     """A client that reads nothing this long has its response cut: engine requests aborted, slot freed."""
     max_json_values: int = Field(10000, ge=100, validation_alias=_env("max_json_values"))
@@ -231,6 +275,11 @@ class Settings(BaseSettings):
     def chat_model_id(self) -> str:
         """The id clients use for chat."""
         return self.llm_served_name or self.llm_model_name
+
+    @property
+    def transcription_model_id(self) -> str:
+        """The id clients use for transcription."""
+        return self.asr_served_name or self.asr_model_name
 
     @property
     def speech_model_id(self) -> str:

@@ -360,6 +360,21 @@ def test_slow_requests_are_closed_within_their_timeout(
     assert closed_count(server, reason) == before + 1
 
 
+def test_a_slow_but_steady_body_is_not_cut(server: LiveServer) -> None:
+    """1 KiB every 0.9 s: slower in all than the body timeout, but never 1 KiB short of it in any period."""
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "Hi."}]}).ljust(3072).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    with socket.create_connection(address(server), timeout=30) as sock:
+        sock.sendall(head)
+        for start in range(0, len(body), 1024):
+            if start:
+                time.sleep(0.9)  # the client's pace, not a wait for the server
+            sock.sendall(body[start : start + 1024])
+        answer = read_until_closed(sock, 60)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
 def test_connections_past_the_cap_get_a_503_envelope(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
     before = closed_count(server, "over_capacity")
     held = []

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..codec.snac_stream import SnacDecoder
+from .asr import SpeechRecognizer
 from .base import EngineInfo, TokenEngine
+from .vad import StreamingVad
 
 
 class RoleEngine(Protocol):
@@ -44,12 +46,21 @@ class Engines:
     tts: TokenEngine
     tts_tokenizer: Any
     snac: SnacDecoder
+    asr: SpeechRecognizer | None = None
+    """Speech recognition (None when disabled with `--no-asr`)."""
+    vad: StreamingVad | None = None
+    """Voice activity detection for turn taking and for cutting long audio (with the ASR role)."""
 
     def roles(self) -> dict[str, RoleEngine]:
-        """Each model role's engine by name (`llm`, `tts`, ...)."""
-        return {"llm": self.llm, "tts": self.tts}
+        """Each model role's engine by name (`llm`, `tts`, `asr`)."""
+        roles: dict[str, RoleEngine] = {"llm": self.llm, "tts": self.tts}
+        if self.asr is not None:
+            roles["asr"] = self.asr
+        return roles
 
     async def close(self) -> None:
         """Abort everything and release the engines."""
         await asyncio.gather(*(engine.close() for engine in self.roles().values()), return_exceptions=True)
+        if self.vad is not None:
+            await self.vad.close()
         await asyncio.to_thread(self.snac.close)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..codec.snac_model import load_snac, resolve_device
+from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
+from .asr_factory import build_asr, build_vad
 from .base import TokenEngine
 from .bundle import Engines
+from .layout import EnginePlan, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ def resolve_models(settings: Settings) -> Settings:
     if not settings.demo:
         return settings
     from .demo import build_demo_models
+    from .demo_whisper import build_demo_whisper
 
     demo = build_demo_models(settings.cache_dir)
+    whisper = build_demo_whisper(settings.cache_dir) if settings.asr else None
     # Cap each segment at ~2 s of audio so the demo stays fast on a laptop CPU, unless the user chose a cap.
     caps: dict[str, object] = {} if "tts_max_tokens" in settings.model_fields_set else {"tts_max_tokens": 168}
     if "warmup_batch_sizes" not in settings.model_fields_set:
@@ -53,6 +57,11 @@ def resolve_models(settings: Settings) -> Settings:
             "snac_model_name": str(demo.snac_dir),
             "llm_served_name": settings.llm_served_name or "demo-gemma-2",
             "tts_served_name": settings.tts_served_name or "demo-orpheus",
+            **(
+                {"asr_model_name": str(whisper), "asr_served_name": settings.asr_served_name or "demo-whisper"}
+                if whisper is not None
+                else {}
+            ),
         }
     )
 
@@ -66,42 +75,66 @@ def gemma_stop_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None))
 
 
-async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngine]:
-    if kind == "vllm":
-        import torch
+async def start_replicas(
+    plans: Sequence[EnginePlan], start: Callable[[EnginePlan], Awaitable[TokenEngine]]
+) -> TokenEngine:
+    """Start a role's engines one after another: one plan is the engine itself, several are replicas
+    behind a `BalancedEngine` with the layout's weights. A failed start closes the ones already up."""
+    engines: list[TokenEngine] = []
+    try:
+        for plan in plans:
+            engines.append(await start(plan))
+    except BaseException:
+        await asyncio.gather(*(engine.close() for engine in engines), return_exceptions=True)
+        raise
+    if len(engines) == 1:
+        return engines[0]
+    from .balanced import BalancedEngine
 
-        from .placement import check_against_devices, placements
+    return BalancedEngine(engines, [plan.weight for plan in plans])
+
+
+async def _build(settings: Settings, kind: str, layout: Layout | None = None) -> tuple[TokenEngine, TokenEngine]:
+    if kind == "vllm":
+        assert layout is not None, "the vLLM engines are built from a layout"
         from .vllm_engine import VLLMEngine
 
-        placed = placements(settings)
-        check_against_devices(placed, torch.cuda.device_count())
+        async def orpheus(plan: EnginePlan) -> TokenEngine:
+            return await VLLMEngine.create(
+                settings.tts_model_name,
+                tokenizer=settings.tts_model_name,
+                max_model_len=settings.tts_max_model_len,
+                gpu_memory_utilization=plan.memory,
+                max_num_seqs=settings.tts_max_num_seqs,
+                stream_interval=settings.tts_stream_interval,
+                kv_cache_dtype=settings.tts_kv_cache_dtype,
+                quantization=settings.tts_quantization,
+                orpheus_slots=True,
+                placement=plan.placement,
+                kind="vllm-orpheus",
+                dtype=settings.dtype,
+                enforce_eager=settings.enforce_eager,
+            )
 
-        tts = await VLLMEngine.create(
-            settings.tts_model_name,
-            tokenizer=settings.tts_model_name,
-            max_model_len=settings.tts_max_model_len,
-            gpu_memory_utilization=settings.tts_gpu_memory_utilization,
-            max_num_seqs=settings.tts_max_num_seqs,
-            stream_interval=settings.tts_stream_interval,
-            kv_cache_dtype=settings.tts_kv_cache_dtype,
-            quantization=settings.tts_quantization,
-            orpheus_slots=True,
-            placement=placed["tts"],
-            kind="vllm-orpheus",
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-        )
-        llm = await VLLMEngine.create(
-            settings.llm_model_name,
-            tokenizer=settings.llm_model_name,
-            max_model_len=settings.llm_max_model_len,
-            gpu_memory_utilization=settings.llm_gpu_memory_utilization,
-            max_num_seqs=settings.llm_max_num_seqs,
-            placement=placed["llm"],
-            kind="vllm-gemma",
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-        )
+        async def gemma(plan: EnginePlan) -> TokenEngine:
+            return await VLLMEngine.create(
+                settings.llm_model_name,
+                tokenizer=settings.llm_model_name,
+                max_model_len=settings.llm_max_model_len,
+                gpu_memory_utilization=plan.memory,
+                max_num_seqs=settings.llm_max_num_seqs,
+                placement=plan.placement,
+                kind="vllm-gemma",
+                dtype=settings.dtype,
+                enforce_eager=settings.enforce_eager,
+            )
+
+        tts = await start_replicas(layout.role("tts"), orpheus)
+        try:
+            llm = await start_replicas(layout.role("llm"), gemma)
+        except BaseException:
+            await tts.close()
+            raise
         return llm, tts
     if kind == "remote":
         from .remote import RemoteEngine, RemoteEngineConfig
@@ -162,20 +195,34 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     from .loading import load_tokenizer
 
     kind = choose_engine(settings)
-    logger.info("loading engines (%s): llm=%s tts=%s", kind, settings.llm_model_name, settings.tts_model_name)
+    logger.info(
+        "loading engines (%s): llm=%s tts=%s asr=%s",
+        kind,
+        settings.llm_model_name,
+        settings.tts_model_name,
+        settings.asr_model_name if settings.asr else "off",
+    )
     llm_tokenizer, tts_tokenizer = await asyncio.gather(
         asyncio.to_thread(load_tokenizer, settings.llm_model_name),
         asyncio.to_thread(load_tokenizer, settings.tts_model_name),
     )
-    device = resolve_device(settings.snac_device)
-    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device)
+    layout = gpu_layout(settings) if kind == "vllm" else None
+    device = layout.snac_device if layout is not None else resolve_device(settings.snac_device)
+    dtype = resolve_snac_dtype(settings.snac_dtype, device)
+    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
     snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
-        llm, tts = await _build(settings, kind)
+        llm, tts = await _build(settings, kind, layout)
     except BaseException:
         snac.close()
         raise
     engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
+    try:
+        engines.asr = await build_asr(settings, kind, layout)
+        engines.vad = await build_vad(engines.asr)
+    except BaseException:
+        await engines.close()
+        raise
     try:
         if settings.warmup_batch_sizes:
             from .warmup import warm_up
@@ -186,6 +233,16 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         yield engines
     finally:
         await engines.close()
+
+
+def gpu_layout(settings: Settings) -> Layout:
+    """The layout of the vLLM engines on the cards this process sees, logged in one block."""
+    from .layout import LayoutRequest, plan_layout
+    from .placement import visible_cards
+
+    layout = plan_layout(*visible_cards(), LayoutRequest.from_settings(settings))
+    logger.info("%s", layout.describe())
+    return layout
 
 
 def window_policy(settings: Settings) -> WindowPolicy:

@@ -11,12 +11,14 @@ ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checke
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..errors import APIError, invalid
 from ..pipeline.encode import STREAMED_CHAT_FORMATS, ChatAudioFormat, SpeechFormat
+from .content_parts import InputAudioPart, part_kind
 from .text import TEXT_CHECK, ValidText
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -78,6 +80,12 @@ class TextPart(OpenAIModel):
     text: ValidText = ""
 
 
+ContentPart = Annotated[
+    Annotated[InputAudioPart, Tag("input_audio")] | Annotated[TextPart, Tag("other")], Discriminator(part_kind)
+]
+"""A content part: ``input_audio``, or text (any other type is refused by `ChatMessage.text`)."""
+
+
 class AudioRef(OpenAIModel):
     """`audio: {"id": ...}` on an assistant history message (extra keys allowed)."""
 
@@ -88,26 +96,38 @@ class ChatMessage(OpenAIModel):
     """One message of `messages`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: Annotated[str | list[TextPart] | None, TEXT_CHECK] = None
+    content: Annotated[str | list[ContentPart] | None, TEXT_CHECK] = None
     name: ValidText | None = None
     audio: AudioRef | None = None
 
-    def text(self, index: int) -> str:
-        """The message's text; non-text parts are refused."""
+    def text(self, index: int, transcripts: Mapping[int, str] | None = None) -> str:
+        """The message's text; ``transcripts`` stand for the audio parts (by index); other parts are refused."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
+        transcripts = transcripts or {}
         pieces = []
         for part_index, part in enumerate(self.content):
-            if part.type != "text":
+            if part_index in transcripts:
+                pieces.append(transcripts[part_index])
+                continue
+            if not isinstance(part, TextPart) or part.type != "text":
                 raise invalid(
                     f"Content part type '{part.type}' is not supported; only text parts are.",
                     f"messages[{index}].content[{part_index}].type",
                     "unsupported_value",
                 )
             pieces.append(part.text)
+        if transcripts:  # spoken and typed parts are separate utterances: one space between them
+            return " ".join(piece.strip() for piece in pieces if piece.strip())
         return "".join(pieces)
+
+    def typed_text(self) -> str:
+        """The text the client typed: the string content, or its text parts (audio parts left out)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content or () if isinstance(part, TextPart))
 
 
 class AudioOutput(OpenAIModel):

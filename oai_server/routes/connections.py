@@ -9,8 +9,10 @@ httptools is installed, as `uvicorn[standard]` does); `GuardedHttpToolsProtocol`
   answered 431 and closed after at most one more socket read.
 - **Header timeout**: a connection that opens, or a request that starts, must deliver its
   headers within `header_timeout`; then it is closed (with a 408 if part of a request came).
-- **Body timeout**: a declared body must arrive within `body_timeout` of its headers; then 408
-  (if no response started) and close; the app sees a disconnect.
+- **Body timeout**: a declared body must keep arriving: at least `BODY_PROGRESS_BYTES` (or all of
+  it) within each `body_timeout` after its headers. A body trickling slower, or never completed,
+  gets a 408 (if no response started) and the connection closes; the app sees a disconnect. A large
+  upload on a slow link passes (1 KiB per 30 s is 34 bytes/s).
 - **Write stall** (`write_stall.py`): a client that acknowledges nothing of a response for
   `write_stall_timeout` (it stopped reading) is cut off; the app sees the disconnect at once, so
   the stream's engine requests are aborted and its admission slot is freed.
@@ -44,6 +46,8 @@ from .connection_events import ConnectionEvents, ConnectionLimits
 from .middleware import REQUEST_ID_HEADER, new_request_id
 from .write_stall import WriteStallGuard
 
+BODY_PROGRESS_BYTES = 1024
+"""Body bytes that must arrive within each `body_timeout` (a smaller body must arrive whole)."""
 LINGER_SECONDS = 2.0
 """How long a connection answered here may take to read the answer before the socket is aborted."""
 
@@ -76,6 +80,7 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
     _request_started = False
     _header_bytes = 0
     _header_count = 0
+    _body_progress = 0
     _reject: APIError | None = None
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
@@ -181,8 +186,14 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
         self._header_bytes = 0
         super().on_headers_complete()
         if not self.pipeline and not self.parser.should_upgrade():
+            self._body_progress = 0
             self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
             self._watch_writes()
+
+    def on_body(self, body: bytes) -> None:
+        """Count the body's progress (see the body timeout)."""
+        self._body_progress += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         """The whole request arrived."""
@@ -260,6 +271,10 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
         self._body_timer = None
         if self._lingering or self.transport.is_closing() or self.cycle is None:
             return
+        if self._body_progress >= BODY_PROGRESS_BYTES:  # slow but steady: another period
+            self._body_progress = 0
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+            return
         seconds = self.limits.body_timeout
         self.events.closed("body_timeout", f"closing connection from {self.client}: no body within {seconds:g} s")
         cycle = self.cycle
@@ -269,7 +284,11 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
         if started:
             self.transport.abort()
         else:
-            error = APIError(408, f"The request body did not arrive within {seconds:g} s.", code="request_timeout")
+            error = APIError(
+                408,
+                f"The request body stalled: less than {BODY_PROGRESS_BYTES} bytes arrived in {seconds:g} s.",
+                code="request_timeout",
+            )
             self._answer_and_close(error)
 
 

@@ -77,6 +77,50 @@ CHAT_EVENT = _event({"anyOf": [{"const": "[DONE]"}, _json_data(CHAT_CHUNK)]})
 """One event of a streamed chat completion: a chunk, an error envelope, or the final `[DONE]`."""
 
 
+TRANSCRIPT_DELTA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "delta"],
+    "properties": {"type": {"const": "transcript.text.delta"}, "delta": {"type": "string"}},
+}
+TRANSCRIPT_DONE: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "text", "usage"],
+    "properties": {
+        "type": {"const": "transcript.text.done"},
+        "text": {"type": "string"},
+        "usage": {
+            "type": "object",
+            "required": ["type", "input_tokens", "output_tokens", "total_tokens"],
+            "properties": {
+                "type": {"const": "tokens"},
+                "input_tokens": {"type": "integer"},
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
+TRANSCRIPT_EVENT = _event(_json_data(TRANSCRIPT_DELTA, TRANSCRIPT_DONE))
+"""One event of `/v1/audio/transcriptions` with `stream=true` (data-only events, no `[DONE]`)."""
+TRANSCRIPTION: dict[str, Any] = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {
+        "text": {"type": "string"},
+        "language": {"type": "string"},
+        "duration": {"type": "number"},
+        "segments": {"type": "array", "items": {"type": "object", "required": ["id", "start", "end", "text"]}},
+    },
+}
+"""A `json` or `verbose_json` transcription (or translation)."""
+
+
+def multipart(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads a multipart form itself (the file as binary)."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def streamed(description: str, content: dict[str, dict[str, Any]]) -> Responses:
     """`responses=` of a route whose 200 is `content` (media type -> media type object), plus the errors."""
     return {200: {"description": description, "content": content}, **ERROR_RESPONSES}

@@ -29,7 +29,8 @@ async def health(request: Request) -> dict[str, Any]:
         "features": {"text_to_speech": loaded, "conversational_ai": loaded, "streaming": True},
     }
     if svc is not None:
-        served = {"llm": svc.settings.chat_model_id, "tts": svc.settings.speech_model_id}
+        s = svc.settings
+        served = {"llm": s.chat_model_id, "tts": s.speech_model_id, "asr": s.transcription_model_id}
         body["engines"] = {
             name: {"kind": engine.info.kind, "model": served.get(name, engine.info.model)}
             for name, engine in svc.engines.roles().items()

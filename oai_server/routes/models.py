@@ -20,7 +20,7 @@ router = APIRouter()
 
 def _cards(svc: Services) -> list[dict[str, Any]]:
     created = int(svc.started_at)
-    ids = dict.fromkeys([*svc.chat.model_ids, *svc.speech.model_ids])
+    ids = dict.fromkeys([*svc.chat.model_ids, *svc.speech.model_ids, *svc.transcription.model_ids])
     return [model_card(model_id, created) for model_id in ids]
 
 

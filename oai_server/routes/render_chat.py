@@ -31,8 +31,12 @@ from .sse import DONE, b64_pieces, data_event, error_event
 
 
 def usage_body(reply: ReplyUsage) -> dict[str, Any]:
-    """`usage` of a finished reply."""
-    return usage(reply.prompt_tokens, reply.text_tokens, reply.audio_tokens)
+    """`usage` of a finished reply; the prompt's spoken part is `prompt_tokens_details.audio_tokens`."""
+    body = usage(reply.prompt_tokens, reply.text_tokens, reply.audio_tokens)
+    body["prompt_tokens_details"].update(
+        audio_tokens=reply.audio_prompt_tokens, text_tokens=reply.prompt_tokens - reply.audio_prompt_tokens
+    )
+    return body
 
 
 def _chunk(job: ChatJob, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:

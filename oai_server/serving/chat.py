@@ -15,10 +15,12 @@ from ..errors import check_length, invalid, model_not_found
 from ..pipeline.chat_prompt import Turn
 from ..pipeline.voices import VoiceCatalog
 from ..protocol.chat import ChatCompletionRequest, voice_name
+from ..protocol.content_parts import audio_parts
 from ..settings import Settings
 from .audio_store import AudioStore
 from .reply import Conversation, PreparedReply, ReplyService, TextSampling, now
 from .reply_events import ReplyEvent
+from .transcription import TranscriptionService
 
 CHAT_MODEL_ALIASES = ("gpt-4o-audio-preview", "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini")
 
@@ -47,12 +49,19 @@ class ChatServing:
     """Chat requests, answered by the reply service."""
 
     def __init__(
-        self, settings: Settings, replies: ReplyService, audio_store: AudioStore, voices: VoiceCatalog
+        self,
+        settings: Settings,
+        replies: ReplyService,
+        audio_store: AudioStore,
+        voices: VoiceCatalog,
+        transcription: TranscriptionService | None = None,
     ) -> None:
         self.settings = settings
         self.replies = replies
         self.audio_store = audio_store
         self.voices = voices
+        self.transcription = transcription
+        """Transcribes `input_audio` parts of user messages (None: audio input is refused)."""
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -60,15 +69,33 @@ class ChatServing:
         return (self.settings.chat_model_id, *CHAT_MODEL_ALIASES)
 
     async def turns(self, request: ChatCompletionRequest) -> list[Turn]:
-        """Message texts, with assistant audio ids resolved to their transcripts.
-
-        Each message is at most `max_input_chars` characters (a 400 naming `messages[i].content`).
-        """
+        """Message texts, with assistant audio ids resolved to their transcripts and user audio transcribed."""
+        spoken: dict[tuple[int, int], str] = {}
+        parts = [(i, j, part) for i, message in enumerate(request.messages) for j, part in audio_parts(message.content)]
+        if parts:
+            for i, j, _ in parts:
+                if request.messages[i].role != "user":
+                    raise invalid(
+                        "Audio content parts are only allowed in user messages.",
+                        f"messages[{i}].content[{j}].type",
+                        "unsupported_value",
+                    )
+            if self.transcription is None or self.transcription.asr is None:
+                raise invalid(
+                    "Audio input is not available: this server runs without speech recognition (--no-asr).",
+                    f"messages[{parts[0][0]}].content[{parts[0][1]}]",
+                    "unsupported_value",
+                )
+            audio = [(part.check(f"messages[{i}].content[{j}]"), f"messages[{i}].content[{j}].input_audio.data")
+                     for i, j, part in parts]  # fmt: skip
+            done = await self.transcription.transcribe_parts(audio)
+            spoken = {(i, j): result.text for (i, j, _), result in zip(parts, done, strict=True)}
         turns = []
         total = 0
         for index, message in enumerate(request.messages):
-            text = message.text(index)
-            check_length(text, self.settings.max_input_chars, f"messages[{index}].content")
+            transcripts = {j: text for (i, j), text in spoken.items() if i == index}
+            text = message.text(index, transcripts)
+            check_length(message.typed_text(), self.settings.max_input_chars, f"messages[{index}].content")
             if message.role == "assistant" and message.audio is not None and not text.strip():
                 transcript = await self.audio_store.get(message.audio.id)
                 if transcript is None:
@@ -79,7 +106,7 @@ class ChatServing:
                     )
                 text = transcript
             total += len(text)
-            turns.append(Turn(message.role, text))
+            turns.append(Turn(message.role, text, " ".join(t.strip() for t in transcripts.values() if t.strip())))
         if total > self.settings.max_input_chars * self.settings.max_messages:
             raise invalid("The messages are too long.", "messages", "string_above_max_length")
         return turns

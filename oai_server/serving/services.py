@@ -16,6 +16,7 @@ from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .chat import ChatServing
 from .reply import ReplyService
 from .speech import SpeechServing
+from .transcription import TranscriptionService
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Services:
     chat: ChatServing
     admission: Admission
     audio_store: AudioStore
+    transcription: TranscriptionService
     started_at: float = field(default_factory=time.time)
 
 
@@ -58,6 +60,7 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         settings, engines.llm, engines.llm_tokenizer, engines.llm_stop_token_ids, synthesizer, store, metrics
     )
     speech = SpeechServing(settings, synthesizer, voices, metrics)
-    chat = ChatServing(settings, replies, store, voices)
+    transcription = TranscriptionService(settings, engines.asr)
+    chat = ChatServing(settings, replies, store, voices, transcription)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    return Services(settings, engines, voices, replies, speech, chat, admission, store)
+    return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription)

@@ -165,13 +165,14 @@
   }
 
   // ---- chat ----
-  async function sendMessage(text) {
+  // `content` is what the server gets (text, or parts such as the microphone's input_audio); `text` is shown.
+  async function sendMessage(text, content = text) {
     audio(); // resume the context inside the click, for autoplay policies
     silence();
     showError(null);
     controller = new AbortController();
     const signal = controller.signal;
-    const user = { role: "user", content: text };
+    const user = { role: "user", content };
     const payload = {
       model: "gpt-4o-audio-preview", stream: true, modalities: ["text", "audio"],
       audio: { voice: ui.voice.value, format: "pcm16" }, messages: [...hooks.history, user],
@@ -290,4 +291,9 @@
     stop(); hooks.history = []; ui.log.replaceChildren(); showError(null); setStatus("idle");
   });
   loadVoices();
+  // For mic.js (push-to-talk): send a message made of content parts, unless a reply is running.
+  window.__oaiChat = {
+    send: (text, content) => { if (!controller) sendMessage(text, content); },
+    busy: () => controller !== null,
+  };
 })();
