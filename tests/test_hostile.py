@@ -5,7 +5,8 @@ the guarded httptools/WebSocket protocols) with short timeouts and small limits,
 bounded in count and time. While each hostile request runs, a watcher polls `/health` and reads the
 server's event-loop lag monitor: lag stays under 100 ms and `/health` answers under 200 ms.
 
-1. A 255-message chat history of 4,096 characters each (1 MB) is answered without freezing the loop.
+1. A 255-message chat history of 4,096 characters each (1 MB) is answered without freezing the loop;
+   bodies of millions of JSON values are refused (400) before anything parses them on the loop.
 2. Too many headers, a 1 MB and a 16 MB header value get a 431 envelope at once; so does a WebSocket
    upgrade with too many headers.
 3. Stalled readers lose their admission slot within the write-stall timeout (engine requests aborted,
@@ -494,7 +495,8 @@ def fuzz_body(kind: str, text: str, where: str) -> tuple[str, dict[str, Any]]:
 @given(kind=st.sampled_from(["speech", "chat", "seed"]), text=HOSTILE_TEXT, where=st.sampled_from(["text", "voice"]))
 def test_text_fuzz_has_no_server_errors(server: LiveServer, kind: str, text: str, where: str) -> None:
     path, body = fuzz_body(kind, text, where)
-    response = post_raw(server, path, json.dumps(body))
+    with watched(server):
+        response = post_raw(server, path, json.dumps(body))
     assert response.status_code < 500, response.text
     assert response.status_code in (200, 400), response.text
     assert b"server_error" not in response.content, response.text
