@@ -53,13 +53,14 @@ from .conftest import LiveServer, demo_settings, wait_until
 
 pytestmark = pytest.mark.slow
 
-STALL_S = 2.0
+STALL_S = 1.0
 HEADER_S = 1.5
 BODY_S = 1.5
 MAX_CONNECTIONS = 24
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32768
 LAG_LIMIT_S = 0.1
+WALL_LAG_LIMIT_S = 0.25
 HEALTH_LIMIT_S = 0.2
 SPEECH = {"model": "tts-1", "voice": "alloy", "response_format": "pcm"}
 CHAT = {"model": "gpt-4o-audio-preview", "max_tokens": 4, "seed": 1}
@@ -96,6 +97,12 @@ def server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveServer]:
             llm_max_tokens=16,
         )
     )
+    # Warm up (first-use imports and allocations in the engines' threads): the probes measure steady state.
+    for path, body in (
+        ("/v1/audio/speech", {**SPEECH, "input": "Hello there.", "stream_format": "sse"}),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "Hi."}], "stream": True}),
+    ):
+        assert httpx.post(f"{live.url}{path}", json=body, timeout=120).status_code == 200
     yield live
     live.stop()
 
@@ -113,48 +120,83 @@ def closed_count(server: LiveServer, reason: str) -> float:
     return metric(server, "oai_connections_closed_total", {"reason": reason})
 
 
+PROBER = """
+import http.client, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+while True:
+    start = time.monotonic()
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", "/health")
+        status = conn.getresponse().status
+        conn.close()
+    except OSError:
+        status = 0
+    print(f"{start:.6f} {time.monotonic() - start:.6f} {status}", flush=True)
+    time.sleep(0.05)
+"""
+
+
+@dataclass
+class Prober:
+    """A separate process timing `GET /health` every 50 ms (an outside client: no GIL shared with the server)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def probes(self, since: float) -> list[tuple[float, int]]:
+        """(seconds, status) of the probes that started after `since` and finished."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and float(parts[0]) >= since:
+                found.append((float(parts[1]), int(parts[2])))
+        return found
+
+
+@pytest.fixture(scope="module")
+def prober(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prober]:
+    log = tmp_path_factory.mktemp("prober") / "health.log"
+    host, port = address(server)
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", PROBER, host, str(port)], stdout=out)
+    yield Prober(process, log)
+    process.kill()
+    process.wait(timeout=10)
+
+
 @dataclass
 class Watch:
-    """What the watcher saw: the worst `/health` time and the worst loop lag."""
+    """What the watcher saw: the worst `/health` time, the worst loop lag, and the loop's own part of it."""
 
     health_s: float = 0.0
     probes: int = 0
     lag_s: float = 0.0
+    busy_s: float = 0.0
 
 
 @contextlib.contextmanager
-def watched(server: LiveServer) -> Iterator[Watch]:
-    """Poll `/health` in a thread while the body runs; then check the worst latency and the loop lag."""
+def watched(server: LiveServer, prober: Prober) -> Iterator[Watch]:
+    """While the body runs, `/health` is timed from outside and the loop's lag sampled; then both are checked.
+
+    The loop's own work (lag while its thread computed) must stay under 100 ms, `/health` under 200 ms.
+    The loop's wall-clock lag also counts time spent waiting for the CPU or for the GIL held by the demo
+    engines' threads, which on a shared 2-core machine reaches ~140 ms without anything blocking the
+    loop: it is held to `WALL_LAG_LIMIT_S`, a bound that still catches any stall of the kind this file
+    reproduces (seconds).
+    """
     seen = Watch()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def poll() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    assert client.get("/health").status_code == 200
-                except BaseException as exc:  # reported to the test below
-                    errors.append(exc)
-                    return
-                seen.health_s = max(seen.health_s, time.perf_counter() - started)
-                seen.probes += 1
-                stop.wait(0.05)
-
     since = time.monotonic()
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        yield seen
-        wait_until(lambda: seen.probes > 0 or bool(errors), timeout=30)  # a hostile request may be over at once
-    finally:
-        stop.set()
-        poller.join(timeout=60)
-    seen.lag_s = server.app.state.loop_monitor.max_since(since)
-    assert not errors, errors
-    assert seen.probes > 0
-    assert seen.lag_s < LAG_LIMIT_S, f"event loop lagged {seen.lag_s * 1000:.0f} ms"
+    yield seen
+    assert wait_until(lambda: bool(prober.probes(since)), timeout=30)  # a hostile request may be over at once
+    probes = prober.probes(since)
+    seen.probes = len(probes)
+    seen.health_s = max(seconds for seconds, _ in probes)
+    monitor = server.app.state.loop_monitor
+    seen.lag_s, seen.busy_s = monitor.max_since(since), monitor.max_busy_since(since)
+    assert all(status == 200 for _, status in probes), probes
+    assert seen.busy_s < LAG_LIMIT_S, f"work on the event loop blocked it for {seen.busy_s * 1000:.0f} ms"
+    assert seen.lag_s < WALL_LAG_LIMIT_S, f"event loop lagged {seen.lag_s * 1000:.0f} ms"
     assert seen.health_s < HEALTH_LIMIT_S, f"/health took {seen.health_s * 1000:.0f} ms"
 
 
@@ -189,12 +231,12 @@ def envelope(response: bytes) -> tuple[int, dict[str, Any], bytes]:
 # --------------------------------------------------------------------------- 1. prompt building
 
 
-def test_long_chat_history_does_not_freeze_the_loop(server: LiveServer) -> None:
+def test_long_chat_history_does_not_freeze_the_loop(server: LiveServer, prober: Prober) -> None:
     text = ("the train leaves at seven so we should pack our bags and go to bed early " * 60)[:4096]
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i in range(255)]
     body = json.dumps({**CHAT, "messages": messages})
     assert len(body) > 1_000_000
-    with watched(server):
+    with watched(server, prober):
         response = post_raw(server, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] > 1000  # trimmed to the context, not refused
@@ -209,10 +251,12 @@ def test_long_chat_history_does_not_freeze_the_loop(server: LiveServer) -> None:
     ],
     ids=["2M-numbers", "120k-content-parts", "1.3M-empty-lists"],
 )
-def test_bodies_with_too_many_json_values_are_refused_off_the_loop(server: LiveServer, extra: dict[str, Any]) -> None:
+def test_bodies_with_too_many_json_values_are_refused_off_the_loop(
+    server: LiveServer, prober: Prober, extra: dict[str, Any]
+) -> None:
     body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "hi"}], **extra}, separators=(",", ":"))
     assert len(body) > 3_000_000
-    with watched(server):
+    with watched(server, prober):
         response = post_raw(server, "/v1/chat/completions", body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "request_too_complex"
@@ -251,9 +295,9 @@ def send_headers(server: LiveServer, head: bytes, chunk: int = 65536) -> bytes:
     ],
     ids=["10k-headers", "1MB-value", "16MB-value", "1MB-url", "websocket-200-headers"],
 )
-def test_oversized_headers_get_a_431_envelope(server: LiveServer, head: bytes) -> None:
+def test_oversized_headers_get_a_431_envelope(server: LiveServer, prober: Prober, head: bytes) -> None:
     before = closed_count(server, "headers_too_large")
-    with watched(server):
+    with watched(server, prober):
         answer = send_headers(server, head)
     status, body, raw_head = envelope(answer)
     assert status == 431
@@ -301,11 +345,12 @@ def stalled_reader(server: LiveServer, body: dict[str, Any]) -> socket.socket:
     return sock
 
 
-def test_stalled_readers_lose_their_slots(server: LiveServer) -> None:
+def test_stalled_readers_lose_their_slots(server: LiveServer, prober: Prober) -> None:
     admission = server.services.admission
     before = closed_count(server, "write_stall")
-    text = "Once upon a time, a curious little robot wandered through the city looking for new friends. " * 40
-    with watched(server):
+    # The longest input: its audio takes the demo seconds to generate, so the readers stall long before it ends.
+    text = ("Once upon a time, a curious little robot wandered through the city looking for new friends. " * 45)[:4096]
+    with watched(server, prober):
         sockets = [stalled_reader(server, {**SPEECH, "input": text, "seed": seed}) for seed in (1, 2)]
         try:
             assert wait_until(lambda: admission.active == 2, timeout=30)
@@ -335,11 +380,11 @@ def test_stalled_readers_lose_their_slots(server: LiveServer) -> None:
     ids=["idle", "trickling-headers", "trickling-body", "unfinished-body"],
 )  # fmt: skip
 def test_slow_requests_are_closed_within_their_timeout(
-    server: LiveServer, first: bytes, trickle: bytes, status: int | None
+    server: LiveServer, prober: Prober, first: bytes, trickle: bytes, status: int | None
 ) -> None:
     reason = "header_timeout" if status is None or b"\r\n\r\n" not in first else "body_timeout"
     before = closed_count(server, reason)
-    with watched(server), socket.create_connection(address(server), timeout=30) as sock:
+    with watched(server, prober), socket.create_connection(address(server), timeout=30) as sock:
         sock.sendall(first)
         opened = time.monotonic()
         sock.settimeout(0.2)
@@ -493,9 +538,9 @@ def fuzz_body(kind: str, text: str, where: str) -> tuple[str, dict[str, Any]]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(kind=st.sampled_from(["speech", "chat", "seed"]), text=HOSTILE_TEXT, where=st.sampled_from(["text", "voice"]))
-def test_text_fuzz_has_no_server_errors(server: LiveServer, kind: str, text: str, where: str) -> None:
+def test_text_fuzz_has_no_server_errors(server: LiveServer, prober: Prober, kind: str, text: str, where: str) -> None:
     path, body = fuzz_body(kind, text, where)
-    with watched(server):
+    with watched(server, prober):
         response = post_raw(server, path, json.dumps(body))
     assert response.status_code < 500, response.text
     assert response.status_code in (200, 400), response.text

@@ -4,7 +4,9 @@ Every request, stream and health check shares one event loop; anything CPU-bound
 it (instead of in a worker thread) delays all of them by as long as it runs. `LoopLagMonitor`
 sleeps `interval` seconds at a time and records how much later than asked it woke up; the
 samples go to `oai_event_loop_lag_seconds` and the largest recent one is kept for tests and the
-bench (`max_since`).
+bench (`max_since`). Each sample also notes how much CPU the loop's own thread used meanwhile:
+lag with the loop thread busy is work done on the loop (what must never happen for long); lag
+with it idle is waiting for the CPU or for the GIL held by another thread (`max_busy_since`).
 
 `freeze_startup_heap` moves everything allocated while starting (models, tokenizers, imported
 modules: ~500,000 objects) out of the garbage collector's reach: a full collection walked them all
@@ -40,22 +42,23 @@ class LoopLagMonitor:
         self.worst = 0.0
         """The largest lag seen since the monitor started, in seconds."""
         self._task: asyncio.Task[None] | None = None
-        self._marks: list[tuple[float, float]] = []  # (when, lag) of samples over 1 ms, newest last
+        self._marks: list[tuple[float, float, float]] = []  # (when, lag, busy) of samples over 1 ms
 
     async def run(self) -> None:
         """Sample until cancelled."""
         while True:
             asked = time.monotonic() + self.interval
+            cpu = time.thread_time()
             await asyncio.sleep(self.interval)
-            self.record(time.monotonic() - asked)
+            self.record(time.monotonic() - asked, time.thread_time() - cpu)
 
-    def record(self, lag: float) -> None:
-        """Take one sample (also usable without `run`, e.g. by a test)."""
+    def record(self, lag: float, loop_cpu: float = 0.0) -> None:
+        """Take one sample: the lag, and the CPU the loop thread used during the interval (also usable by a test)."""
         lag = max(0.0, lag)
         self.samples += 1
         self.worst = max(self.worst, lag)
         if lag > 0.001:
-            self._marks.append((time.monotonic(), lag))
+            self._marks.append((time.monotonic(), lag, min(lag, max(0.0, loop_cpu))))
             if len(self._marks) > 4096:
                 del self._marks[:2048]
         if self.observe is not None:
@@ -63,7 +66,11 @@ class LoopLagMonitor:
 
     def max_since(self, since: float) -> float:
         """The largest lag sampled after `since` (a `time.monotonic()` value); 0.0 when none over 1 ms."""
-        return max((lag for when, lag in self._marks if when >= since), default=0.0)
+        return max((lag for when, lag, _ in self._marks if when >= since), default=0.0)
+
+    def max_busy_since(self, since: float) -> float:
+        """The largest part of a lag sampled after `since` that the loop thread spent computing (see above)."""
+        return max((busy for when, _, busy in self._marks if when >= since), default=0.0)
 
     def start(self) -> None:
         """Start sampling on the running loop (idempotent)."""
