@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from .engines.bundle import Engines
 from .engines.factory import open_engines, resolve_models
+from .routes.docs import install_openapi
 from .routes.errors import install_error_handlers
 from .routes.middleware import install_middleware
 from .serving.services import build_services
@@ -49,4 +50,5 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     for module in (audio_speech, audio_transcriptions, chat_completions, models, health, seed, metrics, web):
         app.include_router(module.router)
+    install_openapi(app)
     return app

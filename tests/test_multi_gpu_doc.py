@@ -4,12 +4,13 @@ set is one the server reads."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import yaml
 
-from oai_server.cli import _REPEATABLE
+from oai_server.cli import build_parser
 from oai_server.engines.layout import WORKLOADS
 from oai_server.settings import Settings
 
@@ -17,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "multi_gpu.md"
 NOT_SETTINGS = {"HF_HOME", "HF_TOKEN"}
 """Variables the ConfigMaps set for libraries, not for the server."""
+
+
+def serve_flags() -> set[str]:
+    """Every flag `oai-server serve` accepts, from the real parser."""
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return {flag for action in commands.choices["serve"]._actions for flag in action.option_strings}
 
 
 def serve_commands(text: str) -> list[str]:
@@ -28,10 +36,7 @@ def serve_commands(text: str) -> list[str]:
 def test_every_serve_flag_in_the_recipes_is_a_setting() -> None:
     commands = serve_commands(DOC.read_text())
     assert len(commands) >= 3
-    known = {f"--{name.replace('_', '-')}" for name in Settings.model_fields} | set(_REPEATABLE.values())
-    known |= {
-        f"--no-{name.replace('_', '-')}" for name, field in Settings.model_fields.items() if field.annotation is bool
-    }
+    known = serve_flags()
     for command in commands:
         flags = re.findall(r"(?<!\S)(--[a-z0-9-]+)", command)
         unknown = [flag for flag in flags if flag not in known]

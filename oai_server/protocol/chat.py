@@ -1,4 +1,4 @@
-"""Wire types of the OpenAI API surface we serve (requests validated, responses built).
+"""Request bodies of the OpenAI API surface we serve (responses: `chat_responses`, `speech`, `catalog`).
 
 Requests accept and ignore unknown fields and explicit nulls (LangChain sends `"stream": false`,
 others send `null` for unset options). Field order follows the OpenAI API reference
@@ -10,7 +10,6 @@ ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checke
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -213,68 +212,3 @@ class ChatCompletionRequest(OpenAIModel):
                     param="audio.format",
                     code="unsupported_value",
                 )
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def model_card(model_id: str, created: int, owned_by: str = "oai-server") -> dict[str, Any]:
-    """One `/v1/models` entry."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
-
-
-def chunk(
-    completion_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
-) -> dict[str, Any]:
-    """One `chat.completion.chunk` with a single choice."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
-
-def usage(prompt_tokens: int, text_tokens: int, audio_tokens: int) -> dict[str, Any]:
-    """`usage` with text and audio token details (completion = text + audio)."""
-    completion = text_tokens + audio_tokens
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0, "text_tokens": prompt_tokens},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": audio_tokens,
-            "text_tokens": text_tokens,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def completion(
-    completion_id: str,
-    created: int,
-    model: str,
-    message: dict[str, Any],
-    finish_reason: str,
-    usage_body: dict[str, Any],
-) -> dict[str, Any]:
-    """A non-streaming `chat.completion`."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage_body,
-    }
-
-
-def now() -> int:
-    """Unix seconds."""
-    return int(time.time())

@@ -12,7 +12,8 @@ untouched. `install_middleware` stacks them, outermost first:
    `/`, `/health`, `/health/*`, `/metrics` (scraped without auth inside a cluster; keep the port
    private if that matters), `/static/*`, `/favicon.ico`, and OPTIONS requests.
 4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes` (the upload routes: 25 MB plus the form), from
-   Content-Length or by counting. Inside it, `json_guard.JsonValueLimitMiddleware`: 400 past
+   Content-Length or by counting. Inside it, `json_body.JsonBodyMiddleware` (form, plain-text and
+   untyped bodies are JSON), then `json_guard.JsonValueLimitMiddleware`: 400 past
    `settings.max_json_values` values in a JSON body, counted in a worker thread before the framework
    parses the body on the loop.
 5. `LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
@@ -46,6 +47,7 @@ from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
 from ..serving.loop_monitor import LoopLagMonitor, freeze_startup_heap
 from .errors import error_response, reject_websocket
+from .json_body import JsonBodyMiddleware
 from .json_guard import JsonValueLimitMiddleware
 
 if TYPE_CHECKING:
@@ -392,6 +394,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
 
     app.add_middleware(LoopLagMiddleware, monitor=monitor)
     app.add_middleware(JsonValueLimitMiddleware, max_values=settings.max_json_values)
+    app.add_middleware(JsonBodyMiddleware)  # routes/json_body.py: curl -d bodies are JSON
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, route_limits=UPLOAD_ROUTES)
     keys = settings.all_api_keys()
     if keys:

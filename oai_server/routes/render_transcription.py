@@ -14,12 +14,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..engines.asr import language_name
 from ..errors import APIError
+from ..protocol.transcription_responses import (
+    DurationUsage,
+    TokenUsage,
+    Transcription,
+    TranscriptionSegment,
+    TranscriptionVerbose,
+)
+from ..protocol.transcription_responses import TranscriptTextDelta as TextDeltaEvent
+from ..protocol.transcription_responses import TranscriptTextDone as TextDoneEvent
 from ..serving.transcription import (
     TranscriptDone,
     TranscriptionEvent,
@@ -32,43 +40,37 @@ from .sse import data_event, error_event
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 
 
-def token_usage(usage: TranscriptionUsage) -> dict[str, Any]:
+def token_usage(usage: TranscriptionUsage) -> TokenUsage:
     """Usage billed by tokens (``json`` bodies and the ``transcript.text.done`` event)."""
-    return {
-        "type": "tokens",
-        "input_tokens": usage.audio_tokens,
-        "input_token_details": {"audio_tokens": usage.audio_tokens, "text_tokens": 0},
-        "output_tokens": usage.output_tokens,
-        "total_tokens": usage.audio_tokens + usage.output_tokens,
-    }
+    return TokenUsage.of(usage.audio_tokens, usage.output_tokens)
 
 
-def _segment(segment: TranscriptSegment) -> dict[str, Any]:
-    return {
-        "id": segment.id,
-        "seek": segment.seek,
-        "start": segment.start,
-        "end": segment.end,
-        "text": segment.text,
-        "tokens": [],
-        "temperature": segment.temperature,
-        "avg_logprob": None,
-        "compression_ratio": round(segment.compression_ratio, 4),
-        "no_speech_prob": segment.no_speech_prob,
-    }
+def _segment(segment: TranscriptSegment) -> TranscriptionSegment:
+    return TranscriptionSegment(
+        id=segment.id,
+        seek=segment.seek,
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        tokens=[],
+        temperature=segment.temperature,
+        avg_logprob=None,
+        compression_ratio=round(segment.compression_ratio, 4),
+        no_speech_prob=segment.no_speech_prob,
+    )
 
 
-def verbose(done: TranscriptDone, task: str) -> dict[str, Any]:
+def verbose(done: TranscriptDone, task: str) -> TranscriptionVerbose:
     """The ``verbose_json`` body."""
     language = "english" if task == "translate" else language_name(done.language) or ""
-    return {
-        "task": task,
-        "language": language,
-        "duration": round(done.duration, 3),
-        "text": done.text,
-        "segments": [_segment(segment) for segment in done.segments],
-        "usage": {"type": "duration", "seconds": round(done.usage.seconds, 3)},
-    }
+    return TranscriptionVerbose(
+        task=task,
+        language=language,
+        duration=round(done.duration, 3),
+        text=done.text,
+        segments=[_segment(segment) for segment in done.segments],
+        usage=DurationUsage(seconds=round(done.usage.seconds, 3)),
+    )
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -94,12 +96,11 @@ def subtitles(segments: tuple[TranscriptSegment, ...], fmt: str) -> str:
 def transcription_response(done: TranscriptDone, response_format: str, task: str) -> Response:
     """The whole transcript in ``response_format``."""
     if response_format == "verbose_json":
-        return JSONResponse(verbose(done, task))
+        return JSONResponse(verbose(done, task).wire())
     if response_format == "json":
-        body: dict[str, Any] = {"text": done.text}
         if task == "transcribe":
-            body["usage"] = token_usage(done.usage)
-        return JSONResponse(body)
+            return JSONResponse(Transcription(text=done.text, usage=token_usage(done.usage)).wire())
+        return JSONResponse(Transcription(text=done.text).wire())
     text = done.text if response_format == "text" else subtitles(done.segments, response_format)
     return PlainTextResponse(text, media_type=MEDIA_TYPES[response_format])
 
@@ -108,9 +109,9 @@ async def transcription_sse(events: AsyncIterator[TranscriptionEvent]) -> AsyncI
     """``transcript.text.delta`` events, then ``transcript.text.done`` with the text and usage."""
     async for event in events:
         if isinstance(event, TranscriptTextDelta):
-            yield data_event({"type": "transcript.text.delta", "delta": event.text})
+            yield data_event(TextDeltaEvent(delta=event.text).wire())
         elif isinstance(event, TranscriptDone):
-            yield data_event({"type": "transcript.text.done", "text": event.text, "usage": token_usage(event.usage)})
+            yield data_event(TextDoneEvent(text=event.text, usage=token_usage(event.usage)).wire())
 
 
 def transcription_failure(error: APIError) -> list[bytes]:

@@ -11,18 +11,17 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from ..errors import check_length, invalid, model_not_found
+from ..errors import check_length, invalid
 from ..pipeline.chat_prompt import Turn
 from ..pipeline.voices import VoiceCatalog
 from ..protocol.chat import ChatCompletionRequest, voice_name
 from ..protocol.content_parts import audio_parts
 from ..settings import Settings
 from .audio_store import AudioStore
+from .model_names import ModelNames
 from .reply import Conversation, PreparedReply, ReplyService, TextSampling, now
 from .reply_events import ReplyEvent
 from .transcription import TranscriptionService
-
-CHAT_MODEL_ALIASES = ("gpt-4o-audio-preview", "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini")
 
 
 @dataclass
@@ -31,6 +30,8 @@ class ChatJob:
 
     request: ChatCompletionRequest
     prepared: PreparedReply
+    model: str
+    """The id of the model that answers (what responses name), whatever id the request gave."""
     completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=now)
 
@@ -62,11 +63,12 @@ class ChatServing:
         self.voices = voices
         self.transcription = transcription
         """Transcribes `input_audio` parts of user messages (None: audio input is refused)."""
+        self.names = ModelNames.from_settings(settings)
 
     @property
     def model_ids(self) -> tuple[str, ...]:
-        """Model ids accepted for chat."""
-        return (self.settings.chat_model_id, *CHAT_MODEL_ALIASES)
+        """Model ids listed for chat (others are served too, unless `strict_model_names`)."""
+        return self.names.chat
 
     async def turns(self, request: ChatCompletionRequest) -> list[Turn]:
         """Message texts, with assistant audio ids resolved to their transcripts and user audio transcribed."""
@@ -114,8 +116,7 @@ class ChatServing:
     async def prepare(self, request: ChatCompletionRequest) -> ChatJob:
         """Validate and build the prompt (raises `APIError`) before anything is generated."""
         s = self.settings
-        if request.model not in self.model_ids:
-            raise model_not_found(request.model)
+        model = self.names.resolve(request.model, "chat")
         request.check_supported()
         if len(request.messages) > s.max_messages:
             raise invalid(f"At most {s.max_messages} messages are allowed.", "messages", "array_above_max_length")
@@ -137,7 +138,7 @@ class ChatServing:
             stop=tuple(request.stop_list),
         )
         conversation = Conversation(await self.turns(request), sampling, voice)
-        return ChatJob(request, await self.replies.prepare(conversation))
+        return ChatJob(request, await self.replies.prepare(conversation), model)
 
     def stream(self, job: ChatJob) -> AsyncGenerator[ReplyEvent, None]:
         """The reply's events."""
