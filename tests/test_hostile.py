@@ -274,7 +274,7 @@ def test_json_values_are_counted_exactly() -> None:
 # --------------------------------------------------------------------------- 2. header limits
 
 
-def send_headers(server: LiveServer, head: bytes, chunk: int = 65536) -> bytes:
+def send_headers(server: LiveServer, head: bytes, chunk: int = 1 << 20) -> bytes:
     """Send a request head in pieces (stopping if the server closes), then read the answer."""
     with socket.create_connection(address(server), timeout=30) as sock:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -290,12 +290,13 @@ def send_headers(server: LiveServer, head: bytes, chunk: int = 65536) -> bytes:
         b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",
         b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 << 20) + b"\r\n\r\n",
         b"GET /v1/" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 100) + b"\r\n\r\n",
         b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
         + b"\r\n",
     ],
-    ids=["10k-headers", "1MB-value", "16MB-value", "1MB-url", "websocket-200-headers"],
+    ids=["10k-headers", "1MB-value", "16MB-value", "1MB-url", "just-over-in-one-read", "websocket-200-headers"],
 )
 def test_oversized_headers_get_a_431_envelope(server: LiveServer, prober: Prober, head: bytes) -> None:
     before = closed_count(server, "headers_too_large")

@@ -5,8 +5,9 @@ httptools is installed, as `uvicorn[standard]` does); `GuardedHttpToolsProtocol`
 
 - **Header limits**: bytes from a request's first byte to the end of its headers are counted
   before they reach the parser (httptools concatenates a header's pieces, so an unbounded header
-  costs quadratic CPU) and more than `max_header_bytes`, or more than `max_headers` fields, is
-  answered 431 and closed after at most one more socket read.
+  costs quadratic CPU: the parser never sees more than one socket read past the limit), and the
+  URL and header fields the parser reports are counted exactly: more than `max_header_bytes`, or
+  more than `max_headers` fields, is answered 431 and the connection closes.
 - **Header timeout**: a connection that opens, or a request that starts, must deliver its
   headers within `header_timeout`; then it is closed (with a 408 if part of a request came).
 - **Body timeout**: a declared body must keep arriving: at least `BODY_PROGRESS_BYTES` (or all of
@@ -80,6 +81,7 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
     _request_started = False
     _header_bytes = 0
     _header_count = 0
+    _header_size = 0
     _body_progress = 0
     _reject: APIError | None = None
     _header_timer: asyncio.TimerHandle | None = None
@@ -169,14 +171,27 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
         super().on_message_begin()
         self._awaiting_headers = True
         self._header_count = 0
+        self._header_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request line against `max_header_bytes`."""
+        self._count_header_bytes(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Count header fields; stop parsing past `max_headers`."""
+        """Count header fields and their bytes; stop parsing past `max_headers` or `max_header_bytes`."""
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
             self._reject = self._too_large_error()
             raise _StopParsing
+        self._count_header_bytes(len(name) + len(value) + 4)  # "name: value\r\n"
         super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_size += size
+        if self._header_size > self.limits.max_header_bytes:
+            self._reject = self._too_large_error()
+            raise _StopParsing
 
     def on_headers_complete(self) -> None:
         """Headers are in: stop the header clock; a body (if any) must now arrive within the body timeout."""
