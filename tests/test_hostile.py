@@ -4,7 +4,7 @@ One server of its own, started the way `oai-server serve` starts it (`runtime_li
 the guarded httptools/WebSocket protocols) with short timeouts and small limits, so every probe is
 bounded in count and time. While each hostile request runs, a prober process times `/health` and the
 server's event-loop monitor is read (`watched`): `/health` answers under 200 ms, work on the loop never
-holds it for 100 ms, and its wall-clock lag (waiting for the CPU and the GIL included) stays under 250 ms.
+holds it for 100 ms, and its wall-clock lag (waiting for the CPU and the GIL included) stays under 500 ms.
 
 1. A 255-message chat history of 4,096 characters each (1 MB) is answered without freezing the loop;
    bodies of millions of JSON values are refused (400) before anything parses them on the loop.
@@ -62,7 +62,7 @@ MAX_CONNECTIONS = 24
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32768
 LAG_LIMIT_S = 0.1
-WALL_LAG_LIMIT_S = 0.25
+WALL_LAG_LIMIT_S = 0.5
 HEALTH_LIMIT_S = 0.2
 SPEECH = {"model": "tts-1", "voice": "alloy", "response_format": "pcm"}
 CHAT = {"model": "gpt-4o-audio-preview", "max_tokens": 4, "seed": 1}
@@ -182,10 +182,10 @@ def watched(server: LiveServer, prober: Prober) -> Iterator[Watch]:
     """While the body runs, `/health` is timed from outside and the loop's lag sampled; then both are checked.
 
     The loop's own work (lag while its thread computed) must stay under 100 ms, `/health` under 200 ms.
-    The loop's wall-clock lag also counts time spent waiting for the CPU or for the GIL held by the demo
-    engines' threads, which on a shared 2-core machine reaches ~140 ms without anything blocking the
-    loop: it is held to `WALL_LAG_LIMIT_S`, a bound that still catches any stall of the kind this file
-    reproduces (seconds).
+    The loop's wall-clock lag also counts time spent waiting for the CPU or for the GIL held by another
+    thread (the demo engines, this test's client), which on the shared 2-core machine (CPU pressure
+    ~30 %) reached 380 ms with the loop thread computing for 4 ms of it: it is held to
+    `WALL_LAG_LIMIT_S`, which still catches every stall of the kinds this file reproduces (seconds).
     """
     seen = Watch()
     since = time.monotonic()
