@@ -25,6 +25,7 @@ holds it for 100 ms, and its wall-clock lag (waiting for the CPU and the GIL inc
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -269,6 +270,14 @@ def test_json_values_are_counted_exactly() -> None:
     assert count_json_values(body, 100) == 14
     assert count_json_values(body, 5) == 6  # stops past the limit
     assert count_json_values(b"{'a': 1}", 100) is None  # not JSON: the framework answers
+
+
+def test_the_loop_lag_is_a_metric_and_the_startup_heap_is_frozen(server: LiveServer) -> None:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    count = next(line for line in text.splitlines() if line.startswith("oai_event_loop_lag_seconds_count"))
+    assert float(count.split()[-1]) > 0
+    assert "oai_open_connections" in text
+    assert gc.get_freeze_count() > 10_000  # models, tokenizers and modules: out of the collector's reach
 
 
 # --------------------------------------------------------------------------- 2. header limits

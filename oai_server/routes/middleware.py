@@ -16,7 +16,7 @@ untouched. `install_middleware` stacks them, outermost first:
    untyped bodies are JSON), then `json_guard.JsonValueLimitMiddleware`: 400 past
    `settings.max_json_values` values in a JSON body, counted in a worker thread before the framework
    parses the body on the loop.
-5. `LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
+5. `loop_lag.LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
    lifetime of the app (its ASGI lifespan); requests pass straight through.
 
 Connection-level limits (header size, slow or stalled clients, the connection cap) sit below
@@ -45,10 +45,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
-from ..serving.loop_monitor import LoopLagMonitor, freeze_startup_heap
+from ..serving.loop_monitor import LoopLagMonitor
 from .errors import error_response, reject_websocket
 from .json_body import JsonBodyMiddleware
 from .json_guard import JsonValueLimitMiddleware
+from .loop_lag import LoopLagMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -342,35 +343,6 @@ class BodyLimitMiddleware:
             return {"type": "http.disconnect"}
 
         await error_response(request_too_large(limit))(scope, no_body, send)
-
-
-class LoopLagMiddleware:
-    """Runs `monitor` while the app's lifespan runs; freezes the startup heap once startup completes.
-
-    See `serving.loop_monitor` for both: the lag metric, and why the objects of startup are frozen.
-    """
-
-    def __init__(self, app: ASGIApp, monitor: LoopLagMonitor) -> None:
-        self.app = app
-        self.monitor = monitor
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass HTTP and WebSocket through; wrap the lifespan with the monitor."""
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        self.monitor.start()
-
-        async def send_started(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                frozen = freeze_startup_heap()  # before any request is served: nothing waits on it
-                logger.debug("startup heap frozen: %d objects out of the collector's reach", frozen)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_started)
-        finally:
-            await self.monitor.stop()
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
