@@ -10,10 +10,7 @@ import pytest
 from oai_server.errors import APIError
 from oai_server.serving.admission import Admission, HeldBody, Ticket
 
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+from .helpers import settle
 
 
 async def test_slots_bound_concurrency() -> None:

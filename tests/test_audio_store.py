@@ -1,21 +1,24 @@
-"""Audio ids: the in-memory store's bounds, and the Redis store shared by two replicas."""
+"""Audio ids: the in-memory store's bounds, and the Redis store shared by two replicas.
+
+Redis runs for real (Debian's `redis-server`, which CI installs) on a Unix socket in a temp dir, so
+no port can be raced for; the fixture fails loudly when it never answers. Expiry is checked without
+waiting for it: Redis reports each key's absolute expiry (`EXPIRETIME`), and a key set to expire in
+the past is gone at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
 
 from oai_server.serving.audio_store import MemoryAudioStore, RedisAudioStore
 
-from .conftest import demo_settings, start_server
+from .helpers import demo_settings, require_tool, sdk_client, start_server, wait_until
 
 
 def test_memory_store_is_bounded_and_expires() -> None:
@@ -26,36 +29,46 @@ def test_memory_store_is_bounded_and_expires() -> None:
         await store.put("b", "second", now + 60)
         await store.put("c", "third", now + 60)
         assert await store.get("a") is None  # the oldest was dropped
-        assert await store.get("c") == "third" and len(store) == 2
+        assert await store.get("b") == "second" and await store.get("c") == "third" and len(store) == 2
         await store.put("old", "gone", now - 1)
-        assert await store.get("old") is None
+        assert len(store) == 2  # "old" evicted "b"
+        assert await store.get("old") is None and len(store) == 1  # expired entries are dropped on read
 
     asyncio.run(run())
 
 
+def redis_answers(socket_path: Path) -> bool:
+    """PING over the socket."""
+    import redis
+
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
+    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+        return False
+
+
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server on a free loopback port (CI installs Debian's redis-server)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server listening only on a Unix socket in a temp dir (no TCP port to race for)."""
+    binary = require_tool("redis-server", "apt-get install -y redis-server")
+    socket_path = tmp_path_factory.mktemp("redis") / "redis.sock"
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+        [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: process.poll() is not None or redis_answers(socket_path), 15, 0.05)
+        if not redis_answers(socket_path):
+            process.kill()
+            output = process.communicate(timeout=10)[0]
+            pytest.fail(f"redis-server never answered on {socket_path} (exit {process.returncode}):\n{output}")
+        yield f"unix://{socket_path}?db=0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_redis_store_round_trip_and_expiry(redis_url: str) -> None:
@@ -65,9 +78,10 @@ def test_redis_store_round_trip_and_expiry(redis_url: str) -> None:
         await store.put("audio_x", "hello", now + 60)
         assert await store.get("audio_x") == "hello"
         assert await store.get("audio_missing") is None
-        await store.put("audio_short", "bye", now + 1)
-        await asyncio.sleep(2.1)
-        assert await store.get("audio_short") is None
+        assert await store._client.expiretime("test:audio_x") == now + 60  # expires exactly at expires_at
+        await store.put("audio_past", "bye", now - 1)
+        assert await store.get("audio_past") is None  # an expiry in the past removes the key at once
+        await store._client.aclose()
 
     asyncio.run(run())
 
@@ -76,20 +90,28 @@ def test_two_replicas_share_audio_ids_through_redis(redis_url: str, demo_cache: 
     first = start_server(demo_settings(demo_cache, redis_url=redis_url))
     second = start_server(demo_settings(demo_cache, redis_url=redis_url))
     try:
-        a = OpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0)
-        b = OpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0)
         messages = [{"role": "user", "content": "Hello"}]
-        reply = a.chat.completions.create(
+        reply = sdk_client(first).chat.completions.create(
             model="gpt-4o-audio-preview",
             messages=messages,
             modalities=["text", "audio"],
             audio={"voice": "alloy", "format": "wav"},
             max_tokens=10,
+            seed=3,
         )
-        audio_id = reply.choices[0].message.audio.id
-        follow = [*messages, {"role": "assistant", "audio": {"id": audio_id}}, {"role": "user", "content": "More"}]
-        answer = b.chat.completions.create(model="gpt-4o-audio-preview", messages=follow, max_tokens=5)
-        assert answer.choices[0].message.content is not None
+        audio = reply.choices[0].message.audio
+        assert audio.transcript
+        follow = [*messages, {"role": "assistant", "audio": {"id": audio.id}}, {"role": "user", "content": "More"}]
+        answer = sdk_client(second).chat.completions.create(
+            model="gpt-4o-audio-preview", messages=follow, max_tokens=5, seed=3
+        )
+        # The second replica resolved the id to the first one's transcript: the same prompt as if it were sent.
+        spelled = [*messages, {"role": "assistant", "content": audio.transcript}, {"role": "user", "content": "More"}]
+        reference = sdk_client(second).chat.completions.create(
+            model="gpt-4o-audio-preview", messages=spelled, max_tokens=5, seed=3
+        )
+        assert answer.usage.prompt_tokens == reference.usage.prompt_tokens
+        assert answer.choices[0].message.content == reference.choices[0].message.content
     finally:
         first.stop()
         second.stop()

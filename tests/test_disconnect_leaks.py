@@ -34,12 +34,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import openai
 import pytest
 
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server, wait_until
+from .helpers import LiveServer, demo_settings, sdk_client, sse_json, start_server, steady, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -135,14 +134,6 @@ def hang_up(address: tuple[str, int], plan: Plan) -> str:
         sock.close()
 
 
-def counter_value(server: LiveServer, series: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 @pytest.fixture(scope="module")
 def server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveServer]:
     live = start_server(demo_settings(demo_cache, max_concurrent_streams=3, max_queued=32))
@@ -150,22 +141,12 @@ def server(demo_cache: Path, demo_models: DemoModels) -> Iterator[LiveServer]:
     live.stop()
 
 
-def idle(server: LiveServer) -> bool:
-    svc = server.services
-    return (
-        svc.engines.llm.active_requests() == 0
-        and svc.engines.tts.active_requests() == 0
-        and svc.admission.active == 0
-        and svc.admission.queued == 0
-    )
-
-
 def full_speech_stream(server: LiveServer) -> None:
     """A complete speech SSE stream: deltas, then `speech.audio.done` with its usage."""
     body = REQUESTS["speech-sse"][1]
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, timeout=60) as response:
         assert response.status_code == 200
-        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        events = sse_json(response.iter_lines())
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
     audio = base64.b64decode("".join(event["audio"] for event in events[:-1]))
     assert audio and len(audio) % 2 == 0
@@ -173,9 +154,8 @@ def full_speech_stream(server: LiveServer) -> None:
 
 def full_chat_audio_stream(server: LiveServer) -> None:
     """A complete chat audio stream through the official SDK, ending with usage."""
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
     chunks = list(
-        client.chat.completions.create(
+        sdk_client(server).chat.completions.create(
             model="gpt-4o-audio-preview",
             messages=CHAT_MESSAGES,
             modalities=["text", "audio"],
@@ -194,15 +174,14 @@ def full_chat_audio_stream(server: LiveServer) -> None:
 def test_random_disconnects_leave_nothing_behind(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
     full_speech_stream(server)  # warm: every lazily created part exists before the baseline
     full_chat_audio_stream(server)
-    assert wait_until(lambda: idle(server), 10)
+    assert wait_until(server.idle, 10)
     baseline_tasks = server.tasks()
-    aborts_before = {
-        engine: counter_value(server, f'oai_engine_aborts_total{{engine="{engine}"}}') for engine in ("llm", "tts")
-    }
+    aborts_before = server.scrape()
 
     caplog.clear()
     chosen = plans(random.Random(SEED))
     address = urlsplit(server.url)
+    steps_before = server.generated_tokens()
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(lambda plan: hang_up((address.hostname or "", address.port or 0), plan), chosen))
@@ -213,7 +192,7 @@ def test_random_disconnects_leave_nothing_behind(server: LiveServer, caplog: pyt
     assert tally["cut"] >= 90  # nearly every client really left mid-stream
 
     # Nothing in flight anywhere, and the loop is back to its own tasks.
-    assert wait_until(lambda: idle(server), 30), (
+    assert wait_until(server.idle, 30), (
         server.services.engines.llm.active_requests(),
         server.services.engines.tts.active_requests(),
         server.services.admission.active,
@@ -222,15 +201,18 @@ def test_random_disconnects_leave_nothing_behind(server: LiveServer, caplog: pyt
     assert wait_until(lambda: server.tasks() == baseline_tasks, 10), (server.tasks(), baseline_tasks)
     engines: Any = server.services.engines
     assert engines.snac._jobs.empty()  # nothing queued for the SNAC decoder thread
-    work = (engines.snac.windows_decoded, engines.llm.generated_tokens(), engines.tts.generated_tokens())
-    time.sleep(0.5)
-    # Nobody decodes or generates any more.
-    assert (engines.snac.windows_decoded, engines.llm.generated_tokens(), engines.tts.generated_tokens()) == work
+    # Nobody decodes or generates any more: watched for 20 steps at the speed of the run itself.
+    speed = (server.generated_tokens() - steps_before) / seconds
 
-    aborts = {
-        engine: counter_value(server, f'oai_engine_aborts_total{{engine="{engine}"}}') - aborts_before[engine]
-        for engine in ("llm", "tts")
-    }
+    def work() -> tuple[int, int]:
+        return engines.snac.windows_decoded, server.generated_tokens()
+
+    unchanged, before, after = steady(work, window=min(max(20 / speed, 0.2), 5.0))
+    assert unchanged, f"work went on after every client left: {before} -> {after}"
+
+    aborts_after = server.scrape()
+    series = {engine: f'oai_engine_aborts_total{{engine="{engine}"}}' for engine in ("llm", "tts")}
+    aborts = {engine: aborts_after[name] - aborts_before.get(name, 0.0) for engine, name in series.items()}
     print(f"engine aborts counted: {aborts}; server loop tasks: {sum(baseline_tasks.values())} before and after")
     assert aborts["tts"] >= 20 and aborts["llm"] >= 10
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
@@ -239,5 +221,5 @@ def test_random_disconnects_leave_nothing_behind(server: LiveServer, caplog: pyt
     # And it still serves complete replies.
     full_speech_stream(server)
     full_chat_audio_stream(server)
-    assert wait_until(lambda: idle(server), 10)
+    assert wait_until(server.idle, 10)
     assert wait_until(lambda: server.tasks() == baseline_tasks, 10)

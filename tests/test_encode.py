@@ -6,7 +6,6 @@ import io
 import struct
 import wave
 
-import av
 import numpy as np
 import pytest
 
@@ -19,6 +18,8 @@ from oai_server.pipeline.encode import (
     normalize_format,
 )
 
+from .helpers import decode_audio, sine
+
 SR = 24000
 FRAME = 2048  # one SNAC frame
 LOSSY = ("mp3", "opus", "aac")
@@ -26,12 +27,6 @@ PYAV_FORMATS = ("mp3", "opus", "aac", "flac")
 # mp3/aac in a raw stream carry encoder delay + frame padding the decoder cannot trim
 # (mp3 ~64 ms, aac ~43-85 ms at 24 kHz); opus in Ogg trims exactly via pre-skip and granule position.
 LOSSY_TOLERANCE_S = {"mp3": 0.1, "aac": 0.1, "opus": 0.03}
-
-
-def sine(seconds: float, freq: float = 440.0, amp: int = 10000) -> np.ndarray:
-    """A mono int16 sine wave."""
-    t = np.arange(round(seconds * SR)) / SR
-    return (np.sin(2 * np.pi * freq * t) * amp).astype(np.int16)
 
 
 def stream_encode(fmt: str, pcm: bytes, chunk: int = FRAME * 2) -> tuple[list[bytes], bytes]:
@@ -42,13 +37,9 @@ def stream_encode(fmt: str, pcm: bytes, chunk: int = FRAME * 2) -> tuple[list[by
 
 
 def decode(data: bytes) -> tuple[np.ndarray, int, int]:
-    """Decode with PyAV; return (samples as float/int array of channel 0, sample rate, channels)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
-        chunks = [frame.to_ndarray().reshape(channels, -1)[0] for frame in container.decode(stream)]
-    samples = np.concatenate(chunks) if chunks else np.zeros(0)
-    return samples, rate, channels
+    """Decode with PyAV; return (samples of channel 0, sample rate, channels)."""
+    decoded = decode_audio(data)
+    return decoded.samples, decoded.rate, decoded.channels
 
 
 def test_format_table_and_aliases() -> None:

@@ -20,8 +20,7 @@ import pytest
 
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server
-from .quiet_snac import quiet_snac
+from .helpers import LiveServer, demo_settings, quiet_snac, start_server
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 RECORD = os.environ.get("OAI_GOLDEN_RECORD") == "1"

@@ -38,8 +38,9 @@ def requests_count(metrics: Metrics, route: str, method: str = "GET", status: in
 
 
 @pytest.fixture(scope="module")
-def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(demo=True, cache_dir=tmp_path_factory.getbasetemp() / "demo-cache", api_keys=[KEY])
+def demo_settings(demo_cache: Path, demo_models: object) -> Settings:
+    """The demo profile on the session's models (built once per run), with an API key."""
+    return Settings(demo=True, cache_dir=demo_cache, api_keys=[KEY])
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ async def test_demo_app_auth_and_admission_gauge(demo_app: FastAPI, demo_client:
     assert metrics.registry.get_sample_value("oai_active_streams") == 0
 
 
-def test_two_apps_in_one_process(demo_settings: Settings, tmp_path: Path) -> None:
+def test_two_apps_in_one_process(demo_settings: Settings) -> None:
     first = create_app(demo_settings)
     second = create_app(demo_settings)
     assert first.state.metrics.registry is not second.state.metrics.registry

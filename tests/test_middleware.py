@@ -234,7 +234,9 @@ async def test_preflight_passes_without_key() -> None:
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "https://ui.example"
     assert "authorization" in response.headers["access-control-allow-headers"].lower()
-    assert no_cors.status_code != 401
+    # Without CORS, an OPTIONS is an ordinary request: not refused for the missing key, but no route has it.
+    assert no_cors.status_code == 405 and no_cors.json()["error"]["code"] == "method_not_allowed"
+    assert "access-control-allow-origin" not in no_cors.headers
 
 
 async def test_keys_never_logged(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:

@@ -10,14 +10,17 @@ generated tokens. Once the status line is out the server must end the stream rec
 - raw audio: the body is cut without its terminating chunk (the client sees a broken transfer);
 - a stall: the per-request deadline (`request_timeout_seconds`) cancels the engine request.
 
-After each fault the server serves the next request normally.
+Failures below the engine seam come from the real parts: a forward hook on the real model makes the
+engine's worker thread raise (`EngineError` at the seam, "The engine failed: ..." on the wire), and one
+on SNAC's decoder makes the batched decode fail (any other exception: the generic 500 message, with no
+internals leaked), streamed and whole. After each fault the server serves the next request normally.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,13 +31,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 
 from oai_server.engines.bundle import Engines
 from oai_server.engines.demo import DemoModels
 from oai_server.engines.factory import open_engines, resolve_models
 
-from .conftest import LiveServer, demo_settings, start_server, wait_until
 from .fault_engine import Fault, FaultyEngine
+from .helpers import LiveServer, demo_settings, sdk_client, sse_json, start_server, wait_until
+
+GENERIC = "The server had an error while processing your request."
 
 DEADLINE = 4.0
 """`request_timeout_seconds` of this server: far above a normal demo reply (< 1 s), short to wait for."""
@@ -61,15 +67,32 @@ class FaultServer:
 
     def idle(self) -> bool:
         """No request left anywhere: admission, the wrappers, the real engines."""
-        admission = self.live.services.admission
-        return (
-            admission.active == 0
-            and admission.queued == 0
-            and not self.llm.live
-            and not self.tts.live
-            and self.llm.inner.active_requests() == 0
-            and self.tts.inner.active_requests() == 0
-        )
+        return self.live.idle() and not self.llm.live and not self.tts.live
+
+
+class Breakage:
+    """A forward hook that makes a real module raise `error` from its `after`-th call on (while installed)."""
+
+    def __init__(self, after: int, error: Exception) -> None:
+        self.after = after
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        self.calls += 1
+        if self.calls >= self.after:
+            raise self.error
+
+
+@contextmanager
+def broken(module: torch.nn.Module, after: int, error: Exception) -> Iterator[Breakage]:
+    """Break `module` (a real model or part of one) inside the block."""
+    breakage = Breakage(after, error)
+    handle = module.register_forward_hook(breakage)
+    try:
+        yield breakage
+    finally:
+        handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +103,8 @@ def fault_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[FaultSer
     real: Engines = loop.run_until_complete(opened.__aenter__())
     llm, tts = FaultyEngine(real.llm), FaultyEngine(real.tts)
     live = start_server(settings, engines=replace(real, llm=llm, tts=tts))
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
     try:
-        yield FaultServer(live, llm, tts, client)
+        yield FaultServer(live, llm, tts, sdk_client(live))
     finally:
         live.stop()
         loop.run_until_complete(opened.__aexit__(None, None, None))
@@ -101,7 +123,7 @@ def sse_payloads(server: FaultServer, body: dict[str, Any]) -> list[dict[str, An
     with httpx.stream("POST", f"{server.live.url}/v1/audio/speech", json=body, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        return sse_json(response.iter_lines())
 
 
 def assert_serves_normally(server: FaultServer) -> None:
@@ -111,6 +133,7 @@ def assert_serves_normally(server: FaultServer) -> None:
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
     reply = server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, seed=1)
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    assert wait_until(server.idle, 10)
 
 
 def test_speech_sse_ends_with_an_error_event(fault_server: FaultServer) -> None:
@@ -207,4 +230,65 @@ def test_deadline_cancels_a_stalled_chat_completion(fault_server: FaultServer) -
         fault_server.client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, seed=1)
     assert error.value.status_code == 504 and error.value.code == "timeout"
     assert fault_server.llm.stalled == 1 and fault_server.llm.cancelled == 1
+    assert_serves_normally(fault_server)
+
+
+def test_a_model_failure_in_the_engine_worker_ends_the_stream_with_an_error_event(fault_server: FaultServer) -> None:
+    """The TTS model raises inside the engine's worker thread after some steps: the speech stream ends with
+    the engine's error (the worker's exception crossed the thread into `EngineError`)."""
+    model = fault_server.tts.inner._model  # type: ignore[attr-defined]
+    with broken(model, after=20, error=RuntimeError("injected model failure")) as breakage:
+        events = sse_payloads(fault_server, speech_body())
+    assert breakage.calls >= 20
+    deltas, last = events[:-1], events[-1]
+    assert deltas and all(event["type"] == "speech.audio.delta" for event in deltas)  # audio went out first
+    assert set(last) == {"error"} and last["error"]["type"] == "server_error"
+    message = last["error"]["message"]
+    assert message.startswith("The engine failed: request tts-") and message.endswith("failed: injected model failure")
+    assert_serves_normally(fault_server)
+
+
+def test_a_model_failure_in_the_llm_worker_is_a_500_for_a_whole_reply(fault_server: FaultServer) -> None:
+    model = fault_server.llm.inner._model  # type: ignore[attr-defined]
+    with broken(model, after=3, error=RuntimeError("injected model failure")):
+        response = httpx.post(
+            f"{fault_server.live.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 20, "seed": 1},
+            timeout=60,
+        )
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and "injected model failure" in error["message"]
+    assert_serves_normally(fault_server)
+
+
+def test_a_snac_failure_mid_stream_is_a_generic_error_event(
+    fault_server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SNAC's decoder raises on its third batch: the stream, its audio started, ends with the generic 500
+    error (nothing of the internals on the wire) and the failure is logged with its traceback."""
+    snac = fault_server.live.services.engines.snac
+    caplog.set_level(logging.ERROR)
+    with broken(snac.model.decoder, after=3, error=RuntimeError("secret internals")):
+        events = sse_payloads(fault_server, speech_body())
+    deltas, last = events[:-1], events[-1]
+    assert deltas and base64.b64decode("".join(event["audio"] for event in deltas))
+    assert last == {"error": {"message": GENERIC, "type": "server_error", "param": None, "code": None}}
+    assert any(r.getMessage() == "SNAC decode failed" and r.exc_info for r in caplog.records)
+    assert_serves_normally(fault_server)
+
+
+def test_a_generic_failure_in_a_whole_reply_is_a_generic_500(fault_server: FaultServer) -> None:
+    """Any exception that is not an engine's, in a non-streamed spoken chat reply: the generic 500 envelope."""
+    snac = fault_server.live.services.engines.snac
+    with broken(snac.model.decoder, after=1, error=ValueError("secret internals")):
+        response = httpx.post(
+            f"{fault_server.live.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 20, "seed": 1,
+                  "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+            timeout=60,
+        )  # fmt: skip
+    assert response.status_code == 500
+    assert response.json() == {"error": {"message": GENERIC, "type": "server_error", "param": None, "code": None}}
+    assert "x-should-retry" not in response.headers  # a 500 may be retried
     assert_serves_normally(fault_server)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator, Sequence
 
-import httpx
 import pytest
 
 from oai_server.codec import orpheus
@@ -21,11 +17,13 @@ from oai_server.engines.base import (
     SamplingParams,
     TokenEngine,
 )
-from oai_server.engines.demo import build_demo_models
+from oai_server.engines.demo import DemoModels
 from oai_server.engines.loading import load_tokenizer
 from oai_server.engines.remote import CUSTOM_TOKEN_BASE, RemoteEngine, RemoteEngineConfig, _TextDecoder
 from oai_server.engines.transformers_engine import TransformersEngine
-from tests.upstream_server import UpstreamFaults, create_upstream_app, serve_in_thread
+
+from .helpers import eventually as _eventually
+from .upstream_server import UpstreamFaults, create_upstream_app, serve_in_thread
 
 MODEL = "orpheus-test"
 PROMPT = orpheus.build_prompt_ids([1, 2, 3, 4])
@@ -118,11 +116,8 @@ async def collect(stream: AsyncIterator[list[int]]) -> list[list[int]]:
     return [delta async for delta in stream]
 
 
-async def eventually(predicate: object, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+async def eventually(predicate: object, timeout: float = 5.0) -> None:
+    assert await _eventually(predicate, timeout), "condition not reached in time"  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("text_only", [False, True], ids=["token_ids", "text"])
@@ -252,13 +247,14 @@ async def test_stalled_stream_times_out(scripted) -> None:
     base_url, engine, app = scripted
     app.state.faults.stall_after_chunks = 2
     remote = make_remote(base_url, read_timeout=0.3)
-    started = time.monotonic()
+    got: list[list[int]] = []
     try:
-        with pytest.raises(EngineError, match="stalled"):
-            await collect(remote.generate(PROMPT, params(100), "req-stall"))
+        with pytest.raises(EngineError, match=r"stalled for 0\.3s"):
+            async for delta in remote.generate(PROMPT, params(100), "req-stall"):
+                got.append(delta)
     finally:
         await remote.close()
-    assert time.monotonic() - started < 3 and len(app.state.received) == 1
+    assert len(got) == 2 and len(app.state.received) == 1  # the chunks before the silence, not retried
     await eventually(lambda: engine.active_requests() == 0)
 
 
@@ -289,22 +285,6 @@ async def test_health_checks_the_upstream_and_its_model(scripted) -> None:
     await wrong.close()
 
 
-async def test_chat_mode(scripted) -> None:
-    base_url, _, app = scripted
-    remote = make_remote(base_url, api="chat")
-    messages = [{"role": "user", "content": "hi"}]
-    try:
-        with pytest.raises(EngineError, match="chat-only"):
-            remote.generate(PROMPT, params(), "req-chat-0")
-        ids = [t for d in await collect(remote.generate_chat(messages, params(), "req-chat-1")) for t in d]
-        app.state.faults.omit_token_ids = True
-        text_ids = [t for d in await collect(remote.generate_chat(messages, params(), "req-chat-2")) for t in d]
-    finally:
-        await remote.close()
-    assert len(ids) == 21 and ids == text_ids
-    assert app.state.received[0]["body"]["messages"] == messages
-
-
 async def test_closed_engine_refuses_and_duplicate_ids_are_rejected(scripted) -> None:
     base_url, engine, _ = scripted
     engine.delay = 0.01
@@ -318,20 +298,18 @@ async def test_closed_engine_refuses_and_duplicate_ids_are_rejected(scripted) ->
     with pytest.raises(EngineError, match="closed"):
         await collect(remote.generate(PROMPT, params(), "req-after"))
     await eventually(lambda: engine.active_requests() == 0)
-    with pytest.raises((StopAsyncIteration, httpx.HTTPError, EngineError)):
-        await anext(first)
+    rest = await collect(first)  # closing cut the stream: what was received drains, then it ends quietly
+    assert len([t for d in rest for t in d]) < 500
 
 
 # --- the real demo models behind the upstream (TransformersEngine on CPU) ---------------------
 
 
 @pytest.fixture(scope="module")
-async def demo() -> AsyncIterator[dict[str, object]]:
-    cache = Path(os.environ.get("OAI_SERVER_CACHE_DIR", Path.home() / ".cache" / "oai-server"))
-    models = build_demo_models(cache)
-    tts = TransformersEngine(models.tts_dir, kind="transformers-orpheus", device="cpu", max_concurrency=2)
-    llm = TransformersEngine(models.llm_dir, kind="transformers-gemma", device="cpu", max_concurrency=2)
-    tts_tok, llm_tok = load_tokenizer(models.tts_dir), load_tokenizer(models.llm_dir)
+async def demo(demo_models: DemoModels) -> AsyncIterator[dict[str, object]]:
+    tts = TransformersEngine(demo_models.tts_dir, kind="transformers-orpheus", device="cpu", max_concurrency=2)
+    llm = TransformersEngine(demo_models.llm_dir, kind="transformers-gemma", device="cpu", max_concurrency=2)
+    tts_tok, llm_tok = load_tokenizer(demo_models.tts_dir), load_tokenizer(demo_models.llm_dir)
     tts_app = create_upstream_app(tts, tts_tok, model="orpheus-demo")
     llm_app = create_upstream_app(llm, llm_tok, model="gemma-demo")
     with serve_in_thread(tts_app) as tts_url, serve_in_thread(llm_app) as llm_url:
@@ -364,19 +342,19 @@ async def test_demo_orpheus_remote_equals_in_process(demo) -> None:
 
 
 @pytest.mark.slow
-async def test_demo_gemma_chat_mode_equals_in_process(demo) -> None:
+async def test_demo_gemma_remote_equals_in_process(demo) -> None:
     url, engine, tok, app = demo["llm"]
     messages = [{"role": "user", "content": "Tell me about the weather."}]
-    templated = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    prompt = templated["input_ids"] if isinstance(templated, Mapping) else templated
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = tok.encode(text, add_special_tokens=False)
     stops = tuple(tok.convert_tokens_to_ids(t) for t in ("<end_of_turn>", "<eos>"))
     p = SamplingParams(max_tokens=24, temperature=0.8, top_p=0.95, seed=5, stop_token_ids=stops)
     direct = [t for d in await collect(engine.generate(prompt, p, "direct-chat")) for t in d]
-    remote = RemoteEngine(RemoteEngineConfig(url, "gemma-demo", api="chat"), tokenizer=tok)
+    remote = RemoteEngine(RemoteEngineConfig(url, "gemma-demo"), tokenizer=tok)
     try:
-        ids = [t for d in await collect(remote.generate_chat(messages, p, "remote-chat-1")) for t in d]
+        ids = [t for d in await collect(remote.generate(prompt, p, "remote-chat-1")) for t in d]
         app.state.faults = UpstreamFaults(omit_token_ids=True)
-        text_ids = [t for d in await collect(remote.generate_chat(messages, p, "remote-chat-2")) for t in d]
+        text_ids = [t for d in await collect(remote.generate(prompt, p, "remote-chat-2")) for t in d]
     finally:
         await remote.close()
     assert ids == direct and len(ids) > 0

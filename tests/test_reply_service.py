@@ -34,8 +34,9 @@ from oai_server.serving.reply_events import (
 )
 from oai_server.serving.services import build_services
 
-from .conftest import demo_settings
 from .fault_engine import Fault, FaultyEngine
+from .helpers import demo_settings
+from .helpers import eventually as settled
 
 TURNS = [Turn("user", "Tell me about the weather today.")]
 
@@ -52,16 +53,6 @@ async def engines(demo_cache: Path, demo_models: DemoModels) -> AsyncIterator[En
 def service(engines: Engines, demo_cache: Path) -> ReplyService:
     """A reply service on those engines (a fresh audio store each test)."""
     return build_services(resolve_models(demo_settings(demo_cache)), engines).replies
-
-
-async def settled(condition: Any, timeout: float = 10.0) -> bool:
-    """Wait (without blocking the loop) until `condition()` holds; False if it never does."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def spoken(seed: int = 7, max_tokens: int = 40, **extra: Any) -> Conversation:

@@ -44,7 +44,7 @@ from schemathesis.checks import (
 
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server
+from .helpers import LiveServer, demo_settings, start_server
 from .speech_audio import compose, encode
 
 EXAMPLES = int(os.environ.get("OAI_FUZZ_EXAMPLES", "50"))

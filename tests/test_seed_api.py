@@ -11,23 +11,12 @@ import pytest
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.engines.demo import DemoModels
 
-from .conftest import LiveServer, demo_settings, start_server
-
-
-def read_streamed_wav(data: bytes) -> tuple[int, int, int, bytes]:
-    """(rate, channels, sample width, pcm) of a streamed WAV whose sizes are 0xFFFFFFFF."""
-    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
-    assert int.from_bytes(data[40:44], "little") == 0xFFFFFFFF  # size unknown while streaming
-    channels = int.from_bytes(data[22:24], "little")
-    rate = int.from_bytes(data[24:28], "little")
-    width = int.from_bytes(data[34:36], "little") // 8
-    assert data[36:40] == b"data"
-    return rate, channels, width, data[44:]
+from .helpers import LiveServer, demo_settings, read_streamed_wav, start_server
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_tts_returns_streaming_wav(live_server: LiveServer, method: str) -> None:
-    params: dict[str, Any] = {"prompt": "Hello world", "voice": "zoe", "max_tokens": 140}
+    params: dict[str, Any] = {"prompt": "Hello world", "voice": "zoe", "max_tokens": 140, "seed": 5}
     if method == "GET":
         response = httpx.get(f"{live_server.url}/tts", params=params, timeout=60)
     else:
@@ -60,7 +49,7 @@ def test_seed_input_limit_is_the_max_input_chars_setting(demo_cache: Path, demo_
                 "param": param,
                 "code": "string_above_max_length",
             }
-        ok = httpx.post(f"{server.url}/tts", json={"prompt": "z" * 20, "max_tokens": 14}, timeout=60)
+        ok = httpx.post(f"{server.url}/tts", json={"prompt": "z" * 20, "max_tokens": 14, "seed": 1}, timeout=60)
         assert ok.status_code == 200 and ok.content[:4] == b"RIFF"
     finally:
         server.stop()
@@ -88,6 +77,7 @@ def test_seed_chat_returns_wav_and_text_stream(live_server: LiveServer) -> None:
         "voice": "zoe",
         "history": [{"role": "user", "content": "Hi there!"}, {"role": "assistant", "content": "Hello!"}],
         "max_tokens": 30,
+        "seed": 6,
     }
     audio = httpx.post(f"{live_server.url}/chat", json=body, timeout=60)
     assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
@@ -95,4 +85,11 @@ def test_seed_chat_returns_wav_and_text_stream(live_server: LiveServer) -> None:
     assert (rate, channels, width) == (24000, 1, 2) and len(pcm) > 0
     text = httpx.post(f"{live_server.url}/chat", json={**body, "stream_text": True}, timeout=60)
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
-    assert text.text.strip()
+    # The same conversation as an OpenAI chat request (same seed, same defaults) says exactly the same.
+    messages = [*body["history"], {"role": "user", "content": body["message"]}]
+    reply = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        json={"model": "gpt-4o-audio-preview", "messages": messages, "max_tokens": 30, "seed": 6},
+        timeout=60,
+    ).json()
+    assert text.text == reply["choices"][0]["message"]["content"] and text.text.strip()

@@ -11,6 +11,8 @@ import pytest
 from oai_server.pipeline.assistant import spoken_segments
 from oai_server.pipeline.speech import SpeechStats, synthesize_segments
 
+from .helpers import eventually
+
 
 class ScriptedSynthesizer:
     """Speaks a segment as `frames` chunks of 2048 samples, one per `delay` seconds; records overlap."""
@@ -20,6 +22,7 @@ class ScriptedSynthesizer:
         self.delay = delay
         self.generating = 0
         self.most_at_once = 0
+        self.finished: list[str] = []
         self.cancelled: list[str] = []
 
     async def synthesize(self, text: str, options: Any, stats: SpeechStats) -> AsyncIterator[bytes]:
@@ -29,6 +32,7 @@ class ScriptedSynthesizer:
             for i in range(self.frames):
                 await asyncio.sleep(self.delay)
                 yield bytes([i % 256, len(text) % 256]) * 2048
+            self.finished.append(text)
         except asyncio.CancelledError:
             self.cancelled.append(text)
             raise
@@ -63,7 +67,8 @@ async def test_next_segment_generates_while_a_slow_reader_still_plays() -> None:
     events = synthesize_segments(synth, texts("one", "two", "three"), None, depth=1)  # type: ignore[arg-type]
     first = await anext(events)
     assert first.text == "one"
-    await asyncio.sleep(0.2)  # the reader stalls; generation carries on, one segment at a time
+    # The reader stalls here; generation carries on, one segment at a time, to the end of the reply.
+    assert await eventually(lambda: synth.finished == ["one", "two", "three"])
     assert synth.generating == 0 and synth.most_at_once == 1
     rest = [event async for event in events]
     assert [e.text for e in rest if e.text] == ["two", "three"]

@@ -270,3 +270,12 @@ def test_split_text_packs_sentences() -> None:
     assert split_text("Hi. Yo. Hello there.", max_chars=300) == ["Hi. Yo. Hello there."]
     assert split_text("One two three. Four five six.", max_chars=16) == ["One two three.", "Four five six."]
     assert split_text("") == []
+
+
+def test_a_word_cap_after_a_dotted_word_at_a_sentence_start_ends() -> None:
+    """Found by fuzzing: the first-segment word cap once cut before a dotted word at the very start of a
+    sentence, held the empty cut as too short and found it again at the next space, forever."""
+    text = 'U.S.... 2. 2.Hi.1....Dr. x...1.。e.g.a.m.\n"•a.m.?! TheDr.word. ?!..."word ?!Hi. x'
+    whole = _stream(text, [], first_segment_max_words=3)
+    assert _squash("".join(whole)) == _squash(text)
+    assert _stream(text, [1] * len(text), first_segment_max_words=3) == whole

@@ -12,7 +12,7 @@ from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import Window
 from oai_server.engines.demo import DemoModels
 
-from .quiet_snac import quiet_snac
+from .helpers import quiet_snac
 
 
 def test_auto_precision_is_float32() -> None:

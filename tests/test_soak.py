@@ -14,10 +14,8 @@ The figures (requests, time, RSS before and after, tasks) are printed; see them 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import random
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,17 +25,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import av
 import httpx
 import psutil
 import pytest
 
 from oai_server.engines.demo import DemoModels
-from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.segmenter import split_text
 
-from .conftest import LiveServer, demo_settings, start_server, wait_until
-from .test_speech_api import expected_samples
+from .helpers import (
+    LiveServer,
+    decode_audio,
+    demo_settings,
+    expected_samples,
+    sse_data,
+    sse_json,
+    start_server,
+    wait_until,
+    wav_samples,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,31 +77,6 @@ def envelope(response: httpx.Response, status: int, code: str | None) -> None:
     assert error["code"] == code
 
 
-def wav_samples(data: bytes, streamed: bool) -> int:
-    """Samples of a 24 kHz mono s16 WAV; its RIFF and data sizes must match the body (or be unknown)."""
-    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
-    channels, rate = struct.unpack("<HI", data[22:28])
-    bits = struct.unpack("<H", data[34:36])[0]
-    assert (channels, rate, bits) == (1, 24000, 16)
-    assert data[36:40] == b"data"
-    riff_size, data_size = struct.unpack("<I", data[4:8])[0], struct.unpack("<I", data[40:44])[0]
-    body = len(data) - 44
-    if streamed:
-        assert riff_size == data_size == WAV_UNKNOWN_SIZE
-    else:
-        assert (riff_size, data_size) == (len(data) - 8, body)
-    assert body % 2 == 0
-    return body // 2
-
-
-def decoded_samples(data: bytes, fmt: str) -> int:
-    container = av.open(io.BytesIO(data), format={"opus": "ogg", "aac": "aac"}.get(fmt))
-    with container:
-        stream = container.streams.audio[0]
-        assert stream.channels == 1
-        return sum(frame.samples for frame in container.decode(stream))
-
-
 def check_speech(response: httpx.Response, fmt: str) -> None:
     assert response.status_code == 200, response.text
     data = response.content
@@ -105,12 +85,13 @@ def check_speech(response: httpx.Response, fmt: str) -> None:
     elif fmt == "wav":
         assert wav_samples(data, streamed=True) > 0
     else:
-        assert decoded_samples(data, fmt) > 0
+        decoded = decode_audio(data, fmt)
+        assert decoded.channels == 1 and decoded.count > 0
 
 
 def check_speech_sse(response: httpx.Response, text: str) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    events = sse_json(response.text)
     assert events[-1]["type"] == "speech.audio.done"
     assert all(event["type"] == "speech.audio.delta" for event in events[:-1])
     audio = base64.b64decode("".join(event["audio"] for event in events[:-1]))
@@ -119,7 +100,7 @@ def check_speech_sse(response: httpx.Response, text: str) -> None:
 
 def check_chat_stream(response: httpx.Response, audio: bool) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    data = sse_data(response.text)
     assert data[-1] == "[DONE]"
     chunks = [json.loads(item) for item in data[:-1]]
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
@@ -237,7 +218,10 @@ def mix(rng: random.Random, count: int) -> list[tuple[Call, Check]]:
                 Call("chat-audio-stream", "POST", "/v1/chat/completions", chat(True, True, seed)),
                 lambda r: check_chat_stream(r, True),
             ),
-            (Call("seed-tts", "GET", "/tts?" + urlencode({"prompt": text, "voice": "tara"})), make_speech_check("wav")),
+            (
+                Call("seed-tts", "GET", "/tts?" + urlencode({"prompt": text, "voice": "tara", "seed": seed})),
+                make_speech_check("wav"),
+            ),
         ]
         calls.append(rng.choice(real))
     return calls

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import base64
-import io
-import json
 from typing import Any
 
-import av
 import httpx
 import openai
 import pytest
 
-from oai_server.codec.orpheus import SAMPLES_PER_FRAME, TOKENS_PER_FRAME
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME, TOKENS_PER_FRAME, speech_prompt
+from oai_server.engines.demo import DemoModels
+from oai_server.engines.loading import load_tokenizer
 from oai_server.pipeline.segmenter import split_text
-from oai_server.pipeline.speech import CROSSFADE_SAMPLES
+
+from .helpers import LiveServer, decode_audio, expected_samples, sse_json
 
 TEXT = "Hello world. This is a short test of the speech endpoint."
 CONTENT_TYPES = {
@@ -27,26 +27,13 @@ CONTENT_TYPES = {
 }
 
 
-def decode(data: bytes, fmt: str) -> tuple[int, int, int]:
-    """(sample rate, channels, samples) of an encoded file, decoded with PyAV (ffmpeg)."""
-    container = av.open(io.BytesIO(data), format={"opus": "ogg", "aac": "aac"}.get(fmt))
-    stream = container.streams.audio[0]
-    samples = sum(frame.samples for frame in container.decode(stream))
-    return stream.rate, stream.channels, samples
-
-
-def sse_events(lines: list[str]) -> list[dict[str, Any]]:
-    """JSON payloads of the `data:` lines."""
-    return [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
-
-
 def speech_sse(client: Any, text: str, fmt: str = "pcm", **extra: Any) -> tuple[bytes, dict[str, Any]]:
     """Audio bytes and usage of an SSE speech request."""
     with client.audio.speech.with_streaming_response.create(
         model="tts-1", voice="alloy", input=text, response_format=fmt, stream_format="sse", extra_body=extra
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(list(response.iter_lines()))
+        events = sse_json(response.iter_lines())
     deltas = [e for e in events if e["type"] == "speech.audio.delta"]
     assert events[-1]["type"] == "speech.audio.done"
     assert all(e["type"] == "speech.audio.delta" for e in events[:-1])
@@ -56,15 +43,10 @@ def speech_sse(client: Any, text: str, fmt: str = "pcm", **extra: Any) -> tuple[
     return audio, events[-1]["usage"]
 
 
-def expected_samples(audio_tokens: int, pieces: int) -> int:
-    """Samples for a token count: 2048 per frame, minus one crossfade per join."""
-    return audio_tokens // TOKENS_PER_FRAME * SAMPLES_PER_FRAME - CROSSFADE_SAMPLES * (pieces - 1)
-
-
 @pytest.mark.parametrize("fmt", list(CONTENT_TYPES))
 def test_every_format_streams_and_decodes(client: Any, fmt: str) -> None:
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="alloy", input=TEXT, response_format=fmt
+        model="tts-1", voice="alloy", input=TEXT, response_format=fmt, extra_body={"seed": 4}
     ) as response:
         assert response.headers["content-type"] == CONTENT_TYPES[fmt]
         chunks = list(response.iter_bytes())
@@ -73,10 +55,10 @@ def test_every_format_streams_and_decodes(client: Any, fmt: str) -> None:
     if fmt == "pcm":
         assert len(data) % (2 * SAMPLES_PER_FRAME) == 0
         return
-    rate, channels, samples = decode(data, fmt)
-    assert channels == 1
-    assert rate == (48000 if fmt == "opus" else 24000)
-    assert samples >= SAMPLES_PER_FRAME * (rate // 24000)
+    decoded = decode_audio(data, fmt)
+    assert decoded.channels == 1
+    assert decoded.rate == (48000 if fmt == "opus" else 24000)
+    assert decoded.count >= SAMPLES_PER_FRAME * (decoded.rate // 24000)
 
 
 @pytest.mark.parametrize("fmt", ["pcm", "wav", "flac", "mp3"])
@@ -88,9 +70,9 @@ def test_sse_stream_format(client: Any, fmt: str) -> None:
     if fmt == "pcm":
         assert len(audio) == 2 * samples
     elif fmt in ("wav", "flac"):  # lossless: exact sample count
-        assert decode(audio, fmt)[2] == samples
+        assert decode_audio(audio, fmt).count == samples
     else:
-        assert decode(audio, fmt)[2] >= samples
+        assert decode_audio(audio, fmt).count >= samples
 
 
 def test_pcm_sample_count_is_exact(client: Any) -> None:
@@ -113,14 +95,28 @@ def test_speed_changes_duration(client: Any) -> None:
     assert len(fast) == pytest.approx(len(normal) / 2, rel=0.08)
 
 
-def test_voice_object_and_alias(client: Any, live_server: Any) -> None:
-    for voice in ({"id": "tara"}, "nova", "LEO"):
-        response = httpx.post(
-            f"{live_server.url}/v1/audio/speech",
-            json={"model": "tts-1", "input": "Hi.", "voice": voice, "response_format": "pcm"},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
+def quiet_pcm(server: LiveServer, voice: Any, seed: int = 5) -> bytes:
+    """The pcm of one seeded request on the quiet server (a pure function of the request)."""
+    response = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        json={"model": "tts-1", "input": "Hi there.", "voice": voice, "response_format": "pcm", "seed": seed},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.content
+    return response.content
+
+
+def test_voice_object_alias_and_case_speak_the_voice_they_name(quiet_server: LiveServer) -> None:
+    """`nova` is Orpheus's `mia`, `{"id": ...}` and any case name the voice: the same seeded audio, byte for
+    byte; another voice speaks differently."""
+    mia = quiet_pcm(quiet_server, "mia")
+    assert quiet_pcm(quiet_server, "mia") == mia  # the comparison below is meaningful: the audio is reproducible
+    assert quiet_pcm(quiet_server, "nova") == mia
+    assert quiet_pcm(quiet_server, {"id": "mia"}) == mia
+    assert quiet_pcm(quiet_server, "MIA") == mia
+    assert quiet_pcm(quiet_server, "LEO") == quiet_pcm(quiet_server, "leo") == quiet_pcm(quiet_server, "onyx")
+    assert quiet_pcm(quiet_server, "tara") != mia
 
 
 @pytest.mark.parametrize(
@@ -175,9 +171,14 @@ def test_malformed_json_and_unknown_route(live_server: Any) -> None:
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
 
-def test_emotion_tags_pass_through(client: Any) -> None:
-    audio, usage = speech_sse(client, "That is funny <laugh> really.", "pcm", seed=1)
-    assert usage["output_tokens"] > 0 and audio
+def test_emotion_tags_reach_the_speech_model(client: Any, demo_models: DemoModels) -> None:
+    """The tag is in Orpheus's prompt: the prompt is exactly `tara: <the text, tag included>`."""
+    tagged, stripped = "That is funny <laugh> really.", "That is funny really."
+    tokenizer = load_tokenizer(demo_models.tts_dir)
+    audio, usage = speech_sse(client, tagged, "pcm", seed=1)
+    assert usage["output_tokens"] > 0 and len(audio) == 2 * expected_samples(usage["output_tokens"], 1)
+    assert usage["input_tokens"] == len(speech_prompt(tokenizer, "tara", tagged))
+    assert usage["input_tokens"] > len(speech_prompt(tokenizer, "tara", stripped))
 
 
 def test_models_list_and_retrieve(client: Any, live_server: Any) -> None:
@@ -190,12 +191,15 @@ def test_models_list_and_retrieve(client: Any, live_server: Any) -> None:
     assert raw.status_code == 404 and raw.json()["error"]["code"] == "model_not_found"
 
 
-def test_metrics_record_first_audio_frames_and_rtf(client: Any, live_server: Any) -> None:
-    speech_sse(client, TEXT, "pcm", seed=2)
-    text = httpx.get(f"{live_server.url}/metrics", timeout=10).text
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
-    }
-    assert values['oai_time_to_first_audio_seconds_count{endpoint="speech"}'] >= 1
-    assert values['oai_real_time_factor_count{endpoint="speech"}'] >= 1
-    assert values["oai_audio_frames_total"] >= 1
+def test_metrics_record_first_audio_frames_and_rtf(client: Any, live_server: LiveServer) -> None:
+    before = live_server.scrape()
+    _, usage = speech_sse(client, TEXT, "pcm", seed=2)
+    after = live_server.scrape()
+
+    def grew(series: str) -> float:
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    # Other tests may share the server, but not this test's time: nothing else runs meanwhile.
+    assert grew('oai_time_to_first_audio_seconds_count{endpoint="speech"}') == 1
+    assert grew('oai_real_time_factor_count{endpoint="speech"}') == 1
+    assert grew("oai_audio_frames_total") == usage["output_tokens"] // TOKENS_PER_FRAME

@@ -9,14 +9,10 @@ import pytest
 
 from oai_server.pipeline.tempo import TempoFilter, atempo_chain
 
+from .helpers import sine
+
 SR = 24000
 FRAME = 2048
-
-
-def sine(seconds: float, freq: float = 440.0) -> np.ndarray:
-    """A mono int16 sine wave."""
-    t = np.arange(round(seconds * SR)) / SR
-    return (np.sin(2 * np.pi * freq * t) * 10000).astype(np.int16)
 
 
 def run(speed: float, pcm: bytes, chunk: int = FRAME * 2) -> tuple[list[bytes], bytes]:

@@ -40,6 +40,8 @@ from oai_server.engines.vllm_orpheus_logits import (
     build_slot_table,
 )
 
+from .helpers import settle
+
 # ---------------------------------------------------------------- the AsyncLLM double
 
 
@@ -186,11 +188,6 @@ PARAMS = SamplingParams(max_tokens=32, stop_token_ids=(9,))
 
 async def collect(gen: AsyncIterator[list[int]]) -> list[list[int]]:
     return [delta async for delta in gen]
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------- mapping and creation

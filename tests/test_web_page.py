@@ -1,7 +1,9 @@
 """The browser page, driven in a real headless Chromium (Playwright) against the real demo server.
 
 Playwright's own browser download cannot run here, so Debian's Chromium is launched
-(`apt-get install -y chromium`); the browser tests skip only when no Chromium binary exists.
+(`apt-get install -y chromium`); without it the browser tests skip, or fail under CI.
+Every request the page sends is seeded on its way out (Playwright routing adds `seed`), so what
+the page shows does not depend on the random demo model's luck.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import LiveServer, demo_settings, start_server, wait_until
+from .helpers import LiveServer, demo_settings, require_tool, start_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM_ARGS = [
@@ -35,19 +36,16 @@ STREAM_TIMEOUT_MS = 120_000
 GOOD_KEY = "sk-web-page-good"
 
 
-def chromium_path() -> str | None:
-    """Debian's Chromium (or $CHROMIUM_PATH), or None when none is installed."""
-    candidates = [os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium")]
-    candidates.append(shutil.which("chromium-browser"))
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the module."""
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium binary: install it with `apt-get install -y chromium` (or set CHROMIUM_PATH)")
+    """One headless Chromium for the module (Debian's, or $CHROMIUM_PATH)."""
+    path = require_tool(
+        "chromium",
+        "apt-get install -y chromium (or set CHROMIUM_PATH)",
+        os.environ.get("CHROMIUM_PATH"),
+        "/usr/bin/chromium",
+        shutil.which("chromium-browser"),
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -97,6 +95,17 @@ def wait_outcome(page: Any, requests: int = 1, timeout: int = STREAM_TIMEOUT_MS)
     return hooks(page)["outcome"]  # type: ignore[no-any-return]
 
 
+def seeded(page: Any, seed: int) -> None:
+    """Add `seed` to every chat and speech request the page sends (they still go to the real server)."""
+
+    def add_seed(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "seed": seed}))
+
+    page.route("**/v1/chat/completions", add_seed)
+    page.route("**/v1/audio/speech", add_seed)
+
+
 def send(page: Any, text: str, max_tokens: int | None = 24) -> None:
     """Type a message and click Send."""
     page.fill("#max-tokens", "" if max_tokens is None else str(max_tokens))
@@ -124,6 +133,7 @@ def test_page_and_assets_are_served_without_a_key(keyed_server: LiveServer) -> N
 
 def test_chat_streams_speech_and_transcript_and_keeps_history(page: Any, live_server: LiveServer) -> None:
     """A message plays as scheduled audio buffers with its transcript; the next turn sends the audio id back."""
+    seeded(page, 3)
     page.goto(live_server.url + "/")
     page.wait_for_function("() => window.__oai.voices.length > 0")
     assert "julia" in hooks(page)["voices"]
@@ -157,11 +167,10 @@ LONG_REPLY_SEED = 20
 
 def test_stop_aborts_playback_and_the_server_request(page: Any, live_server: LiveServer) -> None:
     """Stop during a long reply: the page stops, and the server's stream ends (its engines are aborted)."""
-    page.goto(live_server.url + "/")
     # The random demo model ends some replies after 2 tokens; with this seed it writes to its 512-token
-    # cap, so the reply is still streaming when Stop is clicked. The request still goes to the real server.
-    page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=json.dumps(
-        {**json.loads(route.request.post_data or "{}"), "seed": LONG_REPLY_SEED})))  # fmt: skip
+    # cap, so the reply is still streaming when Stop is clicked.
+    seeded(page, LONG_REPLY_SEED)
+    page.goto(live_server.url + "/")
     send(page, "Tell me a very long story about the sea.", max_tokens=None)
     page.wait_for_function("() => window.__oai.scheduledBuffers > 0", timeout=STREAM_TIMEOUT_MS)
     assert hooks(page)["status"] == "streaming"
@@ -169,10 +178,10 @@ def test_stop_aborts_playback_and_the_server_request(page: Any, live_server: Liv
     page.click("#stop")
     assert wait_outcome(page, timeout=10_000) == "stopped"
     assert wait_status(page, "idle", timeout=10_000) == "idle"  # stopping silences the queued audio at once
-    assert wait_until(lambda: live_server.services.admission.active == 0, timeout=15)
-    stopped = hooks(page)
-    time.sleep(0.5)
-    assert hooks(page)["scheduledBuffers"] == stopped["scheduledBuffers"]  # nothing arrives after Stop
+    stopped = hooks(page)  # the page's read loop has ended: it plays nothing more
+    assert wait_until(lambda: live_server.services.admission.active == 0, timeout=15)  # the server stream ended
+    assert hooks(page)["scheduledBuffers"] == stopped["scheduledBuffers"]
+    assert stopped["stopped"] == 1 and stopped["completed"] == 0
     assert page.is_enabled("#send") and page.is_disabled("#stop")
     assert page.locator("#log li.assistant.stopped").count() == 1
     assert page.console_errors == []
@@ -180,6 +189,7 @@ def test_stop_aborts_playback_and_the_server_request(page: Any, live_server: Liv
 
 def test_text_to_speech_box_plays(page: Any, live_server: LiveServer) -> None:
     """The speech box streams raw pcm from /v1/audio/speech into scheduled buffers."""
+    seeded(page, 4)
     page.goto(live_server.url + "/")
     page.fill("#tts-input", "Streaming speech, frame by frame.")
     page.click("#speak")
@@ -193,6 +203,7 @@ def test_text_to_speech_box_plays(page: Any, live_server: LiveServer) -> None:
 
 def test_api_key_wrong_shows_401_and_right_key_works(page: Any, keyed_server: LiveServer) -> None:
     """With keys configured: a wrong key shows the 401 envelope; the right one (kept in localStorage) works."""
+    seeded(page, 5)
     page.goto(keyed_server.url + "/")
     page.fill("#api-key", "sk-wrong")
     page.dispatch_event("#api-key", "change")

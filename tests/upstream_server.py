@@ -1,7 +1,7 @@
 """A small OpenAI-compatible upstream (vLLM's wire shape) over any `TokenEngine`, for tests.
 
 `create_upstream_app(engine, tokenizer)` serves ``POST /v1/completions`` (token-id or string
-prompt, streaming or not), ``POST /v1/chat/completions`` (streaming), ``GET /v1/models`` and
+prompt, streaming or not), ``GET /v1/models`` and
 ``GET /health`` the way `vllm serve` does: text deltas decoded with ``skip_special_tokens``,
 ``token_ids`` per streamed choice when ``return_token_ids`` is set (``prompt_token_ids`` in the
 first chunk), the matched stop id included in ``token_ids`` but not in the text, errors after the
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -22,11 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from oai_server.engines.base import SamplingParams, TokenEngine
+
+from .helpers import ThreadedServer
 
 
 class UpstreamTokenizer(Protocol):
@@ -53,6 +53,8 @@ class UpstreamFaults:
     """Group engine deltas until a chunk holds at least this many ids (multi-token deltas)."""
     omit_token_ids: bool = False
     """Behave like an upstream without ``return_token_ids`` support (text only)."""
+    unhealthy: bool = False
+    """``GET /health`` answers 503."""
 
 
 def _sampling(body: Mapping[str, Any]) -> SamplingParams:
@@ -71,16 +73,6 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
         orpheus_audio_slots=bool(xargs.get("orpheus_audio_slots")),
     )
-
-
-def _chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
-    if hasattr(tokenizer, "apply_chat_template"):
-        result = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(result, Mapping):  # transformers 5 returns a BatchEncoding
-            result = result["input_ids"]
-        return [int(t) for t in result]
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-    return list(tokenizer.encode(text, add_special_tokens=True))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -151,7 +143,7 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
         else:
             yield pending, text, "length" if len(generated) >= params.max_tokens else "stop", None
 
-    def sse(prompt_ids: list[int], body: dict[str, Any], rid: str, chat: bool) -> StreamingResponse:
+    def sse(prompt_ids: list[int], body: dict[str, Any], rid: str) -> StreamingResponse:
         faults: UpstreamFaults = app.state.faults
         with_ids = bool(body.get("return_token_ids")) and not faults.omit_token_ids
         created = int(time.time())
@@ -176,18 +168,14 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
 
         def encode(item: tuple[list[int], str, str | None, int | None], sent: int) -> bytes:
             ids, text, finish, stop_reason = item
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "stop_reason": stop_reason}
-            if chat:
-                choice["delta"] = {"role": "assistant", "content": text} if sent == 0 else {"content": text}
-            else:
-                choice["text"] = text
+            choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
             if with_ids:
                 choice["token_ids"] = ids
-                if sent == 0 and not chat:
+                if sent == 0:
                     choice["prompt_token_ids"] = prompt_ids
             payload = {
                 "id": rid,
-                "object": "chat.completion.chunk" if chat else "text_completion",
+                "object": "text_completion",
                 "created": created,
                 "model": model,
                 "choices": [choice],
@@ -211,7 +199,7 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
             return _error(400, "prompt must be a string or a list of token ids")
         rid = request_id(request, body, "cmpl")
         if body.get("stream"):
-            return sse(prompt_ids, body, rid, chat=False)
+            return sse(prompt_ids, body, rid)
         ids: list[int] = []
         text = ""
         finish: str | None = None
@@ -225,17 +213,6 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
             choice["prompt_token_ids"] = prompt_ids
         return JSONResponse({"id": rid, "object": "text_completion", "model": model, "choices": [choice]})
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request) -> Response:
-        body = await request.json()
-        refused = admit(request, body)
-        if refused is not None:
-            return refused
-        if not body.get("stream"):
-            return _error(400, "this test upstream streams chat only")
-        prompt_ids = _chat_prompt_ids(tokenizer, body["messages"])
-        return sse(prompt_ids, body, request_id(request, body, "chatcmpl"), chat=True)
-
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {
@@ -248,6 +225,8 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
 
     @app.get("/health")
     async def health() -> Response:
+        if app.state.faults.unhealthy:
+            return _error(503, "injected: unhealthy")
         try:
             await engine.check_health()
         except Exception as exc:
@@ -260,18 +239,8 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
 @contextmanager
 def serve_in_thread(app: FastAPI) -> Iterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="upstream-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("upstream server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server = ThreadedServer(app, lifespan="off", startup_timeout=10, name="upstream-uvicorn")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop(timeout=10)

@@ -8,9 +8,8 @@ does not return ids, every `<custom_token_N>` in the text delta becomes id ``128
 (Orpheus's audio tokens; a delta may carry several); other text is re-encoded with the optional
 tokenizer, or dropped without one.
 
-Upstreams that only offer `/v1/chat/completions` are served by `generate_chat(messages, ...)`
-(`api="chat"`), because a chat endpoint takes messages, not the already templated prompt ids
-that `generate` receives; in that mode `generate` raises `EngineError` at call time.
+Chat-only upstreams (``/v1/chat/completions`` without ``/v1/completions``) are not supported: the
+server hands every engine an already templated prompt as token ids, which a chat endpoint cannot take.
 
 The Orpheus per-position slot constraint (`SamplingParams.orpheus_audio_slots`) cannot be
 enforced by a remote client. It is forwarded as ``vllm_xargs={"orpheus_audio_slots": 1}`` so an
@@ -33,7 +32,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -58,8 +57,6 @@ class RemoteEngineConfig:
     """Server root, e.g. ``http://vllm-orpheus:8000`` (a trailing ``/v1`` is tolerated)."""
     model: str
     """The `model` field sent upstream (vLLM's served model name)."""
-    api: Literal["completions", "chat"] = "completions"
-    """``completions``: `generate` posts token ids. ``chat``: only `generate_chat` works."""
     api_key: str | None = None
     """Sent as ``Authorization: Bearer ...`` when set."""
     connect_timeout: float = 5.0
@@ -146,8 +143,7 @@ def _retry_after(response: httpx.Response, cap: float) -> float | None:
 class RemoteEngine:
     """A `TokenEngine` backed by an OpenAI-compatible HTTP server (vLLM first of all).
 
-    `generate` streams token-id deltas from ``/v1/completions``; `generate_chat` streams them
-    from ``/v1/chat/completions`` for chat-only upstreams. Stop ids are never yielded.
+    `generate` streams token-id deltas from ``/v1/completions``. Stop ids are never yielded.
     """
 
     def __init__(
@@ -165,7 +161,7 @@ class RemoteEngine:
             kind=kind,
             model=config.model,
             max_model_len=config.max_model_len,
-            details={"base_url": self._base, "api": config.api},
+            details={"base_url": self._base},
         )
         c, pool = config, config.max_connections
         self._client = httpx.AsyncClient(
@@ -184,24 +180,8 @@ class RemoteEngine:
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[list[int]]:
         """Stream generated id deltas for a token-id prompt via ``/v1/completions``."""
-        if self.config.api != "completions":
-            raise EngineError(
-                f"remote engine {self._base} is chat-only (api='chat'): it cannot take token-id prompts; "
-                "use generate_chat(messages, ...) or an upstream that serves /v1/completions"
-            )
         body = {"prompt": list(prompt_token_ids), **self._sampling_body(params)}
         return self._run("/v1/completions", body, params, request_id)
-
-    def generate_chat(
-        self, messages: Sequence[dict[str, Any]], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[list[int]]:
-        """Stream generated id deltas for chat ``messages`` via ``/v1/chat/completions``.
-
-        Ids come from vLLM's ``token_ids``; other upstreams' text deltas are re-encoded with
-        the tokenizer (so one is required for them), which may split tokens differently.
-        """
-        body = {"messages": list(messages), **self._sampling_body(params)}
-        return self._run("/v1/chat/completions", body, params, request_id)
 
     async def abort(self, request_id: str) -> None:
         """Close the upstream stream of ``request_id``; its iterator then ends without error."""
@@ -413,10 +393,5 @@ class RemoteEngine:
             return [], False  # e.g. a trailing usage-only chunk
         choice = choices[0]
         token_ids = choice.get("token_ids")
-        if token_ids is not None:
-            ids = [int(t) for t in token_ids]
-        else:
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            ids = decoder.feed(text or "")
+        ids = [int(t) for t in token_ids] if token_ids is not None else decoder.feed(choice.get("text") or "")
         return ids, choice.get("finish_reason") is not None

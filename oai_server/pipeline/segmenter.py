@@ -315,8 +315,11 @@ class SentenceSegmenter:
         words = self._buf[self._seg_start : i].split()
         if len(words) < limit:
             return None
-        if words[-1][-1] in ".\u2026" and len(words) > 1:
-            return self._buf.rindex(words[-1], self._seg_start, i)
+        if words[-1][-1] in ".\u2026":
+            cut = self._buf.rindex(words[-1], self._seg_start, i) if len(words) > 1 else self._sent_start
+            # only where the segment keeps text of its own sentence: a cut at (or before) the sentence's
+            # start would be held and found again at the next space, forever
+            return cut if self._buf[self._sent_start : cut].strip() else None
         return i
 
     def _clause_event(self, i: int, c: str) -> int:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..engines.base import EngineError
+from ..engines.base import EngineError, EngineOverloadedError
 from ..errors import APIError, server_error
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,14 @@ def as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, TimeoutError):
         return APIError(
             504, "The request exceeded its deadline and was cancelled.", type="server_error", code="timeout"
+        )
+    if isinstance(exc, EngineOverloadedError):  # OpenAI's "engine is currently overloaded": a retryable 503
+        return APIError(
+            503,
+            "The engine is currently overloaded, please try again later.",
+            type="server_error",
+            code="engine_overloaded",
+            headers={"retry-after": "1"},
         )
     if isinstance(exc, EngineError):
         return server_error(f"The engine failed: {exc}")

@@ -1,0 +1,163 @@
+"""CUDA graphs for SNAC (`codec/snac_graphs.py`): the planning logic on CPU, the real capture on a GPU.
+
+On CPU: which batch sizes are captured (`batch_ladder`), which graph a batch replays and how larger
+batches are cut (`GraphSet.run`), and that `SnacDecoder` sends windows of the captured shape through
+its graphs and every other shape through the eager path. The "graphs" there are stand-ins that
+decode eagerly on the CPU and record what they were given.
+
+On CUDA (``pytest -m gpu tests/test_snac_graphs.py``, deselected by default; `bench/` runs it on the
+device): the captured graphs replay exactly what eager decoding computes, at every captured size, for
+batches that are padded and batches that are sliced, and a decoder then serves its steady shape from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME, frames_to_levels
+from oai_server.codec.snac_graphs import GraphSet, batch_ladder
+from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape
+from oai_server.engines.demo import SNAC_24KHZ_CONFIG, SNAC_DEMO_CONFIG
+
+STEADY = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=2).steady_shape
+
+
+def quiet_model(config: dict[str, Any], device: str = "cpu") -> Any:
+    """A SNAC without noise (so decodes are comparable), weight norm folded as the server loads it."""
+    from snac import SNAC
+
+    torch.manual_seed(0)
+    model = SNAC(**{**config, "noise": False})
+    fold_weight_norm(model)
+    return model.to(device).eval()
+
+
+def windows(n: int, shape: WindowShape, seed: int) -> list[Window]:
+    """`n` windows of `shape` with random codes."""
+    length, emit, count = shape
+    rng = np.random.default_rng(seed)
+    return [Window(tuple(tuple(int(c) for c in f) for f in rng.integers(0, 4096, (length, 7))), emit, count)
+            for _ in range(n)]  # fmt: skip
+
+
+def levels_of(batch: list[Window]) -> list[np.ndarray]:
+    return frames_to_levels(np.asarray([w.frames for w in batch], dtype=np.int64))
+
+
+def eager(model: Any, batch: list[Window], device: str = "cpu") -> np.ndarray:
+    codes = [torch.from_numpy(level).to(device) for level in levels_of(batch)]
+    with torch.inference_mode():
+        return decode_pcm(model, codes, batch[0].shape).cpu().numpy()
+
+
+class StandIn:
+    """A captured graph's stand-in: decodes eagerly on the CPU, records the batch sizes it ran."""
+
+    def __init__(self, size: int, model: Any = None, shape: WindowShape = STEADY) -> None:
+        self.size = size
+        self.model = model
+        self.shape = shape
+        self.runs: list[int] = []
+
+    def run(self, levels: list[np.ndarray]) -> np.ndarray:
+        n = levels[0].shape[0]
+        assert n <= self.size, "a batch larger than the graph was sent to it"
+        self.runs.append(n)
+        if self.model is None:  # each output row names its input row: its first code
+            return np.repeat(levels[0][:, :1], SAMPLES_PER_FRAME * self.shape[2], axis=1).astype(np.int16)
+        with torch.inference_mode():
+            return decode_pcm(self.model, [torch.from_numpy(level) for level in levels], self.shape).numpy()
+
+
+def stand_in_set(max_batch: int, model: Any = None) -> tuple[GraphSet, dict[int, StandIn]]:
+    graphs = {size: StandIn(size, model) for size in batch_ladder(max_batch)}
+    return GraphSet(STEADY, graphs), graphs  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "ladder"),
+    [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (8, [1, 2, 4, 8]), (64, [1, 2, 4, 8, 16, 32, 64]),
+     (100, [1, 2, 4, 8, 16, 32, 64, 100])],
+)  # fmt: skip
+def test_batch_ladder_is_powers_of_two_then_the_maximum(max_batch: int, ladder: list[int]) -> None:
+    assert batch_ladder(max_batch) == ladder
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_a_batch_replays_the_smallest_graph_that_holds_it(n: int) -> None:
+    graph_set, graphs = stand_in_set(8)
+    batch = windows(n, STEADY, seed=n)
+    out = graph_set.run(levels_of(batch))
+    smallest = min(size for size in graphs if size >= n)
+    assert {size: g.runs for size, g in graphs.items() if g.runs} == {smallest: [n]}
+    assert out.shape == (n, SAMPLES_PER_FRAME * STEADY[2])
+    assert out[:, 0].tolist() == [w.frames[0][0] for w in batch]  # rows in order
+
+
+def test_batches_beyond_the_largest_graph_run_in_slices_in_order() -> None:
+    graph_set, graphs = stand_in_set(8)
+    batch = windows(19, STEADY, seed=1)
+    out = graph_set.run(levels_of(batch))
+    assert graphs[8].runs == [8, 8] and graphs[4].runs == [3]  # 8 + 8 + the last 3 padded into the 4-graph
+    assert not graphs[1].runs and not graphs[2].runs
+    assert out[:, 0].tolist() == [w.frames[0][0] for w in batch]
+
+
+def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eager() -> None:
+    model = quiet_model(SNAC_DEMO_CONFIG)
+    decoder = SnacDecoder(model, "cpu", max_batch=4)
+    try:
+        steady = windows(3, STEADY, seed=2)
+        other = windows(2, (3, 0, 1), seed=3)
+        expected_steady, expected_other = decoder.decode_sync(steady), decoder.decode_sync(other)  # eager
+        graph_set, graphs = stand_in_set(4, model)
+        decoder.graphs = graph_set
+        assert decoder.decode_sync(steady) == expected_steady  # same numbers, through the graph set
+        assert graphs[4].runs == [3]
+        assert decoder.decode_sync(other) == expected_other
+        assert sum(len(g.runs) for g in graphs.values()) == 1  # the other shape never reached a graph
+        assert decoder.windows_decoded == 10 and decoder.frames_emitted == 2 * (3 * 2 + 2 * 1)
+    finally:
+        decoder.close()
+
+
+# --- on the GPU ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 3, 8, 11])
+def test_captured_graphs_replay_like_eager_decoding(n: int) -> None:
+    """Real SNAC 24 kHz shapes: graph replay (padded to a captured size, or sliced past the largest) gives the
+    samples eager decoding gives, the same kernels on the same inputs."""
+    model = quiet_model(SNAC_24KHZ_CONFIG, "cuda")
+    graph_set = GraphSet.capture(model, STEADY, max_batch=8, device="cuda")
+    batch = windows(n, STEADY, seed=n)
+    replayed = graph_set.run(levels_of(batch))
+    reference = eager(model, batch, "cuda")
+    assert replayed.dtype == np.int16 and replayed.shape == reference.shape == (n, SAMPLES_PER_FRAME * 2)
+    assert int(np.abs(replayed.astype(np.int32) - reference).max()) <= 2
+    assert int(np.abs(reference).max()) > 0  # a silent decode would compare equal for nothing
+
+
+@pytest.mark.gpu
+def test_the_decoder_serves_its_steady_shape_from_captured_graphs() -> None:
+    model = quiet_model(SNAC_24KHZ_CONFIG, "cuda")
+    decoder = SnacDecoder(model, "cuda", max_batch=8)
+    try:
+        batch = windows(5, STEADY, seed=7)
+        before = decoder.decode_sync(batch)  # eager
+        asyncio.run(decoder.capture_graphs(STEADY))
+        assert decoder.graphs is not None and decoder.graphs.shape == STEADY
+        after = decoder.decode_sync(batch)
+        for a, b in zip(before, after, strict=True):
+            assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME * 2
+            np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
+    finally:
+        decoder.close()
