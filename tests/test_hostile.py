@@ -33,7 +33,6 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,7 +50,7 @@ from oai_server.routes.json_guard import count_json_values
 from oai_server.runtime_limits import fd_reserve, max_connections, prepare_process, raise_fd_limit, uvicorn_options
 from oai_server.settings import Settings
 
-from .conftest import LiveServer, demo_settings, wait_until
+from .helpers import LiveServer, demo_settings, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -72,15 +70,7 @@ CHAT = {"model": "gpt-4o-audio-preview", "max_tokens": 4, "seed": 1}
 def start_guarded(settings: Settings) -> LiveServer:
     """The app on a free loopback port, with the CLI's connection guards (`uvicorn_options`)."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **uvicorn_options(settings, app)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started or not thread.is_alive(), timeout=120) and server.started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+    return LiveServer(app, options=uvicorn_options(settings, app))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from oai_server.routes.middleware import install_middleware
 from oai_server.runtime_limits import uvicorn_options
 from oai_server.settings import Settings
 
-from .conftest import wait_until
+from .helpers import wait_until
 
 STALL_S = 1.0
 MAX_CONNECTIONS = 4
