@@ -312,8 +312,11 @@ def _load_failure(error: BaseException | None) -> StartupError:
 
 def serve(settings: Settings) -> None:
     """Check, bind, load and run the app until SIGTERM/SIGINT, then drain. Raises `StartupError`."""
+    from . import runtime_limits
+
     check_engine(settings)
     check_key_file(settings)
+    runtime_limits.prepare_process(settings)  # issue 20: fd limit, malloc arenas
     sock = bind_socket(settings.host, settings.port)
     try:
         app = _create_app(settings)
@@ -325,6 +328,7 @@ def serve(settings: Settings) -> None:
             log_level=settings.log_level,
             access_log=False,  # our own access line (with the request id) is the one per request
             timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_seconds),
+            **runtime_limits.uvicorn_options(settings, app),  # issue 20: guarded protocols, header limits
         )
         logging.getLogger("uvicorn.error").addFilter(_DropMessage("Application startup failed. Exiting."))
         server = DrainingServer(config, app)

@@ -15,6 +15,12 @@ Series (all names prefixed `oai_`):
 - `active_streams`, `queued_streams`: live from the admission object.
 - `engine_active_requests{engine}`: live from each engine's `active_requests()`.
 - `engine_aborts_total{engine}`, `audio_frames_total`.
+- `event_loop_lag_seconds`: how late the event loop ran a timer (sampled all the time; anything
+  CPU-bound on the loop shows here, and every other request waits that long).
+- `open_connections`: live HTTP and WebSocket connections (against `--max-connections`).
+- `connections_closed_total{reason}`: connections the server closed or refused on its own:
+  `write_stall` (the client stopped reading), `header_timeout`, `body_timeout`,
+  `headers_too_large`, `bad_request` (unparsable HTTP), `over_capacity` (past the connection cap).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ LATENCY_BUCKETS = (
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Buckets of the request duration (streamed replies can last minutes)."""
 
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Buckets of the event-loop lag (healthy: nearly everything under 10 ms)."""
+
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 """Buckets of the real-time factor (synthesis seconds per audio second)."""
 
@@ -73,6 +82,7 @@ class EngineLike(Protocol):
 
 AdmissionSource = Callable[[], "AdmissionLike | None"]
 EngineSource = Callable[[], Mapping[str, EngineLike]]
+CountSource = Callable[[], int]
 
 
 def _no_admission() -> AdmissionLike | None:
@@ -83,20 +93,26 @@ def _no_engines() -> Mapping[str, EngineLike]:
     return {}
 
 
+def _no_count() -> int:
+    return 0
+
+
 class _LiveCollector(Collector):
     """Gauges computed at scrape time from the bound sources."""
 
     def __init__(self) -> None:
         self.admission: AdmissionSource = _no_admission
         self.engines: EngineSource = _no_engines
+        self.connections: CountSource = _no_count
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("oai_active_streams", "Requests holding an admission slot."),
             GaugeMetricFamily("oai_queued_streams", "Requests waiting in the admission queue."),
             GaugeMetricFamily(
                 "oai_engine_active_requests", "Requests in flight inside each engine.", labels=["engine"]
             ),
+            GaugeMetricFamily("oai_open_connections", "Open HTTP and WebSocket connections."),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -105,7 +121,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
-        active, queued, engines = self._families()
+        active, queued, engines, connections = self._families()
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
@@ -117,7 +133,11 @@ class _LiveCollector(Collector):
                 engines.add_metric([name], engine.active_requests())
         except Exception:
             logger.exception("metrics: engine source failed")
-        return (active, queued, engines)
+        try:
+            connections.add_metric([], self.connections())
+        except Exception:
+            logger.exception("metrics: connection source failed")
+        return (active, queued, engines, connections)
 
 
 class Metrics:
@@ -166,21 +186,41 @@ class Metrics:
             registry=reg,
         )
         self.frames = Counter("oai_audio_frames", "SNAC audio frames decoded and sent.", registry=reg)
+        self.loop_lag = Histogram(
+            "oai_event_loop_lag_seconds",
+            "How late the event loop ran a timer (time every request waited for the loop).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=reg,
+        )
+        self.connections_closed = Counter(
+            "oai_connections_closed",
+            "Connections closed or refused by the server: write_stall, header_timeout, body_timeout, "
+            "headers_too_large, bad_request, over_capacity.",
+            ["reason"],
+            registry=reg,
+        )
         self._live = _LiveCollector()
         reg.register(self._live)
 
     def set_live_sources(
-        self, *, admission: AdmissionSource | None = None, engines: EngineSource | None = None
+        self,
+        *,
+        admission: AdmissionSource | None = None,
+        engines: EngineSource | None = None,
+        connections: CountSource | None = None,
     ) -> None:
         """Bind the callables the gauges read at scrape time.
 
         `admission()` returns the admission object (or None before startup: gauges read 0);
-        `engines()` maps an engine label (e.g. "llm", "tts") to an object with `active_requests()`.
+        `engines()` maps an engine label (e.g. "llm", "tts") to an object with `active_requests()`;
+        `connections()` counts the open connections (bound by the server's connection guard).
         """
         if admission is not None:
             self._live.admission = admission
         if engines is not None:
             self._live.engines = engines
+        if connections is not None:
+            self._live.connections = connections
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished HTTP request (called by the middleware)."""
@@ -207,6 +247,14 @@ class Metrics:
     def count_abort(self, engine: str) -> None:
         """Count one engine request aborted before it finished; `engine` is "llm" or "tts"."""
         self.aborts.labels(engine=engine).inc()
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        """One sample of the event loop's lag (see `serving.loop_monitor`)."""
+        self.loop_lag.observe(max(0.0, seconds))
+
+    def count_connection_closed(self, reason: str) -> None:
+        """Count one connection the server closed or refused itself (`reason` as in the module docstring)."""
+        self.connections_closed.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of every series, for `GET /metrics`."""

@@ -248,6 +248,24 @@ class Settings(BaseSettings):
     parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
     SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
 
+    # --- connections and the process (hostile clients; see oai_server/runtime_limits.py) ---
+    max_connections: int = Field(0, ge=0, validation_alias=_env("max_connections"))
+    """Open connections (HTTP and WebSocket) at once; past it: 503 and close (0: the fd limit minus a reserve)."""
+    max_header_bytes: int = Field(32768, ge=1024, validation_alias=_env("max_header_bytes"))
+    """Largest request line plus headers in bytes; past it the answer is 431 and the connection closes."""
+    max_headers: int = Field(128, ge=8, validation_alias=_env("max_headers"))
+    """Most header fields in one request; past it the answer is 431 and the connection closes."""
+    header_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("header_timeout_seconds"))
+    """Longest wait for a request's headers, from the connection or the request's first byte; then 408, close."""
+    body_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("body_timeout_seconds"))
+    """A request body must bring 1 KiB (or its end) within each such period after its headers; else 408, close."""
+    write_stall_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("write_stall_timeout_seconds"))
+    """A client that reads nothing this long has its response cut: engine requests aborted, slot freed."""
+    max_json_values: int = Field(10000, ge=100, validation_alias=_env("max_json_values"))
+    """Most JSON values (strings, numbers, arrays, objects) in one request body; past it 400, counted off the loop."""
+    malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("malloc_arena_max"))
+    """glibc malloc arenas, set at start (0: glibc's default, 8 per core, which keeps ~45 MB per concurrent stream)."""
+
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

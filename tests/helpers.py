@@ -129,10 +129,21 @@ async def asteady(read: Callable[[], Any], window: float, interval: float = 0.01
 class ThreadedServer:
     """Any ASGI app under uvicorn on a free 127.0.0.1 port, in a daemon thread, ready when constructed."""
 
-    def __init__(self, app: Any, *, lifespan: str = "on", startup_timeout: float = 120.0, name: str = "uvicorn"):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        lifespan: str = "on",
+        startup_timeout: float = 120.0,
+        name: str = "uvicorn",
+        options: dict[str, Any] | None = None,
+    ):
+        """`options`: more `uvicorn.Config` arguments (the CLI's protocols: `runtime_limits.uvicorn_options`)."""
         import uvicorn
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, **(options or {})
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
         self.thread.start()
@@ -157,8 +168,8 @@ class ThreadedServer:
 class LiveServer(ThreadedServer):
     """The real app on loopback: its URL, the app (for looking at engine state) and its event loop."""
 
-    def __init__(self, app: Any) -> None:
-        super().__init__(app, name="oai-server")
+    def __init__(self, app: Any, options: dict[str, Any] | None = None) -> None:
+        super().__init__(app, name="oai-server", options=options)
         self.app = app
         self.upstream_engines: dict[str, Any] = {}
         """For a server on remote engines: the engines behind its upstreams, by role (`llm`, `tts`)."""

@@ -16,8 +16,8 @@ from oai_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "multi_gpu.md"
-NOT_SETTINGS = {"HF_HOME", "HF_TOKEN"}
-"""Variables the ConfigMaps set for libraries, not for the server."""
+NOT_SETTINGS = {"HF_HOME", "HF_TOKEN", "MALLOC_ARENA_MAX"}
+"""Variables the ConfigMaps set for libraries (Hugging Face, glibc), not for the server."""
 
 
 def serve_flags() -> set[str]:

@@ -4,7 +4,8 @@ Requests accept and ignore unknown fields and explicit nulls (LangChain sends `"
 others send `null` for unset options). Field order follows the OpenAI API reference
 (https://platform.openai.com/docs/api-reference). Fields we refuse rather than silently
 ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checked in
-`ChatCompletionRequest.check_supported`.
+`ChatCompletionRequest.check_supported`. Every field that carries text must be valid Unicode
+(`text.ValidText`): a lone surrogate is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from ..errors import APIError, invalid
 from ..pipeline.encode import STREAMED_CHAT_FORMATS, ChatAudioFormat, SpeechFormat
 from .content_parts import InputAudioPart, part_kind
+from .text import TEXT_CHECK, ValidText
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 """Seeds are 64-bit integers (what torch and vLLM generators take); others are a 400, not a failed stream."""
@@ -38,7 +40,7 @@ class OpenAIModel(BaseModel):
 class VoiceId(OpenAIModel):
     """A voice given as an object, `{"id": "..."}`."""
 
-    id: str
+    id: ValidText
 
 
 def voice_name(voice: str | VoiceId | None) -> str | None:
@@ -52,10 +54,10 @@ def voice_name(voice: str | VoiceId | None) -> str | None:
 class SpeechRequest(OpenAIModel):
     """`POST /v1/audio/speech` (CreateSpeechRequest)."""
 
-    model: str = Field(min_length=1)
-    input: str
-    voice: str | VoiceId
-    instructions: str | None = Field(None, max_length=4096)
+    model: ValidText = Field(min_length=1)
+    input: ValidText
+    voice: Annotated[str | VoiceId, TEXT_CHECK]
+    instructions: ValidText | None = Field(None, max_length=4096)
     """Accepted for compatibility; Orpheus has no instruction channel (use emotion tags)."""
     response_format: SpeechFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
@@ -73,8 +75,8 @@ class SpeechRequest(OpenAIModel):
 class TextPart(OpenAIModel):
     """A `{"type": "text", "text": ...}` content part."""
 
-    type: str
-    text: str = ""
+    type: ValidText
+    text: ValidText = ""
 
 
 ContentPart = Annotated[
@@ -86,15 +88,15 @@ ContentPart = Annotated[
 class AudioRef(OpenAIModel):
     """`audio: {"id": ...}` on an assistant history message (extra keys allowed)."""
 
-    id: str
+    id: ValidText
 
 
 class ChatMessage(OpenAIModel):
     """One message of `messages`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Annotated[str | list[ContentPart] | None, TEXT_CHECK] = None
+    name: ValidText | None = None
     audio: AudioRef | None = None
 
     def text(self, index: int, transcripts: Mapping[int, str] | None = None) -> str:
@@ -120,11 +122,17 @@ class ChatMessage(OpenAIModel):
             return " ".join(piece.strip() for piece in pieces if piece.strip())
         return "".join(pieces)
 
+    def typed_text(self) -> str:
+        """The text the client typed: the string content, or its text parts (audio parts left out)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content or () if isinstance(part, TextPart))
+
 
 class AudioOutput(OpenAIModel):
     """`audio: {voice, format}` of a chat request."""
 
-    voice: str | VoiceId = "alloy"
+    voice: Annotated[str | VoiceId, TEXT_CHECK] = "alloy"
     format: ChatAudioFormat = "pcm16"
 
 
@@ -137,7 +145,7 @@ class StreamOptions(OpenAIModel):
 class ChatCompletionRequest(OpenAIModel):
     """`POST /v1/chat/completions`."""
 
-    model: str = Field(min_length=1)
+    model: ValidText = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     modalities: list[Literal["text", "audio"]] | None = None
     audio: AudioOutput | None = None
@@ -148,16 +156,16 @@ class ChatCompletionRequest(OpenAIModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=128)
-    response_format: dict[str, Any] | None = None
+    response_format: Annotated[dict[str, Any] | None, TEXT_CHECK] = None
     seed: Seed | None = None
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, TEXT_CHECK] = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    user: str | None = None
+    tools: Annotated[list[Any] | None, TEXT_CHECK] = None
+    tool_choice: Annotated[Any, TEXT_CHECK] = None
+    user: ValidText | None = None
 
     @property
     def wants_audio(self) -> bool:

@@ -12,7 +12,15 @@ untouched. `install_middleware` stacks them, outermost first:
    `/`, `/health`, `/health/*`, `/metrics` (scraped without auth inside a cluster; keep the port
    private if that matters), `/static/*`, `/favicon.ico`, and OPTIONS requests.
 4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes` (the upload routes: 25 MB plus the form), from
-   Content-Length or by counting.
+   Content-Length or by counting. Inside it, `json_body.JsonBodyMiddleware` (form, plain-text and
+   untyped bodies are JSON), then `json_guard.JsonValueLimitMiddleware`: 400 past
+   `settings.max_json_values` values in a JSON body, counted in a worker thread before the framework
+   parses the body on the loop.
+5. `loop_lag.LoopLagMiddleware`: runs the event-loop lag monitor (`app.state.loop_monitor`) for the
+   lifetime of the app (its ASGI lifespan); requests pass straight through.
+
+Connection-level limits (header size, slow or stalled clients, the connection cap) sit below
+the ASGI app, in `connections.py`.
 
 Errors are answered with `errors.APIError`, so the envelope stays in one place.
 """
@@ -37,8 +45,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
+from ..serving.loop_monitor import LoopLagMonitor
 from .errors import error_response, reject_websocket
 from .json_body import JsonBodyMiddleware
+from .json_guard import JsonValueLimitMiddleware
+from .loop_lag import LoopLagMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -335,9 +346,11 @@ class BodyLimitMiddleware:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
-    """Stack the middleware on `app`, create `app.state.metrics`, and bind its live gauges."""
+    """Stack the middleware on `app`, create `app.state.metrics` (live gauges bound) and `app.state.loop_monitor`."""
     metrics = Metrics()
     app.state.metrics = metrics
+    monitor = LoopLagMonitor(metrics.observe_loop_lag)
+    app.state.loop_monitor = monitor
 
     def services() -> Any:
         return getattr(app.state, "services", None)
@@ -351,6 +364,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     # add_middleware inserts at the front: the last one added runs first.
     from .audio_transcriptions import UPLOAD_ROUTES
 
+    app.add_middleware(LoopLagMiddleware, monitor=monitor)
+    app.add_middleware(JsonValueLimitMiddleware, max_values=settings.max_json_values)
     app.add_middleware(JsonBodyMiddleware, form_paths=UPLOAD_ROUTES)  # routes/json_body.py: curl -d bodies are JSON
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, route_limits=UPLOAD_ROUTES)
     keys = settings.all_api_keys()

@@ -18,6 +18,7 @@ from ..pipeline.chat_prompt import Turn
 from ..pipeline.encode import make_encoder
 from ..protocol.catalog import SeedModels
 from ..protocol.chat import OpenAIModel, Seed
+from ..protocol.text import ValidText
 from ..serving.model_facts import describe_models
 from ..serving.reply import Conversation, TextSampling
 from ..serving.reply_events import AudioChunk, ReplyEvent, TextDelta
@@ -36,8 +37,8 @@ router = APIRouter(tags=["seed"])
 class SeedTTSRequest(OpenAIModel):
     """The seed's `/tts` parameters and defaults."""
 
-    prompt: str = Field(min_length=1)  # at most --max-input-chars, checked against the settings
-    voice: str = "tara"
+    prompt: ValidText = Field(min_length=1)  # at most --max-input-chars, checked against the settings
+    voice: ValidText = "tara"
     temperature: float = Field(0.4, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(2000, ge=7, le=8192)
@@ -50,14 +51,14 @@ class SeedHistoryItem(OpenAIModel):
     """One `history` entry of `/chat`."""
 
     role: Literal["user", "assistant", "system"]
-    content: str
+    content: ValidText  # at most --max-input-chars, checked against the settings
 
 
 class SeedChatRequest(OpenAIModel):
     """The seed's `/chat` body."""
 
-    message: str = Field(min_length=1)  # at most --max-input-chars, checked against the settings
-    voice: str = "tara"
+    message: ValidText = Field(min_length=1)  # at most --max-input-chars, checked against the settings
+    voice: ValidText = "tara"
     history: list[SeedHistoryItem] = Field(default_factory=list, max_length=256)
     stream_text: bool = False
     max_tokens: int | None = Field(None, ge=1)
@@ -123,6 +124,8 @@ async def seed_models(svc: Services = Depends(services)) -> SeedModels:
 async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) -> AbortingStreamingResponse:
     """Seed `/chat`: the spoken reply as streaming WAV, or its text with `stream_text`."""
     check_length(body.message, svc.settings.max_input_chars, "message")
+    for index, item in enumerate(body.history):
+        check_length(item.content, svc.settings.max_input_chars, f"history[{index}].content")
     turns = [Turn(item.role, item.content) for item in body.history]
     turns.append(Turn("user", body.message))
     voice = None if body.stream_text else svc.voices.options(body.voice, seed=body.seed)

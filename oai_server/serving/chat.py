@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from ..errors import invalid
+from ..errors import check_length, invalid
 from ..pipeline.chat_prompt import Turn
 from ..pipeline.voices import VoiceCatalog
 from ..protocol.chat import ChatCompletionRequest, voice_name
@@ -97,6 +97,7 @@ class ChatServing:
         for index, message in enumerate(request.messages):
             transcripts = {j: text for (i, j), text in spoken.items() if i == index}
             text = message.text(index, transcripts)
+            check_length(message.typed_text(), self.settings.max_input_chars, f"messages[{index}].content")
             if message.role == "assistant" and message.audio is not None and not text.strip():
                 transcript = await self.audio_store.get(message.audio.id)
                 if transcript is None:
