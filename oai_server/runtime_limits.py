@@ -8,7 +8,7 @@
 - **Allocator**: glibc gives every thread that mallocs its own arena (up to 8 per core), and the
   decoder and engine threads each keep theirs: RSS grew ~45 MB per concurrent stream and stayed
   there. `mallopt(M_ARENA_MAX, settings.malloc_arena_max)` caps the arenas (2 by default; the
-  figures are in docs/reliability_notes.md), and `MALLOC_ARENA_MAX` is exported for child
+  figures are in the README's reliability section), and `MALLOC_ARENA_MAX` is exported for child
   processes (vLLM's engine cores). A `MALLOC_ARENA_MAX` already in the environment wins (glibc
   read it at start); the Dockerfiles, compose file and k8s manifests set it too.
 
