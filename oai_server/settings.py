@@ -265,6 +265,14 @@ class Settings(BaseSettings):
     """Most JSON values (strings, numbers, arrays, objects) in one request body; past it 400, counted off the loop."""
     malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("malloc_arena_max"))
     """glibc malloc arenas, set at start (0: glibc's default, 8 per core, which keeps ~45 MB per concurrent stream)."""
+    headroom_admission: bool = Field(True, validation_alias=_env("headroom_admission"))
+    """Admit a new speech stream only while the running ones generate faster than real time (else 429)."""
+    headroom_min_streams: int = Field(16, ge=1, validation_alias=_env("headroom_min_streams"))
+    """Speech requests generating below which the real-time headroom check never refuses."""
+    headroom_margin: float = Field(1.1, ge=1.0, le=4.0, validation_alias=_env("headroom_margin"))
+    """Per-stream audio-token rate a new stream must leave the running ones, in multiples of real time."""
+    headroom_wait_seconds: float = Field(1.5, ge=0, le=60, validation_alias=_env("headroom_wait_seconds"))
+    """How long a new speech stream waits for real-time headroom before its 429."""
 
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod

@@ -1,9 +1,20 @@
-"""Admission by real-time headroom: the per-request token rate against real time, on a fake clock."""
+"""Admission by real-time headroom: the per-request token rate against real time (on a fake clock), the
+reservation that keeps a burst out, and the 429 a speaking request gets over HTTP when there is none."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
 from oai_server.codec.orpheus import REAL_TIME_TOKENS_PER_SECOND
+from oai_server.errors import APIError
 from oai_server.serving.headroom import HeadroomGate
+
+from .helpers import LiveServer, demo_settings, start_server
 
 
 class Clock:
@@ -52,8 +63,10 @@ def test_rate_below_real_time_closes_the_gate_and_reopens() -> None:
     gate.started()
     gate.started()
     gate.started()
-    run(gate, clock, 8, 100.0, 3.0)
-    assert gate.has_headroom() and REAL_TIME_TOKENS_PER_SECOND * 1.1 <= 100.0
+    run(gate, clock, 8, 100.0, 3.0)  # 100 each now, but a ninth stream would leave 8 x 100 / 9 = 89 < 90.2
+    assert not gate.has_headroom()
+    run(gate, clock, 8, 110.0, 3.0)  # 110 each: a ninth leaves 97.8, above 1.1 x real time
+    assert gate.has_headroom() and REAL_TIME_TOKENS_PER_SECOND * 1.1 <= 110.0 * 8 / 9
 
 
 def test_rate_uses_the_mean_number_generating_over_the_window() -> None:
@@ -65,3 +78,62 @@ def test_rate_uses_the_mean_number_generating_over_the_window() -> None:
     run(gate, clock, 2, 100.0, 1.0)
     rate = gate.per_stream_rate()
     assert rate is not None and abs(rate - 100.0) < 8  # 300 tokens / 2 s / 1.5 mean streams
+
+
+async def test_admit_reserves_so_a_burst_is_not_all_let_in() -> None:
+    clock = Clock()
+    gate = HeadroomGate(min_streams=1, margin=1.0, wait_s=0.0, clock=clock)
+    for _ in range(4):
+        gate.started()
+    run(gate, clock, 4, 120.0, 3.0)  # 4 streams at 120 tok/s: one more leaves 96 each, two more 80
+    await gate.admit()
+    with pytest.raises(APIError) as refused:
+        await gate.admit()  # the first one's reservation counts: 480 / 6 = 80 < 82
+    assert refused.value.status == 429 and refused.value.headers["retry-after"] == "1"
+    assert refused.value.code == "rate_limit_exceeded" and gate.refused == 1
+    gate.started()  # the admitted stream starts generating: its reservation is spent
+    clock.now += 4.0  # and the window moves on
+    run(gate, clock, 5, 120.0, 3.0)
+    await gate.admit()  # five streams at 120 each: one more leaves 100
+
+
+@pytest.fixture(scope="module")
+def gated_server(demo_cache: Path, demo_models: Any) -> Iterator[LiveServer]:
+    """A demo server whose headroom gate refuses after 0.3 s once one speech stream generates."""
+    server = start_server(demo_settings(demo_cache, headroom_min_streams=1, headroom_wait_seconds=0.3))
+    yield server
+    server.stop()
+
+
+def test_speech_past_the_real_time_capacity_gets_429_and_text_chat_does_not(gated_server: LiveServer) -> None:
+    gate = gated_server.services.headroom
+    assert gate is not None
+    url = gated_server.url
+    speech = {"model": "tts-1", "voice": "tara", "input": "Hello there, how are you?", "response_format": "pcm"}
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "seed": 1}
+    first = httpx.post(f"{url}/v1/audio/speech", json={**speech, "seed": 1}, timeout=60)
+    assert first.status_code == 200 and first.content
+    # the synthesizer reported the request to the gate: its tokens arrived, and its generation ended
+    assert gate.generating == 0 and gate.per_stream_rate() is not None
+    real_time = gate.required
+    gate.started()  # one stream generating, far slower than the rate now required
+    gate.record(7)
+    gate.required = 1e12
+    try:
+        refused = httpx.post(f"{url}/v1/audio/speech", json={**speech, "seed": 2}, timeout=30)
+        spoken_chat = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={**chat, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+            timeout=30,
+        )
+        text_chat = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30)
+    finally:
+        gate.finished()
+        gate.required = real_time
+    for response in (refused, spoken_chat):
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert text_chat.status_code == 200  # a text reply does not speak: not gated
+    assert gate.refused == 2
+    again = httpx.post(f"{url}/v1/audio/speech", json={**speech, "seed": 3}, timeout=60)
+    assert again.status_code == 200 and again.content

@@ -71,8 +71,12 @@ async def create_speech(body: SpeechRequest, svc: Services = Depends(services)) 
     job = svc.speech.prepare(body)
     if body.stream_format == "sse":
         return await stream_response(
-            svc, svc.speech.stream(job), speech_sse, media_type="text/event-stream", on_failure=speech_failure
+            svc,
+            svc.speech.stream(job),
+            speech_sse,
+            media_type="text/event-stream",
+            on_failure=speech_failure,
+            speaks=True,
         )
-    return await stream_response(
-        svc, svc.speech.stream(job), raw_audio, media_type=content_type_for(job.response_format)
-    )
+    media_type = content_type_for(job.response_format)
+    return await stream_response(svc, svc.speech.stream(job), raw_audio, media_type=media_type, speaks=True)

@@ -28,7 +28,12 @@ async def create_chat_completion(
     job = await svc.chat.prepare(body)
     if body.stream:
         return await stream_response(
-            svc, svc.chat.stream(job), partial(chat_sse, job), media_type="text/event-stream", on_failure=chat_failure
+            svc,
+            svc.chat.stream(job),
+            partial(chat_sse, job),
+            media_type="text/event-stream",
+            on_failure=chat_failure,
+            speaks=job.spoken,
         )
-    result = await whole_response(svc, request, lambda: chat_completion(job, svc.chat.stream(job)))
+    result = await whole_response(svc, request, partial(chat_completion, job, svc.chat.stream(job)), speaks=job.spoken)
     return JSONResponse(result.wire())

@@ -134,8 +134,13 @@ async def stream_response(
     *,
     media_type: str,
     on_failure: Callable[[APIError], Iterable[bytes]] | None = None,
+    speaks: bool = False,
 ) -> AbortingStreamingResponse:
-    """Admit the request, then stream `render(events)` under the deadline (SSE bodies with keep-alives)."""
+    """Admit the request, then stream `render(events)` under the deadline (SSE bodies with keep-alives).
+
+    A request that `speaks` (synthesizes audio) first needs real-time headroom (`serving/headroom.py`).
+    """
+    await admit_speech(svc, speaks)
     ticket = await svc.admission.acquire()
     body = _rendered(guarded(events, deadline_seconds=svc.settings.request_timeout_seconds), render, on_failure)
     if media_type == "text/event-stream":
@@ -143,8 +148,17 @@ async def stream_response(
     return AbortingStreamingResponse(HeldBody(body, ticket), media_type=media_type)
 
 
-async def whole_response(svc: Services, request: Request, work: Callable[[], Awaitable[T]]) -> T:
+async def admit_speech(svc: Services, speaks: bool) -> None:
+    """For a request that speaks: wait for real-time headroom, or raise its 429."""
+    if speaks and svc.headroom is not None:
+        await svc.headroom.admit()
+
+
+async def whole_response(
+    svc: Services, request: Request, work: Callable[[], Awaitable[T]], *, speaks: bool = False
+) -> T:
     """Admit the request, then await `work()` under the deadline, cancelled if the client goes away."""
+    await admit_speech(svc, speaks)
     ticket = await svc.admission.acquire()
     try:
         timed = asyncio.wait_for(work(), svc.settings.request_timeout_seconds)

@@ -93,7 +93,7 @@ async def _tts(body: SeedTTSRequest, svc: Services) -> AbortingStreamingResponse
         seed=body.seed,
     )
     job = svc.speech.job(body.prompt, options, "wav", 1.0, "prompt")
-    return await stream_response(svc, svc.speech.stream(job), raw_audio, media_type="audio/wav")
+    return await stream_response(svc, svc.speech.stream(job), raw_audio, media_type="audio/wav", speaks=True)
 
 
 TTS_RESPONSES = streamed("Streaming WAV (24 kHz, s16, mono).", binary("audio/wav"))
@@ -139,4 +139,4 @@ async def seed_chat(body: SeedChatRequest, svc: Services = Depends(services)) ->
     events = svc.replies.stream(prepared, "chat")
     if body.stream_text:
         return await stream_response(svc, events, _text, media_type="text/plain; charset=utf-8")
-    return await stream_response(svc, events, _wav, media_type="audio/wav")
+    return await stream_response(svc, events, _wav, media_type="audio/wav", speaks=True)

@@ -5,19 +5,24 @@ that all of them underrun together. Instead, the speech synthesizer reports ever
 receives (`record`) and how many speech requests are generating (`started` / `finished`). The
 per-request rate is the tokens of the last `window_s` seconds over the mean number of requests
 generating in that window. While at least `min_streams` requests generate and that rate is below
-real time (82 tokens/s) times `margin`, `has_headroom()` is false: new speech streams wait in the
-admission queue and get 429 with `retry-after` when the queue times out, and every admitted stream
-keeps its real-time margin. Below `min_streams` streams the gate never refuses (the rate of a few
-streams says nothing about the engine's ceiling).
+real time (82 tokens/s) times `margin`, `has_headroom()` is false: a new speech stream waits up to
+`wait_s` in `admit` for headroom and then gets 429 with `retry-after`, so every admitted stream keeps
+its real-time margin. Near saturation the engine's aggregate rate is about constant, so admitting k
+more streams to n running ones leaves each `n / (n + k)` of today's rate: streams admitted but not yet
+generating count as k (they expire after `pending_s`), so a burst is not let in all at once. Below
+`min_streams` streams the gate never refuses (the rate of a few streams says nothing about the
+engine's ceiling).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 
 from ..codec.orpheus import REAL_TIME_TOKENS_PER_SECOND
+from ..errors import rate_limited
 
 
 class HeadroomGate:
@@ -29,12 +34,20 @@ class HeadroomGate:
         margin: float = 1.1,
         min_streams: int = 16,
         window_s: float = 2.0,
+        wait_s: float = 1.5,
+        pending_s: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.required = REAL_TIME_TOKENS_PER_SECOND * margin
         self.min_streams = min_streams
         self.window_s = window_s
+        self.wait_s = wait_s
+        self.pending_s = pending_s
+        self.refused = 0
+        """Streams turned away for lack of headroom (a metric)."""
         self._clock = clock
+        self._pending: deque[float] = deque()
+        """Admission times of streams admitted but not yet generating."""
         self._events: deque[tuple[float, int]] = deque()
         self._generating = 0
         self._samples: deque[tuple[float, int]] = deque()
@@ -46,7 +59,9 @@ class HeadroomGate:
         return self._generating
 
     def started(self) -> None:
-        """A speech request started generating."""
+        """A speech request started generating (it no longer counts as pending)."""
+        if self._pending:
+            self._pending.popleft()
         self._change(+1)
 
     def finished(self) -> None:
@@ -71,10 +86,26 @@ class HeadroomGate:
 
     def has_headroom(self) -> bool:
         """Whether one more speech stream can start without pushing the running ones below real time."""
-        if self._generating < self.min_streams:
+        now = self._clock()
+        while self._pending and self._pending[0] < now - self.pending_s:
+            self._pending.popleft()
+        running = self._generating
+        if running + len(self._pending) < self.min_streams:
             return True
         rate = self.per_stream_rate()
-        return rate is None or rate >= self.required
+        if rate is None or running == 0:
+            return True
+        return rate * running / (running + len(self._pending) + 1) >= self.required
+
+    async def admit(self) -> None:
+        """Wait up to `wait_s` for headroom, then reserve it; 429 with `retry-after` if none came."""
+        deadline = self._clock() + self.wait_s
+        while not self.has_headroom():
+            if self._clock() >= deadline:
+                self.refused += 1
+                raise rate_limited("The server is at its real-time capacity; please retry shortly.", 1)
+            await asyncio.sleep(0.05)
+        self._pending.append(self._clock())
 
     def _change(self, delta: int) -> None:
         now = self._clock()

@@ -14,6 +14,7 @@ from ..settings import Settings
 from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .chat import ChatServing
+from .headroom import HeadroomGate
 from .reply import ReplyService
 from .speech import SpeechServing
 from .transcription import TranscriptionService
@@ -32,11 +33,22 @@ class Services:
     admission: Admission
     audio_store: AudioStore
     transcription: TranscriptionService
+    headroom: HeadroomGate | None = None
+    """Admission by real-time headroom for requests that speak (None when `--no-headroom-admission`)."""
     started_at: float = field(default_factory=time.time)
 
 
 def build_services(settings: Settings, engines: Engines, metrics: Metrics | None = None) -> Services:
     """Wire the serving objects onto the engines."""
+    headroom = (
+        HeadroomGate(
+            margin=settings.headroom_margin,
+            min_streams=settings.headroom_min_streams,
+            wait_s=settings.headroom_wait_seconds,
+        )
+        if settings.headroom_admission
+        else None
+    )
     synthesizer = SpeechSynthesizer(
         engines.tts,
         engines.tts_tokenizer,
@@ -45,6 +57,7 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         tokens_per_char=settings.tts_tokens_per_char,
         max_tokens=settings.tts_max_tokens,
         max_model_len=settings.tts_max_model_len,
+        observer=headroom,
     )
     store: AudioStore = (
         RedisAudioStore(settings.redis_url) if settings.redis_url else MemoryAudioStore(settings.audio_cache_size)
@@ -63,4 +76,4 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
     transcription = TranscriptionService(settings, engines.asr)
     chat = ChatServing(settings, replies, store, voices, transcription)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription)
+    return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription, headroom)
