@@ -45,8 +45,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     install_error_handlers(app)
     install_middleware(app, settings)
-    from .routes import audio_speech, chat_completions, health, metrics, models, seed, web
+    from .routes import audio_speech, chat_completions, health, metrics, models, realtime, seed, web
 
-    for module in (audio_speech, chat_completions, models, health, seed, metrics, web):
+    for module in (audio_speech, chat_completions, models, health, seed, metrics, web, realtime):
         app.include_router(module.router)
     return app

@@ -14,6 +14,8 @@ from ..settings import Settings
 from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .chat import ChatServing
+from .realtime.service import RealtimeServing
+from .realtime.session import SessionDeps
 from .reply import ReplyService
 from .speech import SpeechServing
 
@@ -30,6 +32,7 @@ class Services:
     chat: ChatServing
     admission: Admission
     audio_store: AudioStore
+    realtime: RealtimeServing
     started_at: float = field(default_factory=time.time)
 
 
@@ -60,4 +63,5 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
     speech = SpeechServing(settings, synthesizer, voices, metrics)
     chat = ChatServing(settings, replies, store, voices)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    return Services(settings, engines, voices, replies, speech, chat, admission, store)
+    realtime = RealtimeServing(SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, metrics))
+    return Services(settings, engines, voices, replies, speech, chat, admission, store, realtime)
