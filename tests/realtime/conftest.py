@@ -1,0 +1,114 @@
+"""One Realtime server for every realtime test: the real app on the demo engines, watched.
+
+The chat and speech engines are wrapped (`WatchedEngine`: a `FaultyEngine` that also records
+every prompt), so tests can stall a reply to keep it running (barge-in, cancel), see the
+exact prompt a reply was built from (truncation), and check that nothing is left in flight.
+Replies are seeded (`realtime_seed`), so they are the same on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oai_server.engines.base import SamplingParams
+from oai_server.engines.bundle import Engines
+from oai_server.engines.demo import DemoModels
+from oai_server.engines.factory import open_engines, resolve_models
+
+from ..conftest import LiveServer, demo_settings, start_server, wait_until
+from ..fault_engine import Fault, FaultyEngine
+
+SEED = 7
+
+
+class WatchedEngine(FaultyEngine):
+    """A `FaultyEngine` that records the prompt of every request."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.prompts: list[list[int]] = []
+
+    async def generate(
+        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[list[int]]:
+        self.prompts.append(list(prompt_token_ids))
+        async for delta in super().generate(prompt_token_ids, params, request_id):
+            yield delta
+
+
+@dataclass
+class RealtimeServer:
+    """The live server and its watched engines."""
+
+    live: LiveServer
+    llm: WatchedEngine
+    tts: WatchedEngine
+    engines: Engines
+
+    @property
+    def ws_url(self) -> str:
+        """`ws://127.0.0.1:PORT/v1/realtime`."""
+        return self.live.url.replace("http://", "ws://") + "/v1/realtime"
+
+    @contextmanager
+    def armed(self, engine: FaultyEngine, fault: Fault) -> Iterator[None]:
+        """Inject `fault` into every request of `engine` inside the block."""
+        engine.raised = engine.stalled = engine.cancelled = 0
+        engine.fault = fault
+        try:
+            yield
+        finally:
+            engine.fault = None
+
+    def idle(self) -> bool:
+        """Nothing in flight: no response, no engine request, no admission slot but the open sessions'."""
+        svc = self.live.services
+        asr = self.engines.asr
+        return (
+            svc.admission.active == svc.realtime.open
+            and not self.llm.live
+            and not self.tts.live
+            and self.llm.inner.active_requests() == 0
+            and self.tts.inner.active_requests() == 0
+            and (asr is None or asr.active_requests() == 0)
+        )
+
+    def wait_idle(self, timeout: float = 20.0) -> bool:
+        """Wait until `idle` (all sessions closed too when `sessions` is 0)."""
+        return wait_until(self.idle, timeout)
+
+    def prompt_text(self, index: int = -1) -> str:
+        """The chat prompt of a recorded LLM request, decoded."""
+        return str(self.engines.llm_tokenizer.decode(self.llm.prompts[index]))
+
+
+def realtime_settings(cache: Path, **overrides: Any) -> Any:
+    """Demo settings for realtime tests: seeded replies, a deadline that stalls can hit, short waits."""
+    base: dict[str, Any] = {"realtime_seed": SEED, "request_timeout_seconds": 60}
+    base.update(overrides)
+    return resolve_models(demo_settings(cache, **base))
+
+
+@pytest.fixture(scope="session")
+def rt_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[RealtimeServer]:
+    """The shared Realtime server."""
+    settings = realtime_settings(demo_cache)
+    loop = asyncio.new_event_loop()  # the engines are opened (and closed) here; they serve any loop
+    opened = open_engines(settings)
+    real: Engines = loop.run_until_complete(opened.__aenter__())
+    llm, tts = WatchedEngine(real.llm), WatchedEngine(real.tts)
+    engines = replace(real, llm=llm, tts=tts)
+    live = start_server(settings, engines=engines)
+    try:
+        yield RealtimeServer(live, llm, tts, engines)
+    finally:
+        live.stop()
+        loop.run_until_complete(opened.__aexit__(None, None, None))
+        loop.close()
