@@ -22,7 +22,7 @@ from oai_server.engines.bundle import Engines
 from oai_server.engines.demo import DemoModels
 from oai_server.engines.factory import open_engines, resolve_models
 
-from ..conftest import LiveServer, demo_settings, start_server, wait_until
+from ..conftest import LiveServer, demo_settings, start_server
 from ..fault_engine import Fault, FaultyEngine
 
 SEED = 7
@@ -80,13 +80,23 @@ class RealtimeServer:
             and (asr is None or asr.active_requests() == 0)
         )
 
-    def wait_idle(self, timeout: float = 20.0) -> bool:
-        """Wait until `idle` (all sessions closed too when `sessions` is 0)."""
-        return wait_until(self.idle, timeout)
+    async def settled(self, timeout: float = 20.0) -> bool:
+        """Wait, without blocking the test's event loop, until `idle`."""
+        return await eventually(self.idle, timeout)
 
     def prompt_text(self, index: int = -1) -> str:
         """The chat prompt of a recorded LLM request, decoded."""
         return str(self.engines.llm_tokenizer.decode(self.llm.prompts[index]))
+
+
+async def eventually(predicate: Any, timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds, letting the test's event loop run (client sockets close there)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def realtime_settings(cache: Path, **overrides: Any) -> Any:
@@ -109,6 +119,9 @@ def rt_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[RealtimeSer
     try:
         yield RealtimeServer(live, llm, tts, engines)
     finally:
+        if real.vad is not None:  # its batching task lives on the server's loop: close it there
+            asyncio.run_coroutine_threadsafe(real.vad.close(), live.loop).result(timeout=30)
+            real.vad = None
         live.stop()
         loop.run_until_complete(opened.__aexit__(None, None, None))
         loop.close()

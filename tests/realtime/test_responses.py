@@ -118,7 +118,7 @@ async def test_cancel_ends_with_cancelled_done_and_aborts_the_engines(rt_server:
         assert error["code"] == "conversation_already_has_active_response" and error["event_id"] == "evt_again"
         await client.send({"type": "response.cancel", "event_id": "evt_cancel"})
         events = await client.until("response.done")
-        assert rt_server.wait_idle() and rt_server.tts.cancelled == 1
+        assert await rt_server.settled() and rt_server.tts.cancelled == 1
     done = events[-1]["response"]
     assert done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled"
     tail = types(events)[types(events).index("response.output_audio.done") :]
