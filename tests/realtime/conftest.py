@@ -9,6 +9,7 @@ Replies are seeded (`realtime_seed`), so they are the same on every run.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,18 +30,37 @@ SEED = 7
 
 
 class WatchedEngine(FaultyEngine):
-    """A `FaultyEngine` that records the prompt of every request."""
+    """A `FaultyEngine` that records the prompt of every request and can stall just the next one."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
         self.prompts: list[list[int]] = []
+        self.once: Fault | None = None
+
+    def stall_next(self, after_tokens: int = 14) -> None:
+        """Stall the next request after `after_tokens` tokens (14: two SNAC frames), until it is cancelled."""
+        self.raised = self.stalled = self.cancelled = 0
+        self.once = Fault(after_tokens, stall=True)
 
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[list[int]]:
         self.prompts.append(list(prompt_token_ids))
-        async for delta in super().generate(prompt_token_ids, params, request_id):
-            yield delta
+        fault, self.once = self.once or self.fault, None
+        deltas = self.inner.generate(prompt_token_ids, params, request_id)
+        self.live.add(request_id)
+        sent = 0
+        try:
+            async for delta in deltas:
+                yield delta
+                sent += len(delta)
+                if fault is not None and sent >= fault.after_tokens:
+                    await self._inject(fault, sent)
+            if fault is not None:
+                await self._inject(fault, sent)
+        finally:
+            await deltas.aclose()
+            self.live.discard(request_id)
 
 
 @dataclass
@@ -125,3 +145,104 @@ def rt_server(demo_cache: Path, demo_models: DemoModels) -> Iterator[RealtimeSer
         live.stop()
         loop.run_until_complete(opened.__aexit__(None, None, None))
         loop.close()
+
+
+class Wiretap:
+    """Every event each Realtime connection of the test process received and sent, in order.
+
+    The server runs in this process (a thread), so the connection class is patched to record:
+    `("in", event)` for each client event the session handled, `("out", event)` for each event
+    queued for the client (as dicts). `sessions` is in order of connection.
+    """
+
+    def __init__(self) -> None:
+        self.by_connection: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+
+    def record(self, connection: object, direction: str, event: Any) -> None:
+        self.by_connection.setdefault(id(connection), []).append((direction, event.model_dump(mode="json")))
+
+    def mark(self) -> int:
+        """How many connections were recorded so far (pass to `since`)."""
+        return len(self.by_connection)
+
+    def since(self, mark: int) -> list[list[tuple[str, dict[str, Any]]]]:
+        """The logs of connections opened after `mark`."""
+        return list(self.by_connection.values())[mark:]
+
+    @staticmethod
+    def sent(log: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The events the server sent on one connection."""
+        return [event for direction, event in log if direction == "out"]
+
+    @staticmethod
+    def received(log: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The client events the server handled on one connection."""
+        return [event for direction, event in log if direction == "in"]
+
+
+@pytest.fixture(scope="session")
+def wiretap() -> Iterator[Wiretap]:
+    """Record every Realtime connection's events (see `Wiretap`)."""
+    from oai_server.routes.realtime_connection import RealtimeConnection
+    from oai_server.serving.realtime.session import RealtimeSession
+
+    tap = Wiretap()
+    send, handle = RealtimeConnection.send, RealtimeSession.handle
+
+    async def tapped_send(self: RealtimeConnection, event: Any) -> None:
+        tap.record(self, "out", event)
+        await send(self, event)
+
+    async def tapped_handle(self: RealtimeSession, event: Any) -> None:
+        tap.record(self.sink, "in", event)
+        await handle(self, event)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RealtimeConnection, "send", tapped_send)
+        patch.setattr(RealtimeSession, "handle", tapped_handle)
+        yield tap
+
+
+class LogCapture(logging.Handler):
+    """Every log record of the process from WARNING up (loguru's too, for pipecat), as text lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    def problems(self) -> list[str]:
+        """Errors, and warnings about unknown, invalid or unhandled events."""
+        words = ("unknown", "invalid", "validat", "unhandled", "unexpected", "failed", "error")
+        return [
+            line
+            for line in self.lines
+            if line.startswith(("ERROR", "CRITICAL")) or any(word in line.lower() for word in words)
+        ]
+
+
+@pytest.fixture
+def client_logs() -> Iterator[LogCapture]:
+    """Capture WARNING+ records of every logger (and loguru's) during one test."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    sink_id = None
+    try:
+        from loguru import logger as loguru_logger
+
+        sink_id = loguru_logger.add(
+            lambda m: capture.lines.append(f"{m.record['level'].name} loguru: {m.record['message']}"), level="WARNING"
+        )
+    except ImportError:
+        pass
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        if sink_id is not None:
+            from loguru import logger as loguru_logger
+
+            loguru_logger.remove(sink_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -324,17 +325,13 @@ class RealtimeSession:
                 param="content_index",
             )
         length = stored.audio_ms
-        if event.audio_end_ms > length:
+        if event.audio_end_ms > math.ceil(length):  # clients round the ms they played up or down
             raise APIError(
                 400,
                 f"Audio content of {length:.0f}ms is already shorter than {event.audio_end_ms}ms",
                 param="audio_end_ms",
                 code="invalid_value",
             )
-        run = self.response
-        if not stored.done and run is not None and run.item is stored:
-            run.cancel("client_cancelled")
-            self.sink.discard_audio(run.id)
         stored.truncate(event.audio_end_ms)
         await self.sink.send(
             se.ConversationItemTruncatedEvent(
@@ -371,7 +368,7 @@ class RealtimeSession:
 
     async def _response_cancel(self, event: ce.ResponseCancelEvent) -> None:
         run = self.response
-        if run is None or run.cancel_reason is not None or event.response_id not in (None, run.id):
+        if run is None or event.response_id not in (None, run.id):
             raise APIError(400, "Cancellation failed: no active response found", code="response_cancel_not_active")
         run.cancel("client_cancelled")
         self.sink.discard_audio(run.id)
