@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H200 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|baselines|profile  (writes under $OUT). Knobs:
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|realtime|baselines|profile  (writes under $OUT). Knobs:
 # MODE, CONC (bursts; CONC= skips them), SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8
 # --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM, MAX_SEQS (--tts-max-num-seqs and --max-concurrent-streams, 256),
 # LOAD_ARGS, MODES; ENGINE_ARGS (baselines/profile, e.g. "--quantization fp8 --kv-cache-dtype fp8");
 # PYSPY_S (load: sample the server process with py-spy for that many seconds, PYSPY_DELAY s after it is ready).
+# realtime: the server with speech recognition (ASR_MODEL, default the tiny random-weight demo Whisper built
+# under $RAND/whisper) and bench/realtime_load.py: SESSIONS (levels of concurrent voice sessions, 1,8,32), TURNS (2),
+# RT_ARGS (extra realtime_load.py flags, e.g. "--no-barge-in").
 # load, capacity search: SEARCH=1 (SEARCH_START 8, SEARCH_MAX 512, SEARCH_RES 16: bursts up a x2 ladder, then
 # bisect); Poisson sweep: RATES="8,16,24" (requests/s, ARR_S s each, 60); overload: OVERLOAD=C (offer
 # OVERLOAD_X=1.5 x C as OVERLOAD_ARRIVALS=poisson|burst for ARR_S s). TTFA p95 limits: TTFA_MS (speech, 500),
@@ -38,6 +41,17 @@ case "${1:-load}" in
       --concurrency "${CONC-1,8,32,64,128}" --ttfa-p95-ms "${TTFA_MS:-500}" --chat-ttfa-p95-ms "${CHAT_TTFA_MS:-800}" \
       --server-timeout 330 --out "$OUT/load" ${PHASES[@]+"${PHASES[@]}"} ${LOAD_ARGS:-} 2>&1 | tail -60
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+    ;;
+  realtime)  # N concurrent Realtime voice sessions (speech in at real-time pace; voice-to-voice, barge-in)
+    ASR="${ASR_MODEL:-$(python3 -c "from pathlib import Path; from oai_server.engines.demo_whisper import \
+      build_demo_whisper as b; print(b(Path('$RAND/whisper')))")}"
+    python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
+      --snac-model-name "$RAND/snac" --asr-model-name "$ASR" --tts-gpu-memory-utilization "${TTS_MEM:-0.5}" \
+      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --asr-gpu-memory-utilization "${ASR_MEM:-0.1}" \
+      --tts-max-num-seqs "${MAX_SEQS:-256}" --max-concurrent-streams "${MAX_SEQS:-256}" --realtime-seed 7 \
+      --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/realtime_load.py --url http://127.0.0.1:8080 --server-timeout 330 \
+      --sessions "${SESSIONS:-1,8,32}" --turns "${TURNS:-2}" --out "$OUT/realtime" ${RT_ARGS:-} 2>&1 | tail -30
     ;;
   baselines)
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/baselines.py --engine vllm --tts-model "$RAND/orpheus" \
