@@ -157,3 +157,39 @@ async def test_transcription_session(rt_server: RealtimeServer) -> None:
     await client.send({"type": "response.create", "event_id": "r"})
     assert (await client.until("error"))[-1]["error"]["event_id"] == "r"
     await client.close()
+
+
+async def test_idle_timeout_commits_the_silence_and_answers(rt_server: RealtimeServer) -> None:
+    client = await RawClient.connect(rt_server.ws_url)
+    await client.update(
+        type="realtime", max_output_tokens=8, audio={"input": {"turn_detection": {"idle_timeout_ms": 5000}}}
+    )
+    await stream(client, np.zeros(int(RATE * 5.2), np.float32))
+    events = await client.until("response.done")
+    await client.close()
+    kinds = types(events)
+    timeout = events[kinds.index("input_audio_buffer.timeout_triggered")]
+    assert timeout["audio_end_ms"] - timeout["audio_start_ms"] >= 5000
+    committed = events[kinds.index("input_audio_buffer.committed")]
+    assert committed["item_id"] == timeout["item_id"] and "input_audio_buffer.speech_started" not in kinds
+    assert kinds.index("input_audio_buffer.committed") < kinds.index("response.created")
+
+
+async def test_a_user_audio_item_is_transcribed_and_answered_from_its_text(rt_server: RealtimeServer) -> None:
+    client = await RawClient.connect(rt_server.ws_url)
+    await client.update(type="realtime", output_modalities=["text"], max_output_tokens=4,
+                        audio={"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}})  # fmt: skip
+    samples, _ = utterance(lead=0.1, tail=0.2)
+    item = {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(samples)}]}
+    await client.send({"type": "conversation.item.create", "item": item})
+    added = (await client.until("conversation.item.added"))[-1]["item"]
+    assert added["content"] == [{"type": "input_audio", "audio": None, "transcript": None}]  # audio not echoed
+    completed = (await client.until("conversation.item.input_audio_transcription.completed"))[-1]
+    assert completed["item_id"] == added["id"] and completed["transcript"]
+    await client.send({"type": "conversation.item.retrieve", "item_id": added["id"]})
+    item_now = (await client.until("conversation.item.retrieved"))[-1]["item"]
+    assert item_now["content"][0]["transcript"] == completed["transcript"]
+    await client.send({"type": "response.create"})
+    await client.until("response.done")
+    await client.close()
+    assert completed["transcript"] in rt_server.prompt_text()
