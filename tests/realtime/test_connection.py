@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -131,6 +132,12 @@ async def test_keys_subprotocol_and_session_limit(keyed_server: LiveServer) -> N
     headers = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "realtime=v1"}
     second = await RawClient.connect(ws_url(keyed_server), additional_headers=headers)
     await second.close()
+    assert await eventually(lambda: keyed_server.services.realtime.open == 0)
+    async with httpx.AsyncClient() as http:  # the middleware counted each handshake
+        scraped = (await http.get(f"{keyed_server.url}/metrics", timeout=10)).text
+    for status, count in (("401", 2), ("429", 1), ("101", 2)):
+        line = f'oai_requests_total{{method="WEBSOCKET",route="/v1/realtime",status="{status}"}} {count}.0'
+        assert line in scraped, (line, [x for x in scraped.splitlines() if "WEBSOCKET" in x])
 
 
 async def test_idle_session_gets_an_error_and_is_closed(keyed_server: LiveServer) -> None:
