@@ -213,3 +213,39 @@ async def test_item_create_retrieve_delete(rt_server: RealtimeServer) -> None:
     await client.send({"type": "session.update", "session": {"tools": [{"type": "function", "name": "f"}]}})
     assert (await client.until("error"))[-1]["error"]["param"] == "session.tools"
     await client.close()
+
+
+async def test_engine_failure_mid_reply_ends_it_failed_and_the_session_goes_on(rt_server: RealtimeServer) -> None:
+    client = await RawClient.connect(rt_server.ws_url)
+    await client.update(type="realtime", max_output_tokens=40)
+    await client.say("Tell me a story.")
+    with rt_server.armed(rt_server.llm, Fault(after_tokens=3)):
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+    done = events[-1]["response"]
+    assert done["status"] == "failed" and done["status_details"]["error"]["type"] == "server_error"
+    assert "error" not in types(events)  # a failed reply is reported in response.done, not as a fatal error event
+    await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert (await client.until("response.done"))[-1]["response"]["status"] in ("completed", "incomplete")
+    await client.close()
+    assert await rt_server.settled()
+
+
+async def test_out_of_band_response_reads_only_its_input(rt_server: RealtimeServer) -> None:
+    client = await RawClient.connect(rt_server.ws_url)
+    await client.update(type="realtime", output_modalities=["text"], max_output_tokens=4)
+    message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "zebra crossing"}]}
+    await client.send({"type": "conversation.item.create", "item": {**message, "id": "item_kept"}})
+    await client.until("conversation.item.done")
+    await client.say("giraffe neck")
+    extra = {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Answer in one word."}]}
+    request = {"conversation": "none", "metadata": {"kind": "classify"},
+               "input": [extra, {"type": "item_reference", "id": "item_kept"}]}  # fmt: skip
+    await client.send({"type": "response.create", "response": request})
+    events = await client.until("response.done")
+    await client.close()
+    assert "conversation.item.added" not in types(events) and "conversation.item.done" not in types(events)
+    done = events[-1]["response"]
+    assert done["conversation_id"] is None and done["metadata"] == {"kind": "classify"}
+    prompt = rt_server.prompt_text()
+    assert "zebra crossing" in prompt and "Answer in one word." in prompt and "giraffe" not in prompt
