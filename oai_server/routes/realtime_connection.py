@@ -9,9 +9,10 @@ goes on; a valid event goes to `RealtimeSession.handle`. No client event for
 
 Events go out through one writer task from a bounded queue, so they leave in the order the
 session produced them, a slow reader holds the producers back, and cancelling a producer
-never cuts a frame in half. Audio deltas of a cancelled response still queued can be dropped
-(`discard_audio`). When the client leaves, `serve` closes the session, which cancels its
-response and transcriptions (aborting their engine requests).
+never cuts a frame in half; a client that takes no frame for `SEND_TIMEOUT_S` is closed (1011).
+Audio deltas of a cancelled response still queued can be dropped (`discard_audio`). When the
+client leaves, `serve` closes the session, which cancels its response and transcriptions
+(aborting their engine requests).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 64
 """Server events queued for a slow reader before producers wait."""
+SEND_TIMEOUT_S = 30.0
+"""A frame the client has not taken in this long (it stopped reading) ends the session."""
 IDLE_CLOSE_CODE = 1000
 
 
@@ -64,6 +67,7 @@ class RealtimeConnection:
         self.ws = websocket
         self.settings = settings
         self.closed = False
+        self.stalled = False
         self._outbox: deque[ServerEvent] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -113,9 +117,12 @@ class RealtimeConnection:
                         return
                 event = self._outbox.popleft()
                 self._signal()
-                await self.ws.send_text(event.to_json())
+                await asyncio.wait_for(self.ws.send_text(event.to_json()), SEND_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            self.stalled = True
+            logger.warning("realtime: the client stopped reading for %.0f s; closing the session", SEND_TIMEOUT_S)
         except Exception as exc:  # the client went away mid-send
             logger.debug("realtime: send failed: %s", exc)
         finally:
@@ -131,20 +138,25 @@ class RealtimeConnection:
     # --- receive loop ---------------------------------------------------------------------------------
 
     async def serve(self, session: RealtimeSession) -> None:
-        """Run the session until the client leaves (or idles out); then cancel everything it runs."""
+        """Run the session until the client leaves, idles out or stops reading; then cancel everything it runs."""
         writer = asyncio.create_task(self._writer(), name="realtime-writer")
+        receiver = asyncio.create_task(self._receive(session), name="realtime-receiver")
         try:
-            await session.start()
-            await self._receive(session)
+            await asyncio.wait({writer, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
             await session.close()
-            if not self.closed:
-                self._shut()
+            self._shut()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if self.stalled:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(1011, "the client stopped reading"), 1.0)
 
     async def _receive(self, session: RealtimeSession) -> None:
         s = self.settings
+        await session.start()
         while not self.closed:
             try:
                 message = await asyncio.wait_for(self.ws.receive(), s.realtime_idle_timeout_seconds)

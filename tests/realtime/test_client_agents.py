@@ -48,7 +48,7 @@ async def test_agents_sdk_realtime(rt_server: RealtimeServer, wiretap: Wiretap, 
     mark = wiretap.mark()
     agent = RealtimeAgent(name="assistant", instructions="Be brief.")
     settings = {"model_name": "gpt-realtime", "voice": "marin", "max_output_tokens": 16}
-    runner = RealtimeRunner(agent, config={"model_settings": settings})  # type: ignore[typeddict-item]
+    runner = RealtimeRunner(agent, config={"model_settings": settings})  # type: ignore[arg-type]
     url = f"{rt_server.ws_url}?model=gpt-realtime"
     session = await runner.run(model_config={"url": url, "api_key": "sk-test"})
     seen: list[Any] = []

@@ -25,8 +25,10 @@ from .conftest import LogCapture, RealtimeServer, Wiretap
 from .talk import RATE, paced, utterance
 
 
-async def play(generation: GenerationCreatedEvent, first_audio: asyncio.Event | None = None) -> tuple[int, str]:
-    """Audio samples and transcript of one generation, read to its end."""
+async def play(
+    generation: GenerationCreatedEvent, first_audio: asyncio.Event | None = None, ids: list[str] | None = None
+) -> tuple[int, str]:
+    """Audio samples and transcript of one generation, read to its end (its message ids go to `ids`)."""
     samples, text = 0, ""
 
     async def audio(stream: Any) -> None:
@@ -42,6 +44,8 @@ async def play(generation: GenerationCreatedEvent, first_audio: asyncio.Event | 
             text += delta
 
     async for message in generation.message_stream:
+        if ids is not None:
+            ids.append(message.message_id)
         await asyncio.gather(audio(message.audio_stream), transcript(message.text_stream))
     return samples, text
 
@@ -106,16 +110,14 @@ async def test_livekit_realtime_model(rt_server: RealtimeServer, wiretap: Wireta
             # 3. barge-in: the reply stalls while speaking; on speech start the app truncates what it played
             rt_server.tts.stall_next()
             reply = await session.generate_reply(instructions="Tell a story.")
-            first_audio = asyncio.Event()
-            playing = asyncio.create_task(play(reply, first_audio))
+            first_audio, message_ids = asyncio.Event(), []
+            playing = asyncio.create_task(play(reply, first_audio, message_ids))
             await asyncio.wait_for(first_audio.wait(), 60)
             speech_started.clear()
             talking = asyncio.create_task(push(session, "Wait, stop.", lead=0.1))
             await asyncio.wait_for(speech_started.wait(), 60)
             heard, _ = await asyncio.wait_for(playing, 60)
-            message_id = next(iter(session.chat_ctx.items[-1:]), None)
-            assert message_id is not None
-            session.truncate(message_id=message_id.id, modalities=["audio"], audio_end_ms=heard * 1000 // RATE)
+            session.truncate(message_id=message_ids[0], modalities=["audio"], audio_end_ms=heard * 1000 // RATE)
             await talking
             samples, _ = await play(await asyncio.wait_for(generations.get(), 60))
             assert samples > 0
