@@ -211,7 +211,7 @@ async def build(args: argparse.Namespace) -> Bench:
     """Engine, tokenizer and SNAC from the arguments."""
     from snac import SNAC
 
-    from oai_server.codec.snac_model import load_snac
+    from oai_server.codec.snac_model import load_snac, resolve_snac_dtype
     from oai_server.codec.snac_stream import SnacDecoder
     from oai_server.codec.snac_windows import WindowPolicy
     from oai_server.engines.loading import load_tokenizer
@@ -219,7 +219,8 @@ async def build(args: argparse.Namespace) -> Bench:
 
     tokenizer = load_tokenizer(args.tts_model)
     seed_snac = SNAC.from_pretrained(args.snac).to(args.snac_device).eval()  # as the seed loads it
-    decoder = SnacDecoder(load_snac(args.snac, args.snac_device), args.snac_device, max_batch=64)
+    snac_dtype = resolve_snac_dtype(args.snac_dtype, args.snac_device)  # as the server loads it
+    decoder = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, max_batch=64)
     windows = WindowPolicy()
     await decoder.capture_graphs(windows.steady_shape)  # as the server's warm-up does (CUDA only)
     engine: TokenEngine
@@ -303,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac", default=None)
     p.add_argument("--snac-device", default=None)
     p.add_argument("--modes", default="raw,seed,ours")
+    p.add_argument("--snac-dtype", default="auto", help="ours: SNAC precision (the server's --snac-dtype)")
     p.add_argument("--concurrency", default=None, help="comma-separated N (default 1,8,32,64; demo 1,2)")
     p.add_argument("--max-tokens", type=int, default=None, help="audio tokens per stream (default 1024; demo 70)")
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -1,4 +1,4 @@
-"""Write random-weight models with the exact architectures of Orpheus-3B and Gemma-2-2B-it.
+"""Write random-weight models with the exact architectures of Orpheus-3B, Gemma-2-2B-it, Whisper-large-v3-turbo.
 
 For speed tests on a GPU without downloading the real weights: same layer shapes, vocab,
 rope/softcap settings and dtype (bf16), so vLLM runs the same kernels at the same cost.
@@ -13,8 +13,10 @@ Tokenizers are written beside the weights, with vocabularies exactly as large as
   Chat template: `oai_server.engines.demo.GEMMA_CHAT_TEMPLATE`.
 * Orpheus: byte-level tokens at 0..255, filler words up to 127 999, Llama-3 specials at
   128000..128255 (128000 BOS, 128001 end of text, 128009 eot), ``<custom_token_N>`` = 128256+N.
+* Whisper (large-v3-turbo): see `write_whisper_processor` (51866 ids, Whisper's special tokens, a
+  128-bin feature extractor and Whisper's generation config beside the weights).
 
-    python bench/build_random_models.py --out /tmp/rand --which both [--tiny] [--device cuda]
+    python bench/build_random_models.py --out /tmp/rand --which both|all|whisper [--tiny] [--device cuda]
 
 ``--tiny`` keeps vocabularies and token layouts but shrinks every other dimension (CPU smoke test).
 """
@@ -156,6 +158,76 @@ def write_orpheus_tokenizer(out: Path) -> None:
     orpheus_tokenizer(raw).save_pretrained(out)
 
 
+WHISPER_TEXT_TOKENS = 50257
+"""Whisper's byte-level text vocabulary (ids 0..50256); its special tokens follow from 50257."""
+WHISPER_MELS = 128
+"""large-v3 and large-v3-turbo take 128 mel bins (earlier Whisper sizes: 80)."""
+
+
+def write_whisper_processor(out: Path) -> Any:
+    """A byte-level `WhisperTokenizer` with Whisper v3's id layout, a 128-bin feature extractor, and the
+    generation config (``lang_to_id``, ``task_to_id``, ...); returns the tokenizer.
+
+    Ids 0..255 are the byte alphabet, 256..50256 decode-only filler words, then Whisper's special tokens in
+    Whisper's order (``<|endoftext|>`` 50257, ``<|startoftranscript|>`` 50258, 100 languages, the task and
+    ``<|notimestamps|>`` tokens up to 50364) and the 1501 timestamp tokens: 51866 ids, as large-v3's.
+    """
+    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+
+    from oai_server.engines.demo_whisper import generation_config, special_tokens, timestamp_tokens
+
+    vocab = {char: i for i, char in enumerate(_byte_level_alphabet())}
+    filler = 0
+    while len(vocab) < WHISPER_TEXT_TOKENS:
+        vocab[_filler_word(filler)] = len(vocab)
+        filler += 1
+    specials = special_tokens()
+    tokenizer = WhisperTokenizer(
+        vocab=vocab, merges=[], unk_token=specials[0], bos_token=specials[0], eos_token=specials[0],
+        pad_token=specials[0], extra_special_tokens=specials[1:],
+    )  # fmt: skip
+    tokenizer.add_tokens(timestamp_tokens())
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == WHISPER_TEXT_TOKENS
+    assert len(tokenizer) == WHISPER_VOCAB, len(tokenizer)
+    extractor = WhisperFeatureExtractor(feature_size=WHISPER_MELS, sampling_rate=16000)
+    WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    generation_config(tokenizer).save_pretrained(out)
+    return tokenizer
+
+
+WHISPER_VOCAB = 51866
+
+
+def whisper_config(tiny: bool) -> Any:
+    """whisper-large-v3-turbo shapes (32 encoder / 4 decoder layers, d_model 1280, 128 mels); ``tiny``
+    shrinks all but the vocab, the mel bins and the 30 s / 448-token windows."""
+    from transformers import WhisperConfig
+
+    size = (
+        {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+         "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
+        if tiny
+        else {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 4, "encoder_attention_heads": 20,
+              "decoder_attention_heads": 20, "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120}
+    )  # fmt: skip
+    eot, sot = WHISPER_TEXT_TOKENS, WHISPER_TEXT_TOKENS + 1
+    return WhisperConfig(
+        vocab_size=WHISPER_VOCAB,
+        num_mel_bins=WHISPER_MELS,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=sot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+        **size,
+    )
+
+
 def orpheus_config(tiny: bool) -> Any:
     """Orpheus-3B (Llama-3.2-3B) shapes; ``tiny`` shrinks all but the vocab."""
     from transformers import LlamaConfig
@@ -268,16 +340,21 @@ def write_random_model(model_cls: Any, config: Any, out: Path, device: torch.dev
     return total
 
 
+WHICH = {"both": ("orpheus", "gemma"), "all": ("orpheus", "gemma", "whisper")}
+
+
 def build(which: str, out: Path, tiny: bool, device: torch.device) -> None:
-    """Write the requested model directories under ``out`` (``orpheus/``, ``gemma/``)."""
-    from transformers import Gemma2ForCausalLM, LlamaForCausalLM
+    """Write the requested model directories under ``out`` (``orpheus/``, ``gemma/``, ``whisper/``)."""
+    from transformers import Gemma2ForCausalLM, LlamaForCausalLM, WhisperForConditionalGeneration
 
     jobs = {
-        # Llama RMSNorm scales by w (neutral 1); Gemma's by (1 + w) (neutral 0).
+        # Llama RMSNorm scales by w (neutral 1); Gemma's by (1 + w) (neutral 0); Whisper's LayerNorm by w.
         "orpheus": (LlamaForCausalLM, orpheus_config, write_orpheus_tokenizer, 1.0),
         "gemma": (Gemma2ForCausalLM, gemma_config, write_gemma_tokenizer, 0.0),
+        # The processor also rewrites generation_config.json with Whisper's (language and task ids).
+        "whisper": (WhisperForConditionalGeneration, whisper_config, write_whisper_processor, 1.0),
     }
-    for name in ("orpheus", "gemma") if which == "both" else (which,):
+    for name in WHICH.get(which, (which,)):
         model_cls, make_config, write_tokenizer, norm_fill = jobs[name]
         target = out / name
         start = time.perf_counter()
@@ -293,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--which", choices=("orpheus", "gemma", "both"), default="both")
+    parser.add_argument("--which", choices=("orpheus", "gemma", "whisper", "both", "all"), default="both")
     parser.add_argument("--tiny", action="store_true", help="shrink every dimension but the vocab")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

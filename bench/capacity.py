@@ -33,6 +33,9 @@ class Criteria:
     rtf_p99_max: float = 1.0
     prebuffer_ms: float = 250.0
     """The player's pre-buffer the underruns were counted with (informational)."""
+    parts: tuple[tuple[str, Criteria], ...] = ()
+    """A mixed load (speech streams and chat conversations at once): the level carries `parts`, one summary
+    per mode, each judged by its own criteria; the level passes when every part does."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Margins:
 
 def evaluate(level: dict[str, Any], criteria: Criteria, margins: Margins = Margins()) -> dict[str, Any]:
     """Each criterion's value, limit and whether it held at this level; the failed ones; clear or marginal."""
+    if criteria.parts:
+        return _evaluate_parts(level, criteria, margins)
     requests = level["requests"]
     ok = level["ok"]
     rtf = level["rtf"]["p99"]
@@ -71,6 +76,28 @@ def evaluate(level: dict[str, Any], criteria: Criteria, margins: Margins = Margi
         or ttfa > ttfa_limit * (1 + margins.ttfa)
     )
     return {"n": level["concurrency"], "passed": not failed, "failed": failed, "clear_fail": clear, "criteria": checks}
+
+
+def _evaluate_parts(level: dict[str, Any], criteria: Criteria, margins: Margins) -> dict[str, Any]:
+    """A mixed level: each part against its own criteria; a criterion holds when it holds for every part
+    (its value is the worst part's); failures are named `part.criterion`."""
+    parts = {name: evaluate(level["parts"][name], part, margins) for name, part in criteria.parts}
+    worst = {"success": min, "zero_underruns": sum, "rtf_p99": max, "ttfa_p95_ms": max}
+    checks = {}
+    for name in CRITERIA:
+        values = [v["criteria"][name]["value"] for v in parts.values() if v["criteria"][name]["value"] is not None]
+        held = all(v["criteria"][name]["held"] for v in parts.values())
+        limit = {part: v["criteria"][name]["limit"] for part, v in parts.items()}
+        checks[name] = {"value": worst[name](values) if values else None, "limit": limit, "held": held}
+    failed = [f"{part}.{name}" for part, v in parts.items() for name in v["failed"]]
+    return {
+        "n": level["concurrency"],
+        "passed": not failed,
+        "failed": failed,
+        "clear_fail": any(v["clear_fail"] for v in parts.values()),
+        "criteria": checks,
+        "parts": parts,
+    }
 
 
 def capacity_block(levels: list[dict[str, Any]], criteria: Criteria) -> dict[str, Any]:

@@ -1,31 +1,60 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H200 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|realtime|baselines|profile  (writes under $OUT). Knobs:
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|asr|realtime|baselines|profile  (writes under $OUT). Knobs:
+# ASR_ON=1 (load, placement: the server also runs the Whisper-large-v3-turbo-shaped random model from
+# $RAND/whisper, ASR_MEM of the GPU when set; default --no-asr); asr: bench/asr_load.py against a server with
+# it (ASR_CONC latency levels "1,32", SPEECH_N speech streams 64, TRANSCRIBERS 32, ASR_LOAD_ARGS);
+# realtime: bench/realtime_load.py against a server with it (SESSIONS concurrent voice sessions per level
+# "1,8,32", TURNS answered turns each 2, RT_ARGS, e.g. "--no-barge-in"; replies seeded);
 # MODE, CONC (bursts; CONC= skips them), SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8
 # --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM, MAX_SEQS (--tts-max-num-seqs and --max-concurrent-streams, 256),
 # LOAD_ARGS, MODES; ENGINE_ARGS (baselines/profile, e.g. "--quantization fp8 --kv-cache-dtype fp8");
 # PYSPY_S (load: sample the server process with py-spy for that many seconds, PYSPY_DELAY s after it is ready).
-# realtime: the server with speech recognition (ASR_MODEL, default the tiny random-weight demo Whisper built
-# under $RAND/whisper) and bench/realtime_load.py: SESSIONS (levels of concurrent voice sessions, 1,8,32), TURNS (2),
-# RT_ARGS (extra realtime_load.py flags, e.g. "--no-barge-in").
 # load, capacity search: SEARCH=1 (SEARCH_START 8, SEARCH_MAX 512, SEARCH_RES 16: bursts up a x2 ladder, then
 # bisect); Poisson sweep: RATES="8,16,24" (requests/s, ARR_S s each, 60); overload: OVERLOAD=C (offer
 # OVERLOAD_X=1.5 x C as OVERLOAD_ARRIVALS=poisson|burst for ARR_S s). TTFA p95 limits: TTFA_MS (speech, 500),
 # CHAT_TTFA_MS (800).
+# placement: one GPU layout on CARDS cards (the first CARDS visible; default all) in one call, see the
+# `placement)` branch below for its knobs; results under $OUT named h200x<CARDS>_<PLACEMENT>_<phase>.
 set -u
 OUT=${OUT:-/tmp/out}; RAND=${RAND:-/tmp/rand}
-cleanup() { pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
-cleanup
+cleanup() { [ -n "${NO_CLEANUP:-}" ] && return; pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
+[ "${1:-load}" = placement ] || cleanup
 mkdir -p "$OUT"
 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
+# Speech recognition: off unless asked (the load sends no audio in); on with ASR_ON=1 and always in `asr` mode, with
+# the Whisper-large-v3-turbo-shaped random model from $RAND/whisper (built here if missing).
+ASR_FLAGS=(--no-asr)
+if [ -n "${ASR_ON:-}" ] || [ "${1:-load}" = asr ] || [ "${1:-load}" = realtime ]; then
+  [ -f "$RAND/whisper/config.json" ] || python3 bench/build_random_models.py --out "$RAND" --which whisper
+  ASR_FLAGS=(--asr --asr-model-name "$RAND/whisper")
+  [ -n "${ASR_MEM:-}" ] && ASR_FLAGS+=(--asr-gpu-memory-utilization "$ASR_MEM")
+fi
+serve() {  # the server on vLLM in the background: SERVER_PID
+  python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
+    --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
+    --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs "${MAX_SEQS:-256}" \
+    --max-concurrent-streams "${MAX_SEQS:-256}" --port 8080 "${ASR_FLAGS[@]}" ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+}
 case "${1:-load}" in
+  asr)  # transcription latency/throughput, GPU memory per engine, and its cost to speech streams
+    serve
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/asr_load.py --url http://127.0.0.1:8080 --out "$OUT/asr" \
+      --server-pid "$SERVER_PID" --server-timeout 330 --concurrency "${ASR_CONC:-1,32}" \
+      --speech-streams "${SPEECH_N:-64}" --transcribers "${TRANSCRIBERS:-32}" ${ASR_LOAD_ARGS:-} 2>&1 | tail -40
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+    ;;
+  realtime)  # N concurrent Realtime voice sessions: speech in at real-time pace, voice-to-voice, barge-in
+    SERVE_ARGS="${SERVE_ARGS:-} --realtime-seed 7"
+    serve
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/realtime_load.py --url http://127.0.0.1:8080 --server-timeout 330 \
+      --sessions "${SESSIONS:-1,8,32}" --turns "${TURNS:-2}" --out "$OUT/realtime" ${RT_ARGS:-} 2>&1 | tail -30
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+    ;;
   load)
-    python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
-      --snac-model-name "$RAND/snac" --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" \
-      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --tts-max-num-seqs "${MAX_SEQS:-256}" \
-      --max-concurrent-streams "${MAX_SEQS:-256}" --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
-    SERVER_PID=$!
+    serve
     if [ -n "${PYSPY_S:-}" ]; then
       ( until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health/ready')" 2>/dev/null; do sleep 1; done
         sleep "${PYSPY_DELAY:-5}"
@@ -42,17 +71,6 @@ case "${1:-load}" in
       --server-timeout 330 --out "$OUT/load" ${PHASES[@]+"${PHASES[@]}"} ${LOAD_ARGS:-} 2>&1 | tail -60
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv
     ;;
-  realtime)  # N concurrent Realtime voice sessions (speech in at real-time pace; voice-to-voice, barge-in)
-    ASR="${ASR_MODEL:-$(python3 -c "from pathlib import Path; from oai_server.engines.demo_whisper import \
-      build_demo_whisper as b; print(b(Path('$RAND/whisper')))")}"
-    python3 -m oai_server serve --engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" \
-      --snac-model-name "$RAND/snac" --asr-model-name "$ASR" --tts-gpu-memory-utilization "${TTS_MEM:-0.5}" \
-      --llm-gpu-memory-utilization "${LLM_MEM:-0.25}" --asr-gpu-memory-utilization "${ASR_MEM:-0.1}" \
-      --tts-max-num-seqs "${MAX_SEQS:-256}" --max-concurrent-streams "${MAX_SEQS:-256}" --realtime-seed 7 \
-      --port 8080 ${SERVE_ARGS:-} > "$OUT/server.log" 2>&1 &
-    timeout "${LOAD_TIMEOUT:-540}" python3 bench/realtime_load.py --url http://127.0.0.1:8080 --server-timeout 330 \
-      --sessions "${SESSIONS:-1,8,32}" --turns "${TURNS:-2}" --out "$OUT/realtime" ${RT_ARGS:-} 2>&1 | tail -30
-    ;;
   baselines)
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/baselines.py --engine vllm --tts-model "$RAND/orpheus" \
       --snac "$RAND/snac" --concurrency "${CONC:-1,8,32,64}" --max-tokens 1024 --modes "${MODES:-raw,seed,ours}" \
@@ -63,6 +81,78 @@ case "${1:-load}" in
       --concurrency "${CONC:-128}" --out "$OUT/profile" ${ENGINE_ARGS:-} > "$OUT/profile.log" 2>&1
     grep "^unprofiled" "$OUT/profile.log"; sed -n '/^=== profile summary/,$p' "$OUT/profile.log" | head -70
     tail -5 "$OUT/profile.log"
+    ;;
+  placement)
+    # One layout, one call (< 10 min): start the server with --placement $PLACEMENT on the first CARDS cards
+    # (setsid, so KEEP=1 leaves it running for the next call on the warm machine, which then reuses it),
+    # then the phases in PHASES (default ttfa,speech,chat,mixed), each a bench/load.py run in
+    # ${TAG}_<phase>/ (TAG=h200x${CARDS}_${PLACEMENT}), cut to what is left of BUDGET_S (540 s counted
+    # from the start of this script; a phase with less than MIN_PHASE_S (60) left is skipped and said so).
+    #   ttfa:   1 speech stream and 1 chat conversation, TTFA_REPEATS (3) times each, one after another
+    #   speech: capacity search from SPEECH_START (64 x CARDS) up by GROWTH (1.5) to SPEECH_MAX (512), SPEECH_RES (32)
+    #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
+    #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
+    # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
+    # 1024), TTS_MEM/LLM_MEM (only when set: else the layout computes the shares), ASR_ON=1 (the random Whisper;
+    # default --no-asr: the load sends no audio in), SERVE_ARGS. Results stay in /tmp/oai-placement/results on the warm machine and
+    # are all copied to $OUT by every call: the phase folders, ${TAG}_layout.txt (the layout block the server
+    # logged), ${TAG}_summary.json (bench/placement_summary.py over every phase run so far), ${TAG}_server.log
+    # and ${TAG}_gpu_memory.csv.
+    T0=$(date +%s)
+    CARDS=${CARDS:-$(nvidia-smi -L | wc -l)}; PLACEMENT=${PLACEMENT:-auto}; TAG=${TAG:-h200x${CARDS}_${PLACEMENT}}
+    STATE=/tmp/oai-placement; mkdir -p "$STATE"
+    export CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((CARDS - 1)))
+    ready() { python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:${PORT:-8080}/health/ready', timeout=5)" 2>/dev/null; }
+    stop_server() {
+      [ -f "$STATE/pid" ] && kill -9 -- "-$(cat "$STATE/pid")" 2>/dev/null
+      rm -f "$STATE/pid" "$STATE/tag"; cleanup
+    }
+    if [ "$(cat "$STATE/tag" 2>/dev/null)" = "$TAG" ] && ready; then
+      echo "reusing the running $TAG server"
+    else
+      stop_server
+      MEM=(); [ -n "${TTS_MEM:-}" ] && MEM+=(--tts-gpu-memory-utilization "$TTS_MEM")
+      [ -n "${LLM_MEM:-}" ] && MEM+=(--llm-gpu-memory-utilization "$LLM_MEM")
+      setsid python3 -m oai_server serve --engine "${ENGINE:-vllm}" --placement "$PLACEMENT" --llm-model-name "$RAND/gemma" \
+        --tts-model-name "$RAND/orpheus" --snac-model-name "$RAND/snac" "${ASR_FLAGS[@]}" --tts-max-num-seqs "${TTS_SEQS:-384}" \
+        --llm-max-num-seqs "${LLM_SEQS:-256}" --max-concurrent-streams "${MAX_STREAMS:-1024}" --max-queued 1024 \
+        --port "${PORT:-8080}" ${MEM[@]+"${MEM[@]}"} ${SERVE_ARGS:-} > "$STATE/server.log" 2>&1 < /dev/null &
+      echo $! > "$STATE/pid"; echo "$TAG" > "$STATE/tag"
+      until ready; do
+        if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null || [ $(( $(date +%s) - T0 )) -gt "${START_TIMEOUT:-420}" ]; then
+          echo "server did not become ready"; tail -40 "$STATE/server.log"; cp "$STATE/server.log" "$OUT/${TAG}_server.log"
+          stop_server; exit 1
+        fi
+        sleep 2
+      done
+      echo "server ready after $(( $(date +%s) - T0 )) s"
+    fi
+    RES="$STATE/results"; mkdir -p "$RES"  # kept on the warm machine: a later call's summary covers every phase
+    sed -n "/GPU layout '/,/^[^ ]/p" "$STATE/server.log" | sed '$d' | sed 's/^.*\(GPU layout\)/\1/' | tee "$RES/${TAG}_layout.txt"
+    phase_args() {
+      case "$1" in
+        ttfa) echo "--mode both --concurrency 1 --requests-per-stream ${TTFA_REPEATS:-3} --warmup 1" ;;
+        speech) echo "--mode speech --search --search-start ${SPEECH_START:-$((64 * CARDS))} --search-max ${SPEECH_MAX:-512} --search-resolution ${SPEECH_RES:-32}" ;;
+        chat) echo "--mode chat --search --search-start ${CHAT_START:-$((24 * CARDS))} --search-max ${CHAT_MAX:-384} --search-resolution ${CHAT_RES:-16}" ;;
+        mixed) echo "--mode mixed --search --search-start ${MIXED_START:-$((24 * CARDS))} --search-max ${MIXED_MAX:-256} --search-resolution ${MIXED_RES:-16}" ;;
+      esac
+    }
+    for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
+      left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
+      if [ "$left" -lt "${MIN_PHASE_S:-60}" ]; then echo "[$TAG] $phase skipped: ${left} s left of BUDGET_S"; continue; fi
+      echo "== [$TAG] $phase ($left s left)"
+      timeout "$left" python3 bench/load.py --url "http://127.0.0.1:${PORT:-8080}" --concurrency '' $(phase_args "$phase") \
+        --search-growth "${GROWTH:-1.5}" --max-tokens "${CHAT_TOKENS:-64}" --ttfa-p95-ms "${TTFA_MS:-500}" \
+        --chat-ttfa-p95-ms "${CHAT_TTFA_MS:-800}" --server-timeout 30 --out "$RES/${TAG}_$phase" ${LOAD_ARGS:-} 2>&1 \
+        | grep -v "^\[.*\] N=" | tail -25
+    done
+    python3 bench/placement_summary.py --dir "$RES" --tag "$TAG" --cards "$CARDS" --placement "$PLACEMENT"
+    cp -r "$RES"/"${TAG}"_* "$OUT"/
+    nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv | tee "$OUT/${TAG}_gpu_memory.csv"
+    cp "$STATE/server.log" "$OUT/${TAG}_server.log"
+    if [ -n "${KEEP:-}" ]; then echo "KEEP=1: the $TAG server stays up for the next call"; exit 0; fi
+    stop_server
+    exit 0
     ;;
 esac
 cleanup

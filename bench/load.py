@@ -1,6 +1,7 @@
 """Load test of a running server over HTTP: bursts, a capacity search, Poisson arrivals, overload.
 
-Phases (each optional, run per mode, speech and/or chat; clients in `clients.py`):
+Phases (each optional, run per mode, speech and/or chat, or `mixed`: bursts of N speech streams and N
+chat conversations at once, each part judged by its own criteria; clients in `clients.py`):
 
 * bursts (`--concurrency 1,8,32`): N streams at once (`--requests-per-stream` each, one after
   another), and the `capacity` block (`capacity.py`): per level which criteria held, and the
@@ -19,6 +20,7 @@ against the wall clock and a simulated player's underruns. No assertions on timi
     python bench/load.py --url http://127.0.0.1:8080 --mode both --concurrency 1,8,32,64,128 --out bench/out
     python bench/load.py --url ... --mode speech --concurrency '' --search --search-max 512 --out ...
     python bench/load.py --url ... --concurrency '' --arrival-rates 2,4,8 --arrival-duration-s 60 --out ...
+    python bench/load.py --url ... --mode mixed --concurrency '' --search --out ...   # N speech + N chat at once
     python bench/load.py --demo          # starts the CPU demo server itself, tiny sweep
 """
 
@@ -65,32 +67,49 @@ def _text(args: argparse.Namespace, index: int) -> str:
     return args.text or SENTENCES[index % len(SENTENCES)]
 
 
+MIXED_PARTS = ("speech", "chat")
+"""`--mode mixed`: each level N is N speech streams and N chat conversations sent at once."""
+
+
 async def run_level(
     mode: str, n: int, args: argparse.Namespace, seeds: Seeds
 ) -> tuple[dict[str, Any], list[StreamResult]]:
-    """A burst: N concurrent workers, each sending `--requests-per-stream` requests one after another."""
-    request = request_fn(mode)
-    specs = [
-        [RequestSpec(_text(args, i + k), seed=seeds.take()) for k in range(args.requests_per_stream)] for i in range(n)
+    """A burst: N concurrent workers, each sending `--requests-per-stream` requests one after another
+    (`mixed`: N speech and N chat workers at once; the summary covers all 2N and has one per part)."""
+    modes = MIXED_PARTS if mode == "mixed" else (mode,)
+    workers = [
+        (part, [RequestSpec(_text(args, i + k), seed=seeds.take()) for k in range(args.requests_per_stream)])
+        for i in range(n)
+        for part in modes
     ]
-    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    limits = httpx.Limits(max_connections=len(workers) + 4, max_keepalive_connections=len(workers) + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
 
-        async def worker(index: int) -> list[StreamResult]:
-            return [await request(client, args, spec, None, 0.0) for spec in specs[index]]
+        async def worker(part: str, specs: list[RequestSpec]) -> list[StreamResult]:
+            request = request_fn(part)
+            return [await request(client, args, spec, None, 0.0) for spec in specs]
 
         started = time.perf_counter()
-        per_worker = await asyncio.gather(*(worker(i) for i in range(n)))
+        per_worker = await asyncio.gather(*(worker(part, specs) for part, specs in workers))
         wall = time.perf_counter() - started
     results = [r for rs in per_worker for r in rs]
-    return summarize(n, results, wall), results
+    summary = summarize(n, results, wall)
+    if mode == "mixed":
+        summary["parts"] = {
+            part: summarize(
+                n, [r for (p, _), rs in zip(workers, per_worker, strict=True) if p == part for r in rs], wall
+            )
+            for part in modes
+        }
+    return summary, results
 
 
 def criteria(mode: str, args: argparse.Namespace) -> Criteria:
-    """The capacity thresholds of `mode` from the flags."""
-    ttfa = args.ttfa_p95_ms if mode == "speech" else args.chat_ttfa_p95_ms
-    return Criteria(ttfa_p95_ms=ttfa, rtf_p99_max=args.rtf_p99_max, prebuffer_ms=args.prebuffer_ms)
+    """The capacity thresholds of `mode` from the flags (`mixed`: each part's own)."""
+    ttfa = args.ttfa_p95_ms if mode in ("speech", "mixed") else args.chat_ttfa_p95_ms
+    parts = tuple((part, criteria(part, args)) for part in MIXED_PARTS) if mode == "mixed" else ()
+    return Criteria(ttfa_p95_ms=ttfa, rtf_p99_max=args.rtf_p99_max, prebuffer_ms=args.prebuffer_ms, parts=parts)
 
 
 class Sweep:
@@ -122,6 +141,9 @@ class Sweep:
             await self.bursts(mode)
             if args.search:
                 await self.search(mode)
+            if mode == "mixed" and (args.arrival_rates or args.overload):
+                print("[mixed] Poisson arrivals and overload run per mode (speech, chat), not mixed", flush=True)
+                continue
             for rate in args.arrival_rates:
                 summary, results = await run_rate(mode, rate, args, self.seeds, criteria(mode, args))
                 self.report["arrivals"].setdefault(mode, []).append(summary)
@@ -151,7 +173,11 @@ class Sweep:
         args = self.args
 
         async def level(n: int) -> dict[str, Any]:
-            return (await run_level(mode, n, args, self.seeds))[0]
+            summary = (await run_level(mode, n, args, self.seeds))[0]
+            # a run cut short (the GPU call's time limit) still leaves every level it ran
+            self.report.setdefault("search_levels", {}).setdefault(mode, []).append(summary)
+            self.save()
+            return summary
 
         self.report["search"][mode] = await search(
             level,
@@ -207,7 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """CLI options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8080", help="base URL of a running server")
-    p.add_argument("--mode", choices=("speech", "chat", "both"), default="both")
+    p.add_argument(
+        "--mode",
+        choices=("speech", "chat", "both", "mixed"),
+        default="both",
+        help="both: speech, then chat; mixed: N speech streams and N chat conversations at once",
+    )
     p.add_argument("--concurrency", default=None, help="bursts: N, comma-separated ('' none)")
     p.add_argument("--requests-per-stream", type=int, default=1)
     p.add_argument("--text", default=None, help="input text (default: built-in sentences, one per stream)")
@@ -268,6 +299,8 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     """The tables and verdicts on stdout."""
     for mode, levels in report["modes"].items():
         print(table(f"\n== {mode} bursts ({args.url}, prebuffer {args.prebuffer_ms:.0f} ms; ms, RTF) ==", levels))
+        for part in MIXED_PARTS if mode == "mixed" else ():
+            print(table(f"-- {part} part of the mixed bursts --", [lv["parts"][part] for lv in levels]))
         cap = report["capacity"][mode]
         failed = {v["n"]: v["failed"] for v in cap["levels"] if v["failed"]}
         print(f"capacity: {cap['capacity']} (largest N with zero underruns: {cap['largest_n_zero_underruns']}; "

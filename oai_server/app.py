@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from .engines.bundle import Engines
 from .engines.factory import open_engines, resolve_models
+from .routes.docs import install_openapi
 from .routes.errors import install_error_handlers
 from .routes.middleware import install_middleware
 from .serving.services import build_services
@@ -45,8 +46,20 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     install_error_handlers(app)
     install_middleware(app, settings)
-    from .routes import audio_speech, chat_completions, health, metrics, models, realtime, seed, web
+    from .routes import (
+        audio_speech,
+        audio_transcriptions,
+        chat_completions,
+        health,
+        metrics,
+        models,
+        realtime,
+        seed,
+        web,
+    )
 
-    for module in (audio_speech, chat_completions, models, health, seed, metrics, web, realtime):
+    routers = (audio_speech, audio_transcriptions, chat_completions, models, health, seed, metrics, web, realtime)
+    for module in routers:
         app.include_router(module.router)
+    install_openapi(app)
     return app

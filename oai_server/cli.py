@@ -1,7 +1,15 @@
-"""`oai-server serve [--host --port --demo ...]`: every setting is also a flag.
+"""The `oai-server` command: `serve` runs the server, `settings` prints every setting.
 
 Flags are generated from `Settings` (a field `tts_max_model_len` is `--tts-max-model-len`), so
-`--help` lists every setting with its documentation. Flags override the environment.
+`serve --help` lists every setting with its flag, environment names, default and meaning, and
+`oai-server settings` prints the same as the Markdown table in the README (a test keeps the two
+equal). Flags override the environment. List settings take comma-separated values, and their
+flags repeat (`--voice tara --voice leo` is `--voices tara,leo`).
+
+Start-up failures are one line on stderr (what failed, why, what to do) and a non-zero exit:
+2 for a setting that cannot work (a bad value, `--engine vllm` without vLLM or a GPU), checked
+before anything loads; 3 when the server could not start (the port is taken, a model cannot be
+loaded). `--log-level debug` adds the traceback.
 
 Shutdown (SIGTERM or SIGINT), by `DrainingServer`: admission starts draining at once (a request
 that still reaches the app gets 503 `shutting_down`, `/health/ready` says `draining`), the
@@ -20,61 +28,205 @@ import signal
 import socket
 import sys
 import threading
-import typing
+import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.server import HANDLED_SIGNALS
 
+from .cli_help import HelpFormatter, add_setting_flags, flag_name, settings_table, split_list_values, version
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-_REPEATABLE = {"api_keys": "--api-key", "voices": "--voice", "cors_origins": "--cors-origin"}
+BAD_SETTING = 2
+"""Exit status for settings that cannot work (checked before anything loads)."""
+STARTUP_FAILURE = 3
+"""Exit status when the server could not start (as `uvicorn.run`)."""
 
 
-def _is_bool(annotation: Any) -> bool:
-    return annotation is bool
+class StartupError(Exception):
+    """A start-up failure with its one-line explanation and exit status."""
 
-
-def _is_list(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _is_list(typing.get_args(annotation)[0])
-    return origin is list
+    def __init__(self, message: str, status: int = STARTUP_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI parser, one flag per setting."""
-    parser = argparse.ArgumentParser(prog="oai-server", description="OpenAI-compatible voice-assistant server.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="Run the HTTP server.")
-    for name, field in Settings.model_fields.items():
-        help_text = (field.description or "").replace("%", "%%")
-        if name in _REPEATABLE:
-            serve.add_argument(_REPEATABLE[name], dest=name, action="append", help=f"{help_text} (repeatable)")
-        elif _is_bool(field.annotation):
-            serve.add_argument(
-                f"--{name.replace('_', '-')}",
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        elif _is_list(field.annotation):
-            serve.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"{help_text} (comma-separated)")
-        else:
-            serve.add_argument(f"--{name.replace('_', '-')}", dest=name, help=help_text)
+    """The CLI parser: the commands, and one flag per setting for `serve`."""
+    parser = argparse.ArgumentParser(
+        prog="oai-server",
+        description="OpenAI-compatible voice-assistant server (Gemma 2 chat + Orpheus TTS).",
+        epilog="Try it offline: oai-server serve --demo, then open http://127.0.0.1:8080/",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"oai-server {version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="Run the HTTP server.",
+        description="Run the HTTP server. Every setting is a flag and an environment variable; flags win.",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    add_setting_flags(serve_parser)
+    commands.add_parser(
+        "settings",
+        help="Print every setting (flag, environment, default, meaning) as a Markdown table.",
+        allow_abbrev=False,
+    )
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
+    return Settings(**_overrides(args))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         name: value for name, value in vars(args).items() if name in Settings.model_fields and value is not None
     }
-    return Settings(**overrides)
+    return split_list_values(overrides)
+
+
+def explain_validation(error: ValidationError) -> str:
+    """One line naming each bad setting where it came from (a flag or an environment variable)."""
+    problems = []
+    for item in error.errors():
+        where = str(item["loc"][0]) if item["loc"] else ""
+        message = str(item["msg"]).removeprefix("Value error, ")
+        secret = "key" in where.lower()
+        shown = "***" if secret else item.get("input")
+        if where in Settings.model_fields:  # a flag (environment values are named by their variable)
+            problems.append(f"{flag_name(where)} {shown!r}: {message}")
+        elif where:
+            problems.append(f"{where}={shown!r}: {message}")
+        else:
+            problems.append(message)
+    return "bad setting: " + "; ".join(problems) + " (`oai-server serve --help` lists every setting)"
+
+
+def check_engine(settings: Settings) -> None:
+    """Refuse `--engine vllm` where it cannot run, before any model or tokenizer is fetched."""
+    if settings.engine != "vllm":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise StartupError(
+            "--engine vllm needs the vllm package, which is not installed: install it on a machine with an "
+            "NVIDIA GPU (pip install -e '.[vllm]'), or run with --engine transformers (slower) or --demo "
+            "(tiny offline models, CPU only)",
+            BAD_SETTING,
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StartupError(
+            "--engine vllm needs a CUDA GPU, and torch finds none (torch.cuda.is_available() is False): run it "
+            "on a machine with an NVIDIA GPU and CUDA drivers, or use --engine transformers or --demo",
+            BAD_SETTING,
+        )
+
+
+def check_key_file(settings: Settings) -> None:
+    """An `--api-key-file` that cannot be read is a bad setting, not a traceback."""
+    if settings.api_key_file is None:
+        return
+    try:
+        settings.api_key_file.read_text()
+    except OSError as exc:
+        raise StartupError(
+            f"--api-key-file {str(settings.api_key_file)!r} cannot be read ({exc.strerror or exc}): give a "
+            "readable file with one API key per line",
+            BAD_SETTING,
+        ) from exc
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before any model loads, so a taken port fails at once."""
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # IPv4 first: `localhost` should answer at 127.0.0.1, where the ready line points browsers.
+        family, kind, proto, _, address = sorted(found, key=lambda info: info[0] != socket.AF_INET)[0]
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on host {host!r}: {exc.strerror}: set --host to an address of this machine "
+            "(0.0.0.0 for all interfaces, 127.0.0.1 for this machine only)",
+            BAD_SETTING,
+        ) from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} is already in use on {host} (another server is listening there)"
+            todo = f"stop that server, or choose a free port with --port (e.g. --port {port + 1})"
+        elif exc.errno == errno.EACCES:
+            why = f"permission denied for port {port} on {host} (ports below 1024 need root)"
+            todo = "choose a port above 1023 with --port, e.g. --port 8080"
+        else:
+            why = f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+            todo = "check --host and --port"
+        raise StartupError(f"{why}: {todo}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def loopback_url(host: str, port: int) -> str:
+    """A URL of the server that a browser on this machine can open (0.0.0.0 is not one)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+class StartupReporter:
+    """The app, with the exception of a failed start-up (lifespan) kept for a one-line report.
+
+    Starlette sends `lifespan.startup.failed` from inside its `except` block, with the traceback
+    as the message, which uvicorn would log; the message is blanked here and the exception kept.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.error: BaseException | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass every call through; a failed start-up is recorded instead of logged."""
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                self.error = sys.exc_info()[1]
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet_send)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.text
 
 
 class DrainingServer(uvicorn.Server):
@@ -84,12 +236,33 @@ class DrainingServer(uvicorn.Server):
     and then cancels them; this adds the drain flag the moment shutdown starts (uvicorn alone
     would reach the lifespan, and so the admission, only after every stream is over) and exits
     normally once the shutdown is complete (uvicorn re-raises the signal, so the exit status
-    would say "killed" after a clean drain).
+    would say "killed" after a clean drain). Once started it logs where to open the page.
     """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then the address lines: uvicorn's own and a loopback URL to open."""
+        await super().startup(sockets)
+        if not self.started or not self.servers or not self.servers[0].sockets:
+            return
+        listeners = list(self.servers[0].sockets)
+        self._log_started_message(listeners)  # skipped by uvicorn for sockets it did not bind
+        port = listeners[0].getsockname()[1]
+        url = loopback_url(self.config.host, port)
+        settings: Settings = self.app.state.settings
+        demo = (
+            " (demo profile: tiny random-weight models, so replies are gibberish and speech is noise)"
+            if settings.demo
+            else ""
+        )
+        logger.info("Ready: open %s in a browser, or point OpenAI clients at %sv1%s", url, url, demo)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop admitting, then uvicorn's drain: close listeners, wait, cancel what is left, lifespan."""
-        services = getattr(getattr(self.config.app, "state", None), "services", None)
+        services = getattr(self.app.state, "services", None)
         if services is not None:
             services.admission.drain()
             if services.admission.active:
@@ -114,28 +287,82 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(settings: Settings) -> None:
-    """Run the app until SIGTERM/SIGINT, then drain; exits 3 if the server could not start."""
+def _create_app(settings: Settings) -> FastAPI:
     from .app import create_app
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_seconds),
-    )
-    server = DrainingServer(config)
-    server.run()
+    try:
+        return create_app(settings)
+    except ValueError as exc:  # a setting that needs more than one field (GPU placement)
+        raise StartupError(f"bad setting: {exc}", BAD_SETTING) from exc
+    except OSError as exc:  # the demo models could not be written
+        raise StartupError(
+            f"could not build the demo models in --cache-dir {str(settings.cache_dir)!r} ({exc.strerror or exc}): "
+            "choose a writable directory with --cache-dir (OAI_SERVER_CACHE_DIR)"
+        ) from exc
+
+
+def _load_failure(error: BaseException | None) -> StartupError:
+    from .errors import ModelLoadError
+
+    if isinstance(error, ModelLoadError):
+        return StartupError(str(error))
+    what = f"{type(error).__name__}: {error}" if error is not None else "see the log above"
+    return StartupError(f"the server could not start: {what} (run with --log-level debug for the traceback)")
+
+
+def serve(settings: Settings) -> None:
+    """Check, bind, load and run the app until SIGTERM/SIGINT, then drain. Raises `StartupError`."""
+    check_engine(settings)
+    check_key_file(settings)
+    sock = bind_socket(settings.host, settings.port)
+    try:
+        app = _create_app(settings)
+        reporter = StartupReporter(app)
+        config = uvicorn.Config(
+            reporter,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,  # our own access line (with the request id) is the one per request
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_seconds),
+        )
+        logging.getLogger("uvicorn.error").addFilter(_DropMessage("Application startup failed. Exiting."))
+        server = DrainingServer(config, app)
+        with contextlib.suppress(SystemExit):  # uvicorn exits when the lifespan fails; reported below
+            server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
-        sys.exit(3)  # as `uvicorn.run` does when startup fails
+        raise _load_failure(reporter.error) from reporter.error
+
+
+def _fail(error: StartupError, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"oai-server: error: {error}", file=sys.stderr)
+    sys.exit(error.status)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `oai-server` command."""
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return
+    if args.command == "settings":
+        print(settings_table())
+        return
+    overrides = _overrides(args)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"oai-server: error: {explain_validation(exc)}", file=sys.stderr)
+        sys.exit(BAD_SETTING)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
-    serve(settings)
+    try:
+        serve(settings)
+    except StartupError as exc:
+        _fail(exc, settings.log_level == "debug")

@@ -22,7 +22,12 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def _env(name: str, *seed_names: str) -> AliasChoices:
-    return AliasChoices(name, f"OAI_SERVER_{name.upper()}", *seed_names)
+    """The environment names of a field: `OAI_SERVER_<NAME>`, then the seed system's own names, if any.
+
+    The field's plain name is not one of them (a stray `HOST` or `DEVICE` in the environment is not read);
+    code still passes values by field name (`populate_by_name`).
+    """
+    return AliasChoices(f"OAI_SERVER_{name.upper()}", *seed_names)
 
 
 class Settings(BaseSettings):
@@ -43,8 +48,13 @@ class Settings(BaseSettings):
     """Where the demo profile writes its generated models."""
     engine: Literal["auto", "vllm", "transformers", "remote"] = Field("auto", validation_alias=_env("engine"))
     """Engine backend: vllm when installed with CUDA, else transformers (auto); or remote servers."""
-    log_level: str = Field("info", validation_alias=_env("log_level"))
-    """Log level (debug, info, warning, error)."""
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", validation_alias=_env("log_level")
+    )
+    """Log level (debug, info, warning, error, critical); debug also prints tracebacks of start-up failures."""
+    strict_model_names: bool = Field(False, validation_alias=_env("strict_model_names"))
+    """Answer unknown model ids with 404 model_not_found; without it chat serves any unknown id with the
+    chat model and speech with Orpheus."""
 
     # --- LLM (Gemma) ---
     llm_model_name: str = Field("google/gemma-2-2b-it", validation_alias=_env("llm_model_name", "LLM_MODEL_NAME"))
@@ -125,6 +135,8 @@ class Settings(BaseSettings):
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
+    snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
+    """Precision of the SNAC decoder (auto: float32; float16 measured slower under load on the H200)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
 
@@ -153,6 +165,8 @@ class Settings(BaseSettings):
     """Model name the remote transcription server serves (default: asr_model_name)."""
     asr_max_audio_seconds: float = Field(1500.0, gt=0, validation_alias=_env("asr_max_audio_seconds"))
     """Longest audio accepted for transcription or in one chat message (uploads are also capped at 25 MB)."""
+    asr_translation: Literal["auto", "yes", "no"] = Field("auto", validation_alias=_env("asr_translation"))
+    """Whether the speech model can translate to English (/v1/audio/translations); auto: not for turbo or .en models."""
     vad_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("vad_threshold"))
     """Voice activity: speech probability above which a frame is speech (OpenAI server_vad default 0.5)."""
     vad_prefix_padding_ms: int = Field(300, ge=0, le=10000, validation_alias=_env("vad_prefix_padding_ms"))
@@ -182,7 +196,7 @@ class Settings(BaseSettings):
     first_segment_words: int = Field(4, ge=0, validation_alias=_env("first_segment_words"))
     """The first spoken segment may be cut at a clause once it has this many words (0 disables)."""
     first_segment_max_words: int = Field(10, ge=0, validation_alias=_env("first_segment_max_words"))
-    """The first spoken segment ends after this many words even without punctuation (0 disables)."""
+    """The first spoken segment holds at most this many words, cut even without punctuation (0 disables)."""
 
     # --- engines (vLLM) ---
     dtype: str = Field("auto", validation_alias=_env("dtype"))
@@ -227,6 +241,12 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+    placement: Literal["auto", "shared", "speech", "chat", "balanced"] = Field(
+        "auto", validation_alias=_env("placement")
+    )
+    """GPU layout of the vLLM engines: auto (shared on one card, balanced on more; manual when a --*-gpus or
+    parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
+    SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
 
     # --- Realtime API (/v1/realtime) ---
     realtime_max_sessions: int = Field(64, ge=1, validation_alias=_env("realtime_max_sessions"))
@@ -254,6 +274,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -371,3 +371,46 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
     )
     assert summary["by_region_gpu_ms_per_step"] == {"sample": pytest.approx(0.015)}
     assert summary["top_kernels_ms_per_step"][0] == ("sm90_xmma_gemm_bf16", pytest.approx(0.04))
+
+
+@pytest.mark.slow
+def test_asr_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
+    out = tmp_path / "asr"
+    proc = _run("asr_load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out))
+    report = json.loads((out / "asr_results.json").read_text())
+    assert set(report["engines"]) == {"llm", "tts", "asr"}
+    assert [level["concurrency"] for level in report["latency"]] == [1, 2]
+    for level in report["latency"]:
+        assert (level["requests"], level["failed"]) == (level["concurrency"], 0)
+        assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["max"]
+        assert level["audio_s_per_wall_s"] > 0
+    single = report["latency"][0]
+    assert 0 < single["first_delta_ms"]["p50"] <= single["streamed_done_ms"]["p50"]
+    assert report["throughput"]["requests"] >= 2 and report["throughput"]["failed"] == 0
+    margin = report["speech_margin"]
+    assert margin["alone"]["ok"] == margin["with_transcription"]["ok"] == 2
+    assert margin["with_transcription"]["transcription_during_speech"]["requests"] >= 1
+    assert margin["rtf_p50_change"] == pytest.approx(
+        margin["with_transcription"]["rtf"]["p50"] - margin["alone"]["rtf"]["p50"]
+    )
+    assert report["transcription_errors"] == []
+    assert "error" in report["gpu_memory"]  # no nvidia-smi on the CPU runner
+    assert "== transcription of a 5 s utterance" in proc.stdout
+
+
+def test_random_whisper_has_the_v3_turbo_layout(tmp_path: Path) -> None:
+    """The GPU bench's Whisper (tiny here): v3's 51866 ids, special tokens where Whisper has them, 128 mels."""
+    from transformers import AutoConfig, WhisperProcessor
+
+    _run("build_random_models.py", "--out", str(tmp_path), "--which", "whisper", "--tiny", "--device", "cpu")
+    config = AutoConfig.from_pretrained(tmp_path / "whisper")
+    assert (config.vocab_size, config.num_mel_bins, config.max_source_positions) == (51866, 128, 1500)
+    processor = WhisperProcessor.from_pretrained(tmp_path / "whisper")
+    ids = processor.tokenizer.convert_tokens_to_ids
+    assert [ids("<|endoftext|>"), ids("<|startoftranscript|>"), ids("<|en|>"), ids("<|translate|>")] == [
+        50257, 50258, 50259, 50359,
+    ]  # fmt: skip
+    assert [ids("<|transcribe|>"), ids("<|notimestamps|>"), ids("<|0.00|>"), ids("<|30.00|>")] == [
+        50360, 50364, 50365, 51865,
+    ]  # fmt: skip
+    assert processor.feature_extractor.feature_size == 128

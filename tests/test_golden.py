@@ -21,6 +21,7 @@ import pytest
 from oai_server.engines.demo import DemoModels
 
 from .conftest import LiveServer, demo_settings, start_server
+from .quiet_snac import quiet_snac
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 RECORD = os.environ.get("OAI_GOLDEN_RECORD") == "1"
@@ -151,23 +152,6 @@ def _b64_audio_in_json(body: bytes) -> bytes:
     return body
 
 
-def quiet_snac(source: Path, target: Path) -> Path:
-    """A copy of a SNAC model whose NoiseBlocks add nothing (their 1x1 convolution's weight-norm gain is 0)."""
-    import torch
-    from snac import SNAC
-    from snac.layers import NoiseBlock
-
-    config = json.loads((source / "config.json").read_text())
-    names = [name for name, module in SNAC(**config).named_modules() if isinstance(module, NoiseBlock)]
-    state = torch.load(source / "pytorch_model.bin", map_location="cpu")
-    for name in names:
-        gain = f"{name}.linear.parametrizations.weight.original0"
-        state[gain] = torch.zeros_like(state[gain])
-    torch.save(state, target / "pytorch_model.bin")
-    (target / "config.json").write_text(json.dumps(config))
-    return target
-
-
 @pytest.fixture(scope="module")
 def golden_server(demo_cache: Path, demo_models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The demo models by explicit paths, with SNAC's NoiseBlocks off (they add fresh noise to every decode)
@@ -188,6 +172,7 @@ def golden_server(demo_cache: Path, demo_models: DemoModels, tmp_path_factory: p
         tts_served_name="demo-orpheus",
         tts_max_tokens=168,
         warmup_batch_sizes=[1],
+        asr=False,
         snac_max_batch=1,  # a batched conv differs from a single one in the last bit: decode windows alone
     )
     server = start_server(settings)

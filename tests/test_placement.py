@@ -1,4 +1,5 @@
-"""GPU placement of the vLLM engines (issue: two GPUs), tested without GPUs."""
+"""GPU placement flags of the vLLM engines (issue: two GPUs), tested without GPUs; the layout they feed is
+tested in test_layout.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 
 from oai_server.engines.placement import (
     Placement,
-    check_against_devices,
     make_placement,
+    make_replicas,
     parse_gpus,
     placements,
     visible_devices,
@@ -22,8 +23,8 @@ from oai_server.settings import Settings
 
 def test_defaults_keep_one_gpu_behaviour() -> None:
     placed = placements(Settings())
-    assert placed["llm"] == Placement(None) and placed["tts"] == Placement(None)
-    assert placed["tts"].engine_kwargs() == {}
+    assert placed == {"llm": (Placement(None),), "tts": (Placement(None),), "asr": (Placement(None),)}
+    assert placed["tts"][0].engine_kwargs() == {} and placed["tts"][0].cards() == (0,)
 
 
 @pytest.mark.parametrize(
@@ -40,17 +41,27 @@ def test_parse_gpus_rejects(bad: str) -> None:
 
 
 def test_split_and_parallel_layouts() -> None:
-    two = placements(Settings(llm_gpus="0", tts_gpus="1"))
-    assert two["llm"].gpus == (0,) and two["tts"].gpus == (1,)
+    two = placements(Settings(llm_gpus="0", tts_gpus="1", asr_gpus="0"))
+    assert two["llm"] == (Placement((0,)),) and two["tts"] == (Placement((1,)),) and two["asr"] == (Placement((0,)),)
     many = placements(Settings(tts_gpus="1,2,3,4", tts_tensor_parallel_size=2, tts_data_parallel_size=2))
-    assert many["tts"].engine_kwargs() == {"tensor_parallel_size": 2, "data_parallel_size": 2}
+    (engine,) = many["tts"]
+    assert engine.engine_kwargs() == {"tensor_parallel_size": 2, "data_parallel_size": 2}
+    assert engine.cards() == (1, 2, 3, 4)
     with pytest.raises(ValueError, match="needs 4"):
         placements(Settings(tts_gpus="1,2", tts_tensor_parallel_size=2, tts_data_parallel_size=2))
-    with pytest.raises(ValueError, match="do not exist"):
-        check_against_devices({"tts": make_placement("tts", "1", 1, 1)}, device_count=1)
-    with pytest.raises(ValueError, match="needs 2 GPUs"):
-        check_against_devices({"tts": make_placement("tts", None, 2, 1)}, device_count=1)
-    check_against_devices(two, device_count=2)
+    with pytest.raises(ValueError, match="asr: 2 GPU"):
+        placements(Settings(asr_gpus="0,1"))
+
+
+def test_more_cards_than_one_engine_takes_are_replicas() -> None:
+    assert make_replicas("tts", "0,1", 1, 1) == (Placement((0,)), Placement((1,)))
+    assert make_replicas("llm", "0,1,2,3", 2, 1) == (Placement((0, 1), 2), Placement((2, 3), 2))
+    assert make_replicas("tts", "0,1", 1, 2) == (Placement((0, 1), 1, 2),)  # vLLM's data parallelism
+    assert make_replicas("tts", None, 2, 1) == (Placement(None, 2),)
+    with pytest.raises(ValueError, match="needs 2"):
+        make_replicas("tts", "0,1,2", 2, 1)  # not a whole number of tensor-parallel groups
+    with pytest.raises(ValueError, match="needs 1"):
+        make_replicas("asr", "0,1", 1, 1, replicas=False)
 
 
 def test_visible_devices_is_scoped_and_relative(monkeypatch: pytest.MonkeyPatch) -> None:

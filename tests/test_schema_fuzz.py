@@ -21,6 +21,7 @@ case count is stable: the test prints it and asserts a floor.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -44,11 +45,12 @@ from schemathesis.checks import (
 from oai_server.engines.demo import DemoModels
 
 from .conftest import LiveServer, demo_settings, start_server
+from .speech_audio import compose, encode
 
 EXAMPLES = int(os.environ.get("OAI_FUZZ_EXAMPLES", "50"))
 """Hypothesis examples per operation and generation mode (raise it for a longer local run)."""
 MIN_CASES = 10 * EXAMPLES
-"""Floor on the cases run: 6 operations with inputs x 2 modes x EXAMPLES, plus the fixed ones."""
+"""Floor on the cases run: 8 operations with inputs x 2 modes x EXAMPLES, plus the fixed ones."""
 
 
 def no_error_event(ctx: Any, response: Any, case: Any) -> None:
@@ -68,6 +70,8 @@ CHECKS = [
 ]
 OPERATIONS = {
     "POST /v1/audio/speech",
+    "POST /v1/audio/transcriptions",
+    "POST /v1/audio/translations",
     "POST /v1/chat/completions",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
@@ -78,6 +82,14 @@ OPERATIONS = {
     "GET /models",
     "POST /chat",
 }
+
+
+@functools.cache
+def speech_wav() -> bytes:
+    """Real speech for the repaired transcription cases (espeak-ng)."""
+    return encode(compose([0.3, "Hello there.", 0.3])[0], 16000, "wav")
+
+
 LLM_MAX_TOKENS = 16
 MAX_MESSAGES = 8
 
@@ -106,7 +118,11 @@ def repair(label: str, case: Any) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if label == "POST /v1/audio/speech":
+    if label in ("POST /v1/audio/transcriptions", "POST /v1/audio/translations"):
+        body["model"] = "whisper-1"
+        body["file"] = speech_wav()
+        body.pop("language", None)
+    elif label == "POST /v1/audio/speech":
         body["model"] = "tts-1"
         body["voice"] = "alloy"
     elif label == "POST /v1/chat/completions":

@@ -68,8 +68,8 @@ def test_seed_input_limit_is_the_max_input_chars_setting(demo_cache: Path, demo_
 
 def test_seed_models_shape(live_server: LiveServer) -> None:
     body = httpx.get(f"{live_server.url}/models", timeout=10).json()
-    assert body["llm"]["license"].startswith("Gemma Terms of Use") and body["llm"]["loaded"] is True
-    assert body["tts"]["license"] == "Apache 2.0"
+    assert body["llm"]["license"] and body["llm"]["loaded"] is True
+    assert body["tts"]["license"].startswith("Apache 2.0") and body["demo"] is True  # honest demo facts (issue 13)
     assert {"tara", "zoe", "zac", "jess", "leo", "mia", "julia", "leah"} <= set(body["tts"]["voices"])
 
 

@@ -138,9 +138,9 @@ def test_first_segment_clause_cut(text: str, words: int | None, expected: list[s
             "Well I can do it. Ok then, see you.",
             ["Well I can do it.", "Ok then, see you."],
         ),
-        (  # never right after a word ending in "." (maybe an abbreviation): the next space instead
+        (  # never right after a word ending in "." (maybe an abbreviation): before it instead
             "Ask the kind old Dr. Smith about it again please.",
-            ["Ask the kind old Dr. Smith", "about it again please."],
+            ["Ask the kind old", "Dr. Smith about it again please."],
         ),
         ("Short reply here.", ["Short reply here."]),
     ],

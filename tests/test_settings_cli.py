@@ -1,7 +1,8 @@
-"""Settings from the environment (our names and the seed's), the CLI flags, and the README's settings table."""
+"""Settings from the environment (our names and the seed's), the CLI flags, `--help`, and the README's table."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from oai_server.cli import build_parser, settings_from_args
+from oai_server.cli_help import settings_table
 from oai_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,3 +76,87 @@ def test_readme_documents_every_setting_and_ci_runs_its_test_command() -> None:
     assert not missing, f"settings missing from README: {missing}"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "test-command" in ci and "<!-- test-command -->" in readme
+
+
+def oai_server(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m oai_server ...` (the same as the `oai-server` command)."""
+    return subprocess.run([sys.executable, "-m", "oai_server", *args], capture_output=True, text=True, timeout=60)
+
+
+def readme_table() -> str:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
+    assert found, "README.md has no <!-- settings-table --> block"
+    return found.group(1)
+
+
+def readme_rows() -> list[tuple[list[str], list[str], str]]:
+    """(flags, environment names, default) of every row of the README's settings table."""
+    rows = []
+    for line in readme_table().splitlines()[2:]:
+        flags, env, default, _ = (cell.strip() for cell in line.strip("|").split(" | "))
+        rows.append((re.findall(r"`([^`]+)`", flags), re.findall(r"`([^`]+)`", env), default.strip("`")))
+    return rows
+
+
+def test_readme_settings_table_is_the_generated_one() -> None:
+    """The README's table is `oai-server settings`, byte for byte (regenerate it when a setting changes)."""
+    assert readme_table() == settings_table()
+    assert oai_server("settings").stdout.strip() == settings_table()
+
+
+def probe(default: str) -> str:
+    """A valid value for a setting whose README default is `default` ("none": any short string is valid)."""
+    return "1" if default == "none" else default
+
+
+def test_every_readme_flag_parses_and_every_environment_name_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flag of the README's table is accepted by `serve`, and each environment name it lists is read."""
+    rows = readme_rows()
+    assert len(rows) == len(Settings.model_fields)
+    parser = build_parser()
+    for flags, env_names, default in rows:
+        for flag in flags:
+            argv = ["serve", flag] if default in ("true", "false") else ["serve", flag, probe(default)]
+            given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+            assert len(given - {"command"}) == 1, (flag, given)
+            assert given - {"command"} <= settings_from_args(parser.parse_args(argv)).model_fields_set
+        for env in env_names:
+            with monkeypatch.context() as env_patch:
+                env_patch.setenv(env, probe(default))
+                read = Settings().model_fields_set
+            assert len(read) == 1, f"{env} is not read ({read})"
+
+
+def test_list_flags_repeat_and_take_commas() -> None:
+    """`--voice a --voice b`, `--voices a,b` and a mix give the same list."""
+    parser = build_parser()
+    for argv in (["--voice", "tara", "--voice", "leo"], ["--voices", "tara,leo"], ["--voices", "tara", "--voice=leo"]):
+        settings = settings_from_args(parser.parse_args(["serve", *argv, "--default-voice", "leo"]))
+        assert settings.voices == ["tara", "leo"]
+
+
+def test_plain_field_names_are_not_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stray `HOST`, `DEVICE` or `ENGINE` in the environment does not configure the server."""
+    monkeypatch.setenv("HOST", "10.9.8.7")
+    monkeypatch.setenv("DEVICE", "cuda")
+    monkeypatch.setenv("ENGINE", "vllm")
+    settings = Settings()
+    assert (settings.host, settings.device, settings.engine) == ("0.0.0.0", "auto", "auto")
+
+
+def test_serve_help_shows_flag_environment_and_default_of_every_setting() -> None:
+    out = " ".join(oai_server("serve", "--help").stdout.split())
+    for flags, env_names, default in readme_rows():
+        assert all(flag in out for flag in flags), flags
+        assert f"[env: {', '.join(env_names)}; default: {default}]" in out, env_names
+    assert "--port N Port to bind (seed: PORT). [env: OAI_SERVER_PORT, PORT; default: 8080]" in out
+    assert "--engine {auto,vllm,transformers,remote}" in out
+
+
+def test_bare_command_lists_the_commands_and_version_prints_it() -> None:
+    bare = oai_server()
+    assert bare.returncode == 0 and bare.stderr == ""
+    assert "serve" in bare.stdout and "settings" in bare.stdout and "Run the HTTP server." in bare.stdout
+    version = oai_server("--version")
+    assert version.returncode == 0 and re.fullmatch(r"oai-server \d+\.\d+\.\d+\S*\n", version.stdout)

@@ -82,9 +82,19 @@ def hooks(page: Any) -> dict[str, Any]:
 
 
 def wait_status(page: Any, *states: str, timeout: int = STREAM_TIMEOUT_MS) -> str:
-    """Wait until the page's status is one of `states`; returns it."""
+    """Wait until the status pill shows one of `states`; returns it."""
     page.wait_for_function("(s) => s.includes(window.__oai.status)", arg=list(states), timeout=timeout)
     return hooks(page)["status"]  # type: ignore[no-any-return]
+
+
+def wait_outcome(page: Any, requests: int = 1, timeout: int = STREAM_TIMEOUT_MS) -> str:
+    """Wait until `requests` requests have ended; returns how the last one ended (done, stopped, error)."""
+    page.wait_for_function(
+        "(n) => window.__oai.completed + window.__oai.stopped + (window.__oai.lastError ? 1 : 0) >= n",
+        arg=requests,
+        timeout=timeout,
+    )
+    return hooks(page)["outcome"]  # type: ignore[no-any-return]
 
 
 def send(page: Any, text: str, max_tokens: int | None = 24) -> None:
@@ -119,7 +129,7 @@ def test_chat_streams_speech_and_transcript_and_keeps_history(page: Any, live_se
     assert "julia" in hooks(page)["voices"]
     page.select_option("#voice", "leo")
     send(page, "Hello there, who are you?")
-    assert wait_status(page, "done", "error") == "done", hooks(page)["lastError"]
+    assert wait_outcome(page) == "done", hooks(page)["lastError"]
     first = hooks(page)
     assert first["scheduledBuffers"] > 0
     assert first["scheduledSeconds"] > 0.05
@@ -132,7 +142,7 @@ def test_chat_streams_speech_and_transcript_and_keeps_history(page: Any, live_se
     ]
     # The second turn carries the assistant turn as its audio id: the server must resolve it (else a 400).
     send(page, "Tell me more.")
-    assert wait_status(page, "done", "error") == "done", hooks(page)["lastError"]
+    assert wait_outcome(page, 2) == "done", hooks(page)["lastError"]
     second = hooks(page)
     assert len(second["history"]) == 4 and second["scheduledBuffers"] > first["scheduledBuffers"]
     assert page.locator("#log li").count() == 4
@@ -157,7 +167,8 @@ def test_stop_aborts_playback_and_the_server_request(page: Any, live_server: Liv
     assert hooks(page)["status"] == "streaming"
     assert live_server.services.admission.active >= 1
     page.click("#stop")
-    assert wait_status(page, "stopped", "done", "error", timeout=10_000) == "stopped"
+    assert wait_outcome(page, timeout=10_000) == "stopped"
+    assert wait_status(page, "idle", timeout=10_000) == "idle"  # stopping silences the queued audio at once
     assert wait_until(lambda: live_server.services.admission.active == 0, timeout=15)
     stopped = hooks(page)
     time.sleep(0.5)
@@ -172,7 +183,7 @@ def test_text_to_speech_box_plays(page: Any, live_server: LiveServer) -> None:
     page.goto(live_server.url + "/")
     page.fill("#tts-input", "Streaming speech, frame by frame.")
     page.click("#speak")
-    assert wait_status(page, "done", "error") == "done", hooks(page)["lastError"]
+    assert wait_outcome(page) == "done", hooks(page)["lastError"]
     state = hooks(page)
     assert state["ttsBuffers"] > 0
     assert state["ttsSeconds"] >= 2048 / 24000  # at least one SNAC frame
@@ -186,7 +197,7 @@ def test_api_key_wrong_shows_401_and_right_key_works(page: Any, keyed_server: Li
     page.fill("#api-key", "sk-wrong")
     page.dispatch_event("#api-key", "change")
     send(page, "Hi!")
-    assert wait_status(page, "done", "error") == "error"
+    assert wait_outcome(page) == "error"
     error = hooks(page)["lastError"]
     assert error["status"] == 401 and error["code"] == "invalid_api_key"
     assert "Incorrect API key provided." in page.inner_text("#error")
@@ -197,8 +208,50 @@ def test_api_key_wrong_shows_401_and_right_key_works(page: Any, keyed_server: Li
     page.wait_for_function("() => window.__oai.voices.length > 0")
     page.reload()  # the key survives a reload
     assert page.input_value("#api-key") == GOOD_KEY
+    page.wait_for_function("() => window.__oai.voices.length > 0")
     send(page, "Hi again!")
-    assert wait_status(page, "done", "error") == "done", hooks(page)["lastError"]
+    assert wait_outcome(page) == "done", hooks(page)["lastError"]
     state = hooks(page)
     assert state["scheduledBuffers"] > 0 and state["transcript"].strip()
     assert page.is_hidden("#error")
+
+
+def test_demo_banner_says_the_weights_are_random(page: Any, live_server: LiveServer) -> None:
+    page.goto(live_server.url + "/")
+    page.wait_for_function("() => window.__oai.voices.length > 0")
+    assert hooks(page)["demo"] is True
+    assert page.is_visible("#demo-banner")
+    banner = page.inner_text("#demo-banner")
+    assert "random weights" in banner and "gibberish" in banner
+    assert page.console_errors == []
+
+
+def test_the_log_follows_a_streaming_reply_and_the_pill_returns_to_idle(page: Any, live_server: LiveServer) -> None:
+    """With an earlier conversation filling the log, a reply that grows over several lines keeps its end in
+    view while it streams; once its audio has played, the pill says idle."""
+    page.goto(live_server.url + "/")
+    page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=json.dumps(
+        {**json.loads(route.request.post_data or "{}"), "seed": LONG_REPLY_SEED})))  # fmt: skip
+    page.evaluate("""() => {
+        const log = document.getElementById("log");
+        for (let i = 0; i < 30; i++) {
+            const li = document.createElement("li");
+            li.className = i % 2 ? "assistant" : "user";
+            li.textContent = `earlier message ${i}`;
+            log.appendChild(li);
+        }
+        log.scrollTop = log.scrollHeight;
+    }""")
+    send(page, "Tell me a long story.", max_tokens=60)
+    page.wait_for_function(
+        "() => document.querySelector('#log li:last-child').offsetHeight > 60", timeout=STREAM_TIMEOUT_MS
+    )  # the reply has grown over several lines
+    at_bottom = (
+        "() => { const l = document.getElementById('log'); return l.scrollHeight - l.scrollTop - l.clientHeight; }"
+    )
+    assert page.evaluate(at_bottom) < 2
+    assert wait_outcome(page) == "done", hooks(page)["lastError"]
+    assert page.evaluate(at_bottom) < 2
+    assert wait_status(page, "idle") == "idle"  # after "playing" while the queued audio ran out
+    assert page.inner_text("#status") == "idle"
+    assert page.console_errors == []

@@ -102,6 +102,15 @@ def whisper_languages() -> frozenset[str]:
     return frozenset(LANGUAGES)
 
 
+def language_name(code: str | None) -> str | None:
+    """Whisper's English name of a language code (``"en"`` -> ``"english"``), as verbose_json reports it."""
+    if code is None:
+        return None
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return LANGUAGES.get(code, code)
+
+
 def check_language(language: str | None, languages: frozenset[str], param: str = "language") -> str | None:
     """Normalise a requested language (``"EN"`` -> ``"en"``); raise the 400 envelope for one the model lacks."""
     if language is None or not language.strip():

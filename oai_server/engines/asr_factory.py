@@ -7,27 +7,34 @@ import logging
 
 from ..settings import Settings
 from .asr import SpeechRecognizer
+from .layout import Layout
 from .vad import StreamingVad
 
 logger = logging.getLogger(__name__)
 
 
-async def build_asr(settings: Settings, kind: str) -> SpeechRecognizer | None:
-    """The ASR engine on the chosen backend, or None when disabled (or remote without an upstream)."""
+async def build_asr(settings: Settings, kind: str, layout: Layout | None = None) -> SpeechRecognizer | None:
+    """The ASR engine on the chosen backend, or None when disabled (or remote without an upstream).
+    On vLLM it runs where the GPU `layout` puts it, with the layout's memory share."""
     if not settings.asr:
         return None
     if kind == "vllm":
         from .asr_vllm import VLLMWhisper
-        from .placement import placements
 
+        if layout is None:
+            from .layout import LayoutRequest, plan_layout
+            from .placement import visible_cards
+
+            layout = plan_layout(*visible_cards(), LayoutRequest.from_settings(settings))
+        (plan,) = layout.role("asr")
         return await VLLMWhisper.create(
             settings.asr_model_name,
             max_model_len=settings.asr_max_model_len,
-            gpu_memory_utilization=settings.asr_gpu_memory_utilization,
+            gpu_memory_utilization=plan.memory,
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,
             max_num_seqs=settings.asr_max_num_seqs,
-            placement=placements(settings)["asr"],
+            placement=plan.placement,
         )
     if kind == "remote":
         if not settings.asr_remote_url:

@@ -40,6 +40,7 @@ from oai_server.engines.asr import (
 )
 from oai_server.engines.base import EngineError, EngineInfo, EngineOverloadedError
 from oai_server.engines.loading import ModelLoadError, _hub_errors, _load_error, resolve_device, resolve_dtype
+from oai_server.engines.sampling import GREEDY_BELOW
 
 _Item = TranscriptPiece | BaseException | None  # None: the request ended (see _Request.aborted)
 
@@ -313,7 +314,8 @@ class TransformersWhisper:
                 language=None if first.language is None else [r.params.language for r in batch],
                 task=first.task,
                 prompt_ids=prompt_ids,
-                temperature=first.temperature,
+                # Like vLLM and the chat sampler: a (nearly) zero temperature is greedy, not a division by ~0.
+                temperature=first.temperature if first.temperature >= GREEDY_BELOW else 0.0,
                 return_timestamps=False,
                 # One decoding pass per window: a (random-weight) model that emits timestamp tokens
                 # would otherwise make Whisper's generate seek on and decode the window again.

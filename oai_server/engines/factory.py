@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..codec.snac_model import load_snac, resolve_device
+from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
 from .asr_factory import build_asr, build_vad
 from .base import TokenEngine
 from .bundle import Engines
+from .layout import EnginePlan, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -74,42 +75,66 @@ def gemma_stop_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None))
 
 
-async def _build(settings: Settings, kind: str) -> tuple[TokenEngine, TokenEngine]:
-    if kind == "vllm":
-        import torch
+async def start_replicas(
+    plans: Sequence[EnginePlan], start: Callable[[EnginePlan], Awaitable[TokenEngine]]
+) -> TokenEngine:
+    """Start a role's engines one after another: one plan is the engine itself, several are replicas
+    behind a `BalancedEngine` with the layout's weights. A failed start closes the ones already up."""
+    engines: list[TokenEngine] = []
+    try:
+        for plan in plans:
+            engines.append(await start(plan))
+    except BaseException:
+        await asyncio.gather(*(engine.close() for engine in engines), return_exceptions=True)
+        raise
+    if len(engines) == 1:
+        return engines[0]
+    from .balanced import BalancedEngine
 
-        from .placement import check_against_devices, placements
+    return BalancedEngine(engines, [plan.weight for plan in plans])
+
+
+async def _build(settings: Settings, kind: str, layout: Layout | None = None) -> tuple[TokenEngine, TokenEngine]:
+    if kind == "vllm":
+        assert layout is not None, "the vLLM engines are built from a layout"
         from .vllm_engine import VLLMEngine
 
-        placed = placements(settings)
-        check_against_devices(placed, torch.cuda.device_count())
+        async def orpheus(plan: EnginePlan) -> TokenEngine:
+            return await VLLMEngine.create(
+                settings.tts_model_name,
+                tokenizer=settings.tts_model_name,
+                max_model_len=settings.tts_max_model_len,
+                gpu_memory_utilization=plan.memory,
+                max_num_seqs=settings.tts_max_num_seqs,
+                stream_interval=settings.tts_stream_interval,
+                kv_cache_dtype=settings.tts_kv_cache_dtype,
+                quantization=settings.tts_quantization,
+                orpheus_slots=True,
+                placement=plan.placement,
+                kind="vllm-orpheus",
+                dtype=settings.dtype,
+                enforce_eager=settings.enforce_eager,
+            )
 
-        tts = await VLLMEngine.create(
-            settings.tts_model_name,
-            tokenizer=settings.tts_model_name,
-            max_model_len=settings.tts_max_model_len,
-            gpu_memory_utilization=settings.tts_gpu_memory_utilization,
-            max_num_seqs=settings.tts_max_num_seqs,
-            stream_interval=settings.tts_stream_interval,
-            kv_cache_dtype=settings.tts_kv_cache_dtype,
-            quantization=settings.tts_quantization,
-            orpheus_slots=True,
-            placement=placed["tts"],
-            kind="vllm-orpheus",
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-        )
-        llm = await VLLMEngine.create(
-            settings.llm_model_name,
-            tokenizer=settings.llm_model_name,
-            max_model_len=settings.llm_max_model_len,
-            gpu_memory_utilization=settings.llm_gpu_memory_utilization,
-            max_num_seqs=settings.llm_max_num_seqs,
-            placement=placed["llm"],
-            kind="vllm-gemma",
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-        )
+        async def gemma(plan: EnginePlan) -> TokenEngine:
+            return await VLLMEngine.create(
+                settings.llm_model_name,
+                tokenizer=settings.llm_model_name,
+                max_model_len=settings.llm_max_model_len,
+                gpu_memory_utilization=plan.memory,
+                max_num_seqs=settings.llm_max_num_seqs,
+                placement=plan.placement,
+                kind="vllm-gemma",
+                dtype=settings.dtype,
+                enforce_eager=settings.enforce_eager,
+            )
+
+        tts = await start_replicas(layout.role("tts"), orpheus)
+        try:
+            llm = await start_replicas(layout.role("llm"), gemma)
+        except BaseException:
+            await tts.close()
+            raise
         return llm, tts
     if kind == "remote":
         from .remote import RemoteEngine, RemoteEngineConfig
@@ -181,17 +206,19 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         asyncio.to_thread(load_tokenizer, settings.llm_model_name),
         asyncio.to_thread(load_tokenizer, settings.tts_model_name),
     )
-    device = resolve_device(settings.snac_device)
-    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device)
+    layout = gpu_layout(settings) if kind == "vllm" else None
+    device = layout.snac_device if layout is not None else resolve_device(settings.snac_device)
+    dtype = resolve_snac_dtype(settings.snac_dtype, device)
+    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
     snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
-        llm, tts = await _build(settings, kind)
+        llm, tts = await _build(settings, kind, layout)
     except BaseException:
         snac.close()
         raise
     engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
     try:
-        engines.asr = await build_asr(settings, kind)
+        engines.asr = await build_asr(settings, kind, layout)
         engines.vad = await build_vad(engines.asr)
     except BaseException:
         await engines.close()
@@ -206,6 +233,16 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         yield engines
     finally:
         await engines.close()
+
+
+def gpu_layout(settings: Settings) -> Layout:
+    """The layout of the vLLM engines on the cards this process sees, logged in one block."""
+    from .layout import LayoutRequest, plan_layout
+    from .placement import visible_cards
+
+    layout = plan_layout(*visible_cards(), LayoutRequest.from_settings(settings))
+    logger.info("%s", layout.describe())
+    return layout
 
 
 def window_policy(settings: Settings) -> WindowPolicy:

@@ -1,10 +1,11 @@
 """Where each in-process vLLM engine runs: its GPUs, tensor parallelism and data-parallel replicas.
 
-The defaults keep one-GPU behaviour (both engines share the visible GPUs, split by memory
-share). With several GPUs, each engine can get its own cards, e.g. Gemma on GPU 0 and Orpheus
-on GPU 1 (`--llm-gpus 0 --tts-gpus 1`), Orpheus on four cards as two tensor-parallel pairs
-(`--tts-gpus 1,2,3,4 --tts-tensor-parallel-size 2 --tts-data-parallel-size 2`), and so on for any
-number of GPUs. An engine's list must hold exactly tensor_parallel x data_parallel indices.
+A `Placement` is one engine's cards. The placement flags name them: e.g. Gemma on GPU 0 and
+Orpheus on GPU 1 (`--llm-gpus 0 --tts-gpus 1`), Orpheus on four cards as two tensor-parallel pairs
+inside one vLLM engine (`--tts-gpus 1,2,3,4 --tts-tensor-parallel-size 2 --tts-data-parallel-size 2`),
+or as several engines behind the server's own balancer: a list of more cards than one engine takes,
+with data-parallel size 1, is that many replicas (`--tts-gpus 0,1` = an Orpheus engine on each card;
+`engines/balanced.py`). Which cards each role gets when no flag names them is `engines/layout.py`.
 
 vLLM starts each engine core in its own spawned process, which reads CUDA_VISIBLE_DEVICES when
 it starts; so the variable is set to the engine's cards while that engine is created, and
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..settings import Settings
+
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class Placement:
         if self.data_parallel > 1:
             kwargs["data_parallel_size"] = self.data_parallel
         return kwargs
+
+    def cards(self) -> tuple[int, ...]:
+        """The cards it occupies; `None` means the first tensor x data parallel visible ones."""
+        if self.gpus is not None:
+            return self.gpus
+        return tuple(range(self.tensor_parallel * self.data_parallel))
 
 
 def parse_gpus(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -69,17 +78,29 @@ def make_placement(name: str, gpus: str | None, tensor_parallel: int, data_paral
     return Placement(parsed, tensor_parallel, data_parallel)
 
 
-def check_against_devices(placements: dict[str, Placement], device_count: int) -> None:
-    """Fail early when a placement names a GPU that does not exist."""
-    for name, placement in placements.items():
-        if placement.gpus is None:
-            needed = placement.tensor_parallel * placement.data_parallel
-            if device_count and needed > device_count:
-                raise ValueError(f"{name}: needs {needed} GPUs but {device_count} are visible")
-            continue
-        missing = [gpu for gpu in placement.gpus if gpu >= device_count]
-        if missing:
-            raise ValueError(f"{name}: GPU(s) {missing} do not exist ({device_count} visible)")
+def make_replicas(
+    name: str, gpus: str | None, tensor_parallel: int, data_parallel: int, *, replicas: bool = True
+) -> tuple[Placement, ...]:
+    """The engines a GPU list means: one, or with data-parallel size 1 and a list of k x tensor-parallel
+    cards (`replicas`), k engines of `tensor_parallel` consecutive listed cards each."""
+    parsed = parse_gpus(gpus)
+    several = parsed is not None and tensor_parallel >= 1 and len(parsed) > tensor_parallel
+    if replicas and data_parallel == 1 and several and parsed is not None and len(parsed) % tensor_parallel == 0:
+        groups = [parsed[i : i + tensor_parallel] for i in range(0, len(parsed), tensor_parallel)]
+        return tuple(Placement(group, tensor_parallel, 1) for group in groups)
+    return (make_placement(name, gpus, tensor_parallel, data_parallel),)
+
+
+def placements(settings: Settings) -> dict[str, tuple[Placement, ...]]:
+    """The engines the placement flags name per role (`llm`, `tts`, `asr`), validated without a GPU
+    (raises `ValueError` naming the setting). Gemma and Orpheus may be replicated; Whisper is one engine."""
+    return {
+        "llm": make_replicas("llm", settings.llm_gpus, settings.llm_tensor_parallel_size, 1),
+        "tts": make_replicas(
+            "tts", settings.tts_gpus, settings.tts_tensor_parallel_size, settings.tts_data_parallel_size
+        ),
+        "asr": make_replicas("asr", settings.asr_gpus, 1, 1, replicas=False),
+    }
 
 
 @contextmanager
@@ -104,11 +125,11 @@ def visible_devices(gpus: tuple[int, ...] | None) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
-def placements(settings: Settings) -> dict[str, Placement]:
-    """Validated placement of each in-process vLLM engine (raises `ValueError` naming the setting)."""
-    return {
-        "llm": make_placement("llm", settings.llm_gpus, settings.llm_tensor_parallel_size, 1),
-        "tts": make_placement(
-            "tts", settings.tts_gpus, settings.tts_tensor_parallel_size, settings.tts_data_parallel_size
-        ),
-    }
+def visible_cards() -> tuple[int, float]:
+    """How many GPUs this process sees and the smallest one's memory in GiB (0 cards: (0, 0.0))."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return 0, 0.0
+    return count, min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) / GIB

@@ -188,15 +188,22 @@ def speech_regions(
     """
     audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
     probs = (model or default_vad()).probabilities(audio)
+    return regions_from_probabilities(probs, len(audio), params, min_speech_ms=min_speech_ms)
+
+
+def regions_from_probabilities(
+    probs: np.ndarray, total_samples: int, params: VadParams = VadParams(), *, min_speech_ms: int = 100
+) -> list[SpeechRegion]:
+    """`speech_regions` from frame probabilities already computed (`SileroVad.probabilities`). Cheap."""
     regions: list[SpeechRegion] = []
     detector = _TurnDetector(params)
     for index, prob in enumerate(probs):
         turn = detector.advance(index, float(prob))
         if turn is not None:
-            regions.append(_region(*turn, len(audio)))
+            regions.append(_region(*turn, total_samples))
     if detector.start is not None:
         end = detector.silent_since if detector.silent_since is not None else len(probs)
-        regions.append(_region(detector.start, end, len(audio)))
+        regions.append(_region(detector.start, end, total_samples))
     return [r for r in regions if r.samples * 1000 >= min_speech_ms * SAMPLE_RATE]
 
 
@@ -210,6 +217,7 @@ def split_for_asr(
     *,
     pad_ms: int = 200,
     total_samples: int | None = None,
+    pack: bool = True,
 ) -> list[SpeechRegion]:
     """Pack speech regions into pieces of at most ``max_seconds`` for a model window, in order.
 
@@ -217,7 +225,8 @@ def split_for_asr(
     halfway to its neighbour, nor outside ``[0, total_samples]``, and never so much that a region
     that fits would no longer fit). Consecutive regions share a piece while it stays within
     ``max_seconds``, so pieces are cut only in silence; a single region longer than that is cut
-    hard into equal parts.
+    hard into equal parts. With ``pack=False`` every region is a piece of its own (timestamped
+    transcripts: one segment per stretch of speech).
     """
     limit = int(max_seconds * SAMPLE_RATE)
     if limit <= 0:
@@ -239,7 +248,7 @@ def split_for_asr(
         if parts > 1:
             bounds = [padded.start + padded.samples * k // parts for k in range(parts + 1)]
             pieces.extend(SpeechRegion(a, b) for a, b in itertools.pairwise(bounds))
-        elif pieces and padded.end - pieces[-1].start <= limit:
+        elif pack and pieces and padded.end - pieces[-1].start <= limit:
             pieces[-1] = SpeechRegion(pieces[-1].start, padded.end)
         else:
             pieces.append(padded)

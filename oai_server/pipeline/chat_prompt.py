@@ -24,6 +24,8 @@ class Turn:
 
     role: str
     text: str
+    spoken: str = ""
+    """The part of ``text`` transcribed from the user's audio (counted as audio input in usage)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Decoding the whole reply at every token costs O(n^2); like vLLM we decode only a short window
 (`prefix_offset..`) and emit the text past what was already emitted, holding back a trailing
-U+FFFD while a multi-byte character is incomplete.
+U+FFFD while a multi-byte character is incomplete. Tokens are pieces of UTF-8 bytes: bytes that
+never complete a character (a random model writes them; a real one rarely) decode to U+FFFD,
+which is dropped, so no replacement character ever reaches a reply or its transcript.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from ..codec.tokenizer import TextTokenizer
 
 _WINDOW = 6
+REPLACEMENT = "\ufffd"
 
 
 class IncrementalDetokenizer:
@@ -30,8 +33,8 @@ class IncrementalDetokenizer:
             self.ids.append(token_id)
             prefix = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
             full = self.tokenizer.decode(self.ids[self._prefix_offset :], skip_special_tokens=True)
-            if len(full) > len(prefix) and not full.endswith("\ufffd"):
-                out.append(full[len(prefix) :])
+            if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
+                out.append(full[len(prefix) :].replace(REPLACEMENT, ""))
                 self._prefix_offset = max(self._read_offset, len(self.ids) - _WINDOW)
                 self._read_offset = len(self.ids)
                 # Re-anchor the window so `prefix` decodes to what has been emitted.

@@ -24,10 +24,11 @@ chunked into deltas; a decision that needs characters not yet seen waits for the
 * ``min_chars``: a sentence shorter than this is held and merged with the following one (not at flush).
 * ``first_segment_words``: for latency, the first segment of a stream may end at a clause boundary
   once it holds at least that many words.
-* ``first_segment_max_words``: for latency, the first segment of a stream ends at the first space
-  after that many words even without any punctuation (not after a word ending in ``.``, which may
-  be an abbreviation). It bounds how long the first audio waits for an LLM that writes a long first
-  clause; the price is a cut mid-clause, which Orpheus may voice with a slight pause.
+* ``first_segment_max_words``: for latency, the first segment of a stream holds at most that many
+  words: it ends at the space after its last word even without any punctuation, or, when that word
+  ends in ``.`` (maybe an abbreviation, as in ``Dr. Smith``), at the space before it, so the word
+  opens the next segment. It bounds how long the first audio waits for an LLM that writes a long
+  first clause; the price is a cut mid-clause, which Orpheus may voice with a slight pause.
 
 Latency: a boundary after ``.!?`` is emitted once the next non-space character arrives (after an
 initial or acronym, once the next word is complete), and a new sentence is not scanned until 10
@@ -214,7 +215,8 @@ class SentenceSegmenter:
                 return -j
             return self._after_terminator(i, j, dots)
         if c.isspace():
-            return i if self._first_segment_full(i) else self._space_event(i)
+            cut = self._first_segment_cut(i)
+            return cut if cut is not None else self._space_event(i)
         if self._emitted == 0 and self.first_segment_words is not None:
             return self._clause_event(i, c)
         return _NO
@@ -299,14 +301,23 @@ class SentenceSegmenter:
             return i
         return _NO
 
-    def _first_segment_full(self, i: int) -> bool:
-        """Whether the first segment has ``first_segment_max_words`` words before the space at ``i``."""
+    def _first_segment_cut(self, i: int) -> int | None:
+        """The cut of a first segment that has ``first_segment_max_words`` words before the space at ``i``.
+
+        Right here, or before the last word when it ends in ``.`` (it may be an abbreviation of the
+        next word); None while the segment is shorter.
+        """
         limit = self.first_segment_max_words
-        if self._emitted or limit is None or self._buf[i - 1] in ".\u2026" or self._buf[i - 1].isspace():
-            return False
+        if self._emitted or limit is None or self._buf[i - 1].isspace():
+            return None
         if not self._buf[self._sent_start : i].strip():  # just cut here (and held as too short)
-            return False
-        return len(self._buf[self._seg_start : i].split()) >= limit
+            return None
+        words = self._buf[self._seg_start : i].split()
+        if len(words) < limit:
+            return None
+        if words[-1][-1] in ".\u2026" and len(words) > 1:
+            return self._buf.rindex(words[-1], self._seg_start, i)
+        return i
 
     def _clause_event(self, i: int, c: str) -> int:
         """Early cut of the first segment at a clause boundary once it has enough words."""

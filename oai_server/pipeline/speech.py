@@ -14,6 +14,7 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,22 @@ from ..codec.tokenizer import TextTokenizer
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 
 CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz
+
+
+class GenerationObserver(Protocol):
+    """Told about every speech request's generation (e.g. the admission's real-time headroom gate)."""
+
+    def started(self) -> None:
+        """A request started generating."""
+        ...
+
+    def finished(self) -> None:
+        """A request stopped generating."""
+        ...
+
+    def record(self, tokens: int) -> None:
+        """Audio tokens arrived."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class SpeechSynthesizer:
         tokens_per_char: float,
         max_tokens: int,
         max_model_len: int,
+        observer: GenerationObserver | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -79,6 +97,7 @@ class SpeechSynthesizer:
         self.tokens_per_char = tokens_per_char
         self.max_tokens = max_tokens
         self.max_model_len = max_model_len
+        self.observer = observer
 
     def prompt_ids(self, text: str, voice: str) -> list[int]:
         """Orpheus prompt ids for `voice: text`."""
@@ -110,15 +129,25 @@ class SpeechSynthesizer:
         planner = self.windows.planner()
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
+        observer = self.observer
+        if observer is not None:
+            observer.started()
         try:
             deltas = self.engine.generate(prompt, params, new_request_id("tts"))
             async with aclosing(deltas):  # type: ignore[type-var]
                 async for delta in deltas:
+                    if observer is not None:
+                        observer.record(len(delta))
                     for pcm in await self._decode(planner.add(parser.feed(delta)), stats):
                         yield pcm
+            if observer is not None:
+                observer.finished()
+                observer = None
             for pcm in await self._decode(planner.finish(), stats):
                 yield pcm
         finally:
+            if observer is not None:
+                observer.finished()
             stats.audio_tokens += parser.audio_tokens
             stats.ignored_tokens += parser.ignored
 

@@ -1,4 +1,4 @@
-"""Wire types of the OpenAI API surface we serve (requests validated, responses built).
+"""Request bodies of the OpenAI API surface we serve (responses: `chat_responses`, `speech`, `catalog`).
 
 Requests accept and ignore unknown fields and explicit nulls (LangChain sends `"stream": false`,
 others send `null` for unset options). Field order follows the OpenAI API reference
@@ -9,13 +9,14 @@ ignore (`n > 1`, `tools`, `logprobs`, `response_format: json_schema`) are checke
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..errors import APIError, invalid
 from ..pipeline.encode import STREAMED_CHAT_FORMATS, ChatAudioFormat, SpeechFormat
+from .content_parts import InputAudioPart, part_kind
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 """Seeds are 64-bit integers (what torch and vLLM generators take); others are a 400, not a failed stream."""
@@ -76,6 +77,12 @@ class TextPart(OpenAIModel):
     text: str = ""
 
 
+ContentPart = Annotated[
+    Annotated[InputAudioPart, Tag("input_audio")] | Annotated[TextPart, Tag("other")], Discriminator(part_kind)
+]
+"""A content part: ``input_audio``, or text (any other type is refused by `ChatMessage.text`)."""
+
+
 class AudioRef(OpenAIModel):
     """`audio: {"id": ...}` on an assistant history message (extra keys allowed)."""
 
@@ -86,25 +93,31 @@ class ChatMessage(OpenAIModel):
     """One message of `messages`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     audio: AudioRef | None = None
 
-    def text(self, index: int) -> str:
-        """The message's text; non-text parts are refused."""
+    def text(self, index: int, transcripts: Mapping[int, str] | None = None) -> str:
+        """The message's text; ``transcripts`` stand for the audio parts (by index); other parts are refused."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
+        transcripts = transcripts or {}
         pieces = []
         for part_index, part in enumerate(self.content):
-            if part.type != "text":
+            if part_index in transcripts:
+                pieces.append(transcripts[part_index])
+                continue
+            if not isinstance(part, TextPart) or part.type != "text":
                 raise invalid(
                     f"Content part type '{part.type}' is not supported; only text parts are.",
                     f"messages[{index}].content[{part_index}].type",
                     "unsupported_value",
                 )
             pieces.append(part.text)
+        if transcripts:  # spoken and typed parts are separate utterances: one space between them
+            return " ".join(piece.strip() for piece in pieces if piece.strip())
         return "".join(pieces)
 
 
@@ -191,68 +204,3 @@ class ChatCompletionRequest(OpenAIModel):
                     param="audio.format",
                     code="unsupported_value",
                 )
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def model_card(model_id: str, created: int, owned_by: str = "oai-server") -> dict[str, Any]:
-    """One `/v1/models` entry."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
-
-
-def chunk(
-    completion_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
-) -> dict[str, Any]:
-    """One `chat.completion.chunk` with a single choice."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
-
-def usage(prompt_tokens: int, text_tokens: int, audio_tokens: int) -> dict[str, Any]:
-    """`usage` with text and audio token details (completion = text + audio)."""
-    completion = text_tokens + audio_tokens
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0, "text_tokens": prompt_tokens},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": audio_tokens,
-            "text_tokens": text_tokens,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def completion(
-    completion_id: str,
-    created: int,
-    model: str,
-    message: dict[str, Any],
-    finish_reason: str,
-    usage_body: dict[str, Any],
-) -> dict[str, Any]:
-    """A non-streaming `chat.completion`."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage_body,
-    }
-
-
-def now() -> int:
-    """Unix seconds."""
-    return int(time.time())

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from ..errors import APIError
 from ..pipeline.encode import AUDIO_FORMATS, content_type_for
 from ..protocol.chat import SpeechRequest
+from ..protocol.speech import SpeechAudioDelta, SpeechAudioDone
 from ..serving.speech import EncodedAudio, SpeechOutput
 from .deps import services
 from .docs import SPEECH_EVENT, binary, sse, streamed
@@ -35,22 +36,28 @@ async def raw_audio(outputs: AsyncIterator[SpeechOutput]) -> AsyncIterator[bytes
             yield output.data
 
 
+def _delta(piece: str) -> bytes:
+    event = SpeechAudioDelta(audio=piece)
+    return named_event(event.type, event.wire())
+
+
 async def speech_sse(outputs: AsyncIterator[SpeechOutput]) -> AsyncIterator[bytes]:
-    """`speech.audio.delta` events (base64 pieces that concatenate), then `speech.audio.done` with usage."""
+    """`speech.audio.delta` events, then `speech.audio.done` with usage.
+
+    The base64 pieces concatenate to the whole file, and each is cut at a multiple of 6 bytes (whole
+    16-bit samples of pcm, and of wav after its 44-byte header), so a client may decode every delta
+    on its own.
+    """
     carry = bytearray()
     async for output in outputs:
         if isinstance(output, EncodedAudio):
-            for piece in b64_pieces(output.data, carry, final=False, align=3):
-                yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
+            for piece in b64_pieces(output.data, carry, final=False):
+                yield _delta(piece)
             continue
-        for piece in b64_pieces(b"", carry, final=True, align=3):
-            yield named_event("speech.audio.delta", {"type": "speech.audio.delta", "audio": piece})
-        usage = {
-            "input_tokens": output.input_tokens,
-            "output_tokens": output.output_tokens,
-            "total_tokens": output.input_tokens + output.output_tokens,
-        }
-        yield named_event("speech.audio.done", {"type": "speech.audio.done", "usage": usage})
+        for piece in b64_pieces(b"", carry, final=True):
+            yield _delta(piece)
+        done = SpeechAudioDone.of(output.input_tokens, output.output_tokens)
+        yield named_event(done.type, done.wire())
 
 
 def speech_failure(error: APIError) -> list[bytes]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..protocol.chat import ChatCompletionRequest
 from .deps import services
-from .docs import CHAT_COMPLETION, CHAT_EVENT, sse, streamed
+from .docs import chat_responses
 from .render_chat import chat_completion, chat_failure, chat_sse
 from .responses import AbortingStreamingResponse, stream_response, whole_response
 
@@ -20,13 +20,7 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 
-RESPONSES = streamed(
-    "A `chat.completion`, or `chat.completion.chunk` events ending with `[DONE]` when streamed.",
-    {"application/json": {"schema": CHAT_COMPLETION}, **sse(CHAT_EVENT)},
-)
-
-
-@router.post("/v1/chat/completions", response_model=None, responses=RESPONSES)
+@router.post("/v1/chat/completions", response_model=None, responses=chat_responses())
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
 ) -> AbortingStreamingResponse | JSONResponse:
@@ -36,5 +30,5 @@ async def create_chat_completion(
         return await stream_response(
             svc, svc.chat.stream(job), partial(chat_sse, job), media_type="text/event-stream", on_failure=chat_failure
         )
-    result: dict[str, Any] = await whole_response(svc, request, lambda: chat_completion(job, svc.chat.stream(job)))
-    return JSONResponse(result)
+    result = await whole_response(svc, request, lambda: chat_completion(job, svc.chat.stream(job)))
+    return JSONResponse(result.wire())

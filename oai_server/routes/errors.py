@@ -14,11 +14,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ..errors import APIError, invalid, server_error
+from ..protocol.errors import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +49,6 @@ async def reject_websocket(scope: Scope, receive: Receive, send: Send, error: AP
         await send({"type": "websocket.http.response.body", "body": response.body})
         return
     await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION, "reason": error.message[:120]})
-
-
-class ErrorDetail(BaseModel):
-    """The inside of the envelope."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    """`{"error": {...}}`: the body of every error response (OpenAPI schema only)."""
-
-    error: ErrorDetail
 
 
 def _documented(description: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ untouched. `install_middleware` stacks them, outermost first:
 3. `ApiKeyMiddleware` when keys are configured: `Authorization: Bearer <key>` everywhere except
    `/`, `/health`, `/health/*`, `/metrics` (scraped without auth inside a cluster; keep the port
    private if that matters), `/static/*`, `/favicon.ico`, and OPTIONS requests.
-4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes`, from Content-Length or by counting.
+4. `BodyLimitMiddleware`: 413 past `settings.max_body_bytes` (the upload routes: 25 MB plus the form), from
+   Content-Length or by counting.
 
 Errors are answered with `errors.APIError`, so the envelope stays in one place.
 """
@@ -25,7 +26,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -37,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import APIError, server_error
 from ..metrics import OTHER_ROUTE, Metrics
 from .errors import error_response, reject_websocket
+from .json_body import JsonBodyMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -275,18 +277,21 @@ class BodyLimitMiddleware:
     can no longer have a valid body) is replaced by the 413, as long as no status was sent.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, route_limits: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.route_limits = dict(route_limits or {})
+        """Paths with a limit of their own (the upload routes: 25 MB files), never below `max_bytes`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request with its body bounded."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = max(self.route_limits.get(scope["path"], self.max_bytes), self.max_bytes)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
-            await error_response(request_too_large(self.max_bytes))(scope, receive, send)
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await error_response(request_too_large(limit))(scope, receive, send)
             return
         state: dict[str, Any] = {"received": 0, "exceeded": False, "started": False, "replaced": False}
 
@@ -296,7 +301,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_bytes:
+                if state["received"] > limit:
                     state["exceeded"] = True
                     raise HTTPException(413)
             return message
@@ -306,7 +311,7 @@ class BodyLimitMiddleware:
                 return  # the app's own answer to the broken body is dropped
             if message["type"] == "http.response.start" and state["exceeded"] and not state["started"]:
                 state["replaced"] = True
-                await self._reject(scope, send, state)
+                await self._reject(scope, send, state, limit)
                 return
             if message["type"] == "http.response.start":
                 state["started"] = True
@@ -318,15 +323,15 @@ class BodyLimitMiddleware:
             if not state["exceeded"]:
                 raise
             if not state["started"] and not state["replaced"]:
-                await self._reject(scope, send, state)
+                await self._reject(scope, send, state, limit)
 
-    async def _reject(self, scope: Scope, send: Send, state: dict[str, Any]) -> None:
+    async def _reject(self, scope: Scope, send: Send, state: dict[str, Any], limit: int) -> None:
         state["started"] = True
 
         async def no_body() -> Message:
             return {"type": "http.disconnect"}
 
-        await error_response(request_too_large(self.max_bytes))(scope, no_body, send)
+        await error_response(request_too_large(limit))(scope, no_body, send)
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
@@ -344,7 +349,10 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     metrics.set_live_sources(admission=lambda: getattr(services(), "admission", None), engines=engines)
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    from .audio_transcriptions import UPLOAD_ROUTES
+
+    app.add_middleware(JsonBodyMiddleware)  # routes/json_body.py: curl -d bodies are JSON
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, route_limits=UPLOAD_ROUTES)
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -16,7 +16,18 @@ from typing import Any
 
 from ..errors import APIError
 from ..pipeline.encode import encode_all
-from ..protocol.chat import chunk, completion, usage
+from ..protocol.chat_responses import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+    DeltaAudio,
+    FinishReason,
+    MessageAudio,
+)
 from ..serving.chat import ChatJob
 from ..serving.reply_events import (
     AudioChunk,
@@ -30,25 +41,36 @@ from ..serving.reply_events import (
 from .sse import DONE, b64_pieces, data_event, error_event
 
 
-def usage_body(reply: ReplyUsage) -> dict[str, Any]:
-    """`usage` of a finished reply."""
-    return usage(reply.prompt_tokens, reply.text_tokens, reply.audio_tokens)
+def usage_body(reply: ReplyUsage) -> CompletionUsage:
+    """`usage` of a finished reply; the prompt's spoken part is `prompt_tokens_details.audio_tokens`."""
+    return CompletionUsage.of(reply.prompt_tokens, reply.text_tokens, reply.audio_tokens, reply.audio_prompt_tokens)
 
 
-def _chunk(job: ChatJob, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    body = chunk(job.completion_id, job.created, job.request.model, delta, finish_reason)
+def _reason(finished: ReplyFinished) -> FinishReason:
+    """The reply's finish reason on the wire (the core only ends replies by a stop or the token limit)."""
+    return "length" if finished.finish_reason == "length" else "stop"
+
+
+def _body(job: ChatJob, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> bytes:
+    extra: dict[str, Any] = {"usage": usage} if job.include_usage else {}
+    body = ChatCompletionChunk(id=job.completion_id, created=job.created, model=job.model, choices=choices, **extra)
+    return data_event(body.wire())
+
+
+def _chunk(job: ChatJob, delta: ChoiceDelta, finish_reason: FinishReason | None = None) -> bytes:
+    return _body(job, [ChunkChoice(delta=delta, finish_reason=finish_reason)])
+
+
+def _audio(**audio: Any) -> ChoiceDelta:
+    return ChoiceDelta(audio=DeltaAudio(**audio))
+
+
+def _finish(job: ChatJob, finished: ReplyFinished, expires_at: int | None) -> list[bytes]:
+    out = [_chunk(job, ChoiceDelta(), _reason(finished))]
+    if expires_at is not None:
+        out.append(_chunk(job, _audio(expires_at=expires_at)))
     if job.include_usage:
-        body["usage"] = None
-    return data_event(body)
-
-
-def _finish(job: ChatJob, finished: ReplyFinished, audio: dict[str, Any] | None) -> list[bytes]:
-    out = [_chunk(job, {}, finished.finish_reason)]
-    if audio is not None:
-        out.append(_chunk(job, {"audio": audio}))
-    if job.include_usage:
-        final = {**chunk(job.completion_id, job.created, job.request.model, {}), "choices": []}
-        out.append(data_event({**final, "usage": usage_body(finished.usage)}))
+        out.append(_body(job, [], usage_body(finished.usage)))
     out.append(DONE)
     return out
 
@@ -56,34 +78,34 @@ def _finish(job: ChatJob, finished: ReplyFinished, audio: dict[str, Any] | None)
 async def chat_sse(job: ChatJob, events: AsyncIterator[ReplyEvent]) -> AsyncIterator[bytes]:
     """The SSE body of a streaming request (text or audio)."""
     if not job.spoken:
-        yield _chunk(job, {"role": "assistant", "content": "", "refusal": None})
+        yield _chunk(job, ChoiceDelta(role="assistant", content="", refusal=None))
         async for event in events:
             if isinstance(event, TextDelta):
-                yield _chunk(job, {"content": event.text})
+                yield _chunk(job, ChoiceDelta(content=event.text))
             elif isinstance(event, ReplyFinished):
                 for data in _finish(job, event, None):
                     yield data
         return
-    yield _chunk(job, {"role": "assistant", "content": None, "refusal": None})
+    yield _chunk(job, ChoiceDelta(role="assistant", content=None, refusal=None))
     audio_id = ""
     announced = False
     carry = bytearray()
     async for event in events:
         if isinstance(event, SegmentStarted):
             if announced:
-                yield _chunk(job, {"audio": {"transcript": f" {event.text}"}})
+                yield _chunk(job, _audio(transcript=f" {event.text}"))
             else:  # the first audio delta carries the id, exactly once
-                yield _chunk(job, {"content": None, "audio": {"id": audio_id, "transcript": event.text}})
+                yield _chunk(job, ChoiceDelta(content=None, audio=DeltaAudio(id=audio_id, transcript=event.text)))
                 announced = True
         elif isinstance(event, AudioChunk):
             for piece in b64_pieces(event.pcm, carry, final=False):
-                yield _chunk(job, {"audio": {"data": piece}})
+                yield _chunk(job, _audio(data=piece))
         elif isinstance(event, ReplyFinished):
             for piece in b64_pieces(b"", carry, final=True):
-                yield _chunk(job, {"audio": {"data": piece}})
+                yield _chunk(job, _audio(data=piece))
             if not announced:  # nothing was spoken: still announce the audio id once
-                yield _chunk(job, {"content": None, "audio": {"id": audio_id, "transcript": ""}})
-            for data in _finish(job, event, {"expires_at": event.expires_at}):
+                yield _chunk(job, ChoiceDelta(content=None, audio=DeltaAudio(id=audio_id, transcript="")))
+            for data in _finish(job, event, event.expires_at):
                 yield data
         elif isinstance(event, ReplyStarted) and event.audio_id is not None:
             audio_id = event.audio_id
@@ -94,7 +116,7 @@ def chat_failure(error: APIError) -> list[bytes]:
     return [error_event(error), DONE]
 
 
-async def chat_completion(job: ChatJob, events: AsyncIterator[ReplyEvent]) -> dict[str, Any]:
+async def chat_completion(job: ChatJob, events: AsyncIterator[ReplyEvent]) -> ChatCompletion:
     """The whole `chat.completion` of a non-streaming request."""
     text: list[str] = []
     pcm = bytearray()
@@ -110,16 +132,17 @@ async def chat_completion(job: ChatJob, events: AsyncIterator[ReplyEvent]) -> di
         elif isinstance(event, ReplyStarted) and event.audio_id is not None:
             audio_id = event.audio_id
     assert finished is not None
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text), "refusal": None, "annotations": []}
+    message = AssistantMessage(content="".join(text))
     if job.spoken:
-        assert job.request.audio is not None
+        assert job.request.audio is not None and finished.expires_at is not None
         data = await asyncio.to_thread(encode_all, bytes(pcm), job.request.audio.format)
-        message["content"] = None
-        message["audio"] = {
-            "id": audio_id,
-            "data": base64.b64encode(data).decode("ascii"),
-            "expires_at": finished.expires_at,
-            "transcript": finished.transcript,
-        }
-    usage_dict = usage_body(finished.usage)
-    return completion(job.completion_id, job.created, job.request.model, message, finished.finish_reason, usage_dict)
+        audio = MessageAudio(
+            id=audio_id,
+            data=base64.b64encode(data).decode("ascii"),
+            expires_at=finished.expires_at,
+            transcript=finished.transcript,
+        )
+        message = AssistantMessage(content=None, audio=audio)
+    choice = Choice(message=message, finish_reason=_reason(finished))
+    usage = usage_body(finished.usage)
+    return ChatCompletion(id=job.completion_id, created=job.created, model=job.model, choices=[choice], usage=usage)

@@ -2,13 +2,13 @@
 
 `/tts` (GET or POST) and `/chat` return streaming WAV (24 kHz, s16, mono); `/chat` with
 `stream_text` returns the reply as a plain-text stream instead. `/models` keeps the seed's
-JSON shape with the license fields.
+JSON shape with the license fields, with true facts (`serving.model_facts`) and a `demo` flag.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import Field
@@ -16,7 +16,9 @@ from pydantic import Field
 from ..errors import check_length, invalid
 from ..pipeline.chat_prompt import Turn
 from ..pipeline.encode import make_encoder
+from ..protocol.catalog import SeedModels
 from ..protocol.chat import OpenAIModel, Seed
+from ..serving.model_facts import describe_models
 from ..serving.reply import Conversation, TextSampling
 from ..serving.reply_events import AudioChunk, ReplyEvent, TextDelta
 from .audio_speech import raw_audio
@@ -111,32 +113,10 @@ async def tts_post(body: SeedTTSRequest, svc: Services = Depends(services)) -> A
     return await _tts(body, svc)
 
 
-@router.get("/models", responses=ERROR_RESPONSES)
-async def seed_models(svc: Services = Depends(services)) -> dict[str, Any]:
-    """The seed's model description, with license fields."""
-    return {
-        "llm": {
-            "name": "Gemma 2 2B Instruct",
-            "id": svc.settings.chat_model_id,
-            "provider": "Google",
-            "parameters": "2B",
-            "license": "Gemma Terms of Use (Commercial use allowed)",
-            "license_url": "https://ai.google.dev/gemma/terms",
-            "capabilities": ["conversational_ai", "streaming", "instruction_following"],
-            "loaded": True,
-        },
-        "tts": {
-            "name": "Orpheus TTS",
-            "id": svc.settings.speech_model_id,
-            "provider": "Canopy Labs",
-            "parameters": "3B",
-            "license": "Apache 2.0",
-            "license_url": "https://www.apache.org/licenses/LICENSE-2.0",
-            "capabilities": ["text_to_speech", "streaming", "emotion_control"],
-            "voices": list(svc.settings.voices),
-            "loaded": True,
-        },
-    }
+@router.get("/models", response_model=SeedModels, responses=ERROR_RESPONSES)
+async def seed_models(svc: Services = Depends(services)) -> SeedModels:
+    """The seed's model description, with license fields; in the demo profile, what the demo models are."""
+    return describe_models(svc.settings)
 
 
 @router.post("/chat", response_class=AbortingStreamingResponse, responses=CHAT_RESPONSES)

@@ -65,6 +65,8 @@ class PreparedReply:
     prompt_ids: list[int]
     params: SamplingParams
     reply_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    audio_prompt_tokens: int = 0
+    """Prompt tokens of the turns' spoken (transcribed) text (`Turn.spoken`)."""
 
 
 def now() -> int:
@@ -106,6 +108,9 @@ class ReplyService:
             system,
             max_prompt_tokens=s.llm_max_model_len - reserve,
         )
+        spoken = [turn.spoken for turn in conversation.turns if turn.spoken.strip()]
+        # Counted apart from the rendered prompt (a token may straddle a seam); at most the whole prompt.
+        audio_tokens = await asyncio.to_thread(self._count_tokens, spoken) if spoken else 0
         sampling = conversation.sampling
         params = SamplingParams(
             max_tokens=min(max_tokens, s.llm_max_model_len - len(prompt.token_ids)),
@@ -116,7 +121,11 @@ class ReplyService:
             seed=sampling.seed,
             stop_token_ids=self.stop_token_ids,
         )
-        return PreparedReply(conversation, prompt.token_ids, params)
+        audio_prompt_tokens = min(audio_tokens, len(prompt.token_ids))
+        return PreparedReply(conversation, prompt.token_ids, params, audio_prompt_tokens=audio_prompt_tokens)
+
+    def _count_tokens(self, texts: list[str]) -> int:
+        return sum(len(self.tokenizer.encode(text, add_special_tokens=False)) for text in texts)
 
     async def _text(self, prepared: PreparedReply, stats: ReplyStats, meter: StreamMeter) -> AsyncIterator[str]:
         stops = prepared.conversation.sampling.stop
@@ -140,7 +149,7 @@ class ReplyService:
                 meter.finish(0)
             finally:
                 meter.close(("llm",))
-            usage = ReplyUsage(stats.prompt_tokens, stats.text_tokens, 0, 0)
+            usage = ReplyUsage(stats.prompt_tokens, stats.text_tokens, 0, 0, prepared.audio_prompt_tokens)
             yield ReplyFinished(stats.finish_reason, usage, "", None)
             return
         speech = SpeechStats()
@@ -160,7 +169,9 @@ class ReplyService:
         expires_at = now() + self.settings.audio_ttl_seconds
         if prepared.conversation.remember_audio and audio_id is not None:
             await self.audio_store.put(audio_id, transcript.text, expires_at)
-        usage = ReplyUsage(stats.prompt_tokens, stats.text_tokens, speech.audio_tokens, speech.frames)
+        usage = ReplyUsage(
+            stats.prompt_tokens, stats.text_tokens, speech.audio_tokens, speech.frames, prepared.audio_prompt_tokens
+        )
         yield ReplyFinished(stats.finish_reason, usage, transcript.text, expires_at)
 
     def _speech(

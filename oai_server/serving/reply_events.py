@@ -75,6 +75,8 @@ class ReplyUsage:
     text_tokens: int
     audio_tokens: int
     frames: int
+    audio_prompt_tokens: int = 0
+    """Prompt tokens that stand for the user's speech (its transcripts); the rest of the prompt is text."""
 
     @property
     def completion_tokens(self) -> int:

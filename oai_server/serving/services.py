@@ -18,6 +18,7 @@ from .realtime.service import RealtimeServing
 from .realtime.session import SessionDeps
 from .reply import ReplyService
 from .speech import SpeechServing
+from .transcription import TranscriptionService
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Services:
     chat: ChatServing
     admission: Admission
     audio_store: AudioStore
+    transcription: TranscriptionService
     realtime: RealtimeServing
     started_at: float = field(default_factory=time.time)
 
@@ -61,7 +63,8 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         settings, engines.llm, engines.llm_tokenizer, engines.llm_stop_token_ids, synthesizer, store, metrics
     )
     speech = SpeechServing(settings, synthesizer, voices, metrics)
-    chat = ChatServing(settings, replies, store, voices)
+    transcription = TranscriptionService(settings, engines.asr)
+    chat = ChatServing(settings, replies, store, voices, transcription)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
     realtime = RealtimeServing(SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, metrics))
-    return Services(settings, engines, voices, replies, speech, chat, admission, store, realtime)
+    return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription, realtime)

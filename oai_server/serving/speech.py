@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import check_length, invalid, model_not_found
+from ..errors import check_length, invalid
 from ..pipeline.encode import INLINE_FORMATS, AudioEncoder, make_encoder
 from ..pipeline.segmenter import split_text
 from ..pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
@@ -23,11 +23,10 @@ from ..pipeline.voices import VoiceCatalog
 from ..protocol.chat import SpeechRequest, voice_name
 from ..settings import Settings
 from .meter import StreamMeter
+from .model_names import ModelNames
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
-
-SPEECH_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,12 @@ class SpeechServing:
         self.synthesizer = synthesizer
         self.voices = voices
         self.metrics = metrics
+        self.names = ModelNames.from_settings(settings)
 
     @property
     def model_ids(self) -> tuple[str, ...]:
-        """Model ids accepted for speech."""
-        return (self.settings.speech_model_id, *SPEECH_MODEL_ALIASES)
+        """Model ids listed for speech (others are served too, unless `strict_model_names`)."""
+        return self.names.speech
 
     def job(self, text: str, options: VoiceOptions, response_format: str, speed: float, param: str) -> SpeechJob:
         """A job for `text` (raises the 400 for empty or too long text, naming `param`)."""
@@ -94,8 +94,7 @@ class SpeechServing:
 
     def prepare(self, request: SpeechRequest) -> SpeechJob:
         """Validate a `/v1/audio/speech` request (raises `APIError`) before any audio is produced."""
-        if request.model not in self.model_ids:
-            raise model_not_found(request.model)
+        self.names.resolve(request.model, "speech")
         options = self.voices.options(
             voice_name(request.voice),
             temperature=request.temperature,

@@ -9,13 +9,15 @@
     key: $("api-key"), voice: $("voice"), status: $("status"), log: $("log"), form: $("chat-form"),
     message: $("message"), maxTokens: $("max-tokens"), send: $("send"), stop: $("stop"), clear: $("clear"),
     ttsForm: $("tts-form"), ttsInput: $("tts-input"), speak: $("speak"), ttsStop: $("tts-stop"), error: $("error"),
+    banner: $("demo-banner"),
   };
 
-  // What tests look at: counts of scheduled audio, the transcript, the last error, the history sent.
+  // What tests look at: counts of scheduled audio, the transcript, the last error, the history sent, and how
+  // the last request ended (outcome: done, stopped or error) while the pill shows the state now.
   const hooks = {
     scheduledBuffers: 0, scheduledSeconds: 0, ttsBuffers: 0, ttsSeconds: 0,
-    transcript: "", audioId: null, lastError: null, status: "idle", history: [], voices: [],
-    requests: 0, completed: 0, stopped: 0,
+    transcript: "", audioId: null, lastError: null, status: "idle", outcome: null, history: [], voices: [],
+    requests: 0, completed: 0, stopped: 0, demo: false,
   };
   window.__oai = hooks;
 
@@ -59,7 +61,7 @@
     src.start(nextTime);
     nextTime += buffer.duration;
     sources.add(src);
-    src.onended = () => sources.delete(src);
+    src.onended = () => { sources.delete(src); settle(); };
     if (kind === "tts") { hooks.ttsBuffers++; hooks.ttsSeconds += buffer.duration; }
     else { hooks.scheduledBuffers++; hooks.scheduledSeconds += buffer.duration; }
   }
@@ -68,6 +70,20 @@
     for (const src of sources) { try { src.stop(); } catch (_) { /* not started yet */ } }
     sources.clear();
     nextTime = 0;
+  }
+
+  // After a request: "playing" while its audio is still queued, then back to "idle".
+  let idleTimer = null;
+  function settle() {
+    if (controller || hooks.status === "error") return;
+    clearTimeout(idleTimer);
+    const left = ctx && sources.size ? nextTime - ctx.currentTime : 0;
+    if (left > 0.02) {
+      setStatus("playing");
+      idleTimer = setTimeout(settle, left * 1000 + 50);
+    } else {
+      setStatus("idle");
+    }
   }
 
   function base64Bytes(b64) {
@@ -139,16 +155,28 @@
     hooks.lastError = err ? { message: err.message, status: err.status || 0, code: err.code || null } : null;
     ui.error.hidden = !err;
     ui.error.textContent = err ? err.message : "";
-    if (err) setStatus("error");
+    if (err) { hooks.outcome = "error"; setStatus("error"); }
+    else if (hooks.status === "error") setStatus("idle");
   }
 
+  // The log follows new text unless the reader has scrolled up to read something older.
+  function atBottom() { return ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40; }
+  function follow(wasAtBottom) { if (wasAtBottom) ui.log.scrollTop = ui.log.scrollHeight; }
+
   function addLine(role, text) {
+    const stick = atBottom();
     const li = document.createElement("li");
     li.className = role;
     li.textContent = text;
     ui.log.appendChild(li);
-    ui.log.scrollTop = ui.log.scrollHeight;
+    follow(stick);
     return li;
+  }
+
+  function setLine(line, text) {
+    const stick = atBottom();
+    line.textContent = text;
+    follow(stick);
   }
 
   let controller = null;
@@ -165,13 +193,14 @@
   }
 
   // ---- chat ----
-  async function sendMessage(text) {
+  // `content` is what the server gets (text, or parts such as the microphone's input_audio); `text` is shown.
+  async function sendMessage(text, content = text) {
     audio(); // resume the context inside the click, for autoplay policies
     silence();
     showError(null);
     controller = new AbortController();
     const signal = controller.signal;
-    const user = { role: "user", content: text };
+    const user = { role: "user", content };
     const payload = {
       model: "gpt-4o-audio-preview", stream: true, modalities: ["text", "audio"],
       audio: { voice: ui.voice.value, format: "pcm16" }, messages: [...hooks.history, user],
@@ -195,20 +224,20 @@
         if (piece) {
           transcript += transcript && !/\s$/.test(transcript) && !/^\s/.test(piece) ? ` ${piece}` : piece;
           hooks.transcript = transcript;
-          line.textContent = transcript;
+          setLine(line, transcript);
         }
         if (delta.audio && delta.audio.data) play(base64Bytes(delta.audio.data));
       }
       // The server keeps the reply under its audio id; sending the id back is the OpenAI way.
       hooks.history.push(user, audioId ? { role: "assistant", audio: { id: audioId } } : { role: "assistant", content: transcript });
       hooks.completed++;
-      setStatus("done");
+      hooks.outcome = "done";
     } catch (err) {
       if (signal.aborted) {
         line.classList.add("stopped");
         if (transcript) hooks.history.push(user, { role: "assistant", content: transcript });
         hooks.stopped++;
-        setStatus("stopped");
+        hooks.outcome = "stopped";
       } else {
         line.remove();
         showError(err);
@@ -216,6 +245,7 @@
     } finally {
       controller = null;
       busy(false);
+      settle();
     }
   }
 
@@ -238,21 +268,26 @@
         play(value);
       }
       hooks.completed++;
-      setStatus("done");
+      hooks.outcome = "done";
     } catch (err) {
-      if (signal.aborted) { hooks.stopped++; setStatus("stopped"); } else showError(err);
+      if (signal.aborted) { hooks.stopped++; hooks.outcome = "stopped"; } else showError(err);
     } finally {
       controller = null;
       busy(false);
+      settle();
     }
   }
 
-  // ---- voices from the seed's GET /models (tts.voices) ----
+  // ---- voices from the seed's GET /models (tts.voices), and whether these are the demo's random models ----
   async function loadVoices() {
     try {
       const res = await fetch("/models", { headers: headers() });
       if (!res.ok) throw await failure(res);
-      const voices = ((await res.json()).tts || {}).voices || [];
+      const models = await res.json();
+      hooks.demo = models.demo === true;
+      ui.banner.hidden = !hooks.demo;
+      ui.banner.textContent = hooks.demo ? models.note || "Demo profile: the models have random weights." : "";
+      const voices = (models.tts || {}).voices || [];
       if (!voices.length) return;
       const current = ui.voice.value;
       ui.voice.replaceChildren(...voices.map((v) => new Option(v, v, false, v === current)));
@@ -266,7 +301,7 @@
   ui.key.value = localStorage.getItem(KEY_STORAGE) || "";
   ui.key.addEventListener("change", () => {
     localStorage.setItem(KEY_STORAGE, ui.key.value.trim());
-    showError(null); setStatus("idle");
+    showError(null);
     loadVoices();
   });
   ui.form.addEventListener("submit", (e) => {
@@ -287,7 +322,12 @@
   ui.stop.addEventListener("click", stop);
   ui.ttsStop.addEventListener("click", stop);
   ui.clear.addEventListener("click", () => {
-    stop(); hooks.history = []; ui.log.replaceChildren(); showError(null); setStatus("idle");
+    stop(); hooks.history = []; ui.log.replaceChildren(); showError(null); settle();
   });
   loadVoices();
+  // For mic.js (push-to-talk): send a message made of content parts, unless a reply is running.
+  window.__oaiChat = {
+    send: (text, content) => { if (!controller) sendMessage(text, content); },
+    busy: () => controller !== null,
+  };
 })();

@@ -1,0 +1,394 @@
+"""Which cards each engine gets: the server's GPU layout, decided from the cards it sees.
+
+`plan_layout(cards, card_gib, request)` is a pure function of the visible card count, the smallest
+card's memory, the stated workload (`--placement`) and the settings given explicitly; the factory
+calls it with what torch sees, and logs `Layout.describe()` in one block at start. Roles: Gemma
+(`llm`), Orpheus (`tts`), Whisper (`asr`) and the SNAC decoder (in the server process).
+
+Layouts (`--placement`):
+
+* `shared`: today's one-card layout: every engine on the first visible card, memory shares as set
+  (0.35 / 0.25 / 0.10 by default). `auto` picks it on one card; on one card every workload is this.
+* `balanced` (what `auto` picks on 2+ cards) and `chat`: Gemma, Whisper and SNAC on card 0, an
+  Orpheus engine on every other card. Gemma's first clause is inside every chat reply's time to
+  first audio, and two vLLM engines on one card take turns by whole steps (each ran at half speed),
+  so Gemma gets a card without Orpheus. This is the layout measured on two H200s with manual flags
+  (`--llm-gpus 0 --tts-gpus 1`): 192 speech streams at RTF 0.70 and 128 chat conversations without
+  underruns, against 128 and 32 on one card. `chat` and `balanced` give the same cards today; they
+  are separate names so that a measured difference can change one without the other.
+* `speech`: an Orpheus engine on every card, card 0's beside Gemma, Whisper and SNAC. Speech-only
+  load leaves Gemma idle, so card 0's spare time serves Orpheus too.
+
+Orpheus engines are replicas behind the server's balancer (`engines/balanced.py`), which sends each
+new stream to the replica with the fewest live streams per weight. A replica that shares a card
+with another engine has weight 1/2 (it takes one stream for every two on a card of its own), and
+SNAC goes to the card with the least Orpheus weight on it (then the fewest engines): never an
+Orpheus card when there is a choice, else the one whose replica takes fewer streams.
+
+Explicit settings win. With `auto`, any placement flag (`--llm-gpus`, `--tts-gpus`, `--asr-gpus`,
+the tensor/data-parallel sizes) means the manual layout: exactly those flags, an unnamed role on the
+first visible card (the behaviour before layouts existed). With a named layout, a role whose cards
+are named keeps them and the others follow the layout; an explicit `--tts-data-parallel-size`
+turns the layout's Orpheus cards into one vLLM data-parallel engine instead of replicas.
+`--snac-device` other than `auto` and an explicit memory share are kept as given.
+
+Memory shares (vLLM's `gpu_memory_utilization`, a fraction of the whole card per engine, checked
+against free memory when each engine starts): when every engine sits on card 0 they are the
+settings' values; otherwise each share not set explicitly is computed per card: engines on a card
+split `USABLE_SHARE` (0.90, vLLM's own default) minus SNAC's reserve and any explicit shares there,
+Orpheus 3 : Gemma 2 : Whisper 1; an engine spanning cards takes its smallest split. A card whose
+shares add up past `MAX_SHARE_SUM`, or a computed share below a role's minimum (the default
+models' weights plus room), is refused with one error naming the card and the flags to change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .placement import Placement, make_placement, make_replicas
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+WORKLOADS = ("auto", "shared", "speech", "chat", "balanced")
+ROLES = ("llm", "tts", "asr")
+ROLE_NAMES = {"llm": "Gemma", "tts": "Orpheus", "asr": "Whisper"}
+PLACEMENT_FIELDS = (
+    "llm_gpus",
+    "tts_gpus",
+    "asr_gpus",
+    "llm_tensor_parallel_size",
+    "tts_tensor_parallel_size",
+    "tts_data_parallel_size",
+)
+"""Settings that, given explicitly, make `auto` the manual layout."""
+
+USABLE_SHARE = 0.90
+"""Fraction of a card the computed shares of its engines add up to (vLLM's default for one engine)."""
+MAX_SHARE_SUM = 0.95
+"""Most a card's shares plus SNAC's reserve may add up to (each engine's start checks free memory)."""
+SNAC_RESERVE_GIB = 3.0
+"""The server process on the SNAC card: CUDA context, SNAC, its CUDA graphs (2.4 GB measured)."""
+SPLIT_WEIGHT = {"tts": 3.0, "llm": 2.0, "asr": 1.0}
+"""How engines sharing a card split it."""
+MIN_GIB = {"tts": 8.0, "llm": 6.0, "asr": 2.0}
+"""Smallest computed share per role: the default models' bf16 weights (6.6, 5.2, 1.6 GB) plus room."""
+SHARING_REPLICA_WEIGHT = 0.5
+"""Balancing weight of a replica that shares a card with another engine (1 on a card of its own)."""
+
+
+@dataclass(frozen=True)
+class LayoutRequest:
+    """What the layout depends on besides the cards: the workload and the settings (raw flags)."""
+
+    workload: str = "auto"
+    gpus: Mapping[str, str | None] = field(default_factory=dict)
+    """The `--llm-gpus`/`--tts-gpus`/`--asr-gpus` flags by role."""
+    llm_tensor_parallel: int = 1
+    tts_tensor_parallel: int = 1
+    tts_data_parallel: int = 1
+    memory: Mapping[str, float] = field(default_factory=lambda: {"tts": 0.35, "llm": 0.25, "asr": 0.1})
+    """Each role's `--*-gpu-memory-utilization` value."""
+    explicit: frozenset[str] = frozenset()
+    """Names of the settings given explicitly (flag or environment)."""
+    snac_device: str = "auto"
+    asr: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LayoutRequest:
+        """The request a server's settings make."""
+        return cls(
+            workload=settings.placement,
+            gpus={"llm": settings.llm_gpus, "tts": settings.tts_gpus, "asr": settings.asr_gpus},
+            llm_tensor_parallel=settings.llm_tensor_parallel_size,
+            tts_tensor_parallel=settings.tts_tensor_parallel_size,
+            tts_data_parallel=settings.tts_data_parallel_size,
+            memory={
+                "llm": settings.llm_gpu_memory_utilization,
+                "tts": settings.tts_gpu_memory_utilization,
+                "asr": settings.asr_gpu_memory_utilization,
+            },
+            explicit=frozenset(settings.model_fields_set),
+            snac_device=settings.snac_device,
+            asr=settings.asr,
+        )
+
+    def named(self, role: str) -> bool:
+        """Whether the role's cards were named by its `--<role>-gpus` flag."""
+        return f"{role}_gpus" in self.explicit and bool(self.gpus.get(role))
+
+    def memory_explicit(self, role: str) -> bool:
+        """Whether the role's memory share was set explicitly."""
+        return f"{role}_gpu_memory_utilization" in self.explicit
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """One engine to start: its role, cards, memory share and balancing weight among its role's replicas."""
+
+    role: str
+    placement: Placement
+    memory: float
+    weight: float = 1.0
+
+    @property
+    def cards(self) -> tuple[int, ...]:
+        """The cards it occupies."""
+        return self.placement.cards()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every engine of the server, where SNAC decodes, and why (`describe`)."""
+
+    name: str
+    """shared, speech, chat, balanced or manual."""
+    requested: str
+    cards: int
+    card_gib: float
+    engines: tuple[EnginePlan, ...]
+    snac_device: str
+    notes: tuple[str, ...] = ()
+
+    def role(self, role: str) -> tuple[EnginePlan, ...]:
+        """The engines of one role (several: replicas behind the balancer)."""
+        return tuple(plan for plan in self.engines if plan.role == role)
+
+    @property
+    def snac_card(self) -> int | None:
+        """The card SNAC decodes on (None: not on a GPU)."""
+        return _cuda_index(self.snac_device)
+
+    @property
+    def spread(self) -> bool:
+        """Whether any engine sits off card 0 (then shares not set explicitly are computed)."""
+        return _spread(plan.placement for plan in self.engines)
+
+    def describe(self) -> str:
+        """The layout as a readable block for the start-up log."""
+        lines = [
+            f"GPU layout '{self.name}' (--placement {self.requested}; {self.cards} card(s) of {self.card_gib:.1f} GiB)"
+        ]
+        for card in range(self.cards):
+            items = []
+            for plan in self.engines:
+                if card in plan.cards:
+                    replicas = self.role(plan.role)
+                    label = ROLE_NAMES[plan.role]
+                    if len(replicas) > 1:
+                        label += f" #{replicas.index(plan)}"
+                    label += f" share {plan.memory:.2f}"
+                    parallel = plan.placement.engine_kwargs()
+                    label += "".join(f" {key.split('_')[0]}-parallel {value}" for key, value in parallel.items())
+                    if len(replicas) > 1:
+                        label += f" weight {plan.weight:g}"
+                    items.append(label)
+            if self.snac_card == card:
+                items.append(f"SNAC (~{SNAC_RESERVE_GIB:g} GiB)")
+            lines.append(f"  card {card}: {', '.join(items) or 'unused'}")
+        if self.snac_card is None:
+            lines.append(f"  SNAC: {self.snac_device}")
+        for role in ROLES:
+            replicas = self.role(role)
+            if len(replicas) > 1:
+                lines.append(
+                    f"  {ROLE_NAMES[role]}: {len(replicas)} engines behind the server's balancer "
+                    "(fewest live streams per weight; a stream stays on its engine)"
+                )
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
+    """The layout for `cards` visible GPUs of at least `card_gib` GiB each; `ValueError` with one clear
+    message when the request cannot be laid out (see the module docstring for the rules)."""
+    if request.workload not in WORKLOADS:
+        raise ValueError(f"placement: {request.workload!r} is not one of {', '.join(WORKLOADS)}")
+    if cards < 1:
+        raise ValueError("placement: no GPU is visible; the vLLM engines need CUDA (or use --engine transformers)")
+    roles = [role for role in ROLES if role != "asr" or request.asr]
+    flagged = any(name in request.explicit for name in PLACEMENT_FIELDS)
+    notes: list[str] = []
+    if request.workload == "auto":
+        name = "manual" if flagged else ("shared" if cards == 1 else "balanced")
+    elif cards == 1 and request.workload != "shared":
+        name = "shared"
+        notes.append(f"one card: the {request.workload} layout needs two or more, every engine shares it")
+    else:
+        name = request.workload
+
+    if name in ("shared", "manual"):
+        assigned = {role: list(_flagged(role, request)) for role in roles}
+    else:
+        assigned = _workload(name, cards, request, roles, notes)
+        for role in roles:
+            if request.named(role):
+                assigned[role] = list(_flagged(role, request))
+    for role, placements in assigned.items():
+        for placement in placements:
+            missing = [card for card in placement.cards() if card >= cards]
+            if missing:
+                raise ValueError(f"placement: {role} on GPU(s) {missing}, which do not exist ({cards} visible)")
+
+    weights = _weights(assigned)
+    snac_device = _snac_device(request.snac_device, cards, assigned, weights)
+    plans = _memory(assigned, weights, cards, card_gib, request, snac_device)
+    layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes))
+    _check(layout, request)
+    return layout
+
+
+def _flagged(role: str, request: LayoutRequest) -> tuple[Placement, ...]:
+    if role == "llm":
+        return make_replicas("llm", request.gpus.get("llm"), request.llm_tensor_parallel, 1)
+    if role == "tts":
+        return make_replicas("tts", request.gpus.get("tts"), request.tts_tensor_parallel, request.tts_data_parallel)
+    return (make_placement("asr", request.gpus.get("asr"), 1, 1),)
+
+
+def _workload(
+    name: str, cards: int, request: LayoutRequest, roles: list[str], notes: list[str]
+) -> dict[str, list[Placement]]:
+    """speech / chat / balanced on 2+ cards: the host roles on card 0, Orpheus where the workload puts it."""
+    if request.llm_tensor_parallel > 1 and not request.named("llm"):
+        raise ValueError(
+            f"placement {name}: --llm-tensor-parallel-size {request.llm_tensor_parallel} needs --llm-gpus naming "
+            "its cards (the layouts give Gemma card 0)"
+        )
+    tp, dp = request.tts_tensor_parallel, request.tts_data_parallel
+    free = list(range(cards)) if name == "speech" else list(range(1, cards))
+    groups = [tuple(free[i : i + tp]) for i in range(0, len(free) - tp + 1, tp)]
+    if not groups and not request.named("tts"):
+        raise ValueError(
+            f"placement {name} on {cards} cards: Orpheus needs {tp} card(s) per engine (--tts-tensor-parallel-size) "
+            f"and the layout leaves it {len(free)}; use fewer tensor-parallel cards or name them with --tts-gpus"
+        )
+    used = len(groups) * tp
+    if dp > 1 and not request.named("tts"):
+        if len(groups) < dp:
+            raise ValueError(
+                f"placement {name} on {cards} cards: --tts-data-parallel-size {dp} x --tts-tensor-parallel-size {tp} "
+                f"needs {dp * tp} Orpheus cards and the layout has {used}"
+            )
+        flat = tuple(card for group in groups[:dp] for card in group)
+        tts = [Placement(flat, tp, dp)]
+        used = dp * tp
+        notes.append(f"Orpheus: one vLLM engine, data parallel {dp} (vLLM balances; per-card weights do not apply)")
+    else:
+        tts = [Placement(group, tp, 1) for group in groups]
+    if used < len(free) and not request.named("tts"):
+        notes.append(f"card(s) {free[used:]} left without Orpheus (tensor/data-parallel sizes)")
+    assigned: dict[str, list[Placement]] = {"llm": [Placement((0,))], "tts": tts}
+    if "asr" in roles:
+        assigned["asr"] = [Placement((0,))]
+    return assigned
+
+
+def _weights(assigned: Mapping[str, list[Placement]]) -> dict[tuple[str, int], float]:
+    """Per replica: 1/2 when it shares a card with another engine and a sibling has its cards alone."""
+    occupancy: dict[int, int] = {}
+    for placements in assigned.values():
+        for placement in placements:
+            for card in placement.cards():
+                occupancy[card] = occupancy.get(card, 0) + 1
+    weights: dict[tuple[str, int], float] = {}
+    for role, placements in assigned.items():
+        sharing = [any(occupancy[card] > 1 for card in p.cards()) for p in placements]
+        mixed = len(placements) > 1 and any(sharing) and not all(sharing)
+        for index, shares in enumerate(sharing):
+            weights[(role, index)] = SHARING_REPLICA_WEIGHT if mixed and shares else 1.0
+    return weights
+
+
+def _snac_device(
+    requested: str, cards: int, assigned: Mapping[str, list[Placement]], weights: Mapping[tuple[str, int], float]
+) -> str:
+    """`--snac-device` as given, or the card with the least Orpheus weight, then fewest engines, then lowest."""
+    if requested != "auto":
+        return requested
+    orpheus = [0.0] * cards
+    engines = [0] * cards
+    for role, placements in assigned.items():
+        for index, placement in enumerate(placements):
+            for card in placement.cards():
+                if card < cards:
+                    engines[card] += 1
+                    if role == "tts":
+                        orpheus[card] += weights[(role, index)]
+    best = min(range(cards), key=lambda card: (orpheus[card], engines[card], card))
+    return f"cuda:{best}"
+
+
+def _memory(
+    assigned: Mapping[str, list[Placement]],
+    weights: Mapping[tuple[str, int], float],
+    cards: int,
+    card_gib: float,
+    request: LayoutRequest,
+    snac_device: str,
+) -> tuple[EnginePlan, ...]:
+    engines = [(role, index, p) for role, placements in assigned.items() for index, p in enumerate(placements)]
+    computed = _spread(p for _, _, p in engines)
+    snac = _cuda_index(snac_device)
+    reserve = [SNAC_RESERVE_GIB / card_gib if card == snac and card_gib > 0 else 0.0 for card in range(cards)]
+    plans = []
+    for role, index, placement in engines:
+        if not computed or request.memory_explicit(role):
+            share = request.memory[role]
+        else:
+            splits = []
+            for card in placement.cards():
+                here = [(r, p) for r, _, p in engines if card in p.cards()]
+                fixed = sum(request.memory[r] for r, _ in here if request.memory_explicit(r))
+                flexible = sum(SPLIT_WEIGHT[r] for r, _ in here if not request.memory_explicit(r))
+                splits.append((USABLE_SHARE - reserve[card] - fixed) * SPLIT_WEIGHT[role] / flexible)
+            share = math.floor(min(splits) * 100) / 100
+        plans.append(EnginePlan(role, placement, share, weights[(role, index)]))
+    return tuple(plans)
+
+
+def _spread(placements: Iterable[Placement]) -> bool:
+    return any(card != 0 for placement in placements for card in placement.cards())
+
+
+def _cuda_index(device: str) -> int | None:
+    if device == "cuda":
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return None
+
+
+def _check(layout: Layout, request: LayoutRequest) -> None:
+    """Every card's shares fit it; every computed share holds its role's weights."""
+    snac = layout.snac_card
+    for card in range(layout.cards):
+        here = [plan for plan in layout.engines if card in plan.cards]
+        computed = [plan for plan in here if layout.spread and not request.memory_explicit(plan.role)]
+        for plan in computed:
+            if plan.memory <= 0:
+                raise ValueError(
+                    f"placement {layout.name}: the explicit memory shares on card {card} leave nothing for "
+                    f"{ROLE_NAMES[plan.role]}; lower them or set --{plan.role}-gpu-memory-utilization too"
+                )
+        reserve = SNAC_RESERVE_GIB / layout.card_gib if card == snac and layout.card_gib > 0 else 0.0
+        total = sum(plan.memory for plan in here) + reserve
+        if total > MAX_SHARE_SUM + 1e-9:
+            parts = " + ".join(f"{plan.role} {plan.memory:.2f}" for plan in here)
+            snac_part = f" + SNAC {reserve:.2f}" if reserve else ""
+            raise ValueError(
+                f"placement {layout.name}: card {card} would be over-committed: {parts}{snac_part} = {total:.2f} "
+                f"> {MAX_SHARE_SUM} of {layout.card_gib:.1f} GiB; lower --<role>-gpu-memory-utilization or spread "
+                "the engines over more cards"
+            )
+        for plan in computed:
+            gib = plan.memory * layout.card_gib
+            if gib < MIN_GIB[plan.role]:
+                raise ValueError(
+                    f"placement {layout.name}: on card {card} {ROLE_NAMES[plan.role]} would get {gib:.1f} GiB "
+                    f"(share {plan.memory:.2f}), below the {MIN_GIB[plan.role]:g} GiB its weights need; set "
+                    f"--{plan.role}-gpu-memory-utilization explicitly or use --placement shared"
+                )

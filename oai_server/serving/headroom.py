@@ -1,0 +1,111 @@
+"""Admission by real-time headroom: a new speech stream starts only while the running ones stay real time.
+
+A fixed `--max-concurrent-streams` is either too low for a small model or lets so many streams in
+that all of them underrun together. Instead, the speech synthesizer reports every audio token it
+receives (`record`) and how many speech requests are generating (`started` / `finished`). The
+per-request rate is the tokens of the last `window_s` seconds over the mean number of requests
+generating in that window. While at least `min_streams` requests generate and that rate is below
+real time (82 tokens/s) times `margin`, `has_headroom()` is false: new speech streams wait in the
+admission queue and get 429 with `retry-after` when the queue times out, and every admitted stream
+keeps its real-time margin. Below `min_streams` streams the gate never refuses (the rate of a few
+streams says nothing about the engine's ceiling).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..codec.orpheus import REAL_TIME_TOKENS_PER_SECOND
+
+
+class HeadroomGate:
+    """Tracks the audio-token rate per generating speech request against real time."""
+
+    def __init__(
+        self,
+        *,
+        margin: float = 1.1,
+        min_streams: int = 16,
+        window_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.required = REAL_TIME_TOKENS_PER_SECOND * margin
+        self.min_streams = min_streams
+        self.window_s = window_s
+        self._clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._generating = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        """(time, generating count from then on) changes inside the window."""
+
+    @property
+    def generating(self) -> int:
+        """Speech requests generating right now."""
+        return self._generating
+
+    def started(self) -> None:
+        """A speech request started generating."""
+        self._change(+1)
+
+    def finished(self) -> None:
+        """A speech request stopped generating (done, failed or aborted)."""
+        self._change(-1)
+
+    def record(self, tokens: int) -> None:
+        """`tokens` audio tokens arrived for some request."""
+        now = self._clock()
+        self._events.append((now, tokens))
+        self._trim(now)
+
+    def per_stream_rate(self) -> float | None:
+        """Tokens/s per generating request over the window, or None without enough history."""
+        now = self._clock()
+        self._trim(now)
+        mean_generating = self._mean_generating(now)
+        if mean_generating <= 0 or not self._events:
+            return None
+        tokens = sum(count for _, count in self._events)
+        return tokens / self.window_s / mean_generating
+
+    def has_headroom(self) -> bool:
+        """Whether one more speech stream can start without pushing the running ones below real time."""
+        if self._generating < self.min_streams:
+            return True
+        rate = self.per_stream_rate()
+        return rate is None or rate >= self.required
+
+    def _change(self, delta: int) -> None:
+        now = self._clock()
+        self._generating = max(0, self._generating + delta)
+        self._samples.append((now, self._generating))
+        self._trim(now)
+
+    def _mean_generating(self, now: float) -> float:
+        start = now - self.window_s
+        area = 0.0
+        previous_time, previous_count = start, self._count_at(start)
+        for at, count in self._samples:
+            if at <= start:
+                continue
+            area += previous_count * (at - previous_time)
+            previous_time, previous_count = at, count
+        area += previous_count * (now - previous_time)
+        return area / self.window_s
+
+    def _count_at(self, moment: float) -> int:
+        count = 0
+        for at, value in self._samples:
+            if at > moment:
+                break
+            count = value
+        return count
+
+    def _trim(self, now: float) -> None:
+        start = now - self.window_s
+        while self._events and self._events[0][0] < start:
+            self._events.popleft()
+        # keep the last change before the window: it is the count at the window's start
+        while len(self._samples) > 1 and self._samples[1][0] <= start:
+            self._samples.popleft()

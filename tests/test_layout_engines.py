@@ -1,0 +1,84 @@
+"""The factory starts the engines a GPU layout describes: each vLLM engine (an AsyncLLM double here, no GPU)
+on its cards with its memory share, Orpheus replicas behind the balancer, Whisper where the layout puts it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oai_server.engines import asr_vllm, vllm_engine
+from oai_server.engines.asr_factory import build_asr
+from oai_server.engines.balanced import BalancedEngine
+from oai_server.engines.demo_whisper import build_demo_whisper
+from oai_server.engines.factory import _build
+from oai_server.engines.layout import LayoutRequest, plan_layout
+from oai_server.settings import Settings
+
+
+class AsyncLLMDouble:
+    """What the factory needs of vLLM's AsyncLLM: it was built, with which args, on which cards."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.kwargs = kwargs
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.shut = False
+
+    async def check_health(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[AsyncLLMDouble]:
+    engines: list[AsyncLLMDouble] = []
+
+    def build(kwargs: dict[str, Any]) -> AsyncLLMDouble:
+        engines.append(AsyncLLMDouble(kwargs))
+        return engines[-1]
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(vllm_engine, "_build_async_llm", build)
+    monkeypatch.setattr(asr_vllm, "_build_async_llm", build)
+    return engines
+
+
+async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
+    built: list[AsyncLLMDouble], demo_cache: Path
+) -> None:
+    settings = Settings(placement="speech", asr_model_name=str(build_demo_whisper(demo_cache)))
+    layout = plan_layout(2, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout)
+    asr = await build_asr(settings, "vllm", layout)
+    assert asr is not None
+    orpheus, gemma, whisper = [e for e in built if "logits_processors" in e.kwargs], built[2], built[3]
+    assert [(e.visible, e.kwargs["gpu_memory_utilization"]) for e in orpheus] == [("0", 0.43), ("1", 0.9)]
+    assert (gemma.visible, gemma.kwargs["gpu_memory_utilization"], gemma.kwargs["model"]) == (
+        "0",
+        0.29,
+        settings.llm_model_name,
+    )
+    assert (whisper.visible, whisper.kwargs["gpu_memory_utilization"]) == ("0", 0.14)
+    assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [0.5, 1.0]
+    assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
+    assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)
+    assert layout.snac_device == "cuda:0" and "CUDA_VISIBLE_DEVICES" not in os.environ
+    await tts.close()
+    await llm.close()
+    await asr.close()
+    assert all(e.shut for e in built)
+
+
+async def test_vllm_data_parallel_stays_one_engine(built: list[AsyncLLMDouble]) -> None:
+    settings = Settings(placement="chat", tts_data_parallel_size=2, asr=False)
+    layout = plan_layout(3, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout)
+    orpheus = built[0]
+    assert orpheus.visible == "1,2" and orpheus.kwargs["data_parallel_size"] == 2
+    assert not isinstance(tts, BalancedEngine) and built[1].visible == "0"
+    await tts.close()
+    await llm.close()
