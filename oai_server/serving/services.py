@@ -66,5 +66,7 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
     transcription = TranscriptionService(settings, engines.asr)
     chat = ChatServing(settings, replies, store, voices, transcription)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    realtime = RealtimeServing(SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, metrics))
+    realtime = RealtimeServing(
+        SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, transcription, metrics)
+    )
     return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription, realtime)

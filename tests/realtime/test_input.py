@@ -162,10 +162,12 @@ async def test_transcription_session(rt_server: RealtimeServer) -> None:
 async def test_idle_timeout_commits_the_silence_and_answers(rt_server: RealtimeServer) -> None:
     client = await RawClient.connect(rt_server.ws_url)
     await client.update(
-        type="realtime", max_output_tokens=8, audio={"input": {"turn_detection": {"idle_timeout_ms": 5000}}}
+        type="realtime",
+        max_output_tokens=8,
+        audio={"input": {"turn_detection": {"idle_timeout_ms": 5000}, "transcription": {"model": "whisper-1"}}},
     )
     await stream(client, np.zeros(int(RATE * 5.2), np.float32))
-    events = await client.until("response.done")
+    events = await client.until("response.done")  # the reply waits for the transcript: it came first
     await client.close()
     kinds = types(events)
     timeout = events[kinds.index("input_audio_buffer.timeout_triggered")]
@@ -173,6 +175,8 @@ async def test_idle_timeout_commits_the_silence_and_answers(rt_server: RealtimeS
     committed = events[kinds.index("input_audio_buffer.committed")]
     assert committed["item_id"] == timeout["item_id"] and "input_audio_buffer.speech_started" not in kinds
     assert kinds.index("input_audio_buffer.committed") < kinds.index("response.created")
+    completed = events[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert completed["item_id"] == timeout["item_id"] and completed["transcript"] == ""  # silence never reaches ASR
 
 
 async def test_a_user_audio_item_is_transcribed_and_answered_from_its_text(rt_server: RealtimeServer) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...engines.asr import SpeechRecognizer, TranscriptionParams
+from ...engines.asr import SpeechRecognizer
 from ...engines.vad import StreamingVad
 from ...errors import APIError, server_error
 from ...pipeline.voices import VoiceCatalog
@@ -31,6 +31,7 @@ from ...settings import Settings
 from ..admission import Admission
 from ..lifecycle import as_api_error
 from ..reply import ReplyService
+from ..transcription import TranscriptionService
 from .configure import Checker, check_item, initial_config, plan_response
 from .conversation import ROOT, StoredItem
 from .conversation import ConversationItems as Items
@@ -56,6 +57,7 @@ class SessionDeps:
     admission: Admission
     asr: SpeechRecognizer | None
     vad: StreamingVad | None
+    transcription: TranscriptionService
     metrics: Metrics | None = None
 
 
@@ -219,10 +221,10 @@ class RealtimeSession:
         text = ""
         try:
             settings = self.config.audio.input.transcription
-            params = TranscriptionParams(
+            options = self.serving.transcription.options(
                 language=self.checker.language(self.config), prompt=settings.prompt if settings else None
             )
-            deltas = transcribe_pcm24(self.serving.asr, audio, params, f"rt-{stored.id}")
+            deltas = transcribe_pcm24(self.serving.transcription, audio, options)
             async with aclosing(deltas):  # type: ignore[type-var]
                 async for delta in deltas:
                     text += delta
