@@ -176,10 +176,13 @@ async def one_session(url: str, sent: list[str | bytes]) -> None:
     try:
         for frame in sent:
             await client.send(frame)
-        await client.send({"type": "session.update", "event_id": "probe", "session": {"instructions": "still here"}})
+        # `include` is in both session types' wire forms (a transcription session sends no `instructions`)
+        # and no fuzzed frame sets it, so only the probe's answer carries it
+        include = ["item.input_audio_transcription.logprobs"]
+        await client.send({"type": "session.update", "event_id": "probe", "session": {"include": include}})
         while True:  # every event on the way validates against the SDK (RawClient.recv)
             event = await client.recv(timeout=60)
-            if event["type"] == "session.updated" and event["session"].get("instructions") == "still here":
+            if event["type"] == "session.updated" and event["session"].get("include") == include:
                 break
             if event["type"] == "error" and event["error"]["event_id"] == "probe":
                 raise AssertionError(f"the probe was refused: {event}")
