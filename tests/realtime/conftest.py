@@ -159,7 +159,11 @@ class Wiretap:
         self.by_connection: dict[int, list[tuple[str, dict[str, Any]]]] = {}
 
     def record(self, connection: object, direction: str, event: Any) -> None:
-        self.by_connection.setdefault(id(connection), []).append((direction, event.model_dump(mode="json")))
+        key = getattr(connection, "_wiretap_key", None)
+        if key is None:  # not id(): a new connection may reuse a freed one's id
+            key = len(self.by_connection)
+            connection._wiretap_key = key  # type: ignore[attr-defined]
+        self.by_connection.setdefault(key, []).append((direction, event.model_dump(mode="json")))
 
     def mark(self) -> int:
         """How many connections were recorded so far (pass to `since`)."""
