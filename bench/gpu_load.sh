@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # GPU performance run (after bench/build_random_models.py wrote /tmp/rand): our server on vLLM with
 # CUDA graphs, swept by bench/load.py; then the in-process baselines. Usage, on the lent H200 after
-# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|asr|baselines|profile  (writes under $OUT). Knobs:
+# `. .devcarry/p2/vllm_env.sh`:  bash bench/gpu_load.sh load|asr|realtime|baselines|profile  (writes under $OUT). Knobs:
 # ASR_ON=1 (load, placement: the server also runs the Whisper-large-v3-turbo-shaped random model from
 # $RAND/whisper, ASR_MEM of the GPU when set; default --no-asr); asr: bench/asr_load.py against a server with
 # it (ASR_CONC latency levels "1,32", SPEECH_N speech streams 64, TRANSCRIBERS 32, ASR_LOAD_ARGS);
+# realtime: bench/realtime_load.py against a server with it (SESSIONS concurrent voice sessions per level
+# "1,8,32", TURNS answered turns each 2, RT_ARGS, e.g. "--no-barge-in"; replies seeded);
 # MODE, CONC (bursts; CONC= skips them), SERVE_ARGS (extra serve flags, e.g. "--tts-quantization fp8
 # --tts-kv-cache-dtype fp8"), TTS_MEM, LLM_MEM, MAX_SEQS (--tts-max-num-seqs and --max-concurrent-streams, 256),
 # LOAD_ARGS, MODES; ENGINE_ARGS (baselines/profile, e.g. "--quantization fp8 --kv-cache-dtype fp8");
@@ -24,7 +26,7 @@ python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; f
 # Speech recognition: off unless asked (the load sends no audio in); on with ASR_ON=1 and always in `asr` mode, with
 # the Whisper-large-v3-turbo-shaped random model from $RAND/whisper (built here if missing).
 ASR_FLAGS=(--no-asr)
-if [ -n "${ASR_ON:-}" ] || [ "${1:-load}" = asr ]; then
+if [ -n "${ASR_ON:-}" ] || [ "${1:-load}" = asr ] || [ "${1:-load}" = realtime ]; then
   [ -f "$RAND/whisper/config.json" ] || python3 bench/build_random_models.py --out "$RAND" --which whisper
   ASR_FLAGS=(--asr --asr-model-name "$RAND/whisper")
   [ -n "${ASR_MEM:-}" ] && ASR_FLAGS+=(--asr-gpu-memory-utilization "$ASR_MEM")
@@ -42,6 +44,13 @@ case "${1:-load}" in
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/asr_load.py --url http://127.0.0.1:8080 --out "$OUT/asr" \
       --server-pid "$SERVER_PID" --server-timeout 330 --concurrency "${ASR_CONC:-1,32}" \
       --speech-streams "${SPEECH_N:-64}" --transcribers "${TRANSCRIBERS:-32}" ${ASR_LOAD_ARGS:-} 2>&1 | tail -40
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+    ;;
+  realtime)  # N concurrent Realtime voice sessions: speech in at real-time pace, voice-to-voice, barge-in
+    SERVE_ARGS="${SERVE_ARGS:-} --realtime-seed 7"
+    serve
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/realtime_load.py --url http://127.0.0.1:8080 --server-timeout 330 \
+      --sessions "${SESSIONS:-1,8,32}" --turns "${TURNS:-2}" --out "$OUT/realtime" ${RT_ARGS:-} 2>&1 | tail -30
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv
     ;;
   load)

@@ -46,9 +46,20 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     install_error_handlers(app)
     install_middleware(app, settings)
-    from .routes import audio_speech, audio_transcriptions, chat_completions, health, metrics, models, seed, web
+    from .routes import (
+        audio_speech,
+        audio_transcriptions,
+        chat_completions,
+        health,
+        metrics,
+        models,
+        realtime,
+        seed,
+        web,
+    )
 
-    for module in (audio_speech, audio_transcriptions, chat_completions, models, health, seed, metrics, web):
+    routers = (audio_speech, audio_transcriptions, chat_completions, models, health, seed, metrics, web, realtime)
+    for module in routers:
         app.include_router(module.router)
     install_openapi(app)
     return app

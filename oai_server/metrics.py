@@ -21,6 +21,10 @@ Series (all names prefixed `oai_`):
 - `connections_closed_total{reason}`: connections the server closed or refused on its own:
   `write_stall` (the client stopped reading), `header_timeout`, `body_timeout`,
   `headers_too_large`, `bad_request` (unparsable HTTP), `over_capacity` (past the connection cap).
+- Realtime: `realtime_sessions_open`, `realtime_sessions_total`, `realtime_turns_total{source}`
+  (vad, commit, timeout), `realtime_barge_ins_total`, `realtime_voice_to_voice_seconds{since}` (from the
+  end of the user's speech, and from the VAD's speech-stopped decision, to the first reply audio sent),
+  `realtime_barge_in_seconds` (VAD speech-start decision to the reply's engines aborted).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
@@ -201,6 +205,31 @@ class Metrics:
         )
         self._live = _LiveCollector()
         reg.register(self._live)
+        self._realtime_metrics(reg)
+
+    def _realtime_metrics(self, reg: CollectorRegistry) -> None:
+        self.realtime_open = Gauge("oai_realtime_sessions_open", "Realtime WebSocket sessions open now.", registry=reg)
+        self.realtime_sessions = Counter("oai_realtime_sessions", "Realtime sessions opened.", registry=reg)
+        self.realtime_turns = Counter(
+            "oai_realtime_turns", "User turns committed in Realtime sessions.", ["source"], registry=reg
+        )
+        self.realtime_barge_ins = Counter(
+            "oai_realtime_barge_ins", "Realtime responses cancelled because the user started speaking.", registry=reg
+        )
+        self.realtime_voice_to_voice = Histogram(
+            "oai_realtime_voice_to_voice_seconds",
+            "From the end of the user's speech (since=speech_end) or the VAD's end-of-turn decision "
+            "(since=vad_decision) to the first reply audio sent.",
+            ["since"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.realtime_barge_in = Histogram(
+            "oai_realtime_barge_in_seconds",
+            "From the VAD's speech-start decision to the interrupted reply's engines aborted.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
 
     def set_live_sources(
         self,
@@ -255,6 +284,27 @@ class Metrics:
     def count_connection_closed(self, reason: str) -> None:
         """Count one connection the server closed or refused itself (`reason` as in the module docstring)."""
         self.connections_closed.labels(reason=reason).inc()
+
+    def realtime_session(self, opened: bool) -> None:
+        """A Realtime session opened (True) or closed (False)."""
+        if opened:
+            self.realtime_sessions.inc()
+            self.realtime_open.inc()
+        else:
+            self.realtime_open.dec()
+
+    def count_realtime_turn(self, source: str) -> None:
+        """One user turn committed: `source` is "vad", "commit" or "timeout"."""
+        self.realtime_turns.labels(source=source).inc()
+
+    def observe_barge_in(self, seconds: float) -> None:
+        """One barge-in: speech-start decision to the reply's engines aborted."""
+        self.realtime_barge_ins.inc()
+        self.realtime_barge_in.observe(seconds)
+
+    def observe_voice_to_voice(self, since: str, seconds: float) -> None:
+        """First reply audio of a VAD turn; `since` is "speech_end" or "vad_decision"."""
+        self.realtime_voice_to_voice.labels(since=since).observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of every series, for `GET /metrics`."""

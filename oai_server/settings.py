@@ -273,6 +273,25 @@ class Settings(BaseSettings):
     """Per-stream audio-token rate a new stream must leave the running ones, in multiples of real time."""
     headroom_wait_seconds: float = Field(1.5, ge=0, le=60, validation_alias=_env("headroom_wait_seconds"))
     """How long a new speech stream waits for real-time headroom before its 429."""
+    # --- Realtime API (/v1/realtime) ---
+    realtime_max_sessions: int = Field(64, ge=1, validation_alias=_env("realtime_max_sessions"))
+    """Realtime WebSocket sessions at once (each also holds an admission slot); more are refused at the handshake."""
+    realtime_max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, validation_alias=_env("realtime_max_message_bytes")
+    )
+    """Largest client event of a Realtime session (a bigger one gets an `error` event and is dropped)."""
+    realtime_max_events_per_second: float = Field(200.0, gt=0, validation_alias=_env("realtime_max_events_per_second"))
+    """Client events per second a Realtime session may send (bursts of twice this); the excess gets `error` events."""
+    realtime_max_input_audio_seconds: float = Field(
+        120.0, gt=0, le=1500, validation_alias=_env("realtime_max_input_audio_seconds")
+    )
+    """Most input audio a Realtime session buffers before a commit (a server-VAD turn is committed at this length)."""
+    realtime_max_items: int = Field(200, ge=2, validation_alias=_env("realtime_max_items"))
+    """Conversation items a Realtime session keeps (the oldest are dropped; prompts are also trimmed to the context)."""
+    realtime_idle_timeout_seconds: float = Field(600.0, gt=0, validation_alias=_env("realtime_idle_timeout_seconds"))
+    """A Realtime session with no client event for this long gets an `error` event and is closed."""
+    realtime_seed: int | None = Field(None, validation_alias=_env("realtime_seed"))
+    """Sampling seed of every Realtime response (reproducible tests and benchmarks); unset: random."""
 
     @field_validator("voices", "api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from .admission import Admission
 from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
 from .chat import ChatServing
 from .headroom import HeadroomGate
+from .realtime.service import RealtimeServing
+from .realtime.session import SessionDeps
 from .reply import ReplyService
 from .speech import SpeechServing
 from .transcription import TranscriptionService
@@ -33,6 +35,7 @@ class Services:
     admission: Admission
     audio_store: AudioStore
     transcription: TranscriptionService
+    realtime: RealtimeServing
     headroom: HeadroomGate | None = None
     """Admission by real-time headroom for requests that speak (None when `--no-headroom-admission`)."""
     started_at: float = field(default_factory=time.time)
@@ -76,4 +79,9 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
     transcription = TranscriptionService(settings, engines.asr)
     chat = ChatServing(settings, replies, store, voices, transcription)
     admission = Admission(settings.max_concurrent_streams, settings.max_queued, settings.queue_timeout_seconds)
-    return Services(settings, engines, voices, replies, speech, chat, admission, store, transcription, headroom)
+    realtime = RealtimeServing(
+        SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, transcription, metrics)
+    )
+    return Services(
+        settings, engines, voices, replies, speech, chat, admission, store, transcription, realtime, headroom
+    )

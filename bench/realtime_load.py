@@ -1,0 +1,409 @@
+"""Load test of the Realtime API: N concurrent voice sessions over WebSocket against a running server.
+
+Each session is a caller: a microphone that streams 24 kHz pcm16 at real-time pace, 20 ms per
+append, without pause (silence between utterances, as a real microphone sends), and a player.
+It speaks `--turns` espeak-ng utterances, each answered by the server's VAD turn and spoken
+reply, then (with `--barge-in`) one more whose reply it interrupts by speaking again as soon as
+that reply's first audio arrives. Levels of N sessions (`--sessions 1,8,32`) run one after the
+other; within a level the sessions start spread over `--stagger-s` (seeded).
+
+Measured per reply, on the client's clock (no assertion on any of it):
+
+- **voice-to-voice from the end of speech**: the last speech sample sent -> the reply's first audio;
+- **voice-to-voice from the VAD decision**: `input_audio_buffer.speech_stopped` received -> first audio;
+- **underruns** of a player that starts after `--prebuffer-ms` of the reply and then plays in real time
+  (`_common.simulate_playback`); a session has zero underruns when none of its replies had one;
+- **barge-in**: `speech_started` received -> the last audio byte of the interrupted reply received
+  (0 when none came after it: the server drops the reply's queued audio at the decision), the bytes that
+  came after it, and the interrupted reply's `response.done` status; the server's own figure (VAD
+  decision -> the reply's engines aborted) is `oai_realtime_barge_in_seconds` on `/metrics`.
+
+`--demo` starts a demo server (CPU, random weights) for a smoke run. JSON to `--out`/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import random
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    free_port,
+    simulate_playback,
+    spread,
+    start_process,
+    stop_process,
+    tail,
+    wait_ready,
+    write_json,
+)
+
+RATE = 24000
+CHUNK_MS = 20
+CHUNK_BYTES = RATE * 2 * CHUNK_MS // 1000
+PHRASES = ("Hello there, how are you today?", "What is the weather like tomorrow?", "Tell me a short story.")
+INTERRUPTION = "Wait, stop please."
+
+
+def espeak(text: str) -> bytes:
+    """`text` spoken by espeak-ng, its own silences trimmed, as 24 kHz s16le."""
+    from oai_server.codec.audio_input import decode_audio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True, capture_output=True)
+        samples = decode_audio(wav.read_bytes(), sample_rate=RATE).samples
+    loud = np.flatnonzero(np.abs(samples) > 0.01 * np.abs(samples).max())
+    samples = samples[loud[0] : loud[-1] + 1]
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+class Microphone:
+    """Streams 20 ms appends at real-time pace for the whole session: queued speech, else silence."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.queue: list[tuple[bytes, asyncio.Future[float]]] = []
+        self.task = asyncio.create_task(self._run())
+
+    def say(self, pcm: bytes) -> asyncio.Future[float]:
+        """Queue an utterance; the future gets the time its last sample was sent."""
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.queue.append((pcm, done))
+        return done
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        current, offset, done = b"", 0, None
+        silence = bytes(CHUNK_BYTES)
+        while True:
+            if offset >= len(current) and self.queue:
+                current, done = self.queue.pop(0)
+                offset = 0
+            chunk = current[offset : offset + CHUNK_BYTES] if offset < len(current) else silence
+            offset += CHUNK_BYTES
+            chunk = chunk.ljust(CHUNK_BYTES, b"\0")
+            await self.ws.send(
+                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+            )
+            if done is not None and offset >= len(current):
+                done.set_result(time.monotonic())
+                done = None
+            sent += 1
+            delay = start + sent * CHUNK_MS / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Events:
+    """Every server event with its arrival time; `wait` for one matching a predicate."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.log: list[tuple[float, dict[str, Any]]] = []
+        self.arrived = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for raw in self.ws:
+            self.log.append((time.monotonic(), json.loads(raw)))
+            self.arrived.set()
+
+    async def wait(self, match: Callable[[dict[str, Any]], bool], start: int = 0, timeout: float = 120) -> int:
+        """The index of the first event at or after `start` that matches."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for index in range(start, len(self.log)):
+                    if match(self.log[index][1]):
+                        return index
+                if self.task.done():
+                    raise RuntimeError(f"the connection closed: {self.task.exception()!r}")
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    def kind(self, *types: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda event: event["type"] in types
+
+
+@dataclass
+class Reply:
+    """One answered turn as the client saw it."""
+
+    v2v_speech_end_ms: float | None = None
+    v2v_vad_ms: float | None = None
+    audio_s: float = 0.0
+    underruns: int = 0
+    stall_ms: float = 0.0
+    status: str | None = None
+
+
+@dataclass
+class SessionResult:
+    ok: bool = False
+    error: str | None = None
+    replies: list[Reply] = field(default_factory=list)
+    barge_in_status: str | None = None
+    barge_in_late_ms: float | None = None
+    """`speech_started` received -> the interrupted reply's last audio received (0 if none came after it)."""
+    barge_in_late_bytes: int = 0
+
+
+def reply_of(events: Events, created: int, speech_end: float, vad_at: float, prebuffer_ms: float) -> Reply:
+    """Measure the reply `response.created` at index `created` started (up to its `response.done`)."""
+    rid = events.log[created][1]["response"]["id"]
+    arrivals, samples, done_at, status = [], 0, None, None
+    for at, event in events.log[created:]:
+        if event["type"] == "response.output_audio.delta" and event["response_id"] == rid:
+            samples += len(base64.b64decode(event["delta"])) // 2
+            arrivals.append((at - vad_at, samples))
+        elif event["type"] == "response.done" and event["response"]["id"] == rid:
+            done_at, status = at, event["response"]["status"]
+            break
+    reply = Reply(status=status, audio_s=samples / RATE)
+    if arrivals:
+        first = arrivals[0][0] + vad_at
+        reply.v2v_speech_end_ms = (first - speech_end) * 1000
+        reply.v2v_vad_ms = (first - vad_at) * 1000
+        reply.underruns, stall = simulate_playback(arrivals, (done_at or first) - vad_at, prebuffer_ms / 1000)
+        reply.stall_ms = stall * 1000
+    return reply
+
+
+async def turn(mic: Microphone, events: Events, speech: bytes, args: argparse.Namespace) -> tuple[Reply, int]:
+    """Speak, and wait for the VAD turn's reply to be done; returns it and the index of its `response.created`."""
+    start = len(events.log)
+    speech_end = await mic.say(speech)
+    stopped = await events.wait(events.kind("input_audio_buffer.speech_stopped"), start)
+    created = await events.wait(events.kind("response.created"), stopped)
+    rid = events.log[created][1]["response"]["id"]
+    await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created)
+    return reply_of(events, created, speech_end, events.log[stopped][0], args.prebuffer_ms), created
+
+
+async def session(args: argparse.Namespace, index: int, speech: dict[str, bytes], delay: float) -> SessionResult:
+    result = SessionResult()
+    await asyncio.sleep(delay)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    url = args.url.replace("http", "ws", 1) + "/v1/realtime?model=gpt-realtime"
+    try:
+        async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
+            events = Events(ws)
+            await events.wait(events.kind("session.created"))
+            update = {"type": "realtime", "max_output_tokens": args.max_output_tokens,
+                      "audio": {"output": {"voice": args.voice}}}  # fmt: skip
+            await ws.send(json.dumps({"type": "session.update", "session": update}))
+            await events.wait(events.kind("session.updated"))
+            mic = Microphone(ws)
+            try:
+                for number in range(args.turns):
+                    reply, _ = await turn(mic, events, speech[PHRASES[(index + number) % len(PHRASES)]], args)
+                    result.replies.append(reply)
+                if args.barge_in:
+                    await barge_in(ws, mic, events, speech, args, result)
+            finally:
+                await mic.close()
+            result.ok = True
+    except Exception as exc:  # a failed session is reported, not raised
+        result.error = f"{type(exc).__name__}: {exc}"[:300]
+    return result
+
+
+async def barge_in(
+    ws: Any, mic: Microphone, events: Events, speech: dict[str, bytes], args: argparse.Namespace, result: SessionResult
+) -> None:
+    """A long reply, interrupted by speaking as soon as its first audio arrives."""
+    start = len(events.log)
+    longer = {"type": "session.update", "session": {"max_output_tokens": args.barge_in_max_tokens}}
+    await ws.send(json.dumps(longer))
+    await events.wait(events.kind("session.updated"), start)
+    start = len(events.log)
+    await mic.say(speech[PHRASES[0]])
+    created = await events.wait(events.kind("response.created"), start)
+    rid = events.log[created][1]["response"]["id"]
+    await events.wait(lambda e: e["type"] == "response.output_audio.delta" and e["response_id"] == rid, created)
+    talking = len(events.log)
+    mic.say(speech[INTERRUPTION])
+    started = await events.wait(events.kind("input_audio_buffer.speech_started"), talking)
+    done = await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created)
+    decided_at = events.log[started][0]
+    late = [
+        (at, len(base64.b64decode(e["delta"])))
+        for at, e in events.log[started:done]
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == rid
+    ]
+    result.barge_in_status = events.log[done][1]["response"]["status"]
+    result.barge_in_late_ms = max([(at - decided_at) * 1000 for at, _ in late], default=0.0)
+    result.barge_in_late_bytes = sum(size for _, size in late)
+    nxt = await events.wait(events.kind("response.created"), done)  # the interrupting turn's own reply
+    next_id = events.log[nxt][1]["response"]["id"]
+    await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == next_id, nxt)
+
+
+def metric_sums(url: str) -> dict[str, float]:
+    """The realtime series' values (sums and counts) from `/metrics`."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    wanted = ("oai_realtime_voice_to_voice_seconds_sum", "oai_realtime_voice_to_voice_seconds_count",
+              "oai_realtime_barge_in_seconds_sum", "oai_realtime_barge_in_seconds_count")  # fmt: skip
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted)
+    }
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean server-side latencies (ms) over the level, from the histograms' sums and counts."""
+    out: dict[str, float | None] = {}
+    for name, count_after in after.items():
+        found = re.fullmatch(r'oai_realtime_(\w+)_seconds_count(?:\{since="(\w+)"\})?', name)
+        if found is None:
+            continue
+        sum_name = name.replace("_seconds_count", "_seconds_sum", 1)
+        count = count_after - before.get(name, 0.0)
+        total = after.get(sum_name, 0.0) - before.get(sum_name, 0.0)
+        label = "_".join(part for part in found.groups() if part)
+        out[f"{label}_mean_ms"] = total / count * 1000 if count else None
+    return out
+
+
+def summarize(n: int, results: list[SessionResult], wall_s: float, server: dict[str, float | None]) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    replies = [reply for r in ok for reply in r.replies]
+    barged = [r for r in ok if r.barge_in_status is not None]
+    return {
+        "sessions": n,
+        "ok": len(ok),
+        "errors": len(results) - len(ok),
+        "error_samples": sorted({r.error for r in results if r.error})[:5],
+        "replies": len(replies),
+        "v2v_speech_end_ms": spread([r.v2v_speech_end_ms for r in replies if r.v2v_speech_end_ms is not None]),
+        "v2v_vad_ms": spread([r.v2v_vad_ms for r in replies if r.v2v_vad_ms is not None]),
+        "reply_audio_s": spread([r.audio_s for r in replies]),
+        "replies_without_audio": sum(1 for r in replies if r.audio_s == 0),
+        "underruns": spread([float(r.underruns) for r in replies]),
+        "sessions_zero_underruns": sum(1 for r in ok if all(reply.underruns == 0 for reply in r.replies)),
+        "barge_in": {
+            "sessions": len(barged),
+            "cancelled": sum(1 for r in barged if r.barge_in_status == "cancelled"),
+            "late_audio_ms": spread([r.barge_in_late_ms for r in barged if r.barge_in_late_ms is not None]),
+            "late_audio_bytes_total": sum(r.barge_in_late_bytes for r in barged),
+        },
+        "server": server,
+        "wall_s": wall_s,
+        "session_results": [asdict(r) for r in results],
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def table(levels: list[dict[str, Any]]) -> str:
+    head = "  N   ok  v2v(end) p50/p95 ms   v2v(vad) p50/p95 ms   zero-underrun   barge-in late ms p50/max"
+    rows = [head]
+    for lv in levels:
+        end, vad, late = lv["v2v_speech_end_ms"], lv["v2v_vad_ms"], lv["barge_in"]["late_audio_ms"]
+        rows.append(
+            f"{lv['sessions']:>3} {lv['ok']:>4}  {_fmt(end['p50']):>8}/{_fmt(end['p95']):<8}    "
+            f"{_fmt(vad['p50']):>8}/{_fmt(vad['p95']):<8}    {lv['sessions_zero_underruns']:>4}/{lv['ok']:<4}      "
+            f"{_fmt(late['p50'])}/{_fmt(late['max'])}"
+        )
+    return "\n".join(rows)
+
+
+async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
+    phrases = {text: espeak(text) for text in (*PHRASES, INTERRUPTION)}
+    lead = bytes(int(RATE * 0.3) * 2)
+    speech = {text: lead + pcm for text, pcm in phrases.items()}
+    rng = random.Random(args.seed)
+    levels = []
+    for n in args.sessions:
+        before = metric_sums(args.url)
+        started = time.monotonic()
+        delays = [rng.uniform(0, args.stagger_s) for _ in range(n)]
+        results = await asyncio.gather(*(session(args, i, speech, delays[i]) for i in range(n)))
+        wall = time.monotonic() - started
+        level = summarize(n, list(results), wall, server_means(before, metric_sums(args.url)))
+        levels.append(level)
+        print(table([level]).splitlines()[-1], flush=True)
+    return levels
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="a running server")
+    parser.add_argument("--demo", action="store_true", help="start a demo server (CPU, random weights) instead")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "oai-server")
+    parser.add_argument("--server-args", default="", help="extra flags of the demo server")
+    parser.add_argument("--server-timeout", type=float, default=300)
+    parser.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8, 32])
+    parser.add_argument("--turns", type=int, default=2, help="answered VAD turns per session")
+    parser.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--max-output-tokens", type=int, default=32)
+    parser.add_argument(
+        "--barge-in-max-tokens", type=int, default=256, help="so the interrupted reply is still running"
+    )
+    parser.add_argument("--voice", default="marin")
+    parser.add_argument("--prebuffer-ms", type=float, default=250)
+    parser.add_argument("--stagger-s", type=float, default=1.0, help="session starts spread over this many seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-realtime-"))
+    out.mkdir(parents=True, exist_ok=True)
+    server = None
+    log = out / "server.log"
+    try:
+        if args.demo:
+            port = free_port()
+            args.url = f"http://127.0.0.1:{port}"
+            flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning", "--realtime-seed", "7"]
+            argv_ = [sys.executable, "-m", "oai_server", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            server = start_process([*argv_, *flags, *shlex.split(args.server_args)], log)
+            print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
+        else:
+            wait_ready(args.url, None, args.server_timeout)
+        print(table([]), flush=True)
+        levels = asyncio.run(run_levels(args))
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}\n{tail(log)}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            stop_process(server)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+    write_json(out / "results.json", {"config": config, "levels": levels})
+    print(f"wrote {out / 'results.json'}")
+    return 0 if any(level["ok"] for level in levels) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
