@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import cast
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -329,6 +329,13 @@ class GuardedWebSocketProtocol(WriteStallGuard, WebSocketsSansIOProtocol):
         """Stop the watch, then uvicorn's bookkeeping."""
         self._stop_watching_writes()
         super().connection_lost(exc)
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's send; a refused handshake answered with an HTTP response (`routes.errors.reject_websocket`)
+        is a finished handshake, not the "returned without completing handshake" error uvicorn would log."""
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True
 
 
 def bind(
