@@ -163,3 +163,18 @@ def test_bare_command_lists_the_commands_and_version_prints_it() -> None:
     assert "serve" in bare.stdout and "settings" in bare.stdout and "Run the HTTP server." in bare.stdout
     version = oai_server("--version")
     assert version.returncode == 0 and re.fullmatch(r"oai-server \d+\.\d+\.\d+\S*\n", version.stdout)
+
+
+def test_readme_says_what_ci_installs() -> None:
+    """The README's install line for running exactly what CI runs names every tool `.ci/run` installs."""
+    import re
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    tools = re.search(r"^TOOLS=\(([^)]*)\)", ci, re.M)
+    assert tools is not None
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"sudo apt-get update && sudo apt-get install -y ([^\n`]+)", readme)
+    assert line is not None, "the README has no apt line for CI's tools"
+    assert set(line.group(1).split()) == set(tools.group(1).split())
+    for tool in tools.group(1).split():
+        assert tool in readme.split("What CI does")[1].split("```")[0], tool
