@@ -1,28 +1,7 @@
 """SNAC streaming decode: windows of every live stream decoded in batches on one worker thread.
 
-Which frames go into a window is `snac_windows`'s business (summarised here); the model is `snac_model`'s.
-
-Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L, `snac_frames_per_decode` K;
-defaults C=2, L=1, K=2): frames are emitted in chunks. A chunk of k frames starting at frame f is
-emitted once frame f+k-1+L is known (or at the end of the stream), by decoding frames
-``[f-C, f+k-1+L]`` (clipped to what exists) and keeping the 2048*k samples that belong to the chunk.
-Chunk sizes ramp up 1, 2, 4, ... to K, so:
-
-* every frame is emitted once, in order, as exactly 2048 samples: n frames -> 2048*n samples,
-  with nothing trimmed at the start and the tail flushed at the end;
-* the first audio needs L+1 frames = 14 tokens with L=1 (Canopy's reference needs 28 and never
-  plays the first frame or the last two);
-* in steady state each decode covers C+K+L frames for K emitted ones: 2.5 decoded frames per
-  emitted frame with the defaults, against 4 for Canopy's (and K=1's) one-frame-per-window scheme.
-  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps, which a client
-  pre-buffer must cover when generation runs just at real time. Steady windows have one static
-  shape, so they batch across streams and run as CUDA graphs on a GPU (`snac_graphs.py`).
-
-Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames, so
-more left context is cheap (it only widens a batched decode) while every frame of lookahead
-adds 85 ms to the first audio. L=1 gives 2048 samples of right context; the seams it leaves
-are below SNAC's own per-call noise (its NoiseBlocks add fresh noise on every decode). Set
-L=2 for Canopy's right context at +85 ms latency.
+Which frames go into a window, and why (C=2 frames of context, L=1 of lookahead, K=2 per decode), is
+`snac_windows`'s business; the model and one batched decode are `snac_model`'s.
 
 Decoding happens in one worker thread per decoder that batches the windows of all live
 streams (grouped by window shape), converts to int16 on the device and copies to the host

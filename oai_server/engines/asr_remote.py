@@ -35,7 +35,7 @@ import numpy as np
 
 from oai_server.engines.asr import TranscriptionParams, TranscriptPiece, whisper_languages, window_samples
 from oai_server.engines.base import EngineError, EngineInfo, EngineOverloadedError
-from oai_server.engines.remote import RETRY_STATUSES, _retry_after, _upstream_message
+from oai_server.engines.remote import RETRY_STATUSES, UpstreamCalls, _retry_after, _upstream_message
 
 SAMPLE_RATE = 16000
 _END = object()
@@ -76,7 +76,7 @@ def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
     return buffer.getvalue()
 
 
-class RemoteTranscriber:
+class RemoteTranscriber(UpstreamCalls):
     """A `SpeechRecognizer` backed by an OpenAI-compatible transcription server."""
 
     sample_rate = SAMPLE_RATE
@@ -154,20 +154,6 @@ class RemoteTranscriber:
             raise EngineError(f"upstream {self._base} unreachable: {exc!r}") from exc
         if not response.is_success:
             raise EngineError(f"upstream {self._base} answered {response.status_code}")
-
-    def active_requests(self) -> int:
-        """Requests whose upstream call is open right now."""
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        """Abort every open call and close the connection pool."""
-        self._closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        await self._client.aclose()
 
     # --- internals -----------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from oai_server.engines.asr import (
 )
 from oai_server.engines.base import EngineError, EngineInfo
 from oai_server.engines.placement import Placement, visible_devices
-from oai_server.engines.vllm_engine import _describe
+from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def language_token_ids(tokenizer: Any, languages: frozenset[str]) -> dict[str, i
     return {code: int(i) for code, i in ids.items() if isinstance(i, int) and i != unknown}
 
 
-class VLLMWhisper:
+class VLLMWhisper(AsyncLLMLifecycle):
     """A `SpeechRecognizer` over one in-process vLLM `AsyncLLM` running Whisper."""
 
     sample_rate = SAMPLE_RATE
@@ -217,38 +217,6 @@ class VLLMWhisper:
             await stream.aclose()  # on our aclose() this makes vLLM's generate issue the one abort
         if final is not None and (final.text or final.tokens):
             yield final
-
-    async def abort(self, request_id: str) -> None:
-        """Abort an in-flight request by id (``AsyncLLM.abort``); unknown ids are ignored."""
-        if request_id in self._in_flight:
-            await self._engine.abort(request_id)
-
-    async def check_health(self) -> None:
-        """Raise `EngineError` if vLLM's engine core is dead."""
-        if self._closed:
-            raise EngineError("engine is closed")
-        try:
-            await self._engine.check_health()
-        except Exception as exc:
-            raise EngineError(_describe(exc)) from exc
-
-    def active_requests(self) -> int:
-        """Requests whose stream is open right now."""
-        return len(self._in_flight)
-
-    async def close(self) -> None:
-        """Abort everything in flight, then shut vLLM's engine core down. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for request_id in sorted(self._in_flight):
-            try:
-                await self._engine.abort(request_id)
-            except Exception:
-                logger.exception("abort of %s failed during close", request_id)
-        result = self._engine.shutdown()
-        if inspect.isawaitable(result):
-            await result
 
     def _validate(self, audio: np.ndarray, params: TranscriptionParams, request_id: str) -> np.ndarray:
         if self._closed:

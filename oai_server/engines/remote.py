@@ -49,6 +49,32 @@ _END = object()
 _Queue = asyncio.Queue[Any]  # deltas, then _END or the EngineError that ended the stream
 
 
+class UpstreamCalls:
+    """The open calls of an engine that talks to an HTTP upstream: counted, and aborted on close.
+
+    Subclasses keep ``_tasks`` (request id -> the task of its open call), ``_client`` (the pool) and
+    ``_closed``; the token engine here and the remote transcriber share this.
+    """
+
+    _tasks: dict[str, asyncio.Task[Any]]
+    _client: httpx.AsyncClient
+    _closed: bool
+
+    def active_requests(self) -> int:
+        """Requests whose upstream call is open (or being opened) right now."""
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Abort every open call and close the connection pool."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._client.aclose()
+
+
 @dataclass(frozen=True)
 class RemoteEngineConfig:
     """Where the upstream is and how to talk to it."""
@@ -140,7 +166,7 @@ def _retry_after(response: httpx.Response, cap: float) -> float | None:
     return min(max(seconds, 0.0), cap)
 
 
-class RemoteEngine:
+class RemoteEngine(UpstreamCalls):
     """A `TokenEngine` backed by an OpenAI-compatible HTTP server (vLLM first of all).
 
     `generate` streams token-id deltas from ``/v1/completions``. Stop ids are never yielded.
@@ -200,20 +226,6 @@ class RemoteEngine:
         except (httpx.HTTPError, ValueError) as exc:
             raise EngineError(f"upstream {self._base} unreachable or malformed: {exc!r}") from exc
         raise EngineError(f"upstream {self._base}/health answered {response.status_code}")
-
-    def active_requests(self) -> int:
-        """Requests whose upstream stream is open (or being opened) right now."""
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        """Abort every open stream and close the connection pool."""
-        self._closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        await self._client.aclose()
 
     # --- internals -----------------------------------------------------------------------
 

@@ -124,7 +124,51 @@ def _describe(exc: BaseException) -> str:
     return " <- ".join(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__ for e in chain)
 
 
-class VLLMEngine:
+class AsyncLLMLifecycle:
+    """Abort by id, health, in-flight count and shutdown of an engine on one vLLM ``AsyncLLM``.
+
+    Subclasses set ``_engine`` (the ``AsyncLLM``), ``_in_flight`` (ids whose stream is open) and
+    ``_closed``; the Orpheus/Gemma engine and the Whisper engine share this.
+    """
+
+    _engine: Any
+    _in_flight: set[str]
+    _closed: bool
+
+    async def abort(self, request_id: str) -> None:
+        """Abort an in-flight request by id (``AsyncLLM.abort``); unknown ids are ignored."""
+        if request_id in self._in_flight:
+            await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raise `EngineError` if vLLM's engine core is dead (``AsyncLLM.check_health``)."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            raise EngineError(_describe(exc)) from exc
+
+    def active_requests(self) -> int:
+        """Requests whose stream is open right now."""
+        return len(self._in_flight)
+
+    async def close(self) -> None:
+        """Abort everything in flight, then shut vLLM's engine core down. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for request_id in sorted(self._in_flight):
+            try:
+                await self._engine.abort(request_id)
+            except Exception:
+                logger.exception("abort of %s failed during close", request_id)
+        result = self._engine.shutdown()
+        if inspect.isawaitable(result):
+            await result
+
+
+class VLLMEngine(AsyncLLMLifecycle):
     """A `TokenEngine` over one in-process vLLM `AsyncLLM`."""
 
     def __init__(
@@ -247,35 +291,3 @@ class VLLMEngine:
             await stream.aclose()
         if final:
             yield final
-
-    async def abort(self, request_id: str) -> None:
-        """Abort an in-flight request by id (``AsyncLLM.abort``); unknown ids are ignored."""
-        if request_id in self._in_flight:
-            await self._engine.abort(request_id)
-
-    async def check_health(self) -> None:
-        """Raise `EngineError` if vLLM's engine core is dead (``AsyncLLM.check_health``)."""
-        if self._closed:
-            raise EngineError("engine is closed")
-        try:
-            await self._engine.check_health()
-        except Exception as exc:
-            raise EngineError(_describe(exc)) from exc
-
-    def active_requests(self) -> int:
-        """Requests whose stream is open right now."""
-        return len(self._in_flight)
-
-    async def close(self) -> None:
-        """Abort everything in flight, then shut vLLM's engine core down. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for request_id in sorted(self._in_flight):
-            try:
-                await self._engine.abort(request_id)
-            except Exception:
-                logger.exception("abort of %s failed during close", request_id)
-        result = self._engine.shutdown()
-        if inspect.isawaitable(result):
-            await result
