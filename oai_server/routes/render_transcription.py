@@ -28,7 +28,7 @@ from ..protocol.transcription_responses import (
 )
 from ..protocol.transcription_responses import TranscriptTextDelta as TextDeltaEvent
 from ..protocol.transcription_responses import TranscriptTextDone as TextDoneEvent
-from ..serving.transcription import (
+from ..serving.transcript_events import (
     TranscriptDone,
     TranscriptionEvent,
     TranscriptionUsage,

@@ -13,7 +13,8 @@ from contextlib import aclosing
 
 import numpy as np
 
-from ..transcription import TranscriptionOptions, TranscriptionService, TranscriptTextDelta
+from ..transcript_events import TranscriptionOptions, TranscriptTextDelta
+from ..transcription import TranscriptionService
 
 INPUT_RATE = 24000
 
