@@ -34,6 +34,7 @@ def run(coroutine: Any) -> Any:
 
 
 async def pipecat_speech(base_url: str) -> tuple[list[Any], list[Any]]:
+    from openai import DefaultAsyncHttpxClient
     from pipecat.frames.frames import EndFrame, ErrorFrame, Frame, TTSAudioRawFrame, TTSSpeakFrame
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineWorker
@@ -54,11 +55,14 @@ async def pipecat_speech(base_url: str) -> tuple[list[Any], list[Any]]:
             await self.push_frame(frame, direction)
 
     errors, audio = Collect(ErrorFrame), Collect(TTSAudioRawFrame)
-    worker = PipelineWorker(Pipeline([errors, OpenAITTSService(base_url=base_url), audio]))
-    await worker.queue_frames([TTSSpeakFrame(TEXT), EndFrame()])
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await runner.run()
+    # Only a base URL; the HTTP pool is ours so that it is closed inside this event loop (the service never
+    # closes its client, which would be collected after the loop closed and log an error there).
+    async with DefaultAsyncHttpxClient() as http:
+        worker = PipelineWorker(Pipeline([errors, OpenAITTSService(base_url=base_url, http_client=http), audio]))
+        await worker.queue_frames([TTSSpeakFrame(TEXT), EndFrame()])
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        await runner.run()
     return audio.frames, errors.frames
 
 
@@ -126,9 +130,13 @@ def test_livekit_openai_llm_with_its_default_model(live_server: LiveServer) -> N
 
 async def agents_speech(base_url: str) -> bytes:
     from agents.voice import OpenAIVoiceModelProvider, TTSModelSettings
+    from openai import AsyncOpenAI
 
-    model = OpenAIVoiceModelProvider(base_url=base_url).get_tts_model(None)
-    return b"".join([chunk async for chunk in model.run(TEXT, TTSModelSettings())])
+    # Only a base URL, as a user would set it; the client is ours so that it is closed inside this
+    # event loop (the provider's own would be collected after the loop closed and log an error there).
+    async with AsyncOpenAI(base_url=base_url) as client:
+        model = OpenAIVoiceModelProvider(openai_client=client).get_tts_model(None)
+        return b"".join([chunk async for chunk in model.run(TEXT, TTSModelSettings())])
 
 
 def test_agents_sdk_openai_tts_model(live_server: LiveServer) -> None:

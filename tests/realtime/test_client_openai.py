@@ -39,7 +39,7 @@ async def test_openai_sdk_realtime(rt_server: RealtimeServer, wiretap: Wiretap, 
     mark = wiretap.mark()
     client = AsyncOpenAI(base_url=f"{rt_server.live.url}/v1", api_key="sk-test", max_retries=0)
     seen: list[dict[str, Any]] = []
-    async with client.realtime.connect(model="gpt-realtime") as conn:
+    async with client, client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(
             session={"type": "realtime", "max_output_tokens": 16, "instructions": "Be brief.",
                      "audio": {"input": {"transcription": {"model": "whisper-1"}}, "output": {"voice": "marin"}}}
