@@ -30,6 +30,7 @@ import json
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,14 +63,27 @@ PHRASES = ("Hello there, how are you today?", "What is the weather like tomorrow
 INTERRUPTION = "Wait, stop please."
 
 
+RECORDED = Path(__file__).resolve().parent / "data" / "realtime_phrases"
+
+
+def recorded_path(text: str) -> Path:
+    """Where espeak-ng's recording of `text` is kept (`bench/data/realtime_phrases`), for machines without it."""
+    slug = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return RECORDED / f"{slug}.flac"
+
+
 def espeak(text: str) -> bytes:
-    """`text` spoken by espeak-ng, its own silences trimmed, as 24 kHz s16le."""
+    """`text` spoken by espeak-ng (or its recording, on a machine without espeak-ng, such as the lent GPU),
+    its own silences trimmed, as 24 kHz s16le."""
     from oai_server.codec.audio_input import decode_audio
 
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True, capture_output=True)
-        samples = decode_audio(wav.read_bytes(), sample_rate=RATE).samples
+    if shutil.which("espeak-ng") is None:
+        samples = decode_audio(recorded_path(text).read_bytes(), sample_rate=RATE).samples
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / "out.wav"
+            subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True, capture_output=True)
+            samples = decode_audio(wav.read_bytes(), sample_rate=RATE).samples
     loud = np.flatnonzero(np.abs(samples) > 0.01 * np.abs(samples).max())
     samples = samples[loud[0] : loud[-1] + 1]
     return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
