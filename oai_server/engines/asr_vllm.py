@@ -254,9 +254,8 @@ class VLLMWhisper(AsyncLLMLifecycle):
         except Exception as exc:
             raise EngineError(f"language detection failed: {_describe(exc)}") from exc
         finally:
-            await (
-                stream.aclose()
-            )  # a drained stream aborts nothing; after an error or a cancel, this aborts the request
+            # A drained stream aborts nothing; after an error or a cancel, this aborts the request.
+            await stream.aclose()
         if token not in self._id_to_language:
             raise EngineError(f"language detection returned no language token ({token})")
         return self._id_to_language[token]
