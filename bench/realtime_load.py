@@ -18,7 +18,10 @@ Measured per reply, on the client's clock (no assertion on any of it):
   came after it, and the interrupted reply's `response.done` status; the server's own figure (VAD
   decision -> the reply's engines aborted) is `oai_realtime_barge_in_seconds` on `/metrics`.
 
-`--demo` starts a demo server (CPU, random weights) for a smoke run. JSON to `--out`/results.json.
+A session waits at most `--event-timeout` seconds for each server event it expects; a failed session
+prints (and keeps in the results) its error, naming the event it waited for, and its last server events.
+`--demo` starts a demo server (CPU, random weights) for a smoke run. JSON to `--out`/results.json,
+rewritten after every level (a run stopped later keeps the levels already finished).
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ def espeak(text: str) -> bytes:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "out.wav"
-            subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True, capture_output=True)
+            subprocess.run(
+                ["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True, capture_output=True
+            )
             samples = decode_audio(wav.read_bytes(), sample_rate=RATE).samples
     loud = np.flatnonzero(np.abs(samples) > 0.01 * np.abs(samples).max())
     samples = samples[loud[0] : loud[-1] + 1]
@@ -134,31 +139,75 @@ class Microphone:
 class Events:
     """Every server event with its arrival time; `wait` for one matching a predicate."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, timeout: float = 60) -> None:
         self.ws = ws
+        self.timeout = timeout
         self.log: list[tuple[float, dict[str, Any]]] = []
         self.arrived = asyncio.Event()
         self.task = asyncio.create_task(self._run())
+        self.task.add_done_callback(_retrieve)
 
     async def _run(self) -> None:
         async for raw in self.ws:
             self.log.append((time.monotonic(), json.loads(raw)))
             self.arrived.set()
 
-    async def wait(self, match: Callable[[dict[str, Any]], bool], start: int = 0, timeout: float = 120) -> int:
-        """The index of the first event at or after `start` that matches."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for index in range(start, len(self.log)):
-                    if match(self.log[index][1]):
-                        return index
-                if self.task.done():
-                    raise RuntimeError(f"the connection closed: {self.task.exception()!r}")
-                self.arrived.clear()
-                await self.arrived.wait()
+    async def wait(
+        self,
+        match: Callable[[dict[str, Any]], bool],
+        start: int = 0,
+        what: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """The index of the first event at or after `start` that matches; `TimeoutError` naming `what` if none comes."""
+        what = what or getattr(match, "__name__", "an event")
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    for index in range(start, len(self.log)):
+                        if match(self.log[index][1]):
+                            return index
+                    if self.task.done():
+                        error = None if self.task.cancelled() else self.task.exception()
+                        raise RuntimeError(f"the connection closed while waiting for {what}: {error!r}")
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no {what} within {limit:g} s") from None
 
     def kind(self, *types: str) -> Callable[[dict[str, Any]], bool]:
-        return lambda event: event["type"] in types
+        def match(event: dict[str, Any]) -> bool:
+            return event["type"] in types
+
+        match.__name__ = " or ".join(types)
+        return match
+
+    def last_types(self, count: int = 8) -> list[str]:
+        """The types of the last `count` events received (what a failed session saw last)."""
+        return [_describe(event) for _, event in self.log[-count:]]
+
+    async def close(self) -> None:
+        """Stop reading (the connection is closing)."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    """An event's type; an `error` event's code and message with it, a `response.done` its status."""
+    kind = str(event.get("type"))
+    if kind == "error":
+        error = event.get("error") or {}
+        return f"error({error.get('code')}: {str(error.get('message'))[:120]})"
+    if kind == "response.done":
+        return f"response.done({(event.get('response') or {}).get('status')})"
+    return kind
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Retrieve a finished task's exception, so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -182,6 +231,8 @@ class SessionResult:
     barge_in_late_ms: float | None = None
     """`speech_started` received -> the interrupted reply's last audio received (0 if none came after it)."""
     barge_in_late_bytes: int = 0
+    last_events: list[str] = field(default_factory=list)
+    """A failed session's last server event types (which wait timed out, and after what)."""
 
 
 def reply_of(events: Events, created: int, speech_end: float, vad_at: float, prebuffer_ms: float) -> Reply:
@@ -212,7 +263,7 @@ async def turn(mic: Microphone, events: Events, speech: bytes, args: argparse.Na
     stopped = await events.wait(events.kind("input_audio_buffer.speech_stopped"), start)
     created = await events.wait(events.kind("response.created"), stopped)
     rid = events.log[created][1]["response"]["id"]
-    await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created)
+    await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created, "response.done")
     return reply_of(events, created, speech_end, events.log[stopped][0], args.prebuffer_ms), created
 
 
@@ -221,9 +272,10 @@ async def session(args: argparse.Namespace, index: int, speech: dict[str, bytes]
     await asyncio.sleep(delay)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     url = args.url.replace("http", "ws", 1) + "/v1/realtime?model=gpt-realtime"
+    events: Events | None = None
     try:
         async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
-            events = Events(ws)
+            events = Events(ws, args.event_timeout)
             await events.wait(events.kind("session.created"))
             update = {"type": "realtime", "max_output_tokens": args.max_output_tokens,
                       "audio": {"output": {"voice": args.voice}}}  # fmt: skip
@@ -241,6 +293,11 @@ async def session(args: argparse.Namespace, index: int, speech: dict[str, bytes]
             result.ok = True
     except Exception as exc:  # a failed session is reported, not raised
         result.error = f"{type(exc).__name__}: {exc}"[:300]
+        if events is not None:
+            result.last_events = events.last_types()
+    finally:
+        if events is not None:
+            await events.close()
     return result
 
 
@@ -256,11 +313,15 @@ async def barge_in(
     await mic.say(speech[PHRASES[0]])
     created = await events.wait(events.kind("response.created"), start)
     rid = events.log[created][1]["response"]["id"]
-    await events.wait(lambda e: e["type"] == "response.output_audio.delta" and e["response_id"] == rid, created)
+    await events.wait(
+        lambda e: e["type"] == "response.output_audio.delta" and e["response_id"] == rid, created, "reply audio"
+    )
     talking = len(events.log)
     mic.say(speech[INTERRUPTION])
     started = await events.wait(events.kind("input_audio_buffer.speech_started"), talking)
-    done = await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created)
+    done = await events.wait(
+        lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created, "the barged-in response.done"
+    )
     decided_at = events.log[started][0]
     late = [
         (at, len(base64.b64decode(e["delta"])))
@@ -272,7 +333,9 @@ async def barge_in(
     result.barge_in_late_bytes = sum(size for _, size in late)
     nxt = await events.wait(events.kind("response.created"), done)  # the interrupting turn's own reply
     next_id = events.log[nxt][1]["response"]["id"]
-    await events.wait(lambda e: e["type"] == "response.done" and e["response"]["id"] == next_id, nxt)
+    await events.wait(
+        lambda e: e["type"] == "response.done" and e["response"]["id"] == next_id, nxt, "the next response.done"
+    )
 
 
 def metric_sums(url: str) -> dict[str, float]:
@@ -348,6 +411,20 @@ def table(levels: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def print_failures(results: list[SessionResult]) -> None:
+    """One line per failed session: its error and the last server events it got."""
+    for index, result in enumerate(results):
+        if not result.ok:
+            seen = ", ".join(result.last_events) or "none"
+            print(f"    session {index} failed: {result.error}; last events: {seen}", flush=True)
+
+
+def write_results(args: argparse.Namespace, levels: list[dict[str, Any]]) -> None:
+    """`results.json` under `--out` with the levels finished so far (a run killed later keeps them)."""
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+    write_json(args.out / "results.json", {"config": config, "levels": levels})
+
+
 async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
     phrases = {text: espeak(text) for text in (*PHRASES, INTERRUPTION)}
     lead = bytes(int(RATE * 0.3) * 2)
@@ -363,6 +440,8 @@ async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
         level = summarize(n, list(results), wall, server_means(before, metric_sums(args.url)))
         levels.append(level)
         print(table([level]).splitlines()[-1], flush=True)
+        print_failures(list(results))
+        write_results(args, levels)
     return levels
 
 
@@ -384,6 +463,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prebuffer-ms", type=float, default=250)
     parser.add_argument("--stagger-s", type=float, default=1.0, help="session starts spread over this many seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--event-timeout", type=float, default=60, help="seconds a session waits for each expected server event"
+    )
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
@@ -393,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-realtime-"))
     out.mkdir(parents=True, exist_ok=True)
+    args.out = out
     server = None
     log = out / "server.log"
     try:
@@ -413,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             stop_process(server)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
-    write_json(out / "results.json", {"config": config, "levels": levels})
+    write_results(args, levels)
     print(f"wrote {out / 'results.json'}")
     return 0 if any(level["ok"] for level in levels) else 1
 

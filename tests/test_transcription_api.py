@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,11 @@ import numpy as np
 import openai
 import pytest
 
-from oai_server.engines.asr import TranscriptionParams
-from oai_server.serving.transcription import ENCODER_POSITIONS_PER_SECOND, translation_refusal
+from oai_server.codec.audio_input import DecodedAudio
+from oai_server.engines.asr import TranscriptionParams, TranscriptPiece
+from oai_server.engines.base import EngineError
+from oai_server.serving.transcript_events import AudioPiece, TranscriptionJob, TranscriptTextDelta
+from oai_server.serving.transcription import ENCODER_POSITIONS_PER_SECOND, TranscriptionService, translation_refusal
 from oai_server.settings import Settings
 from tests.speech_audio import ENCODINGS, Placed, compose, encode, to_pcm16
 
@@ -384,3 +387,28 @@ def test_raw_pcm_of_a_realtime_buffer(live_server: LiveServer) -> None:
     assert done.text and done.language == "en" and len(done.segments) == 1
     assert_near(done.segments[0].start, placed[0].start)
     assert done.usage.output_tokens == done.segments[0].tokens > 0
+
+
+class CancelledInside:
+    """A recognizer whose request is cancelled inside the engine (e.g. aborted from elsewhere) mid-stream."""
+
+    sample_rate = 16000
+    languages = frozenset({"en"})
+
+    async def transcribe(self, audio: np.ndarray, params: Any, request_id: str) -> AsyncIterator[TranscriptPiece]:
+        yield TranscriptPiece(" Hello", 1, "en")
+        raise asyncio.CancelledError()
+
+
+async def test_a_piece_cancelled_inside_the_engine_fails_the_stream_instead_of_hanging() -> None:
+    service = TranscriptionService(Settings(), CancelledInside())  # type: ignore[arg-type]
+    audio = DecodedAudio(np.zeros(16000, np.float32), 16000, "pcm", "pcm_s16le")
+    piece = AudioPiece(0, 0, 16000, 0, 16000, 1.0)
+    job = TranscriptionJob(audio, service.options(language="en"), (piece,))
+    texts: list[str] = []
+    with pytest.raises(EngineError, match="cancelled"):
+        async with asyncio.timeout(10):  # before the fix: the reader waited forever on the piece's queue
+            async for event in service.stream(job):
+                if isinstance(event, TranscriptTextDelta):
+                    texts.append(event.text)
+    assert texts == ["Hello"]

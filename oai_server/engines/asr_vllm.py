@@ -246,12 +246,16 @@ class VLLMWhisper(AsyncLLMLifecycle):
             }
         )
         token: int | None = None
+        stream = self._engine.generate(prompt, params, f"{request_id}-lang")
         try:
-            async for output in self._engine.generate(prompt, params, f"{request_id}-lang"):
-                if output.outputs[0].token_ids:
+            async for output in stream:
+                if token is None and output.outputs[0].token_ids:
                     token = int(output.outputs[0].token_ids[0])
         except Exception as exc:
             raise EngineError(f"language detection failed: {_describe(exc)}") from exc
+        finally:
+            # A drained stream aborts nothing; after an error or a cancel, this aborts the request.
+            await stream.aclose()
         if token not in self._id_to_language:
             raise EngineError(f"language detection returned no language token ({token})")
         return self._id_to_language[token]

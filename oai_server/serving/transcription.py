@@ -53,6 +53,7 @@ from ..engines.asr import (
     TranscriptPiece,
     check_language,
 )
+from ..engines.base import EngineError
 from ..engines.vad import (
     SAMPLE_RATE,
     SileroVad,
@@ -362,6 +363,11 @@ class TranscriptionService:
             queue.put_nowait(None)
         except Exception as exc:
             queue.put_nowait(exc)
+        except BaseException:
+            # Cancelled: by `stream` closing (nobody reads on), or inside the engine (an abort from elsewhere).
+            # Either way the reader gets an item, never a wait on a queue no task will fill.
+            queue.put_nowait(EngineError(f"the transcription of piece {piece.index} was cancelled"))
+            raise
 
     def _require(self, param: str | None) -> SpeechRecognizer:
         if self.asr is None:

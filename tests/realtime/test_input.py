@@ -6,11 +6,17 @@ them; `audio_start_ms` / `audio_end_ms` are audio time, so they do not depend on
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
+
+from oai_server.serving.realtime import session as realtime_session
 
 from ..fault_engine import Fault
 from ..speech_audio import compose
@@ -197,3 +203,73 @@ async def test_a_user_audio_item_is_transcribed_and_answered_from_its_text(rt_se
     await client.until("response.done")
     await client.close()
     assert completed["transcript"] in rt_server.prompt_text()
+
+
+class SilentRecognizer:
+    """The demo recognizer, except that a transcription never answers (an engine request that never yields)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sample_rate = inner.sample_rate
+        self.languages = inner.languages
+        self.waiting = 0
+
+    async def transcribe(self, audio: np.ndarray, params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.waiting += 1
+        await asyncio.Event().wait()  # forever
+        yield  # pragma: no cover
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("transcribed", [False, True], ids=["bench-session", "transcription-events"])
+async def test_a_transcription_that_never_answers_fails_and_the_turn_is_still_answered(
+    rt_server: RealtimeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, transcribed: bool
+) -> None:
+    silent = SilentRecognizer(rt_server.live.services.transcription.asr)
+    monkeypatch.setattr(rt_server.live.services.transcription, "asr", silent)
+    monkeypatch.setattr(realtime_session, "TRANSCRIPTION_DEADLINE_SECONDS", 1.0)
+    client = await RawClient.connect(rt_server.ws_url)
+    # The bench's session (no transcription settings: the transcript only feeds the reply), or one that asks for it.
+    session: dict[str, Any] = {"type": "realtime", "max_output_tokens": 8}
+    if transcribed:
+        session["audio"] = {"input": {"transcription": {"model": "whisper-1"}}}
+    await client.update(**session)
+    samples, _ = utterance()
+    with caplog.at_level(logging.ERROR, logger="oai_server.serving.realtime.session"):
+        await stream(client, samples)
+        events = await client.until("response.done", timeout=20)  # before: the response waited for the transcript
+    await client.close()
+    kinds = types(events)
+    assert silent.waiting == 1 and "input_audio_buffer.speech_stopped" in kinds
+    assert events[-1]["response"]["status"] in ("completed", "incomplete")
+    if transcribed:
+        (failed,) = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.failed"]
+        assert failed["error"]["type"] == "server_error" and failed["error"]["code"] == "timeout"
+        assert kinds.index("conversation.item.input_audio_transcription.failed") < kinds.index(
+            "response.output_item.added"
+        )
+    else:
+        assert not [kind for kind in kinds if kind.startswith("conversation.item.input_audio_transcription")]
+    assert any("realtime transcription of" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+    assert await rt_server.settled()
+
+
+async def test_a_session_task_that_dies_is_logged(rt_server: RealtimeServer, caplog: pytest.LogCaptureFixture) -> None:
+    class Sink:
+        async def send(self, event: Any) -> None:
+            pass
+
+        def discard_audio(self, response_id: str) -> None:
+            pass
+
+    session = rt_server.live.services.realtime.session(Sink())
+
+    async def dies() -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="oai_server.serving.realtime.session"):
+        await asyncio.gather(session._spawn(dies(), "realtime-test-task"), return_exceptions=True)
+    assert any(r.getMessage() == "realtime: task realtime-test-task failed: boom" for r in caplog.records)
+    assert not session._tasks

@@ -8,7 +8,8 @@
     response.done
 
 `response.created` goes out at once; the response then waits for an admission slot and the
-transcripts of its context, builds the prompt, and streams. Every response ends with
+transcripts of its context (bounded by the request deadline: a wait that times out fails the
+response), builds the prompt, and streams. Every response ends with
 `response.done`: `completed`, `incomplete` (max_output_tokens), `failed` (with the error's type
 and code), or `cancelled` (`turn_detected` or `client_cancelled`). Cancelling closes the reply
 stream, which aborts its LLM and TTS requests, and then the `.done` events follow. A spoken item
@@ -177,15 +178,18 @@ class ResponseRun:
             return
         try:
             plan = self.plan
-            conversation = Conversation(
-                turns=await turns_of(plan.context),
-                sampling=TextSampling(max_tokens=plan.max_tokens, temperature=TEMPERATURE, seed=plan.seed),
-                voice=plan.voice,
-                system_prompt=plan.instructions or None,
-                remember_audio=False,
-            )
             try:
-                prepared = await self.deps.replies.prepare(conversation)
+                # The context's transcripts end on their own (session.TRANSCRIPTION_DEADLINE_SECONDS); this
+                # bound is the response's own, so nothing it waits on before streaming can hold it forever.
+                async with asyncio.timeout(self.deps.deadline_seconds):
+                    conversation = Conversation(
+                        turns=await turns_of(plan.context),
+                        sampling=TextSampling(max_tokens=plan.max_tokens, temperature=TEMPERATURE, seed=plan.seed),
+                        voice=plan.voice,
+                        system_prompt=plan.instructions or None,
+                        remember_audio=False,
+                    )
+                    prepared = await self.deps.replies.prepare(conversation)
             except APIError as exc:
                 self.failure = exc
                 return

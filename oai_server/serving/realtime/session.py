@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+TRANSCRIPTION_DEADLINE_SECONDS = 30.0
+"""A turn's transcription ends failed after this long (or the server's request deadline, if shorter), so a
+response waiting for the transcript goes on without it instead of waiting for an engine that never answers."""
+
 
 @dataclass(frozen=True)
 class SessionDeps:
@@ -127,8 +131,14 @@ class RealtimeSession:
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished task; one that died of an exception is logged (nothing else would see it)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("realtime: task %s failed: %s", task.get_name(), exc, exc_info=exc)
 
     # --- session -------------------------------------------------------------------------------------
 
@@ -219,17 +229,19 @@ class RealtimeSession:
         audio = stored.audio
         emit = self.config.type == "transcription" or self.config.audio.input.transcription is not None
         text = ""
+        deadline = min(TRANSCRIPTION_DEADLINE_SECONDS, self.serving.settings.request_timeout_seconds)
         try:
             settings = self.config.audio.input.transcription
             options = self.serving.transcription.options(
                 language=self.checker.language(self.config), prompt=settings.prompt if settings else None
             )
-            deltas = transcribe_pcm24(self.serving.transcription, audio, options)
-            async with aclosing(deltas):  # type: ignore[type-var]
-                async for delta in deltas:
-                    text += delta
-                    if emit:
-                        await self.sink.send(se.TranscriptionDeltaEvent(item_id=stored.id, delta=delta))
+            async with asyncio.timeout(deadline):  # an engine that never answers fails the transcription
+                deltas = transcribe_pcm24(self.serving.transcription, audio, options)
+                async with aclosing(deltas):  # type: ignore[type-var]
+                    async for delta in deltas:
+                        text += delta
+                        if emit:
+                            await self.sink.send(se.TranscriptionDeltaEvent(item_id=stored.id, delta=delta))
             text = text.strip()
             stored.set_transcript(text)
             if emit:
@@ -242,7 +254,7 @@ class RealtimeSession:
             error = as_api_error(exc)
             text = ""
             if error.status >= 500 and not isinstance(exc, APIError):
-                logger.error("realtime transcription failed: %s", exc, exc_info=exc)
+                logger.error("realtime transcription of %s failed: %s", stored.id, exc or error.message, exc_info=exc)
             if emit:
                 detail = se.TranscriptionError(type=error.type, code=error.code, message=error.message)
                 await self.sink.send(se.TranscriptionFailedEvent(item_id=stored.id, error=detail))
