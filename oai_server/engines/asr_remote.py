@@ -35,10 +35,9 @@ import numpy as np
 
 from oai_server.engines.asr import TranscriptionParams, TranscriptPiece, whisper_languages, window_samples
 from oai_server.engines.base import EngineError, EngineInfo, EngineOverloadedError
-from oai_server.engines.remote import RETRY_STATUSES, UpstreamCalls, _retry_after, _upstream_message
+from oai_server.engines.remote import RETRY_STATUSES, STREAM_END, UpstreamCalls, _retry_after, _upstream_message
 
 SAMPLE_RATE = 16000
-_END = object()
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,15 @@ class RemoteTranscriber(UpstreamCalls):
         if not len(samples) or len(samples) > window_samples(SAMPLE_RATE):
             raise EngineError(f"audio must be 1 sample to 30 s at {SAMPLE_RATE} Hz, got {len(samples)} samples")
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(self._produce(wav_bytes(samples), params, request_id, queue))
+        wav = wav_bytes(samples)
+        task = asyncio.create_task(
+            self._pump(
+                lambda: self._transcribe(wav, params, request_id, queue),
+                queue,
+                read_timeout=self.config.read_timeout,
+                what="transcriber",
+            )
+        )
         self._tasks[request_id] = task
         task.add_done_callback(
             lambda done: self._tasks.pop(request_id, None) if self._tasks.get(request_id) is done else None
@@ -125,7 +132,7 @@ class RemoteTranscriber(UpstreamCalls):
         try:
             while True:
                 item = await queue.get()
-                if item is _END:
+                if item is STREAM_END:
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -166,25 +173,6 @@ class RemoteTranscriber(UpstreamCalls):
         if stream:
             form["stream"] = "true"
         return form
-
-    async def _produce(
-        self, wav: bytes, params: TranscriptionParams, request_id: str, queue: asyncio.Queue[Any]
-    ) -> None:
-        try:
-            await self._transcribe(wav, params, request_id, queue)
-        except asyncio.CancelledError:
-            queue.put_nowait(_END)  # aborted: the consumer's iterator ends quietly
-            raise
-        except EngineError as exc:
-            queue.put_nowait(exc)
-        except httpx.TimeoutException as exc:
-            queue.put_nowait(EngineError(f"upstream stalled for {self.config.read_timeout}s: {exc!r}"))
-        except (httpx.HTTPError, ValueError) as exc:
-            queue.put_nowait(EngineError(f"upstream answer broke: {exc!r}"))
-        except Exception as exc:  # the consumer must never hang on a producer bug
-            queue.put_nowait(EngineError(f"remote transcriber failed: {exc!r}"))
-        else:
-            queue.put_nowait(_END)
 
     async def _open(self, wav: bytes, params: TranscriptionParams, request_id: str) -> httpx.Response:
         """Send the upload, retrying only while no 2xx response has started."""

@@ -30,7 +30,7 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,8 +45,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _OVERLOAD_STATUSES = frozenset({429, 503})
 _CUSTOM_TOKEN = re.compile(r"<custom_token_(\d+)>")
 _PREFIX = "<custom_token_"
-_END = object()
-_Queue = asyncio.Queue[Any]  # deltas, then _END or the EngineError that ended the stream
+STREAM_END = object()
+"""Put on an upstream call's queue after its last item: the consumer's iterator ends."""
+_Queue = asyncio.Queue[Any]  # deltas, then STREAM_END or the EngineError that ended the stream
 
 
 class UpstreamCalls:
@@ -73,6 +74,26 @@ class UpstreamCalls:
         if tasks:
             await asyncio.wait(tasks)
         await self._client.aclose()
+
+    @staticmethod
+    async def _pump(call: Callable[[], Awaitable[None]], queue: _Queue, *, read_timeout: float, what: str) -> None:
+        """Run one upstream ``call`` that fills ``queue``, then put `STREAM_END` or the `EngineError` that
+        ended it, so the consumer never waits on a queue that no call will fill."""
+        try:
+            await call()
+        except asyncio.CancelledError:
+            queue.put_nowait(STREAM_END)  # aborted: the consumer's iterator ends quietly
+            raise
+        except EngineError as exc:
+            queue.put_nowait(exc)
+        except httpx.TimeoutException as exc:
+            queue.put_nowait(EngineError(f"upstream stalled for {read_timeout}s: {exc!r}"))
+        except (httpx.HTTPError, ValueError) as exc:
+            queue.put_nowait(EngineError(f"upstream stream broke: {exc!r}"))
+        except Exception as exc:  # the consumer must never hang on a producer bug
+            queue.put_nowait(EngineError(f"remote {what} failed: {exc!r}"))
+        else:
+            queue.put_nowait(STREAM_END)
 
 
 @dataclass(frozen=True)
@@ -275,13 +296,20 @@ class RemoteEngine(UpstreamCalls):
             raise EngineError(f"request id {request_id!r} is already in flight")
         body["request_id"] = request_id
         queue: _Queue = asyncio.Queue()
-        task = asyncio.create_task(self._produce(path, body, params, queue))
+        task = asyncio.create_task(
+            self._pump(
+                lambda: self._stream(path, body, params, queue),
+                queue,
+                read_timeout=self.config.read_timeout,
+                what="engine",
+            )
+        )
         self._tasks[request_id] = task
         task.add_done_callback(lambda done: self._forget(request_id, done))
         try:
             while True:
                 item = await queue.get()
-                if item is _END:
+                if item is STREAM_END:
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -293,23 +321,6 @@ class RemoteEngine(UpstreamCalls):
     def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(request_id) is task:
             del self._tasks[request_id]
-
-    async def _produce(self, path: str, body: dict[str, Any], params: SamplingParams, queue: _Queue) -> None:
-        try:
-            await self._stream(path, body, params, queue)
-        except asyncio.CancelledError:
-            queue.put_nowait(_END)  # aborted: the consumer's iterator ends quietly
-            raise
-        except EngineError as exc:
-            queue.put_nowait(exc)
-        except httpx.TimeoutException as exc:
-            queue.put_nowait(EngineError(f"upstream stalled for {self.config.read_timeout}s: {exc!r}"))
-        except (httpx.HTTPError, ValueError) as exc:
-            queue.put_nowait(EngineError(f"upstream stream broke: {exc!r}"))
-        except Exception as exc:  # the consumer must never hang on a producer bug
-            queue.put_nowait(EngineError(f"remote engine failed: {exc!r}"))
-        else:
-            queue.put_nowait(_END)
 
     async def _open(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """Send the request, retrying only while no 2xx response has started."""
