@@ -13,13 +13,12 @@ from oai_server.engines.vad import (
     SAMPLE_RATE,
     SileroVad,
     SpeechRegion,
-    StreamingVad,
-    VadEvent,
     VadParams,
     default_vad,
     speech_regions,
     split_for_asr,
 )
+from oai_server.engines.vad_stream import StreamingVad, VadEvent
 from tests.speech_audio import Placed, compose, to_pcm16
 
 TOLERANCE_MS = 150

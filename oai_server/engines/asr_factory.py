@@ -8,7 +8,7 @@ import logging
 from ..settings import Settings
 from .asr import SpeechRecognizer
 from .layout import Layout
-from .vad import StreamingVad
+from .vad_stream import StreamingVad
 
 logger = logging.getLogger(__name__)
 

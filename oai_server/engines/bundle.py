@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from ..codec.snac_stream import SnacDecoder
 from .asr import SpeechRecognizer
 from .base import EngineInfo, TokenEngine
-from .vad import StreamingVad
+from .vad_stream import StreamingVad
 
 
 class RoleEngine(Protocol):

@@ -1,4 +1,4 @@
-"""Voice activity detection with Silero VAD: offline speech regions and streaming turn detection.
+"""Voice activity detection with Silero VAD: the models, offline speech regions, the turn rules.
 
 Model choice: silero-vad (MIT, snakers4/silero-vad, maintained) ships its weights inside its
 wheel, among them two ONNX exports that we run with onnxruntime and nothing else:
@@ -6,7 +6,7 @@ wheel, among them two ONNX exports that we run with onnxruntime and nothing else
 - ``silero_vad.onnx``, the streaming model: one 32 ms frame (512 samples at 16 kHz plus 64
   samples of context) per call, its LSTM state passed in and returned (``state``: 2 x batch x
   128). The state is explicit and the batch dimension is free, so one call steps many
-  independent streams at once (`StreamingVad`).
+  independent streams at once (`engines.vad_stream.StreamingVad`).
 - ``silero_vad_16k_sequence.onnx``, the same network unrolled over a block of frames: a whole
   file in a few calls (`SileroVad.probabilities`), bit-for-bit the streaming model's output.
 
@@ -25,25 +25,20 @@ reports ``audio_start_ms`` = start - ``prefix_padding_ms`` (the audio the turn k
 detected start; never before the previous turn's end) and ``speech_stopped`` reports
 ``audio_end_ms`` = silence start + ``silence_duration_ms``, as OpenAI documents both.
 
-Blocking: `SileroVad.probabilities`, `SileroVad.step`, `speech_regions` and
-`StreamingVad.feed_sync` run the model on the calling thread (call them from a worker thread).
-`StreamingVad.feed` runs the model in the detector's own worker thread, batched across every
-stream fed meanwhile; the only work it does on the event loop is framing the new samples
-(`VadStream.push`: a copy, and a resample when the stream is not 16 kHz).
+Blocking: `SileroVad.probabilities`, `SileroVad.step` and `speech_regions` run the model on the
+calling thread (call them from a worker thread). Streaming detection, batched across streams in its
+own worker thread, is `engines.vad_stream`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import importlib.util
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import av
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -196,7 +191,7 @@ def regions_from_probabilities(
 ) -> list[SpeechRegion]:
     """`speech_regions` from frame probabilities already computed (`SileroVad.probabilities`). Cheap."""
     regions: list[SpeechRegion] = []
-    detector = _TurnDetector(params)
+    detector = TurnDetector(params)
     for index, prob in enumerate(probs):
         turn = detector.advance(index, float(prob))
         if turn is not None:
@@ -255,10 +250,10 @@ def split_for_asr(
     return pieces
 
 
-# --------------------------------------------------------------------------------- streaming
+# ----------------------------------------------------------------------------- turn rules
 
 
-class _TurnDetector:
+class TurnDetector:
     """The start/stop state machine over frame probabilities (shared by offline and streaming)."""
 
     def __init__(self, params: VadParams) -> None:
@@ -281,168 +276,3 @@ class _TurnDetector:
                 self.start = self.silent_since = None
                 return turn
         return None
-
-
-VadEventType = Literal["speech_started", "speech_stopped"]
-
-
-@dataclass(frozen=True)
-class VadEvent:
-    """``speech_started`` (``audio_ms`` = OpenAI's audio_start_ms) or ``speech_stopped`` (audio_end_ms)."""
-
-    type: VadEventType
-    audio_ms: int
-
-
-@dataclass(eq=False)
-class VadStream:
-    """One audio stream's detector state; the model is shared (`StreamingVad`).
-
-    Audio goes in at ``sample_rate`` (pcm16 bytes or float32 samples) and is resampled to 16 kHz
-    when needed; times are milliseconds of audio since the stream began.
-    """
-
-    params: VadParams = field(default_factory=VadParams)
-    sample_rate: int = SAMPLE_RATE
-    state: np.ndarray = field(default_factory=lambda: np.zeros(STATE_SHAPE, np.float32))
-    frames_done: int = 0
-    _pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    _context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT_SAMPLES, np.float32))
-    _resampler: av.AudioResampler | None = None
-    _detector: _TurnDetector | None = None
-    _inflight: asyncio.Future[list[VadEvent]] | None = None
-    _turn_end_ms: int = 0
-
-    def __post_init__(self) -> None:
-        self._detector = _TurnDetector(self.params)
-        if self.sample_rate != SAMPLE_RATE:
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-
-    @property
-    def speaking(self) -> bool:
-        """Whether a turn is open (speech started and not yet stopped)."""
-        return self._detector is not None and self._detector.start is not None
-
-    def push(self, audio: bytes | np.ndarray) -> np.ndarray:
-        """Append audio; return the model windows (n, 576) of the whole frames now complete. Cheap."""
-        samples = _as_float(audio)
-        if self._resampler is not None and len(samples):
-            frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-            frame.sample_rate = self.sample_rate
-            resampled = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-            samples = np.concatenate(resampled) if resampled else samples[:0]
-        data = np.concatenate([self._pending, samples])
-        whole = len(data) // FRAME_SAMPLES * FRAME_SAMPLES
-        self._pending = data[whole:]
-        windows, self._context = frame_windows(data[:whole], self._context)
-        return windows
-
-    def advance(self, probs: np.ndarray) -> list[VadEvent]:
-        """Run the turn state machine over the next frames' probabilities; return its events."""
-        assert self._detector is not None
-        events: list[VadEvent] = []
-        for prob in probs:
-            index = self.frames_done
-            opened = self._detector.start is None
-            turn = self._detector.advance(index, float(prob))
-            if opened and self._detector.start is not None:
-                # The prefix never reaches back into the previous turn (its audio was committed with it).
-                start_ms = max(index * FRAME_MS - self.params.prefix_padding_ms, self._turn_end_ms)
-                events.append(VadEvent("speech_started", start_ms))
-            if turn is not None:
-                self._turn_end_ms = turn[1] * FRAME_MS + self.params.silence_duration_ms
-                events.append(VadEvent("speech_stopped", self._turn_end_ms))
-            self.frames_done += 1
-        return events
-
-
-def _as_float(audio: bytes | np.ndarray) -> np.ndarray:
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        if len(audio) % 2:
-            raise ValueError("pcm16 audio must be a whole number of 2-byte samples")
-        return np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
-    return np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-
-
-@dataclass
-class _Job:
-    stream: VadStream
-    windows: np.ndarray
-    future: asyncio.Future[list[VadEvent]]
-
-
-class StreamingVad:
-    """Turn detection for many streams at once: one model, one worker thread, batched steps.
-
-    Each `feed` frames its audio on the loop and queues the frames; a drain task hands everything
-    queued to the worker thread, which steps all those streams together (one ONNX call per frame
-    position, B streams per call; 64 streams cost ~4 ms per 32 ms frame on one core) and runs
-    each stream's state machine. Feeds of one stream are applied in order.
-    """
-
-    def __init__(self, model: SileroVad | None = None, *, max_batch: int = 256) -> None:
-        self._model = model or default_vad()
-        self._max_batch = max_batch
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
-        self._queue: list[_Job] = []
-        self._drainer: asyncio.Task[None] | None = None
-
-    def stream(self, params: VadParams = VadParams(), sample_rate: int = SAMPLE_RATE) -> VadStream:
-        """A new stream's state (cheap: two small arrays)."""
-        return VadStream(params, sample_rate)
-
-    def feed_sync(self, stream: VadStream, audio: bytes | np.ndarray) -> list[VadEvent]:
-        """Feed one stream on this thread (no batching). Blocking."""
-        return self._run([(stream, stream.push(audio))])[0]
-
-    async def feed(self, stream: VadStream, audio: bytes | np.ndarray) -> list[VadEvent]:
-        """Feed audio; return the events it completes. The model runs in the worker thread."""
-        previous = stream._inflight
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])  # a cancelled earlier feed still lands first
-        windows = stream.push(audio)
-        if not len(windows):
-            return []
-        future: asyncio.Future[list[VadEvent]] = asyncio.get_running_loop().create_future()
-        stream._inflight = future
-        self._queue.append(_Job(stream, windows, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        return await asyncio.shield(future)
-
-    async def close(self) -> None:
-        """Finish queued work and stop the worker thread."""
-        if self._drainer is not None:
-            await asyncio.wait([self._drainer])
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            jobs, self._queue = self._queue, []
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, [(j.stream, j.windows) for j in jobs])
-            except Exception as exc:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            for job, events in zip(jobs, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(events)
-
-    def _run(self, work: list[tuple[VadStream, np.ndarray]]) -> list[list[VadEvent]]:
-        """Step every stream through its windows, B streams per model call; then run the state machines."""
-        probs = [np.zeros(len(windows), np.float32) for _, windows in work]
-        depth = max((len(windows) for _, windows in work), default=0)
-        for t in range(depth):
-            rows = [i for i, (_, windows) in enumerate(work) if len(windows) > t]
-            for start in range(0, len(rows), self._max_batch):
-                batch = rows[start : start + self._max_batch]
-                windows = np.stack([work[i][1][t] for i in batch])
-                state = np.concatenate([work[i][0].state for i in batch], axis=1)
-                out, new_state = self._model.step(windows, state)
-                for k, i in enumerate(batch):
-                    probs[i][t] = out[k]
-                    work[i][0].state = new_state[:, k : k + 1]
-        return [stream.advance(p) for (stream, _), p in zip(work, probs, strict=True)]

@@ -25,7 +25,8 @@ import numpy as np
 
 from ...codec.g711 import TelephonyDecoder
 from ...codec.pcm import b64decode_audio, pcm16_from_b64
-from ...engines.vad import StreamingVad, VadParams, VadStream
+from ...engines.vad import VadParams
+from ...engines.vad_stream import StreamingVad, VadStream
 from ...errors import APIError, invalid
 from ...protocol.realtime import AudioFormat, PCMAFormat, PCMFormat, PCMUFormat, ServerVAD, TurnDetection, new_id
 

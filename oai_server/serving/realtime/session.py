@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...engines.asr import SpeechRecognizer
-from ...engines.vad import StreamingVad
+from ...engines.vad_stream import StreamingVad
 from ...errors import APIError, server_error
 from ...pipeline.voices import VoiceCatalog
 from ...protocol.realtime import ClientEvent, ErrorEvent, InputAudio, Item, UserMessage, new_id
