@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     """GPU memory share of the chat engine on vLLM (seed: LLM_GPU_MEMORY_UTILIZATION)."""
     llm_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("llm_max_num_seqs"))
     """vLLM max_num_seqs for the chat engine."""
+    llm_stream_interval: int = Field(1, ge=1, le=64, validation_alias=_env("llm_stream_interval"))
+    """vLLM stream_interval of the Gemma engine: tokens per text delta (more: less host work per token, text
+    later by up to that many steps)."""
     llm_max_tokens: int = Field(512, ge=1, validation_alias=_env("llm_max_tokens"))
     """Default and upper bound of max_tokens for chat replies."""
     llm_remote_url: str | None = Field(None, validation_alias=_env("llm_remote_url"))

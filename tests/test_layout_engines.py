@@ -50,7 +50,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[AsyncLLMDouble]:
 async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     built: list[AsyncLLMDouble], demo_cache: Path
 ) -> None:
-    settings = Settings(placement="speech", asr_model_name=str(build_demo_whisper(demo_cache)))
+    settings = Settings(placement="speech", asr_model_name=str(build_demo_whisper(demo_cache)), llm_stream_interval=4)
     layout = plan_layout(2, 139.8, LayoutRequest.from_settings(settings))
     llm, tts = await _build(settings, "vllm", layout)
     asr = await build_asr(settings, "vllm", layout)
@@ -63,6 +63,7 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
         settings.llm_model_name,
     )
     assert (whisper.visible, whisper.kwargs["gpu_memory_utilization"]) == ("0", 0.14)
+    assert gemma.kwargs["stream_interval"] == 4 and all(e.kwargs["stream_interval"] == 7 for e in orpheus)
     assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [0.5, 1.0]
     assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
     assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)

@@ -123,6 +123,7 @@ async def _build(settings: Settings, kind: str, layout: Layout | None = None) ->
                 max_model_len=settings.llm_max_model_len,
                 gpu_memory_utilization=plan.memory,
                 max_num_seqs=settings.llm_max_num_seqs,
+                stream_interval=settings.llm_stream_interval,
                 placement=plan.placement,
                 kind="vllm-gemma",
                 dtype=settings.dtype,
