@@ -160,6 +160,8 @@ class Settings(BaseSettings):
     """Decoder context of the speech-recognition engine (Whisper: 448 tokens)."""
     asr_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("asr_max_num_seqs"))
     """vLLM max_num_seqs for the speech-recognition engine."""
+    asr_input_workers: int = Field(4, ge=1, le=64, validation_alias=_env("asr_input_workers"))
+    """Threads of vLLM's renderer that prepare Whisper inputs (log-mel features, tokens) off the event loop."""
     asr_max_batch: int = Field(8, ge=1, validation_alias=_env("asr_max_batch"))
     """Transformers engine: utterances transcribed in one batch."""
     asr_remote_url: str | None = Field(None, validation_alias=_env("asr_remote_url"))

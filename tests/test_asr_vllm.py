@@ -7,6 +7,8 @@ like vLLM's ``RequestOutput``. The real engine runs in `bench/asr_vllm_smoke.py`
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from oai_server.engines.asr import TranscriptionParams, TranscriptPiece
 from oai_server.engines.asr_vllm import VLLMWhisper, whisper_prompt
-from oai_server.engines.base import EngineError
+from oai_server.engines.base import EngineError, EngineInfo
 from oai_server.engines.demo_whisper import build_demo_whisper
 
 AUDIO = np.zeros(16000, np.float32)
@@ -126,6 +128,7 @@ async def test_create_passes_whisper_engine_args_and_language_ids(whisper_dir: P
     kwargs = engine_args[0]
     assert kwargs["max_model_len"] == 448 and kwargs["gpu_memory_utilization"] == 0.12
     assert kwargs["limit_mm_per_prompt"] == {"audio": 1} and kwargs["max_num_seqs"] == 32
+    assert kwargs["renderer_num_workers"] == 4
     tokenizer = WhisperTokenizer.from_pretrained(whisper_dir)
     assert len(engine.languages) == 100 and "en" in engine.languages
     assert engine._language_ids["de"] == tokenizer.convert_tokens_to_ids("<|de|>")
@@ -187,3 +190,71 @@ async def test_errors(whisper_dir: Path) -> None:
     with pytest.raises(EngineError, match="30 s"):
         await collect(engine.transcribe(np.zeros(31 * 16000, np.float32), TranscriptionParams(language="en"), "r6"))
     assert engine.active_requests() == 0
+
+
+class RendererDouble:
+    """vLLM's renderer as `VLLMWhisper` uses it: `render_cmpl_async` of parsed prompts, in worker threads."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.threads: list[int] = []
+
+    def _render(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            raise ValueError("the audio could not be processed")
+        return {"type": "enc_dec", "rendered": prompt}
+
+    async def render_cmpl_async(self, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [await asyncio.to_thread(self._render, prompt) for prompt in prompts]
+
+
+class RenderingWhisperLLM(FakeWhisperLLM):
+    """An AsyncLLM double with a renderer: `generate` must get rendered inputs, never raw prompts."""
+
+    model_config = "the engine's model config"
+
+    def __init__(self, *args: Any, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renderer = RendererDouble(fail)
+
+    async def generate(self, prompt: dict[str, Any], params: dict[str, Any], request_id: str) -> AsyncIterator[Output]:
+        assert prompt["type"] == "enc_dec", "a raw prompt reached generate: vLLM would render it on the event loop"
+        async for output in super().generate(prompt["rendered"], params, request_id):
+            yield output
+
+
+async def test_prompts_are_rendered_off_the_event_loop(whisper_dir: Path) -> None:
+    double = RenderingWhisperLLM(SCRIPT, 0)
+    parsed: list[Any] = []
+
+    def parse(model_config: Any, prompt: dict[str, Any]) -> dict[str, Any]:
+        parsed.append(model_config)
+        return prompt
+
+    engine = VLLMWhisper(
+        double, make_info(), {"en": 0}, sampling_params_factory=lambda kwargs: kwargs, prompt_parser=parse
+    )
+    pieces = await collect(engine.transcribe(AUDIO, TranscriptionParams(), "r7"))  # language detected, then transcribed
+    assert [p.text for p in pieces] == [" Hello", " there", " friend"] and pieces[0].language == "en"
+    assert [call[0]["decoder_prompt"] for call in double.calls] == [
+        "<|startoftranscript|>",
+        "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>",
+    ]
+    assert parsed == ["the engine's model config"] * 2
+    loop_thread = threading.get_ident()
+    assert len(double.renderer.threads) == 2 and loop_thread not in double.renderer.threads
+
+
+async def test_a_prompt_vllm_cannot_render_is_an_engine_error(whisper_dir: Path) -> None:
+    double = RenderingWhisperLLM(SCRIPT, 0, fail=True)
+    engine = VLLMWhisper(
+        double, make_info(), {"en": 0}, sampling_params_factory=lambda kwargs: kwargs, prompt_parser=lambda c, p: p
+    )
+    with pytest.raises(EngineError, match=r"could not prepare the audio.*could not be processed"):
+        await collect(engine.transcribe(AUDIO, TranscriptionParams(language="en"), "r8"))
+    assert engine.active_requests() == 0 and not double.calls
+
+
+def make_info() -> EngineInfo:
+    return EngineInfo(kind="vllm-whisper", model="whisper", max_model_len=448)

@@ -34,6 +34,7 @@ async def build_asr(settings: Settings, kind: str, layout: Layout | None = None)
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,
             max_num_seqs=settings.asr_max_num_seqs,
+            input_workers=settings.asr_input_workers,
             placement=plan.placement,
         )
     if kind == "remote":
