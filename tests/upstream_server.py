@@ -129,11 +129,14 @@ def create_upstream_app(engine: TokenEngine, tokenizer: UpstreamTokenizer, *, mo
         agen = engine.generate(prompt_ids, params, rid)
         try:
             async for delta in agen:
-                generated.extend(delta)
-                pending.extend(delta)
-                if len(pending) >= per_chunk:
-                    yield pending, text_delta(False), None, None
-                    pending = []
+                # Exactly `per_chunk` ids per wire chunk, whatever the engine's delta sizes (a slow
+                # reader gets larger engine deltas on a loaded machine).
+                for token_id in delta:
+                    generated.append(token_id)
+                    pending.append(token_id)
+                    if len(pending) == per_chunk:
+                        yield pending, text_delta(False), None, None
+                        pending = []
         finally:
             await agen.aclose()
         stopped = len(generated) < params.max_tokens and bool(params.stop_token_ids)

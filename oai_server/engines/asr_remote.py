@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import random
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ import httpx
 import numpy as np
 
 from oai_server.engines.asr import TranscriptionParams, TranscriptPiece, whisper_languages, window_samples
-from oai_server.engines.base import EngineError, EngineInfo, EngineOverloadedError
-from oai_server.engines.remote import RETRY_STATUSES, STREAM_END, UpstreamCalls, _retry_after, _upstream_message
+from oai_server.engines.base import EngineError, EngineInfo
+from oai_server.engines.upstream import STREAM_END, UpstreamCalls, upstream_message
 
 SAMPLE_RATE = 16000
 
@@ -175,49 +174,25 @@ class RemoteTranscriber(UpstreamCalls):
         return form
 
     async def _open(self, wav: bytes, params: TranscriptionParams, request_id: str) -> httpx.Response:
-        """Send the upload, retrying only while no 2xx response has started."""
+        """Send the upload (`UpstreamCalls._send`); an upstream that refuses ``stream`` is asked plainly after."""
         path = "/v1/audio/translations" if params.task == "translate" else "/v1/audio/transcriptions"
-        attempt = 0
-        while True:
-            stream = self._stream_supported
-            request = self._client.build_request(
+
+        def build() -> httpx.Request:
+            return self._client.build_request(
                 "POST",
                 f"{self._base}{path}",
-                data=self._form(params, stream),
+                data=self._form(params, self._stream_supported),
                 files={"file": ("audio.wav", wav, "audio/wav")},
                 headers={"X-Request-Id": request_id},
             )
-            last = attempt >= self.config.max_retries
-            delay = self.config.backoff_seconds * 2**attempt * (0.5 + random.random())
-            attempt += 1
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.PoolTimeout as exc:
-                raise EngineOverloadedError(f"no free connection to {self._base}") from exc
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if last:
-                    raise EngineError(f"cannot reach upstream {self._base}: {exc!r}") from exc
-                await asyncio.sleep(delay)
-                continue
-            except httpx.TimeoutException as exc:
-                raise EngineError(f"upstream {self._base} sent no response in time: {exc!r}") from exc
-            if response.is_success:
-                return response
-            raw = (await response.aread()).decode("utf-8", "replace")
-            await response.aclose()
-            try:
-                message = _upstream_message(json.loads(raw), raw)
-            except ValueError:
-                message = raw[:500]
-            if response.status_code == 400 and stream and "stream" in message.lower():
-                self._stream_supported = False  # this upstream does not stream: ask plainly from now on
-                continue
-            if response.status_code in RETRY_STATUSES and not last:
-                retry_after = _retry_after(response, self.config.retry_after_cap)
-                await asyncio.sleep(delay if retry_after is None else retry_after)
-                continue
-            kind = EngineOverloadedError if response.status_code in (429, 503) else EngineError
-            raise kind(f"upstream {response.status_code}: {message}")
+
+        def refuses_streaming(status: int, message: str) -> bool:
+            if status == 400 and self._stream_supported and "stream" in message.lower():
+                self._stream_supported = False
+                return True
+            return False
+
+        return await self._send(build, refuses_streaming)
 
     async def _transcribe(
         self, wav: bytes, params: TranscriptionParams, request_id: str, queue: asyncio.Queue[Any]
@@ -245,7 +220,7 @@ class RemoteTranscriber(UpstreamCalls):
                 if not isinstance(payload, dict):
                     raise EngineError(f"unexpected upstream event: {event[:200]}")
                 if "error" in payload:
-                    raise EngineError(f"upstream error mid-stream: {_upstream_message(payload, event)}")
+                    raise EngineError(f"upstream error mid-stream: {upstream_message(payload, event)}")
                 delta, done = _delta(payload)
                 if delta:
                     counted += 1

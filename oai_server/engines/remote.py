@@ -25,75 +25,23 @@ request whose client disconnected. Retries happen only before a 2xx response has
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import random
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
 from ..codec.tokenizer import TextTokenizer
-from .base import EngineError, EngineInfo, EngineOverloadedError, SamplingParams
+from .base import EngineError, EngineInfo, SamplingParams
+from .upstream import STREAM_END, UpstreamCalls, upstream_message
 
 CUSTOM_TOKEN_BASE = 128256
 """Id of ``<custom_token_0>`` in the Orpheus (Llama 3) vocabulary."""
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_OVERLOAD_STATUSES = frozenset({429, 503})
 _CUSTOM_TOKEN = re.compile(r"<custom_token_(\d+)>")
 _PREFIX = "<custom_token_"
-STREAM_END = object()
-"""Put on an upstream call's queue after its last item: the consumer's iterator ends."""
 _Queue = asyncio.Queue[Any]  # deltas, then STREAM_END or the EngineError that ended the stream
-
-
-class UpstreamCalls:
-    """The open calls of an engine that talks to an HTTP upstream: counted, and aborted on close.
-
-    Subclasses keep ``_tasks`` (request id -> the task of its open call), ``_client`` (the pool) and
-    ``_closed``; the token engine here and the remote transcriber share this.
-    """
-
-    _tasks: dict[str, asyncio.Task[Any]]
-    _client: httpx.AsyncClient
-    _closed: bool
-
-    def active_requests(self) -> int:
-        """Requests whose upstream call is open (or being opened) right now."""
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        """Abort every open call and close the connection pool."""
-        self._closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        await self._client.aclose()
-
-    @staticmethod
-    async def _pump(call: Callable[[], Awaitable[None]], queue: _Queue, *, read_timeout: float, what: str) -> None:
-        """Run one upstream ``call`` that fills ``queue``, then put `STREAM_END` or the `EngineError` that
-        ended it, so the consumer never waits on a queue that no call will fill."""
-        try:
-            await call()
-        except asyncio.CancelledError:
-            queue.put_nowait(STREAM_END)  # aborted: the consumer's iterator ends quietly
-            raise
-        except EngineError as exc:
-            queue.put_nowait(exc)
-        except httpx.TimeoutException as exc:
-            queue.put_nowait(EngineError(f"upstream stalled for {read_timeout}s: {exc!r}"))
-        except (httpx.HTTPError, ValueError) as exc:
-            queue.put_nowait(EngineError(f"upstream stream broke: {exc!r}"))
-        except Exception as exc:  # the consumer must never hang on a producer bug
-            queue.put_nowait(EngineError(f"remote {what} failed: {exc!r}"))
-        else:
-            queue.put_nowait(STREAM_END)
 
 
 @dataclass(frozen=True)
@@ -160,31 +108,6 @@ class _TextDecoder:
             return []
         self.exact = False
         return list(self._tokenizer.encode(text, add_special_tokens=False))
-
-
-def _upstream_message(payload: Any, fallback: str) -> str:
-    """The human message of an OpenAI/vLLM/FastAPI error body."""
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict):
-            for key in ("message", "detail"):
-                if isinstance(error.get(key), str):
-                    return str(error[key])
-        if isinstance(error, str):
-            return error
-    return fallback[:500]
-
-
-def _retry_after(response: httpx.Response, cap: float) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:  # the HTTP-date form
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), cap)
 
 
 class RemoteEngine(UpstreamCalls):
@@ -323,40 +246,11 @@ class RemoteEngine(UpstreamCalls):
             del self._tasks[request_id]
 
     async def _open(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        """Send the request, retrying only while no 2xx response has started."""
+        """Send the request (`UpstreamCalls._send`: retried only while no 2xx response has started)."""
         request = self._client.build_request(
             "POST", f"{self._base}{path}", json=body, headers={"X-Request-Id": body["request_id"]}
         )
-        for attempt in range(self.config.max_retries + 1):
-            last = attempt == self.config.max_retries
-            delay = self.config.backoff_seconds * 2**attempt * (0.5 + random.random())
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.PoolTimeout as exc:
-                raise EngineOverloadedError(f"no free connection to {self._base}") from exc
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if last:
-                    raise EngineError(f"cannot reach upstream {self._base}: {exc!r}") from exc
-                await asyncio.sleep(delay)
-                continue
-            except httpx.TimeoutException as exc:
-                raise EngineError(f"upstream {self._base} sent no response in time: {exc!r}") from exc
-            if response.is_success:
-                return response
-            raw = (await response.aread()).decode("utf-8", "replace")
-            await response.aclose()
-            status = response.status_code
-            if status in RETRY_STATUSES and not last:
-                retry_after = _retry_after(response, self.config.retry_after_cap)
-                await asyncio.sleep(delay if retry_after is None else retry_after)
-                continue
-            try:
-                payload: Any = json.loads(raw)
-            except ValueError:
-                payload = None
-            message = f"upstream {status}: {_upstream_message(payload, raw)}"
-            raise (EngineOverloadedError if status in _OVERLOAD_STATUSES else EngineError)(message)
-        raise AssertionError("unreachable")
+        return await self._send(lambda: request)
 
     async def _stream(self, path: str, body: dict[str, Any], params: SamplingParams, queue: _Queue) -> None:
         response = await self._open(path, body)
@@ -410,7 +304,7 @@ class RemoteEngine(UpstreamCalls):
         if not isinstance(payload, dict):
             raise EngineError(f"unexpected upstream event: {event[:200]}")
         if "error" in payload or payload.get("object") == "error":
-            raise EngineError(f"upstream error mid-stream: {_upstream_message(payload, event)}")
+            raise EngineError(f"upstream error mid-stream: {upstream_message(payload, event)}")
         choices = payload.get("choices") or []
         if not choices:
             return [], False  # e.g. a trailing usage-only chunk
