@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,25 +77,31 @@ class DemoModels:
 
 
 def build_demo_models(cache_dir: Path) -> DemoModels:
-    """Return the demo models under ``cache_dir``, building them first if needed.
-
-    Idempotent (a version marker inside the finished directory), atomic (built in a temp
-    directory, then `os.replace`d into place) and safe when several processes race (an
-    exclusive `fcntl` lock file serialises builders; latecomers find the finished build).
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / DEMO_VERSION
-    if not _is_complete(final):
-        with _exclusive_lock(cache_dir / f".{DEMO_VERSION}.lock"):
-            if not _is_complete(final):
-                _build_into(cache_dir, final)
+    """Return the demo models under ``cache_dir``, building them first if needed (`build_once`)."""
+    final = build_once(cache_dir, DEMO_VERSION, _build_models)
     return DemoModels(llm_dir=final / "llm", tts_dir=final / "tts", snac_dir=final / "snac")
 
 
-def _is_complete(final: Path) -> bool:
+def build_once(cache_dir: Path, version: str, build: Callable[[Path], None]) -> Path:
+    """``cache_dir / version``, filled by ``build(directory)`` first unless a finished build is there.
+
+    Idempotent (a version marker written last), atomic (built in a temp directory, then
+    `os.replace`d into place) and safe when several processes race (an exclusive `fcntl` lock file
+    serialises builders; latecomers find the finished build).
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / version
+    if not _is_complete(final, version):
+        with _exclusive_lock(cache_dir / f".{version}.lock"):
+            if not _is_complete(final, version):
+                _build_into(cache_dir, final, version, build)
+    return final
+
+
+def _is_complete(final: Path, version: str) -> bool:
     marker = final / _MARKER
-    return marker.is_file() and marker.read_text().strip() == DEMO_VERSION
+    return marker.is_file() and marker.read_text().strip() == version
 
 
 @contextmanager
@@ -108,18 +114,11 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _build_into(cache_dir: Path, final: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}.tmp-", dir=cache_dir))
+def _build_into(cache_dir: Path, final: Path, version: str, build: Callable[[Path], None]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=cache_dir))
     try:
-        # fork_rng keeps the caller's global RNG untouched; the fixed seed makes builds identical.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_SEED)
-            _build_gemma(tmp / "llm")
-            torch.manual_seed(_SEED + 1)
-            _build_orpheus(tmp / "tts")
-            torch.manual_seed(_SEED + 2)
-            _build_snac(tmp / "snac")
-        (tmp / _MARKER).write_text(DEMO_VERSION + "\n")
+        build(tmp)
+        (tmp / _MARKER).write_text(version + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         if final.exists():  # an incomplete leftover (no marker); we hold the lock
             shutil.rmtree(final)
@@ -127,6 +126,17 @@ def _build_into(cache_dir: Path, final: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_models(directory: Path) -> None:
+    # fork_rng keeps the caller's global RNG untouched; the fixed seed makes builds identical.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        _build_gemma(directory / "llm")
+        torch.manual_seed(_SEED + 1)
+        _build_orpheus(directory / "tts")
+        torch.manual_seed(_SEED + 2)
+        _build_snac(directory / "snac")
 
 
 def _train_bpe(vocab_size: int, special_tokens: list[str]) -> Tokenizer:

@@ -18,19 +18,15 @@ stop) behaves like the real model's.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .demo import _exclusive_lock, _is_word, _train_bpe
+from .demo import _is_word, _train_bpe, build_once
 
 DEMO_WHISPER_VERSION = "demo-whisper-v1"
 _SEED = 20240613
-_MARKER = "DEMO_VERSION"
 N_MELS = 80
 SAMPLE_RATE = 16000
 _INIT_STD = 0.3
@@ -44,40 +40,14 @@ _EOT_RAMP = 1.5
 
 
 def build_demo_whisper(cache_dir: Path) -> Path:
-    """Return the demo Whisper directory under ``cache_dir``, building it first if needed.
-
-    Idempotent (a version marker), atomic (built in a temp dir, then `os.replace`d) and safe when
-    several processes race (an exclusive lock file), like `oai_server.engines.demo.build_demo_models`.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / DEMO_WHISPER_VERSION
-    if not _is_complete(final):
-        with _exclusive_lock(cache_dir / f".{DEMO_WHISPER_VERSION}.lock"):
-            if not _is_complete(final):
-                _build_into(cache_dir, final)
-    return final
+    """Return the demo Whisper directory under ``cache_dir``, building it first if needed (`demo.build_once`)."""
+    return build_once(cache_dir, DEMO_WHISPER_VERSION, _build_seeded)
 
 
-def _is_complete(final: Path) -> bool:
-    marker = final / _MARKER
-    return marker.is_file() and marker.read_text().strip() == DEMO_WHISPER_VERSION
-
-
-def _build_into(cache_dir: Path, final: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_WHISPER_VERSION}.tmp-", dir=cache_dir))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_SEED)
-            _build_whisper(tmp)
-        (tmp / _MARKER).write_text(DEMO_WHISPER_VERSION + "\n")
-        tmp.chmod(0o755)
-        if final.exists():  # an incomplete leftover (no marker); we hold the lock
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _build_seeded(directory: Path) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        _build_whisper(directory)
 
 
 def special_tokens() -> list[str]:

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def _unknown_item(item_id: str, action: str) -> APIError:
+    """The `error` of a ``conversation.item.<action>`` naming an item the conversation does not hold."""
+    message = f"Item with item_id not found: {item_id}"
+    return APIError(400, message, param="item_id", code=f"item_{action}_invalid_item_id")
+
+
 TRANSCRIPTION_DEADLINE_SECONDS = 30.0
 """A turn's transcription ends failed after this long (or the server's request deadline, if shorter), so a
 response waiting for the transcript goes on without it instead of waiting for an engine that never answers."""
@@ -303,33 +310,18 @@ class RealtimeSession:
     async def _item_retrieve(self, event: ce.ConversationItemRetrieveEvent) -> None:
         stored = self.items.get(event.item_id)
         if stored is None:
-            raise APIError(
-                400,
-                f"Item with item_id not found: {event.item_id}",
-                param="item_id",
-                code="item_retrieve_invalid_item_id",
-            )
+            raise _unknown_item(event.item_id, "retrieve")
         await self.sink.send(se.ConversationItemRetrievedEvent(item=stored.item))
 
     async def _item_delete(self, event: ce.ConversationItemDeleteEvent) -> None:
         if self.items.delete(event.item_id) is None:
-            raise APIError(
-                400,
-                f"Item with item_id not found: {event.item_id}",
-                param="item_id",
-                code="item_delete_invalid_item_id",
-            )
+            raise _unknown_item(event.item_id, "delete")
         await self.sink.send(se.ConversationItemDeletedEvent(item_id=event.item_id))
 
     async def _item_truncate(self, event: ce.ConversationItemTruncateEvent) -> None:
         stored = self.items.get(event.item_id)
         if stored is None:
-            raise APIError(
-                400,
-                f"Item with item_id not found: {event.item_id}",
-                param="item_id",
-                code="item_truncate_invalid_item_id",
-            )
+            raise _unknown_item(event.item_id, "truncate")
         if stored.spoken is None:
             raise APIError(400, "Only assistant messages with audio can be truncated.", param="item_id")
         if event.content_index != 0:
