@@ -22,6 +22,7 @@ Retries happen only before a 2xx response has started; a stall longer than ``rea
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import wave
@@ -115,18 +116,8 @@ class RemoteTranscriber(UpstreamCalls):
             raise EngineError(f"audio must be 1 sample to 30 s at {SAMPLE_RATE} Hz, got {len(samples)} samples")
         queue: asyncio.Queue[Any] = asyncio.Queue()
         wav = wav_bytes(samples)
-        task = asyncio.create_task(
-            self._pump(
-                lambda: self._transcribe(wav, params, request_id, queue),
-                queue,
-                read_timeout=self.config.read_timeout,
-                what="transcriber",
-            )
-        )
-        self._tasks[request_id] = task
-        task.add_done_callback(
-            lambda done: self._tasks.pop(request_id, None) if self._tasks.get(request_id) is done else None
-        )
+        call = functools.partial(self._transcribe, wav, params, request_id, queue)
+        task = self._start(request_id, call, queue, what="transcriber")
         first = True
         try:
             while True:

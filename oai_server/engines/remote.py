@@ -219,16 +219,7 @@ class RemoteEngine(UpstreamCalls):
             raise EngineError(f"request id {request_id!r} is already in flight")
         body["request_id"] = request_id
         queue: _Queue = asyncio.Queue()
-        task = asyncio.create_task(
-            self._pump(
-                lambda: self._stream(path, body, params, queue),
-                queue,
-                read_timeout=self.config.read_timeout,
-                what="engine",
-            )
-        )
-        self._tasks[request_id] = task
-        task.add_done_callback(lambda done: self._forget(request_id, done))
+        task = self._start(request_id, lambda: self._stream(path, body, params, queue), queue, what="engine")
         try:
             while True:
                 item = await queue.get()
@@ -240,10 +231,6 @@ class RemoteEngine(UpstreamCalls):
         finally:
             task.cancel()
             await asyncio.wait([task])
-
-    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(request_id) is task:
-            del self._tasks[request_id]
 
     async def _open(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """Send the request (`UpstreamCalls._send`: retried only while no 2xx response has started)."""

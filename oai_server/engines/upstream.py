@@ -53,6 +53,17 @@ class UpstreamCalls:
             await asyncio.wait(tasks)
         await self._client.aclose()
 
+    def _start(
+        self, request_id: str, call: Callable[[], Awaitable[None]], queue: _Queue, *, what: str
+    ) -> asyncio.Task[None]:
+        """Run ``call`` as the producer task of ``request_id`` (`_pump`), counted as open until it ends."""
+        task = asyncio.create_task(self._pump(call, queue, read_timeout=self.config.read_timeout, what=what))
+        self._tasks[request_id] = task
+        task.add_done_callback(
+            lambda done: self._tasks.pop(request_id, None) if self._tasks.get(request_id) is done else None
+        )
+        return task
+
     async def _send(
         self, build: Callable[[], httpx.Request], retry_at_once: Callable[[int, str], bool] | None = None
     ) -> httpx.Response:
