@@ -22,8 +22,7 @@ import concurrent.futures
 import copy
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,33 +31,15 @@ import torch
 
 from oai_server.engines.asr import (
     MAX_PROMPT_TOKENS,
-    TextDeltas,
     TranscriptionParams,
     TranscriptPiece,
     whisper_languages,
     window_samples,
 )
+from oai_server.engines.asr_batch import BatchRequest, Item, RowStop, RowStreamer
 from oai_server.engines.base import EngineError, EngineInfo, EngineOverloadedError
 from oai_server.engines.loading import ModelLoadError, _hub_errors, _load_error, resolve_device, resolve_dtype
 from oai_server.engines.sampling import GREEDY_BELOW
-
-_Item = TranscriptPiece | BaseException | None  # None: the request ended (see _Request.aborted)
-
-
-@dataclass(eq=False)
-class _Request:
-    request_id: str
-    audio: np.ndarray
-    params: TranscriptionParams
-    emit: Callable[[_Item], None]
-    abort: threading.Event = field(default_factory=threading.Event)
-    aborted: bool = False
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        """Requests with equal keys can share one generate call."""
-        p = self.params
-        return (p.task, p.prompt, p.temperature, p.language is None)
 
 
 class TransformersWhisper:
@@ -114,8 +95,8 @@ class TransformersWhisper:
         self._max_waiting = max_waiting
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"{kind}-worker")
         self._cond = threading.Condition()
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._requests: dict[str, _Request] = {}
+        self._waiting: collections.deque[BatchRequest] = collections.deque()
+        self._requests: dict[str, BatchRequest] = {}
         self._running = 0
         self._generated = 0
         self._closed = False
@@ -141,15 +122,15 @@ class TransformersWhisper:
         """Stream text deltas of one window of 16 kHz audio (see `SpeechRecognizer.transcribe`)."""
         samples = self._validate(audio, params)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        queue: asyncio.Queue[Item] = asyncio.Queue()
 
-        def emit(item: _Item) -> None:
+        def emit(item: Item) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is gone: nobody listens any more
                 request.abort.set()
 
-        request = _Request(request_id, samples, params, emit)
+        request = BatchRequest(request_id, samples, params, emit)
         self._enqueue(request)
         try:
             while True:
@@ -215,7 +196,7 @@ class TransformersWhisper:
             raise EngineError("max_tokens must be >= 1 and temperature >= 0")
         return samples
 
-    def _enqueue(self, request: _Request) -> None:
+    def _enqueue(self, request: BatchRequest) -> None:
         with self._cond:
             if request.request_id in self._requests:
                 raise EngineError(f"request id {request.request_id!r} is already in flight")
@@ -230,7 +211,7 @@ class TransformersWhisper:
             self._forget(request)
             raise EngineError("engine is closed") from exc
 
-    def _abort(self, request: _Request) -> None:
+    def _abort(self, request: BatchRequest) -> None:
         request.abort.set()
         with self._cond:
             waiting = request in self._waiting
@@ -241,12 +222,12 @@ class TransformersWhisper:
             request.aborted = True
             request.emit(None)
 
-    def _forget(self, request: _Request) -> None:
+    def _forget(self, request: BatchRequest) -> None:
         with self._cond:
             if self._requests.get(request.request_id) is request:
                 del self._requests[request.request_id]
 
-    def _take_batch(self) -> list[_Request]:
+    def _take_batch(self) -> list[BatchRequest]:
         """The requests this worker decodes: the oldest waiting one and others like it."""
         with self._cond:
             deadline = time.monotonic() + self._window
@@ -289,7 +270,7 @@ class TransformersWhisper:
             ids = torch.cat([ids[:1], ids[len(ids) - MAX_PROMPT_TOKENS + 1 :]])
         return ids.to(self._device)
 
-    def _generate(self, batch: list[_Request]) -> None:
+    def _generate(self, batch: list[BatchRequest]) -> None:
         self.batch_sizes.append(len(batch))
         first = batch[0].params
         features = self._processor.feature_extractor(
@@ -300,10 +281,10 @@ class TransformersWhisper:
         max_new = min(max(r.params.max_tokens for r in batch), self._max_positions - start_tokens)
         if max_new < 1:
             raise EngineError("the prompt leaves no room for a transcript")
-        streamer = _RowStreamer(batch, self._tokenizer, self._eot, self._sot, self._id_to_language)
+        streamer = RowStreamer(batch, self._tokenizer, self._eot, self._sot, self._id_to_language)
         config = copy.deepcopy(self._generation_config)
         # Whisper's generate adds the start tokens to max_length (max_new_tokens would clash with the
-        # config's max_length and warn on every call); `_RowStop` enforces each row's own bound.
+        # config's max_length and warn on every call); `RowStop` enforces each row's own bound.
         config.max_length, config.max_new_tokens = max_new, None
         from transformers import StoppingCriteriaList
 
@@ -321,7 +302,7 @@ class TransformersWhisper:
                 # would otherwise make Whisper's generate seek on and decode the window again.
                 force_unique_generate_call=True,
                 streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_RowStop(batch, streamer)]),
+                stopping_criteria=StoppingCriteriaList([RowStop(batch, streamer)]),
             )
         streamer.finish()
         with self._cond:
@@ -336,75 +317,6 @@ def _merge(pieces: list[TranscriptPiece]) -> TranscriptPiece:
         return pieces[0]
     language = next((p.language for p in pieces if p.language), None)
     return TranscriptPiece("".join(p.text for p in pieces), sum(p.tokens for p in pieces), language)
-
-
-class _RowStreamer:
-    """A transformers streamer for a batch: routes each row's tokens to its request as text deltas."""
-
-    def __init__(
-        self, batch: list[_Request], tokenizer: Any, eot: int, sot: int, id_to_language: dict[int, str]
-    ) -> None:
-        self._batch = batch
-        self._eot, self._sot = eot, sot
-        self._id_to_language = id_to_language
-        self._deltas = [TextDeltas(lambda ids: tokenizer.decode(ids, skip_special_tokens=False)) for _ in batch]
-        self._languages: list[str | None] = [r.params.language for r in batch]
-        self.counts = [0] * len(batch)
-        self.done = [False] * len(batch)
-        self.prompt_length: int | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt_length is None:  # the first call carries the decoder prompt (B, L)
-            self.prompt_length = int(value.shape[-1])
-            for row, tokens in enumerate(value.tolist()):
-                if self._sot in tokens[:-1]:
-                    after_sot = tokens[tokens.index(self._sot) + 1]
-                    self._languages[row] = self._id_to_language.get(after_sot, self._languages[row])
-            return
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            request = self._batch[row]
-            if self.done[row]:
-                continue
-            if token == self._eot or request.abort.is_set():
-                self.done[row] = True
-                continue
-            self.counts[row] += 1
-            if self.counts[row] >= request.params.max_tokens:
-                self.done[row] = True
-            # Text tokens sit below <|endoftext|>; specials and timestamps above it never reach the text.
-            piece = self._deltas[row].push([token] if token < self._eot else [])
-            if piece is None and token >= self._eot:
-                piece = TranscriptPiece("", 1)
-            self._send(row, piece)
-
-    def end(self) -> None:
-        """Called by generate when it stops."""
-
-    def finish(self) -> None:
-        for row in range(len(self._batch)):
-            self._send(row, self._deltas[row].flush())
-
-    def _send(self, row: int, piece: TranscriptPiece | None) -> None:
-        if piece is None or self._batch[row].abort.is_set():
-            return
-        if self._languages[row] is not None:
-            piece = TranscriptPiece(piece.text, piece.tokens, self._languages[row])
-            self._languages[row] = None
-        self._batch[row].emit(piece)
-
-
-class _RowStop:
-    """Per-row stopping: a row is done at its own max_tokens or once its request is aborted."""
-
-    def __init__(self, batch: list[_Request], streamer: _RowStreamer) -> None:
-        self._batch = batch
-        self._streamer = streamer
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        prompt = self._streamer.prompt_length or input_ids.shape[-1]
-        generated = input_ids.shape[-1] - prompt
-        done = [r.abort.is_set() or generated >= r.params.max_tokens for r in self._batch]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def _load(name: str, device: str | torch.device, dtype: str | torch.dtype) -> tuple[Any, Any]:
