@@ -64,6 +64,7 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     )
     assert (whisper.visible, whisper.kwargs["gpu_memory_utilization"]) == ("0", 0.14)
     assert gemma.kwargs["stream_interval"] == 4 and all(e.kwargs["stream_interval"] == 7 for e in orpheus)
+    assert whisper.kwargs["renderer_num_workers"] == settings.asr_input_workers == 4
     assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [0.5, 1.0]
     assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
     assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)
