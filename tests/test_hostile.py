@@ -579,3 +579,36 @@ def test_malloc_arenas_are_capped_at_start() -> None:
     env["MALLOC_ARENA_MAX"] = "4"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "MALLOC_ARENA_MAX=4 from the environment 4"
+
+
+def test_flow_control_reaches_both_the_uvicorn_protocol_and_the_write_watch() -> None:
+    """Without TCP_INFO the watch's only progress signal is the transport pausing the protocol's writes."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from oai_server.routes.connections import GuardedHttpToolsProtocol, GuardedWebSocketProtocol
+    from oai_server.routes.write_stall import WriteStallGuard
+
+    for guarded, uvicorn_protocol in (
+        (GuardedHttpToolsProtocol, HttpToolsProtocol),
+        (GuardedWebSocketProtocol, WebSocketsSansIOProtocol),
+    ):
+        assert guarded.__mro__.index(WriteStallGuard) < guarded.__mro__.index(uvicorn_protocol)
+
+    calls: list[str] = []
+
+    class Protocol:
+        def pause_writing(self) -> None:
+            calls.append("pause")
+
+        def resume_writing(self) -> None:
+            calls.append("resume")
+
+    class Guarded(WriteStallGuard, Protocol):
+        pass
+
+    guarded = Guarded()
+    guarded.pause_writing()
+    assert calls == ["pause"] and guarded._write_paused_flag
+    guarded.resume_writing()
+    assert calls == ["pause", "resume"] and not guarded._write_paused_flag

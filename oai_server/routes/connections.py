@@ -144,16 +144,6 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
         if self._lingering:
             self.transport.close()
 
-    def pause_writing(self) -> None:
-        """The transport's buffer is full (see `write_stall`)."""
-        super().pause_writing()
-        self._writes_paused(True)
-
-    def resume_writing(self) -> None:
-        """The transport's buffer drained."""
-        super().resume_writing()
-        self._writes_paused(False)
-
     def handle_websocket_upgrade(self) -> None:
         """The WebSocket protocol takes over: this one's timers stop."""
         self._disarm_header_timer()
@@ -314,16 +304,6 @@ class GuardedWebSocketProtocol(WriteStallGuard, WebSocketsSansIOProtocol):
         """uvicorn's setup, then the write watch."""
         super().connection_made(transport)
         self._watch_writes()
-
-    def pause_writing(self) -> None:
-        """The transport's buffer is full (see `write_stall`)."""
-        super().pause_writing()
-        self._writes_paused(True)
-
-    def resume_writing(self) -> None:
-        """The transport's buffer drained."""
-        super().resume_writing()
-        self._writes_paused(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the watch, then uvicorn's bookkeeping."""

@@ -54,7 +54,8 @@ def unacknowledged_bytes(sock: Any) -> int:
 
 
 class WriteStallGuard:
-    """Mixin for uvicorn protocols: `_watch_writes()` while a response may be sending; aborts on a stall."""
+    """Mixin before a uvicorn protocol in its bases: `_watch_writes()` while a response may be sending;
+    aborts on a stall. It takes the protocol's `pause_writing` / `resume_writing` as its no-progress signal."""
 
     limits: ClassVar[ConnectionLimits]
     events: ClassVar[ConnectionEvents]
@@ -84,9 +85,15 @@ class WriteStallGuard:
         interval = min(CHECK_SECONDS, self.limits.write_stall_timeout / 4)
         self._write_timer = asyncio.get_running_loop().call_later(interval, self._check_writes)
 
-    def _writes_paused(self, paused: bool) -> None:
-        """Call from `pause_writing` / `resume_writing`."""
-        self._write_paused_flag = paused
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the protocol's own flow control, and no progress for the watch."""
+        super().pause_writing()  # type: ignore[misc]  # the uvicorn protocol after this mixin in the MRO
+        self._write_paused_flag = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained."""
+        super().resume_writing()  # type: ignore[misc]
+        self._write_paused_flag = False
 
     def _check_writes(self) -> None:
         self._write_timer = None
