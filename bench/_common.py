@@ -12,11 +12,13 @@ import io
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +296,28 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
         proc.wait(10)
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def benchmarked_server(
+    args: Any, log: Path, extra_flags: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """The server a benchmark drives, ready. With ``args.demo``: a demo server (CPU, random weights) on a free
+    port, ``args.url`` pointed at it, its log in ``log``, stopped on leaving; otherwise ``args.url``, waited for.
+    ``args`` needs ``demo``, ``url``, ``server_timeout``, ``cache_dir`` and ``server_args``."""
+    if not args.demo:
+        wait_ready(args.url, None, args.server_timeout)
+        yield None
+        return
+    port = free_port()
+    args.url = f"http://127.0.0.1:{port}"
+    flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning", *extra_flags]
+    server = start_process(server_argv(port, [*flags, *shlex.split(args.server_args)]), log)
+    try:
+        print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
+        yield server
+    finally:
+        stop_process(server)
 
 
 def tail(path: Path, lines: int = 30) -> str:

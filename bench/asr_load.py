@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
 import sys
 import tempfile
 import time
@@ -37,15 +36,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    free_port,
+    benchmarked_server,
     gpu_memory,
-    server_argv,
     spread,
-    start_process,
-    stop_process,
     summarize,
     tail,
-    wait_ready,
     write_json,
 )
 from clients import RequestSpec, Seeds, speech_stream, speech_text
@@ -347,25 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-asr-"))
     out.mkdir(parents=True, exist_ok=True)
-    server = None
     log = out / "server.log"
     try:
-        if args.demo:
-            port = free_port()
-            args.url = f"http://127.0.0.1:{port}"
-            flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning"]
-            server = start_process(server_argv(port, flags + shlex.split(args.server_args)), log)
-            args.server_pid = server.pid
-            print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
-        else:
-            wait_ready(args.url, None, args.server_timeout)
-        report = asyncio.run(run(args))
+        with benchmarked_server(args, log) as server:
+            if server is not None:
+                args.server_pid = server.pid
+            report = asyncio.run(run(args))
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(f"error: {exc}\n{tail(log)}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            stop_process(server)
     write_json(out / "asr_results.json", report)
     memory = report["gpu_memory"].get("per_engine_mib") or report["gpu_memory"].get("error", "no GPU")
     print(f"GPU memory (MiB): {memory}")

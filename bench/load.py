@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -43,14 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     SENTENCES,
     StreamResult,
-    free_port,
-    server_argv,
-    start_process,
-    stop_process,
+    benchmarked_server,
     summarize,
     table,
     tail,
-    wait_ready,
     write_json,
 )
 from arrivals import mix_config, overload, run_rate
@@ -322,24 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-load-"))
     out.mkdir(parents=True, exist_ok=True)
     args.out = out
-    server = None
     log = out / "server.log"
     try:
-        if args.demo:
-            port = free_port()
-            args.url = f"http://127.0.0.1:{port}"
-            flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning"]
-            server = start_process(server_argv(port, flags + shlex.split(args.server_args)), log)
-            print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
-        else:
-            wait_ready(args.url, None, args.server_timeout)
-        report = asyncio.run(Sweep(args).run())
+        with benchmarked_server(args, log):
+            report = asyncio.run(Sweep(args).run())
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}\n{tail(log)}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            stop_process(server)
     print_report(report, args)
     write_json(out / "results.json", report)
     if report["modes"]:

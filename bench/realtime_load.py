@@ -32,7 +32,6 @@ import base64
 import json
 import random
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -49,13 +48,10 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    free_port,
+    benchmarked_server,
     simulate_playback,
     spread,
-    start_process,
-    stop_process,
     tail,
-    wait_ready,
     write_json,
 )
 
@@ -476,26 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="oai-realtime-"))
     out.mkdir(parents=True, exist_ok=True)
     args.out = out
-    server = None
     log = out / "server.log"
     try:
-        if args.demo:
-            port = free_port()
-            args.url = f"http://127.0.0.1:{port}"
-            flags = ["--demo", "--cache-dir", str(args.cache_dir), "--log-level", "warning", "--realtime-seed", "7"]
-            argv_ = [sys.executable, "-m", "oai_server", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            server = start_process([*argv_, *flags, *shlex.split(args.server_args)], log)
-            print(f"demo server ready in {wait_ready(args.url, server, args.server_timeout):.1f} s", flush=True)
-        else:
-            wait_ready(args.url, None, args.server_timeout)
-        print(table([]), flush=True)
-        levels = asyncio.run(run_levels(args))
+        with benchmarked_server(args, log, ["--realtime-seed", "7"]):
+            print(table([]), flush=True)
+            levels = asyncio.run(run_levels(args))
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}\n{tail(log)}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            stop_process(server)
     write_results(args, levels)
     print(f"wrote {out / 'results.json'}")
     return 0 if any(level["ok"] for level in levels) else 1
