@@ -21,8 +21,7 @@ import pytest
 from tests.speech_audio import compose, to_pcm16
 
 from .conftest import LiveServer
-from .helpers import chromium_path
-from .test_web_page import CHROMIUM_ARGS, STREAM_TIMEOUT_MS, hooks, wait_outcome
+from .test_web_page import STREAM_TIMEOUT_MS, chromium, fake_microphone, hooks, wait_outcome
 
 CAPTURE_RATE = 48000
 
@@ -42,19 +41,8 @@ def capture_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mic_browser(capture_wav: Path) -> Iterator[Any]:
-    path = chromium_path()
-    from playwright.sync_api import sync_playwright
-
-    args = [
-        *CHROMIUM_ARGS,
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={capture_wav}",
-    ]
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=path, headless=True, args=args)
+    with chromium(*fake_microphone(capture_wav)) as launched:
         yield launched
-        launched.close()
 
 
 def test_push_to_talk_sends_speech_and_plays_the_spoken_reply(mic_browser: Any, live_server: LiveServer) -> None:

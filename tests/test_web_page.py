@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,33 @@ STREAM_TIMEOUT_MS = 120_000
 GOOD_KEY = "sk-web-page-good"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module (Debian's, or $CHROMIUM_PATH)."""
+@contextmanager
+def chromium(*extra_args: str) -> Iterator[Any]:
+    """A headless Chromium (Debian's, or $CHROMIUM_PATH) with the page tests' flags and ``extra_args``."""
     path = chromium_path()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        launched = pw.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
         yield launched
         launched.close()
+
+
+def fake_microphone(wav: Path, *, loop: bool = True) -> list[str]:
+    """Chromium flags that make ``wav`` its microphone, permission granted (played in a loop unless not ``loop``)."""
+    capture = f"{wav}{'' if loop else '%noloop'}"
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={capture}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

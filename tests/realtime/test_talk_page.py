@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ..speech_audio import compose, encode
-from ..test_web_page import CHROMIUM_ARGS, chromium_path
+from ..test_web_page import chromium, fake_microphone
 from .conftest import RealtimeServer, Wiretap
 from .talk import utterance
 
@@ -36,21 +36,8 @@ def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(microphone: Path) -> Iterator[Any]:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium binary: install it with `apt-get install -y chromium` (or set CHROMIUM_PATH)")
-    from playwright.sync_api import sync_playwright
-
-    args = [
-        *CHROMIUM_ARGS,
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={microphone}%noloop",
-    ]
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=path, headless=True, args=args)
+    with chromium(*fake_microphone(microphone, loop=False)) as launched:
         yield launched
-        launched.close()
 
 
 def talk(page: Any) -> dict[str, Any]:
