@@ -148,18 +148,12 @@ class Events:
             self.log.append((time.monotonic(), json.loads(raw)))
             self.arrived.set()
 
-    async def wait(
-        self,
-        match: Callable[[dict[str, Any]], bool],
-        start: int = 0,
-        what: str | None = None,
-        timeout: float | None = None,
-    ) -> int:
-        """The index of the first event at or after `start` that matches; `TimeoutError` naming `what` if none comes."""
+    async def wait(self, match: Callable[[dict[str, Any]], bool], start: int = 0, what: str | None = None) -> int:
+        """The index of the first event at or after `start` that matches; `TimeoutError` naming `what` if none
+        comes within the session's `timeout`."""
         what = what or getattr(match, "__name__", "an event")
-        limit = self.timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(self.timeout):
                 while True:
                     for index in range(start, len(self.log)):
                         if match(self.log[index][1]):
@@ -170,7 +164,7 @@ class Events:
                     self.arrived.clear()
                     await self.arrived.wait()
         except TimeoutError:
-            raise TimeoutError(f"no {what} within {limit:g} s") from None
+            raise TimeoutError(f"no {what} within {self.timeout:g} s") from None
 
     def kind(self, *types: str) -> Callable[[dict[str, Any]], bool]:
         def match(event: dict[str, Any]) -> bool:
