@@ -222,7 +222,7 @@ async def build(args: argparse.Namespace) -> Bench:
     snac_dtype = resolve_snac_dtype(args.snac_dtype, args.snac_device)  # as the server loads it
     decoder = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, max_batch=64)
     windows = WindowPolicy()
-    await decoder.capture_graphs(windows.steady_shape)  # as the server's warm-up does (CUDA only)
+    await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
     engine: TokenEngine
     if args.engine == "vllm":
         from oai_server.engines.vllm_engine import VLLMEngine

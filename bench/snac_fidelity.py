@@ -18,6 +18,7 @@ SNR = 10 log10(sum(reference^2) / sum((x - reference)^2)); identical signals rep
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 from collections.abc import Sequence
@@ -122,12 +123,10 @@ def _stitch_pcm(decoder: SnacDecoder, windows: list[Window]) -> np.ndarray:
     return np.frombuffer(b"".join(pieces), dtype="<i2")
 
 
-def _decoder(model: Any, device: str, shape: tuple[int, int, int], graphs: bool) -> SnacDecoder:
+def _decoder(model: Any, device: str, policy: WindowPolicy, graphs: bool) -> SnacDecoder:
     decoder = SnacDecoder(model, device, max_batch=64)
     if graphs and device.startswith("cuda"):
-        from oai_server.codec.snac_graphs import GraphSet
-
-        decoder.graphs = GraphSet.capture(model, shape, 64, device)  # what the server's warm-up does
+        asyncio.run(decoder.capture_graphs(policy.stream_shapes))  # what the server's warm-up does
     return decoder
 
 
@@ -146,7 +145,7 @@ def streamed_snr(
     for k in frames_per_decode:
         windowing = WindowPolicy(policy.context_frames, policy.lookahead_frames, k)
         windows = plan_windows(codes, windowing)
-        decoder = _decoder(model, device, windowing.steady_shape, graphs)
+        decoder = _decoder(model, device, windowing, graphs)
         try:
             streamed = _stitch_pcm(decoder, windows)
         finally:
@@ -160,7 +159,7 @@ def streamed_snr(
                 "frames_per_decode": k,
                 "frames": len(codes),
                 "windows": len(windows),
-                "cuda_graphs": decoder.graphs is not None,
+                "cuda_graphs": sorted(decoder.graphs),
                 "snr_db": snr,
                 "identical": snr is None,
                 "max_abs_diff_int16": int(np.abs(whole_pcm.astype(np.int32) - streamed.astype(np.int32)).max()),

@@ -170,6 +170,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.admission_wait = Histogram(
+            "oai_admission_wait_seconds",
+            "Time a streamed request waited to be admitted (real-time headroom, then a slot); 429s included.",
+            ["speaks"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.ttft = Histogram(
             "oai_time_to_first_token_seconds",
             "Time from request to the first chat token.",
@@ -259,6 +266,10 @@ class Metrics:
     def observe_ttfa(self, endpoint: str, seconds: float) -> None:
         """Time to first audio of one reply; `endpoint` is e.g. "speech", "chat", "seed_tts"."""
         self.ttfa.labels(endpoint=endpoint).observe(seconds)
+
+    def observe_admission_wait(self, speaks: bool, seconds: float) -> None:
+        """How long one request waited for admission (`speaks`: it also waited for real-time headroom)."""
+        self.admission_wait.labels(speaks=str(speaks).lower()).observe(seconds)
 
     def observe_ttft(self, seconds: float) -> None:
         """Time to the first chat token of one reply."""

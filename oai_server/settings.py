@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
     """Precision of the SNAC decoder (auto: float32; float16 measured slower under load on the H200)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
-    """On CUDA, capture SNAC decodes of the steady window shape as CUDA graphs during warm-up."""
+    """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
 
     # --- speech recognition (Whisper) and voice activity detection ---
     asr: bool = Field(True, validation_alias=_env("asr"))

@@ -3,15 +3,20 @@ reservation that keeps a burst out, and the 429 a speaking request gets over HTT
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
-from oai_server.codec.orpheus import REAL_TIME_TOKENS_PER_SECOND
+from oai_server.codec.orpheus import REAL_TIME_TOKENS_PER_SECOND, slot_band
+from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.engines.base import EngineError
 from oai_server.errors import APIError
+from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions
 from oai_server.serving.headroom import HeadroomGate
 
 from .helpers import LiveServer, demo_settings, start_server
@@ -95,6 +100,77 @@ async def test_admit_reserves_so_a_burst_is_not_all_let_in() -> None:
     clock.now += 4.0  # and the window moves on
     run(gate, clock, 5, 120.0, 3.0)
     await gate.admit()  # five streams at 120 each: one more leaves 100
+
+
+class _Told:
+    """A `GenerationObserver` that records what the synthesizer told it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def started(self) -> None:
+        self.calls.append("started")
+
+    def finished(self) -> None:
+        self.calls.append("finished")
+
+    def record(self, tokens: int) -> None:
+        self.calls.append(f"record {tokens}")
+
+
+class _QueuedEngine:
+    """Holds every request in its 'prefill' until `go` is set, then sends two frames (7-token deltas)."""
+
+    def __init__(self, fail_before_tokens: bool = False) -> None:
+        self.go = asyncio.Event()
+        self.fail_before_tokens = fail_before_tokens
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[list[int]]:
+        await self.go.wait()
+        if self.fail_before_tokens:
+            raise EngineError("the engine failed before any token")
+        for _ in range(2):
+            yield [slot_band(k).start for k in range(7)]
+
+
+class _Decoder:
+    async def decode(self, window: Any) -> bytes:
+        return b"\0\0" * 2048 * window.count
+
+
+def _synthesizer(engine: Any, told: _Told) -> SpeechSynthesizer:
+    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
+    return SpeechSynthesizer(
+        engine, tokenizer, _Decoder(), windows=WindowPolicy(), tokens_per_char=8.0,  # type: ignore[arg-type]
+        max_tokens=1024, max_model_len=2048, observer=told,
+    )  # fmt: skip
+
+
+async def test_a_stream_counts_as_generating_from_its_first_tokens_not_while_queued() -> None:
+    """A burst's requests wait for their prefill: counted as generating then, they would read as slow streams
+    (no tokens yet) and shut the gate on the rest of the burst."""
+    told, engine = _Told(), _QueuedEngine()
+    options = VoiceOptions("tara", 0.6, 0.8, 1.1)
+    speech = _synthesizer(engine, told).synthesize("Hello there.", options, SpeechStats())
+    reading = asyncio.ensure_future(_collect(speech))
+    await asyncio.sleep(0.05)
+    assert told.calls == []  # queued: neither generating nor slow
+    engine.go.set()
+    assert await reading
+    assert told.calls == ["started", "record 7", "record 7", "finished"]
+
+
+async def test_a_request_that_fails_before_its_first_tokens_was_never_generating() -> None:
+    told, engine = _Told(), _QueuedEngine(fail_before_tokens=True)
+    engine.go.set()
+    options = VoiceOptions("tara", 0.6, 0.8, 1.1)
+    with pytest.raises(EngineError):
+        await _collect(_synthesizer(engine, told).synthesize("Hello there.", options, SpeechStats()))
+    assert told.calls == []
+
+
+async def _collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in chunks]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ METRIC_NAMES = (
     "oai_request_duration_seconds",
     "oai_time_to_first_audio_seconds",
     "oai_time_to_first_token_seconds",
+    "oai_admission_wait_seconds",
     "oai_real_time_factor",
     "oai_active_streams",
     "oai_queued_streams",
@@ -170,6 +171,27 @@ async def test_demo_app_auth_and_admission_gauge(demo_app: FastAPI, demo_client:
     finally:
         ticket.release()
     assert metrics.registry.get_sample_value("oai_active_streams") == 0
+
+
+async def test_each_streamed_request_records_its_admission_wait(
+    demo_app: FastAPI, demo_client: httpx.AsyncClient
+) -> None:
+    """A speaking request waits for headroom then a slot, a text reply only for a slot: one observation each,
+    under its own label, so a burst's time to first audio can be split into waiting and speaking."""
+    metrics: Metrics = demo_app.state.metrics
+
+    def waits(speaks: str) -> float:
+        return metrics.registry.get_sample_value("oai_admission_wait_seconds_count", {"speaks": speaks}) or 0.0
+
+    before = waits("true"), waits("false")
+    auth = {"authorization": f"Bearer {KEY}"}
+    speech = {"model": "tts-1", "voice": "tara", "input": "Hi.", "response_format": "pcm", "seed": 1}
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "seed": 1}
+    assert (await demo_client.post("/v1/audio/speech", json=speech, headers=auth)).status_code == 200
+    assert (
+        await demo_client.post("/v1/chat/completions", json={**chat, "stream": True}, headers=auth)
+    ).status_code == 200
+    assert (waits("true"), waits("false")) == (before[0] + 1, before[1] + 1)
 
 
 def test_two_apps_in_one_process(demo_settings: Settings) -> None:

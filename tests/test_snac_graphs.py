@@ -26,7 +26,8 @@ from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG, SNAC_DEMO_CONFIG
 
-STEADY = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=2).steady_shape
+POLICY = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=2)
+STEADY = POLICY.steady_shape
 
 
 def quiet_model(config: dict[str, Any], device: str = "cpu") -> Any:
@@ -118,7 +119,7 @@ def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eage
         other = windows(2, (3, 0, 1), seed=3)
         expected_steady, expected_other = decoder.decode_sync(steady), decoder.decode_sync(other)  # eager
         graph_set, graphs = stand_in_set(4, model)
-        decoder.graphs = graph_set
+        decoder.graphs = {STEADY: graph_set}
         assert decoder.decode_sync(steady) == expected_steady  # same numbers, through the graph set
         assert graphs[4].runs == [3]
         assert decoder.decode_sync(other) == expected_other
@@ -153,11 +154,17 @@ def test_the_decoder_serves_its_steady_shape_from_captured_graphs() -> None:
     try:
         batch = windows(5, STEADY, seed=7)
         before = decoder.decode_sync(batch)  # eager
-        asyncio.run(decoder.capture_graphs(STEADY))
-        assert decoder.graphs is not None and decoder.graphs.shape == STEADY
+        first = windows(3, POLICY.stream_shapes[0], seed=8)
+        first_before = decoder.decode_sync(first)
+        asyncio.run(decoder.capture_graphs(POLICY.stream_shapes))
+        assert sorted(decoder.graphs) == sorted(POLICY.stream_shapes)
+        assert all(decoder.graphs[shape].shape == shape for shape in POLICY.stream_shapes)
         after = decoder.decode_sync(batch)
         for a, b in zip(before, after, strict=True):
             assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME * 2
+            np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
+        for a, b in zip(first_before, decoder.decode_sync(first), strict=True):  # the first window, one shared pool
+            assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME
             np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
     finally:
         decoder.close()

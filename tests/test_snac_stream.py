@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,49 @@ def test_chunks_ramp_up_then_hold_the_steady_shape() -> None:
     windows = [w for f in frames(40) for w in planner.add([f])]
     assert [w.count for w in windows[:4]] == [1, 2, 4, 4]
     assert all(w.shape == policy.steady_shape == (7, 2, 4) for w in windows[2:])
+
+
+@pytest.mark.parametrize(
+    ("context", "lookahead", "per_decode"), [(2, 1, 1), (2, 1, 2), (2, 1, 4), (0, 0, 3), (3, 2, 8)]
+)
+def test_stream_shapes_are_the_shapes_a_stream_uses_in_order(context: int, lookahead: int, per_decode: int) -> None:
+    policy = WindowPolicy(context, lookahead, per_decode)
+    planner = policy.planner()
+    used: list[tuple[int, int, int]] = []
+    for window in (w for f in frames(60) for w in planner.add([f])):
+        if window.shape not in used:
+            used.append(window.shape)
+    assert policy.stream_shapes == tuple(used)
+    assert used[0] == (lookahead + 1, 0, 1) and used[-1] == policy.steady_shape
+
+
+def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
+    """Windows queued together: the streams' first windows (smallest emit index) go first, whatever the order
+    they were queued in, so a new stream's first audio never waits behind buffered streams' decodes."""
+
+    order: list[tuple[int, int, int]] = []
+
+    class Recording(SnacDecoder):
+        def decode_sync(self, windows: Any) -> list[bytes]:
+            order.append(windows[0].shape)
+            return [b"" for _ in windows]
+
+    decoder = Recording(None, "cpu", max_batch=16)
+    release = threading.Event()
+
+    async def round_of_three() -> None:
+        decoder._jobs.put(release.wait)  # the worker waits here while the round is queued
+        queued = [decoder.decode(w) for w in (Window((), 2, 2), Window((), 1, 2), Window((), 0, 1))]
+        tasks = [asyncio.ensure_future(q) for q in queued]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(round_of_three())
+        assert order == [(0, 0, 1), (0, 1, 2), (0, 2, 2)]
+    finally:
+        decoder.close()
 
 
 def test_first_audio_needs_only_lookahead_plus_one_frame() -> None:
@@ -152,7 +196,7 @@ async def test_concurrent_streams_are_batched_by_shape(demo_models: DemoModels) 
         results = await asyncio.gather(*(decoder.decode(steady if i % 2 else short) for i in range(12)))
         assert [len(r) for r in results] == [SAMPLES_PER_FRAME * 2 * (2 if i % 2 else 1) for i in range(12)]
         assert decoder.windows_decoded == 12 and decoder.batches < 12
-        await decoder.capture_graphs(steady.shape)  # CPU: a no-op that leaves the eager path
-        assert decoder.graphs is None
+        await decoder.capture_graphs([steady.shape])  # CPU: a no-op that leaves the eager path
+        assert decoder.graphs == {}
     finally:
         decoder.close()

@@ -1,11 +1,13 @@
-"""CUDA graphs for SNAC decodes of the steady window shape.
+"""CUDA graphs for SNAC decodes of the window shapes streams use.
 
 SNAC's decoder is a few hundred small convolution kernels. Launched one by one from Python, a
 small batch costs ~5 ms of launch overhead on an H100 (0.6 ms as a graph; ../shared/gpu), and that
-time also competes with the vLLM engines for the GPU. Streams spend almost all their windows in one
-shape (`WindowPolicy.steady_shape`), so that shape is captured at a ladder of batch sizes; a batch
-replays the smallest graph that holds it, padded, and larger batches run in slices. SNAC's
-NoiseBlocks draw fresh noise on every replay (CUDA graphs advance the RNG offset), as in eager mode.
+time also competes with the vLLM engines for the GPU (and holds the GIL the event loop needs).
+Streams spend almost all their windows in one shape (`WindowPolicy.steady_shape`), and their first
+windows (the ramp, `WindowPolicy.stream_shapes`) decide the time to first audio, so each of those
+shapes is captured at a ladder of batch sizes; a batch replays the smallest graph that holds it,
+padded, and larger batches run in slices. SNAC's NoiseBlocks draw fresh noise on every replay (CUDA
+graphs advance the RNG offset), as in eager mode.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ class GraphSet:
         self._sizes = sorted(graphs)
 
     @classmethod
-    def capture(cls, model: Any, shape: WindowShape, max_batch: int, device: str) -> GraphSet:
-        """Capture `shape` at every size of `batch_ladder(max_batch)`, largest first (so one
-        memory pool serves all)."""
+    def capture(cls, model: Any, shape: WindowShape, max_batch: int, device: str, pool: Any = None) -> GraphSet:
+        """Capture `shape` at every size of `batch_ladder(max_batch)`, largest first, in one memory
+        pool (`pool`, shared with other shapes' sets: graphs never replay concurrently, and each
+        replay's output is copied to the host before the next)."""
         length = shape[0]
-        pool = torch.cuda.graph_pool_handle()
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         graphs: dict[int, _Graph] = {}
         for batch in sorted(batch_ladder(max_batch), reverse=True):
             codes = [torch.zeros((batch, length << level), dtype=torch.long, device=device) for level in range(3)]

@@ -39,9 +39,10 @@ class _Job:
 class SnacDecoder:
     """Decodes windows for every live stream in batches, on one worker thread.
 
-    On CUDA, `capture_graphs` records the steady window shape at a ladder of batch sizes; batches
-    of that shape then replay a graph (padded up to the next captured size) instead of launching
-    SNAC's few hundred kernels one by one.
+    On CUDA, `capture_graphs` records window shapes (the ramp and the steady one) at a ladder of
+    batch sizes; batches of those shapes then replay a graph (padded up to the next captured size)
+    instead of launching SNAC's few hundred kernels one by one. A worker round decodes its earliest
+    windows first (smallest emit index: the ramp of streams that have no audio yet).
     """
 
     def __init__(self, model: Any, device: str, max_batch: int = 64) -> None:
@@ -52,7 +53,7 @@ class SnacDecoder:
         self.frames_decoded = 0
         self.frames_emitted = 0
         self.batches = 0
-        self.graphs: GraphSet | None = None
+        self.graphs: dict[WindowShape, GraphSet] = {}
         self._jobs: queue.SimpleQueue[_Job | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="snac-decoder", daemon=True)
         self._thread.start()
@@ -64,8 +65,8 @@ class SnacDecoder:
         self._jobs.put(_Job(window, future, loop))
         return await future
 
-    async def capture_graphs(self, shape: WindowShape) -> None:
-        """On CUDA, capture CUDA graphs for windows of `shape` (on the worker, between batches)."""
+    async def capture_graphs(self, shapes: Sequence[WindowShape]) -> None:
+        """On CUDA, capture CUDA graphs for windows of each of `shapes` (on the worker, between batches)."""
         if not self.device.startswith("cuda"):
             return
         loop = asyncio.get_running_loop()
@@ -73,7 +74,9 @@ class SnacDecoder:
 
         def capture() -> None:
             try:
-                self.graphs = GraphSet.capture(self.model, shape, self.max_batch, self.device)
+                pool = torch.cuda.graph_pool_handle()
+                for shape in sorted(shapes, reverse=True):  # the largest first: one pool serves all
+                    self.graphs[shape] = GraphSet.capture(self.model, shape, self.max_batch, self.device, pool)
                 loop.call_soon_threadsafe(_set_result, done, None)
             except Exception as exc:  # a failed capture leaves the eager path in place
                 loop.call_soon_threadsafe(_set_exception, done, exc)
@@ -85,8 +88,9 @@ class SnacDecoder:
         """Decode windows of one shape in one batch (the worker's unit of work)."""
         shape = windows[0].shape
         levels = frames_to_levels(np.asarray([w.frames for w in windows], dtype=np.int64))
-        if self.graphs is not None and self.graphs.shape == shape:
-            pcm = self.graphs.run(levels)
+        graphs = self.graphs.get(shape)
+        if graphs is not None:
+            pcm = graphs.run(levels)
         else:
             codes = [torch.from_numpy(level).to(self.device) for level in levels]
             with torch.inference_mode():
@@ -122,7 +126,7 @@ class SnacDecoder:
         for job in jobs:
             if not job.future.cancelled():
                 groups.setdefault(job.window.shape, []).append(job)
-        for group in groups.values():
+        for group in sorted(groups.values(), key=lambda group: group[0].window.emit):
             try:
                 results = self.decode_sync([job.window for job in group])
             except Exception as exc:

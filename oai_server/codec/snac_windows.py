@@ -110,6 +110,17 @@ class WindowPolicy:
         return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode)
 
     @property
+    def stream_shapes(self) -> tuple[WindowShape, ...]:
+        """The window shapes a stream uses before its end, in order: the ramp's, then the steady one."""
+        planner = self.planner()
+        shapes: list[WindowShape] = []
+        while self.steady_shape not in shapes:
+            for window in planner.add([(0,)]):
+                if window.shape not in shapes:
+                    shapes.append(window.shape)
+        return tuple(shapes)
+
+    @property
     def steady_shape(self) -> WindowShape:
         """The shape of every window once a stream is past its first few frames."""
         decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames

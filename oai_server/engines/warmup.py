@@ -62,8 +62,8 @@ async def warm_up(
     snac_graphs: bool = False,
 ) -> float:
     """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC at every window length `windows` can
-    produce (first capturing CUDA graphs of its steady shape when `snac_graphs` and the decoder is on
-    CUDA); returns the seconds it took."""
+    produce (first capturing CUDA graphs of the shapes streams use, ramp and steady, when `snac_graphs`
+    and the decoder is on CUDA); returns the seconds it took."""
     start = time.monotonic()
     tts_prompt, tts_params = tts_warmup_request(engines.tts_tokenizer)
     llm_prompt = engines.llm_tokenizer.encode("Hello", add_special_tokens=True)
@@ -76,7 +76,7 @@ async def warm_up(
     )
     if snac_graphs:
         try:
-            await engines.snac.capture_graphs(windows.steady_shape)
+            await engines.snac.capture_graphs(windows.stream_shapes)
         except Exception:
             logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME

@@ -31,7 +31,7 @@ class GenerationObserver(Protocol):
     """Told about every speech request's generation (e.g. the admission's real-time headroom gate)."""
 
     def started(self) -> None:
-        """A request started generating."""
+        """A request's first tokens arrived (it is generating from now on)."""
         ...
 
     def finished(self) -> None:
@@ -130,23 +130,25 @@ class SpeechSynthesizer:
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         observer = self.observer
-        if observer is not None:
-            observer.started()
+        generating = False  # told to the observer from the first tokens on: a queued prefill is not a rate
         try:
             deltas = self.engine.generate(prompt, params, new_request_id("tts"))
             async with aclosing(deltas):  # type: ignore[type-var]
                 async for delta in deltas:
                     if observer is not None:
+                        if not generating:
+                            observer.started()
+                            generating = True
                         observer.record(len(delta))
                     for pcm in await self._decode(planner.add(parser.feed(delta)), stats):
                         yield pcm
-            if observer is not None:
+            if observer is not None and generating:
                 observer.finished()
-                observer = None
+                generating = False
             for pcm in await self._decode(planner.finish(), stats):
                 yield pcm
         finally:
-            if observer is not None:
+            if observer is not None and generating:
                 observer.finished()
             stats.audio_tokens += parser.audio_tokens
             stats.ignored_tokens += parser.ignored

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +25,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import APIError
-from ..serving.admission import HeldBody
+from ..serving.admission import HeldBody, Ticket
 from ..serving.lifecycle import StreamFailed, as_api_error, guarded
 from .sse import with_keep_alive
 
@@ -140,26 +141,31 @@ async def stream_response(
 
     A request that `speaks` (synthesizes audio) first needs real-time headroom (`serving/headroom.py`).
     """
-    await admit_speech(svc, speaks)
-    ticket = await svc.admission.acquire()
+    ticket = await admit(svc, speaks)
     body = _rendered(guarded(events, deadline_seconds=svc.settings.request_timeout_seconds), render, on_failure)
     if media_type == "text/event-stream":
         body = with_keep_alive(body)
     return AbortingStreamingResponse(HeldBody(body, ticket), media_type=media_type)
 
 
-async def admit_speech(svc: Services, speaks: bool) -> None:
-    """For a request that speaks: wait for real-time headroom, or raise its 429."""
-    if speaks and svc.headroom is not None:
-        await svc.headroom.admit()
+async def admit(svc: Services, speaks: bool) -> Ticket:
+    """A slot for the request; one that speaks first waits for real-time headroom. Raises the 429 when
+    there is none; the wait is in `oai_admission_wait_seconds` either way."""
+    start = time.monotonic()
+    try:
+        if speaks and svc.headroom is not None:
+            await svc.headroom.admit()
+        return await svc.admission.acquire()
+    finally:
+        if svc.metrics is not None:
+            svc.metrics.observe_admission_wait(speaks, time.monotonic() - start)
 
 
 async def whole_response(
     svc: Services, request: Request, work: Callable[[], Awaitable[T]], *, speaks: bool = False
 ) -> T:
     """Admit the request, then await `work()` under the deadline, cancelled if the client goes away."""
-    await admit_speech(svc, speaks)
-    ticket = await svc.admission.acquire()
+    ticket = await admit(svc, speaks)
     try:
         timed = asyncio.wait_for(work(), svc.settings.request_timeout_seconds)
         return await cancel_on_disconnect(request, timed)

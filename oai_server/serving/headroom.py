@@ -2,7 +2,8 @@
 
 A fixed `--max-concurrent-streams` is either too low for a small model or lets so many streams in
 that all of them underrun together. Instead, the speech synthesizer reports every audio token it
-receives (`record`) and how many speech requests are generating (`started` / `finished`). The
+receives (`record`) and how many speech requests are generating (`started` at a request's first
+tokens, `finished`; a request waiting for its prefill would read as a slow stream). The
 per-request rate is the tokens of the last `window_s` seconds over the mean number of requests
 generating in that window. While at least `min_streams` requests generate and that rate is below
 real time (82 tokens/s) times `margin`, `has_headroom()` is false: a new speech stream waits up to
@@ -59,7 +60,7 @@ class HeadroomGate:
         return self._generating
 
     def started(self) -> None:
-        """A speech request started generating (it no longer counts as pending)."""
+        """A speech request's first tokens arrived (it no longer counts as pending)."""
         if self._pending:
             self._pending.popleft()
         self._change(+1)

@@ -38,6 +38,7 @@ class Services:
     realtime: RealtimeServing
     headroom: HeadroomGate | None = None
     """Admission by real-time headroom for requests that speak (None when `--no-headroom-admission`)."""
+    metrics: Metrics | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -83,5 +84,5 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         SessionDeps(settings, replies, voices, admission, engines.asr, engines.vad, transcription, metrics)
     )
     return Services(
-        settings, engines, voices, replies, speech, chat, admission, store, transcription, realtime, headroom
+        settings, engines, voices, replies, speech, chat, admission, store, transcription, realtime, headroom, metrics
     )
