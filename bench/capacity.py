@@ -158,7 +158,7 @@ async def search(
         runs.append({"phase": phase, **verdict, "level": level})
         results[n] = verdict["passed"]
         failed = ", ".join(verdict["failed"]) or "-"
-        log(f"search {phase} N={n}: {'pass' if verdict['passed'] else 'FAIL'} (failed: {failed})")
+        log(f"search {phase} N={n}: {'pass' if verdict['passed'] else 'FAIL'} (failed: {failed}){_timings(level)}")
         return verdict
 
     misses = 0
@@ -194,3 +194,14 @@ async def search(
         "levels_run": [r["n"] for r in runs],
         "runs": runs,
     }
+
+
+def _timings(level: dict[str, Any]) -> str:
+    """`; TTFA p95 X ms, server: <series> p95 Y ms, ...` for a search log line (what is known of it)."""
+    ttfa = (level.get("ttfa_ms") or {}).get("p95")
+    server = ", ".join(
+        f"{name} p95 {view['p95_ms']:.0f} ms"
+        for name, view in (level.get("server") or {}).items()
+        if view.get("p95_ms") is not None
+    )
+    return (f"; TTFA p95 {ttfa:.0f} ms" if ttfa is not None else "") + (f", server: {server}" if server else "")

@@ -39,6 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import server_metrics
 from _common import (
     SENTENCES,
     StreamResult,
@@ -85,11 +86,14 @@ async def run_level(
             request = request_fn(part)
             return [await request(client, args, spec, None, 0.0) for spec in specs]
 
+        server_before = await asyncio.to_thread(server_metrics.scrape, args.url)
         started = time.perf_counter()
         per_worker = await asyncio.gather(*(worker(part, specs) for part, specs in workers))
         wall = time.perf_counter() - started
+        server_after = await asyncio.to_thread(server_metrics.scrape, args.url)
     results = [r for rs in per_worker for r in rs]
     summary = summarize(n, results, wall)
+    summary["server"] = server_metrics.level_view(server_before, server_after)
     if mode == "mixed":
         summary["parts"] = {
             part: summarize(

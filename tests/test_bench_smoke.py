@@ -28,6 +28,7 @@ from _common import StreamResult, simulate_playback, summarize  # noqa: E402
 from arrivals import LengthMix, concurrency_reached, poisson_plan  # noqa: E402
 from capacity import Criteria, capacity_block, evaluate, ladder, search  # noqa: E402
 from clients import Seeds, chat_max_tokens, speech_text  # noqa: E402
+from server_metrics import level_view, quantile  # noqa: E402
 from snac_fidelity import snr_db  # noqa: E402
 
 from oai_server.pipeline.segmenter import SentenceSegmenter  # noqa: E402
@@ -53,6 +54,33 @@ LEVEL_KEYS = {
 CRITERIA_ORDER = ("success", "zero_underruns", "rtf_p99", "ttfa_p95_ms")
 CRITERIA = set(CRITERIA_ORDER)
 FRAME = 2048  # samples = 85.33 ms at 24 kHz
+
+
+def test_server_histogram_quantiles_interpolate_like_prometheus() -> None:
+    buckets = [(0.1, 2.0), (0.2, 6.0), (0.5, 10.0), (float("inf"), 10.0)]
+    assert quantile(0.5, buckets) == pytest.approx(0.175)  # rank 5: 3/4 of the way through (0.1, 0.2]
+    assert quantile(0.1, buckets) == pytest.approx(0.05)
+    assert quantile(1.0, buckets) == pytest.approx(0.5)
+    assert quantile(0.99, [(0.1, 0.0), (float("inf"), 4.0)]) == 0.1  # past the last finite bound
+    assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
+
+
+def test_server_level_view_is_the_difference_between_two_scrapes() -> None:
+    def scrape(counts: tuple[float, float, float], total: float) -> dict[str, float]:
+        name = "oai_time_to_first_audio_seconds"
+        bounds = ("0.1", "0.5", "+Inf")
+        buckets = {f'{name}_bucket{{endpoint="speech",le="{le}"}}': c for le, c in zip(bounds, counts, strict=True)}
+        chat = {f'{name}_count{{endpoint="chat"}}': 7.0}  # another label: not this series
+        return (
+            buckets
+            | chat
+            | {f'{name}_count{{endpoint="speech"}}': counts[-1], f'{name}_sum{{endpoint="speech"}}': total}
+        )
+
+    view = level_view(scrape((1, 1, 1), 0.05), scrape((1, 5, 5), 1.25))  # the level: four first audios, 0.3 s each
+    assert set(view) == {"ttfa_speech"}  # the chat series did not move; unknown series are left out
+    assert view["ttfa_speech"]["count"] == 4 and view["ttfa_speech"]["mean_ms"] == pytest.approx(300)
+    assert view["ttfa_speech"]["p50_ms"] == pytest.approx(300)  # rank 2 of 4 in (0.1, 0.5]: half way
 
 
 def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:

@@ -1,0 +1,93 @@
+"""The server's own view of a load level: its latency histograms on `/metrics`, scraped before and after.
+
+A client's time to first audio mixes the server's work with the client's own (one Python process sending a
+burst of N requests) and the wait for admission. The server's histograms split it: the time a speaking request
+waited to be admitted (`oai_admission_wait_seconds`, real-time headroom then a slot), from then to its first
+audio byte (`oai_time_to_first_audio_seconds`), and how late its event loop ran (`oai_event_loop_lag_seconds`).
+Quantiles are interpolated inside buckets as Prometheus' `histogram_quantile` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+SERIES = {
+    "admission_wait_speaking": ("oai_admission_wait_seconds", 'speaks="true"'),
+    "admission_wait_text": ("oai_admission_wait_seconds", 'speaks="false"'),
+    "ttfa_speech": ("oai_time_to_first_audio_seconds", 'endpoint="speech"'),
+    "ttfa_chat": ("oai_time_to_first_audio_seconds", 'endpoint="chat"'),
+    "loop_lag": ("oai_event_loop_lag_seconds", ""),
+}
+"""Name in the report -> (histogram family, label filter)."""
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every histogram sample (`name{labels}` -> value) of the families in `SERIES`; {} if unreachable."""
+    families = tuple({family for family, _ in SERIES.values()})
+    try:
+        text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(families):
+            key, _, value = line.rpartition(" ")
+            try:
+                samples[key] = float(value)
+            except ValueError:
+                continue
+    return samples
+
+
+def _matches(key: str, family: str, suffix: str, label: str) -> bool:
+    name = key.split("{", 1)[0]
+    return name == f"{family}_{suffix}" and (not label or label in key)
+
+
+def _delta(before: dict[str, float], after: dict[str, float], family: str, suffix: str, label: str) -> dict[str, float]:
+    return {key: value - before.get(key, 0.0) for key, value in after.items() if _matches(key, family, suffix, label)}
+
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """`histogram_quantile(q)` over cumulative (upper bound, count) buckets sorted by bound."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # past the largest finite bucket: its bound is all that is known
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def level_view(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Per series in `SERIES`: observations during the level, mean, p50, p95 and p99 (ms)."""
+    view: dict[str, Any] = {}
+    for name, (family, label) in SERIES.items():
+        counts = _delta(before, after, family, "count", label)
+        count = sum(counts.values())
+        if count <= 0:
+            continue
+        total = sum(_delta(before, after, family, "sum", label).values())
+        buckets: dict[float, float] = {}
+        for key, value in _delta(before, after, family, "bucket", label).items():
+            bound = float(key.split('le="', 1)[1].split('"', 1)[0])
+            buckets[bound] = buckets.get(bound, 0.0) + value
+        ordered = sorted(buckets.items())
+        view[name] = {
+            "count": count,
+            "mean_ms": total / count * 1000,
+            **{f"p{int(q * 100)}_ms": _ms(quantile(q, ordered)) for q in (0.5, 0.95, 0.99)},
+        }
+    return view
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
