@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One GPU session's plan as calls that follow each other within the device's 30 s idle window (session 6's; the
+# earlier sessions' runs are the modes of bench/gpu_load.sh). Two jobs run in the background, each on its own
+# card of `nvidia-h200-x2` (or one after the other on one card: SI_GPU=0 ONE_CARD=1):
+#
+#   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition: TTFA at one stream (speech,
+#                 chat), the speech capacity search, Poisson arrivals at 80 % of that capacity and the 1.5x overload,
+#                 then the chat and mixed capacity searches.
+#   speech_input  (GPU SI_GPU, 1): one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
+#                 sessions), bench/asr_load.py (1 and 32 concurrent, 64 speech streams beside 32 transcribers), then
+#                 the speech capacity search with Whisper loaded (its cost to the one-card capacity).
+#
+#   call A, carry .devcarry/p1:              . .devcarry/p1/vllm_env.sh; nvidia-smi -L
+#   call B, carry .devcarry/p2 .devcarry/p3: . .devcarry/p2/vllm_env.sh; bash bench/gpu_session.sh setup
+#   call C, carry .devcarry2:                . .devcarry2/p2/vllm_env.sh; bash bench/gpu_session.sh start
+#   calls D...:                              bash bench/gpu_session.sh watch     (until both jobs are done)
+#   then, if time is left, carry .devcarry/p2: . .devcarry/p2/vllm_env.sh; bash bench/gpu_session.sh cards2
+#
+# Every call returns $OUT/s6.tgz with everything the jobs wrote so far (a call returns at most 8 files). The
+# jobs run from a copy of the tree (/tmp/repo), so a later call's fresh copy of the working tree does not touch
+# them. GPU processes are stopped by the pids nvidia-smi lists (`stop`), never by `pkill -f <pattern>` (a pattern
+# found in the call's own command line kills the call itself).
+set -u
+RAND=${RAND:-/tmp/rand}; S=/tmp/s6; REPO=/tmp/repo; MEAN_LENGTH_S=5.94
+SERVE=(--engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" --snac-model-name "$RAND/snac"
+  --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" --llm-gpu-memory-utilization "${LLM_MEM:-0.25}"
+  --tts-max-num-seqs 384 --llm-max-num-seqs 256 --max-concurrent-streams 1024 --max-queued 1024)
+gpu_pids() { nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null; }
+pack() { tar czf "$OUT/s6.tgz" -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
+load() {  # bench/load.py against the job's server (PORT), with the capacity definitions of bench/README.md
+  python3 bench/load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --concurrency '' --search-growth 1.5 \
+    --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 "$@"
+}
+capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 when there is none)
+  python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['search'][sys.argv[2]]['capacity'] or 0)" \
+    "$1/results.json" "$2" 2>/dev/null || echo 0
+}
+onecard() {
+  W=$S/onecard; PORT=8081; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
+  python3 -m oai_server serve "${SERVE[@]}" --no-asr --port $PORT > $W/server.log 2>&1 &
+  SP=$!
+  load --mode both --concurrency 1 --requests-per-stream 3 --warmup 1 --out $W/ttfa > $W/ttfa.log 2>&1
+  load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech > $W/speech.log 2>&1
+  C=$(capacity_of $W/speech speech); [ "$C" -gt 0 ] || C=96
+  RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
+  load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
+    --out $W/arrivals > $W/arrivals.log 2>&1
+  load --mode chat --search --search-start 48 --search-max 384 --search-resolution 16 --out $W/chat > $W/chat.log 2>&1
+  load --mode mixed --search --search-start 32 --search-max 256 --search-resolution 16 --out $W/mixed > $W/mixed.log 2>&1
+  kill $SP
+}
+speech_input() {
+  W=$S/speech_input; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
+    > $W/server.log 2>&1 &
+  SP=$!
+  python3 bench/realtime_load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --sessions "${RT_SESSIONS:-1,8,32}" \
+    --turns 2 --event-timeout 45 --out $W/realtime > $W/realtime.log 2>&1
+  python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
+    --concurrency 1,32 --rounds 4 --duration-s 10 --speech-streams 64 --speech-seconds 8 --transcribers 32 \
+    --warmup 4 > $W/asr.log 2>&1
+  load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech_with_asr \
+    > $W/speech_with_asr.log 2>&1
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv > $W/gpu_apps.csv
+  kill $SP
+}
+job() {  # job <name>: run it from the copy of the tree, its log and a done marker in $S/<name>
+  mkdir -p "$S/$1"
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of "$1"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+      $1 > $S/$1/job.log 2>&1; touch $S/$1/done" < /dev/null > /dev/null 2>&1 & )
+}
+case "${1:-}" in
+  setup)
+    python3 bench/build_random_models.py --out "$RAND" --which all --device cuda > /tmp/build.log 2>&1 \
+      || { tail -30 /tmp/build.log; exit 4; }
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
+    ls "$RAND"; rm -rf "$REPO" && mkdir -p "$REPO" "$S"
+    tar --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -xf - -C "$REPO"
+    nvidia-smi -L
+    ;;
+  start)
+    rm -rf "$REPO" && mkdir -p "$REPO" "$S" && tar --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -xf - -C "$REPO"
+    if [ -n "${ONE_CARD:-}" ]; then
+      ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of speech_input onecard); \
+          $(declare -p SERVE S RAND MEAN_LENGTH_S); mkdir -p $S/speech_input $S/onecard; \
+          speech_input > $S/speech_input/job.log 2>&1; touch $S/speech_input/done; \
+          onecard > $S/onecard/job.log 2>&1; touch $S/onecard/done" < /dev/null > /dev/null 2>&1 & )
+    else
+      job onecard; job speech_input
+    fi
+    sleep 5; exec bash "$0" watch
+    ;;
+  watch)  # until both jobs are done or WATCH_S (540) passed; then pack
+    T0=$(date +%s)
+    while [ ! -f $S/onecard/done ] || [ ! -f $S/speech_input/done ]; do
+      [ $(( $(date +%s) - T0 )) -ge "${WATCH_S:-540}" ] && break
+      sleep 20
+    done
+    for f in $S/*/*.log; do
+      case "$f" in */server.log) grep -c "" "$f" | sed "s|^|$f lines: |"; grep -m5 "ready\|Traceback\|Error" "$f";;
+        *) echo "== $f"; grep -v '^\[.*\] N=' "$f" | tail -12;; esac
+    done
+    ls $S/*/done 2>/dev/null; pack
+    ;;
+  cards2)  # the two-card placement run (bench/gpu_load.sh placement), packed beside the jobs' results
+    gpu_pids | xargs -r kill -9; sleep 3
+    R=$OUT; export OUT=$S/cards2; mkdir -p "$OUT"
+    CARDS=2 PLACEMENT=${PL:-auto} BUDGET_S=${BUD:-540} PHASES=${PH:-ttfa,speech,chat,mixed} \
+      bash bench/gpu_load.sh placement 2>&1 | tail -60
+    export OUT=$R; pack
+    ;;
+  stop)  # every GPU process of this machine
+    gpu_pids | xargs -r kill -9
+    ;;
+  *)
+    sed -n '2,24p' "$0"; exit 2
+    ;;
+esac
