@@ -184,13 +184,16 @@ class Events:
 
 
 def _describe(event: dict[str, Any]) -> str:
-    """An event's type; an `error` event's code and message with it, a `response.done` its status."""
+    """An event's type; an `error` event's code and message with it, a `response.done` its status (and error)."""
     kind = str(event.get("type"))
     if kind == "error":
         error = event.get("error") or {}
         return f"error({error.get('code')}: {str(error.get('message'))[:120]})"
     if kind == "response.done":
-        return f"response.done({(event.get('response') or {}).get('status')})"
+        response = event.get("response") or {}
+        error = (response.get("status_details") or {}).get("error") or {}
+        why = f": {error.get('type')} {error.get('code')}" if error else ""
+        return f"response.done({response.get('status')}{why})"
     return kind
 
 

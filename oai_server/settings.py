@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     """vLLM max_num_seqs for the speech-recognition engine."""
     asr_input_workers: int = Field(4, ge=1, le=64, validation_alias=_env("asr_input_workers"))
     """Threads of vLLM's renderer that prepare Whisper inputs (log-mel features, tokens) off the event loop."""
+    asr_max_tokens_per_second: float = Field(20.0, ge=0, validation_alias=_env("asr_max_tokens_per_second"))
+    """Transcript tokens allowed per second of audio (plus 16), below the model's 448; bounds Whisper's
+    hallucination loops on noise (fast speech is ~8 tokens/s). 0: no bound but the model's."""
     asr_max_batch: int = Field(8, ge=1, validation_alias=_env("asr_max_batch"))
     """Transformers engine: utterances transcribed in one batch."""
     asr_remote_url: str | None = Field(None, validation_alias=_env("asr_remote_url"))

@@ -412,3 +412,41 @@ async def test_a_piece_cancelled_inside_the_engine_fails_the_stream_instead_of_h
                 if isinstance(event, TranscriptTextDelta):
                     texts.append(event.text)
     assert texts == ["Hello"]
+
+
+class BudgetRecorder:
+    """A recognizer that records the token budget each piece got."""
+
+    sample_rate = 16000
+    languages = frozenset({"en"})
+
+    def __init__(self) -> None:
+        self.budgets: dict[str, int] = {}
+
+    async def transcribe(self, audio: np.ndarray, params: Any, request_id: str) -> AsyncIterator[TranscriptPiece]:
+        self.budgets[request_id.rsplit("-", 1)[1]] = params.max_tokens
+        yield TranscriptPiece(" word", 1, "en")
+
+
+@pytest.mark.parametrize(
+    ("rate", "requested", "budgets"),
+    [
+        (20.0, None, {"0": 16 + 40, "1": 16 + 200, "2": 448}),  # 2 s, 10 s, 30 s pieces: 16 + 20 tokens a second
+        (20.0, 30, {"0": 30, "1": 30, "2": 30}),  # a smaller max_tokens asked for wins
+        (0.0, None, {"0": 448, "1": 448, "2": 448}),  # 0: only the model's context
+    ],
+)
+async def test_each_piece_decodes_at_most_its_duration_worth_of_tokens(
+    rate: float, requested: int | None, budgets: dict[str, int]
+) -> None:
+    """Whisper loops on noise until its 448-token context is full (random weights always do): each piece's
+    budget follows its duration, so a 2 s turn cannot become a 448-token transcript."""
+    recognizer = BudgetRecorder()
+    service = TranscriptionService(Settings(asr_max_tokens_per_second=rate), recognizer)  # type: ignore[arg-type]
+    audio = DecodedAudio(np.zeros(42 * 16000, np.float32), 16000, "pcm", "pcm_s16le")
+    edges = [(0, 2 * 16000), (2 * 16000, 12 * 16000), (12 * 16000, 42 * 16000)]
+    pieces = tuple(AudioPiece(i, a, b, a, b, 1.0) for i, (a, b) in enumerate(edges))
+    job = TranscriptionJob(audio, service.options(language="en", max_tokens=requested), pieces)
+    done = await service.transcribe(job)
+    assert done.text == "word word word"
+    assert recognizer.budgets == budgets

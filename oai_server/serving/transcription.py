@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -352,7 +353,9 @@ class TranscriptionService:
                 samples = job.audio.samples[piece.start : piece.end]
                 if asr.sample_rate != SAMPLE_RATE:
                     samples = await asyncio.to_thread(resample, samples, SAMPLE_RATE, asr.sample_rate)
-                pieces = asr.transcribe(samples, params, f"{job.job_id}-{piece.index}")
+                budget = piece_token_budget(piece.samples / SAMPLE_RATE, self.settings.asr_max_tokens_per_second)
+                piece_params = replace(params, max_tokens=min(params.max_tokens, budget))
+                pieces = asr.transcribe(samples, piece_params, f"{job.job_id}-{piece.index}")
                 try:
                     async for item in pieces:
                         queue.put_nowait(item)
@@ -373,3 +376,15 @@ class TranscriptionService:
         if self.asr is None:
             raise invalid("Speech recognition is disabled on this server (--no-asr).", param, "unsupported_value")
         return self.asr
+
+
+PIECE_TOKEN_FLOOR = 16
+"""Transcript tokens every piece may have, however short (a word or two, timestamps and punctuation)."""
+
+
+def piece_token_budget(seconds: float, tokens_per_second: float) -> int:
+    """Transcript tokens one piece of `seconds` may decode: ``16 + seconds * tokens_per_second``, at most the
+    model's context (0 tokens per second: the context alone)."""
+    if tokens_per_second <= 0:
+        return MAX_DECODER_POSITIONS
+    return min(MAX_DECODER_POSITIONS, PIECE_TOKEN_FLOOR + math.ceil(seconds * tokens_per_second))

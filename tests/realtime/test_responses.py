@@ -8,6 +8,7 @@ running for as long as a test needs (`RealtimeServer.armed`).
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import re
 from typing import Any
@@ -226,6 +227,31 @@ async def test_engine_failure_mid_reply_ends_it_failed_and_the_session_goes_on(r
     assert done["status"] == "failed" and done["status_details"]["error"]["type"] == "server_error"
     assert "error" not in types(events)  # a failed reply is reported in response.done, not as a fatal error event
     await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert (await client.until("response.done"))[-1]["response"]["status"] in ("completed", "incomplete")
+    await client.close()
+    assert await rt_server.settled()
+
+
+async def test_a_turn_past_the_context_fails_its_response_with_the_code_and_a_log_line(
+    rt_server: RealtimeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three user items in a row are one user turn: past Gemma's context even with no history to drop. The
+    response ends `failed` with `context_length_exceeded` (what a random-weight Whisper's 448-token turns hit on
+    the GPU, seen there only as a bare `failed`), the operator's log says why, and the session goes on."""
+    client = await RawClient.connect(rt_server.ws_url)
+    await client.update(type="realtime", output_modalities=["text"], max_output_tokens=4)
+    words = " ".join(f"w{i}" for i in range(1000))  # ~3000 characters, about a thousand tokens or more
+    for _ in range(3):
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": words}]}
+        await client.send({"type": "conversation.item.create", "item": item})
+        await client.until("conversation.item.done")
+    with caplog.at_level(logging.WARNING, logger="oai_server.serving.realtime.responder"):
+        await client.send({"type": "response.create"})
+        done = (await client.until("response.done"))[-1]["response"]
+    assert done["status"] == "failed"
+    assert done["status_details"]["error"] == {"type": "invalid_request_error", "code": "context_length_exceeded"}
+    assert any("failed" in r.getMessage() and "context_length_exceeded" in r.getMessage() for r in caplog.records)
+    await client.send({"type": "response.create", "response": {"conversation": "none", "input": []}})
     assert (await client.until("response.done"))[-1]["response"]["status"] in ("completed", "incomplete")
     await client.close()
     assert await rt_server.settled()

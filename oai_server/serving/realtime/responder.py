@@ -160,6 +160,10 @@ class ResponseRun:
                 if exc is not None:
                     self.failure = as_api_error(exc)
                     logger.error("realtime response failed: %s", exc, exc_info=exc)
+                elif self.failure is not None:  # refused or rejected by the core: the client's error, logged once
+                    logger.warning(
+                        "realtime response %s failed: %s (%s)", self.id, self.failure.message, self.failure.code
+                    )
                 self._observe_barge_in()
             await self._finish()
         finally:
