@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     """Decoder context of the speech-recognition engine (Whisper: 448 tokens)."""
     asr_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("asr_max_num_seqs"))
     """vLLM max_num_seqs for the speech-recognition engine."""
+    asr_max_num_batched_tokens: int = Field(12000, ge=1500, validation_alias=_env("asr_max_num_batched_tokens"))
+    """vLLM: tokens one Whisper engine step may take, encoder input included (1500 per 30 s window: 12000
+    encodes up to 8 windows a step; vLLM's own default encodes one)."""
     asr_input_workers: int = Field(4, ge=1, le=64, validation_alias=_env("asr_input_workers"))
     """Threads of vLLM's renderer that prepare Whisper inputs (log-mel features, tokens) off the event loop."""
     asr_max_tokens_per_second: float = Field(20.0, ge=0, validation_alias=_env("asr_max_tokens_per_second"))

@@ -42,8 +42,8 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[AsyncLLMDouble]:
         return engines[-1]
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(vllm_engine, "_build_async_llm", build)
-    monkeypatch.setattr(asr_vllm, "_build_async_llm", build)
+    monkeypatch.setattr(vllm_engine, "build_async_llm", build)
+    monkeypatch.setattr(asr_vllm, "build_async_llm", build)
     return engines
 
 
@@ -65,6 +65,8 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     assert (whisper.visible, whisper.kwargs["gpu_memory_utilization"]) == ("0", 0.14)
     assert gemma.kwargs["stream_interval"] == 4 and all(e.kwargs["stream_interval"] == 7 for e in orpheus)
     assert whisper.kwargs["renderer_num_workers"] == settings.asr_input_workers == 4
+    assert whisper.kwargs["max_num_batched_tokens"] == settings.asr_max_num_batched_tokens == 12000  # 8 windows
+    assert all("max_num_batched_tokens" not in e.kwargs for e in (gemma, *orpheus))  # vllm serve's default
     assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [0.5, 1.0]
     assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
     assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)

@@ -245,6 +245,39 @@ def test_default_factory_builds_delta_vllm_params(monkeypatch: pytest.MonkeyPatc
     assert built["output_kind"] is Kind.DELTA and built["max_tokens"] == 32
 
 
+def test_engines_are_built_with_the_api_servers_batching_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`from_engine_args` alone assumes an embedded engine (2048 batched tokens on any GPU); ours is an API
+    server, so vLLM picks `vllm serve`'s defaults (8192 on a 70 GB+ GPU). Only the vLLM names are stubbed."""
+
+    class Usage(Enum):
+        ENGINE_CONTEXT = "ENGINE_CONTEXT"
+        OPENAI_API_SERVER = "OPENAI_API_SERVER"
+
+    calls: list[tuple[Any, Any]] = []
+
+    class AsyncLLM:
+        @staticmethod
+        def from_engine_args(args: Any, usage_context: Any = Usage.ENGINE_CONTEXT) -> str:
+            calls.append((args, usage_context))
+            return "engine"
+
+    modules = {
+        "vllm.engine.arg_utils": {"AsyncEngineArgs": lambda **kw: kw},
+        "vllm.usage.usage_lib": {"UsageContext": Usage},
+        "vllm.v1.engine.async_llm": {"AsyncLLM": AsyncLLM},
+    }
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        for key, value in attributes.items():
+            setattr(module, key, value)
+        monkeypatch.setitem(sys.modules, name, module)
+    from oai_server.engines import asr_vllm, vllm_engine
+
+    assert vllm_engine.build_async_llm({"model": "m"}) == "engine"
+    assert calls == [({"model": "m"}, Usage.OPENAI_API_SERVER)]
+    assert asr_vllm.build_async_llm is vllm_engine.build_async_llm  # Whisper's engine is built the same way
+
+
 async def test_create_passes_engine_args_and_info() -> None:
     seen: dict[str, Any] = {}
     double = FakeAsyncLLM()

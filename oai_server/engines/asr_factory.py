@@ -35,6 +35,7 @@ async def build_asr(settings: Settings, kind: str, layout: Layout | None = None)
             enforce_eager=settings.enforce_eager,
             max_num_seqs=settings.asr_max_num_seqs,
             input_workers=settings.asr_input_workers,
+            max_num_batched_tokens=settings.asr_max_num_batched_tokens,
             placement=plan.placement,
         )
     if kind == "remote":

@@ -46,11 +46,15 @@ from oai_server.engines.asr import (
 )
 from oai_server.engines.base import EngineError, EngineInfo
 from oai_server.engines.placement import Placement, visible_devices
-from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe
+from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe, build_async_llm
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+DETAIL_KEYS = (
+    "dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "renderer_num_workers", "max_num_batched_tokens"
+)  # fmt: skip
+"""Engine arguments `/v1/models` and the start-up log show."""
 Factory = Callable[[dict[str, Any]], Any]
 PromptParser = Callable[[Any, dict[str, Any]], Any]
 
@@ -87,11 +91,14 @@ def whisper_engine_kwargs(
     enforce_eager: bool = False,
     max_num_seqs: int | None = None,
     input_workers: int = 4,
+    max_num_batched_tokens: int | None = None,
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for a Whisper model (one audio per prompt).
 
     ``input_workers`` threads render prompts (``renderer_num_workers``; vLLM allows more than one
-    because an encoder-decoder model has no multimodal processor cache).
+    because an encoder-decoder model has no multimodal processor cache). ``max_num_batched_tokens``
+    bounds one step's work, encoder input included: each 30 s window is 1500 encoder tokens, so it
+    sets how many windows one step encodes (vLLM's scheduler budget; unset: `vllm serve`'s default).
     """
     kwargs: dict[str, Any] = {
         "model": model,
@@ -105,14 +112,9 @@ def whisper_engine_kwargs(
     }
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
+    if max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = max_num_batched_tokens
     return kwargs
-
-
-def _build_async_llm(kwargs: dict[str, Any]) -> Any:
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
 
 def vllm_parse_prompt(model_config: Any, prompt: dict[str, Any]) -> Any:
@@ -174,6 +176,7 @@ class VLLMWhisper(AsyncLLMLifecycle):
         enforce_eager: bool = False,
         max_num_seqs: int | None = None,
         input_workers: int = 4,
+        max_num_batched_tokens: int | None = None,
         placement: Placement | None = None,
         kind: str = "vllm-whisper",
         engine_factory: Factory | None = None,
@@ -192,17 +195,15 @@ class VLLMWhisper(AsyncLLMLifecycle):
             enforce_eager=enforce_eager,
             max_num_seqs=max_num_seqs,
             input_workers=input_workers,
+            max_num_batched_tokens=max_num_batched_tokens,
         )
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())
         language_ids = language_token_ids(load_tokenizer(tokenizer or model), whisper_languages())
         with visible_devices(placement.gpus):  # on the loop thread: AsyncLLM binds its clients there
-            built = (engine_factory or _build_async_llm)(kwargs)
+            built = (engine_factory or build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
-        details: dict[str, object] = {
-            key: kwargs.get(key)
-            for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "renderer_num_workers")
-        }
+        details: dict[str, object] = {key: kwargs.get(key) for key in DETAIL_KEYS}
         details.update(gpus=placement.gpus, **placement.engine_kwargs())
         info = EngineInfo(kind=kind, model=model, max_model_len=max_model_len, details=details)
         return cls(

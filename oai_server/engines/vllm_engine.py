@@ -111,11 +111,19 @@ def engine_kwargs(
     return kwargs
 
 
-def _build_async_llm(kwargs: dict[str, Any]) -> Any:
+def build_async_llm(kwargs: dict[str, Any]) -> Any:
+    """``AsyncLLM`` from engine-args keywords, with `vllm serve`'s defaults for what is left unset.
+
+    ``from_engine_args`` alone assumes an embedded engine (``UsageContext.ENGINE_CONTEXT``) and leaves
+    ``max_num_batched_tokens`` at 2048, where `vllm serve` uses 8192 on a GPU of 70 GB or more (2048
+    below): the tokens, prompt and encoder input (1500 per Whisper window) together, one step may take.
+    At 2048 a burst's prompts trickle into the batch over several steps, and Whisper encodes one window a step.
+    """
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), usage_context=UsageContext.OPENAI_API_SERVER)
 
 
 def _describe(exc: BaseException) -> str:
@@ -233,7 +241,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         kwargs.update(placement.engine_kwargs())
         # Built on the event-loop thread on purpose: AsyncLLM binds its ZMQ/asyncio clients there.
         with visible_devices(placement.gpus):
-            built = (engine_factory or _build_async_llm)(kwargs)
+            built = (engine_factory or build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
         details: dict[str, object] = {
             key: kwargs.get(key)
