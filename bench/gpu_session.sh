@@ -3,9 +3,11 @@
 # earlier sessions' runs are the modes of bench/gpu_load.sh). Two jobs run in the background, each on its own
 # card of `nvidia-h200-x2` (or one after the other on one card: SI_GPU=0 ONE_CARD=1):
 #
-#   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition: TTFA at one stream (speech,
-#                 chat), the speech capacity search, Poisson arrivals at 80 % of that capacity and the 1.5x overload,
-#                 then the chat and mixed capacity searches.
+#   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition, phases ONECARD_PHASES (default
+#                 ttfa,speech,chat,nogate): TTFA at one stream (speech, chat), the speech and chat capacity searches,
+#                 the speech search again without admission by real-time headroom; also `arrivals` (Poisson at 80 %
+#                 of the speech capacity and the 1.5x overload) and `mixed`. Bursts go out from CLIENT_PROCS (8)
+#                 client processes.
 #   speech_input  (GPU SI_GPU, 1): one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
 #                 sessions), bench/asr_load.py (1 and 32 concurrent, 64 speech streams beside 32 transcribers), then
 #                 the speech capacity search with Whisper loaded (its cost to the one-card capacity).
@@ -29,24 +31,38 @@ gpu_pids() { nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/nu
 pack() { tar czf "$OUT/s6.tgz" -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
 load() {  # bench/load.py against the job's server (PORT), with the capacity definitions of bench/README.md
   python3 bench/load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --concurrency '' --search-growth 1.5 \
-    --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 "$@"
+    --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 --client-procs "${CLIENT_PROCS:-8}" "$@"
 }
 capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 when there is none)
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['search'][sys.argv[2]]['capacity'] or 0)" \
     "$1/results.json" "$2" 2>/dev/null || echo 0
 }
-onecard() {
+onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in that order
   W=$S/onecard; PORT=8081; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
   python3 -m oai_server serve "${SERVE[@]}" --no-asr --port $PORT > $W/server.log 2>&1 &
   SP=$!
-  load --mode both --concurrency 1 --requests-per-stream 3 --warmup 1 --out $W/ttfa > $W/ttfa.log 2>&1
-  load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech > $W/speech.log 2>&1
-  C=$(capacity_of $W/speech speech); [ "$C" -gt 0 ] || C=96
-  RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
-  load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
-    --out $W/arrivals > $W/arrivals.log 2>&1
-  load --mode chat --search --search-start 48 --search-max 384 --search-resolution 16 --out $W/chat > $W/chat.log 2>&1
-  load --mode mixed --search --search-start 32 --search-max 256 --search-resolution 16 --out $W/mixed > $W/mixed.log 2>&1
+  for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
+    case $phase in
+      ttfa) load --mode both --concurrency 1 --requests-per-stream 3 --warmup 1 --out $W/ttfa > $W/ttfa.log 2>&1 ;;
+      speech) load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech \
+                > $W/speech.log 2>&1 ;;
+      arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
+        C=$(capacity_of $W/speech speech); [ "$C" -gt 0 ] || C=96
+        RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
+        load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
+          --out $W/arrivals > $W/arrivals.log 2>&1 ;;
+      chat) load --mode chat --search --search-start 48 --search-max 384 --search-resolution 16 --out $W/chat \
+              > $W/chat.log 2>&1 ;;
+      mixed) load --mode mixed --search --search-start 32 --search-max 256 --search-resolution 16 --out $W/mixed \
+               > $W/mixed.log 2>&1 ;;
+      nogate)  # the same server without admission by real-time headroom: what the gate's waits cost a burst
+        kill $SP; wait $SP 2>/dev/null
+        python3 -m oai_server serve "${SERVE[@]}" --no-asr --no-headroom-admission --port $PORT > $W/server_nogate.log 2>&1 &
+        SP=$!
+        load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech_nogate \
+          > $W/speech_nogate.log 2>&1 ;;
+    esac
+  done
   kill $SP
 }
 speech_input() {
@@ -66,8 +82,9 @@ speech_input() {
 }
 job() {  # job <name>: run it from the copy of the tree, its log and a done marker in $S/<name>
   mkdir -p "$S/$1"
+  # the redirections on the whole background list: nothing of it may hold the call's stdout open
   ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of "$1"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
-      $1 > $S/$1/job.log 2>&1; touch $S/$1/done" < /dev/null > /dev/null 2>&1 & )
+      $1 > $S/$1/job.log 2>&1; touch $S/$1/done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in
   setup)
@@ -84,7 +101,7 @@ case "${1:-}" in
       ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of speech_input onecard); \
           $(declare -p SERVE S RAND MEAN_LENGTH_S); mkdir -p $S/speech_input $S/onecard; \
           speech_input > $S/speech_input/job.log 2>&1; touch $S/speech_input/done; \
-          onecard > $S/onecard/job.log 2>&1; touch $S/onecard/done" < /dev/null > /dev/null 2>&1 & )
+          onecard > $S/onecard/job.log 2>&1; touch $S/onecard/done" ) < /dev/null > /dev/null 2>&1 &
     else
       job onecard; job speech_input
     fi

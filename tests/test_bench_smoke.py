@@ -289,10 +289,10 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     proc = _run(
         "load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
         "--arrival-rates", "1", "--arrival-duration-s", "3", "--overload", "2", "--overload-arrivals", "burst",
-        "--server-args", "--max-concurrent-streams 2 --max-queued 0",
+        "--server-args", "--max-concurrent-streams 2 --max-queued 0", "--client-procs", "2",
     )  # fmt: skip
     report = json.loads((out / "results.json").read_text())
-    assert set(report["modes"]) == {"speech", "chat"}
+    assert set(report["modes"]) == {"speech", "chat"} and report["config"]["client_procs"] == 2
     seeds = [s["seed"] for runs in report["streams"].values() for run in runs.values() for s in run]
     assert None not in seeds and len(set(seeds)) == len(seeds)  # one seed per request, from the base seed
     plan = poisson_plan(1.0, 3.0, LengthMix(), seed=0)
@@ -302,6 +302,8 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
         for level in levels:
             assert set(level) >= LEVEL_KEYS
             assert level["ok"] == level["requests"], level["error_samples"]  # seeded: no empty reply
+            server = level["server"]  # the server's own view of the level: one first audio per stream
+            assert server[f"ttfa_{mode}"]["count"] == server["admission_wait_speaking"]["count"] == level["requests"]
         _check_capacity_block(report["capacity"][mode], levels, 500.0 if mode == "speech" else 800.0)
         assert len(report["streams"][mode]["2"]) == 2
 

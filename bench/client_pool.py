@@ -1,0 +1,87 @@
+"""A burst sent from several client processes at once, so the load generator is not what a TTFA measures.
+
+One Python process driving N streams sends their requests one after another and parses every chunk of
+every stream on one event loop: at 100+ streams that adds a few hundred ms to the late streams' time to
+first audio (measured on the H200: the client's TTFA minus the server's own was ~160 ms at 144 speech streams
+and ~280 ms at 108 chat conversations). `--client-procs P` deals the streams of a burst out to P worker
+processes (spawned once per run), which start at one agreed wall-clock moment; each stream's times are
+taken in its own process, from its own request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import httpx
+from _common import StreamResult
+from clients import RequestSpec, request_fn
+
+START_MARGIN_S = 0.5
+"""How far ahead of now the processes are told to start (every worker process is idle and waiting by then)."""
+
+Worker = tuple[str, list[RequestSpec]]
+"""One concurrent client: its part ("speech" or "chat") and the requests it sends one after another."""
+
+
+async def run_workers(args: argparse.Namespace, workers: list[Worker]) -> list[list[StreamResult]]:
+    """Every worker at once from this process, over one connection pool; results in worker order."""
+    limits = httpx.Limits(max_connections=len(workers) + 4, max_keepalive_connections=len(workers) + 4)
+    timeout = httpx.Timeout(args.request_timeout, connect=30)
+    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
+
+        async def worker(part: str, specs: list[RequestSpec]) -> list[StreamResult]:
+            request = request_fn(part)
+            return [await request(client, args, spec, None, 0.0) for spec in specs]
+
+        return list(await asyncio.gather(*(worker(part, specs) for part, specs in workers)))
+
+
+def _share(args: argparse.Namespace, workers: list[Worker], start_at: float) -> list[list[StreamResult]]:
+    time.sleep(max(0.0, start_at - time.time()))
+    return asyncio.run(run_workers(args, workers))
+
+
+class ClientPool:
+    """`processes` spawned client processes; `run` deals a burst's workers out to them."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        for future in [self._executor.submit(time.sleep, 0) for _ in range(processes)]:
+            future.result()  # every process started (and imported this module) before the first burst
+
+    async def run(self, args: argparse.Namespace, workers: list[Worker]) -> list[list[StreamResult]]:
+        """The workers' results in their order; worker i runs in process i mod `processes`."""
+        shares = [workers[i :: self.processes] for i in range(self.processes)]
+        start_at = time.time() + START_MARGIN_S
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(self._executor, _share, args, share, start_at) for share in shares if share]
+        per_share = await asyncio.gather(*futures)
+        results: list[list[StreamResult]] = [[] for _ in workers]
+        for i, share_results in enumerate(per_share):
+            for j, worker_results in enumerate(share_results):
+                results[i + j * self.processes] = worker_results
+        return results
+
+    def close(self) -> None:
+        """Stop the processes."""
+        self._executor.shutdown(cancel_futures=True)
+
+
+_POOLS: dict[int, ClientPool] = {}
+
+
+def pool_for(args: argparse.Namespace) -> ClientPool | None:
+    """The run's pool of `--client-procs` processes (made on first use, stopped at exit); None for one process."""
+    processes = getattr(args, "client_procs", 1)
+    if processes <= 1:
+        return None
+    if processes not in _POOLS:
+        _POOLS[processes] = ClientPool(processes)
+        atexit.register(_POOLS[processes].close)
+    return _POOLS[processes]
