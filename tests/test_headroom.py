@@ -102,6 +102,57 @@ async def test_admit_reserves_so_a_burst_is_not_all_let_in() -> None:
     await gate.admit()  # five streams at 120 each: one more leaves 100
 
 
+def _settled(gate: HeadroomGate, clock: Clock, streams: int, rate: float) -> None:
+    """`streams` generating at `rate` for 3 s, nothing pending: a settled measurement (`has_headroom` reads it)."""
+    for _ in range(streams - gate.generating):
+        gate.started()
+    run(gate, clock, streams, rate, 3.0)
+    gate.has_headroom()
+
+
+def _mid_burst(gate: HeadroomGate, clock: Clock, running: int, pending: int, rate: float) -> None:
+    """A burst in its prefills: `running` streams generating (slowly, beside the prefills), `pending` admitted."""
+    for _ in range(gate.generating):
+        gate.finished()
+    clock.now += 10.0  # the earlier load has left the window
+    for _ in range(running):
+        gate.started()
+    run(gate, clock, running, rate, 0.3)
+    gate._pending.extend([clock.now] * pending)
+
+
+def test_a_burst_inside_the_measured_capacity_is_let_in_while_its_prefills_run() -> None:
+    """20 of a burst generate, at 60 tokens/s beside 80 prefills: projected over all 101, that reads as 12 a
+    stream and shut the gate (H200: streams 97-112 of 112 waited 0.5 s). The settled measurement before said
+    133 streams keep real time, so the burst goes on."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, clock=clock)
+    _settled(gate, clock, 100, 120.0)
+    assert abs(gate.safe_streams - 100 * 120.0 / (REAL_TIME_TOKENS_PER_SECOND * 1.1)) < 3  # 133
+    _mid_burst(gate, clock, running=20, pending=80, rate=60.0)
+    assert gate.required > 60.0 * 20 / 101  # what the settled-state projection would have said
+    assert gate.has_headroom()
+    gate._pending.extend([clock.now] * (gate.safe_streams - 100))  # the next one is past the measured capacity
+    assert not gate.has_headroom()
+
+
+def test_the_measured_capacity_follows_a_slower_engine() -> None:
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, clock=clock)
+    _settled(gate, clock, 100, 120.0)
+    _settled(gate, clock, 100, 80.0)  # e.g. chat now shares the GPU
+    assert abs(gate.safe_streams - 100 * 80.0 / gate.required) < 3  # 88
+    _mid_burst(gate, clock, running=20, pending=80, rate=60.0)
+    assert not gate.has_headroom()  # 101 > 88: this burst waits for its measurement
+
+
+def test_a_fresh_gate_lets_a_burst_in_before_any_measurement() -> None:
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, clock=clock)
+    gate._pending.extend([clock.now] * 200)
+    assert gate.safe_streams == 0 and gate.has_headroom()  # nothing measured yet: admitted blind, as before
+
+
 class _Told:
     """A `GenerationObserver` that records what the synthesizer told it."""
 

@@ -10,9 +10,16 @@ real time (82 tokens/s) times `margin`, `has_headroom()` is false: a new speech 
 `wait_s` in `admit` for headroom and then gets 429 with `retry-after`, so every admitted stream keeps
 its real-time margin. Near saturation the engine's aggregate rate is about constant, so admitting k
 more streams to n running ones leaves each `n / (n + k)` of today's rate: streams admitted but not yet
-generating count as k (they expire after `pending_s`), so a burst is not let in all at once. Below
-`min_streams` streams the gate never refuses (the rate of a few streams says nothing about the
-engine's ceiling).
+generating count as k (they expire after `pending_s`). Below `min_streams` streams the gate never
+refuses (the rate of a few streams says nothing about the engine's ceiling).
+
+A burst is the exception: while most of what was admitted is still waiting for its prefill (more than a
+quarter of the running count), the few streams already generating share the GPU with those prefills and
+their rate says little, and projecting it over the whole burst shut the gate on bursts well inside the
+capacity (on an H200, streams 97-112 of a burst of 112 waited ~0.5 s, where 128 without the gate kept
+real time). Then the gate admits up to the concurrency its last settled measurement said keeps real time
+(`safe_streams`: n x rate / required), so a burst inside it starts at once and one past it still waits
+for the measurement and its 429. Before any measurement (a fresh server) a burst is admitted blind.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ class HeadroomGate:
         self._generating = 0
         self._samples: deque[tuple[float, int]] = deque()
         """(time, generating count from then on) changes inside the window."""
+        self.safe_streams = 0
+        """Concurrent streams the last settled measurement said keep real time (0: never measured)."""
 
     @property
     def generating(self) -> int:
@@ -90,13 +99,15 @@ class HeadroomGate:
         now = self._clock()
         while self._pending and self._pending[0] < now - self.pending_s:
             self._pending.popleft()
-        running = self._generating
-        if running + len(self._pending) < self.min_streams:
+        running, pending = self._generating, len(self._pending)
+        if running + pending < self.min_streams:
             return True
         rate = self.per_stream_rate()
-        if rate is None or running == 0:
-            return True
-        return rate * running / (running + len(self._pending) + 1) >= self.required
+        if rate is not None and running > 0 and 4 * pending <= running:  # settled: the rate speaks for the engine
+            self.safe_streams = int(running * rate / self.required)
+            return rate * running / (running + pending + 1) >= self.required
+        # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
+        return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
 
     async def admit(self) -> None:
         """Wait up to `wait_s` for headroom, then reserve it; 429 with `retry-after` if none came."""
