@@ -136,7 +136,14 @@ def test_streaming_detector_emits_started_and_stopped_at_the_right_ms(
     audio, placed = conversation
     if rate != SAMPLE_RATE:
         audio = resample(audio, SAMPLE_RATE, rate)
-    events = _stream_events(StreamingVad(), audio, rate, params)
+    every = _stream_events(StreamingVad(), audio, rate, params)
+    # Each stop follows a pause (silence began) exactly silence_duration_ms earlier: early transcription starts there.
+    stops = [i for i, e in enumerate(every) if e.type == "speech_stopped"]
+    last_pauses = [max(j for j in range(i) if every[j].type == "speech_paused") for i in stops]
+    assert [every[i].audio_ms - every[j].audio_ms for i, j in zip(stops, last_pauses, strict=True)] == [
+        params.silence_duration_ms
+    ] * len(placed)
+    events = [e for e in every if e.type != "speech_paused"]
     assert [e.type for e in events] == ["speech_started", "speech_stopped"] * len(placed)
     previous_end = 0
     for (started, stopped), sentence in zip(zip(events[::2], events[1::2], strict=True), placed, strict=True):
@@ -151,7 +158,7 @@ def test_streaming_detector_emits_started_and_stopped_at_the_right_ms(
 def test_streaming_matches_offline_regions(conversation: tuple[np.ndarray, list[Placed]]) -> None:
     audio, _ = conversation
     params = VadParams(prefix_padding_ms=0)
-    events = _stream_events(StreamingVad(), audio, SAMPLE_RATE, params)
+    events = [e for e in _stream_events(StreamingVad(), audio, SAMPLE_RATE, params) if e.type != "speech_paused"]
     regions = speech_regions(audio, params, min_speech_ms=0)
     assert [e.audio_ms for e in events[::2]] == [r.start_ms for r in regions]
     assert [e.audio_ms for e in events[1::2]] == [r.end_ms + params.silence_duration_ms for r in regions]

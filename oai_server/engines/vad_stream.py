@@ -29,12 +29,14 @@ from .vad import (
     frame_windows,
 )
 
-VadEventType = Literal["speech_started", "speech_stopped"]
+VadEventType = Literal["speech_started", "speech_paused", "speech_stopped"]
 
 
 @dataclass(frozen=True)
 class VadEvent:
-    """``speech_started`` (``audio_ms`` = OpenAI's audio_start_ms) or ``speech_stopped`` (audio_end_ms)."""
+    """``speech_started`` (``audio_ms`` = OpenAI's audio_start_ms), ``speech_paused`` (silence began inside a
+    turn, at ``audio_ms``: the turn stops there unless speech resumes within ``silence_duration_ms``) or
+    ``speech_stopped`` (audio_end_ms = the last pause + ``silence_duration_ms``)."""
 
     type: VadEventType
     audio_ms: int
@@ -90,11 +92,14 @@ class VadStream:
         for prob in probs:
             index = self.frames_done
             opened = self._detector.start is None
+            was_silent = self._detector.silent_since is not None
             turn = self._detector.advance(index, float(prob))
             if opened and self._detector.start is not None:
                 # The prefix never reaches back into the previous turn (its audio was committed with it).
                 start_ms = max(index * FRAME_MS - self.params.prefix_padding_ms, self._turn_end_ms)
                 events.append(VadEvent("speech_started", start_ms))
+            if not was_silent and self._detector.silent_since is not None and turn is None:
+                events.append(VadEvent("speech_paused", self._detector.silent_since * FRAME_MS))
             if turn is not None:
                 self._turn_end_ms = turn[1] * FRAME_MS + self.params.silence_duration_ms
                 events.append(VadEvent("speech_stopped", self._turn_end_ms))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from ..fault_engine import Fault
 from ..speech_audio import compose
 from .client import RawClient, b64, types
 from .conftest import RealtimeServer
+from .talk import paced
+from .talk import utterance as talk_utterance
 
 RATE = 24000
 CHUNK = RATE * 40 // 1000
@@ -242,7 +245,8 @@ async def test_a_transcription_that_never_answers_fails_and_the_turn_is_still_an
         events = await client.until("response.done", timeout=20)  # before: the response waited for the transcript
     await client.close()
     kinds = types(events)
-    assert silent.waiting == 1 and "input_audio_buffer.speech_stopped" in kinds
+    # one request per pause of the utterance (early transcription; those of pauses speech resumed after are dropped)
+    assert silent.waiting >= 1 and "input_audio_buffer.speech_stopped" in kinds
     assert events[-1]["response"]["status"] in ("completed", "incomplete")
     if transcribed:
         (failed,) = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.failed"]
@@ -273,3 +277,55 @@ async def test_a_session_task_that_dies_is_logged(rt_server: RealtimeServer, cap
         await asyncio.gather(session._spawn(dies(), "realtime-test-task"), return_exceptions=True)
     assert any(r.getMessage() == "realtime: task realtime-test-task failed: boom" for r in caplog.records)
     assert not session._tasks
+
+
+class TimedRecognizer:
+    """The demo recognizer, recording when each transcription request reached it (`time.monotonic()`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sample_rate = inner.sample_rate
+        self.languages = inner.languages
+        self.started: list[float] = []
+
+    def transcribe(self, audio: np.ndarray, params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.started.append(time.monotonic())
+        return self.inner.transcribe(audio, params, request_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early", "at-the-decision"])
+async def test_a_turn_is_transcribed_from_its_pause_while_the_vad_waits(
+    rt_server: RealtimeServer, monkeypatch: pytest.MonkeyPatch, early: bool
+) -> None:
+    """Spoken at real-time pace, a turn's silence begins silence_duration_ms (500) before the VAD decides it
+    ended. With early transcription the request the turn's transcript comes from was made at that pause, and
+    none after the decision; without, it is made at the decision. Either way the transcript and reply follow."""
+    timed = TimedRecognizer(rt_server.live.services.transcription.asr)
+    monkeypatch.setattr(rt_server.live.services.transcription, "asr", timed)
+    monkeypatch.setattr(rt_server.live.services.settings, "realtime_early_transcription", early)
+    client = await RawClient.connect(rt_server.ws_url)
+    transcription = {"transcription": {"model": "whisper-1"}}
+    await client.update(type="realtime", max_output_tokens=4, audio={"input": transcription})
+
+    async def stopped() -> tuple[list[dict[str, Any]], float]:
+        return await client.until("input_audio_buffer.speech_stopped"), time.monotonic()
+
+    reading = asyncio.create_task(stopped())
+    async for chunk in paced(talk_utterance(tail=0.9)):
+        if reading.done():
+            break
+        await client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+    before, stopped_at = await reading
+    events = before + await client.until("response.done")
+    await client.close()
+    completed = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert len(completed) == 1 and timed.started
+    if early:
+        assert all(at < stopped_at - 0.25 for at in timed.started)  # all before the decision: none re-done after
+    else:
+        assert len(timed.started) == 1 and timed.started[0] > stopped_at - 0.1
+    assert events[-1]["response"]["status"] in ("completed", "incomplete")
+    assert await rt_server.settled()

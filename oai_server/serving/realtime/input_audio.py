@@ -69,12 +69,12 @@ def vad_params(detection: TurnDetection) -> VadParams:
 class TurnEvent:
     """What an append caused: speech started or stopped, or the idle timeout fired."""
 
-    kind: Literal["started", "stopped", "timeout"]
+    kind: Literal["started", "paused", "stopped", "timeout"]
     item_id: str
     audio_start_ms: int
     audio_end_ms: int = 0
     audio: np.ndarray | None = None
-    """The turn's audio (stopped and timeout)."""
+    """The turn's audio (stopped and timeout; paused: a copy of the turn so far, which stays buffered)."""
     decided_at: float = 0.0
     """`time.monotonic()` when the detector decided."""
     speech_end_at: float | None = None
@@ -121,11 +121,15 @@ class InputAudioBuffer:
 
     def take(self, begin: int, end: int) -> np.ndarray:
         """The samples in `[begin, end)` (clipped to what is buffered); everything before `end` is dropped."""
-        data = self._flat()
-        lo, hi = max(begin - self.start, 0), min(max(end - self.start, 0), len(data))
-        taken = data[lo:hi].copy()
+        taken = self.copy(begin, end)
         self.drop_before(end)
         return taken
+
+    def copy(self, begin: int, end: int) -> np.ndarray:
+        """The samples in `[begin, end)` (clipped to what is buffered), left in the buffer."""
+        data = self._flat()
+        lo, hi = max(begin - self.start, 0), min(max(end - self.start, 0), len(data))
+        return data[lo:hi].copy()
 
     def take_all(self) -> np.ndarray:
         """Every buffered sample; the buffer is empty after."""
@@ -209,7 +213,11 @@ class InputAudio:
                 start = at_ms * PER_MS
                 self._turn = (new_id("item"), max(start, self.buffer.start))
                 events.append(TurnEvent("started", self._turn[0], at_ms, decided_at=time.monotonic()))
-            elif self._turn is not None:
+            elif vad_event.type == "speech_paused" and self._turn is not None:
+                item_id, start = self._turn
+                audio = self.buffer.copy(start, at_ms * PER_MS)
+                events.append(TurnEvent("paused", item_id, start // PER_MS, at_ms, audio, time.monotonic()))
+            elif vad_event.type == "speech_stopped" and self._turn is not None:
                 events.append(self._stop(at_ms))
         if self._turn is not None and self.buffer.end - self._turn[1] > self.max_samples:
             events.append(self._stop(self.ms, forced=True))

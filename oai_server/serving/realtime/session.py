@@ -31,15 +31,16 @@ from ...settings import Settings
 from ..admission import Admission
 from ..lifecycle import as_api_error
 from ..reply import ReplyService
+from ..transcript_events import TranscriptionOptions
 from ..transcription import TranscriptionService
 from .configure import Checker, check_item, initial_config, plan_response
 from .conversation import ROOT, StoredItem
 from .conversation import ConversationItems as Items
 from .input_audio import InputAudio as InputSide
-from .input_audio import InputDecoder, TurnEvent
+from .input_audio import InputDecoder, TurnEvent, vad_params
 from .responder import ResponderDeps, ResponsePlan, ResponseRun
 from .sink import EventSink
-from .transcribe import transcribe_pcm24
+from .transcribe import EarlyTranscriber, turn_deltas
 
 if TYPE_CHECKING:
     from ...metrics import Metrics
@@ -92,6 +93,8 @@ class RealtimeSession:
             serving.replies, serving.admission, settings.request_timeout_seconds, serving.metrics
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        early = settings.realtime_early_transcription and serving.asr is not None
+        self._early = EarlyTranscriber(serving.transcription, self._spawn) if early else None
         self._handlers = {
             ce.SessionUpdateEvent: self._session_update,
             ce.InputAudioBufferAppendEvent: self._append,
@@ -163,7 +166,12 @@ class RealtimeSession:
 
     async def _append(self, event: ce.InputAudioBufferAppendEvent) -> None:
         for turn in await self.input.append(event.audio, responding=self.response is not None):
-            if turn.kind == "started":
+            if turn.kind == "paused":
+                if self._early is not None and turn.audio is not None:
+                    self._early.paused(turn.item_id, turn.audio_end_ms, turn.audio, self._transcription_options())
+            elif turn.kind == "started":
+                if self._early is not None:
+                    self._early.cancel()
                 self._interrupt(turn)
                 await self.sink.send(
                     se.InputAudioBufferSpeechStartedEvent(audio_start_ms=turn.audio_start_ms, item_id=turn.item_id)
@@ -191,7 +199,11 @@ class RealtimeSession:
 
     async def _turn(self, turn: TurnEvent, source: str) -> None:
         assert turn.audio is not None
-        await self._commit_audio(turn.audio, turn.item_id, source)
+        early = None
+        detection = self.config.audio.input.turn_detection
+        if self._early is not None and detection is not None:  # stopped at the pause it was transcribed from?
+            early = self._early.take(turn.item_id, turn.audio_end_ms - vad_params(detection).silence_duration_ms)
+        await self._commit_audio(turn.audio, turn.item_id, source, early)
         detection = self.config.audio.input.turn_detection
         if self.config.type != "realtime" or detection is None or not detection.create_response:
             return
@@ -213,7 +225,9 @@ class RealtimeSession:
         self.input.clear()
         await self.sink.send(se.InputAudioBufferClearedEvent())
 
-    async def _commit_audio(self, audio: np.ndarray, item_id: str, source: str) -> None:
+    async def _commit_audio(
+        self, audio: np.ndarray, item_id: str, source: str, early: asyncio.Task[str | None] | None = None
+    ) -> None:
         previous = self.items.last_id
         stored = StoredItem(UserMessage(id=item_id, status="completed", content=[InputAudio()]), audio=audio)
         self.items.add(stored)
@@ -222,15 +236,21 @@ class RealtimeSession:
         await self.sink.send(se.InputAudioBufferCommittedEvent(item_id=item_id, previous_item_id=previous))
         await self.sink.send(se.ConversationItemAddedEvent(previous_item_id=previous, item=stored.item))
         await self.sink.send(se.ConversationItemDoneEvent(previous_item_id=previous, item=stored.item))
-        self._transcribe(stored)
+        self._transcribe(stored, early)
 
     # --- transcription -------------------------------------------------------------------------------
 
-    def _transcribe(self, stored: StoredItem) -> None:
+    def _transcribe(self, stored: StoredItem, early: asyncio.Task[str | None] | None = None) -> None:
         stored.transcript = asyncio.get_running_loop().create_future()
-        self._spawn(self._transcription(stored), f"realtime-transcribe-{stored.id}")
+        self._spawn(self._transcription(stored, early), f"realtime-transcribe-{stored.id}")
 
-    async def _transcription(self, stored: StoredItem) -> None:
+    def _transcription_options(self) -> TranscriptionOptions:
+        settings = self.config.audio.input.transcription
+        return self.serving.transcription.options(
+            language=self.checker.language(self.config), prompt=settings.prompt if settings else None
+        )
+
+    async def _transcription(self, stored: StoredItem, early: asyncio.Task[str | None] | None) -> None:
         future = stored.transcript
         assert future is not None and stored.audio is not None
         audio = stored.audio
@@ -238,12 +258,9 @@ class RealtimeSession:
         text = ""
         deadline = min(TRANSCRIPTION_DEADLINE_SECONDS, self.serving.settings.request_timeout_seconds)
         try:
-            settings = self.config.audio.input.transcription
-            options = self.serving.transcription.options(
-                language=self.checker.language(self.config), prompt=settings.prompt if settings else None
-            )
+            options = self._transcription_options()
             async with asyncio.timeout(deadline):  # an engine that never answers fails the transcription
-                deltas = transcribe_pcm24(self.serving.transcription, audio, options)
+                deltas = turn_deltas(self.serving.transcription, audio, options, early)
                 async with aclosing(deltas):  # type: ignore[type-var]
                     async for delta in deltas:
                         text += delta
