@@ -312,6 +312,9 @@ async def barge_in(
     talking = len(events.log)
     mic.say(speech[INTERRUPTION])
     started = await events.wait(events.kind("input_audio_buffer.speech_started"), talking)
+    # the interrupting turn's own reply is a normal one (random weights speak to the token budget: 256 tokens of
+    # text is over a minute of audio, which outlived --event-timeout at 32 sessions on the H200)
+    await ws.send(json.dumps({"type": "session.update", "session": {"max_output_tokens": args.max_output_tokens}}))
     done = await events.wait(
         lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, created, "the barged-in response.done"
     )
