@@ -343,7 +343,8 @@ def serve(settings: Settings) -> None:
 def _fail(error: StartupError, debug: bool) -> None:
     if debug:
         traceback.print_exception(error, file=sys.stderr)
-    print(f"oai-server: error: {error}", file=sys.stderr)
+    message = " ".join(str(error).split())  # one line, whatever the cause's text holds (HF errors hold newlines)
+    print(f"oai-server: error: {message}", file=sys.stderr)
     sys.exit(error.status)
 
 

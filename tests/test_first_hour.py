@@ -109,6 +109,20 @@ def test_model_that_cannot_load_is_one_line_and_debug_adds_the_traceback(tmp_pat
     assert debug.returncode == 3 and "Traceback" in debug.stderr and "ModelLoadError" in debug.stderr
 
 
+def test_a_cause_with_line_breaks_still_fails_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Hub's errors carry line breaks (offline: "We couldn't connect ...\nCheck your internet connection ...");
+    printed as they were, the advice after them (--demo) fell off the one error line."""
+    from oai_server.cli import StartupError, _fail
+    from oai_server.engines.loading import _load_error
+
+    cause = OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your internet connection.")
+    with pytest.raises(SystemExit) as exited:
+        _fail(StartupError(str(_load_error("org/model", "tokenizer", cause))), debug=False)
+    assert exited.value.code == 3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("oai-server: error: could not load the tokenizer") and "--demo" in line
+
+
 # --------------------------------------------------------------------------- items 8, 9: what a running server logs
 
 
