@@ -18,7 +18,7 @@ from oai_server.engines.vad import (
     speech_regions,
     split_for_asr,
 )
-from oai_server.engines.vad_stream import StreamingVad, VadEvent
+from oai_server.engines.vad_stream import PAUSE_MS, StreamingVad, VadEvent, VadStream
 from tests.speech_audio import Placed, compose, to_pcm16
 
 TOLERANCE_MS = 150
@@ -213,3 +213,28 @@ async def test_a_cancelled_feed_still_lands_before_the_next(conversation: tuple[
     assert stream.frames_done == 2 * SAMPLE_RATE // 512
     assert [e.type for e in events] == ["speech_started"]
     await vad.close()
+
+
+def test_a_pause_is_reported_once_its_silence_lasts_pause_ms_not_for_the_gaps_between_words() -> None:
+    """Frame probabilities straight into the turn rules (32 ms frames, defaults: threshold 0.5, 500 ms silence)."""
+    speech, silence = [0.9] * 10, [0.1]
+    probs = speech + silence * 3 + speech + silence * 8 + speech + silence * 20
+    events = VadStream().advance(np.asarray(probs, np.float32))
+    assert PAUSE_MS == 160  # 5 frames: the 96 ms gap says nothing, the 256 ms one is a pause
+    assert [(e.type, e.audio_ms) for e in events] == [
+        ("speech_started", 0),
+        ("speech_paused", 23 * 32),  # reported 160 ms later, with the time its silence began
+        ("speech_paused", 41 * 32),
+        ("speech_stopped", 41 * 32 + 500),  # the turn stops at its last pause, which early transcription started at
+    ]
+
+
+def test_a_short_silence_duration_still_pauses_before_it_stops_unless_it_stops_at_once() -> None:
+    stream = VadStream(VadParams(silence_duration_ms=96))
+    events = stream.advance(np.asarray([0.9] * 10 + [0.1] * 5, np.float32))
+    assert [e.type for e in events] == ["speech_started", "speech_paused", "speech_stopped"]  # paused at 2 of 3 frames
+    stream = VadStream(VadParams(silence_duration_ms=32))
+    assert [e.type for e in stream.advance(np.asarray([0.9] * 10 + [0.1] * 3, np.float32))] == [
+        "speech_started",
+        "speech_stopped",
+    ]

@@ -30,12 +30,14 @@ from .vad import (
 )
 
 VadEventType = Literal["speech_started", "speech_paused", "speech_stopped"]
+PAUSE_MS = 160
+"""Silence inside a turn that makes a ``speech_paused`` (reported with the time the silence began)."""
 
 
 @dataclass(frozen=True)
 class VadEvent:
-    """``speech_started`` (``audio_ms`` = OpenAI's audio_start_ms), ``speech_paused`` (silence began inside a
-    turn, at ``audio_ms``: the turn stops there unless speech resumes within ``silence_duration_ms``) or
+    """``speech_started`` (``audio_ms`` = OpenAI's audio_start_ms), ``speech_paused`` (silence inside a turn has
+    lasted `PAUSE_MS` since ``audio_ms``: the turn stops there unless speech resumes within ``silence_duration_ms``) or
     ``speech_stopped`` (audio_end_ms = the last pause + ``silence_duration_ms``)."""
 
     type: VadEventType
@@ -60,9 +62,13 @@ class VadStream:
     _detector: TurnDetector | None = None
     _inflight: asyncio.Future[list[VadEvent]] | None = None
     _turn_end_ms: int = 0
+    _pause_frames: int = 0
 
     def __post_init__(self) -> None:
         self._detector = TurnDetector(self.params)
+        # A pause is reported once its silence has lasted PAUSE_MS (the gaps between words rarely do), or never
+        # when the turn ends sooner than that.
+        self._pause_frames = min(-(-PAUSE_MS // FRAME_MS), -(-self.params.silence_duration_ms // FRAME_MS) - 1)
         if self.sample_rate != SAMPLE_RATE:
             self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
 
@@ -92,14 +98,14 @@ class VadStream:
         for prob in probs:
             index = self.frames_done
             opened = self._detector.start is None
-            was_silent = self._detector.silent_since is not None
             turn = self._detector.advance(index, float(prob))
             if opened and self._detector.start is not None:
                 # The prefix never reaches back into the previous turn (its audio was committed with it).
                 start_ms = max(index * FRAME_MS - self.params.prefix_padding_ms, self._turn_end_ms)
                 events.append(VadEvent("speech_started", start_ms))
-            if not was_silent and self._detector.silent_since is not None and turn is None:
-                events.append(VadEvent("speech_paused", self._detector.silent_since * FRAME_MS))
+            silent_since = self._detector.silent_since
+            if turn is None and silent_since is not None and index + 1 - silent_since == self._pause_frames:
+                events.append(VadEvent("speech_paused", silent_since * FRAME_MS))
             if turn is not None:
                 self._turn_end_ms = turn[1] * FRAME_MS + self.params.silence_duration_ms
                 events.append(VadEvent("speech_stopped", self._turn_end_ms))
