@@ -302,7 +302,7 @@ class Settings(BaseSettings):
     realtime_idle_timeout_seconds: float = Field(600.0, gt=0, validation_alias=_env("realtime_idle_timeout_seconds"))
     """A Realtime session with no client event for this long gets an `error` event and is closed."""
     realtime_early_transcription: bool = Field(True, validation_alias=_env("realtime_early_transcription"))
-    """Transcribe a server-VAD turn from the moment its silence begins, while the VAD waits silence_duration_ms
+    """Transcribe a server-VAD turn once its silence has lasted 160 ms, while the VAD waits out silence_duration_ms
     to decide the turn ended (dropped if speech resumes): the reply starts sooner by the transcription's time."""
     realtime_seed: int | None = Field(None, validation_alias=_env("realtime_seed"))
     """Sampling seed of every Realtime response (reproducible tests and benchmarks); unset: random."""
