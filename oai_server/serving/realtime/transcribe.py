@@ -9,8 +9,8 @@ Early transcription (`EarlyTranscriber`): server VAD decides a turn has ended on
 ``silence_duration_ms`` (500 ms by default) of silence, and the reply cannot start before the user's words
 are known. So a turn is transcribed once its silence has lasted 160 ms (the detector's pause; the gaps between
 words are shorter), while the VAD waits out the rest; when the turn stops at that pause the transcript is ready
-or under way, and when speech resumes the early one is dropped (a later pause starts another). The transcript then covers the turn up to its
-pause, without the trailing silence the committed item also holds.
+or under way, and when speech resumes the early one is dropped (a later pause starts another). The transcript
+then covers the turn up to its pause, without the trailing silence the committed item also holds.
 """
 
 from __future__ import annotations
