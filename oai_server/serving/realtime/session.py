@@ -204,7 +204,6 @@ class RealtimeSession:
         if self._early is not None and detection is not None:  # stopped at the pause it was transcribed from?
             early = self._early.take(turn.item_id, turn.audio_end_ms - vad_params(detection).silence_duration_ms)
         await self._commit_audio(turn.audio, turn.item_id, source, early)
-        detection = self.config.audio.input.turn_detection
         if self.config.type != "realtime" or detection is None or not detection.create_response:
             return
         running = self.response
