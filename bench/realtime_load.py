@@ -31,7 +31,6 @@ import asyncio
 import base64
 import json
 import random
-import re
 import sys
 import tempfile
 import time
@@ -39,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server_metrics
 from _common import (
     benchmarked_server,
     simulate_playback,
@@ -184,32 +183,18 @@ async def barge_in(
     )
 
 
-def metric_sums(url: str) -> dict[str, float]:
-    """The realtime series' values (sums and counts) from `/metrics`."""
-    try:
-        text = httpx.get(url + "/metrics", timeout=10).text
-    except httpx.HTTPError:
-        return {}
-    wanted = ("oai_realtime_voice_to_voice_seconds_sum", "oai_realtime_voice_to_voice_seconds_count",
-              "oai_realtime_barge_in_seconds_sum", "oai_realtime_barge_in_seconds_count")  # fmt: skip
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted)
-    }
+SERVER_SERIES = {
+    "voice_to_voice_vad_decision": ("oai_realtime_voice_to_voice_seconds", 'since="vad_decision"'),
+    "voice_to_voice_speech_end": ("oai_realtime_voice_to_voice_seconds", 'since="speech_end"'),
+    "barge_in": ("oai_realtime_barge_in_seconds", ""),
+}
+"""The server's realtime histograms (`server_metrics` scrapes them before and after a level)."""
 
 
 def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    """Mean server-side latencies (ms) over the level, from the histograms' sums and counts."""
-    out: dict[str, float | None] = {}
-    for name, count_after in after.items():
-        found = re.fullmatch(r'oai_realtime_(\w+)_seconds_count(?:\{since="(\w+)"\})?', name)
-        if found is None:
-            continue
-        sum_name = name.replace("_seconds_count", "_seconds_sum", 1)
-        count = count_after - before.get(name, 0.0)
-        total = after.get(sum_name, 0.0) - before.get(sum_name, 0.0)
-        label = "_".join(part for part in found.groups() if part)
-        out[f"{label}_mean_ms"] = total / count * 1000 if count else None
-    return out
+    """Mean server-side latencies (ms) over the level; None for a series nothing was observed in."""
+    view = server_metrics.level_view(before, after, SERVER_SERIES)
+    return {f"{name}_mean_ms": view[name]["mean_ms"] if name in view else None for name in SERVER_SERIES}
 
 
 def summarize(n: int, results: list[SessionResult], wall_s: float, server: dict[str, float | None]) -> dict[str, Any]:
@@ -278,12 +263,12 @@ async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
     rng = random.Random(args.seed)
     levels = []
     for n in args.sessions:
-        before = metric_sums(args.url)
+        before = server_metrics.scrape(args.url, SERVER_SERIES)
         started = time.monotonic()
         delays = [rng.uniform(0, args.stagger_s) for _ in range(n)]
         results = await asyncio.gather(*(session(args, i, speech, delays[i]) for i in range(n)))
         wall = time.monotonic() - started
-        level = summarize(n, list(results), wall, server_means(before, metric_sums(args.url)))
+        level = summarize(n, list(results), wall, server_means(before, server_metrics.scrape(args.url, SERVER_SERIES)))
         levels.append(level)
         print(table([level]).splitlines()[-1], flush=True)
         print_failures(list(results))

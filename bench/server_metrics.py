@@ -22,11 +22,12 @@ SERIES = {
     "loop_lag": ("oai_event_loop_lag_seconds", ""),
 }
 """Name in the report -> (histogram family, label filter)."""
+Series = dict[str, tuple[str, str]]
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Every histogram sample (`name{labels}` -> value) of the families in `SERIES`; {} if unreachable."""
-    families = tuple({family for family, _ in SERIES.values()})
+def scrape(url: str, series: Series = SERIES) -> dict[str, float]:
+    """Every histogram sample (`name{labels}` -> value) of the families in `series`; {} if unreachable."""
+    families = tuple({family for family, _ in series.values()})
     try:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError:
@@ -67,10 +68,10 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return lower_bound
 
 
-def level_view(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Per series in `SERIES`: observations during the level, mean, p50, p95 and p99 (ms)."""
+def level_view(before: dict[str, float], after: dict[str, float], series: Series = SERIES) -> dict[str, Any]:
+    """Per series in `series` observed during the level: observations, mean, p50, p95 and p99 (ms)."""
     view: dict[str, Any] = {}
-    for name, (family, label) in SERIES.items():
+    for name, (family, label) in series.items():
         counts = _delta(before, after, family, "count", label)
         count = sum(counts.values())
         if count <= 0:
