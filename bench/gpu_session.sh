@@ -80,31 +80,22 @@ speech_input() {
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv > $W/gpu_apps.csv
   kill $SP
 }
-job() {  # job <name>: run it from the copy of the tree, its log and a done marker in $S/<name>
-  mkdir -p "$S/$1"
+job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
+  for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of "$1"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
-      $1 > $S/$1/job.log 2>&1; touch $S/$1/done" ) < /dev/null > /dev/null 2>&1 &
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+      for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in
   setup)
     python3 bench/build_random_models.py --out "$RAND" --which all --device cuda > /tmp/build.log 2>&1 \
       || { tail -30 /tmp/build.log; exit 4; }
     python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
-    ls "$RAND"; rm -rf "$REPO" && mkdir -p "$REPO" "$S"
-    tar --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -xf - -C "$REPO"
-    nvidia-smi -L
+    ls "$RAND"; nvidia-smi -L
     ;;
   start)
     rm -rf "$REPO" && mkdir -p "$REPO" "$S" && tar --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -xf - -C "$REPO"
-    if [ -n "${ONE_CARD:-}" ]; then
-      ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of speech_input onecard); \
-          $(declare -p SERVE S RAND MEAN_LENGTH_S); mkdir -p $S/speech_input $S/onecard; \
-          speech_input > $S/speech_input/job.log 2>&1; touch $S/speech_input/done; \
-          onecard > $S/onecard/job.log 2>&1; touch $S/onecard/done" ) < /dev/null > /dev/null 2>&1 &
-    else
-      job onecard; job speech_input
-    fi
+    if [ -n "${ONE_CARD:-}" ]; then job speech_input onecard; else job onecard; job speech_input; fi
     sleep 5; exec bash "$0" watch
     ;;
   watch)  # until both jobs are done or WATCH_S (540) passed; then pack
