@@ -8,7 +8,8 @@
 #                 the speech search again without admission by real-time headroom; also `arrivals` (Poisson at 80 %
 #                 of the speech capacity and the 1.5x overload) and `mixed`. Bursts go out from CLIENT_PROCS (8)
 #                 client processes.
-#   speech_input  (GPU SI_GPU, 1): one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
+#   speech_input  (GPU SI_GPU, 1): first bench/asr_profile.py (Whisper alone, in process; ASR_PROFILE= skips it), then
+#                 one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
 #                 sessions), bench/asr_load.py (1 and 32 concurrent, 64 speech streams beside 32 transcribers), then
 #                 the speech capacity search with Whisper loaded (its cost to the one-card capacity).
 #
@@ -28,7 +29,7 @@ SERVE=(--engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orph
   --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" --llm-gpu-memory-utilization "${LLM_MEM:-0.25}"
   --tts-max-num-seqs 384 --llm-max-num-seqs 256 --max-concurrent-streams 1024 --max-queued 1024)
 gpu_pids() { nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null; }
-pack() { tar czf "$OUT/s6.tgz" -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
+pack() { tar czf "$OUT/s6.tgz" --exclude='*.pt.trace.json*' -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
 load() {  # bench/load.py against the job's server (PORT), with the capacity definitions of bench/README.md
   python3 bench/load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --concurrency '' --search-growth 1.5 \
     --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 --client-procs "${CLIENT_PROCS:-8}" "$@"
@@ -67,6 +68,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
 }
 speech_input() {
   W=$S/speech_input; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  [ -n "${ASR_PROFILE:-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
+    > $W/asr_profile.log 2>&1
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
     > $W/server.log 2>&1 &
   SP=$!
