@@ -68,7 +68,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
 }
 speech_input() {
   W=$S/speech_input; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
-  [ -n "${ASR_PROFILE:-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
+  [ -n "${ASR_PROFILE-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
     > $W/asr_profile.log 2>&1
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
     > $W/server.log 2>&1 &
