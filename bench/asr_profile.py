@@ -201,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
     report["start_s"] = round(time.perf_counter() - started, 1)
     await transcribe(engine, audio, 4, "warm")
     levels = [int(n) for n in args.concurrency.split(",")]
-    sampler = Sampler()
+    threads: dict[str, Any] = {}
     for n in levels:
         level: dict[str, Any] = {}
         prompts, render_s = await render(engine, audio, n)
@@ -210,13 +210,14 @@ async def main(args: argparse.Namespace) -> None:
         level["decode"] = await generate(engine, prompts, 24, f"dec{n}")
         stop, lags = asyncio.Event(), list[float]()
         ticker = asyncio.create_task(loop_lag(stop, lags))
-        with sampler:
+        with (sampler := Sampler()):
             totals = [t for _ in range(args.rounds) for t in await transcribe(engine, audio, n, f"t{n}")]
         stop.set()
         await ticker
         level["transcribe_ms"] = spread([t * 1000 for t in totals])
         level["loop_lag_ms"] = spread([lag * 1000 for lag in lags])
         report[f"n{n}"] = level
+        threads[f"n{n}"] = sampler.top()
         enc, dec = level["encode"], level["decode"]
         print(f"N={n:3d} render p50 {level['render_ms']['p50']:7.1f}  encode(1 tok) p95 "
               f"{enc['total_ms']['p95']:7.1f}  decode(24) first p50 {dec['first_ms']['p50']:7.1f} "
@@ -224,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
               f"transcribe p50 {level['transcribe_ms']['p50']:7.1f} p95 {level['transcribe_ms']['p95']:7.1f}  "
               f"loop lag p99 {level['loop_lag_ms']['p99']:5.1f}", flush=True)  # fmt: skip
         print("   decode step ms:", level["decode"]["step_ms"][:40], flush=True)
-    report["threads"] = sampler.top()
+    report["threads"] = threads
     await engine._engine.start_profile()
     profiled = await transcribe(engine, audio, levels[-1], "prof")
     await engine._engine.stop_profile()

@@ -128,7 +128,7 @@ async def test_streams_the_direct_engines_ids(scripted, text_only: bool) -> None
     direct = [t for d in await collect(engine.generate(PROMPT, params(repetition_penalty=1.3), "direct-1")) for t in d]
     remote = make_remote(base_url)
     try:
-        deltas = await collect(remote.generate(PROMPT, params(repetition_penalty=1.3), "req-1"))
+        deltas = await collect(remote.generate(PROMPT, params(repetition_penalty=1.3, min_tokens=14), "req-1"))
     finally:
         await remote.close()
     assert [t for d in deltas for t in d] == direct and len(direct) == 21
@@ -136,7 +136,7 @@ async def test_streams_the_direct_engines_ids(scripted, text_only: bool) -> None
     body, headers = app.state.received[0]["body"], app.state.received[0]["headers"]
     assert body["prompt"] == PROMPT and body["return_token_ids"] is True and body["stream"] is True
     assert body["vllm_xargs"] == {"orpheus_audio_slots": 1}
-    assert body["repetition_penalty"] == 1.3 and body["stop_token_ids"] == list(STOP)
+    assert body["repetition_penalty"] == 1.3 and body["stop_token_ids"] == list(STOP) and body["min_tokens"] == 14
     assert body["top_k"] == -1 and body["skip_special_tokens"] is False and body["seed"] == 7
     assert headers["x-request-id"] == "req-1" and headers["authorization"] == "Bearer sk-upstream"
 

@@ -54,6 +54,27 @@ def test_stop_is_only_allowed_on_frame_boundaries(position: int) -> None:
     assert (chosen == orpheus.END_OF_SPEECH) == (position % 7 == 0)
 
 
+def test_min_tokens_hold_the_end_of_speech_back_to_the_first_allowed_boundary() -> None:
+    logits = torch.zeros(V)
+    logits[orpheus.END_OF_SPEECH] = 100.0  # the model wants to stop at once
+    sampler = _sampler(temperature=0.0, orpheus_audio_slots=True, min_tokens=21)
+    chosen = [sampler.step(logits) for _ in range(22)]
+    assert orpheus.END_OF_SPEECH not in chosen[:21] and chosen[21] == orpheus.END_OF_SPEECH
+    for position in (0, 7, 14):
+        assert torch.isinf(audio_slot_mask(logits, position, min_tokens=21)[orpheus.END_OF_SPEECH])
+    assert audio_slot_mask(logits, 21, min_tokens=21)[orpheus.END_OF_SPEECH] == 100.0
+
+
+def test_min_tokens_hold_plain_stop_ids_back_and_leave_the_callers_logits_alone() -> None:
+    logits = torch.zeros(8)
+    logits[5] = 10.0
+    sampler = TokenSampler(SamplingParams(max_tokens=9, temperature=0.0, stop_token_ids=(5, 99), min_tokens=3), [], 8)
+    assert [sampler.step(logits) for _ in range(4)] == [0, 0, 0, 5]
+    assert logits[5] == 10.0
+    unbounded = TokenSampler(SamplingParams(max_tokens=9, temperature=0.0, stop_token_ids=(5,)), [], 8)
+    assert unbounded.step(logits) == 5
+
+
 @pytest.mark.parametrize("code", [0, 4095])
 @pytest.mark.parametrize("position", [0, 3, 6])
 def test_edge_codes_reachable(code: int, position: int) -> None:

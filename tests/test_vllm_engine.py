@@ -204,6 +204,7 @@ def test_sampling_kwargs_maps_every_field() -> None:
         frequency_penalty=0.2,
         seed=123,
         stop_token_ids=(128258, 5),
+        min_tokens=21,
         orpheus_audio_slots=True,
     )
     assert sampling_kwargs(params) == {
@@ -217,13 +218,14 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "frequency_penalty": 0.2,
         "seed": 123,
         "stop_token_ids": [128258, 5],
+        "min_tokens": 21,
         "detokenize": False,
         "skip_special_tokens": False,
         "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1},
     }
     plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))
     assert plain["repetition_penalty"] == 1.2 and plain["top_k"] == 0
-    assert plain["seed"] is None and plain["stop_token_ids"] == []
+    assert plain["seed"] is None and plain["stop_token_ids"] == [] and plain["min_tokens"] == 0
     assert "extra_args" not in plain
 
 

@@ -71,6 +71,7 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         frequency_penalty=float(body.get("frequency_penalty", 0.0)),
         seed=None if seed is None else int(seed),
         stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
+        min_tokens=int(body.get("min_tokens") or 0),
         orpheus_audio_slots=bool(xargs.get("orpheus_audio_slots")),
     )
 

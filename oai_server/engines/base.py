@@ -28,6 +28,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    min_tokens: int = 0
+    """No stop token (of ``stop_token_ids``, and `END_OF_SPEECH` under ``orpheus_audio_slots``) is sampled
+    before this many tokens are generated."""
     orpheus_audio_slots: bool = False
     """Constrain sampling to the Orpheus audio band of each position (see `pipeline.orpheus`)."""
 

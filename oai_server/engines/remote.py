@@ -191,6 +191,8 @@ class RemoteEngine(UpstreamCalls):
             body["seed"] = params.seed
         if params.stop_token_ids:
             body["stop_token_ids"] = list(params.stop_token_ids)
+        if params.min_tokens:
+            body["min_tokens"] = params.min_tokens  # vLLM's extension of the completions API
         if params.orpheus_audio_slots and self.config.forward_orpheus_slots:
             # Only the slot flag: the penalty stays vLLM's, so an upstream without our processor keeps it.
             body["vllm_xargs"] = {"orpheus_audio_slots": 1}

@@ -44,16 +44,16 @@ def apply_presence_frequency(
     return logits - frequency * counts_f - presence * (counts_f > 0).to(logits.dtype)
 
 
-def audio_slot_mask(logits: torch.Tensor, position: int) -> torch.Tensor:
+def audio_slot_mask(logits: torch.Tensor, position: int, min_tokens: int = 0) -> torch.Tensor:
     """Keep only the ids allowed at Orpheus audio position ``position``; the rest become -inf.
 
-    Allowed: the 4096-id band of slot ``position % 7`` and, on a frame boundary only,
+    Allowed: the 4096-id band of slot ``position % 7`` and, on a frame boundary from ``min_tokens`` on,
     `END_OF_SPEECH`. Works on ``[..., vocab]`` tensors with one fill and one slice copy.
     """
     band = orpheus.slot_band(position)
     out = torch.full_like(logits, float("-inf"))
     out[..., band.start : band.stop] = logits[..., band.start : band.stop]
-    if orpheus.stop_allowed(position):
+    if orpheus.stop_allowed(position) and position >= min_tokens:
         eos = orpheus.END_OF_SPEECH
         out[..., eos] = logits[..., eos]
     return out
@@ -100,7 +100,8 @@ class TokenSampler:
 
     Call `step` with the next-token logits (1-D, full vocabulary); it returns the chosen id
     and records it as generated. With ``params.orpheus_audio_slots`` the k-th call may only
-    return an id of `orpheus.slot_band(k)` or, when `orpheus.stop_allowed(k)`, END_OF_SPEECH.
+    return an id of `orpheus.slot_band(k)` or, when `orpheus.stop_allowed(k)`, END_OF_SPEECH. Before
+    ``params.min_tokens`` calls, no stop token is returned.
     """
 
     def __init__(
@@ -133,7 +134,11 @@ class TokenSampler:
         """Penalties and the audio-slot constraint (no temperature/top-k/top-p), full vocabulary."""
         logits = self.penalise(logits)
         if self.params.orpheus_audio_slots:
-            logits = audio_slot_mask(logits, self.generated)
+            return audio_slot_mask(logits, self.generated, self.params.min_tokens)
+        if self.generated < self.params.min_tokens and self.params.stop_token_ids:
+            stops = [t for t in self.params.stop_token_ids if 0 <= t < logits.shape[-1]]
+            logits = logits.clone()  # penalise may hand back the caller's tensor
+            logits[stops] = float("-inf")
         return logits
 
     def step(self, logits: torch.Tensor) -> int:
@@ -143,13 +148,13 @@ class TokenSampler:
             # 4097 allowed logits are penalised and sorted, not all 156 940.
             band = orpheus.slot_band(self.generated)
             candidates = self.penalise(logits[band.start : band.stop], band.start)
-            if orpheus.stop_allowed(self.generated):
+            if orpheus.stop_allowed(self.generated) and self.generated >= self.params.min_tokens:
                 eos = orpheus.END_OF_SPEECH
                 candidates = torch.cat([candidates, self.penalise(logits[eos : eos + 1], eos)])
             index = choose(candidates, self.params, self.generator)
             token = band.start + index if index < len(band) else orpheus.END_OF_SPEECH
         else:
-            token = choose(self.penalise(logits), self.params, self.generator)
+            token = choose(self.process(logits), self.params, self.generator)
         self.record(token)
         return token
 

@@ -52,6 +52,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "frequency_penalty": params.frequency_penalty,
         "seed": params.seed,
         "stop_token_ids": list(params.stop_token_ids),
+        "min_tokens": params.min_tokens,
         "detokenize": False,
         "skip_special_tokens": False,
     }
