@@ -9,11 +9,13 @@ The 5 s espeak-ng utterance (`bench/data/utterance_5s.flac`, 16 kHz), `language=
 - ``encode``: N pre-rendered prompts at once with ``max_tokens=1`` (the encoder and one decoder step);
 - ``decode``: the same with 24 tokens; every output's arrival is kept, and arrivals closer than 0.3 ms
   count as one engine step, so the step times show where the engine's time goes;
-- ``transcribe``: `VLLMWhisper.transcribe`, as the server calls it (render, then generate).
+- ``transcribe``: `VLLMWhisper.transcribe` (render, then generate);
+- ``service``: the server's `TranscriptionService` without HTTP: the flac decoded, the VAD, then ``transcribe``.
 
 Then one more ``transcribe`` round at the largest N under vLLM's torch profiler (the engine core's CPU and
 CUDA activity): vLLM writes its table to ``--out/profile/profiler_out_0.txt``, and this script adds the GPU's
-busy time over the profiled span from the trace. During the unprofiled ``transcribe`` rounds a sampler notes
+busy time over the profiled span from the trace, and for the longest gaps in the GPU's work what the engine
+core's CPU ran meanwhile. During the unprofiled ``transcribe`` rounds a sampler notes
 every 2 ms what each thread of this process runs, and a 1 ms ticker measures the event loop's lag.
 
 No assertions: it measures and reports (``--out/asr_profile.json`` and a table on stdout).
@@ -43,6 +45,8 @@ from oai_server.codec.audio_input import decode_audio
 from oai_server.engines.asr import TranscriptionParams
 from oai_server.engines.asr_vllm import VLLMWhisper, transcription_sampling_kwargs, whisper_prompt
 from oai_server.engines.vllm_engine import build_async_llm
+from oai_server.serving.transcription import TranscriptionService
+from oai_server.settings import Settings
 
 UTTERANCE = Path(__file__).resolve().parent / "data" / "utterance_5s.flac"
 STEP_GAP_S = 0.0003
@@ -144,6 +148,38 @@ async def transcribe(engine: VLLMWhisper, audio: np.ndarray, n: int, tag: str) -
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def service(svc: TranscriptionService, data: bytes, n: int) -> list[float]:
+    """N concurrent transcriptions of the file's bytes through the server's service (decode, VAD, engine)."""
+    options = svc.options(language="en", max_tokens=24)
+
+    async def one() -> float:
+        start = time.perf_counter()
+        await svc.transcribe(await svc.prepare(await svc.decode(data), options))
+        return time.perf_counter() - start
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def idle_gaps(kernels: list[tuple[float, float, str]], cpu: list[dict[str, Any]], top: int = 8) -> list[dict[str, Any]]:
+    """The ``top`` longest gaps between GPU kernels, each with the CPU events that overlap it most."""
+    gaps, end = [], 0.0
+    for start, stop, _ in kernels:
+        if end and start - end > 1000:  # over 1 ms idle
+            gaps.append((start - end, end, start))
+        end = max(end, stop)
+    out = []
+    for length, begin, finish in sorted(gaps, reverse=True)[:top]:
+        overlap = collections.Counter[str]()
+        for e in cpu:
+            lo, hi = max(begin, e["ts"]), min(finish, e["ts"] + e.get("dur", 0))
+            if hi > lo:
+                overlap[f"{e.get('cat')}:{e['name'][:70]}"] += hi - lo
+        out.append(
+            {"gap_ms": round(length / 1000, 2), "cpu_ms": [(k, round(v / 1000, 2)) for k, v in overlap.most_common(8)]}
+        )
+    return out
+
+
 def gpu_busy(trace_dir: Path) -> dict[str, Any]:
     """The GPU's busy time (union of kernel intervals) over the span of the profiled kernels, from the trace."""
     traces = sorted(trace_dir.glob("*.pt.trace.json*"))
@@ -162,7 +198,9 @@ def gpu_busy(trace_dir: Path) -> dict[str, Any]:
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = (kernels[-1][1] - kernels[0][0]) if kernels else 0.0
+    cpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation")]
     return {
+        "gaps": idle_gaps(kernels, cpu),
         "trace": path.name,
         "kernels": len(kernels),
         "span_ms": round(span / 1000, 1),
@@ -226,6 +264,13 @@ async def main(args: argparse.Namespace) -> None:
               f"loop lag p99 {level['loop_lag_ms']['p99']:5.1f}", flush=True)  # fmt: skip
         print("   decode step ms:", level["decode"]["step_ms"][:40], flush=True)
     report["threads"] = threads
+    svc = TranscriptionService(Settings(), engine)
+    data = UTTERANCE.read_bytes()
+    for n in levels:
+        totals = [t for _ in range(args.rounds) for t in await service(svc, data, n)]
+        report[f"n{n}"]["service_ms"] = spread([t * 1000 for t in totals])
+        print(f"N={n:3d} service (decode, VAD, transcribe) p50 {report[f'n{n}']['service_ms']['p50']:7.1f} "
+              f"p95 {report[f'n{n}']['service_ms']['p95']:7.1f}", flush=True)  # fmt: skip
     await engine._engine.start_profile()
     profiled = await transcribe(engine, audio, levels[-1], "prof")
     await engine._engine.stop_profile()

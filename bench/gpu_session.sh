@@ -6,8 +6,12 @@
 #   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition, phases ONECARD_PHASES (default
 #                 ttfa,speech,chat,nogate): TTFA at one stream (speech, chat), the speech and chat capacity searches,
 #                 the speech search again without admission by real-time headroom; also `arrivals` (Poisson at 80 %
-#                 of the speech capacity and the 1.5x overload) and `mixed`. Bursts go out from CLIENT_PROCS (8)
+#                 of the speech capacity, or of CAPACITY, and the 1.5x overload) and `mixed`. Bursts go out from CLIENT_PROCS (8)
 #                 client processes.
+#   baselines     (after onecard with CARD0_JOBS="onecard baselines"): bench/baselines.py, ours and raw vLLM in process
+#                 at BASE_CONC (128,192) streams.
+#   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/asr_profile.py at 1 and 32, then the server with
+#                 Whisper under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
 #   speech_input  (GPU SI_GPU, 1): first bench/asr_profile.py (Whisper alone, in process; ASR_PROFILE= skips it), then
 #                 one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
 #                 sessions), bench/asr_load.py (1 and 32 concurrent, 64 speech streams beside 32 transcribers), then
@@ -48,7 +52,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
       speech) load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech \
                 > $W/speech.log 2>&1 ;;
       arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
-        C=$(capacity_of $W/speech speech); [ "$C" -gt 0 ] || C=96
+        C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=96
         RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
           --out $W/arrivals > $W/arrivals.log 2>&1 ;;
@@ -83,6 +87,27 @@ speech_input() {
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv > $W/gpu_apps.csv
   kill $SP
 }
+baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in process (bench/baselines.py), GPU 0
+  W=$S/baselines; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}; sleep 15  # the previous job's engines exit
+  # NO_CLEANUP: gpu_load.sh would otherwise pkill every engine core of the machine, the other card's too
+  NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
+    bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
+}
+asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
+  W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile --concurrency 1,32 --rounds 2 \
+    > $W/asr_profile.log 2>&1
+  python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --port $PORT > $W/server.log 2>&1 &
+  SP=$!
+  until curl -sf "http://127.0.0.1:$PORT/health/ready" > /dev/null; do sleep 5; done
+  # py-spy (carried in .devcarry2/p3) samples the server and its engine cores through the bursts of 32
+  (sleep 12; /tmp/site/bin/py-spy record -p $SP --subprocesses --threads --nonblocking -r 200 -d 20 -f raw -o $W/spy32.txt \
+     > $W/spy.log 2>&1) &
+  python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
+    --concurrency 1,32 --rounds 12 --saturate 0 --speech-streams 0 --warmup 4 > $W/asr.log 2>&1
+  curl -s "http://127.0.0.1:$PORT/metrics" > $W/metrics.txt
+  wait; kill $SP
+}
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
@@ -98,12 +123,13 @@ case "${1:-}" in
     ;;
   start)
     rm -rf "$REPO" && mkdir -p "$REPO" "$S" && tar --exclude='./.devcarry*' --exclude=./.git -cf - . | tar -xf - -C "$REPO"
-    if [ -n "${ONE_CARD:-}" ]; then job speech_input onecard; else job onecard; job speech_input; fi
+    if [ -n "${ONE_CARD:-}" ]; then job speech_input onecard; else job ${CARD0_JOBS:-onecard}; job ${SI_JOB:-speech_input}; fi
     sleep 5; exec bash "$0" watch
     ;;
   watch)  # until both jobs are done or WATCH_S (540) passed; then pack
     T0=$(date +%s)
-    while [ ! -f $S/onecard/done ] || [ ! -f $S/speech_input/done ]; do
+    LAST0=${CARD0_JOBS:-onecard}; LAST0=${LAST0##* }
+    while [ ! -f $S/$LAST0/done ] || [ ! -f $S/${SI_JOB:-speech_input}/done ]; do
       [ $(( $(date +%s) - T0 )) -ge "${WATCH_S:-540}" ] && break
       sleep 20
     done
