@@ -103,10 +103,11 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
   # py-spy (carried in .devcarry2/p3) samples the server and its engine cores through the bursts of 32
   (sleep 12; /tmp/site/bin/py-spy record -p $SP --subprocesses --threads --nonblocking -r 200 -d 20 -f raw -o $W/spy32.txt \
      > $W/spy.log 2>&1) &
+  SPY=$!
   python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
     --concurrency 1,32 --rounds 12 --saturate 0 --speech-streams 0 --warmup 4 > $W/asr.log 2>&1
   curl -s "http://127.0.0.1:$PORT/metrics" > $W/metrics.txt
-  wait; kill $SP
+  wait $SPY; kill $SP  # a bare `wait` would wait for the server too
 }
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
