@@ -16,7 +16,7 @@ def test_realtime_load_smoke(rt_server: RealtimeServer, tmp_path: Path) -> None:
     out = tmp_path / "rt"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "realtime_load.py"), "--url", rt_server.live.url, "--sessions", "2",
-         "--turns", "1", "--max-output-tokens", "16", "--barge-in-max-tokens", "64", "--stagger-s", "0.3",
+         "--turns", "1", "--max-output-tokens", "16", "--barge-in-max-tokens", "256", "--stagger-s", "0.3",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
