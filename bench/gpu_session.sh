@@ -10,7 +10,7 @@
 #                 client processes.
 #   baselines     (after onecard with CARD0_JOBS="onecard baselines"): bench/baselines.py, ours and raw vLLM in process
 #                 at BASE_CONC (128,192) streams.
-#   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/asr_profile.py at 1 and 32, then the server with
+#   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32, then the server with
 #                 Whisper under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
 #   speech_input  (GPU SI_GPU, 1): first bench/asr_profile.py (Whisper alone, in process; ASR_PROFILE= skips it), then
 #                 one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
@@ -95,6 +95,7 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
   W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  python3 bench/audio_cpu.py --out $W > $W/audio_cpu.log 2>&1  # the host's CPU side first (seconds, no GPU)
   python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile --concurrency 1,32 --rounds 2 \
     > $W/asr_profile.log 2>&1
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --port $PORT > $W/server.log 2>&1 &

@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         if engines is not None:
             app.state.services = build_services(settings, engines, app.state.metrics)
             yield
+            app.state.services.close()
             return
         async with open_engines(settings) as opened:
             services = build_services(settings, opened, app.state.metrics)
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             drained = await services.admission.wait_idle(settings.shutdown_drain_seconds)
             if not drained:
                 logger.warning("shutdown: aborting %d streams still in flight", services.admission.active)
+            services.close()
 
     app = FastAPI(title="oai-server", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

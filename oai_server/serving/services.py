@@ -41,6 +41,10 @@ class Services:
     metrics: Metrics | None = None
     started_at: float = field(default_factory=time.time)
 
+    def close(self) -> None:
+        """Release what the serving objects hold beside the engines (the audio worker threads)."""
+        self.transcription.close()
+
 
 def build_services(settings: Settings, engines: Engines, metrics: Metrics | None = None) -> Services:
     """Wire the serving objects onto the engines."""

@@ -66,6 +66,7 @@ from ..engines.vad import (
 from ..errors import APIError, check_length, invalid, model_not_found
 from ..protocol.transcription import ServerVadChunking, TranscriptionForm, TranslationForm
 from ..settings import Settings
+from .audio_workers import AudioWorkers
 from .lifecycle import as_api_error
 from .transcript_events import (
     AudioPiece,
@@ -117,11 +118,17 @@ class TranscriptionService:
         *,
         vad: SileroVad | None = None,
         max_parallel: int = MAX_PARALLEL_PIECES,
+        workers: AudioWorkers | None = None,
     ) -> None:
         self.settings = settings
         self.asr = asr
         self._vad = vad
         self._max_parallel = max_parallel
+        self._workers = workers or AudioWorkers(settings.asr_audio_workers)
+
+    def close(self) -> None:
+        """Stop the audio worker threads (decoding, resampling, the VAD)."""
+        self._workers.close()
 
     # ------------------------------------------------------------------ validation
     @property
@@ -215,8 +222,8 @@ class TranscriptionService:
 
     # ------------------------------------------------------------------ decoding and planning
     async def decode(self, data: bytes, *, param: str = "file", max_bytes: int = MAX_UPLOAD_BYTES) -> DecodedAudio:
-        """Decode any accepted container to 16 kHz mono in a worker thread (400 envelopes naming ``param``)."""
-        return await asyncio.to_thread(
+        """Decode any accepted container to 16 kHz mono on an audio worker (400 envelopes naming ``param``)."""
+        return await self._workers.run(
             decode_audio,
             data,
             sample_rate=SAMPLE_RATE,
@@ -226,7 +233,7 @@ class TranscriptionService:
         )
 
     async def decode_base64(self, data: str, *, param: str) -> DecodedAudio:
-        """Decode base64 audio (a chat ``input_audio`` part) in a worker thread."""
+        """Decode base64 audio (a chat ``input_audio`` part) on an audio worker."""
 
         def work() -> DecodedAudio:
             raw = decode_base64(data, param=param)
@@ -234,11 +241,11 @@ class TranscriptionService:
                 raw, sample_rate=SAMPLE_RATE, param=param, max_seconds=self.settings.asr_max_audio_seconds
             )
 
-        return await asyncio.to_thread(work)
+        return await self._workers.run(work)
 
     async def decode_pcm16(self, data: bytes, source_rate: int, *, param: str) -> DecodedAudio:
-        """Raw s16le mono at ``source_rate`` (a Realtime input audio buffer: 24 kHz) to 16 kHz, in a worker thread."""
-        return await asyncio.to_thread(
+        """Raw s16le mono at ``source_rate`` (a Realtime input audio buffer: 24 kHz) to 16 kHz, on an audio worker."""
+        return await self._workers.run(
             decode_pcm16,
             data,
             source_rate,
@@ -248,10 +255,10 @@ class TranscriptionService:
         )
 
     async def prepare(self, audio: DecodedAudio, options: TranscriptionOptions) -> TranscriptionJob:
-        """Find the speech (VAD, in a worker thread) and cut it into model windows."""
+        """Find the speech (VAD, on an audio worker) and cut it into model windows."""
         self._require("model")
         params = options.vad or self.vad_params()
-        pieces = await asyncio.to_thread(self._plan, audio.samples, params, options.timestamped)
+        pieces = await self._workers.run(self._plan, audio.samples, params, options.timestamped)
         return TranscriptionJob(audio, options, pieces)
 
     def _plan(self, samples: np.ndarray, params: VadParams, timestamped: bool) -> tuple[AudioPiece, ...]:
@@ -352,7 +359,7 @@ class TranscriptionService:
             async with limiter:
                 samples = job.audio.samples[piece.start : piece.end]
                 if asr.sample_rate != SAMPLE_RATE:
-                    samples = await asyncio.to_thread(resample, samples, SAMPLE_RATE, asr.sample_rate)
+                    samples = await self._workers.run(resample, samples, SAMPLE_RATE, asr.sample_rate)
                 budget = piece_token_budget(piece.samples / SAMPLE_RATE, self.settings.asr_max_tokens_per_second)
                 piece_params = replace(params, max_tokens=min(params.max_tokens, budget))
                 pieces = asr.transcribe(samples, piece_params, f"{job.job_id}-{piece.index}")
