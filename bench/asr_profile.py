@@ -279,6 +279,7 @@ async def main(args: argparse.Namespace) -> None:
     report["gpu"] = gpu_busy(profile_dir)
     write_json(out / "asr_profile.json", report)
     print(json.dumps({"gpu": report["gpu"], "threads": report["threads"]}, indent=1)[:6000])
+    svc.close()
     await engine.close()
 
 
