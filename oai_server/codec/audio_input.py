@@ -39,6 +39,7 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 ALLOWED_DEMUXERS = ("wav", "mp3", "flac", "ogg", "matroska", "mov", "aac")
 """ffmpeg demuxer names accepted (``matroska`` covers webm, ``mov`` covers mp4 and m4a)."""
 _CHUNK_SAMPLES = 1 << 16
+_OUT_FRAME_SAMPLES = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def _resample(
         if key != setup:  # the stream changed shape (chained ogg, ...): flush and start a new resampler
             if resampler is not None:
                 out.extend(_planar_mean(resampler.resample(None)))
-            resampler, setup = av.AudioResampler(format="fltp", rate=rate), key
+            # Frames of a second or so out: fewer conversions than one per decoded frame (~1152 samples of flac)
+            resampler, setup = av.AudioResampler(format="fltp", rate=rate, frame_size=_OUT_FRAME_SAMPLES), key
         assert resampler is not None
         for samples in _planar_mean(resampler.resample(frame)):
             out.append(samples)
