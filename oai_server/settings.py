@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     """Threads of vLLM's renderer that prepare Whisper inputs (log-mel features, tokens) off the event loop."""
     asr_audio_workers: int = Field(4, ge=1, le=64, validation_alias=_env("asr_audio_workers"))
     """Threads that decode, resample and run the VAD on input audio for transcription (a small pool: the work
-    mostly holds the GIL, and 32 threads of it ran 1.6-2.4x slower than 4 on the same cores)."""
+    mostly holds the GIL: 32 decodes took 2.2-2.5x as long in 32 threads as in 4 on the same cores)."""
     asr_max_tokens_per_second: float = Field(20.0, ge=0, validation_alias=_env("asr_max_tokens_per_second"))
     """Transcript tokens allowed per second of audio (plus 16), below the model's 448; bounds Whisper's
     hallucination loops on noise (fast speech is ~8 tokens/s). 0: no bound but the model's."""

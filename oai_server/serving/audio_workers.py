@@ -1,11 +1,11 @@
 """A small bounded thread pool for the CPU work on input audio: decoding, resampling, the VAD.
 
-Most of that work holds the GIL (PyAV's decoding and its resampling call per decoded frame, numpy), so more
-threads than a few only queue for it, and each hand-over costs: on a 2-core machine 32 decodes of a 5 s file
-took 326-361 ms in 32 threads against 101 ms in one, and 32 decodes with the VAD 388-492 ms in 32 threads
-against 222-235 ms in 4 (`bench/audio_cpu.py`, two runs). asyncio's default executor (cores + 4 threads, 36
-on a 32-core GPU host) is the many-threads case. A pool of a few keeps this work off the event loop without the
-convoy, and leaves the default executor to everything else.
+Most of that work holds the GIL (PyAV's decoding and resampling, numpy), so more threads than a few only queue
+for it, and each hand-over costs. On a 2-core machine, 32 decodes of a 5 s file took 286-361 ms in 32 threads,
+against 84-101 ms in one and 105-151 ms in 4 (`bench/audio_cpu.py`, three runs). The VAD's onnxruntime call
+releases the GIL, so decoding with the VAD gains less: 247-492 ms against 222-235 ms. asyncio's default
+executor (cores + 4 threads, 36 on a 32-core GPU host) is the many-threads case. A pool of a few keeps this
+work off the event loop without the convoy, and leaves the default executor to everything else.
 """
 
 from __future__ import annotations
