@@ -10,8 +10,9 @@
 #                 client processes.
 #   baselines     (after onecard with CARD0_JOBS="onecard baselines"): bench/baselines.py, ours and raw vLLM in process
 #                 at BASE_CONC (128,192) streams.
-#   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32, then the server with
-#                 Whisper under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
+#   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
+#                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
+#                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
 #   speech_input  (GPU SI_GPU, 1): first bench/asr_profile.py (Whisper alone, in process; ASR_PROFILE= skips it), then
 #                 one server with Gemma, Orpheus and Whisper: bench/realtime_load.py (1, 8, 32
 #                 sessions), bench/asr_load.py (1 and 32 concurrent, 64 speech streams beside 32 transcribers), then
@@ -96,9 +97,11 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
   W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
   python3 bench/audio_cpu.py --out $W > $W/audio_cpu.log 2>&1  # the host's CPU side first (seconds, no GPU)
-  python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile --concurrency 1,32 --rounds 2 \
-    > $W/asr_profile.log 2>&1
-  python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --port $PORT > $W/server.log 2>&1 &
+  [ -n "${ASR_PROFILE-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
+    --concurrency 1,32 --rounds 2 > $W/asr_profile.log 2>&1
+  # ASR_SERVER_ENV (e.g. OMP_NUM_THREADS=4) and ASR_SERVER_ARGS (e.g. --asr-max-num-batched-tokens 3000): a variant
+  env ${ASR_SERVER_ENV:-} python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" \
+    ${ASR_SERVER_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
   until curl -sf "http://127.0.0.1:$PORT/health/ready" > /dev/null; do sleep 5; done
   # py-spy (carried in .devcarry2/p3) samples the server and its engine cores through the bursts of 32
