@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import gzip
 import itertools
 import json
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import spread, write_json
+from profile_engine import gpu_kernels, read_trace, summarize_events
 
 from oai_server.codec.audio_input import decode_audio
 from oai_server.engines.asr import TranscriptionParams
@@ -160,11 +160,12 @@ async def service(svc: TranscriptionService, data: bytes, n: int) -> list[float]
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-def idle_gaps(kernels: list[tuple[float, float, str]], cpu: list[dict[str, Any]], top: int = 8) -> list[dict[str, Any]]:
-    """The ``top`` longest gaps between GPU kernels, each with the CPU events that overlap it most."""
+def idle_gaps(events: list[dict[str, Any]], top: int = 8) -> list[dict[str, Any]]:
+    """The ``top`` longest gaps (over 1 ms) between GPU kernels, each with the CPU events that overlap it most."""
+    cpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation")]
     gaps, end = [], 0.0
-    for start, stop, _ in kernels:
-        if end and start - end > 1000:  # over 1 ms idle
+    for start, stop in sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu_kernels(events)):
+        if end and start - end > 1000:
             gaps.append((start - end, end, start))
         end = max(end, stop)
     out = []
@@ -174,40 +175,22 @@ def idle_gaps(kernels: list[tuple[float, float, str]], cpu: list[dict[str, Any]]
             lo, hi = max(begin, e["ts"]), min(finish, e["ts"] + e.get("dur", 0))
             if hi > lo:
                 overlap[f"{e.get('cat')}:{e['name'][:70]}"] += hi - lo
-        out.append(
-            {"gap_ms": round(length / 1000, 2), "cpu_ms": [(k, round(v / 1000, 2)) for k, v in overlap.most_common(8)]}
-        )
+        cpu_ms = [(name, round(us / 1000, 2)) for name, us in overlap.most_common(8)]
+        out.append({"gap_ms": round(length / 1000, 2), "cpu_ms": cpu_ms})
     return out
 
 
 def gpu_busy(trace_dir: Path) -> dict[str, Any]:
-    """The GPU's busy time (union of kernel intervals) over the span of the profiled kernels, from the trace."""
+    """`profile_engine.summarize_events` of the worker's trace, the GPU's busy fraction, and its idle gaps."""
     traces = sorted(trace_dir.glob("*.pt.trace.json*"))
     if not traces:
         return {"trace": None}
-    path = traces[-1]
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        events = json.load(f).get("traceEvents", [])
-    kernels = sorted(
-        (e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events if e.get("cat") in ("kernel", "gpu_memcpy")
-    )
-    busy, end, by_name = 0.0, 0.0, collections.Counter[str]()
-    for start, stop, name in kernels:
-        by_name[name[:80]] += stop - start
-        busy += max(0.0, stop - max(start, end))
-        end = max(end, stop)
-    span = (kernels[-1][1] - kernels[0][0]) if kernels else 0.0
-    cpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation")]
-    return {
-        "gaps": idle_gaps(kernels, cpu),
-        "trace": path.name,
-        "kernels": len(kernels),
-        "span_ms": round(span / 1000, 1),
-        "busy_ms": round(busy / 1000, 1),
-        "busy_fraction": round(busy / span, 3) if span else None,
-        "top_kernels_ms": [(name, round(us / 1000, 1)) for name, us in by_name.most_common(15)],
-    }
+    events = read_trace(traces[-1])
+    summary = summarize_events(events, traces[-1].name, top=15)
+    wall = summary["profiled_wall_ms_per_step"]
+    summary["busy_fraction"] = round(summary["gpu_busy_ms_per_step"] / wall, 3) if wall else None
+    summary["gaps"] = idle_gaps(events)
+    return summary
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -59,12 +59,27 @@ def _is_step(name: str) -> bool:
     return name.startswith("execute_context_") or name == "gpu_model_runner: forward"
 
 
-def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
-    """GPU time of a torch-profiler chrome trace: per step, by category, by vLLM region, top kernels."""
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The events of a torch-profiler chrome trace (gzipped or not)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
-        events = json.load(f)["traceEvents"]
-    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+        events: list[dict[str, Any]] = json.load(f)["traceEvents"]
+    return events
+
+
+def gpu_kernels(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trace's GPU work: kernels, copies and memsets."""
+    return [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+
+
+def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
+    """GPU time of a torch-profiler chrome trace: per step, by category, by vLLM region, top kernels."""
+    return summarize_events(read_trace(path), path.name, top)
+
+
+def summarize_events(events: list[dict[str, Any]], name: str, top: int = 25) -> dict[str, Any]:
+    """`summarize_trace` of already read trace events (``name``: the trace file's)."""
+    kernels = gpu_kernels(events)
     steps = sum(1 for e in events if e.get("cat") == "user_annotation" and _is_step(str(e.get("name", ""))))
     by_name: Counter[str] = Counter()
     by_cat: Counter[str] = Counter()
@@ -80,7 +95,7 @@ def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
     per = max(steps, 1)
     total = sum(by_cat.values()) or 1
     return {
-        "trace": path.name,
+        "trace": name,
         "steps": steps,
         "gpu_busy_ms_per_step": busy / per / 1000,
         "profiled_wall_ms_per_step": span / per / 1000,
