@@ -44,6 +44,11 @@ def apply_presence_frequency(
     return logits - frequency * counts_f - presence * (counts_f > 0).to(logits.dtype)
 
 
+def may_stop(position: int, min_tokens: int = 0) -> bool:
+    """Whether `END_OF_SPEECH` may come at audio position ``position``: a frame boundary from ``min_tokens`` on."""
+    return orpheus.stop_allowed(position) and position >= min_tokens
+
+
 def audio_slot_mask(logits: torch.Tensor, position: int, min_tokens: int = 0) -> torch.Tensor:
     """Keep only the ids allowed at Orpheus audio position ``position``; the rest become -inf.
 
@@ -53,7 +58,7 @@ def audio_slot_mask(logits: torch.Tensor, position: int, min_tokens: int = 0) ->
     band = orpheus.slot_band(position)
     out = torch.full_like(logits, float("-inf"))
     out[..., band.start : band.stop] = logits[..., band.start : band.stop]
-    if orpheus.stop_allowed(position) and position >= min_tokens:
+    if may_stop(position, min_tokens):
         eos = orpheus.END_OF_SPEECH
         out[..., eos] = logits[..., eos]
     return out
@@ -148,7 +153,7 @@ class TokenSampler:
             # 4097 allowed logits are penalised and sorted, not all 156 940.
             band = orpheus.slot_band(self.generated)
             candidates = self.penalise(logits[band.start : band.stop], band.start)
-            if orpheus.stop_allowed(self.generated) and self.generated >= self.params.min_tokens:
+            if may_stop(self.generated, self.params.min_tokens):
                 eos = orpheus.END_OF_SPEECH
                 candidates = torch.cat([candidates, self.penalise(logits[eos : eos + 1], eos)])
             index = choose(candidates, self.params, self.generator)
