@@ -71,10 +71,13 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
   done
   kill $SP
 }
+profile_asr() {  # profile_asr [asr_profile.py flags]: Whisper alone, in process, into $W (ASR_PROFILE= skips it)
+  [ -n "${ASR_PROFILE-1}" ] || return 0
+  python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile "$@" > $W/asr_profile.log 2>&1
+}
 speech_input() {
   W=$S/speech_input; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
-  [ -n "${ASR_PROFILE-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
-    > $W/asr_profile.log 2>&1
+  profile_asr
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
     > $W/server.log 2>&1 &
   SP=$!
@@ -97,8 +100,7 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
   W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
   python3 bench/audio_cpu.py --out $W > $W/audio_cpu.log 2>&1  # the host's CPU side first (seconds, no GPU)
-  [ -n "${ASR_PROFILE-1}" ] && python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile \
-    --concurrency 1,32 --rounds 2 > $W/asr_profile.log 2>&1
+  profile_asr --concurrency 1,32 --rounds 2
   # ASR_SERVER_ENV (e.g. OMP_NUM_THREADS=4) and ASR_SERVER_ARGS (e.g. --asr-max-num-batched-tokens 3000): a variant
   env ${ASR_SERVER_ENV:-} python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" \
     ${ASR_SERVER_ARGS:-} --port $PORT > $W/server.log 2>&1 &
@@ -116,7 +118,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in
