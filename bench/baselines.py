@@ -10,7 +10,12 @@ Modes (each swept over N concurrent streams of the same Orpheus prompts):
   ONE unbatched SNAC decode of the last 28 codes runs for that stream (tensors built with
   ``torch.cat``, ``.cpu()`` then int16, samples 2048:4096), on the event loop like Canopy's sync
   wrapper (``--seed-decode loop``) or in a thread per decode (``--seed-decode thread``).
-* ``ours``: this project's `SpeechSynthesizer` (batched, windowed SNAC in its worker thread).
+* ``ours``: this project's `SpeechSynthesizer` (batched, windowed SNAC in its worker thread), SNAC in
+  this process (a second CUDA context beside the engine core's).
+* ``ours_in_engine``: the same, with SNAC decoded in the Orpheus engine-core process (the server's
+  ``--snac-in-engine``: one CUDA context, SNAC on its own stream of it).
+* ``silent``: the same pipeline with SNAC's work replaced by silence of the right length: what the
+  pipeline costs without any decoding, so ``raw``, ``silent`` and ``ours`` split the gap.
 
 Every mode reports the metrics of `load.py` (TTFA, RTF, underruns with a 250 ms prebuffer), so
 "real-time streams ours / seed" is the ratio of the largest N with zero underruns.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -50,7 +56,11 @@ from _common import (
 )
 from capacity import Criteria, capacity_block
 
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import WindowShape
 from oai_server.engines.base import SamplingParams, TokenEngine, new_request_id
+
+BENCH_SNAC_SERVICE = "bench"
 
 # --- the seed's / Canopy's decoder, reproduced -------------------------------------------------
 
@@ -106,7 +116,8 @@ class Bench:
         self.engine = engine
         self.tokenizer = tokenizer
         self.snac = snac
-        self.synthesizer: Any = None
+        self.synthesizers: dict[str, Any] = {}
+        """The pipeline of each of the modes ours, ours_in_engine and silent."""
 
     def prompt(self, index: int) -> tuple[str, list[int]]:
         """Text and Orpheus prompt ids of stream `index`."""
@@ -162,13 +173,24 @@ class Bench:
         return result.finish(time.perf_counter() - started, self.args.prebuffer_ms)
 
     async def ours(self, index: int) -> StreamResult:
-        """This project's synthesizer: parser, window planner, batched SNAC decoder."""
+        """This project's synthesizer: parser, window planner, batched SNAC decoder in this process."""
+        return await self._speak("ours", index)
+
+    async def ours_in_engine(self, index: int) -> StreamResult:
+        """This project's synthesizer, SNAC decoding in the engine-core process."""
+        return await self._speak("ours_in_engine", index)
+
+    async def silent(self, index: int) -> StreamResult:
+        """This project's synthesizer without SNAC's work."""
+        return await self._speak("silent", index)
+
+    async def _speak(self, mode: str, index: int) -> StreamResult:
         from oai_server.pipeline.speech import SpeechStats, VoiceOptions
 
         text, _ = self.prompt(index)
         options = VoiceOptions(VOICE, 0.6, 0.8, 1.1, max_tokens=self.args.max_tokens)
         result, started = StreamResult(), time.perf_counter()
-        async for pcm in self.synthesizer.synthesize(text, options, SpeechStats()):
+        async for pcm in self.synthesizers[mode].synthesize(text, options, SpeechStats()):
             result.bytes += len(pcm)
             result.arrivals.append((time.perf_counter() - started, result.bytes // 2))
         result.ok = result.bytes > 0
@@ -207,12 +229,20 @@ async def run_level(bench: Bench, mode: str, n: int) -> dict[str, Any]:
     return summary
 
 
+class SilentDecoder(SnacDecoder):
+    """The `silent` mode's decoder: the right number of zero samples, no SNAC work."""
+
+    def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
+        """Silence of the batch's emitted length."""
+        return np.zeros((len(frames), 2048 * shape[2]), dtype=np.int16)
+
+
 async def build(args: argparse.Namespace) -> Bench:
     """Engine, tokenizer and SNAC from the arguments."""
     from snac import SNAC
 
     from oai_server.codec.snac_model import load_snac, resolve_snac_dtype
-    from oai_server.codec.snac_stream import SnacDecoder
+    from oai_server.codec.snac_service import EngineSnacDecoder, SnacService, service_address
     from oai_server.codec.snac_windows import WindowPolicy
     from oai_server.engines.loading import load_tokenizer
     from oai_server.pipeline.speech import SpeechSynthesizer
@@ -220,9 +250,13 @@ async def build(args: argparse.Namespace) -> Bench:
     tokenizer = load_tokenizer(args.tts_model)
     seed_snac = SNAC.from_pretrained(args.snac).to(args.snac_device).eval()  # as the seed loads it
     snac_dtype = resolve_snac_dtype(args.snac_dtype, args.snac_device)  # as the server loads it
-    decoder = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, max_batch=64)
+    decoders: dict[str, SnacDecoder] = {}
+    if "ours" in args.modes:
+        decoders["ours"] = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, 64)
+    if "silent" in args.modes:
+        decoders["silent"] = SilentDecoder(None, "cpu", 64)
     windows = WindowPolicy()
-    await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
+    in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
     if args.engine == "vllm":
         from oai_server.engines.vllm_engine import VLLMEngine
@@ -238,6 +272,7 @@ async def build(args: argparse.Namespace) -> Bench:
             kv_cache_dtype=args.kv_cache_dtype,
             stream_interval=args.stream_interval,
             orpheus_slots=True,
+            snac_service=BENCH_SNAC_SERVICE if in_engine else None,
             kind="vllm-orpheus",
         )
     else:
@@ -250,16 +285,24 @@ async def build(args: argparse.Namespace) -> Bench:
             max_model_len=args.max_model_len,
             max_concurrency=max(args.concurrency),
         )
+        if in_engine:  # no engine process: the service runs in this one, over the same connection
+            SnacService(service_address(BENCH_SNAC_SERVICE, os.getpid()), args.snac_device).start()
+    if in_engine:
+        decoders["ours_in_engine"] = await asyncio.to_thread(
+            EngineSnacDecoder.load, BENCH_SNAC_SERVICE, args.snac, args.snac_device, snac_dtype, 64
+        )
     bench = Bench(args, engine, tokenizer, seed_snac)
-    bench.synthesizer = SpeechSynthesizer(
-        engine,
-        tokenizer,
-        decoder,
-        windows=windows,
-        tokens_per_char=8.0,
-        max_tokens=args.max_tokens,
-        max_model_len=args.max_model_len,
-    )
+    for mode, decoder in decoders.items():
+        await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
+        bench.synthesizers[mode] = SpeechSynthesizer(
+            engine,
+            tokenizer,
+            decoder,
+            windows=windows,
+            tokens_per_char=8.0,
+            max_tokens=args.max_tokens,
+            max_model_len=args.max_model_len,
+        )
     return bench
 
 
@@ -285,7 +328,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             report["capacity"][mode] = capacity_block(levels, criteria)
     finally:
         await bench.engine.close()
-        bench.synthesizer.decoder.close()
+        for synthesizer in bench.synthesizers.values():
+            synthesizer.decoder.close()
     cap = report["capacity"]
     if "ours" in cap and "seed" in cap:
         seed_n = cap["seed"]["largest_n_zero_underruns"]

@@ -3,13 +3,14 @@
 # earlier sessions' runs are the modes of bench/gpu_load.sh). Two jobs run in the background, each on its own
 # card of `nvidia-h200-x2` (or one after the other on one card: SI_GPU=0 ONE_CARD=1):
 #
-#   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition, phases ONECARD_PHASES (default
-#                 ttfa,speech,chat,nogate): TTFA at one stream (speech, chat), the speech and chat capacity searches,
-#                 the speech search again without admission by real-time headroom; also `arrivals` (Poisson at 80 %
-#                 of the speech capacity, or of CAPACITY, and the 1.5x overload) and `mixed`. Bursts go out from CLIENT_PROCS (8)
-#                 client processes.
-#   baselines     (after onecard with CARD0_JOBS="onecard baselines"): bench/baselines.py, ours and raw vLLM in process
-#                 at BASE_CONC (128,192) streams.
+#   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition (server flags ONECARD_ARGS added,
+#                 e.g. --snac-in-engine), phases ONECARD_PHASES (default ttfa,speech,chat,nogate): TTFA at one stream
+#                 (speech, chat), the speech and chat capacity searches, the speech search again without admission by
+#                 real-time headroom; also `arrivals` (Poisson at 80 % of the speech capacity, or of CAPACITY, and the
+#                 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the capacity) and `mixed`. Bursts go out
+#                 from CLIENT_PROCS (8) client processes.
+#   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
+#                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -45,7 +46,7 @@ capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 wh
 }
 onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in that order
   W=$S/onecard; PORT=8081; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
-  python3 -m oai_server serve "${SERVE[@]}" --no-asr --port $PORT > $W/server.log 2>&1 &
+  python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
     case $phase in
@@ -57,13 +58,17 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
         RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
           --out $W/arrivals > $W/arrivals.log 2>&1 ;;
+      burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
+        C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=128
+        load --mode speech --concurrency "${BURST_N:-$(( C * 17 / 10 ))}" --out $W/burst > $W/burst.log 2>&1 ;;
       chat) load --mode chat --search --search-start 48 --search-max 384 --search-resolution 16 --out $W/chat \
               > $W/chat.log 2>&1 ;;
       mixed) load --mode mixed --search --search-start 32 --search-max 256 --search-resolution 16 --out $W/mixed \
                > $W/mixed.log 2>&1 ;;
       nogate)  # the same server without admission by real-time headroom: what the gate's waits cost a burst
         kill $SP; wait $SP 2>/dev/null
-        python3 -m oai_server serve "${SERVE[@]}" --no-asr --no-headroom-admission --port $PORT > $W/server_nogate.log 2>&1 &
+        python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --no-headroom-admission --port $PORT \
+          > $W/server_nogate.log 2>&1 &
         SP=$!
         load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech_nogate \
           > $W/speech_nogate.log 2>&1 ;;
@@ -92,9 +97,9 @@ speech_input() {
   kill $SP
 }
 baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in process (bench/baselines.py), GPU 0
-  W=$S/baselines; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}; sleep 15  # the previous job's engines exit
+  W=$S/baselines; export CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15  # the previous job's engines exit
   # NO_CLEANUP: gpu_load.sh would otherwise pkill every engine core of the machine, the other card's too
-  NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
+  NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours,ours_in_engine,silent} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server

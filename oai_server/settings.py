@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     """Precision of the SNAC decoder (auto: float32; float16 measured slower under load on the H200)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
+    snac_in_engine: bool = Field(False, validation_alias=_env("snac_in_engine"))
+    """With vLLM, decode SNAC in the Orpheus engine's process on SNAC's card (one CUDA context, no time-slicing)."""
 
     # --- speech recognition (Whisper) and voice activity detection ---
     asr: bool = Field(True, validation_alias=_env("asr"))

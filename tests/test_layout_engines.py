@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from oai_server.codec.snac_service import SERVICE_KEY
 from oai_server.engines import asr_vllm, vllm_engine
 from oai_server.engines.asr_factory import build_asr
 from oai_server.engines.balanced import BalancedEngine
 from oai_server.engines.demo_whisper import build_demo_whisper
-from oai_server.engines.factory import _build
+from oai_server.engines.factory import SNAC_SERVICE, _build, snac_host_of
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
 
@@ -75,6 +76,20 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     await llm.close()
     await asr.close()
     assert all(e.shut for e in built)
+
+
+async def test_snac_in_engine_is_asked_of_the_orpheus_engine_on_snacs_card_only(built: list[AsyncLLMDouble]) -> None:
+    settings = Settings(placement="speech", snac_in_engine=True, asr=False)
+    layout = plan_layout(2, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout, snac_host_of(settings, layout))
+    orpheus = [e for e in built if "logits_processors" in e.kwargs]
+    assert [(e.visible, e.kwargs.get("additional_config")) for e in orpheus] == [
+        ("0", {SERVICE_KEY: SNAC_SERVICE}),
+        ("1", None),
+    ]
+    assert all("additional_config" not in e.kwargs for e in built if e not in orpheus)  # not Gemma's
+    await tts.close()
+    await llm.close()
 
 
 async def test_vllm_data_parallel_stays_one_engine(built: list[AsyncLLMDouble]) -> None:

@@ -76,7 +76,8 @@ class GraphSet:
                     decode_pcm(model, codes, shape)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+            # thread_local: other threads' CUDA calls stay legal (SNAC may capture inside the engine's process)
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 pcm = decode_pcm(model, codes, shape)
             host = torch.empty(pcm.shape, dtype=torch.int16, pin_memory=True)
             graphs[batch] = _Graph(graph, codes, pcm, host)

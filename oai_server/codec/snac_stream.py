@@ -74,9 +74,7 @@ class SnacDecoder:
 
         def capture() -> None:
             try:
-                pool = torch.cuda.graph_pool_handle()
-                for shape in sorted(shapes, reverse=True):  # the largest first: one pool serves all
-                    self.graphs[shape] = GraphSet.capture(self.model, shape, self.max_batch, self.device, pool)
+                self.capture(shapes)
                 loop.call_soon_threadsafe(_set_result, done, None)
             except Exception as exc:  # a failed capture leaves the eager path in place
                 loop.call_soon_threadsafe(_set_exception, done, exc)
@@ -84,17 +82,18 @@ class SnacDecoder:
         self._jobs.put(capture)
         await done
 
+    def capture(self, shapes: Sequence[WindowShape]) -> None:
+        """Capture the graphs of `shapes` now, on this thread (`capture_graphs` runs it on the worker)."""
+        self.graphs.update(capture_graph_sets(self.model, shapes, self.max_batch, self.device))
+
+    def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
+        """int16 PCM ``[B, 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]`` codes)."""
+        return decode_frames(self.model, self.device, self.graphs, frames, shape)
+
     def decode_sync(self, windows: Sequence[Window]) -> list[bytes]:
         """Decode windows of one shape in one batch (the worker's unit of work)."""
         shape = windows[0].shape
-        levels = frames_to_levels(np.asarray([w.frames for w in windows], dtype=np.int64))
-        graphs = self.graphs.get(shape)
-        if graphs is not None:
-            pcm = graphs.run(levels)
-        else:
-            codes = [torch.from_numpy(level).to(self.device) for level in levels]
-            with torch.inference_mode():
-                pcm = decode_pcm(self.model, codes, shape).cpu().numpy()  # one device-to-host copy
+        pcm = self.decode_frames(np.asarray([w.frames for w in windows], dtype=np.int16), shape)
         self.windows_decoded += len(windows)
         self.frames_decoded += shape[0] * len(windows)
         self.frames_emitted += shape[2] * len(windows)
@@ -141,6 +140,28 @@ class SnacDecoder:
         """Stop the worker thread after the queued work."""
         self._jobs.put(None)
         self._thread.join(timeout=5)
+
+
+def capture_graph_sets(
+    model: Any, shapes: Sequence[WindowShape], max_batch: int, device: str
+) -> dict[WindowShape, GraphSet]:
+    """CUDA graphs of SNAC decodes for each of `shapes` at a ladder of batch sizes, in one memory pool."""
+    pool = torch.cuda.graph_pool_handle()
+    # the largest first: one pool serves all
+    return {shape: GraphSet.capture(model, shape, max_batch, device, pool) for shape in sorted(shapes, reverse=True)}
+
+
+def decode_frames(
+    model: Any, device: str, graphs: dict[WindowShape, GraphSet], frames: np.ndarray, shape: WindowShape
+) -> np.ndarray:
+    """int16 PCM ``[B, 2048 * emitted]`` of windows of one shape, through its graph set when there is one."""
+    levels = frames_to_levels(frames.astype(np.int64, copy=False))
+    graph_set = graphs.get(shape)
+    if graph_set is not None:
+        return graph_set.run(levels)
+    codes = [torch.from_numpy(level).to(device) for level in levels]
+    with torch.inference_mode():
+        return decode_pcm(model, codes, shape).cpu().numpy()  # one device-to-host copy
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
+from ..codec.snac_service import EngineSnacDecoder
 from ..codec.snac_stream import SnacDecoder
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
@@ -19,6 +20,9 @@ from .bundle import Engines
 from .layout import EnginePlan, Layout
 
 logger = logging.getLogger(__name__)
+
+SNAC_SERVICE = "orpheus"
+"""Name of the SNAC service an Orpheus engine hosts with `--snac-in-engine`."""
 
 
 def choose_engine(settings: Settings) -> str:
@@ -94,7 +98,9 @@ async def start_replicas(
     return BalancedEngine(engines, [plan.weight for plan in plans])
 
 
-async def _build(settings: Settings, kind: str, layout: Layout | None = None) -> tuple[TokenEngine, TokenEngine]:
+async def _build(
+    settings: Settings, kind: str, layout: Layout | None = None, snac_host: EnginePlan | None = None
+) -> tuple[TokenEngine, TokenEngine]:
     if kind == "vllm":
         assert layout is not None, "the vLLM engines are built from a layout"
         from .vllm_engine import VLLMEngine
@@ -110,6 +116,7 @@ async def _build(settings: Settings, kind: str, layout: Layout | None = None) ->
                 kv_cache_dtype=settings.tts_kv_cache_dtype,
                 quantization=settings.tts_quantization,
                 orpheus_slots=True,
+                snac_service=SNAC_SERVICE if plan is snac_host else None,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,
@@ -210,13 +217,25 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     layout = gpu_layout(settings) if kind == "vllm" else None
     device = layout.snac_device if layout is not None else resolve_device(settings.snac_device)
     dtype = resolve_snac_dtype(settings.snac_dtype, device)
-    snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
-    snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
+    snac_host = snac_host_of(settings, layout)
+    snac: SnacDecoder | None = None
+    if snac_host is None:
+        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
+        snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
-        llm, tts = await _build(settings, kind, layout)
+        llm, tts = await _build(settings, kind, layout, snac_host)
     except BaseException:
-        snac.close()
+        if snac is not None:
+            snac.close()
         raise
+    if snac is None:
+        try:
+            snac = await asyncio.to_thread(
+                EngineSnacDecoder.load, SNAC_SERVICE, settings.snac_model_name, device, dtype, settings.snac_max_batch
+            )
+        except BaseException:
+            await asyncio.gather(llm.close(), tts.close(), return_exceptions=True)
+            raise
     engines = Engines(llm, llm_tokenizer, gemma_stop_ids(llm_tokenizer), tts, tts_tokenizer, snac)
     try:
         engines.asr = await build_asr(settings, kind, layout)
@@ -234,6 +253,24 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         yield engines
     finally:
         await engines.close()
+
+
+def snac_host_of(settings: Settings, layout: Layout | None) -> EnginePlan | None:
+    """The Orpheus engine whose process decodes SNAC (`--snac-in-engine` with vLLM), or None: the server does."""
+    if not settings.snac_in_engine:
+        return None
+    if layout is None:
+        logger.warning("--snac-in-engine needs the vLLM engines; the server decodes SNAC")
+        return None
+    host = layout.snac_host()
+    if host is None:
+        logger.warning(
+            "--snac-in-engine: no Orpheus engine has SNAC's card (%s) to itself; the server decodes SNAC",
+            layout.snac_device,
+        )
+    else:
+        logger.info("SNAC decodes in the process of the Orpheus engine on %s", layout.snac_device)
+    return host
 
 
 def gpu_layout(settings: Settings) -> Layout:

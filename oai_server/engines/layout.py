@@ -162,6 +162,14 @@ class Layout:
         """The card SNAC decodes on (None: not on a GPU)."""
         return _cuda_index(self.snac_device)
 
+    def snac_host(self) -> EnginePlan | None:
+        """The Orpheus engine that can decode SNAC in its own process: the one alone on SNAC's card, with
+        neither tensor nor data parallelism (None: there is none, SNAC decodes in the server)."""
+        for plan in self.role("tts"):
+            if self.snac_card is not None and plan.cards == (self.snac_card,) and not plan.placement.engine_kwargs():
+                return plan
+        return None
+
     @property
     def spread(self) -> bool:
         """Whether any engine sits off card 0 (then shares not set explicitly are computed)."""

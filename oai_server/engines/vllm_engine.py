@@ -88,6 +88,7 @@ def engine_kwargs(
     quantization: str | None = None,
     enable_prefix_caching: bool = True,
     orpheus_slots: bool = False,
+    snac_service: str | None = None,
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class)."""
     kwargs: dict[str, Any] = {
@@ -109,6 +110,10 @@ def engine_kwargs(
         from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
 
         kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
+        if snac_service:  # the processor starts the SNAC service in the engine's process
+            from oai_server.codec.snac_service import SERVICE_KEY
+
+            kwargs["additional_config"] = {SERVICE_KEY: snac_service}
     return kwargs
 
 
@@ -212,6 +217,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         quantization: str | None = None,
         enable_prefix_caching: bool = True,
         orpheus_slots: bool = False,
+        snac_service: str | None = None,
         placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
@@ -222,7 +228,9 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``engine_factory(kwargs)`` replaces ``AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))``
         (tests inject a double); it may return the engine or an awaitable of it. With
         ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
-        ``orpheus_audio_slots`` are constrained to the audio band of each position.
+        ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
+        too, its processor serves SNAC decoding under that name in the engine's process
+        (`oai_server.codec.snac_service`).
         """
         kwargs = engine_kwargs(
             model,
@@ -237,6 +245,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             quantization=quantization,
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
+            snac_service=snac_service,
         )
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())
@@ -253,6 +262,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             quantization=quantization,
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
+            snac_service=snac_service,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )

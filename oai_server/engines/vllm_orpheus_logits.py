@@ -24,6 +24,9 @@ penalty touches only the 4096 logits of the position's band (everything else is 
 The result equals vLLM's for these rows: prompt tokens never fall in an audio band, and vLLM's
 formula (``logit * (1/p if logit > 0 else p)`` for seen tokens) is applied as is.
 
+An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
+decoding in its process here (`oai_server.codec.snac_service`).
+
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
 mask functions below need only torch.
 """
@@ -36,7 +39,7 @@ from typing import Any
 
 import torch
 
-from oai_server.codec import orpheus
+from oai_server.codec import orpheus, snac_service
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -142,6 +145,9 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._free: list[int] = []
         self._slots = 0
         self._stale: list[int] = []  # slots handed to new requests, to clear before use
+        service = (getattr(vllm_config, "additional_config", None) or {}).get(snac_service.SERVICE_KEY)
+        # the one hook of this project in the engine-core process: SNAC decoding joins the engine's CUDA context
+        self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:

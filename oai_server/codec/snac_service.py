@@ -1,0 +1,215 @@
+"""SNAC decoding inside the Orpheus engine's process, and the server's decoder that uses it.
+
+On one GPU without MPS, kernels of different processes never run at the same time: the driver
+time-slices their CUDA contexts. SNAC decoding in the server process is such a second context beside
+the Orpheus engine core (H100 profile: 71 % of the SNAC thread waiting in `Stream.synchronize` at 128
+streams, and the engine paying for every switch). Hosted in the engine-core process instead, SNAC is
+one more CUDA stream of the engine's own context, so its convolutions overlap Orpheus's decode steps
+instead of taking turns with them.
+
+The engine side is `SnacService`: a thread the Orpheus logits processor starts in the engine-core
+process (the one piece of this project's code vLLM runs there), serving one connection at a time on
+an abstract Unix socket named after the server's pid and the engine (`service_address`). The server's
+side is `EngineSnacDecoder`, a `SnacDecoder` whose batches go over that connection: the batching,
+ordering and futures stay the server's; only `decode_frames` and `capture` cross. Messages are
+pickled tuples over `multiprocessing.connection`, authenticated with the multiprocessing authkey the
+engine core inherits from the server that spawned it: ``(op, *args)`` in, ``("ok", value)`` or
+``("error", text)`` out, with ops ``load``, ``capture``, ``decode`` and ``stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any
+
+import numpy as np
+import torch
+
+from .snac_graphs import GraphSet
+from .snac_model import load_snac
+from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames
+from .snac_windows import WindowShape
+
+logger = logging.getLogger(__name__)
+
+SERVICE_KEY = "oai_snac_service"
+"""Key in vLLM's ``additional_config`` naming the SNAC service an Orpheus engine hosts."""
+
+
+class SnacServiceError(RuntimeError):
+    """The engine-side SNAC service failed a request, or cannot be reached."""
+
+
+def service_address(name: str, server_pid: int) -> str:
+    """The abstract Unix socket of the service `name` started by the server with pid `server_pid`."""
+    return f"\0oai-snac-{server_pid}-{name}"
+
+
+def _authkey() -> bytes:
+    return bytes(multiprocessing.current_process().authkey)
+
+
+class SnacService:
+    """Decodes SNAC windows for the server, on its own CUDA stream of the process it runs in."""
+
+    def __init__(self, address: str, device: str) -> None:
+        self.address = address
+        self.device = device
+        self.model: Any = None
+        self.max_batch = 64
+        self.graphs: dict[WindowShape, GraphSet] = {}
+        self.windows_decoded = 0
+        self._listener = Listener(address, family="AF_UNIX", authkey=_authkey())
+        self._thread = threading.Thread(target=self._serve, name="snac-service", daemon=True)
+
+    def start(self) -> SnacService:
+        """Serve connections on a daemon thread."""
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        stream = torch.cuda.Stream(self.device) if self.device.startswith("cuda") else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            while True:
+                try:
+                    connection = self._listener.accept()
+                except OSError:
+                    return  # closed
+                except Exception:  # a client that failed authentication
+                    logger.warning("SNAC service: a connection was refused", exc_info=True)
+                    continue
+                with connection:
+                    self._answer(connection)
+
+    def _answer(self, connection: Connection) -> None:
+        while True:
+            try:
+                op, *args = connection.recv()
+            except (EOFError, OSError):
+                return  # the server went away; wait for the next one
+            try:
+                reply: tuple[str, Any] = ("ok", self.handle(op, *args))
+            except Exception as exc:
+                logger.exception("SNAC service: %s failed", op)
+                reply = ("error", f"{type(exc).__name__}: {exc}")
+            connection.send(reply)
+
+    def handle(self, op: str, *args: Any) -> Any:
+        """One request: ``load(name, dtype, max_batch)``, ``capture(shapes)``, ``decode(frames, shape)``
+        or ``stats()``."""
+        if op == "load":
+            name, dtype, self.max_batch = args
+            self.model = load_snac(name, self.device, getattr(torch, dtype))
+            self.graphs = {}
+            return None
+        if self.model is None and op in ("capture", "decode"):
+            raise SnacServiceError("no SNAC model loaded")
+        if op == "capture":
+            if self.device.startswith("cuda"):
+                self.graphs.update(capture_graph_sets(self.model, args[0], self.max_batch, self.device))
+            return sorted(self.graphs)
+        if op == "decode":
+            frames, shape = args
+            self.windows_decoded += len(frames)
+            return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
+        if op == "stats":
+            return {"windows_decoded": self.windows_decoded, "device": self.device, "graphs": sorted(self.graphs)}
+        raise SnacServiceError(f"unknown operation {op!r}")
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        self._listener.close()
+
+
+def start_service(name: str, device: str) -> SnacService | None:
+    """Start the service `name` for the server that spawned this process (the engine core's side);
+    None when this process already serves it."""
+    address = service_address(name, os.getppid())
+    try:
+        service = SnacService(address, device).start()
+    except OSError as exc:  # the address is taken: a second processor instance in the same engine
+        logger.info("SNAC service %s not started again: %s", name, exc)
+        return None
+    logger.info("SNAC service %s on %s, for server pid %d", name, device, os.getppid())
+    return service
+
+
+class ServiceConnection:
+    """The server's connection to one engine's SNAC service; one request at a time."""
+
+    def __init__(self, connection: Connection, name: str) -> None:
+        self.name = name
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, name: str, timeout_s: float = 30.0) -> ServiceConnection:
+        """Connect to the service `name` of an engine this process started (it listens from its start)."""
+        address = service_address(name, os.getpid())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return cls(Client(address, family="AF_UNIX", authkey=_authkey()), name)
+            except (ConnectionRefusedError, FileNotFoundError) as exc:
+                if time.monotonic() >= deadline:
+                    raise SnacServiceError(f"the SNAC service {name!r} of the Orpheus engine is not reachable") from exc
+                time.sleep(0.1)
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Send one request and wait for its answer; `SnacServiceError` for a failure on either side."""
+        with self._lock:
+            try:
+                self._connection.send((op, *args))
+                status, value = self._connection.recv()
+            except (EOFError, OSError) as exc:
+                raise SnacServiceError(f"the SNAC service {self.name!r} went away") from exc
+        if status != "ok":
+            raise SnacServiceError(f"SNAC service {op}: {value}")
+        return value
+
+    def close(self) -> None:
+        """Close the connection (the service waits for the next one)."""
+        with self._lock:
+            self._connection.close()
+
+
+class EngineSnacDecoder(SnacDecoder):
+    """A `SnacDecoder` whose batches are decoded by an engine's `SnacService`."""
+
+    def __init__(self, connection: ServiceConnection, device: str, max_batch: int = 64) -> None:
+        super().__init__(None, device, max_batch)
+        self.connection = connection
+
+    @classmethod
+    def load(
+        cls, name: str, model_name: str, device: str, dtype: torch.dtype, max_batch: int = 64
+    ) -> EngineSnacDecoder:
+        """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
+        connection = ServiceConnection.open(name)
+        try:
+            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, device, max_batch)
+
+    def capture(self, shapes: Sequence[WindowShape]) -> None:
+        """Capture the shapes' graphs in the engine's process."""
+        self.connection.call("capture", list(shapes))
+
+    def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
+        """Decode one batch in the engine's process."""
+        pcm: np.ndarray = self.connection.call("decode", frames, shape)
+        return pcm
+
+    def close(self) -> None:
+        """Stop the worker, then close the connection."""
+        super().close()
+        self.connection.close()

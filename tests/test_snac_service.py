@@ -1,0 +1,157 @@
+"""SNAC decoding in the Orpheus engine's process (`codec/snac_service.py`): the logits processor starts the
+service in a process the test spawns, as vLLM spawns its engine core, and the server's `EngineSnacDecoder`
+decodes through it exactly what a local decoder decodes; failures reach the caller as errors, never hangs.
+Which engine hosts it is the layout's decision, checked on fake card counts."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME
+from oai_server.codec.snac_model import load_snac
+from oai_server.codec.snac_service import (
+    SERVICE_KEY,
+    EngineSnacDecoder,
+    ServiceConnection,
+    SnacServiceError,
+    service_address,
+)
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac
+from oai_server.engines.factory import snac_host_of
+from oai_server.engines.layout import LayoutRequest, plan_layout
+from oai_server.settings import Settings
+
+H200_GIB = 139.8
+
+
+def engine_core(name: str, ready: Any) -> None:
+    """What vLLM's engine core does with our code: build the Orpheus logits processor, then keep running."""
+    from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+
+    processor = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
+    again = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
+    assert processor.snac_service is not None and again.snac_service is None  # one service per engine process
+    ready.set()
+    threading.Event().wait()
+
+
+@pytest.fixture(scope="module")
+def quiet_snac(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo-sized SNAC without its noise blocks, so two decodes of the same codes are equal."""
+    out = tmp_path_factory.mktemp("snac")
+    torch.manual_seed(0)
+    write_random_snac(out, {**SNAC_DEMO_CONFIG, "noise": False})
+    return out
+
+
+@pytest.fixture
+def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]]:
+    context = multiprocessing.get_context("spawn")
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    ready = context.Event()
+    process = context.Process(target=engine_core, args=(name, ready), daemon=True)
+    process.start()
+    try:
+        assert ready.wait(60), "the engine process did not start its SNAC service"
+        yield name, process
+    finally:
+        process.kill()
+        process.join(10)
+
+
+def windows() -> list[Window]:
+    codes = [tuple((7 * i + j) * 37 % 4096 for j in range(7)) for i in range(9)]
+    return [Window(tuple(codes[i : i + 5]), 2, 2) for i in range(4)]
+
+
+async def test_the_engine_decodes_what_the_server_would(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+) -> None:
+    name, _ = engine_process
+    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(quiet_snac), "cpu", torch.float32, 8)
+    local = SnacDecoder(load_snac(str(quiet_snac), "cpu"), "cpu", max_batch=8)
+    try:
+        batch = windows()
+        expected = local.decode_sync(batch)
+        together = await asyncio.gather(*(remote.decode(window) for window in batch))
+        assert [len(pcm) for pcm in together] == [2 * SAMPLES_PER_FRAME * 2] * len(batch)
+        for got, want in zip(together, expected, strict=True):
+            np.testing.assert_allclose(np.frombuffer(got, "<i2"), np.frombuffer(want, "<i2"), atol=1)
+        assert remote.windows_decoded == len(batch) and remote.frames_emitted == 2 * len(batch)
+        await remote.capture_graphs(WindowPolicy().stream_shapes)  # CPU: nothing to capture, and no error
+        stats = remote.connection.call("stats")
+        assert stats["windows_decoded"] == len(batch) and stats["device"] == "cpu" and stats["graphs"] == []
+    finally:
+        remote.close()
+        local.close()
+
+
+async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+) -> None:
+    name, _ = engine_process
+    connection = await asyncio.to_thread(ServiceConnection.open, name)
+    try:
+        with pytest.raises(SnacServiceError, match="no SNAC model loaded"):
+            connection.call("decode", np.zeros((1, 5, 7), np.int16), (5, 2, 2))
+        with pytest.raises(SnacServiceError, match="unknown operation 'nap'"):
+            connection.call("nap")
+        with pytest.raises(SnacServiceError, match="Could not load the SNAC decoder"):
+            connection.call("load", "/nonexistent/snac", "float32", 8)
+        connection.call("load", str(quiet_snac), "float32", 8)
+        pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2))
+        assert pcm.shape == (3, 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
+    finally:
+        connection.close()
+
+
+async def test_a_dead_engine_fails_the_decodes_waiting_on_it(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+) -> None:
+    name, process = engine_process
+    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(quiet_snac), "cpu", torch.float32, 8)
+    try:
+        assert len(await remote.decode(windows()[0])) == 2 * SAMPLES_PER_FRAME * 2
+        process.kill()
+        process.join(10)
+        with pytest.raises(SnacServiceError, match="went away"):
+            await asyncio.wait_for(remote.decode(windows()[1]), 10)
+    finally:
+        remote.close()
+
+
+def test_no_service_is_a_clear_error_not_a_hang() -> None:
+    with pytest.raises(SnacServiceError, match="not reachable"):
+        ServiceConnection.open(f"nobody-{uuid.uuid4().hex[:8]}", timeout_s=0.3)
+
+
+def test_the_address_names_the_server_and_the_engine() -> None:
+    assert service_address("orpheus", os.getpid()) == f"\0oai-snac-{os.getpid()}-orpheus"
+
+
+def test_the_orpheus_engine_alone_on_snacs_card_hosts_it() -> None:
+    def host(cards: int, **settings: object) -> tuple[int, ...] | None:
+        resolved = Settings(snac_in_engine=True, **settings)  # type: ignore[arg-type]
+        plan = snac_host_of(resolved, plan_layout(cards, H200_GIB, LayoutRequest.from_settings(resolved)))
+        return None if plan is None else plan.cards
+
+    assert host(1) == (0,)  # one card: the shared layout's Orpheus
+    assert host(2, placement="speech") == (0,)  # an Orpheus replica on every card, SNAC on card 0
+    assert host(2) is None  # balanced: SNAC on card 0, Orpheus on card 1 only
+    off = Settings()
+    assert snac_host_of(off, plan_layout(1, H200_GIB, LayoutRequest.from_settings(off))) is None
+    assert snac_host_of(Settings(snac_in_engine=True), None) is None  # not vLLM: no layout
