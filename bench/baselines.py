@@ -255,7 +255,7 @@ async def build(args: argparse.Namespace) -> Bench:
         decoders["ours"] = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, 64)
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
-    windows = WindowPolicy()
+    windows = WindowPolicy(frames_per_decode=args.frames_per_decode)
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
     if args.engine == "vllm":
@@ -356,6 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prebuffer-ms", type=float, default=250.0)
     p.add_argument("--ttfa-p95-ms", type=float, default=500.0, help="capacity: TTFA p95 limit")
     p.add_argument("--rtf-p99-max", type=float, default=1.0, help="capacity: RTF p99 limit")
+    p.add_argument("--frames-per-decode", type=int, default=2, help="ours: SNAC frames per steady decode (K)")
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--enforce-eager", action="store_true")

@@ -11,6 +11,8 @@
 #                 from CLIENT_PROCS (8) client processes.
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
+#   snac          (GPU BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
+#                 cuDNN's benchmark mode.
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -101,6 +103,13 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
   # NO_CLEANUP: gpu_load.sh would otherwise pkill every engine core of the machine, the other card's too
   NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours,ours_in_engine,silent} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
+}
+snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algorithm choice (bench/snac_decode.py)
+  W=$S/snac; export CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}
+  for bench in "" --cudnn-benchmark; do
+    python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" --batch 32,64,128 --frames-per-decode 2,4,8 \
+      --repeats 20 $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
+  done
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
   W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}

@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
     p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (before capture)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     if "fp32" not in args.precisions:
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "device": args.device,
         "random_weights": not args.snac,
+        "cudnn_benchmark": args.cudnn_benchmark,
         "precision": precision,
         "precisions_ran": ran,
         "streamed_vs_whole": streamed,

@@ -9,21 +9,16 @@ generating in that window. While at least `min_streams` requests generate and th
 real time (82 tokens/s) times `margin`, `has_headroom()` is false: a new speech stream waits up to
 `wait_s` in `admit` for headroom and then gets 429 with `retry-after`, so every admitted stream keeps
 its real-time margin. Near saturation the engine's aggregate rate is about constant, so admitting k
-more streams to n running ones leaves each `aggregate / (n + k)`: streams admitted but not yet
+more streams to n running ones leaves each `n / (n + k)` of today's rate: streams admitted but not yet
 generating count as k (they expire after `pending_s`). Below `min_streams` streams the gate never
 refuses (the rate of a few streams says nothing about the engine's ceiling).
-
-The aggregate is the rate times the fewer of n and the window's mean count. While streams are being
-added, n is above that mean, and the window's tokens came from the mean count of streams, not from n:
-n x rate overstated the engine (on an H200, a burst of 216 against ~140 streams of capacity got 175 in,
-and 35 of them played slower than real time). While streams finish, n x rate is the lower, safer one.
 
 A burst is the exception: while most of what was admitted is still waiting for its prefill (more than a
 quarter of the running count), the few streams already generating share the GPU with those prefills and
 their rate says little, and projecting it over the whole burst shut the gate on bursts well inside the
 capacity (on an H200, streams 97-112 of a burst of 112 waited ~0.5 s, where 128 without the gate kept
 real time). Then the gate admits up to the concurrency its last settled measurement said keeps real time
-(`safe_streams`: aggregate / required), so a burst inside it starts at once and one past it still waits
+(`safe_streams`: n x rate / required), so a burst inside it starts at once and one past it still waits
 for the measurement and its 429. Before any measurement (a fresh server) a burst is admitted blind.
 """
 
@@ -109,9 +104,8 @@ class HeadroomGate:
             return True
         rate = self.per_stream_rate()
         if rate is not None and running > 0 and 4 * pending <= running:  # settled: the rate speaks for the engine
-            aggregate = self._aggregate(rate, running)
-            self.safe_streams = int(aggregate / self.required)
-            return aggregate / (running + pending + 1) >= self.required
+            self.safe_streams = int(running * rate / self.required)
+            return rate * running / (running + pending + 1) >= self.required
         # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
         return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
 
@@ -124,10 +118,6 @@ class HeadroomGate:
                 raise rate_limited("The server is at its real-time capacity; please retry shortly.", 1)
             await asyncio.sleep(0.05)
         self._pending.append(self._clock())
-
-    def _aggregate(self, rate: float, running: int) -> float:
-        """The engine's tokens/s: `rate` times the fewer of the streams running now and the window's mean."""
-        return rate * min(running, self._mean_generating(self._clock()))
 
     def _change(self, delta: int) -> None:
         now = self._clock()
