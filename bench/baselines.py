@@ -356,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prebuffer-ms", type=float, default=250.0)
     p.add_argument("--ttfa-p95-ms", type=float, default=500.0, help="capacity: TTFA p95 limit")
     p.add_argument("--rtf-p99-max", type=float, default=1.0, help="capacity: RTF p99 limit")
-    p.add_argument("--frames-per-decode", type=int, default=2, help="ours: SNAC frames per steady decode (K)")
+    p.add_argument("--frames-per-decode", type=int, default=4, help="ours: SNAC frames per steady decode (K)")
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--enforce-eager", action="store_true")

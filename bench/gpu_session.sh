@@ -106,9 +106,10 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 }
 snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algorithm choice (bench/snac_decode.py)
   W=$S/snac; export CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}
-  for bench in "" --cudnn-benchmark; do
-    python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" --batch 32,64,128 --frames-per-decode 2,4,8 \
-      --repeats 20 $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
+  for bench in ${SNAC_VARIANTS-"" --cudnn-benchmark}; do  # SNAC_VARIANTS='""': only without cuDNN's benchmark mode
+    [ "$bench" = '""' ] && bench=
+    python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" ${SNAC_ARGS:---batch 32,64,128 --frames-per-decode 2,4,8 \
+      --repeats 20} $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
   done
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server

@@ -50,6 +50,11 @@ def build_model(args: argparse.Namespace, *, fold: bool, noise: bool = True) -> 
 
     if args.snac:
         model = SNAC.from_pretrained(args.snac)
+        if not noise:  # its config has noise on: take the NoiseBlocks out, so equal codes decode equal
+            for parent in list(model.modules()):
+                for name, child in parent.named_children():
+                    if type(child).__name__ == "NoiseBlock":
+                        setattr(parent, name, torch.nn.Identity())
     else:
         torch.manual_seed(0)
         model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": noise})

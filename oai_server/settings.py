@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     """Frames decoded after a frame before it is emitted (latency vs seam quality)."""
     snac_context_frames: int = Field(2, ge=0, le=6, validation_alias=_env("snac_context_frames"))
     """Frames of left context decoded with each emitted frame."""
-    snac_frames_per_decode: int = Field(2, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
+    snac_frames_per_decode: int = Field(4, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     """Precision of the SNAC decoder (auto: float32; float16 measured slower under load on the H200)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
-    snac_in_engine: bool = Field(False, validation_alias=_env("snac_in_engine"))
+    snac_in_engine: bool = Field(True, validation_alias=_env("snac_in_engine"))
     """With vLLM, decode SNAC in the Orpheus engine's process on SNAC's card (one CUDA context, no time-slicing)."""
 
     # --- speech recognition (Whisper) and voice activity detection ---

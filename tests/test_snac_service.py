@@ -152,6 +152,6 @@ def test_the_orpheus_engine_alone_on_snacs_card_hosts_it() -> None:
     assert host(1) == (0,)  # one card: the shared layout's Orpheus
     assert host(2, placement="speech") == (0,)  # an Orpheus replica on every card, SNAC on card 0
     assert host(2) is None  # balanced: SNAC on card 0, Orpheus on card 1 only
-    off = Settings()
+    off = Settings(snac_in_engine=False)
     assert snac_host_of(off, plan_layout(1, H200_GIB, LayoutRequest.from_settings(off))) is None
     assert snac_host_of(Settings(snac_in_engine=True), None) is None  # not vLLM: no layout

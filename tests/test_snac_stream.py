@@ -55,8 +55,28 @@ def test_chunks_ramp_up_then_hold_the_steady_shape() -> None:
     policy = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=4)
     planner = policy.planner()
     windows = [w for f in frames(40) for w in planner.add([f])]
-    assert [w.count for w in windows[:4]] == [1, 2, 4, 4]
-    assert all(w.shape == policy.steady_shape == (7, 2, 4) for w in windows[2:])
+    assert [w.count for w in windows[:5]] == [1, 1, 2, 4, 4]
+    assert all(w.shape == policy.steady_shape == (7, 2, 4) for w in windows[3:])
+
+
+@pytest.mark.parametrize("per_decode", range(1, 5))
+@pytest.mark.parametrize("rtf", [0.5, 0.75, 0.9, 1.0])
+def test_a_player_that_waits_for_three_frames_never_runs_dry_while_generation_keeps_real_time(
+    per_decode: int, rtf: float
+) -> None:
+    """Frames are generated one every `rtf` frame-durations; the player starts once 3 frames (256 ms, the
+    benches' 250 ms pre-buffer) have arrived, then plays one frame per frame-duration. No chunk may come
+    after its first frame was due, for K up to 4 (the ramp 1, 2, 4 missed it at K=4 for RTF above 0.75;
+    K above 4 needs a longer pre-buffer when generation runs at real time)."""
+    planner = WindowPolicy(2, 1, per_decode).planner()
+    arrival: list[float] = []  # when each emitted frame reached the player
+    for generated in range(1, 200):
+        for window in planner.add(frames(1, start=generated - 1)):
+            arrival += [generated * rtf] * window.count
+    start = next(at for i, at in enumerate(arrival) if i + 1 >= 3)
+    assert all(at <= start + i + 1e-9 for i, at in enumerate(arrival)), [
+        (i, at, start + i) for i, at in enumerate(arrival) if at > start + i
+    ][:3]
 
 
 @pytest.mark.parametrize(
@@ -113,8 +133,8 @@ def test_each_steady_window_holds_its_context_and_lookahead() -> None:
     planner = WindowPolicy(2, 1, 2).planner()
     stream = frames(12)
     windows = [w for f in stream for w in planner.add([f])]
-    third = windows[2]  # frames 3 and 4, after chunks [0] and [1, 2]
-    assert third == Window(tuple(stream[1:6]), 2, 2)
+    fourth = windows[3]  # frames 4 and 5, after chunks [0], [1] and [2, 3]
+    assert fourth == Window(tuple(stream[2:7]), 2, 2)
 
 
 def test_finish_flushes_the_tail_in_chunks_no_larger_than_k() -> None:

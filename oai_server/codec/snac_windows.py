@@ -1,20 +1,26 @@
 """SNAC streaming windows: which frames to decode together so each frame is emitted exactly once.
 
 Window policy (settings `snac_context_frames` C, `snac_lookahead_frames` L, `snac_frames_per_decode` K;
-defaults C=2, L=1, K=2): frames are emitted in chunks. A chunk of k frames starting at frame f is
+defaults C=2, L=1, K=4): frames are emitted in chunks. A chunk of k frames starting at frame f is
 emitted once frame f+k-1+L is known (or at the end of the stream), by decoding frames
 ``[f-C, f+k-1+L]`` (clipped to what exists) and keeping the 2048*k samples that belong to the chunk.
-Chunk sizes ramp up 1, 2, 4, ... to K, so:
+Chunk sizes ramp up 1, 1, 2, 4, ... to K, each no longer than the audio emitted before it, so:
 
 * every frame is emitted once, in order, as exactly 2048 samples: n frames -> 2048*n samples,
   with nothing trimmed at the start and the tail flushed at the end;
 * the first audio needs L+1 frames = 14 tokens with L=1 (Canopy's reference needs 28 and never
   plays the first frame or the last two);
-* in steady state each decode covers C+K+L frames for K emitted ones: 2.5 decoded frames per
-  emitted frame with the defaults, against 4 for Canopy's (and K=1's) one-frame-per-window scheme.
-  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps, which a client
-  pre-buffer must cover when generation runs just at real time. Steady windows have one static
-  shape, so they batch across streams and run as CUDA graphs on a GPU (`snac_graphs.py`).
+* in steady state each decode covers C+K+L frames for K emitted ones: 1.75 decoded frames per
+  emitted frame with the defaults (2.5 at K=2), against 4 for Canopy's (and K=1's) one-frame-per-window
+  scheme. SNAC's GPU time goes with the frames decoded: on an H200, 72 us per emitted frame at K=4
+  against 104 at K=2, batch 128 (`bench/snac_decode.py`).
+  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps. With no chunk longer
+  than what was sent before it, a client that starts playing once ~3 frames (250 ms) are buffered
+  never runs dry while generation keeps real time, for K up to 4; larger K needs a longer pre-buffer. (With the earlier ramp 1, 2, 4 the
+  4-frame chunk came 4 frames of generation after playback had started on 3 frames of audio: at K=4
+  every stream with an RTF above 0.75 stalled once, as measured on an H200.)
+  Steady windows have one static shape, so they batch across streams and run as CUDA graphs on a
+  GPU (`snac_graphs.py`).
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames, so
 more left context is cheap (it only widens a batched decode) while every frame of lookahead
@@ -62,8 +68,9 @@ class WindowPlanner:
         self._emitted = 0
 
     def _chunk(self) -> int:
-        # 1, 2, 4, ... frames: the first audio as early as possible, then fewer, larger decodes.
-        return min(self.frames_per_decode, self._emitted + 1)
+        # 1, 1, 2, 4, ... frames: the first audio as early as possible, then fewer, larger decodes, and never
+        # a chunk longer than the audio already sent, so waiting for it cannot drain a pre-buffer below real time.
+        return min(self.frames_per_decode, max(1, self._emitted))
 
     def _take(self, count: int) -> Window:
         first = self._next_emit
@@ -103,7 +110,7 @@ class WindowPolicy:
 
     context_frames: int = 2
     lookahead_frames: int = 1
-    frames_per_decode: int = 2
+    frames_per_decode: int = 4
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""

@@ -260,7 +260,8 @@ def snac_host_of(settings: Settings, layout: Layout | None) -> EnginePlan | None
     if not settings.snac_in_engine:
         return None
     if layout is None:
-        logger.warning("--snac-in-engine needs the vLLM engines; the server decodes SNAC")
+        if "snac_in_engine" in settings.model_fields_set:
+            logger.warning("--snac-in-engine needs the vLLM engines; the server decodes SNAC")
         return None
     host = layout.snac_host()
     if host is None:
