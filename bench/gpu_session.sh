@@ -11,7 +11,7 @@
 #                 from CLIENT_PROCS (8) client processes.
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
-#   snac          (GPU BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
+#   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode.
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
@@ -105,7 +105,7 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
 }
 snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algorithm choice (bench/snac_decode.py)
-  W=$S/snac; export CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}
+  W=$S/snac; export CUDA_VISIBLE_DEVICES=${SNAC_GPU:-${BASE_GPU:-${ONECARD_GPU:-0}}}
   for bench in ${SNAC_VARIANTS-"" --cudnn-benchmark}; do  # SNAC_VARIANTS='""': only without cuDNN's benchmark mode
     [ "$bench" = '""' ] && bench=
     python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" ${SNAC_ARGS:---batch 32,64,128 --frames-per-decode 2,4,8 \
