@@ -2,7 +2,8 @@
 
     python bench/audio_cpu.py [--n 32] [--out DIR]
 
-On the 5 s espeak-ng utterance (`bench/data/utterance_5s.flac`), each stage once on one thread (the mean of 20),
+On the 5 s espeak-ng utterance (`bench/data/utterance_5s.flac`, and the same samples as a 16-bit WAV for the
+decoder's WAV fast path: ``decode wav``), each stage once on one thread (the mean of 20),
 then N at once in thread pools of 1, 4 and N workers, alone and beside vLLM-style feature extraction (4 threads
 computing Whisper's features, as vLLM's renderer does): how much of each stage holds the GIL, and what a
 bounded pool would change on a machine of this many cores. It needs no GPU: on the lent GPU host it explains
@@ -55,6 +56,26 @@ def burst(work: Callable[[], Any], n: int, workers: int, beside: Callable[[], An
     return elapsed
 
 
+def as_wav(flac: bytes) -> bytes:
+    """The same utterance as a 16-bit PCM WAV file at its own rate (the decoder's fast path)."""
+    import io
+    import wave
+
+    import av
+
+    with av.open(io.BytesIO(flac)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(pcm.astype("<i2").tobytes())
+    return out.getvalue()
+
+
 def main(args: argparse.Namespace) -> None:
     import torch
     from transformers import WhisperFeatureExtractor
@@ -63,12 +84,14 @@ def main(args: argparse.Namespace) -> None:
     vad = default_vad()
     features = WhisperFeatureExtractor(feature_size=128)
 
-    def decode() -> np.ndarray:
-        return decode_audio(data, sample_rate=16000, param="file", max_bytes=25 << 20, max_seconds=600).samples
+    def decode(upload: bytes = data) -> np.ndarray:
+        return decode_audio(upload, sample_rate=16000, param="file", max_bytes=25 << 20, max_seconds=600).samples
 
+    wav = as_wav(data)
     samples = decode()
     stages: dict[str, Callable[[], Any]] = {
         "decode": decode,
+        "decode wav": lambda: decode(wav),
         "vad": lambda: vad.probabilities(samples),
         "decode+vad": lambda: vad.probabilities(decode()),
         "features": lambda: features(samples, sampling_rate=16000, return_tensors="pt"),
@@ -78,7 +101,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"{report['cpus']} CPUs, torch threads {report['torch_threads']}; one thread, ms:", report["one_thread_ms"])
     bursts: dict[str, float] = {}
     for workers in (1, 4, args.n):
-        for name in ("decode", "vad", "decode+vad"):
+        for name in ("decode", "decode wav", "vad", "decode+vad"):
             bursts[f"{name} x{args.n}, {workers} workers"] = burst(stages[name], args.n, workers)
         key = f"decode+vad x{args.n}, {workers} workers, beside features"
         bursts[key] = burst(stages["decode+vad"], args.n, workers, stages["features"])

@@ -194,3 +194,65 @@ def test_base64_round_trip_and_errors(voice: np.ndarray) -> None:
     with pytest.raises(APIError) as excinfo:
         decode_base64(text, param=PARAM, max_bytes=len(wav) // 2)
     assert _error(excinfo) == (400, PARAM, "audio_too_large", "invalid_request_error")
+
+
+def _wav_header(fmt_body: bytes, data: bytes, *, data_size: int | None = None) -> bytes:
+    size = len(data) if data_size is None else data_size
+    chunks = b"fmt " + len(fmt_body).to_bytes(4, "little") + fmt_body + b"data" + size.to_bytes(4, "little") + data
+    return b"RIFF" + (4 + len(chunks)).to_bytes(4, "little") + b"WAVE" + chunks
+
+
+def _pcm_fmt(channels: int, rate: int, bits: int = 16, audio_format: int = 1) -> bytes:
+    block = channels * bits // 8
+    return b"".join(
+        (audio_format.to_bytes(2, "little"), channels.to_bytes(2, "little"), rate.to_bytes(4, "little"),
+         (rate * block).to_bytes(4, "little"), block.to_bytes(2, "little"), bits.to_bytes(2, "little"))
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("channels", "rate", "target"), [(1, 16000, 16000), (2, 22050, 16000), (1, 16000, 24000)])
+def test_a_pcm16_wav_skips_the_demuxer_and_decodes_the_same_samples(
+    voice: np.ndarray, monkeypatch: pytest.MonkeyPatch, channels: int, rate: int, target: int
+) -> None:
+    from oai_server.codec import audio_input
+
+    samples = audio_input.resample(voice, RATE, rate)
+    wav = encode(np.stack([samples, samples * 0.5], axis=1) if channels == 2 else samples, rate, "wav")
+    assert audio_input._pcm16_wav(wav) is not None  # the fast path takes it
+    fast = decode_audio(wav, sample_rate=target)
+    monkeypatch.setattr(audio_input, "_pcm16_wav", lambda data: None)  # what PyAV makes of the same file
+    slow = decode_audio(wav, sample_rate=target)
+    assert (
+        (fast.container, fast.codec, fast.sample_rate)
+        == (slow.container, slow.codec, target)
+        == (
+            "wav",
+            "pcm_s16le",
+            target,
+        )
+    )
+    assert len(fast.samples) == len(slow.samples)
+    np.testing.assert_allclose(fast.samples, slow.samples, atol=1e-6)
+
+
+def test_only_well_formed_pcm16_wav_takes_the_fast_path(voice: np.ndarray) -> None:
+    from oai_server.codec.audio_input import _pcm16_wav
+
+    pcm = to_pcm16(voice)
+    extensible = _pcm_fmt(2, RATE, audio_format=0xFFFE) + (22).to_bytes(2, "little") + b"\x10\x00" + bytes(4)
+    extensible += b"\x01\x00" + bytes(14)  # SubFormat: KSDATAFORMAT_SUBTYPE_PCM
+    stereo = pcm[: len(pcm) // 4 * 4]  # whole 2-channel samples
+    assert _pcm16_wav(_wav_header(extensible, stereo)) == (stereo, RATE, 2)
+    assert _pcm16_wav(_wav_header(_pcm_fmt(1, RATE, bits=24), pcm[: len(pcm) // 6 * 6])) is None  # 24-bit
+    assert _pcm16_wav(_wav_header(_pcm_fmt(1, RATE, audio_format=3, bits=32), pcm)) is None  # float
+    assert _pcm16_wav(_wav_header(_pcm_fmt(1, RATE), pcm, data_size=0xFFFFFFFF)) is None  # streamed: size unknown
+    assert _pcm16_wav(_wav_header(_pcm_fmt(1, RATE), pcm + b"\x00")) is None  # not whole samples
+    assert _pcm16_wav(_wav_header(_pcm_fmt(1, RATE), b"")) is None  # no samples: PyAV's empty_audio
+    assert _pcm16_wav(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None  # truncated
+    assert _pcm16_wav(encode(voice, RATE, "flac")) is None
+
+
+def test_a_streamed_wav_still_decodes_through_pyav(voice: np.ndarray) -> None:
+    pcm = to_pcm16(voice)
+    decoded = decode_audio(_wav_header(_pcm_fmt(1, RATE), pcm, data_size=0xFFFFFFFF), sample_rate=RATE)
+    np.testing.assert_allclose(decoded.samples, _pcm(voice), atol=1e-7)

@@ -2,7 +2,11 @@
 
 Accepted: anything in the wav, mp3, flac, ogg (opus, vorbis, flac), matroska/webm, mov/mp4/m4a
 and ADTS aac demuxers, whatever its codec, sample rate and channel count; and raw signed 16-bit
-little-endian PCM when the caller knows its rate (`decode_pcm16`). Other demuxers are refused
+little-endian PCM when the caller knows its rate (`decode_pcm16`). A well-formed 16-bit PCM WAV file,
+the most common upload, skips the demuxer and decoder: its samples go straight to `decode_pcm16`.
+The samples are the same; 5 s at 16 kHz take 0.15 ms instead of 4.2 ms (`bench/audio_cpu.py`), 2 ms
+instead of 6 ms when they need resampling, and PyAV's decoding holds the GIL, which bounded 32
+concurrent transcriptions on a 32-core host. Other demuxers are refused
 with ffmpeg's ``format_whitelist``: playlist-like formats (hls, concat, ...) would open further
 files or URLs named inside the upload.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -94,6 +99,14 @@ def decode_audio(
     as soon as it is passed, so a long upload costs no more than the limit.
     """
     _check_size(len(data), max_bytes, param)
+    wav = _pcm16_wav(data)
+    if wav is not None:  # the common upload: no demuxer, decoder or per-frame conversions (3x faster, same samples)
+        pcm, source_rate, channels = wav
+        decoded = decode_pcm16(
+            pcm, source_rate, sample_rate=sample_rate, param=param, max_bytes=max_bytes, max_seconds=max_seconds,
+            channels=channels,
+        )  # fmt: skip
+        return dataclasses.replace(decoded, container="wav")  # the demuxer PyAV would have named
     try:
         container = av.open(io.BytesIO(data), "r", options={"format_whitelist": ",".join(ALLOWED_DEMUXERS)})
     except av.ArgumentError:  # ffmpeg's EINVAL: the probed demuxer is not on the whitelist
@@ -142,6 +155,33 @@ def decode_pcm16(
     pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0
     samples = resample(pcm, source_rate, sample_rate)
     return _finish(samples, sample_rate, "pcm", "pcm_s16le", param)
+
+
+def _pcm16_wav(data: bytes) -> tuple[bytes, int, int] | None:
+    """(samples, rate, channels) of a well-formed 16-bit PCM WAV file; None for anything else (PyAV reads it)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset, fmt = 12, None
+    while offset + 8 <= len(data):
+        tag, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
+        body = data[offset + 8 : offset + 8 + size]
+        if len(body) < size:
+            return None  # truncated, or a streamed WAV's unknown size
+        if tag == b"fmt " and size >= 16:
+            fmt = body
+        elif tag == b"data":
+            if fmt is None or not body:
+                return None
+            audio_format = int.from_bytes(fmt[0:2], "little")
+            channels, rate = int.from_bytes(fmt[2:4], "little"), int.from_bytes(fmt[4:8], "little")
+            bits = int.from_bytes(fmt[14:16], "little")
+            extensible_pcm = audio_format == 0xFFFE and len(fmt) >= 26 and fmt[24:26] == b"\x01\x00"
+            pcm16 = (audio_format == 1 or extensible_pcm) and bits == 16 and channels >= 1 and rate > 0
+            if pcm16 and len(body) % (2 * channels) == 0:
+                return body, rate, channels
+            return None
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
 
 
 def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

@@ -13,14 +13,13 @@ Chunk sizes ramp up 1, 1, 2, 4, ... to K, each no longer than the audio emitted 
 * in steady state each decode covers C+K+L frames for K emitted ones: 1.75 decoded frames per
   emitted frame with the defaults (2.5 at K=2), against 4 for Canopy's (and K=1's) one-frame-per-window
   scheme. SNAC's GPU time goes with the frames decoded: on an H200, 72 us per emitted frame at K=4
-  against 104 at K=2, batch 128 (`bench/snac_decode.py`).
-  Larger K saves more SNAC work but delivers audio in K-frame (K*85 ms) steps. With no chunk longer
-  than what was sent before it, a client that starts playing once ~3 frames (250 ms) are buffered
-  never runs dry while generation keeps real time, for K up to 4; larger K needs a longer pre-buffer. (With the earlier ramp 1, 2, 4 the
-  4-frame chunk came 4 frames of generation after playback had started on 3 frames of audio: at K=4
-  every stream with an RTF above 0.75 stalled once, as measured on an H200.)
-  Steady windows have one static shape, so they batch across streams and run as CUDA graphs on a
-  GPU (`snac_graphs.py`).
+  against 104 at K=2, batch 128 (`bench/snac_decode.py`). Larger K saves more SNAC work but delivers
+  audio in K-frame (K*85 ms) steps. With no chunk longer than what was sent before it, a client that
+  starts playing once ~3 frames (250 ms) are buffered never runs dry while generation keeps real time,
+  for K up to 4; larger K needs a longer pre-buffer. (With the earlier ramp 1, 2, 4 the 4-frame chunk
+  came 4 frames of generation after playback had started on 3 frames of audio: at K=4 every stream
+  with an RTF above 0.75 stalled once, as measured on an H200.) Steady windows have one static shape,
+  so they batch across streams and run as CUDA graphs on a GPU (`snac_graphs.py`).
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames, so
 more left context is cheap (it only widens a batched decode) while every frame of lookahead
