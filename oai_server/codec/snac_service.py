@@ -99,7 +99,10 @@ class SnacService:
             except Exception as exc:
                 logger.exception("SNAC service: %s failed", op)
                 reply = ("error", f"{type(exc).__name__}: {exc}")
-            connection.send(reply)
+            try:
+                connection.send(reply)
+            except (EOFError, OSError):
+                return  # the server went away mid-answer; wait for the next one
 
     def handle(self, op: str, *args: Any) -> Any:
         """One request: ``load(name, dtype, max_batch)``, ``capture(shapes)``, ``decode(frames, shape)``
