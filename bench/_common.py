@@ -396,3 +396,24 @@ def gpu_memory() -> dict[str, Any]:
             cmd = "?"
         procs.append({"pid": int(pid), "used_mib": float(used), "cmdline": cmd})
     return {"processes": procs, "gpu_used_total_mib": total}
+
+
+def as_wav(flac: bytes) -> bytes:
+    """The same utterance as a 16-bit PCM WAV file at its own rate (the decoder's fast path)."""
+    import io
+    import wave
+
+    import av
+    import numpy as np
+
+    with av.open(io.BytesIO(flac)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(pcm.astype("<i2").tobytes())
+    return out.getvalue()

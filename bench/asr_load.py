@@ -36,6 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    as_wav,
     benchmarked_server,
     gpu_memory,
     spread,
@@ -57,7 +58,9 @@ class Transcriber:
     def __init__(self, client: httpx.AsyncClient, args: argparse.Namespace) -> None:
         self.client = client
         self.args = args
-        self.audio = UTTERANCE.read_bytes()
+        flac = UTTERANCE.read_bytes()
+        self.audio = as_wav(flac) if args.upload_format == "wav" else flac
+        self.filename = f"u.{args.upload_format}"
         self.errors: list[str] = []
 
     def _form(self, stream: bool) -> dict[str, str]:
@@ -72,7 +75,7 @@ class Transcriber:
         started = time.perf_counter()
         try:
             response = await self.client.post(
-                "/v1/audio/transcriptions", data=self._form(False), files={"file": ("u.flac", self.audio)}
+                "/v1/audio/transcriptions", data=self._form(False), files={"file": (self.filename, self.audio)}
             )
         except httpx.HTTPError as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -87,7 +90,7 @@ class Transcriber:
         started = time.perf_counter()
         first = None
         request = self.client.build_request(
-            "POST", "/v1/audio/transcriptions", data=self._form(True), files={"file": ("u.flac", self.audio)}
+            "POST", "/v1/audio/transcriptions", data=self._form(True), files={"file": (self.filename, self.audio)}
         )
         response = await self.client.send(request, stream=True)
         try:
@@ -311,6 +314,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens-per-char", type=float, default=8.0, help="the server's --tts-tokens-per-char")
     p.add_argument("--max-tokens", type=int, default=24, help="transcript tokens per request (random weights)")
     p.add_argument("--language", default="en")
+    p.add_argument(
+        "--upload-format", choices=("flac", "wav"), default="flac", help="the utterance as sent (wav: 16-bit PCM)"
+    )
     p.add_argument("--asr-model", default="whisper-1")
     p.add_argument("--speech-model", default="tts-1")
     p.add_argument("--voice", default="alloy")

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_json
+from _common import as_wav, write_json
 
 from oai_server.codec.audio_input import decode_audio
 from oai_server.engines.vad import default_vad
@@ -54,26 +54,6 @@ def burst(work: Callable[[], Any], n: int, workers: int, beside: Callable[[], An
         for future in others:
             future.result()
     return elapsed
-
-
-def as_wav(flac: bytes) -> bytes:
-    """The same utterance as a 16-bit PCM WAV file at its own rate (the decoder's fast path)."""
-    import io
-    import wave
-
-    import av
-
-    with av.open(io.BytesIO(flac)) as container:
-        stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        writer.writeframes(pcm.astype("<i2").tobytes())
-    return out.getvalue()
 
 
 def main(args: argparse.Namespace) -> None:

@@ -126,7 +126,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
      > $W/spy.log 2>&1) &
   SPY=$!
   python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
-    --concurrency 1,32 --rounds 12 --saturate 0 --speech-streams 0 --warmup 4 > $W/asr.log 2>&1
+    --concurrency 1,32 --rounds 12 --saturate 0 --speech-streams 0 --warmup 4 ${ASR_LOAD_ARGS:-} > $W/asr.log 2>&1
   curl -s "http://127.0.0.1:$PORT/metrics" > $W/metrics.txt
   wait $SPY; kill $SP  # a bare `wait` would wait for the server too
 }

@@ -411,8 +411,9 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_asr_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "asr"
-    proc = _run("asr_load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out))
+    proc = _run("asr_load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--upload-format", "wav")
     report = json.loads((out / "asr_results.json").read_text())
+    assert report["config"]["upload_format"] == "wav"
     assert set(report["engines"]) == {"llm", "tts", "asr"}
     assert [level["concurrency"] for level in report["latency"]] == [1, 2]
     for level in report["latency"]:
