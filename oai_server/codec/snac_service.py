@@ -91,11 +91,12 @@ class SnacService:
     def _answer(self, connection: Connection) -> None:
         while True:
             try:
-                op, *args = connection.recv()
+                request = connection.recv()
             except (EOFError, OSError):
                 return  # the server went away; wait for the next one
+            op = request[0] if isinstance(request, tuple) and request else repr(request)
             try:
-                reply: tuple[str, Any] = ("ok", self.handle(op, *args))
+                reply: tuple[str, Any] = ("ok", self.handle(op, *request[1:]))
             except Exception as exc:
                 logger.exception("SNAC service: %s failed", op)
                 reply = ("error", f"{type(exc).__name__}: {exc}")
