@@ -13,6 +13,10 @@
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode.
+#   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
+#                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
+#                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
+#                 96, OC_CHAT_START 48, OC_MIXED_START 32).
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -53,8 +57,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
     case $phase in
       ttfa) load --mode both --concurrency 1 --requests-per-stream 3 --warmup 1 --out $W/ttfa > $W/ttfa.log 2>&1 ;;
-      speech) load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech \
-                > $W/speech.log 2>&1 ;;
+      speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max 512 --search-resolution 16 \
+                --out $W/speech > $W/speech.log 2>&1 ;;
       arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=96
         RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
@@ -63,10 +67,10 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
       burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=128
         load --mode speech --concurrency "${BURST_N:-$(( C * 17 / 10 ))}" --out $W/burst > $W/burst.log 2>&1 ;;
-      chat) load --mode chat --search --search-start 48 --search-max 384 --search-resolution 16 --out $W/chat \
-              > $W/chat.log 2>&1 ;;
-      mixed) load --mode mixed --search --search-start 32 --search-max 256 --search-resolution 16 --out $W/mixed \
-               > $W/mixed.log 2>&1 ;;
+      chat) load --mode chat --search --search-start "${OC_CHAT_START:-48}" --search-max 384 --search-resolution 16 \
+              --out $W/chat > $W/chat.log 2>&1 ;;
+      mixed) load --mode mixed --search --search-start "${OC_MIXED_START:-32}" --search-max 256 --search-resolution 16 \
+               --out $W/mixed > $W/mixed.log 2>&1 ;;
       nogate)  # the same server without admission by real-time headroom: what the gate's waits cost a burst
         kill $SP; wait $SP 2>/dev/null
         python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --no-headroom-admission --port $PORT \
@@ -112,6 +116,13 @@ snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algori
       --repeats 20} $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
   done
 }
+cards() {  # both cards behind one server (bench/gpu_load.sh placement), after the other card's job is done
+  W=$S/cards; T0=$(date +%s)
+  until [ -f $S/${SI_JOB:-speech_input}/done ] || [ $(( $(date +%s) - T0 )) -ge "${CARDS_WAIT_S:-300}" ]; do sleep 5; done
+  gpu_pids | xargs -r kill -9; sleep 3
+  OUT=$W CARDS=2 PLACEMENT=${PL:-speech} BUDGET_S=${BUD:-720} PHASES=${PH:-ttfa,speech,chat,mixed} \
+    LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" bash bench/gpu_load.sh placement > $W/placement.log 2>&1
+}
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
   W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
   python3 bench/audio_cpu.py --out $W > $W/audio_cpu.log 2>&1  # the host's CPU side first (seconds, no GPU)
@@ -133,7 +144,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in

@@ -38,8 +38,8 @@ def card_totals(lay: Layout) -> dict[int, float]:
     for plan in lay.engines:
         for card in plan.cards:
             totals[card] += plan.memory
-    if lay.snac_card is not None:
-        totals[lay.snac_card] += SNAC_RESERVE_GIB / lay.card_gib
+    for card in lay.snac_cards():
+        totals[card] += SNAC_RESERVE_GIB / lay.card_gib
     return totals
 
 
@@ -75,11 +75,21 @@ def test_chat_and_balanced_keep_orpheus_off_gemmas_card(cards: int, workload: st
 def test_speech_puts_orpheus_on_every_card_and_halves_card_zero(cards: int) -> None:
     lay = layout(cards, placement="speech")
     assert cards_of(lay, "tts") == [(card,) for card in range(cards)]
-    assert [plan.weight for plan in lay.role("tts")] == [0.5] + [1.0] * (cards - 1)
+    # SNAC in every replica's process (the default): card 0 differs only by Gemma and Whisper, idle under speech
+    assert [plan.weight for plan in lay.role("tts")] == [1.0] * cards
+    served = layout(cards, placement="speech", snac_in_engine=False)  # the server's SNAC on card 0 too
+    assert [plan.weight for plan in served.role("tts")] == [0.5] + [1.0] * (cards - 1)
     assert cards_of(lay, "llm") == [(0,)] and cards_of(lay, "asr") == [(0,)]
     assert lay.snac_device == "cuda:0"  # every card has Orpheus; card 0's takes the fewest streams
     shares = {plan.role: plan.memory for plan in lay.engines if 0 in plan.cards}
     assert shares == {"tts": 0.43, "llm": 0.29, "asr": 0.14}  # 0.879 split 3 : 2 : 1, floored
+    # SNAC in every Orpheus engine's process (the default --snac-in-engine), each card reserving its memory
+    assert lay.snac_hosts() == lay.role("tts") and lay.snac_cards() == tuple(range(cards))
+    assert lay.snac_card is None  # nothing decodes in the server
+    assert all(plan.memory == 0.87 for plan in lay.role("tts")[1:])  # 0.90 - 3/139.8, floored
+    described = lay.describe()
+    assert described.count("SNAC in Orpheus's process") == cards and "one per Orpheus engine" in described
+    assert served.snac_hosts() == () and served.snac_cards() == (0,) and "SNAC (~3 GiB)" in served.describe()
 
 
 @pytest.mark.parametrize("cards", CARD_COUNTS)

@@ -14,7 +14,7 @@ from oai_server.engines import asr_vllm, vllm_engine
 from oai_server.engines.asr_factory import build_asr
 from oai_server.engines.balanced import BalancedEngine
 from oai_server.engines.demo_whisper import build_demo_whisper
-from oai_server.engines.factory import SNAC_SERVICE, _build, snac_host_of
+from oai_server.engines.factory import _build, snac_hosts_of, snac_service_name
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
 
@@ -57,7 +57,8 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     asr = await build_asr(settings, "vllm", layout)
     assert asr is not None
     orpheus, gemma, whisper = [e for e in built if "logits_processors" in e.kwargs], built[2], built[3]
-    assert [(e.visible, e.kwargs["gpu_memory_utilization"]) for e in orpheus] == [("0", 0.43), ("1", 0.9)]
+    # card 1: 0.9 less the reserve of the SNAC its Orpheus hosts
+    assert [(e.visible, e.kwargs["gpu_memory_utilization"]) for e in orpheus] == [("0", 0.43), ("1", 0.87)]
     assert (gemma.visible, gemma.kwargs["gpu_memory_utilization"], gemma.kwargs["model"]) == (
         "0",
         0.29,
@@ -68,7 +69,7 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     assert whisper.kwargs["renderer_num_workers"] == settings.asr_input_workers == 4
     assert whisper.kwargs["max_num_batched_tokens"] == settings.asr_max_num_batched_tokens == 12000  # 8 windows
     assert all("max_num_batched_tokens" not in e.kwargs for e in (gemma, *orpheus))  # vllm serve's default
-    assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [0.5, 1.0]
+    assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [1.0, 1.0]  # SNAC on both cards
     assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
     assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)
     assert layout.snac_device == "cuda:0" and "CUDA_VISIBLE_DEVICES" not in os.environ
@@ -78,15 +79,16 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     assert all(e.shut for e in built)
 
 
-async def test_snac_in_engine_is_asked_of_the_orpheus_engine_on_snacs_card_only(built: list[AsyncLLMDouble]) -> None:
+async def test_snac_in_engine_is_asked_of_every_orpheus_replica_by_its_own_name(built: list[AsyncLLMDouble]) -> None:
     settings = Settings(placement="speech", snac_in_engine=True, asr=False)
     layout = plan_layout(2, 139.8, LayoutRequest.from_settings(settings))
-    llm, tts = await _build(settings, "vllm", layout, snac_host_of(settings, layout))
+    llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
     orpheus = [e for e in built if "logits_processors" in e.kwargs]
     assert [(e.visible, e.kwargs.get("additional_config")) for e in orpheus] == [
-        ("0", {SERVICE_KEY: SNAC_SERVICE}),
-        ("1", None),
+        ("0", {SERVICE_KEY: snac_service_name(0)}),
+        ("1", {SERVICE_KEY: snac_service_name(1)}),
     ]
+    assert snac_service_name(0) != snac_service_name(1)
     assert all("additional_config" not in e.kwargs for e in built if e not in orpheus)  # not Gemma's
     await tts.close()
     await llm.close()

@@ -31,7 +31,7 @@ from oai_server.codec.snac_service import (
 from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import Window, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac
-from oai_server.engines.factory import snac_host_of
+from oai_server.engines.factory import snac_hosts_of
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
 
@@ -142,18 +142,25 @@ def test_no_service_is_a_clear_error_not_a_hang() -> None:
 
 
 def test_the_address_names_the_server_and_the_engine() -> None:
-    assert service_address("orpheus", os.getpid()) == f"\0oai-snac-{os.getpid()}-orpheus"
+    assert service_address("orpheus-0", os.getpid()) == f"\0oai-snac-{os.getpid()}-orpheus-0"
 
 
-def test_the_orpheus_engine_alone_on_snacs_card_hosts_it() -> None:
-    def host(cards: int, **settings: object) -> tuple[int, ...] | None:
+def test_every_orpheus_engine_alone_on_its_card_hosts_a_snac_where_snacs_card_has_orpheus() -> None:
+    def hosts(cards: int, **settings: object) -> list[tuple[int, ...]]:
         resolved = Settings(snac_in_engine=True, **settings)  # type: ignore[arg-type]
-        plan = snac_host_of(resolved, plan_layout(cards, H200_GIB, LayoutRequest.from_settings(resolved)))
-        return None if plan is None else plan.cards
+        layout = plan_layout(cards, H200_GIB, LayoutRequest.from_settings(resolved))
+        return [plan.cards for plan in snac_hosts_of(resolved, layout)]
 
-    assert host(1) == (0,)  # one card: the shared layout's Orpheus
-    assert host(2, placement="speech") == (0,)  # an Orpheus replica on every card, SNAC on card 0
-    assert host(2) is None  # balanced: SNAC on card 0, Orpheus on card 1 only
+    assert hosts(1) == [(0,)]  # one card: the shared layout's Orpheus
+    assert hosts(2, placement="speech") == [(0,), (1,)]  # a replica on every card, each with its SNAC
+    assert hosts(4, placement="speech") == [(0,), (1,), (2,), (3,)]
+    assert hosts(2, tts_gpus="0,1") == [(0,), (1,)]  # manual replicas, one a card
+    assert hosts(2) == []  # balanced: SNAC in the server on card 0, which has no Orpheus
+    assert hosts(3, placement="chat") == []
+    assert hosts(2, placement="speech", snac_device="cpu") == []  # SNAC asked off the GPU
+    assert hosts(2, placement="speech", snac_device="cuda:1") == [(1,)]  # asked on card 1: its engine, every stream
+    assert hosts(2, tts_gpus="0,1", tts_tensor_parallel_size=2) == []  # one engine over two cards
+    assert hosts(2, tts_gpus="0,1", tts_data_parallel_size=2) == []  # vLLM's data parallelism: one engine
     off = Settings(snac_in_engine=False)
-    assert snac_host_of(off, plan_layout(1, H200_GIB, LayoutRequest.from_settings(off))) is None
-    assert snac_host_of(Settings(snac_in_engine=True), None) is None  # not vLLM: no layout
+    assert snac_hosts_of(off, plan_layout(1, H200_GIB, LayoutRequest.from_settings(off))) == ()
+    assert snac_hosts_of(Settings(snac_in_engine=True), None) == ()  # not vLLM: no layout

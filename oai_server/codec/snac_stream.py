@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,26 @@ from .snac_model import decode_pcm
 from .snac_windows import Window, WindowShape
 
 logger = logging.getLogger(__name__)
+
+
+class SnacDecoding(Protocol):
+    """What the speech pipeline needs of SNAC: one decoder, or one per Orpheus replica behind a router."""
+
+    def for_stream(self, request_id: str) -> SnacDecoding:
+        """The decoder for the windows of the Orpheus request `request_id` (asked once its tokens flow)."""
+        ...
+
+    async def decode(self, window: Window) -> bytes:
+        """PCM (s16le, 2048 samples per emitted frame) of the window's emitted frames."""
+        ...
+
+    async def capture_graphs(self, shapes: Sequence[WindowShape]) -> None:
+        """Capture CUDA graphs of `shapes` where the decoding runs on CUDA (else nothing)."""
+        ...
+
+    def close(self) -> None:
+        """Stop decoding after the queued work (blocking)."""
+        ...
 
 
 @dataclass
@@ -57,6 +77,10 @@ class SnacDecoder:
         self._jobs: queue.SimpleQueue[_Job | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="snac-decoder", daemon=True)
         self._thread.start()
+
+    def for_stream(self, request_id: str) -> SnacDecoder:
+        """This decoder: it batches the windows of every stream."""
+        return self
 
     async def decode(self, window: Window) -> bytes:
         """PCM (s16le, 2048 samples per emitted frame) of the window's emitted frames."""

@@ -69,6 +69,10 @@ class BalancedEngine:
         """Replicas out of the rotation, with the error of their last health check."""
         return {index: reason for index, reason in enumerate(self._down) if reason is not None}
 
+    def replica_of(self, request_id: str) -> int | None:
+        """The replica serving the request in flight `request_id` (None: unknown, or not started yet)."""
+        return self._where.get(request_id)
+
     def choose(self) -> int:
         """The replica the next request goes to (it is not reserved until `generate` starts)."""
         healthy = [i for i, reason in enumerate(self._down) if reason is None]

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..codec.snac_stream import SnacDecoder
+from ..codec.snac_stream import SnacDecoding
 from .asr import SpeechRecognizer
 from .base import EngineInfo, TokenEngine
 from .vad_stream import StreamingVad
@@ -45,7 +45,7 @@ class Engines:
     llm_stop_token_ids: tuple[int, ...]
     tts: TokenEngine
     tts_tokenizer: Any
-    snac: SnacDecoder
+    snac: SnacDecoding
     asr: SpeechRecognizer | None = None
     """Speech recognition (None when disabled with `--no-asr`)."""
     vad: StreamingVad | None = None

@@ -11,18 +11,22 @@ from typing import Any
 
 from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_service import EngineSnacDecoder
-from ..codec.snac_stream import SnacDecoder
+from ..codec.snac_stream import SnacDecoder, SnacDecoding
 from ..codec.snac_windows import WindowPolicy
 from ..settings import Settings
 from .asr_factory import build_asr, build_vad
+from .balanced import BalancedEngine
 from .base import TokenEngine
 from .bundle import Engines
 from .layout import EnginePlan, Layout
+from .snac_replicas import ReplicaSnacDecoders
 
 logger = logging.getLogger(__name__)
 
-SNAC_SERVICE = "orpheus"
-"""Name of the SNAC service an Orpheus engine hosts with `--snac-in-engine`."""
+
+def snac_service_name(replica: int) -> str:
+    """Name of the SNAC service Orpheus replica `replica` hosts with `--snac-in-engine`."""
+    return f"orpheus-{replica}"
 
 
 def choose_engine(settings: Settings) -> str:
@@ -93,13 +97,11 @@ async def start_replicas(
         raise
     if len(engines) == 1:
         return engines[0]
-    from .balanced import BalancedEngine
-
     return BalancedEngine(engines, [plan.weight for plan in plans])
 
 
 async def _build(
-    settings: Settings, kind: str, layout: Layout | None = None, snac_host: EnginePlan | None = None
+    settings: Settings, kind: str, layout: Layout | None = None, snac_hosts: Sequence[EnginePlan] = ()
 ) -> tuple[TokenEngine, TokenEngine]:
     if kind == "vllm":
         assert layout is not None, "the vLLM engines are built from a layout"
@@ -116,7 +118,7 @@ async def _build(
                 kv_cache_dtype=settings.tts_kv_cache_dtype,
                 quantization=settings.tts_quantization,
                 orpheus_slots=True,
-                snac_service=SNAC_SERVICE if plan is snac_host else None,
+                snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,
@@ -217,22 +219,20 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     layout = gpu_layout(settings) if kind == "vllm" else None
     device = layout.snac_device if layout is not None else resolve_device(settings.snac_device)
     dtype = resolve_snac_dtype(settings.snac_dtype, device)
-    snac_host = snac_host_of(settings, layout)
-    snac: SnacDecoder | None = None
-    if snac_host is None:
+    snac_hosts = snac_hosts_of(settings, layout)
+    snac: SnacDecoding | None = None
+    if not snac_hosts:
         snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
         snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
-        llm, tts = await _build(settings, kind, layout, snac_host)
+        llm, tts = await _build(settings, kind, layout, snac_hosts)
     except BaseException:
         if snac is not None:
             snac.close()
         raise
     if snac is None:
         try:
-            snac = await asyncio.to_thread(
-                EngineSnacDecoder.load, SNAC_SERVICE, settings.snac_model_name, device, dtype, settings.snac_max_batch
-            )
+            snac = await engine_snac_decoders(settings, tts, len(snac_hosts), device, dtype)
         except BaseException:
             await asyncio.gather(llm.close(), tts.close(), return_exceptions=True)
             raise
@@ -255,23 +255,51 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         await engines.close()
 
 
-def snac_host_of(settings: Settings, layout: Layout | None) -> EnginePlan | None:
-    """The Orpheus engine whose process decodes SNAC (`--snac-in-engine` with vLLM), or None: the server does."""
+def snac_hosts_of(settings: Settings, layout: Layout | None) -> tuple[EnginePlan, ...]:
+    """The Orpheus engines whose processes decode SNAC (`--snac-in-engine` with vLLM), each the streams
+    it generates; empty: the server decodes SNAC."""
     if not settings.snac_in_engine:
-        return None
+        return ()
     if layout is None:
         if "snac_in_engine" in settings.model_fields_set:
             logger.warning("--snac-in-engine needs the vLLM engines; the server decodes SNAC")
-        return None
-    host = layout.snac_host()
-    if host is None:
+        return ()
+    hosts = layout.snac_hosts()
+    if hosts:
+        logger.info("SNAC decodes in the process of each Orpheus engine, on cards %s", layout.snac_cards())
+    elif layout.snac_card is not None and layout.snac_card not in {c for p in layout.role("tts") for c in p.cards}:
+        logger.info("SNAC decodes in the server on %s, a card without Orpheus", layout.snac_device)
+    else:
         logger.warning(
-            "--snac-in-engine: no Orpheus engine has SNAC's card (%s) to itself; the server decodes SNAC",
+            "--snac-in-engine: an Orpheus engine spans cards or shares one with another Orpheus engine; "
+            "the server decodes SNAC on %s",
             layout.snac_device,
         )
-    else:
-        logger.info("SNAC decodes in the process of the Orpheus engine on %s", layout.snac_device)
-    return host
+    return hosts
+
+
+async def engine_snac_decoders(
+    settings: Settings, tts: TokenEngine, hosts: int, device: str, dtype: Any
+) -> SnacDecoding:
+    """Connect to the SNAC service of each of the `hosts` Orpheus engines (all of `tts`'s replicas when
+    there are several: each stream's windows then go to its replica's service)."""
+    decoders: list[SnacDecoder] = []
+    try:
+        for replica in range(hosts):
+            name = snac_service_name(replica)
+            decoders.append(
+                await asyncio.to_thread(
+                    EngineSnacDecoder.load, name, settings.snac_model_name, device, dtype, settings.snac_max_batch
+                )
+            )
+    except BaseException:
+        for decoder in decoders:
+            decoder.close()
+        raise
+    if hosts == 1:
+        return decoders[0]
+    assert isinstance(tts, BalancedEngine), "several SNAC services come with several Orpheus replicas"
+    return ReplicaSnacDecoders(tts, decoders)
 
 
 def gpu_layout(settings: Settings) -> Layout:

@@ -25,6 +25,13 @@ with another engine has weight 1/2 (it takes one stream for every two on a card 
 SNAC goes to the card with the least Orpheus weight on it (then the fewest engines): never an
 Orpheus card when there is a choice, else the one whose replica takes fewer streams.
 
+With `--snac-in-engine` (the default) and SNAC's card holding an Orpheus engine, SNAC decodes in the
+Orpheus engines' own processes instead of the server's (`codec/snac_service.py`): every replica alone
+on its card hosts a SNAC and decodes the streams it generates (`engines/snac_replicas.py`), or, with an
+explicit `--snac-device cuda:N`, only the replica on card N, for every stream. Each such card keeps
+SNAC's memory reserve. In `speech`, with SNAC on every card, card 0's replica has weight 1: a speech
+load leaves the Gemma and Whisper beside it idle, so the cards differ in nothing the load uses.
+
 Explicit settings win. With `auto`, any placement flag (`--llm-gpus`, `--tts-gpus`, `--asr-gpus`,
 the tensor/data-parallel sizes) means the manual layout: exactly those flags, an unnamed role on the
 first visible card (the behaviour before layouts existed). With a named layout, a role whose cards
@@ -44,7 +51,7 @@ models' weights plus room), is refused with one error naming the card and the fl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -95,6 +102,8 @@ class LayoutRequest:
     explicit: frozenset[str] = frozenset()
     """Names of the settings given explicitly (flag or environment)."""
     snac_device: str = "auto"
+    snac_in_engine: bool = False
+    """`--snac-in-engine`: SNAC may decode in the Orpheus engines' processes."""
     asr: bool = True
 
     @classmethod
@@ -113,6 +122,7 @@ class LayoutRequest:
             },
             explicit=frozenset(settings.model_fields_set),
             snac_device=settings.snac_device,
+            snac_in_engine=settings.snac_in_engine,
             asr=settings.asr,
         )
 
@@ -152,6 +162,8 @@ class Layout:
     engines: tuple[EnginePlan, ...]
     snac_device: str
     notes: tuple[str, ...] = ()
+    snac_host_replicas: tuple[int, ...] = ()
+    """The Orpheus replicas (indices into `role("tts")`) whose processes decode SNAC (`snac_hosts`)."""
 
     def role(self, role: str) -> tuple[EnginePlan, ...]:
         """The engines of one role (several: replicas behind the balancer)."""
@@ -159,16 +171,20 @@ class Layout:
 
     @property
     def snac_card(self) -> int | None:
-        """The card SNAC decodes on (None: not on a GPU)."""
-        return _cuda_index(self.snac_device)
+        """The card the server's SNAC decodes on (None: not on a GPU, or SNAC decodes in the engines)."""
+        return None if self.snac_host_replicas else _cuda_index(self.snac_device)
 
-    def snac_host(self) -> EnginePlan | None:
-        """The Orpheus engine that can decode SNAC in its own process: the one alone on SNAC's card, with
-        neither tensor nor data parallelism (None: there is none, SNAC decodes in the server)."""
-        for plan in self.role("tts"):
-            if self.snac_card is not None and plan.cards == (self.snac_card,) and not plan.placement.engine_kwargs():
-                return plan
-        return None
+    def snac_hosts(self) -> tuple[EnginePlan, ...]:
+        """The Orpheus engines that decode SNAC in their own processes: every replica, each the streams it
+        generates, or the one on an explicit `--snac-device`'s card, every stream (empty: the server decodes)."""
+        replicas = self.role("tts")
+        return tuple(replicas[index] for index in self.snac_host_replicas)
+
+    def snac_cards(self) -> tuple[int, ...]:
+        """Every card SNAC decodes on, in the server's process or in the engines'."""
+        if self.snac_host_replicas:
+            return tuple(plan.cards[0] for plan in self.snac_hosts())
+        return () if self.snac_card is None else (self.snac_card,)
 
     @property
     def spread(self) -> bool:
@@ -194,11 +210,14 @@ class Layout:
                     if len(replicas) > 1:
                         label += f" weight {plan.weight:g}"
                     items.append(label)
-            if self.snac_card == card:
-                items.append(f"SNAC (~{SNAC_RESERVE_GIB:g} GiB)")
+            if card in self.snac_cards():
+                where = " in Orpheus's process" if self.snac_host_replicas else ""
+                items.append(f"SNAC{where} (~{SNAC_RESERVE_GIB:g} GiB)")
             lines.append(f"  card {card}: {', '.join(items) or 'unused'}")
-        if self.snac_card is None:
+        if not self.snac_cards():
             lines.append(f"  SNAC: {self.snac_device}")
+        elif len(self.snac_host_replicas) > 1:
+            lines.append("  SNAC: one per Orpheus engine, in its process, decoding the streams that engine generates")
         for role in ROLES:
             replicas = self.role(role)
             if len(replicas) > 1:
@@ -243,8 +262,13 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
 
     weights = _weights(assigned)
     snac_device = _snac_device(request.snac_device, cards, assigned, weights)
-    plans = _memory(assigned, weights, cards, card_gib, request, snac_device)
-    layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes))
+    hosts = _snac_host_replicas(request, assigned["tts"], _cuda_index(snac_device))
+    if name == "speech" and hosts and len(hosts) == len(assigned["tts"]):
+        # every card decodes its own streams' SNAC, and a speech load leaves card 0's Gemma and Whisper idle
+        weights.update({("tts", index): 1.0 for index in range(len(hosts))})
+    snac_cards = [assigned["tts"][i].cards()[0] for i in hosts] if hosts else [_cuda_index(snac_device)]
+    plans = _memory(assigned, weights, cards, card_gib, request, snac_cards)
+    layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes), hosts)
     _check(layout, request)
     return layout
 
@@ -330,18 +354,31 @@ def _snac_device(
     return f"cuda:{best}"
 
 
+def _snac_host_replicas(request: LayoutRequest, tts: Sequence[Placement], snac_card: int | None) -> tuple[int, ...]:
+    """With `--snac-in-engine`, where SNAC's card has an Orpheus engine and every Orpheus engine is alone
+    on one card (no tensor or data parallelism, no two on a card): every replica hosts a SNAC of its
+    own, or only the one on the card an explicit `--snac-device` names. Where SNAC's card has no
+    Orpheus (balanced, chat), that card has headroom and the server decodes there."""
+    if not request.snac_in_engine or snac_card is None or not tts:
+        return ()
+    cards = [p.cards() for p in tts]
+    alone = all(len(c) == 1 and not p.engine_kwargs() for c, p in zip(cards, tts, strict=True))
+    if not alone or len(set(cards)) != len(cards) or (snac_card,) not in cards:
+        return ()
+    return (cards.index((snac_card,)),) if request.snac_device != "auto" else tuple(range(len(tts)))
+
+
 def _memory(
     assigned: Mapping[str, list[Placement]],
     weights: Mapping[tuple[str, int], float],
     cards: int,
     card_gib: float,
     request: LayoutRequest,
-    snac_device: str,
+    snac_cards: Sequence[int | None],
 ) -> tuple[EnginePlan, ...]:
     engines = [(role, index, p) for role, placements in assigned.items() for index, p in enumerate(placements)]
     computed = _spread(p for _, _, p in engines)
-    snac = _cuda_index(snac_device)
-    reserve = [SNAC_RESERVE_GIB / card_gib if card == snac and card_gib > 0 else 0.0 for card in range(cards)]
+    reserve = [SNAC_RESERVE_GIB / card_gib if card in snac_cards and card_gib > 0 else 0.0 for card in range(cards)]
     plans = []
     for role, index, placement in engines:
         if not computed or request.memory_explicit(role):
@@ -372,7 +409,7 @@ def _cuda_index(device: str) -> int | None:
 
 def _check(layout: Layout, request: LayoutRequest) -> None:
     """Every card's shares fit it; every computed share holds its role's weights."""
-    snac = layout.snac_card
+    snac = layout.snac_cards()
     for card in range(layout.cards):
         here = [plan for plan in layout.engines if card in plan.cards]
         computed = [plan for plan in here if layout.spread and not request.memory_explicit(plan.role)]
@@ -382,7 +419,7 @@ def _check(layout: Layout, request: LayoutRequest) -> None:
                     f"placement {layout.name}: the explicit memory shares on card {card} leave nothing for "
                     f"{ROLE_NAMES[plan.role]}; lower them or set --{plan.role}-gpu-memory-utilization too"
                 )
-        reserve = SNAC_RESERVE_GIB / layout.card_gib if card == snac and layout.card_gib > 0 else 0.0
+        reserve = SNAC_RESERVE_GIB / layout.card_gib if card in snac and layout.card_gib > 0 else 0.0
         total = sum(plan.memory for plan in here) + reserve
         if total > MAX_SHARE_SUM + 1e-9:
             parts = " + ".join(f"{plan.role} {plan.memory:.2f}" for plan in here)

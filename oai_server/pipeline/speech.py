@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
-from ..codec.snac_stream import SnacDecoder
+from ..codec.snac_stream import SnacDecoding
 from ..codec.snac_windows import Window, WindowPolicy
 from ..codec.tokenizer import TextTokenizer
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
@@ -81,13 +81,14 @@ class SpeechEvent:
 
 
 class SpeechSynthesizer:
-    """Speaks text with Orpheus on a `TokenEngine`, decoding with a shared `SnacDecoder`."""
+    """Speaks text with Orpheus on a `TokenEngine`, decoding with SNAC (one decoder for every stream, or the one of the
+    Orpheus replica a stream runs on)."""
 
     def __init__(
         self,
         engine: TokenEngine,
         tokenizer: TextTokenizer,
-        decoder: SnacDecoder,
+        decoder: SnacDecoding,
         *,
         windows: WindowPolicy,
         tokens_per_char: float,
@@ -137,22 +138,26 @@ class SpeechSynthesizer:
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         observer = self.observer
+        decoder: SnacDecoding | None = None
         generating = False  # told to the observer from the first tokens on: a queued prefill is not a rate
         try:
-            deltas = self.engine.generate(prompt, params, new_request_id("tts"))
+            request_id = new_request_id("tts")
+            deltas = self.engine.generate(prompt, params, request_id)
             async with aclosing(deltas):  # type: ignore[type-var]
                 async for delta in deltas:
+                    if decoder is None:  # the engine has placed the request by its first tokens
+                        decoder = self.decoder.for_stream(request_id)
                     if observer is not None:
                         if not generating:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    for pcm in await self._decode(planner.add(parser.feed(delta)), stats):
+                    for pcm in await self._decode(decoder, planner.add(parser.feed(delta)), stats):
                         yield pcm
             if observer is not None and generating:
                 observer.finished()
                 generating = False
-            for pcm in await self._decode(planner.finish(), stats):
+            for pcm in await self._decode(decoder or self.decoder, planner.finish(), stats):
                 yield pcm
         finally:
             if observer is not None and generating:
@@ -160,9 +165,10 @@ class SpeechSynthesizer:
             stats.audio_tokens += parser.audio_tokens
             stats.ignored_tokens += parser.ignored
 
-    async def _decode(self, windows: list[Window], stats: SpeechStats) -> list[bytes]:
+    @staticmethod
+    async def _decode(decoder: SnacDecoding, windows: list[Window], stats: SpeechStats) -> list[bytes]:
         stats.frames += sum(window.count for window in windows)
-        return await asyncio.gather(*(self.decoder.decode(window) for window in windows))
+        return await asyncio.gather(*(decoder.decode(window) for window in windows))
 
 
 class Crossfader:
