@@ -92,6 +92,8 @@ case "${1:-load}" in
     #   speech: capacity search from SPEECH_START (64 x CARDS) up by GROWTH (1.5) to SPEECH_MAX (512), SPEECH_RES (32)
     #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
     #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
+    #   burst:  one burst of BURST_N (288) speech streams; with PYSPY_S, py-spy samples the server process for that many
+    #           seconds from PYSPY_DELAY (8) s after the phases start (${TAG}_pyspy.txt, raw collapsed stacks, per thread)
     # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
     # 1024), TTS_MEM/LLM_MEM (only when set: else the layout computes the shares), ASR_ON=1 (the random Whisper;
     # default --no-asr: the load sends no audio in), SERVE_ARGS. Results stay in /tmp/oai-placement/results on the warm machine and
@@ -135,8 +137,13 @@ case "${1:-load}" in
         speech) echo "--mode speech --search --search-start ${SPEECH_START:-$((64 * CARDS))} --search-max ${SPEECH_MAX:-512} --search-resolution ${SPEECH_RES:-32}" ;;
         chat) echo "--mode chat --search --search-start ${CHAT_START:-$((24 * CARDS))} --search-max ${CHAT_MAX:-384} --search-resolution ${CHAT_RES:-16}" ;;
         mixed) echo "--mode mixed --search --search-start ${MIXED_START:-$((24 * CARDS))} --search-max ${MIXED_MAX:-256} --search-resolution ${MIXED_RES:-16}" ;;
+        burst) echo "--mode speech --concurrency ${BURST_N:-288}" ;;
       esac
     }
+    if [ -n "${PYSPY_S:-}" ]; then  # sample the server process (its event loop and threads) from PYSPY_DELAY s into the phases
+      ( sleep "${PYSPY_DELAY:-8}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
+          --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
+    fi
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
       left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
       if [ "$left" -lt "${MIN_PHASE_S:-60}" ]; then echo "[$TAG] $phase skipped: ${left} s left of BUDGET_S"; continue; fi

@@ -10,6 +10,8 @@ Series (all names prefixed `oai_`):
 
 - `requests_total{route,method,status}`: route is the matched route template ("other" if none).
 - `request_duration_seconds{route}`: until the last body byte (whole stream for streamed replies).
+- `http_first_byte_seconds{route}`: from the request reaching the app to its first body byte handed to the
+  server, all of the app's own time before a client sees anything (admission and first audio included).
 - `time_to_first_audio_seconds{endpoint}`, `time_to_first_token_seconds`: 10 ms .. 10 s buckets.
 - `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
 - `active_streams`, `queued_streams`: live from the admission object.
@@ -163,6 +165,13 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=reg,
         )
+        self.first_byte = Histogram(
+            "oai_http_first_byte_seconds",
+            "HTTP request reaching the app to its first body byte handed to the server.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.ttfa = Histogram(
             "oai_time_to_first_audio_seconds",
             "Time from request to the first audio byte.",
@@ -262,6 +271,10 @@ class Metrics:
         """Count one finished HTTP request (called by the middleware)."""
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.request_duration.labels(route=route).observe(seconds)
+
+    def observe_first_byte(self, route: str, seconds: float) -> None:
+        """Time from one HTTP request reaching the app to its first body byte (called by the middleware)."""
+        self.first_byte.labels(route=route).observe(seconds)
 
     def observe_ttfa(self, endpoint: str, seconds: float) -> None:
         """Time to first audio of one reply; `endpoint` is e.g. "speech", "chat", "seed_tts"."""

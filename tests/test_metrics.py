@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ METRIC_NAMES = (
     "oai_time_to_first_audio_seconds",
     "oai_time_to_first_token_seconds",
     "oai_admission_wait_seconds",
+    "oai_http_first_byte_seconds",
     "oai_real_time_factor",
     "oai_active_streams",
     "oai_queued_streams",
@@ -192,6 +194,33 @@ async def test_each_streamed_request_records_its_admission_wait(
         await demo_client.post("/v1/chat/completions", json={**chat, "stream": True}, headers=auth)
     ).status_code == 200
     assert (waits("true"), waits("false")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_first_byte_is_timed_once_per_request_at_its_first_body_byte(
+    demo_app: FastAPI, demo_client: httpx.AsyncClient
+) -> None:
+    """The app's whole time to a client's first byte: one observation per request by route template, taken
+    when the first non-empty body chunk goes out (a streamed reply's later chunks add nothing)."""
+    metrics: Metrics = demo_app.state.metrics
+
+    def firsts(route: str) -> tuple[float, float]:
+        count = metrics.registry.get_sample_value("oai_http_first_byte_seconds_count", {"route": route}) or 0.0
+        total = metrics.registry.get_sample_value("oai_http_first_byte_seconds_sum", {"route": route}) or 0.0
+        return count, total
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    speech = {"model": "tts-1", "voice": "tara", "input": "Hello there.", "response_format": "pcm", "seed": 1}
+    before = firsts("/v1/audio/speech")
+    started = time.perf_counter()
+    response = await demo_client.post("/v1/audio/speech", json=speech, headers=auth)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200 and len(response.content) > 2 * 2048  # several chunks
+    count, total = firsts("/v1/audio/speech")
+    assert count == before[0] + 1
+    assert 0 < total - before[1] <= elapsed
+    models = firsts("/v1/models")
+    assert (await demo_client.get("/v1/models", headers=auth)).status_code == 200
+    assert firsts("/v1/models")[0] == models[0] + 1
 
 
 def test_two_apps_in_one_process(demo_settings: Settings) -> None:

@@ -146,14 +146,19 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        first_byte = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, first_byte
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
+            elif not first_byte and message["type"] == "http.response.body" and message.get("body"):
+                first_byte = True
+                if self.metrics is not None:
+                    self.metrics.observe_first_byte(route_template(scope), time.perf_counter() - started)
             await send(message)
 
         try:

@@ -1,0 +1,138 @@
+"""The server's front end alone: the real app, routes, admission and pipeline over paced engines, no GPU.
+
+What a burst costs the HTTP server process itself (parsing, validation, admission, segmenting, framing,
+the event loop) shows up as the gap between the client's time to first audio and the server's own. On
+the GPU that gap reached ~1 s at 288 speech streams on two H200s (client TTFA p95 1365 ms, server 286 ms),
+so this serves the same app with engines that cost nothing: Orpheus is a paced fake that yields one
+7-token frame every `7 / --token-rate` seconds per stream (random but valid audio codes), SNAC returns
+silence of the right length, Gemma yields a fixed sentence. Point `bench/load.py` at it:
+
+    python bench/frontend.py --port 8090 &
+    python bench/load.py --url http://127.0.0.1:8090 --mode speech --concurrency 64,128,288 --client-procs 4
+
+The server's `/metrics` carries the same histograms as on the GPU (`bench/server_metrics.py`), among them
+the whole server-side time to the first audio byte (`oai_http_first_byte_seconds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from oai_server.app import create_app
+from oai_server.codec.orpheus import END_OF_SPEECH, slot_band
+from oai_server.codec.snac_stream import SnacDecoder
+from oai_server.codec.snac_windows import WindowShape
+from oai_server.engines.base import EngineInfo, SamplingParams
+from oai_server.engines.bundle import Engines
+from oai_server.engines.factory import gemma_stop_ids, resolve_models
+from oai_server.engines.loading import load_tokenizer
+from oai_server.settings import Settings
+
+
+class PacedEngine:
+    """A `TokenEngine` that yields `per_delta` tokens every `per_delta / token_rate` seconds per request."""
+
+    def __init__(self, kind: str, tokens: Sequence[int] | None, token_rate: float, per_delta: int) -> None:
+        self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
+        self.tokens = tokens
+        self.interval = per_delta / token_rate
+        self.per_delta = per_delta
+        self._active = 0
+
+    async def generate(
+        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[list[int]]:
+        """Audio frames (Orpheus) or the fixed text (Gemma), paced, up to `max_tokens`."""
+        self._active += 1
+        rng = random.Random(request_id)
+        try:
+            sent = 0
+            while sent < params.max_tokens:
+                await asyncio.sleep(self.interval)
+                count = min(self.per_delta, params.max_tokens - sent)
+                if self.tokens is None:
+                    delta = [slot_band(sent + k).start + rng.randrange(4096) for k in range(count)]
+                else:
+                    delta = [self.tokens[(sent + k) % len(self.tokens)] for k in range(count)]
+                sent += count
+                yield delta
+            if self.tokens is None:
+                yield [END_OF_SPEECH]
+        finally:
+            self._active -= 1
+
+    async def abort(self, request_id: str) -> None:
+        """Nothing to abort: closing the generator ends it."""
+
+    async def check_health(self) -> None:
+        """Always healthy."""
+
+    def active_requests(self) -> int:
+        """Requests being generated."""
+        return self._active
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class SilentDecoder(SnacDecoder):
+    """Silence of each window's emitted length, no SNAC work."""
+
+    def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
+        """Zeros, 2048 samples per emitted frame."""
+        return np.zeros((len(frames), 2048 * shape[2]), dtype=np.int16)
+
+
+def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
+    """Demo-profile settings (tokenizers of the tiny models) and the paced engines."""
+    settings = resolve_models(
+        Settings(
+            demo=True,
+            asr=False,
+            warmup_batch_sizes=[],
+            max_concurrent_streams=args.max_streams,
+            tts_max_tokens=args.tts_max_tokens,
+        )
+    )
+    llm_tokenizer = load_tokenizer(settings.llm_model_name)
+    tts_tokenizer = load_tokenizer(settings.tts_model_name)
+    sentence = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
+    words = llm_tokenizer.encode(sentence, add_special_tokens=False)
+    engines = Engines(
+        PacedEngine("paced-gemma", words, args.llm_token_rate, 1),
+        llm_tokenizer,
+        gemma_stop_ids(llm_tokenizer),
+        PacedEngine("paced-orpheus", None, args.token_rate, 7),
+        tts_tokenizer,
+        SilentDecoder(None, "cpu", 64),
+    )
+    return settings, engines
+
+
+def main() -> None:
+    """Serve the app over paced engines until interrupted."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--token-rate", type=float, default=110.0, help="Orpheus tokens/s per stream (82 is real time)")
+    p.add_argument("--llm-token-rate", type=float, default=120.0, help="Gemma tokens/s per conversation")
+    p.add_argument("--tts-max-tokens", type=int, default=1024)
+    p.add_argument("--max-streams", type=int, default=1024)
+    args = p.parse_args()
+    settings, engines = build(args)
+    app = create_app(settings, engines)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
