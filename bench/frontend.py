@@ -7,7 +7,8 @@ so this serves the same app with engines that cost nothing: Orpheus is a paced f
 7-token frame every `7 / --token-rate` seconds per stream (random but valid audio codes), SNAC returns
 silence of the right length, Gemma yields a fixed sentence. Point `bench/load.py` at it:
 
-    python bench/frontend.py --port 8090 &
+    python bench/frontend.py --port 8090 &            # as `oai-server serve` runs it (httptools, uvloop)
+    python bench/frontend.py --port 8090 --http h11 --loop asyncio &   # without uvicorn[standard]'s extras
     python bench/load.py --url http://127.0.0.1:8090 --mode speech --concurrency 64,128,288 --client-procs 4
 
 The server's `/metrics` carries the same histograms as on the GPU (`bench/server_metrics.py`), among them
@@ -36,6 +37,7 @@ from oai_server.engines.base import EngineInfo, SamplingParams
 from oai_server.engines.bundle import Engines
 from oai_server.engines.factory import gemma_stop_ids, resolve_models
 from oai_server.engines.loading import load_tokenizer
+from oai_server.runtime_limits import uvicorn_options
 from oai_server.settings import Settings
 
 
@@ -128,10 +130,21 @@ def main() -> None:
     p.add_argument("--llm-token-rate", type=float, default=120.0, help="Gemma tokens/s per conversation")
     p.add_argument("--tts-max-tokens", type=int, default=1024)
     p.add_argument("--max-streams", type=int, default=1024)
+    p.add_argument(
+        "--http", choices=("server", "h11"), default="server",
+        help="server: the protocol `oai-server serve` uses (httptools, guarded); h11: uvicorn's pure-Python one",
+    )  # fmt: skip
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="uvicorn's event loop")
     args = p.parse_args()
     settings, engines = build(args)
     app = create_app(settings, engines)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    options = uvicorn_options(settings, app)
+    if args.http == "h11":
+        options["http"] = "h11"
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, loop=args.loop, log_level="warning", access_log=False, **options
+    )
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ case "${1:-load}" in
     if [ -n "${PYSPY_S:-}" ]; then  # sample the server process (its event loop and threads) from PYSPY_DELAY s into the phases
       ( sleep "${PYSPY_DELAY:-8}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
           --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
+      SPY_PID=$!
     fi
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
       left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
@@ -153,6 +154,7 @@ case "${1:-load}" in
         --chat-ttfa-p95-ms "${CHAT_TTFA_MS:-800}" --server-timeout 30 --out "$RES/${TAG}_$phase" ${LOAD_ARGS:-} 2>&1 \
         | grep -v "^\[.*\] N=" | tail -25
     done
+    [ -n "${SPY_PID:-}" ] && wait "$SPY_PID"  # py-spy writes its file when its time is up: before the copy
     python3 bench/placement_summary.py --dir "$RES" --tag "$TAG" --cards "$CARDS" --placement "$PLACEMENT"
     cp -r "$RES"/"${TAG}"_* "$OUT"/
     nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv | tee "$OUT/${TAG}_gpu_memory.csv"

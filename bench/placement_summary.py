@@ -138,22 +138,31 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 
 def plot(summaries: list[dict[str, Any]], path: Path) -> None:
-    """Capacity against cards, one panel per load, one line per layout."""
+    """Capacity against cards, one panel per load: each layout's points, the best per card count joined,
+    and linear scaling from the one-card capacity dashed; the axes start at zero."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(CAPACITY_PHASES), figsize=(12, 3.6))
+    cards = sorted({s["cards"] for s in summaries})
     for ax, phase in zip(axes, CAPACITY_PHASES, strict=True):
-        for placement in sorted({s["placement"] for s in summaries}):
-            points = sorted(
-                (s["cards"], s[phase]["capacity"]) for s in summaries if s["placement"] == placement and s.get(phase)
-            )
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=placement)
+        measured = [s for s in summaries if s.get(phase)]
+        for placement in sorted({s["placement"] for s in measured}):
+            points = sorted((s["cards"], s[phase]["capacity"]) for s in measured if s["placement"] == placement)
+            ax.plot(*zip(*points, strict=True), marker="o", linestyle="none", label=placement)
+        best = sorted({c: max(s[phase]["capacity"] for s in measured if s["cards"] == c) for c in cards
+                       if any(s["cards"] == c for s in measured)}.items())  # fmt: skip
+        if len(best) > 1:
+            ax.plot(*zip(*best, strict=True), color="0.3", linewidth=1)
+        one = dict(best).get(1)
+        if one:
+            ax.plot(cards, [one * c for c in cards], color="0.6", linestyle="--", linewidth=1, label="linear")
         ax.set_title(f"{phase} capacity (random weights)", fontsize=10)
         ax.set_xlabel("H200 cards")
+        ax.set_xticks(cards)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("concurrent streams / conversations")
     axes[0].legend(fontsize=8)

@@ -3,7 +3,8 @@
 `plan_layout(cards, card_gib, request)` is a pure function of the visible card count, the smallest
 card's memory, the stated workload (`--placement`) and the settings given explicitly; the factory
 calls it with what torch sees, and logs `Layout.describe()` in one block at start. Roles: Gemma
-(`llm`), Orpheus (`tts`), Whisper (`asr`) and the SNAC decoder (in the server process).
+(`llm`), Orpheus (`tts`), Whisper (`asr`) and the SNAC decoder (in the server process, or in the
+Orpheus engines' processes).
 
 Layouts (`--placement`):
 
@@ -16,8 +17,8 @@ Layouts (`--placement`):
   (`--llm-gpus 0 --tts-gpus 1`): 192 speech streams at RTF 0.70 and 128 chat conversations without
   underruns, against 128 and 32 on one card. `chat` and `balanced` give the same cards today; they
   are separate names so that a measured difference can change one without the other.
-* `speech`: an Orpheus engine on every card, card 0's beside Gemma, Whisper and SNAC. Speech-only
-  load leaves Gemma idle, so card 0's spare time serves Orpheus too.
+* `speech`: an Orpheus engine on every card, card 0's beside Gemma and Whisper, each engine with its
+  own SNAC (below). Speech-only load leaves Gemma idle, so card 0's spare time serves Orpheus too.
 
 Orpheus engines are replicas behind the server's balancer (`engines/balanced.py`), which sends each
 new stream to the replica with the fewest live streams per weight. A replica that shares a card
