@@ -93,7 +93,8 @@ case "${1:-load}" in
     #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
     #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
     #   burst:  one burst of BURST_N (288) speech streams; with PYSPY_S, py-spy samples the server process for that many
-    #           seconds from PYSPY_DELAY (8) s after the phases start (${TAG}_pyspy.txt, raw collapsed stacks, per thread)
+    #           seconds from PYSPY_DELAY (8) s after the phases start (${TAG}_pyspy.txt, raw collapsed stacks, per thread);
+    #           with TOP_S, `top` records every process's CPU share each second for that many seconds (${TAG}_top.txt)
     # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
     # 1024), TTS_MEM/LLM_MEM (only when set: else the layout computes the shares), ASR_ON=1 (the random Whisper;
     # default --no-asr: the load sends no audio in), SERVE_ARGS. Results stay in /tmp/oai-placement/results on the warm machine and
@@ -145,6 +146,10 @@ case "${1:-load}" in
           --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
       SPY_PID=$!
     fi
+    if [ -n "${TOP_S:-}" ]; then  # every process's CPU share each second for TOP_S s (the host's view of a burst)
+      ( sleep "${PYSPY_DELAY:-8}"; top -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 30 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
+      TOP_PID=$!
+    fi
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
       left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
       if [ "$left" -lt "${MIN_PHASE_S:-60}" ]; then echo "[$TAG] $phase skipped: ${left} s left of BUDGET_S"; continue; fi
@@ -155,6 +160,7 @@ case "${1:-load}" in
         | grep -v "^\[.*\] N=" | tail -25
     done
     [ -n "${SPY_PID:-}" ] && wait "$SPY_PID"  # py-spy writes its file when its time is up: before the copy
+    [ -n "${TOP_PID:-}" ] && wait "$TOP_PID"
     python3 bench/placement_summary.py --dir "$RES" --tag "$TAG" --cards "$CARDS" --placement "$PLACEMENT"
     cp -r "$RES"/"${TAG}"_* "$OUT"/
     nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv | tee "$OUT/${TAG}_gpu_memory.csv"
