@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -304,6 +305,9 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
             assert level["ok"] == level["requests"], level["error_samples"]  # seeded: no empty reply
             server = level["server"]  # the server's own view of the level: one first audio per stream
             assert server[f"ttfa_{mode}"]["count"] == server["admission_wait_speaking"]["count"] == level["requests"]
+            assert server[f"first_byte_{mode}"]["count"] == level["requests"]  # the app's whole time, once each
+            if mode == "speech":  # its first byte is audio; a chat reply's is the SSE role chunk, before any audio
+                assert server["first_byte_speech"]["p50_ms"] >= server["ttfa_speech"]["p50_ms"] - 10  # bucket slack
         _check_capacity_block(report["capacity"][mode], levels, 500.0 if mode == "speech" else 800.0)
         assert len(report["streams"][mode]["2"]) == 2
 
@@ -331,6 +335,33 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     for name in ("results.png", "capacity.png", "arrivals.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "capacity: " in proc.stdout and "Poisson arrivals" in proc.stdout
+
+
+def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
+    """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OAI_SERVER_CACHE_DIR": str(demo_cache)}
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "frontend.py"), "--port", str(port), "--tts-max-tokens", "140"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out = tmp_path / "frontend"
+        _run(
+            "load.py", "--url", f"http://127.0.0.1:{port}", "--mode", "speech", "--concurrency", "4",
+            "--server-timeout", "60", "--out", str(out),
+        )  # fmt: skip
+        (level,) = json.loads((out / "results.json").read_text())["modes"]["speech"]
+        assert (level["ok"], level["streams_zero_underruns"]) == (4, 4), level["error_samples"]
+        assert level["audio_s_total"] == pytest.approx(4 * 20 * FRAME / 24000, rel=0.01)  # 140 tokens: 20 frames
+        assert level["server"]["first_byte_speech"]["count"] == 4
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @pytest.mark.slow
