@@ -19,7 +19,7 @@ from oai_server.engines.balanced import BalancedEngine
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams, TokenEngine
 from oai_server.engines.demo import DemoModels
 from oai_server.engines.factory import start_replicas
-from oai_server.engines.layout import EnginePlan
+from oai_server.engines.layout_shares import EnginePlan
 from oai_server.engines.loading import load_causal_lm
 from oai_server.engines.placement import Placement
 from oai_server.engines.transformers_engine import TransformersEngine

@@ -7,15 +7,8 @@ from typing import Any
 
 import pytest
 
-from oai_server.engines.layout import (
-    MAX_SHARE_SUM,
-    MIN_GIB,
-    SNAC_RESERVE_GIB,
-    USABLE_SHARE,
-    Layout,
-    LayoutRequest,
-    plan_layout,
-)
+from oai_server.engines.layout import Layout, LayoutRequest, plan_layout
+from oai_server.engines.layout_shares import MAX_SHARE_SUM, MIN_GIB, SNAC_RESERVE_GIB, USABLE_SHARE
 from oai_server.engines.placement import Placement
 from oai_server.settings import Settings
 

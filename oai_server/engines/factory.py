@@ -18,7 +18,8 @@ from .asr_factory import build_asr, build_vad
 from .balanced import BalancedEngine
 from .base import TokenEngine
 from .bundle import Engines
-from .layout import EnginePlan, Layout
+from .layout import Layout
+from .layout_shares import EnginePlan
 from .snac_replicas import ReplicaSnacDecoders
 
 logger = logging.getLogger(__name__)

@@ -40,22 +40,17 @@ are named keeps them and the others follow the layout; an explicit `--tts-data-p
 turns the layout's Orpheus cards into one vLLM data-parallel engine instead of replicas.
 `--snac-device` other than `auto` and an explicit memory share are kept as given.
 
-Memory shares (vLLM's `gpu_memory_utilization`, a fraction of the whole card per engine, checked
-against free memory when each engine starts): when every engine sits on card 0 they are the
-settings' values; otherwise each share not set explicitly is computed per card: engines on a card
-split `USABLE_SHARE` (0.90, vLLM's own default) minus SNAC's reserve and any explicit shares there,
-Orpheus 3 : Gemma 2 : Whisper 1; an engine spanning cards takes its smallest split. A card whose
-shares add up past `MAX_SHARE_SUM`, or a computed share below a role's minimum (the default
-models' weights plus room), is refused with one error naming the card and the flags to change.
+Memory shares: each engine's `gpu_memory_utilization`, computed per card when engines leave card 0
+(`layout_shares.py`, which also refuses a card whose shares do not fit it).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .layout_shares import ROLE_NAMES, SNAC_RESERVE_GIB, EnginePlan, check_shares, plan_shares, spread
 from .placement import Placement, make_placement, make_replicas
 
 if TYPE_CHECKING:
@@ -63,7 +58,6 @@ if TYPE_CHECKING:
 
 WORKLOADS = ("auto", "shared", "speech", "chat", "balanced")
 ROLES = ("llm", "tts", "asr")
-ROLE_NAMES = {"llm": "Gemma", "tts": "Orpheus", "asr": "Whisper"}
 PLACEMENT_FIELDS = (
     "llm_gpus",
     "tts_gpus",
@@ -74,16 +68,6 @@ PLACEMENT_FIELDS = (
 )
 """Settings that, given explicitly, make `auto` the manual layout."""
 
-USABLE_SHARE = 0.90
-"""Fraction of a card the computed shares of its engines add up to (vLLM's default for one engine)."""
-MAX_SHARE_SUM = 0.95
-"""Most a card's shares plus SNAC's reserve may add up to (each engine's start checks free memory)."""
-SNAC_RESERVE_GIB = 3.0
-"""The server process on the SNAC card: CUDA context, SNAC, its CUDA graphs (2.4 GB measured)."""
-SPLIT_WEIGHT = {"tts": 3.0, "llm": 2.0, "asr": 1.0}
-"""How engines sharing a card split it."""
-MIN_GIB = {"tts": 8.0, "llm": 6.0, "asr": 2.0}
-"""Smallest computed share per role: the default models' bf16 weights (6.6, 5.2, 1.6 GB) plus room."""
 SHARING_REPLICA_WEIGHT = 0.5
 """Balancing weight of a replica that shares a card with another engine (1 on a card of its own)."""
 
@@ -137,21 +121,6 @@ class LayoutRequest:
 
 
 @dataclass(frozen=True)
-class EnginePlan:
-    """One engine to start: its role, cards, memory share and balancing weight among its role's replicas."""
-
-    role: str
-    placement: Placement
-    memory: float
-    weight: float = 1.0
-
-    @property
-    def cards(self) -> tuple[int, ...]:
-        """The cards it occupies."""
-        return self.placement.cards()
-
-
-@dataclass(frozen=True)
 class Layout:
     """Every engine of the server, where SNAC decodes, and why (`describe`)."""
 
@@ -190,7 +159,7 @@ class Layout:
     @property
     def spread(self) -> bool:
         """Whether any engine sits off card 0 (then shares not set explicitly are computed)."""
-        return _spread(plan.placement for plan in self.engines)
+        return spread(plan.placement for plan in self.engines)
 
     def describe(self) -> str:
         """The layout as a readable block for the start-up log."""
@@ -268,9 +237,10 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
         # every card decodes its own streams' SNAC, and a speech load leaves card 0's Gemma and Whisper idle
         weights.update({("tts", index): 1.0 for index in range(len(hosts))})
     snac_cards = [assigned["tts"][i].cards()[0] for i in hosts] if hosts else [_cuda_index(snac_device)]
-    plans = _memory(assigned, weights, cards, card_gib, request, snac_cards)
+    explicit = {role for role in roles if request.memory_explicit(role)}
+    plans = plan_shares(assigned, weights, card_gib, request.memory, explicit, snac_cards)
     layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes), hosts)
-    _check(layout, request)
+    check_shares(name, cards, card_gib, plans, layout.snac_cards(), explicit)
     return layout
 
 
@@ -369,72 +339,9 @@ def _snac_host_replicas(request: LayoutRequest, tts: Sequence[Placement], snac_c
     return (cards.index((snac_card,)),) if request.snac_device != "auto" else tuple(range(len(tts)))
 
 
-def _memory(
-    assigned: Mapping[str, list[Placement]],
-    weights: Mapping[tuple[str, int], float],
-    cards: int,
-    card_gib: float,
-    request: LayoutRequest,
-    snac_cards: Sequence[int | None],
-) -> tuple[EnginePlan, ...]:
-    engines = [(role, index, p) for role, placements in assigned.items() for index, p in enumerate(placements)]
-    computed = _spread(p for _, _, p in engines)
-    reserve = [SNAC_RESERVE_GIB / card_gib if card in snac_cards and card_gib > 0 else 0.0 for card in range(cards)]
-    plans = []
-    for role, index, placement in engines:
-        if not computed or request.memory_explicit(role):
-            share = request.memory[role]
-        else:
-            splits = []
-            for card in placement.cards():
-                here = [(r, p) for r, _, p in engines if card in p.cards()]
-                fixed = sum(request.memory[r] for r, _ in here if request.memory_explicit(r))
-                flexible = sum(SPLIT_WEIGHT[r] for r, _ in here if not request.memory_explicit(r))
-                splits.append((USABLE_SHARE - reserve[card] - fixed) * SPLIT_WEIGHT[role] / flexible)
-            share = math.floor(min(splits) * 100) / 100
-        plans.append(EnginePlan(role, placement, share, weights[(role, index)]))
-    return tuple(plans)
-
-
-def _spread(placements: Iterable[Placement]) -> bool:
-    return any(card != 0 for placement in placements for card in placement.cards())
-
-
 def _cuda_index(device: str) -> int | None:
     if device == "cuda":
         return 0
     if device.startswith("cuda:") and device[5:].isdigit():
         return int(device[5:])
     return None
-
-
-def _check(layout: Layout, request: LayoutRequest) -> None:
-    """Every card's shares fit it; every computed share holds its role's weights."""
-    snac = layout.snac_cards()
-    for card in range(layout.cards):
-        here = [plan for plan in layout.engines if card in plan.cards]
-        computed = [plan for plan in here if layout.spread and not request.memory_explicit(plan.role)]
-        for plan in computed:
-            if plan.memory <= 0:
-                raise ValueError(
-                    f"placement {layout.name}: the explicit memory shares on card {card} leave nothing for "
-                    f"{ROLE_NAMES[plan.role]}; lower them or set --{plan.role}-gpu-memory-utilization too"
-                )
-        reserve = SNAC_RESERVE_GIB / layout.card_gib if card in snac and layout.card_gib > 0 else 0.0
-        total = sum(plan.memory for plan in here) + reserve
-        if total > MAX_SHARE_SUM + 1e-9:
-            parts = " + ".join(f"{plan.role} {plan.memory:.2f}" for plan in here)
-            snac_part = f" + SNAC {reserve:.2f}" if reserve else ""
-            raise ValueError(
-                f"placement {layout.name}: card {card} would be over-committed: {parts}{snac_part} = {total:.2f} "
-                f"> {MAX_SHARE_SUM} of {layout.card_gib:.1f} GiB; lower --<role>-gpu-memory-utilization or spread "
-                "the engines over more cards"
-            )
-        for plan in computed:
-            gib = plan.memory * layout.card_gib
-            if gib < MIN_GIB[plan.role]:
-                raise ValueError(
-                    f"placement {layout.name}: on card {card} {ROLE_NAMES[plan.role]} would get {gib:.1f} GiB "
-                    f"(share {plan.memory:.2f}), below the {MIN_GIB[plan.role]:g} GiB its weights need; set "
-                    f"--{plan.role}-gpu-memory-utilization explicitly or use --placement shared"
-                )
