@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
     snac_in_engine: bool = Field(True, validation_alias=_env("snac_in_engine"))
-    """With vLLM, decode SNAC in the Orpheus engine's process on SNAC's card (one CUDA context, no time-slicing)."""
+    """With vLLM, decode SNAC in the Orpheus engines' processes (one CUDA context, no time-slicing); with an
+    Orpheus engine on every card, each decodes its own streams."""
 
     # --- speech recognition (Whisper) and voice activity detection ---
     asr: bool = Field(True, validation_alias=_env("asr"))
