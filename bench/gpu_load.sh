@@ -92,9 +92,9 @@ case "${1:-load}" in
     #   speech: capacity search from SPEECH_START (64 x CARDS) up by GROWTH (1.5) to SPEECH_MAX (512), SPEECH_RES (32)
     #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
     #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
-    #   burst:  one burst of BURST_N (288) speech streams; with PYSPY_S, py-spy samples the server process for that many
-    #           seconds from PYSPY_DELAY (8) s after the phases start (${TAG}_pyspy.txt, raw collapsed stacks, per thread);
-    #           with TOP_S, `top` records every process's CPU share each second for that many seconds (${TAG}_top.txt)
+    #   burst:  one burst of BURST_N (288) speech streams. When the phase PROFILE_PHASE (burst) starts: with PYSPY_S, py-spy
+    #           samples the server process for that many seconds from PYSPY_DELAY (4) s on (${TAG}_pyspy.txt, raw
+    #           collapsed stacks, per thread); with TOP_S, `top` records every process's CPU share each second (${TAG}_top.txt)
     # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
     # 1024), TTS_MEM/LLM_MEM (only when set: else the layout computes the shares), ASR_ON=1 (the random Whisper;
     # default --no-asr: the load sends no audio in), SERVE_ARGS. Results stay in /tmp/oai-placement/results on the warm machine and
@@ -141,18 +141,21 @@ case "${1:-load}" in
         burst) echo "--mode speech --concurrency ${BURST_N:-288}" ;;
       esac
     }
-    if [ -n "${PYSPY_S:-}" ]; then  # sample the server process (its event loop and threads) from PYSPY_DELAY s into the phases
-      ( sleep "${PYSPY_DELAY:-8}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
-          --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
-      SPY_PID=$!
-    fi
-    if [ -n "${TOP_S:-}" ]; then  # every process's CPU share each second for TOP_S s (the host's view of a burst)
-      ( sleep "${PYSPY_DELAY:-8}"; top -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 30 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
-      TOP_PID=$!
-    fi
+    profile() {  # py-spy on the server (its event loop and threads) and `top` of the host, PYSPY_DELAY s from now
+      if [ -n "${PYSPY_S:-}" ]; then
+        ( sleep "${PYSPY_DELAY:-4}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
+            --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
+        SPY_PID=$!
+      fi
+      if [ -n "${TOP_S:-}" ]; then
+        ( sleep "${PYSPY_DELAY:-4}"; top -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 30 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
+        TOP_PID=$!
+      fi
+    }
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
       left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
       if [ "$left" -lt "${MIN_PHASE_S:-60}" ]; then echo "[$TAG] $phase skipped: ${left} s left of BUDGET_S"; continue; fi
+      [ "$phase" = "${PROFILE_PHASE:-burst}" ] && profile  # the client processes spawn, then the burst goes out
       echo "== [$TAG] $phase ($left s left)"
       timeout "$left" python3 bench/load.py --url "http://127.0.0.1:${PORT:-8080}" --concurrency '' $(phase_args "$phase") \
         --search-growth "${GROWTH:-1.5}" --max-tokens "${CHAT_TOKENS:-64}" --ttfa-p95-ms "${TTFA_MS:-500}" \
