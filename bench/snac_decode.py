@@ -82,6 +82,10 @@ def time_batches(run: Any, device: str, repeats: int) -> float:
     return float(np.median(times))
 
 
+DEFAULT_WINDOWS = (WindowPolicy().context_frames, WindowPolicy().lookahead_frames)
+"""The server's context and lookahead frames (C=2, L=1)."""
+
+
 def windows(batch: int, length: int) -> list[np.ndarray]:
     codes = np.random.default_rng(batch).integers(0, 4096, size=(batch, length, 7))
     return list(frames_to_levels(codes))
@@ -98,10 +102,13 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
     for precision in precisions:
         model = cast(ours, precision)
         suffix = "" if precision == "fp32" else f"-{precision}"
-        for k in args.frames_per_decode:
-            schemes.append((f"eager-K{k}{suffix}", precision, model, WindowPolicy(2, 1, k), False))
-            if args.device.startswith("cuda"):
-                schemes.append((f"graph-K{k}{suffix}", precision, model, WindowPolicy(2, 1, k), True))
+        for context, lookahead in args.windows:
+            tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
+            for k in args.frames_per_decode:
+                policy = WindowPolicy(context, lookahead, k)
+                schemes.append((f"eager-K{k}{tag}{suffix}", precision, model, policy, False))
+                if args.device.startswith("cuda"):
+                    schemes.append((f"graph-K{k}{tag}{suffix}", precision, model, policy, True))
     for name, precision, model, policy, graphs in schemes:
         shape = policy.steady_shape
         graph_set = None
@@ -135,6 +142,8 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                     "scheme": name,
                     "precision": precision,
                     "batch": batch,
+                    "context_frames": policy.context_frames,
+                    "lookahead_frames": policy.lookahead_frames,
                     "window_frames": shape[0],
                     "emitted_frames": shape[2],
                     "ms_per_batch": round(seconds * 1e3, 3),
@@ -167,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snac", default=None, help="SNAC dir or id (default: random weights, real 24 kHz config)")
     p.add_argument("--batch", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--frames-per-decode", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument(
+        "--windows",
+        default="2:1",
+        type=lambda s: [tuple(int(n) for n in w.split(":")) for w in s.split(",")],
+        help="context:lookahead frames of our windows, e.g. 2:1,1:1 (the server's default 2:1; fewer overlapping "
+        "frames decode less per emitted frame, the streamed-vs-whole SNR says what it costs)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
@@ -185,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     reference = decode_whole(clean, codes, args.device)
     precision = precision_snr(clean, args.precisions, args.device, codes, reference)
     print("precision vs fp32:", json.dumps(precision), flush=True)
-    streamed = streamed_snr(clean, args.device, codes, reference[1], args.frames_per_decode, args.snr_target_db)
+    streamed = [
+        row
+        for context, lookahead in args.windows
+        for row in streamed_snr(
+            clean, args.device, codes, reference[1], args.frames_per_decode, args.snr_target_db,
+            WindowPolicy(context, lookahead),
+        )
+    ]  # fmt: skip
     for row in streamed:
         print("streamed vs whole:", json.dumps(row), flush=True)
     ran = [name for name, result in precision.items() if result["ran"]]
