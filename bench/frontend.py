@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import random
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -42,19 +43,41 @@ from oai_server.settings import Settings
 
 
 class PacedEngine:
-    """A `TokenEngine` that yields `per_delta` tokens every `per_delta / token_rate` seconds per request."""
+    """A `TokenEngine` that yields `per_delta` tokens every `per_delta / token_rate` seconds per request.
 
-    def __init__(self, kind: str, tokens: Sequence[int] | None, token_rate: float, per_delta: int) -> None:
+    With `output_us_per_token`, it also costs the event loop what vLLM's in-process client does: every
+    `1 / token_rate` seconds (one engine step) a task busies the loop for that many µs per live request,
+    as `AsyncLLM`'s output handler processes every request's new token each step."""
+
+    def __init__(
+        self, kind: str, tokens: Sequence[int] | None, token_rate: float, per_delta: int, output_us_per_token: float = 0
+    ) -> None:
         self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
         self.tokens = tokens
         self.interval = per_delta / token_rate
         self.per_delta = per_delta
+        self.step_s = 1 / token_rate
+        self.output_s_per_token = output_us_per_token / 1e6
         self._active = 0
+        self._handler: asyncio.Task[None] | None = None
+        self.add_request_s = 0.0
+
+    async def _output_handler(self) -> None:
+        while True:
+            await asyncio.sleep(self.step_s)
+            until = time.perf_counter() + self._active * self.output_s_per_token
+            while time.perf_counter() < until:  # the loop is busy, as with vLLM's OutputProcessor
+                pass
 
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[list[int]]:
         """Audio frames (Orpheus) or the fixed text (Gemma), paced, up to `max_tokens`."""
+        if self.output_s_per_token and self._handler is None:
+            self._handler = asyncio.create_task(self._output_handler())
+        until = time.perf_counter() + self.add_request_s
+        while time.perf_counter() < until:  # the loop is busy, as with vLLM's input processing of a request
+            pass
         self._active += 1
         rng = random.Random(request_id)
         try:
@@ -114,7 +137,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
         PacedEngine("paced-gemma", words, args.llm_token_rate, 1),
         llm_tokenizer,
         gemma_stop_ids(llm_tokenizer),
-        PacedEngine("paced-orpheus", None, args.token_rate, 7),
+        PacedEngine("paced-orpheus", None, args.token_rate, 7, args.output_us_per_token),
         tts_tokenizer,
         SilentDecoder(None, "cpu", 64),
     )
@@ -129,6 +152,14 @@ def main() -> None:
     p.add_argument("--token-rate", type=float, default=110.0, help="Orpheus tokens/s per stream (82 is real time)")
     p.add_argument("--llm-token-rate", type=float, default=120.0, help="Gemma tokens/s per conversation")
     p.add_argument("--tts-max-tokens", type=int, default=1024)
+    p.add_argument(
+        "--add-request-us", type=float, default=0.0,
+        help="loop time each new Orpheus request costs, as vLLM's in-process input processing (0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output-us-per-token", type=float, default=0.0,
+        help="loop time per live Orpheus request per engine step, as vLLM's in-process output processing (0: none)",
+    )  # fmt: skip
     p.add_argument("--max-streams", type=int, default=1024)
     p.add_argument(
         "--http", choices=("server", "h11"), default="server",
@@ -137,6 +168,7 @@ def main() -> None:
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="uvicorn's event loop")
     args = p.parse_args()
     settings, engines = build(args)
+    engines.tts.add_request_s = args.add_request_us / 1e6  # type: ignore[attr-defined]
     app = create_app(settings, engines)
     options = uvicorn_options(settings, app)
     if args.http == "h11":
