@@ -25,15 +25,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import uvicorn
+from baselines import SilentDecoder  # the in-process `silent` mode's: silence of the right length, no SNAC
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from oai_server.app import create_app
 from oai_server.codec.orpheus import END_OF_SPEECH, slot_band
-from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import WindowShape
 from oai_server.engines.base import EngineInfo, SamplingParams
 from oai_server.engines.bundle import Engines
 from oai_server.engines.factory import gemma_stop_ids, resolve_models
@@ -47,10 +46,17 @@ class PacedEngine:
 
     With `output_us_per_token`, it also costs the event loop what vLLM's in-process client does: every
     `1 / token_rate` seconds (one engine step) a task busies the loop for that many µs per live request,
-    as `AsyncLLM`'s output handler processes every request's new token each step."""
+    as `AsyncLLM`'s output handler processes every request's new token each step; with `add_request_us`,
+    each new request busies it that long, as its input processing."""
 
     def __init__(
-        self, kind: str, tokens: Sequence[int] | None, token_rate: float, per_delta: int, output_us_per_token: float = 0
+        self,
+        kind: str,
+        tokens: Sequence[int] | None,
+        token_rate: float,
+        per_delta: int,
+        output_us_per_token: float = 0,
+        add_request_us: float = 0,
     ) -> None:
         self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
         self.tokens = tokens
@@ -60,7 +66,7 @@ class PacedEngine:
         self.output_s_per_token = output_us_per_token / 1e6
         self._active = 0
         self._handler: asyncio.Task[None] | None = None
-        self.add_request_s = 0.0
+        self.add_request_s = add_request_us / 1e6
 
     async def _output_handler(self) -> None:
         while True:
@@ -110,14 +116,6 @@ class PacedEngine:
         """Nothing to release."""
 
 
-class SilentDecoder(SnacDecoder):
-    """Silence of each window's emitted length, no SNAC work."""
-
-    def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
-        """Zeros, 2048 samples per emitted frame."""
-        return np.zeros((len(frames), 2048 * shape[2]), dtype=np.int16)
-
-
 def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
     """Demo-profile settings (tokenizers of the tiny models) and the paced engines."""
     settings = resolve_models(
@@ -137,7 +135,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
         PacedEngine("paced-gemma", words, args.llm_token_rate, 1),
         llm_tokenizer,
         gemma_stop_ids(llm_tokenizer),
-        PacedEngine("paced-orpheus", None, args.token_rate, 7, args.output_us_per_token),
+        PacedEngine("paced-orpheus", None, args.token_rate, 7, args.output_us_per_token, args.add_request_us),
         tts_tokenizer,
         SilentDecoder(None, "cpu", 64),
     )
@@ -168,7 +166,6 @@ def main() -> None:
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="uvicorn's event loop")
     args = p.parse_args()
     settings, engines = build(args)
-    engines.tts.add_request_s = args.add_request_us / 1e6  # type: ignore[attr-defined]
     app = create_app(settings, engines)
     options = uvicorn_options(settings, app)
     if args.http == "h11":

@@ -152,9 +152,7 @@ class Layout:
 
     def snac_cards(self) -> tuple[int, ...]:
         """Every card SNAC decodes on, in the server's process or in the engines'."""
-        if self.snac_host_replicas:
-            return tuple(plan.cards[0] for plan in self.snac_hosts())
-        return () if self.snac_card is None else (self.snac_card,)
+        return _snac_cards([plan.cards for plan in self.role("tts")], self.snac_host_replicas, self.snac_device)
 
     @property
     def spread(self) -> bool:
@@ -236,11 +234,11 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
     if name == "speech" and hosts and len(hosts) == len(assigned["tts"]):
         # every card decodes its own streams' SNAC, and a speech load leaves card 0's Gemma and Whisper idle
         weights.update({("tts", index): 1.0 for index in range(len(hosts))})
-    snac_cards = [assigned["tts"][i].cards()[0] for i in hosts] if hosts else [_cuda_index(snac_device)]
     explicit = {role for role in roles if request.memory_explicit(role)}
+    snac_cards = _snac_cards([p.cards() for p in assigned["tts"]], hosts, snac_device)
     plans = plan_shares(assigned, weights, card_gib, request.memory, explicit, snac_cards)
     layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes), hosts)
-    check_shares(name, cards, card_gib, plans, layout.snac_cards(), explicit)
+    check_shares(name, cards, card_gib, plans, snac_cards, explicit)
     return layout
 
 
@@ -337,6 +335,14 @@ def _snac_host_replicas(request: LayoutRequest, tts: Sequence[Placement], snac_c
     if not alone or len(set(cards)) != len(cards) or (snac_card,) not in cards:
         return ()
     return (cards.index((snac_card,)),) if request.snac_device != "auto" else tuple(range(len(tts)))
+
+
+def _snac_cards(tts_cards: Sequence[tuple[int, ...]], hosts: Sequence[int], snac_device: str) -> tuple[int, ...]:
+    """The cards of the host replicas (indices into the Orpheus engines' `tts_cards`), else the server's SNAC card."""
+    if hosts:
+        return tuple(tts_cards[index][0] for index in hosts)
+    card = _cuda_index(snac_device)
+    return () if card is None else (card,)
 
 
 def _cuda_index(device: str) -> int | None:

@@ -57,7 +57,7 @@ def plan_shares(
     card_gib: float,
     memory: Mapping[str, float],
     explicit: Collection[str],
-    snac_cards: Sequence[int | None],
+    snac_cards: Collection[int],
 ) -> tuple[EnginePlan, ...]:
     """Every engine of `assigned` with its share: `memory[role]` where it is in `explicit` (roles whose share
     was given) or every engine is on card 0, else its computed split; `weights` are the balancing weights."""
