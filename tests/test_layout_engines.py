@@ -69,6 +69,7 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
     assert whisper.kwargs["renderer_num_workers"] == settings.asr_input_workers == 4
     assert whisper.kwargs["max_num_batched_tokens"] == settings.asr_max_num_batched_tokens == 12000  # 8 windows
     assert all("max_num_batched_tokens" not in e.kwargs for e in (gemma, *orpheus))  # vllm serve's default
+    assert all(e.kwargs["disable_log_stats"] for e in built)  # no per-token statistics on the event loop
     assert isinstance(tts, BalancedEngine) and tts.info.details["weights"] == [1.0, 1.0]  # SNAC on both cards
     assert [r.info.details["gpus"] for r in tts.replicas] == [(0,), (1,)]
     assert not isinstance(llm, BalancedEngine) and llm.info.details["gpus"] == (0,)
@@ -92,6 +93,18 @@ async def test_snac_in_engine_is_asked_of_every_orpheus_replica_by_its_own_name(
     assert all("additional_config" not in e.kwargs for e in built if e not in orpheus)  # not Gemma's
     await tts.close()
     await llm.close()
+
+
+async def test_engine_log_stats_reaches_every_vllm_engine(built: list[AsyncLLMDouble], demo_cache: Path) -> None:
+    settings = Settings(engine_log_stats=True, asr_model_name=str(build_demo_whisper(demo_cache)))
+    layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout)
+    asr = await build_asr(settings, "vllm", layout)
+    assert asr is not None and len(built) == 3
+    assert [e.kwargs["disable_log_stats"] for e in built] == [False, False, False]
+    await tts.close()
+    await llm.close()
+    await asr.close()
 
 
 async def test_vllm_data_parallel_stays_one_engine(built: list[AsyncLLMDouble]) -> None:

@@ -314,6 +314,7 @@ async def test_create_passes_engine_args_and_info() -> None:
         "kv_cache_dtype": "fp8",
         "quantization": "fp8",
         "enable_prefix_caching": False,
+        "disable_log_stats": True,  # no per-token statistics on the event loop unless asked
         "max_num_seqs": 64,
         "stream_interval": 7,
         "logits_processors": [OrpheusSlotLogitsProcessor],

@@ -36,6 +36,7 @@ async def build_asr(settings: Settings, kind: str, layout: Layout | None = None)
             max_num_seqs=settings.asr_max_num_seqs,
             input_workers=settings.asr_input_workers,
             max_num_batched_tokens=settings.asr_max_num_batched_tokens,
+            log_stats=settings.engine_log_stats,
             placement=plan.placement,
         )
     if kind == "remote":

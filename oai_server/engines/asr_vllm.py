@@ -92,6 +92,7 @@ def whisper_engine_kwargs(
     max_num_seqs: int | None = None,
     input_workers: int = 4,
     max_num_batched_tokens: int | None = None,
+    log_stats: bool = False,
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for a Whisper model (one audio per prompt).
 
@@ -109,6 +110,7 @@ def whisper_engine_kwargs(
         "enforce_eager": enforce_eager,
         "limit_mm_per_prompt": {"audio": 1},
         "renderer_num_workers": input_workers,
+        "disable_log_stats": not log_stats,
     }
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
@@ -177,6 +179,7 @@ class VLLMWhisper(AsyncLLMLifecycle):
         max_num_seqs: int | None = None,
         input_workers: int = 4,
         max_num_batched_tokens: int | None = None,
+        log_stats: bool = False,
         placement: Placement | None = None,
         kind: str = "vllm-whisper",
         engine_factory: Factory | None = None,
@@ -196,6 +199,7 @@ class VLLMWhisper(AsyncLLMLifecycle):
             max_num_seqs=max_num_seqs,
             input_workers=input_workers,
             max_num_batched_tokens=max_num_batched_tokens,
+            log_stats=log_stats,
         )
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())

@@ -124,6 +124,7 @@ async def _build(
                 kind="vllm-orpheus",
                 dtype=settings.dtype,
                 enforce_eager=settings.enforce_eager,
+                log_stats=settings.engine_log_stats,
             )
 
         async def gemma(plan: EnginePlan) -> TokenEngine:
@@ -138,6 +139,7 @@ async def _build(
                 kind="vllm-gemma",
                 dtype=settings.dtype,
                 enforce_eager=settings.enforce_eager,
+                log_stats=settings.engine_log_stats,
             )
 
         tts = await start_replicas(layout.role("tts"), orpheus)

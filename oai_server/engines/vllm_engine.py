@@ -89,8 +89,13 @@ def engine_kwargs(
     enable_prefix_caching: bool = True,
     orpheus_slots: bool = False,
     snac_service: str | None = None,
+    log_stats: bool = False,
 ) -> dict[str, Any]:
-    """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class)."""
+    """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
+
+    Without ``log_stats`` vLLM keeps no per-step statistics (``disable_log_stats``): its output handler
+    would otherwise update them for every token of every request on the server's event loop.
+    """
     kwargs: dict[str, Any] = {
         "model": model,
         "tokenizer": tokenizer,
@@ -101,6 +106,7 @@ def engine_kwargs(
         "kv_cache_dtype": kv_cache_dtype,
         "quantization": quantization,
         "enable_prefix_caching": enable_prefix_caching,
+        "disable_log_stats": not log_stats,
     }
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
@@ -218,6 +224,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         enable_prefix_caching: bool = True,
         orpheus_slots: bool = False,
         snac_service: str | None = None,
+        log_stats: bool = False,
         placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
@@ -246,6 +253,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
+            log_stats=log_stats,
         )
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())

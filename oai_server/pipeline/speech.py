@@ -10,6 +10,7 @@ engine request it started.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -171,6 +172,14 @@ class SpeechSynthesizer:
         return await asyncio.gather(*(decoder.decode(window) for window in windows))
 
 
+@functools.cache
+def _ramp(samples: int) -> np.ndarray:
+    """The crossfade's rising ramp, 0 to 1 over `samples` (built once per length, shared read-only)."""
+    ramp = np.linspace(0.0, 1.0, samples, dtype=np.float32)
+    ramp.flags.writeable = False
+    return ramp
+
+
 class Crossfader:
     """Joins segments with a short linear crossfade; holds back the last few samples."""
 
@@ -178,7 +187,7 @@ class Crossfader:
         self.samples = samples
         self._tail = np.zeros(0, dtype="<i2")
         self._join_next = False
-        self._ramp = np.linspace(0.0, 1.0, samples, dtype=np.float32)
+        self._ramp = _ramp(samples)
 
     def boundary(self) -> None:
         """The next audio starts a new segment."""
