@@ -83,6 +83,10 @@ class StreamResult:
     """Chat only: that first transcript."""
     status: int | None = None
     """HTTP status of the response (None when no response came)."""
+    connected_s: float | None = None
+    """When the TCP connection was up (None when a kept-alive connection was reused)."""
+    sent_s: float | None = None
+    """When the whole request (headers and body) had been written to the socket."""
     headers_s: float | None = None
     """When the response headers arrived (for a 429: the time to the refusal)."""
     retry_after_s: float | None = None
@@ -188,6 +192,10 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
         "retry_after_s": sorted({r.retry_after_s for r in refused if r.retry_after_s is not None}),
         "hung": sum(1 for r in results if r.hung),
         "ttfa_ms": _ms(spread([r.ttfa_s for r in ok if r.ttfa_s])),
+        "client_phases_ms": {
+            phase: _ms(spread([t for r in ok if (t := getattr(r, f"{phase}_s")) is not None]))
+            for phase in ("connected", "sent", "headers")
+        },
         "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
         **_first_text(ok),
         "underruns": spread([float(r.underruns) for r in ok]),

@@ -204,4 +204,13 @@ def _timings(level: dict[str, Any]) -> str:
         for name, view in (level.get("server") or {}).items()
         if view.get("p95_ms") is not None
     )
-    return (f"; TTFA p95 {ttfa:.0f} ms" if ttfa is not None else "") + (f", server: {server}" if server else "")
+    phases = ", ".join(
+        f"{name} {view['p95']:.0f}"
+        for name, view in (level.get("client_phases_ms") or {}).items()
+        if view.get("p95") is not None
+    )
+    return (
+        (f"; TTFA p95 {ttfa:.0f} ms" if ttfa is not None else "")
+        + (f", client p95 ms: {phases}" if phases else "")
+        + (f", server: {server}" if server else "")
+    )

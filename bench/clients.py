@@ -104,6 +104,13 @@ class _Recorder:
             self._samples = samples
             self.result.arrivals.append((self.now(), samples))
 
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: when the connection was up and the request fully written."""
+        if event == "connection.connect_tcp.complete":
+            self.result.connected_s = self.now()
+        elif event.endswith("send_request_body.complete"):
+            self.result.sent_s = self.now()
+
     async def response(self, response: httpx.Response) -> bool:
         """Record status and headers; on a non-200 read the error body. True when the stream may go on."""
         self.result.status = response.status_code
@@ -157,7 +164,9 @@ def _chat_body(args: argparse.Namespace, spec: RequestSpec) -> dict[str, Any]:
 
 async def _read_speech(client: httpx.AsyncClient, args: argparse.Namespace, spec: RequestSpec, rec: _Recorder) -> None:
     body = _speech_body(args, spec)
-    async with client.stream("POST", "/v1/audio/speech", json=body, headers=headers(args)) as resp:
+    async with client.stream(
+        "POST", "/v1/audio/speech", json=body, headers=headers(args), extensions={"trace": rec.trace}
+    ) as resp:
         if await rec.response(resp):
             async for data in resp.aiter_raw():
                 if data:
@@ -166,7 +175,9 @@ async def _read_speech(client: httpx.AsyncClient, args: argparse.Namespace, spec
 
 async def _read_chat(client: httpx.AsyncClient, args: argparse.Namespace, spec: RequestSpec, rec: _Recorder) -> None:
     body = _chat_body(args, spec)
-    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers(args)) as resp:
+    async with client.stream(
+        "POST", "/v1/chat/completions", json=body, headers=headers(args), extensions={"trace": rec.trace}
+    ) as resp:
         if not await rec.response(resp):
             return
         async for line in resp.aiter_lines():

@@ -20,6 +20,13 @@
 set -u
 OUT=${OUT:-/tmp/out}; RAND=${RAND:-/tmp/rand}
 cleanup() { [ -n "${NO_CLEANUP:-}" ] && return; pkill -9 -f "[E]ngineCore" ; pkill -9 -f "[o]ai_server serve" ; sleep 2; }
+listen_drops() {  # the kernel's count of connections refused by full listen queues (TcpExt ListenOverflows, ListenDrops)
+  awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[$i] = i; h = 1 } else print "ListenOverflows", $n["ListenOverflows"], "ListenDrops", $n["ListenDrops"] }' /proc/net/netstat
+}
+# SOMAXCONN=N raises the kernel's cap on every listen queue (net.core.somaxconn) before the server listens: the
+# server asks for 2048, the kernel gives min(2048, somaxconn); a burst past it loses SYNs and waits 1 s for TCP's retry.
+echo "net.core.somaxconn $(cat /proc/sys/net/core/somaxconn); $(listen_drops)"
+if [ -n "${SOMAXCONN:-}" ]; then echo "$SOMAXCONN" > /proc/sys/net/core/somaxconn && echo "net.core.somaxconn now $SOMAXCONN"; fi
 [ "${1:-load}" = placement ] || cleanup
 mkdir -p "$OUT"
 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from _common import ensure_snac; ensure_snac(Path('$RAND/snac'))"
@@ -93,8 +100,9 @@ case "${1:-load}" in
     #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
     #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
     #   burst:  one burst of BURST_N (288) speech streams. When the phase PROFILE_PHASE (burst) starts: with PYSPY_S, py-spy
-    #           samples the server process for that many seconds from PYSPY_DELAY (4) s on (${TAG}_pyspy.txt, raw
-    #           collapsed stacks, per thread); with TOP_S, `top` records every process's CPU share each second (${TAG}_top.txt)
+    #           samples the server process and its engine cores for that many seconds from PYSPY_DELAY (4) s on (${TAG}_pyspy.txt, raw
+    #           collapsed stacks, per thread); with TOP_S, `top -H` records the busiest threads' CPU share each second (${TAG}_top.txt)
+    #           and the listening socket's accept queue every 10 ms (${TAG}_acceptq.txt: time, queued connections)
     # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
     # 1024), TTS_MEM/LLM_MEM (only when set: else the layout computes the shares), ASR_ON=1 (the random Whisper;
     # default --no-asr: the load sends no audio in), SERVE_ARGS. Results stay in /tmp/oai-placement/results on the warm machine and
@@ -144,24 +152,36 @@ case "${1:-load}" in
     profile() {  # py-spy on the server (its event loop and threads) and `top` of the host, PYSPY_DELAY s from now
       if [ -n "${PYSPY_S:-}" ]; then
         ( sleep "${PYSPY_DELAY:-4}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
-            --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
+            --subprocesses --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
         SPY_PID=$!
       fi
       if [ -n "${TOP_S:-}" ]; then
-        ( sleep "${PYSPY_DELAY:-4}"; top -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 30 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
+        ( sleep "${PYSPY_DELAY:-4}"; top -H -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 40 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
         TOP_PID=$!
+        # the listening socket's accept queue (connections the kernel holds for the server to accept), every 10 ms
+        ( sleep "${PYSPY_DELAY:-4}"; python3 -c "
+import sys, time
+port = '%04X' % int(sys.argv[1]); end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    for line in open('/proc/net/tcp'):
+        f = line.split()
+        if f[1].endswith(':' + port) and f[3] == '0A':
+            print(f'{time.time():.3f} {int(f[4].split(\":\")[1], 16)}', flush=True)
+    time.sleep(0.01)
+" "${PORT:-8080}" "$TOP_S" > "$RES/${TAG}_acceptq.txt" 2>&1 ) &
       fi
     }
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do
       left=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) ))
       if [ "$left" -lt "${MIN_PHASE_S:-60}" ]; then echo "[$TAG] $phase skipped: ${left} s left of BUDGET_S"; continue; fi
       [ "$phase" = "${PROFILE_PHASE:-burst}" ] && profile  # the client processes spawn, then the burst goes out
-      echo "== [$TAG] $phase ($left s left)"
+      echo "== [$TAG] $phase ($left s left; $(listen_drops))"
       timeout "$left" python3 bench/load.py --url "http://127.0.0.1:${PORT:-8080}" --concurrency '' $(phase_args "$phase") \
         --search-growth "${GROWTH:-1.5}" --max-tokens "${CHAT_TOKENS:-64}" --ttfa-p95-ms "${TTFA_MS:-500}" \
         --chat-ttfa-p95-ms "${CHAT_TTFA_MS:-800}" --server-timeout 30 --out "$RES/${TAG}_$phase" ${LOAD_ARGS:-} 2>&1 \
         | grep -v "^\[.*\] N=" | tail -25
     done
+    echo "after the phases: $(listen_drops)"
     [ -n "${SPY_PID:-}" ] && wait "$SPY_PID"  # py-spy writes its file when its time is up: before the copy
     [ -n "${TOP_PID:-}" ] && wait "$TOP_PID"
     python3 bench/placement_summary.py --dir "$RES" --tag "$TAG" --cards "$CARDS" --placement "$PLACEMENT"

@@ -18,7 +18,7 @@
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
 #                 96, OC_CHAT_START 48, OC_MIXED_START 32).
 #   gap           (CARD0_JOBS=gap, alone on the machine: SI_JOB=none): one server on GAP_CARDS (2) cards, layout PL (speech),
-#                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s) samples the server and
+#                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s; empty: off) samples the server and
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
@@ -129,8 +129,8 @@ cards() {  # both cards behind one server (bench/gpu_load.sh placement), after t
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
   W=$S/gap; mkdir -p $W
-  OUT=$W CARDS=${GAP_CARDS:-2} PLACEMENT=${PL:-speech} PHASES=${GAP_PHASES:-ttfa,burst} BURST_N=${BURST_N:-288} PYSPY_S=${PYSPY_S:-15} \
-    TOP_S=${TOP_S:-20} PYSPY=/tmp/site/bin/py-spy LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" BUDGET_S=${BUD:-540} \
+  OUT=$W CARDS=${GAP_CARDS:-2} PLACEMENT=${PL:-speech} PHASES=${GAP_PHASES:-ttfa,burst} BURST_N=${BURST_N:-288} PYSPY_S=${PYSPY_S-15} \
+    TOP_S=${TOP_S-20} PYSPY=/tmp/site/bin/py-spy LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" BUDGET_S=${BUD:-540} \
     bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server

@@ -308,6 +308,9 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
             assert server[f"first_byte_{mode}"]["count"] == level["requests"]  # the app's whole time, once each
             if mode == "speech":  # its first byte is audio; a chat reply's is the SSE role chunk, before any audio
                 assert server["first_byte_speech"]["p50_ms"] >= server["ttfa_speech"]["p50_ms"] - 10  # bucket slack
+            phases = level["client_phases_ms"]  # each stream: connected, then sent, then headers, then audio
+            assert phases["connected"]["max"] <= phases["sent"]["max"] <= phases["headers"]["max"]
+            assert 0 < phases["sent"]["p50"] <= phases["headers"]["p50"] <= level["ttfa_ms"]["p50"]
         _check_capacity_block(report["capacity"][mode], levels, 500.0 if mode == "speech" else 800.0)
         assert len(report["streams"][mode]["2"]) == 2
 

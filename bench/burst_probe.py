@@ -1,0 +1,177 @@
+"""What one burst of new connections costs a running server's front end, with a client that costs almost nothing.
+
+`load.py`'s clients are httpx on asyncio: fine for capacity, but their own CPU blurs what the server spends
+to take a burst in. This probe opens N plain sockets at once, writes N `/v1/audio/speech` requests, and times
+each stream's response headers and first audio bytes with one `select` loop; then it closes them (the server
+aborts their engine requests). Beside it, a thread samples the listening socket's accept queue (connections
+the kernel holds until the server accepts them, `/proc/net/tcp`), and with `--server-pid` the probe reads the
+server's CPU seconds before and after, so the report says how much server CPU one admitted request took.
+
+On two H200s (session 10) a burst of 288 left up to 212 connections in the accept queue, drained at ~500 per
+second: the server's event loop takes a burst in one request after another, so the last ones wait. This probe
+measures that cost without a GPU against `bench/frontend.py` (the real app over engines that cost nothing):
+
+    python bench/frontend.py --port 8090 &
+    python bench/burst_probe.py --port 8090 --server-pid $! --n 32,128,288 --out probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import spread
+
+BODY = {
+    "model": "tts-1",
+    "input": "Hello there, this is a test of the burst.",
+    "voice": "tara",
+    "response_format": "pcm",
+}
+
+
+def _request(host: str) -> bytes:
+    body = json.dumps(BODY).encode()
+    head = (
+        f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting in the accept queue of the IPv4 socket listening on `port` (None: no such socket)."""
+    suffix = f":{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(suffix) and fields[3] == "0A":  # 0A: LISTEN; rx_queue holds the accept backlog
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
+class QueueSampler(threading.Thread):
+    """Samples `accept_queue(port)` every `interval` seconds until stopped: (seconds, queued) pairs."""
+
+    def __init__(self, port: int, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop_event = threading.Event()
+        self._t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            queued = accept_queue(self.port)
+            if queued is not None:
+                self.samples.append((time.perf_counter() - self._t0, queued))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def burst(host: str, port: int, n: int, server_pid: int | None, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Open `n` connections, send `n` speech requests, time headers and first audio; the server CPU it took."""
+    request = _request(host)
+    sampler = QueueSampler(port)
+    sampler.start()
+    cpu0 = cpu_seconds(server_pid) if server_pid else None
+    t0 = time.perf_counter()
+    socks = [socket.create_connection((host, port)) for _ in range(n)]
+    connected = time.perf_counter() - t0
+    for sock in socks:
+        sock.sendall(request)
+        sock.setblocking(False)
+    sent = time.perf_counter() - t0
+    received = {sock: b"" for sock in socks}
+    headers: dict[socket.socket, float] = {}
+    first_audio: dict[socket.socket, float] = {}
+    status: dict[socket.socket, int] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        open_count = n
+        while open_count and time.perf_counter() - t0 < timeout_s:
+            for key, _ in selector.select(timeout=1.0):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(65536)
+                now = time.perf_counter() - t0
+                received[sock] += data
+                if sock not in headers and b"\r\n\r\n" in received[sock]:
+                    headers[sock] = now
+                    status[sock] = int(received[sock].split(b" ", 2)[1])
+                body = received[sock].partition(b"\r\n\r\n")[2]
+                if not data or (sock in headers and (len(body) > 0 or status[sock] != 200)):
+                    if data and status.get(sock) == 200:
+                        first_audio[sock] = now
+                    selector.unregister(sock)
+                    open_count -= 1
+    server_cpu = cpu_seconds(server_pid) - cpu0 if server_pid and cpu0 is not None else None
+    for sock in socks:
+        sock.close()
+    time.sleep(0.05)
+    queue = sampler.stop()
+    peak = max((q for _, q in queue), default=0)
+    return {
+        "n": n,
+        "connected_all_ms": connected * 1000,
+        "sent_all_ms": sent * 1000,
+        "ok": sum(1 for code in status.values() if code == 200),
+        "statuses": sorted(set(status.values())),
+        "headers_ms": {k: v * 1000 if v is not None else None for k, v in spread(list(headers.values())).items()},
+        "first_audio_ms": {
+            k: v * 1000 if v is not None else None for k, v in spread(list(first_audio.values())).items()
+        },
+        "accept_queue_peak": peak,
+        "accept_queue_drained_ms": 1000 * max((t for t, q in queue if q > 0), default=0.0),
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / n,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--n", default="32,128,288", help="burst sizes, one burst each (comma-separated)")
+    p.add_argument("--repeats", type=int, default=3, help="bursts per size")
+    p.add_argument("--pause-s", type=float, default=12.0, help="wait between bursts (the aborted streams wind down)")
+    p.add_argument("--server-pid", type=int, default=None, help="the server's pid: its CPU seconds per burst")
+    p.add_argument("--out", type=Path, default=None, help="write the bursts as JSON here")
+    args = p.parse_args()
+    runs = []
+    for n in (int(x) for x in args.n.split(",")):
+        for _ in range(args.repeats):
+            run = burst(args.host, args.port, n, args.server_pid)
+            runs.append(run)
+            h, f = run["headers_ms"], run["first_audio_ms"]
+            cpu = run["server_cpu_ms_per_request"]
+            print(
+                f"n={n} ok={run['ok']} headers p50/p95 {h['p50']:.0f}/{h['p95']:.0f} ms, first audio p50/p95 "
+                f"{f['p50']:.0f}/{f['p95']:.0f} ms, accept queue peak {run['accept_queue_peak']} (empty after "
+                f"{run['accept_queue_drained_ms']:.0f} ms)" + (f", server CPU {cpu:.2f} ms/request" if cpu else ""),
+                flush=True,
+            )
+            time.sleep(args.pause_s)
+    if args.out:
+        args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
