@@ -362,6 +362,15 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
         assert (level["ok"], level["streams_zero_underruns"]) == (4, 4), level["error_samples"]
         assert level["audio_s_total"] == pytest.approx(4 * 20 * FRAME / 24000, rel=0.01)  # 140 tokens: 20 frames
         assert level["server"]["first_byte_speech"]["count"] == 4
+        probe = tmp_path / "probe.json"  # the same server under a burst of plain sockets
+        _run(
+            "burst_probe.py", "--port", str(port), "--server-pid", str(server.pid), "--n", "3", "--repeats", "1",
+            "--pause-s", "0", "--out", str(probe),
+        )  # fmt: skip
+        (burst,) = json.loads(probe.read_text())["runs"]
+        assert (burst["n"], burst["ok"], burst["statuses"]) == (3, 3, [200])
+        assert 0 < burst["headers_ms"]["max"] <= burst["first_audio_ms"]["max"]  # headers, then audio
+        assert burst["accept_queue_peak"] >= 0 and burst["server_cpu_s"] is not None  # 10 ms ticks: may read 0
     finally:
         server.terminate()
         server.wait(10)
