@@ -493,3 +493,11 @@ def test_random_whisper_has_the_v3_turbo_layout(tmp_path: Path) -> None:
         50360, 50364, 50365, 51865,
     ]  # fmt: skip
     assert processor.feature_extractor.feature_size == 128
+
+
+def test_headroom_cost_times_the_admission_check() -> None:
+    proc = _run("headroom_cost.py", "--streams", "4,16", "--rate", "100")
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(r["variant"], r["streams"]) for r in rows] == [("current", 4), ("current", 16)]
+    assert [r["events_in_window"] for r in rows] == [4 * 29, 16 * 29]  # 2 s of 7-token deltas at 100 tokens/s
+    assert all(r["us_per_check"] > 0 for r in rows)

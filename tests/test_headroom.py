@@ -30,6 +30,59 @@ class Clock:
         return self.now
 
 
+def brute_force_rate(
+    changes: list[tuple[float, int]], records: list[tuple[float, int]], now: float, window: float
+) -> float | None:
+    """The per-stream rate straight from its definition: the window's tokens over its mean generating count."""
+    start = now - window
+    counts = [(t, c) for t, c in changes if t <= now]
+    area, previous_time, previous_count = 0.0, start, 0
+    for t, c in counts:
+        if t <= start:
+            previous_count = c
+            continue
+        area += previous_count * (t - previous_time)
+        previous_time, previous_count = t, c
+    area += previous_count * (now - previous_time)
+    tokens = sum(n for t, n in records if start <= t <= now)
+    mean = area / window
+    return None if mean <= 0 or not tokens else tokens / window / mean
+
+
+def test_running_totals_match_the_rate_by_its_definition() -> None:
+    """The gate keeps the window's tokens and generating-seconds as running totals (every admission reads them);
+    at any moment they give the same rate as summing the window from scratch."""
+    import random
+
+    rng = random.Random(7)
+    clock = Clock()
+    gate = HeadroomGate(clock=clock, window_s=2.0)
+    changes: list[tuple[float, int]] = []
+    records: list[tuple[float, int]] = []
+    generating = 0
+    for _ in range(3000):
+        clock.now += rng.choice((0.0, 0.001, 0.01, 0.05, 0.3))
+        action = rng.random()
+        if action < 0.2:
+            gate.started()
+            generating += 1
+            changes.append((clock.now, generating))
+        elif action < 0.35 and generating:
+            gate.finished()
+            generating -= 1
+            changes.append((clock.now, generating))
+        else:
+            tokens = rng.choice((1, 7, 14))
+            gate.record(tokens)
+            records.append((clock.now, tokens))
+        if rng.random() < 0.1:
+            expected = brute_force_rate(changes, records, clock.now, 2.0)
+            got = gate.per_stream_rate()
+            assert (got is None) == (expected is None)
+            if got is not None and expected is not None:
+                assert got == pytest.approx(expected, rel=1e-9)
+
+
 def run(gate: HeadroomGate, clock: Clock, streams: int, rate_per_stream: float, seconds: float) -> None:
     """`streams` requests generating at `rate_per_stream` tokens/s for `seconds` (7-token deltas)."""
     step = 7 / rate_per_stream

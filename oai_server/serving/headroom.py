@@ -57,9 +57,12 @@ class HeadroomGate:
         self._pending: deque[float] = deque()
         """Admission times of streams admitted but not yet generating."""
         self._events: deque[tuple[float, int]] = deque()
+        self._tokens_in_window = 0
+        """The sum of `_events`' counts, kept as they come and go: every admission reads it."""
         self._generating = 0
-        self._samples: deque[tuple[float, int]] = deque()
-        """(time, generating count from then on) changes inside the window."""
+        self._samples: deque[tuple[float, int, float]] = deque([(clock(), 0, 0.0)])
+        """(time, generating count from then on, generating-seconds before then) per change: the last one before
+        the window and every one inside it. The running integral makes the window's mean O(1) per admission."""
         self.safe_streams = 0
         """Concurrent streams the last settled measurement said keep real time (0: never measured)."""
 
@@ -82,6 +85,7 @@ class HeadroomGate:
         """`tokens` audio tokens arrived for some request."""
         now = self._clock()
         self._events.append((now, tokens))
+        self._tokens_in_window += tokens
         self._trim(now)
 
     def per_stream_rate(self) -> float | None:
@@ -91,8 +95,7 @@ class HeadroomGate:
         mean_generating = self._mean_generating(now)
         if mean_generating <= 0 or not self._events:
             return None
-        tokens = sum(count for _, count in self._events)
-        return tokens / self.window_s / mean_generating
+        return self._tokens_in_window / self.window_s / mean_generating
 
     def has_headroom(self) -> bool:
         """Whether one more speech stream can start without pushing the running ones below real time."""
@@ -122,33 +125,24 @@ class HeadroomGate:
     def _change(self, delta: int) -> None:
         now = self._clock()
         self._generating = max(0, self._generating + delta)
-        self._samples.append((now, self._generating))
+        self._samples.append((now, self._generating, self._area_until(now)))
         self._trim(now)
+
+    def _area_until(self, moment: float) -> float:
+        """Generating-seconds from the first sample to `moment` (at or after the last change)."""
+        at, count, area = self._samples[-1]
+        return area + count * (moment - at)
 
     def _mean_generating(self, now: float) -> float:
         start = now - self.window_s
-        area = 0.0
-        previous_time, previous_count = start, self._count_at(start)
-        for at, count in self._samples:
-            if at <= start:
-                continue
-            area += previous_count * (at - previous_time)
-            previous_time, previous_count = at, count
-        area += previous_count * (now - previous_time)
-        return area / self.window_s
-
-    def _count_at(self, moment: float) -> int:
-        count = 0
-        for at, value in self._samples:
-            if at > moment:
-                break
-            count = value
-        return count
+        first_at, first_count, first_area = self._samples[0]  # the last change at or before the window's start
+        area_at_start = first_area + first_count * max(0.0, start - first_at)
+        return (self._area_until(now) - area_at_start) / self.window_s
 
     def _trim(self, now: float) -> None:
         start = now - self.window_s
         while self._events and self._events[0][0] < start:
-            self._events.popleft()
+            self._tokens_in_window -= self._events.popleft()[1]
         # keep the last change before the window: it is the count at the window's start
         while len(self._samples) > 1 and self._samples[1][0] <= start:
             self._samples.popleft()
