@@ -157,8 +157,11 @@ class SnacDecoder:
                 for job in group:
                     job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
                 continue
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bytes], bytes]]] = {}
             for job, pcm in zip(group, results, strict=True):
-                job.loop.call_soon_threadsafe(_set_result, job.future, pcm)
+                by_loop.setdefault(job.loop, []).append((job.future, pcm))
+            for loop, done in by_loop.items():  # one wake-up of each loop per batch, not one per window
+                loop.call_soon_threadsafe(_set_results, done)
 
     def close(self) -> None:
         """Stop the worker thread after the queued work."""
@@ -191,6 +194,11 @@ def decode_frames(
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
+
+
+def _set_results(done: list[tuple[asyncio.Future[bytes], bytes]]) -> None:
+    for future, value in done:
+        _set_result(future, value)
 
 
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
