@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "oai_requests",
             "HTTP requests by route template, method and status.",
@@ -267,22 +269,31 @@ class Metrics:
         if connections is not None:
             self._live.connections = connections
 
+    def _labeled(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: prometheus_client validates and converts the labels on every
+        call, and these run for every request and stream (label values here come from small fixed sets)."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished HTTP request (called by the middleware)."""
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
-        self.request_duration.labels(route=route).observe(seconds)
+        self._labeled(self.requests, route, method, str(status)).inc()
+        self._labeled(self.request_duration, route).observe(seconds)
 
     def observe_first_byte(self, route: str, seconds: float) -> None:
         """Time from one HTTP request reaching the app to its first body byte (called by the middleware)."""
-        self.first_byte.labels(route=route).observe(seconds)
+        self._labeled(self.first_byte, route).observe(seconds)
 
     def observe_ttfa(self, endpoint: str, seconds: float) -> None:
         """Time to first audio of one reply; `endpoint` is e.g. "speech", "chat", "seed_tts"."""
-        self.ttfa.labels(endpoint=endpoint).observe(seconds)
+        self._labeled(self.ttfa, endpoint).observe(seconds)
 
     def observe_admission_wait(self, speaks: bool, seconds: float) -> None:
         """How long one request waited for admission (`speaks`: it also waited for real-time headroom)."""
-        self.admission_wait.labels(speaks=str(speaks).lower()).observe(seconds)
+        self._labeled(self.admission_wait, "true" if speaks else "false").observe(seconds)
 
     def observe_ttft(self, seconds: float) -> None:
         """Time to the first chat token of one reply."""
@@ -290,7 +301,7 @@ class Metrics:
 
     def observe_rtf(self, endpoint: str, value: float) -> None:
         """Real-time factor (synthesis seconds / audio seconds) of one finished reply."""
-        self.rtf.labels(endpoint=endpoint).observe(value)
+        self._labeled(self.rtf, endpoint).observe(value)
 
     def count_frames(self, n: int = 1) -> None:
         """Count `n` audio frames sent to clients."""
@@ -299,7 +310,7 @@ class Metrics:
 
     def count_abort(self, engine: str) -> None:
         """Count one engine request aborted before it finished; `engine` is "llm" or "tts"."""
-        self.aborts.labels(engine=engine).inc()
+        self._labeled(self.aborts, engine).inc()
 
     def observe_loop_lag(self, seconds: float) -> None:
         """One sample of the event loop's lag (see `serving.loop_monitor`)."""
