@@ -100,7 +100,7 @@ case "${1:-load}" in
     #   chat:   the same, CHAT_START (24 x CARDS), CHAT_MAX (384), CHAT_RES (16), replies of CHAT_TOKENS (64) tokens
     #   mixed:  N speech streams + N chat conversations at once, MIXED_START (24 x CARDS), MIXED_MAX (256), MIXED_RES (16)
     #   burst:  one burst of BURST_N (288) speech streams. When the phase PROFILE_PHASE (burst) starts: with PYSPY_S, py-spy
-    #           samples the server process and its engine cores for that many seconds from PYSPY_DELAY (4) s on (${TAG}_pyspy.txt, raw
+    #           samples the server process (and its engine cores with PYSPY_SUB=1; C frames with PYSPY_NATIVE=1) for that many seconds from PYSPY_DELAY (4) s on (${TAG}_pyspy.txt, raw
     #           collapsed stacks, per thread); with TOP_S, `top -H` records the busiest threads' CPU share each second (${TAG}_top.txt)
     #           and the listening socket's accept queue every 10 ms (${TAG}_acceptq.txt: time, queued connections)
     # Server knobs: TTS_SEQS (--tts-max-num-seqs per Orpheus engine, 384), LLM_SEQS (256), MAX_STREAMS (admission,
@@ -152,7 +152,7 @@ case "${1:-load}" in
     profile() {  # py-spy on the server (its event loop and threads) and `top` of the host, PYSPY_DELAY s from now
       if [ -n "${PYSPY_S:-}" ]; then
         ( sleep "${PYSPY_DELAY:-4}"; "${PYSPY:-py-spy}" record -p "$(cat "$STATE/pid")" -d "$PYSPY_S" -r 100 -f raw --threads \
-            --subprocesses --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
+            ${PYSPY_SUB:+--subprocesses} ${PYSPY_NATIVE:+--native} --nonblocking -o "$RES/${TAG}_pyspy.txt" > "$RES/${TAG}_pyspy.log" 2>&1 ) &
         SPY_PID=$!
       fi
       if [ -n "${TOP_S:-}" ]; then

@@ -268,6 +268,21 @@ def test_the_loop_lag_is_a_metric_and_the_startup_heap_is_frozen(server: LiveSer
     assert float(count.split()[-1]) > 0
     assert "oai_open_connections" in text
     assert gc.get_freeze_count() > 10_000  # models, tokenizers and modules: out of the collector's reach
+    assert gc.get_threshold()[0] == Settings().gc_young_threshold == 20_000  # set once startup completed
+
+
+def test_freezing_the_startup_heap_sets_the_young_threshold_when_asked() -> None:
+    from oai_server.serving.loop_monitor import freeze_startup_heap
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, before[1], before[2])
+        freeze_startup_heap(0)
+        assert gc.get_threshold() == (700, before[1], before[2])  # 0 keeps what Python has
+        freeze_startup_heap(12_345)
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
 
 
 # --------------------------------------------------------------------------- 2. header limits

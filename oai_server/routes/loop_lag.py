@@ -21,9 +21,10 @@ class LoopLagMiddleware:
     See `serving.loop_monitor` for both: the lag metric, and why the objects of startup are frozen.
     """
 
-    def __init__(self, app: ASGIApp, monitor: LoopLagMonitor) -> None:
+    def __init__(self, app: ASGIApp, monitor: LoopLagMonitor, gc_young_threshold: int = 0) -> None:
         self.app = app
         self.monitor = monitor
+        self.gc_young_threshold = gc_young_threshold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass HTTP and WebSocket through; wrap the lifespan with the monitor."""
@@ -34,7 +35,7 @@ class LoopLagMiddleware:
 
         async def send_started(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                frozen = freeze_startup_heap()  # before any request is served: nothing waits on it
+                frozen = freeze_startup_heap(self.gc_young_threshold)  # before any request: nothing waits on it
                 logger.debug("startup heap frozen: %d objects out of the collector's reach", frozen)
             await send(message)
 

@@ -369,7 +369,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
     # add_middleware inserts at the front: the last one added runs first.
     from .audio_transcriptions import UPLOAD_ROUTES
 
-    app.add_middleware(LoopLagMiddleware, monitor=monitor)
+    app.add_middleware(LoopLagMiddleware, monitor=monitor, gc_young_threshold=settings.gc_young_threshold)
     app.add_middleware(JsonValueLimitMiddleware, max_values=settings.max_json_values)
     app.add_middleware(JsonBodyMiddleware, form_paths=UPLOAD_ROUTES)  # routes/json_body.py: curl -d bodies are JSON
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, route_limits=UPLOAD_ROUTES)
