@@ -85,6 +85,16 @@ class QueueSampler(threading.Thread):
         return self.samples
 
 
+def watch_queue(port: int, seconds: float, interval: float = 0.01) -> None:
+    """Print `unix-time queued` for the accept queue of `port` every `interval` s for `seconds` (gpu_load.sh's)."""
+    end = time.time() + seconds
+    while time.time() < end:
+        queued = accept_queue(port)
+        if queued is not None:
+            print(f"{time.time():.3f} {queued}", flush=True)
+        time.sleep(interval)
+
+
 def burst(host: str, port: int, n: int, server_pid: int | None, timeout_s: float = 60.0) -> dict[str, Any]:
     """Open `n` connections, send `n` speech requests, time headers and first audio; the server CPU it took."""
     request = _request(host)
@@ -154,7 +164,14 @@ def main() -> None:
     p.add_argument("--pause-s", type=float, default=12.0, help="wait between bursts (the aborted streams wind down)")
     p.add_argument("--server-pid", type=int, default=None, help="the server's pid: its CPU seconds per burst")
     p.add_argument("--out", type=Path, default=None, help="write the bursts as JSON here")
+    p.add_argument(
+        "--watch-queue-s", type=float, default=None,
+        help="send nothing: print `unix-time queued` for --port's accept queue every 10 ms for this many seconds",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.watch_queue_s is not None:
+        watch_queue(args.port, args.watch_queue_s)
+        return
     runs = []
     for n in (int(x) for x in args.n.split(",")):
         for _ in range(args.repeats):

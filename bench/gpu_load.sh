@@ -159,16 +159,8 @@ case "${1:-load}" in
         ( sleep "${PYSPY_DELAY:-4}"; top -H -b -d 1 -n "$TOP_S" -w 200 -c | grep -A 40 '^top -' > "$RES/${TAG}_top.txt" 2>&1 ) &
         TOP_PID=$!
         # the listening socket's accept queue (connections the kernel holds for the server to accept), every 10 ms
-        ( sleep "${PYSPY_DELAY:-4}"; python3 -c "
-import sys, time
-port = '%04X' % int(sys.argv[1]); end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    for line in open('/proc/net/tcp'):
-        f = line.split()
-        if f[1].endswith(':' + port) and f[3] == '0A':
-            print(f'{time.time():.3f} {int(f[4].split(\":\")[1], 16)}', flush=True)
-    time.sleep(0.01)
-" "${PORT:-8080}" "$TOP_S" > "$RES/${TAG}_acceptq.txt" 2>&1 ) &
+        ( sleep "${PYSPY_DELAY:-4}"; python3 bench/burst_probe.py --port "${PORT:-8080}" --watch-queue-s "$TOP_S" \
+            > "$RES/${TAG}_acceptq.txt" 2>&1 ) &
       fi
     }
     for phase in $(echo "${PHASES:-ttfa,speech,chat,mixed}" | tr , ' '); do

@@ -371,6 +371,9 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
         assert (burst["n"], burst["ok"], burst["statuses"]) == (3, 3, [200])
         assert 0 < burst["headers_ms"]["max"] <= burst["first_audio_ms"]["max"]  # headers, then audio
         assert burst["accept_queue_peak"] >= 0 and burst["server_cpu_s"] is not None  # 10 ms ticks: may read 0
+        watched = _run("burst_probe.py", "--port", str(port), "--watch-queue-s", "0.05").stdout.split("\n")
+        samples = [line.split() for line in watched if line]  # gpu_load.sh's sampler: `unix-time queued` lines
+        assert samples and all(float(t) > 1e9 and int(q) == 0 for t, q in samples)
     finally:
         server.terminate()
         server.wait(10)
