@@ -318,7 +318,7 @@ class Metrics:
 
     def count_connection_closed(self, reason: str) -> None:
         """Count one connection the server closed or refused itself (`reason` as in the module docstring)."""
-        self.connections_closed.labels(reason=reason).inc()
+        self._labeled(self.connections_closed, reason).inc()
 
     def realtime_session(self, opened: bool) -> None:
         """A Realtime session opened (True) or closed (False)."""
@@ -330,7 +330,7 @@ class Metrics:
 
     def count_realtime_turn(self, source: str) -> None:
         """One user turn committed: `source` is "vad", "commit" or "timeout"."""
-        self.realtime_turns.labels(source=source).inc()
+        self._labeled(self.realtime_turns, source).inc()
 
     def observe_barge_in(self, seconds: float) -> None:
         """One barge-in: speech-start decision to the reply's engines aborted."""
@@ -339,7 +339,7 @@ class Metrics:
 
     def observe_voice_to_voice(self, since: str, seconds: float) -> None:
         """First reply audio of a VAD turn; `since` is "speech_end" or "vad_decision"."""
-        self.realtime_voice_to_voice.labels(since=since).observe(seconds)
+        self._labeled(self.realtime_voice_to_voice, since).observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of every series, for `GET /metrics`."""

@@ -51,6 +51,11 @@ def spread(placements: Iterable[Placement]) -> bool:
     return any(card != 0 for placement in placements for card in placement.cards())
 
 
+def snac_reserve(card: int, snac_cards: Collection[int], card_gib: float) -> float:
+    """The share of `card` kept for SNAC (`SNAC_RESERVE_GIB`) where SNAC decodes on it, else 0."""
+    return SNAC_RESERVE_GIB / card_gib if card in snac_cards and card_gib > 0 else 0.0
+
+
 def plan_shares(
     assigned: Mapping[str, list[Placement]],
     weights: Mapping[tuple[str, int], float],
@@ -73,8 +78,9 @@ def plan_shares(
                 here = [r for r, _, p in engines if card in p.cards()]
                 fixed = sum(memory[r] for r in here if r in explicit)
                 flexible = sum(SPLIT_WEIGHT[r] for r in here if r not in explicit)
-                reserve = SNAC_RESERVE_GIB / card_gib if card in snac_cards and card_gib > 0 else 0.0
-                splits.append((USABLE_SHARE - reserve - fixed) * SPLIT_WEIGHT[role] / flexible)
+                splits.append(
+                    (USABLE_SHARE - snac_reserve(card, snac_cards, card_gib) - fixed) * SPLIT_WEIGHT[role] / flexible
+                )
             share = math.floor(min(splits) * 100) / 100
         plans.append(EnginePlan(role, placement, share, weights[(role, index)]))
     return tuple(plans)
@@ -100,7 +106,7 @@ def check_shares(
                     f"placement {name}: the explicit memory shares on card {card} leave nothing for "
                     f"{ROLE_NAMES[plan.role]}; lower them or set --{plan.role}-gpu-memory-utilization too"
                 )
-        reserve = SNAC_RESERVE_GIB / card_gib if card in snac_cards and card_gib > 0 else 0.0
+        reserve = snac_reserve(card, snac_cards, card_gib)
         total = sum(plan.memory for plan in here) + reserve
         if total > MAX_SHARE_SUM + 1e-9:
             parts = " + ".join(f"{plan.role} {plan.memory:.2f}" for plan in here)
