@@ -157,14 +157,28 @@ class Stream:
 
 
 def refused_or_503(url: str) -> bool:
-    """True when a new request cannot get in: connection refused, closed unanswered (a connection accepted
-    just before the listener closed is dropped by uvicorn's shutdown; clients retry it as a connection
-    error), or a 503 `shutting_down` envelope."""
+    """True when a new request cannot get in: connection refused; closed unanswered (a connection accepted
+    just before the listener closed is dropped by uvicorn's shutdown); reset (one still in the kernel's
+    accept queue when the listener closes gets a RST: `ReadError`, ECONNRESET); or a 503 `shutting_down`
+    envelope. Clients retry the first three as connection errors."""
     try:
         response = httpx.get(f"{url}/v1/models", timeout=5)
     except (httpx.ConnectError, httpx.RemoteProtocolError):
         return True
+    except httpx.ReadError as error:
+        return connection_reset(error)
     return response.status_code == 503 and response.json()["error"]["code"] == "shutting_down"
+
+
+def connection_reset(error: BaseException) -> bool:
+    """Whether `error` was caused, somewhere down its chain, by the peer resetting the connection."""
+    seen: list[BaseException] = [error]
+    while seen:  # httpx and httpcore wrap the OSError, as the cause or as the argument
+        cause = seen.pop()
+        if isinstance(cause, ConnectionResetError):
+            return True
+        seen += [link for link in (cause.__cause__, cause.__context__, *cause.args) if isinstance(link, BaseException)]
+    return False
 
 
 def test_sigterm_drains_the_stream_then_exits_0(demo_cache: Path, demo_models: DemoModels) -> None:
