@@ -56,19 +56,36 @@ class AbortingStreamingResponse(StreamingResponse):
         super().__init__(content, status_code=status_code, media_type=media_type, headers={**base, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Race the body against `http.disconnect`; always close the body iterator."""
+        """Race the body against `http.disconnect`; always close the body iterator.
 
-        async def watch(cancel: anyio.CancelScope) -> None:
+        The watcher is a plain task that cancels this one: an anyio task group here cost ~50 µs a
+        request against ~6 µs, paid on the event loop by every request of a burst.
+        """
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        sent = False
+        cut = False
+
+        async def watch() -> None:
+            nonlocal cut
             await self.listen_for_disconnect(receive)
-            cancel.cancel()
+            if not sent:
+                cut = True
+                streaming.cancel()
 
+        watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(watch, group.cancel_scope)
-                with contextlib.suppress(OSError):  # the client went away mid-send
-                    await self.stream_response(send)
-                group.cancel_scope.cancel()
+            with contextlib.suppress(OSError):  # the client went away mid-send
+                await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not cut or streaming.uncancel() > 0:  # cancelled from outside too (server shutdown)
+                raise
+        else:
+            if cut:  # the body swallowed the cancellation: take it back all the same
+                streaming.uncancel()
         finally:
+            sent = True
+            watcher.cancel()
             aclose: Any = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
