@@ -245,6 +245,7 @@ def test_default_factory_builds_delta_vllm_params(monkeypatch: pytest.MonkeyPatc
 
     built = vllm_sampling_params(sampling_kwargs(PARAMS))
     assert built["output_kind"] is Kind.DELTA and built["max_tokens"] == 32
+    assert built["skip_clone"] is True  # a fresh object per request: vLLM need not deep-copy it
 
 
 def test_engines_are_built_with_the_api_servers_batching_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,7 +46,7 @@ from oai_server.engines.asr import (
 )
 from oai_server.engines.base import EngineError, EngineInfo
 from oai_server.engines.placement import Placement, visible_devices
-from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe, build_async_llm
+from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe, build_async_llm, vllm_sampling_params
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +124,6 @@ def vllm_parse_prompt(model_config: Any, prompt: dict[str, Any]) -> Any:
     from vllm.renderers.inputs.preprocess import parse_model_prompt
 
     return parse_model_prompt(model_config, prompt)
-
-
-def vllm_sampling_params(kwargs: dict[str, Any]) -> Any:
-    """Default factory: ``vllm.SamplingParams(**kwargs)`` streaming deltas."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    return SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
 
 
 def language_token_ids(tokenizer: Any, languages: frozenset[str]) -> dict[str, int]:

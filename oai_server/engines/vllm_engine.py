@@ -67,11 +67,15 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
 
 
 def vllm_sampling_params(kwargs: dict[str, Any]) -> Any:
-    """Default factory: ``vllm.SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)``."""
+    """Default factory: ``vllm.SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA, skip_clone=True)``.
+
+    Each request gets its own params object, so vLLM may take it as is: without ``skip_clone`` its input
+    processing deep-copies the params of every request on the event loop.
+    """
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
+    return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA, skip_clone=True)
 
 
 def engine_kwargs(
