@@ -314,7 +314,8 @@ def benchmarked_server(
     port, ``args.url`` pointed at it, its log in ``log``, stopped on leaving; otherwise ``args.url``, waited for.
     ``args`` needs ``demo``, ``url``, ``server_timeout``, ``cache_dir`` and ``server_args``."""
     if not args.demo:
-        wait_ready(args.url, None, args.server_timeout)
+        for url in args.url.split(","):  # several servers sharing the load: every one of them
+            wait_ready(url.strip().rstrip("/"), None, args.server_timeout)
         yield None
         return
     port = free_port()

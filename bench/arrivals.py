@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from _common import SENTENCES, StreamResult, percentile, summarize
 from capacity import Criteria, evaluate
-from clients import RequestSpec, Seeds, chat_max_tokens, request_fn, speech_text
+from clients import RequestSpec, Seeds, chat_max_tokens, open_clients, request_fn, speech_text
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,10 @@ def burst_plan(count: int, mix: LengthMix, seed: int) -> list[tuple[float, float
 def spec_for(mode: str, index: int, seconds: float, args: argparse.Namespace, seed: int | None) -> RequestSpec:
     """The request asking for `seconds` of speech."""
     if mode == "speech":
-        return RequestSpec(speech_text(seconds, args.tokens_per_char, index), seed=seed, target_audio_s=seconds)
+        text = speech_text(seconds, args.tokens_per_char, index)
+        return RequestSpec(text, seed=seed, target_audio_s=seconds, server=index)
     text = args.text or SENTENCES[index % len(SENTENCES)]
-    return RequestSpec(text, chat_max_tokens(seconds, args.chat_tokens_per_s), seed, seconds)
+    return RequestSpec(text, chat_max_tokens(seconds, args.chat_tokens_per_s), seed, seconds, server=index)
 
 
 async def run_plan(
@@ -88,12 +89,13 @@ async def run_plan(
     request = request_fn(mode)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
-    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
+    async with open_clients(args.url, limits, timeout) as clients:
         started = time.perf_counter()
         tasks = []
         for (at, _), spec in zip(plan, specs, strict=True):
             await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
             sent = time.perf_counter() - started
+            client = clients[spec.server % len(clients)]
             tasks.append(asyncio.create_task(request(client, args, spec, args.hang_s, sent)))
         results = list(await asyncio.gather(*tasks))
         wall = time.perf_counter() - started

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import httpx
 from _common import StreamResult
-from clients import RequestSpec, request_fn
+from clients import RequestSpec, open_clients, request_fn
 
 START_MARGIN_S = 0.5
 """How far ahead of now the processes are told to start (every worker process is idle and waiting by then)."""
@@ -32,11 +32,11 @@ async def run_workers(args: argparse.Namespace, workers: list[Worker]) -> list[l
     """Every worker at once from this process, over one connection pool; results in worker order."""
     limits = httpx.Limits(max_connections=len(workers) + 4, max_keepalive_connections=len(workers) + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
-    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
+    async with open_clients(args.url, limits, timeout) as clients:
 
         async def worker(part: str, specs: list[RequestSpec]) -> list[StreamResult]:
             request = request_fn(part)
-            return [await request(client, args, spec, None, 0.0) for spec in specs]
+            return [await request(clients[spec.server % len(clients)], args, spec, None, 0.0) for spec in specs]
 
         return list(await asyncio.gather(*(worker(part, specs) for part, specs in workers)))
 

@@ -6,8 +6,10 @@ records the HTTP status and when the headers came (for a 429: the time to the re
 `retry-after`), the audio timeline against the wall clock, and for chat the first transcript.
 
 What a request asks for is a `RequestSpec`: its text, chat `max_tokens`, seed, and the speech
-length an arrival model wanted. `speech_text` and `chat_max_tokens` turn a wanted length into the
-server's knobs (see their docstrings); `Seeds` derives per-request seeds from a base seed.
+length an arrival model wanted, and which server it goes to when `--url` names several (one server per
+card behind a client that deals requests out, as a round-robin balancer would). `speech_text` and
+`chat_max_tokens` turn a wanted length into the server's knobs (see their docstrings); `Seeds` derives
+per-request seeds from a base seed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +43,25 @@ class RequestSpec:
     """Chat only: the reply's token budget."""
     seed: int | None = None
     target_audio_s: float | None = None
+    server: int = 0
+    """Which of the servers of `--url` (comma-separated) it goes to: `server_urls(...)[server % count]`."""
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a `--url`: one base URL, or several comma-separated (one server per card, say)."""
+    return [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
+
+
+@asynccontextmanager
+async def open_clients(
+    url: str, limits: httpx.Limits, timeout: httpx.Timeout
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One connection pool per server of `url`, in `server_urls` order; a request takes `clients[spec.server % n]`."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout))
+            for base in server_urls(url)
+        ]
 
 
 class Seeds:

@@ -17,6 +17,11 @@
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
 #                 96, OC_CHAT_START 48, OC_MIXED_START 32).
+#   twoservers    (CARD0_JOBS="onecard twoservers": after onecard, once the other card's job is done): one server per card,
+#                 each the one-card layout (ONECARD_ARGS), ports 8090 and 8091, the load dealt out to both (load.py --url
+#                 a,b: stream i to server i mod 2, as a round-robin balancer would); phases TWO_PHASES (speech,chat; also
+#                 ttfa, mixed), searches from TS_SPEECH_START (256), TS_CHAT_START (160), TS_MIXED_START (64). Against
+#                 `cards` (one server on both cards) it says whether one server process is what limits two cards.
 #   gap           (CARD0_JOBS=gap, alone on the machine: SI_JOB=none): one server on GAP_CARDS (2) cards, layout PL (speech),
 #                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s; empty: off) samples the server and
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
@@ -45,8 +50,8 @@ SERVE=(--engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orph
   --tts-max-num-seqs 384 --llm-max-num-seqs 256 --max-concurrent-streams 1024 --max-queued 1024)
 gpu_pids() { nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null; }
 pack() { tar czf "$OUT/s6.tgz" --exclude='*.pt.trace.json*' -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
-load() {  # bench/load.py against the job's server (PORT), with the capacity definitions of bench/README.md
-  python3 bench/load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --concurrency '' --search-growth 1.5 \
+load() {  # bench/load.py against the job's server (PORT; or URL, e.g. two servers), with bench/README.md's capacity definitions
+  python3 bench/load.py --url "${URL:-http://127.0.0.1:$PORT}" --server-timeout 480 --concurrency '' --search-growth 1.5 \
     --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 --client-procs "${CLIENT_PROCS:-8}" "$@"
 }
 capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 when there is none)
@@ -126,6 +131,28 @@ cards() {  # both cards behind one server (bench/gpu_load.sh placement), after t
   OUT=$W CARDS=2 PLACEMENT=${PL:-speech} BUDGET_S=${BUD:-720} PHASES=${PH:-ttfa,speech,chat,mixed} \
     LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
+twoservers() {  # one server per card, each the one-card layout, the load dealt out to both (load.py --url a,b)
+  W=$S/twoservers; T0=$(date +%s)
+  until [ -f $S/${SI_JOB:-speech_input}/done ] || [ $(( $(date +%s) - T0 )) -ge "${CARDS_WAIT_S:-300}" ]; do sleep 5; done
+  gpu_pids | xargs -r kill -9; sleep 3
+  for card in 0 1; do
+    CUDA_VISIBLE_DEVICES=$card python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port 809$card \
+      > $W/server$card.log 2>&1 &
+  done
+  local URL=http://127.0.0.1:8090,http://127.0.0.1:8091  # seen by load(), not by the jobs after this one
+  for phase in $(echo "${TWO_PHASES:-speech,chat}" | tr , ' '); do
+    case $phase in
+      ttfa) load --mode both --concurrency 2 --requests-per-stream 3 --warmup 2 --out $W/ttfa > $W/ttfa.log 2>&1 ;;
+      speech) load --mode speech --search --search-start "${TS_SPEECH_START:-256}" --search-max 640 --search-resolution 32 \
+                --out $W/speech > $W/speech.log 2>&1 ;;
+      chat) load --mode chat --search --search-start "${TS_CHAT_START:-160}" --search-max 512 --search-resolution 16 \
+              --out $W/chat > $W/chat.log 2>&1 ;;
+      mixed) load --mode mixed --search --search-start "${TS_MIXED_START:-64}" --search-max 256 --search-resolution 16 \
+               --out $W/mixed > $W/mixed.log 2>&1 ;;
+    esac
+  done
+  gpu_pids | xargs -r kill
+}
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
   W=$S/gap; mkdir -p $W
@@ -193,6 +220,6 @@ case "${1:-}" in
     gpu_pids | xargs -r kill -9
     ;;
   *)
-    sed -n '2,24p' "$0"; exit 2
+    sed -n '2,/^set -u$/{/^set -u$/!p}' "$0"; exit 2
     ;;
 esac

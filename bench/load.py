@@ -50,7 +50,7 @@ from _common import (
 from arrivals import mix_config, overload, run_rate
 from capacity import Criteria, capacity_block, search
 from client_pool import START_MARGIN_S, pool_for, run_workers
-from clients import RequestSpec, Seeds
+from clients import RequestSpec, Seeds, server_urls
 from plots import plot_arrivals, plot_bursts, plot_capacity
 
 DEMO_TEXT = "Hello there, how are you today?"
@@ -73,12 +73,12 @@ async def run_level(
     (`mixed`: N speech and N chat workers at once; the summary covers all 2N and has one per part)."""
     modes = MIXED_PARTS if mode == "mixed" else (mode,)
     workers = [
-        (part, [RequestSpec(_text(args, i + k), seed=seeds.take()) for k in range(args.requests_per_stream)])
+        (part, [RequestSpec(_text(args, i + k), seed=seeds.take(), server=i) for k in range(args.requests_per_stream)])
         for i in range(n)
         for part in modes
     ]
     pool = pool_for(args)
-    server_before = await asyncio.to_thread(server_metrics.scrape, args.url)
+    server_before = await asyncio.to_thread(server_metrics.scrape_all, server_urls(args.url))
     started = time.perf_counter()
     if pool is not None:
         per_worker = await pool.run(args, workers)
@@ -86,7 +86,7 @@ async def run_level(
     else:
         per_worker = await run_workers(args, workers)
     wall = time.perf_counter() - started
-    server_after = await asyncio.to_thread(server_metrics.scrape, args.url)
+    server_after = await asyncio.to_thread(server_metrics.scrape_all, server_urls(args.url))
     results = [r for rs in per_worker for r in rs]
     summary = summarize(n, results, wall)
     summary["server"] = server_metrics.level_view(server_before, server_after)
@@ -227,7 +227,10 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """CLI options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="base URL of a running server")
+    p.add_argument(
+        "--url", default="http://127.0.0.1:8080",
+        help="base URL of a running server, or several comma-separated: stream i goes to server i mod count",
+    )  # fmt: skip
     p.add_argument(
         "--mode",
         choices=("speech", "chat", "both", "mixed"),

@@ -47,6 +47,15 @@ def scrape(url: str, series: Series = SERIES) -> dict[str, float]:
     return samples
 
 
+def scrape_all(urls: list[str], series: Series = SERIES) -> dict[str, float]:
+    """`scrape` of every server, summed sample by sample: one histogram for servers sharing a load."""
+    total: dict[str, float] = {}
+    for url in urls:
+        for key, value in scrape(url, series).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
 def _matches(key: str, family: str, suffix: str, label: str) -> bool:
     name = key.split("{", 1)[0]
     return name == f"{family}_{suffix}" and (not label or label in key)

@@ -11,11 +11,13 @@ Every demo request is seeded (`load.py --demo` derives one seed per request from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import server_metrics  # noqa: E402
 from _common import StreamResult, simulate_playback, summarize  # noqa: E402
 from arrivals import LengthMix, concurrency_reached, poisson_plan  # noqa: E402
 from capacity import Criteria, capacity_block, evaluate, ladder, search  # noqa: E402
@@ -340,8 +343,9 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     assert "capacity: " in proc.stdout and "Poisson arrivals" in proc.stdout
 
 
-def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
-    """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
+@contextlib.contextmanager
+def frontend_server(demo_cache: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """`bench/frontend.py` on a free port (140 Orpheus tokens a stream), stopped on leaving."""
     import socket
 
     with socket.socket() as probe:
@@ -353,6 +357,36 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
+        yield port, server
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _speech_first_bytes(port: int) -> float:
+    """How many speech requests the server at `port` has started answering (its own histogram's count)."""
+    samples = server_metrics.scrape(f"http://127.0.0.1:{port}")
+    return sum(v for k, v in samples.items() if k.startswith("oai_http_first_byte_seconds_count") and "speech" in k)
+
+
+def test_load_deals_streams_out_to_several_servers(tmp_path: Path, demo_cache: Path) -> None:
+    """`--url a,b`: stream i goes to server i mod 2, and the level's server view sums both servers' histograms."""
+    with frontend_server(demo_cache) as (first, _), frontend_server(demo_cache) as (second, _):
+        out = tmp_path / "two"
+        urls = f"http://127.0.0.1:{first},http://127.0.0.1:{second}/"
+        _run(
+            "load.py", "--url", urls, "--mode", "speech", "--concurrency", "5", "--warmup", "0",
+            "--server-timeout", "60", "--out", str(out),
+        )  # fmt: skip
+        (level,) = json.loads((out / "results.json").read_text())["modes"]["speech"]
+        assert (level["ok"], level["streams_zero_underruns"]) == (5, 5), level["error_samples"]
+        assert level["server"]["first_byte_speech"]["count"] == 5
+        assert (_speech_first_bytes(first), _speech_first_bytes(second)) == (3, 2)
+
+
+def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
+    """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
+    with frontend_server(demo_cache) as (port, server):
         out = tmp_path / "frontend"
         _run(
             "load.py", "--url", f"http://127.0.0.1:{port}", "--mode", "speech", "--concurrency", "4",
@@ -374,9 +408,6 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
         watched = _run("burst_probe.py", "--port", str(port), "--watch-queue-s", "0.05").stdout.split("\n")
         samples = [line.split() for line in watched if line]  # gpu_load.sh's sampler: `unix-time queued` lines
         assert samples and all(float(t) > 1e9 and int(q) == 0 for t, q in samples)
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.mark.slow
