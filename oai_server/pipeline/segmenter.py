@@ -74,6 +74,8 @@ _MARKER_RE = re.compile(r"[•⁃◦▪]?[ \t]?(\d{1,3}|[A-Za-z])(\.\)|\.|\))[ \
 _MARKER_LOOKAHEAD = 10
 _WORD_LOOKAHEAD = 24
 _NO = -1  # "no boundary here"
+_UNDECIDING = re.compile(r"[^\s.…!?‼⁇⁈⁉。！？｡,;:，；：\-–—]+")
+"""A run of characters whose `_event` is always "no boundary": no terminator, space, clause mark or dash."""
 
 
 class _NeedMore(Exception):
@@ -175,6 +177,10 @@ class SentenceSegmenter:
         while True:
             if i - self._seg_start >= self.max_chars and self._char(i):
                 return self._length_cut()
+            run = _UNDECIDING.match(self._buf, i, self._seg_start + self.max_chars)
+            if run is not None:  # step over the letters of words at once (the length check still stops it)
+                i = self._scan = run.end()
+                continue
             c = self._char(i)
             if not c:
                 return None
