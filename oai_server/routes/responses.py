@@ -68,7 +68,9 @@ class AbortingStreamingResponse(StreamingResponse):
 
         async def watch() -> None:
             nonlocal cut
-            await self.listen_for_disconnect(receive)
+            # A failing receive() leaves the client unobservable: the stream ends as if it had gone.
+            with contextlib.suppress(Exception):
+                await self.listen_for_disconnect(receive)
             if not sent:
                 cut = True
                 streaming.cancel()
