@@ -169,6 +169,11 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def spread_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """`spread` of times in seconds, in milliseconds."""
+    return {k: None if v is None else v * 1000 for k, v in spread(seconds).items()}
+
+
 def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) -> dict[str, Any]:
     """The per-level report: percentiles, zero-underrun streams, aggregate audio tokens/s.
 
@@ -188,12 +193,12 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
         "errors": len(errors),
         "error_samples": sorted(set(e for e in errors if e))[:5],
         "refused_429": len(refused),
-        "time_to_429_ms": _ms(spread([r.headers_s for r in refused if r.headers_s is not None])),
+        "time_to_429_ms": spread_ms([r.headers_s for r in refused if r.headers_s is not None]),
         "retry_after_s": sorted({r.retry_after_s for r in refused if r.retry_after_s is not None}),
         "hung": sum(1 for r in results if r.hung),
-        "ttfa_ms": _ms(spread([r.ttfa_s for r in ok if r.ttfa_s])),
+        "ttfa_ms": spread_ms([r.ttfa_s for r in ok if r.ttfa_s]),
         "client_phases_ms": {
-            phase: _ms(spread([t for r in ok if (t := getattr(r, f"{phase}_s")) is not None]))
+            phase: spread_ms([t for r in ok if (t := getattr(r, f"{phase}_s")) is not None])
             for phase in ("connected", "sent", "headers")
         },
         "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
@@ -210,10 +215,6 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
             [r.audio_s * SAMPLE_RATE / SAMPLES_PER_FRAME * TOKENS_PER_FRAME / r.wall_s for r in ok if r.wall_s], 50
         ),
     }
-
-
-def _ms(values: dict[str, float | None]) -> dict[str, float | None]:
-    return {k: None if v is None else v * 1000 for k, v in values.items()}
 
 
 def _first_text(results: Sequence[StreamResult]) -> dict[str, Any]:
@@ -275,6 +276,11 @@ def server_argv(port: int, extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "oai_server", "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of a `--url`: one base URL, or several comma-separated (one server per card, say)."""
+    return [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, path: str = "/health/ready") -> float:
     """Poll `url + path` until it answers 200; raise if the process exits or time runs out."""
     start = time.monotonic()
@@ -314,8 +320,8 @@ def benchmarked_server(
     port, ``args.url`` pointed at it, its log in ``log``, stopped on leaving; otherwise ``args.url``, waited for.
     ``args`` needs ``demo``, ``url``, ``server_timeout``, ``cache_dir`` and ``server_args``."""
     if not args.demo:
-        for url in args.url.split(","):  # several servers sharing the load: every one of them
-            wait_ready(url.strip().rstrip("/"), None, args.server_timeout)
+        for url in server_urls(args.url):  # several servers sharing the load: every one of them
+            wait_ready(url, None, args.server_timeout)
         yield None
         return
     port = free_port()

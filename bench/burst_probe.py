@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import spread
+from _common import spread_ms
 
 BODY = {
     "model": "tts-1",
@@ -144,10 +144,8 @@ def burst(host: str, port: int, n: int, server_pid: int | None, timeout_s: float
         "sent_all_ms": sent * 1000,
         "ok": sum(1 for code in status.values() if code == 200),
         "statuses": sorted(set(status.values())),
-        "headers_ms": {k: v * 1000 if v is not None else None for k, v in spread(list(headers.values())).items()},
-        "first_audio_ms": {
-            k: v * 1000 if v is not None else None for k, v in spread(list(first_audio.values())).items()
-        },
+        "headers_ms": spread_ms(list(headers.values())),
+        "first_audio_ms": spread_ms(list(first_audio.values())),
         "accept_queue_peak": peak,
         "accept_queue_drained_ms": 1000 * max((t for t, q in queue if q > 0), default=0.0),
         "server_cpu_s": server_cpu,

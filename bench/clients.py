@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from _common import REAL_TIME_TOKENS_PER_SECOND, SENTENCES, StreamResult
+from _common import REAL_TIME_TOKENS_PER_SECOND, SENTENCES, StreamResult, server_urls
 
 TOKENS_PER_FRAME = 7
 MIN_SEGMENT_TOKENS = 8 * TOKENS_PER_FRAME
@@ -45,11 +45,6 @@ class RequestSpec:
     target_audio_s: float | None = None
     server: int = 0
     """Which of the servers of `--url` (comma-separated) it goes to: `server_urls(...)[server % count]`."""
-
-
-def server_urls(url: str) -> list[str]:
-    """The servers of a `--url`: one base URL, or several comma-separated (one server per card, say)."""
-    return [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
 
 
 @asynccontextmanager

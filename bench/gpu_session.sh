@@ -124,17 +124,18 @@ snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algori
       --repeats 20} $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
   done
 }
-cards() {  # both cards behind one server (bench/gpu_load.sh placement), after the other card's job is done
-  W=$S/cards; T0=$(date +%s)
-  until [ -f $S/${SI_JOB:-speech_input}/done ] || [ $(( $(date +%s) - T0 )) -ge "${CARDS_WAIT_S:-300}" ]; do sleep 5; done
+both_cards() {  # wait for the other card's job (or CARDS_WAIT_S, 300), then stop every GPU process: both cards are free
+  local t0; t0=$(date +%s)
+  until [ -f $S/${SI_JOB:-speech_input}/done ] || [ $(( $(date +%s) - t0 )) -ge "${CARDS_WAIT_S:-300}" ]; do sleep 5; done
   gpu_pids | xargs -r kill -9; sleep 3
+}
+cards() {  # both cards behind one server (bench/gpu_load.sh placement), after the other card's job is done
+  W=$S/cards; both_cards
   OUT=$W CARDS=2 PLACEMENT=${PL:-speech} BUDGET_S=${BUD:-720} PHASES=${PH:-ttfa,speech,chat,mixed} \
     LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
 twoservers() {  # one server per card, each the one-card layout, the load dealt out to both (load.py --url a,b)
-  W=$S/twoservers; T0=$(date +%s)
-  until [ -f $S/${SI_JOB:-speech_input}/done ] || [ $(( $(date +%s) - T0 )) -ge "${CARDS_WAIT_S:-300}" ]; do sleep 5; done
-  gpu_pids | xargs -r kill -9; sleep 3
+  W=$S/twoservers; both_cards
   for card in 0 1; do
     CUDA_VISIBLE_DEVICES=$card python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port 809$card \
       > $W/server$card.log 2>&1 &
@@ -181,7 +182,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in

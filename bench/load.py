@@ -42,6 +42,7 @@ from _common import (
     SENTENCES,
     StreamResult,
     benchmarked_server,
+    server_urls,
     summarize,
     table,
     tail,
@@ -50,7 +51,7 @@ from _common import (
 from arrivals import mix_config, overload, run_rate
 from capacity import Criteria, capacity_block, search
 from client_pool import START_MARGIN_S, pool_for, run_workers
-from clients import RequestSpec, Seeds, server_urls
+from clients import RequestSpec, Seeds
 from plots import plot_arrivals, plot_bursts, plot_capacity
 
 DEMO_TEXT = "Hello there, how are you today?"
