@@ -20,11 +20,13 @@ Rules enforced here for every run:
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from oai_server.engines.demo import DemoModels, build_demo_models
@@ -193,6 +195,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (a test that does not run is a failure here): {_skip_reason(report)}"
     return report
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every hop to a worker thread through anyio (FastAPI's thread pool) or `asyncio.to_thread`, as
+    ``"<anyio|asyncio>:<qualified name of the function>"``, in order."""
+    seen: list[str] = []
+
+    def counting(real: Callable[..., Any], via: str) -> Callable[..., Any]:
+        async def hop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            seen.append(f"{via}:{getattr(fn, '__qualname__', fn)}")
+            return await real(fn, *args, **kwargs)
+
+        return hop
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting(anyio.to_thread.run_sync, "anyio"))
+    monkeypatch.setattr(asyncio, "to_thread", counting(asyncio.to_thread, "asyncio"))
+    return seen
 
 
 @pytest.hookimpl(wrapper=True)

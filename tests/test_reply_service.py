@@ -236,26 +236,19 @@ def test_heard_text_maps_samples_to_words() -> None:
 
 
 async def test_short_prompt_renders_on_the_loop_and_a_long_one_in_a_worker(
-    service: ReplyService, monkeypatch: pytest.MonkeyPatch
+    service: ReplyService, hops: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A thread hop costs more than rendering a short conversation while the loop is busy; a long history
     still leaves the loop. Both give the same prompt as rendering directly."""
     from oai_server.serving import reply
 
-    hops: list[str] = []
-    real_to_thread = asyncio.to_thread
-
-    async def counting_to_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", "?"))
-        return await real_to_thread(fn, *args, **kwargs)
-
-    monkeypatch.setattr(reply.asyncio, "to_thread", counting_to_thread)
+    render = "asyncio:ReplyService.prepare.<locals>.render"
     short = await service.prepare(Conversation(TURNS, TextSampling(max_tokens=12)))
     assert hops == []
     words = "word " * (reply.INLINE_PROMPT_CHARS // 5)
     history = [Turn("user", words), Turn("assistant", "ok"), *TURNS]
     long = await service.prepare(Conversation(history, TextSampling(max_tokens=12)))
-    assert hops == ["render"]
+    assert hops == [render]
     monkeypatch.setattr(reply, "INLINE_PROMPT_CHARS", 10**9)  # the same history rendered on the loop
     assert (await service.prepare(Conversation(history, TextSampling(max_tokens=12)))).prompt_ids == long.prompt_ids
-    assert len(long.prompt_ids) > len(short.prompt_ids) and hops == ["render"]
+    assert len(long.prompt_ids) > len(short.prompt_ids) and hops == [render]

@@ -8,12 +8,10 @@ format's encoder) still leaves it; that is tested where it happens.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -32,23 +30,6 @@ async def client(demo_cache: Path, demo_models: object) -> AsyncIterator[httpx.A
         httpx.AsyncClient(transport=transport, base_url="http://a") as c,
     ):
         yield c
-
-
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every hop to a worker thread through anyio (FastAPI's thread pool) or `asyncio.to_thread`."""
-    seen: list[str] = []
-
-    def counting(real: Callable[..., Any], via: str) -> Callable[..., Any]:
-        async def hop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            seen.append(f"{via}:{getattr(fn, '__qualname__', fn)}")
-            return await real(fn, *args, **kwargs)
-
-        return hop
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting(anyio.to_thread.run_sync, "anyio"))
-    monkeypatch.setattr(asyncio, "to_thread", counting(asyncio.to_thread, "asyncio"))
-    return seen
 
 
 SPEECH = {"model": "tts-1", "input": "Hello there.", "voice": "tara", "response_format": "pcm"}
