@@ -22,9 +22,14 @@
 #                 a,b: stream i to server i mod 2, as a round-robin balancer would); phases TWO_PHASES (speech,chat; also
 #                 ttfa, mixed), searches from TS_SPEECH_START (256), TS_CHAT_START (160), TS_MIXED_START (64). Against
 #                 `cards` (one server on both cards) it says whether one server process is what limits two cards.
+#   replicated    (CARD0_JOBS="onecard replicated"): like twoservers, but ONE server with --placement replicated (auto's
+#                 choice on two cards): a process per card on port 8090, the kernel spreading connections over them
+#                 (SO_REUSEPORT); the server's view from each replica's own port (8091, 8092). TWO_PHASES, TS_* as twoservers.
 #   gap           (CARD0_JOBS=gap, alone on the machine: SI_JOB=none): one server on GAP_CARDS (2) cards, layout PL (speech),
 #                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s; empty: off) samples the server and
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
+#   onecard_chat  (SI_JOB=onecard_chat, GPU SI_GPU, 1): onecard's phases OCC_PHASES (chat,mixed) on the second card while
+#                 onecard runs its own (e.g. ttfa,speech) on the first: the one-card figures in half the time.
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -59,7 +64,7 @@ capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 wh
     "$1/results.json" "$2" 2>/dev/null || echo 0
 }
 onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in that order
-  W=$S/onecard; PORT=8081; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
+  W=$S/${OC_DIR:-onecard}; PORT=${OC_PORT:-8081}; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
   python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
@@ -134,6 +139,20 @@ cards() {  # both cards behind one server (bench/gpu_load.sh placement), after t
   OUT=$W CARDS=2 PLACEMENT=${PL:-speech} BUDGET_S=${BUD:-720} PHASES=${PH:-ttfa,speech,chat,mixed} \
     LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
+two_card_phases() {  # the phases TWO_PHASES (speech,chat) against $URL, into $W (twoservers, replicated)
+  for phase in $(echo "${TWO_PHASES:-speech,chat}" | tr , ' '); do
+    case $phase in
+      ttfa) load --mode both --concurrency 2 --requests-per-stream 3 --warmup 2 --out $W/ttfa "$@" > $W/ttfa.log 2>&1 ;;
+      speech) load --mode speech --search --search-start "${TS_SPEECH_START:-256}" --search-max 640 --search-resolution 32 \
+                --out $W/speech "$@" > $W/speech.log 2>&1 ;;
+      chat) load --mode chat --search --search-start "${TS_CHAT_START:-160}" --search-max 512 --search-resolution 16 \
+              --out $W/chat "$@" > $W/chat.log 2>&1 ;;
+      mixed) load --mode mixed --search --search-start "${TS_MIXED_START:-64}" --search-max 256 --search-resolution 16 \
+               --out $W/mixed "$@" > $W/mixed.log 2>&1 ;;
+    esac
+  done
+  gpu_pids | xargs -r kill
+}
 twoservers() {  # one server per card, each the one-card layout, the load dealt out to both (load.py --url a,b)
   W=$S/twoservers; both_cards
   for card in 0 1; do
@@ -141,18 +160,22 @@ twoservers() {  # one server per card, each the one-card layout, the load dealt 
       > $W/server$card.log 2>&1 &
   done
   local URL=http://127.0.0.1:8090,http://127.0.0.1:8091  # seen by load(), not by the jobs after this one
-  for phase in $(echo "${TWO_PHASES:-speech,chat}" | tr , ' '); do
-    case $phase in
-      ttfa) load --mode both --concurrency 2 --requests-per-stream 3 --warmup 2 --out $W/ttfa > $W/ttfa.log 2>&1 ;;
-      speech) load --mode speech --search --search-start "${TS_SPEECH_START:-256}" --search-max 640 --search-resolution 32 \
-                --out $W/speech > $W/speech.log 2>&1 ;;
-      chat) load --mode chat --search --search-start "${TS_CHAT_START:-160}" --search-max 512 --search-resolution 16 \
-              --out $W/chat > $W/chat.log 2>&1 ;;
-      mixed) load --mode mixed --search --search-start "${TS_MIXED_START:-64}" --search-max 256 --search-resolution 16 \
-               --out $W/mixed > $W/mixed.log 2>&1 ;;
-    esac
+  two_card_phases
+}
+replicated() {  # one server, --placement replicated: a process per card on port 8090 (the kernel spreads connections)
+  W=$S/replicated; both_cards
+  python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --placement replicated --port 8090 \
+    --replica-base-port 8091 > $W/server.log 2>&1 &
+  local SP=$!
+  for port in 8091 8092; do  # both replicas ready, not only the first (the shared port answers from either)
+    until curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null; do sleep 5; done
   done
-  gpu_pids | xargs -r kill
+  local URL=http://127.0.0.1:8090
+  two_card_phases --metrics-url http://127.0.0.1:8091,http://127.0.0.1:8092
+  kill $SP; wait $SP  # the supervisor: its replicas drain and exit with it
+}
+onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed) on the second card, beside onecard's on the first
+  OC_DIR=onecard_chat OC_PORT=8083 ONECARD_GPU=${SI_GPU:-1} ONECARD_PHASES=${OCC_PHASES:-chat,mixed} onecard
 }
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
@@ -182,7 +205,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in

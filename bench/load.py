@@ -79,7 +79,8 @@ async def run_level(
         for part in modes
     ]
     pool = pool_for(args)
-    server_before = await asyncio.to_thread(server_metrics.scrape_all, server_urls(args.url))
+    scraped = server_urls(args.metrics_url or args.url)
+    server_before = await asyncio.to_thread(server_metrics.scrape_all, scraped)
     started = time.perf_counter()
     if pool is not None:
         per_worker = await pool.run(args, workers)
@@ -87,7 +88,7 @@ async def run_level(
     else:
         per_worker = await run_workers(args, workers)
     wall = time.perf_counter() - started
-    server_after = await asyncio.to_thread(server_metrics.scrape_all, server_urls(args.url))
+    server_after = await asyncio.to_thread(server_metrics.scrape_all, scraped)
     results = [r for rs in per_worker for r in rs]
     summary = summarize(n, results, wall)
     summary["server"] = server_metrics.level_view(server_before, server_after)
@@ -231,6 +232,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--url", default="http://127.0.0.1:8080",
         help="base URL of a running server, or several comma-separated: stream i goes to server i mod count",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-url", default="",
+        help="the servers whose /metrics make the server's view, comma-separated (default: --url's); for "
+        "--placement replicated, each replica's own port (--replica-base-port + i)",
     )  # fmt: skip
     p.add_argument(
         "--mode",

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -38,25 +39,13 @@ from uvicorn.server import HANDLED_SIGNALS
 
 from .cli_help import HelpFormatter, add_setting_flags, flag_name, settings_table, split_list_values, version
 from .settings import Settings
+from .startup import BAD_SETTING, StartupError, bind_socket, loopback_url
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
-
-BAD_SETTING = 2
-"""Exit status for settings that cannot work (checked before anything loads)."""
-STARTUP_FAILURE = 3
-"""Exit status when the server could not start (as `uvicorn.run`)."""
-
-
-class StartupError(Exception):
-    """A start-up failure with its one-line explanation and exit status."""
-
-    def __init__(self, message: str, status: int = STARTUP_FAILURE) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,49 +138,6 @@ def check_key_file(settings: Settings) -> None:
             "readable file with one API key per line",
             BAD_SETTING,
         ) from exc
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before any model loads, so a taken port fails at once."""
-    try:
-        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        # IPv4 first: `localhost` should answer at 127.0.0.1, where the ready line points browsers.
-        family, kind, proto, _, address = sorted(found, key=lambda info: info[0] != socket.AF_INET)[0]
-    except socket.gaierror as exc:
-        raise StartupError(
-            f"cannot listen on host {host!r}: {exc.strerror}: set --host to an address of this machine "
-            "(0.0.0.0 for all interfaces, 127.0.0.1 for this machine only)",
-            BAD_SETTING,
-        ) from exc
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        import errno
-
-        if exc.errno == errno.EADDRINUSE:
-            why = f"port {port} is already in use on {host} (another server is listening there)"
-            todo = f"stop that server, or choose a free port with --port (e.g. --port {port + 1})"
-        elif exc.errno == errno.EACCES:
-            why = f"permission denied for port {port} on {host} (ports below 1024 need root)"
-            todo = "choose a port above 1023 with --port, e.g. --port 8080"
-        else:
-            why = f"cannot listen on {host}:{port} ({exc.strerror or exc})"
-            todo = "check --host and --port"
-        raise StartupError(f"{why}: {todo}") from exc
-    sock.set_inheritable(True)
-    return sock
-
-
-def loopback_url(host: str, port: int) -> str:
-    """A URL of the server that a browser on this machine can open (0.0.0.0 is not one)."""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 class StartupReporter:
@@ -310,16 +256,29 @@ def _load_failure(error: BaseException | None) -> StartupError:
     return StartupError(f"the server could not start: {what} (run with --log-level debug for the traceback)")
 
 
-def serve(settings: Settings) -> None:
-    """Check, bind, load and run the app until SIGTERM/SIGINT, then drain. Raises `StartupError`."""
+def serve(settings: Settings, argv: Sequence[str] = ()) -> None:
+    """Check, bind, load and run the app until SIGTERM/SIGINT, then drain; or, with several replicas, run
+    them (`replicas.Supervisor`, the same command `argv` once per replica). Raises `StartupError`."""
     from . import runtime_limits
+    from .replicas import ReplicaRole, replica_count, supervise
 
     check_engine(settings)
     check_key_file(settings)
+    role = ReplicaRole.from_environ(os.environ)
+    if role is None:
+        count, on_cards = replica_count(settings)
+        if count > 1:
+            supervise(settings, argv, count, on_cards)
+            return
     runtime_limits.prepare_process(settings)  # issue 20: fd limit, malloc arenas
-    sock = bind_socket(settings.host, settings.port)
+    sockets = role.sockets() if role is not None else [bind_socket(settings.host, settings.port)]
+    if role is not None:
+        role.watch_supervisor()
+        own = sockets[1].getsockname()[1]
+        logger.info("%s: on the shared port, and alone at %s", role.label, loopback_url(settings.host, own))
     try:
         app = _create_app(settings)
+        app.state.replica = role.index if role is not None else None
         reporter = StartupReporter(app)
         config = uvicorn.Config(
             reporter,
@@ -333,9 +292,10 @@ def serve(settings: Settings) -> None:
         logging.getLogger("uvicorn.error").addFilter(_DropMessage("Application startup failed. Exiting."))
         server = DrainingServer(config, app)
         with contextlib.suppress(SystemExit):  # uvicorn exits when the lifespan fails; reported below
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     if not server.started:
         raise _load_failure(reporter.error) from reporter.error
 
@@ -368,6 +328,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     try:
-        serve(settings)
+        serve(settings, list(argv) if argv is not None else sys.argv[1:])
     except StartupError as exc:
         _fail(exc, settings.log_level == "debug")

@@ -262,12 +262,19 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
-    placement: Literal["auto", "shared", "speech", "chat", "balanced"] = Field(
+    placement: Literal["auto", "replicated", "shared", "speech", "chat", "balanced"] = Field(
         "auto", validation_alias=_env("placement")
     )
-    """GPU layout of the vLLM engines: auto (shared on one card, balanced on more; manual when a --*-gpus or
-    parallel-size flag is given), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and
-    SNAC on card 0, Orpheus on the others). Logged at start; see docs/multi_gpu.md."""
+    """GPU layout of the vLLM engines: auto (shared on one card; replicated on more, manual when a --*-gpus or
+    parallel-size flag is given), replicated (one server process per card on the one port, each with every engine
+    on its card), shared, speech (Orpheus on every card), chat or balanced (Gemma, Whisper and SNAC on card 0,
+    Orpheus on the others; one process). Logged at start; see docs/multi_gpu.md."""
+    replicas: int = Field(0, ge=0, le=64, validation_alias=_env("replicas"))
+    """Server processes sharing the one port, replica i with its own engines on visible card i (0: one per card
+    with --placement replicated and auto on 2+ cards, else 1). With --demo, transformers or remote engines they
+    share no card: several processes, for the front end's CPU."""
+    replica_base_port: int = Field(0, ge=0, le=65535, validation_alias=_env("replica_base_port"))
+    """Replica i also listens alone on this port + i (its own /metrics and /health/ready); 0: --port + 1."""
 
     # --- connections and the process (hostile clients; see oai_server/runtime_limits.py) ---
     max_connections: int = Field(0, ge=0, validation_alias=_env("max_connections"))

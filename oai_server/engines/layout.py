@@ -8,6 +8,13 @@ Orpheus engines' processes).
 
 Layouts (`--placement`):
 
+* `replicated` (what `auto` picks on 2+ cards): one server process per card, all on the one port, each
+  with the `shared` layout on its own card (`server_processes` decides how many; `oai_server/replicas.py`
+  runs them). One process on two H200s carried 192 speech streams, 80 chat conversations and a mixed 32
+  (`speech` layout), where two processes, one per card, carried 320, 208 and 96 against one card's 160, 96
+  and 48 (session 12, random weights): a burst waits on one event loop taking its requests in one after
+  another, and two loops take it in twice as fast. The in-process layouts below remain for one process
+  on several cards (`--replicas 1`) and for what one card cannot hold.
 * `shared`: today's one-card layout: every engine on the first visible card, memory shares as set
   (0.35 / 0.25 / 0.10 by default). `auto` picks it on one card; on one card every workload is this.
 * `balanced` (what `auto` picks on 2+ cards) and `chat`: Gemma, Whisper and SNAC on card 0, an
@@ -56,7 +63,9 @@ from .placement import Placement, make_placement, make_replicas
 if TYPE_CHECKING:
     from ..settings import Settings
 
-WORKLOADS = ("auto", "shared", "speech", "chat", "balanced")
+WORKLOADS = ("auto", "replicated", "shared", "speech", "chat", "balanced")
+REPLICATED_WORKLOADS = ("auto", "replicated", "shared")
+"""Workloads a replica of several can run: each replica's process holds one card, so it runs `shared`."""
 ROLES = ("llm", "tts", "asr")
 PLACEMENT_FIELDS = (
     "llm_gpus",
@@ -90,6 +99,8 @@ class LayoutRequest:
     snac_in_engine: bool = False
     """`--snac-in-engine`: SNAC may decode in the Orpheus engines' processes."""
     asr: bool = True
+    replicas: int = 0
+    """`--replicas`: server processes on the one port (0: `server_processes` decides)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LayoutRequest:
@@ -109,7 +120,13 @@ class LayoutRequest:
             snac_device=settings.snac_device,
             snac_in_engine=settings.snac_in_engine,
             asr=settings.asr,
+            replicas=settings.replicas,
         )
+
+    @property
+    def flagged(self) -> bool:
+        """Whether a placement flag (a role's cards, a parallel size) was given explicitly."""
+        return any(name in self.explicit for name in PLACEMENT_FIELDS)
 
     def named(self, role: str) -> bool:
         """Whether the role's cards were named by its `--<role>-gpus` flag."""
@@ -205,10 +222,13 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
     if cards < 1:
         raise ValueError("placement: no GPU is visible; the vLLM engines need CUDA (or use --engine transformers)")
     roles = [role for role in ROLES if role != "asr" or request.asr]
-    flagged = any(name in request.explicit for name in PLACEMENT_FIELDS)
+    flagged = request.flagged
     notes: list[str] = []
     if request.workload == "auto":
         name = "manual" if flagged else ("shared" if cards == 1 else "balanced")
+    elif request.workload == "replicated":  # this process is one replica, or the only one (`--replicas 1`)
+        name = "shared"
+        notes.append("replicated: one server process per card runs this layout on its own card")
     elif cards == 1 and request.workload != "shared":
         name = "shared"
         notes.append(f"one card: the {request.workload} layout needs two or more, every engine shares it")
@@ -240,6 +260,35 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
     layout = Layout(name, request.workload, cards, card_gib, plans, snac_device, tuple(notes), hosts)
     check_shares(name, cards, card_gib, plans, snac_cards, explicit)
     return layout
+
+
+def server_processes(cards: int, request: LayoutRequest) -> int:
+    """How many server processes share the port: `--replicas` as given, else one per card for `replicated`
+    (and `auto` without placement flags) on 2+ cards, else one. `cards` is 0 where the engines take no card
+    (demo, transformers, remote). `ValueError` with one clear message for what cannot be laid out."""
+    count = request.replicas
+    if count > 1:
+        if request.flagged:
+            raise ValueError(
+                f"--replicas {count}: each replica runs every engine on a card of its own, and the placement flags "
+                "(--llm-gpus, --tts-gpus, --asr-gpus, the parallel sizes) lay out one process: give one or the other"
+            )
+        if request.workload not in REPLICATED_WORKLOADS:
+            raise ValueError(
+                f"--replicas {count} runs the shared layout in every replica; --placement {request.workload} lays out "
+                "one process over several cards: use --placement replicated (or auto), or --replicas 1"
+            )
+        if 0 < cards < count:
+            raise ValueError(f"--replicas {count}: each replica needs a card of its own, and {cards} are visible")
+    if count:
+        return count
+    if request.workload == "replicated" and request.flagged:
+        raise ValueError(
+            "placement replicated puts every engine on each card; the placement flags (--llm-gpus, --tts-gpus, "
+            "--asr-gpus, the parallel sizes) lay out one process: give one or the other"
+        )
+    replicated = request.workload == "replicated" or (request.workload == "auto" and not request.flagged)
+    return cards if replicated and cards > 1 else 1
 
 
 def _flagged(role: str, request: LayoutRequest) -> tuple[Placement, ...]:

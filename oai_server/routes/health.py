@@ -37,6 +37,9 @@ async def health(request: Request) -> dict[str, Any]:
         }
         body["active_streams"] = svc.admission.active
         body["queued_streams"] = svc.admission.queued
+    replica = getattr(request.app.state, "replica", None)
+    if replica is not None:  # one of several server processes on this port (--placement replicated)
+        body["replica"] = replica
     return body
 
 
