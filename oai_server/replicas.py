@@ -21,6 +21,9 @@ supervisor: it binds the port and one port per replica, then runs N copies of th
   drain) and the supervisor exits with its status (3 when it had none), so systemd or Kubernetes restarts
   the whole server rather than leaving it with a card's capacity missing. A replica whose supervisor is
   gone stops itself the same way.
+- Audio ids of chat replies live in a SQLite file of the supervisor's temporary directory, which every replica
+  reads (`--audio-store-path`), unless `--redis-url` or `--audio-store-path` says where: a later turn that
+  names an earlier reply's audio may reach another replica.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -271,7 +276,10 @@ def supervise(settings: Settings, argv: Sequence[str], count: int, on_cards: boo
         "\n  ".join(lines),
     )
     command = [sys.executable, "-m", "oai_server", *argv, "--placement", "shared", "--replicas", "1"]
-    supervisor = Supervisor(command, shared, own, cards, settings.shutdown_drain_seconds)
-    status = supervisor.run()
+    with tempfile.TemporaryDirectory(prefix="oai-server-") as scratch:
+        if not settings.redis_url and settings.audio_store_path is None:  # a later turn may reach another replica
+            command += ["--audio-store-path", str(Path(scratch) / "audio-ids.sqlite3")]
+        supervisor = Supervisor(command, shared, own, cards, settings.shutdown_drain_seconds)
+        status = supervisor.run()
     if status:
         raise StartupError(supervisor.failure or f"a replica exited with status {status}", status)

@@ -262,6 +262,9 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight streams may finish before they are aborted."""
     redis_url: str | None = Field(None, validation_alias=_env("redis_url"))
     """Redis URL for the shared audio-id cache (scale-out); in-memory when unset."""
+    audio_store_path: Path | None = Field(None, validation_alias=_env("audio_store_path"))
+    """SQLite file of audio ids shared by the server processes of one host (--placement replicated makes one for
+    its replicas when --redis-url is unset); in-memory when unset."""
     placement: Literal["auto", "replicated", "shared", "speech", "chat", "balanced"] = Field(
         "auto", validation_alias=_env("placement")
     )

@@ -1,4 +1,5 @@
-"""Audio ids: the in-memory store's bounds, and the Redis store shared by two replicas.
+"""Audio ids: the in-memory store's bounds, the SQLite file shared by the processes of one host, and the
+Redis store shared by two replicas.
 
 Redis runs for real (Debian's `redis-server`, which CI installs) on a Unix socket in a temp dir, so
 no port can be raced for; the fixture fails loudly when it never answers. Expiry is checked without
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from oai_server.serving.audio_store import MemoryAudioStore, RedisAudioStore
+from oai_server.serving.audio_store import MemoryAudioStore, RedisAudioStore, SqliteAudioStore
 
 from .helpers import demo_settings, require_tool, sdk_client, start_server, wait_until
 
@@ -33,6 +34,31 @@ def test_memory_store_is_bounded_and_expires() -> None:
         await store.put("old", "gone", now - 1)
         assert len(store) == 2  # "old" evicted "b"
         assert await store.get("old") is None and len(store) == 1  # expired entries are dropped on read
+
+    asyncio.run(run())
+
+
+def test_sqlite_store_is_shared_bounded_and_expires(tmp_path: Path) -> None:
+    """Two stores on one file (as two replicas' processes): what one puts the other reads; the bound and the
+    expiry hold as in memory."""
+
+    async def run() -> None:
+        path = tmp_path / "audio-ids.sqlite3"
+        first, second = SqliteAudioStore(path, max_items=2), SqliteAudioStore(path, max_items=2)
+        now = int(time.time())
+        await first.put("a", "first", now + 60)
+        assert await second.get("a") == "first" and await second.get("missing") is None
+        await second.put("b", "second", now + 60)
+        await first.put("c", "third", now + 60)
+        assert await second.get("a") is None  # the oldest was dropped
+        assert await first.get("b") == "second" and await first.get("c") == "third"
+        await first.put("b", "again", now + 60)  # a put refreshes its entry: "c" is the oldest now
+        await second.put("d", "fourth", now + 60)
+        assert await first.get("c") is None and await first.get("b") == "again"
+        await first.put("old", "gone", now - 1)
+        assert await second.get("old") is None  # expired: never answered
+        first.close()
+        second.close()
 
     asyncio.run(run())
 

@@ -2,8 +2,9 @@
 
 The decision is checked on fake card counts. The supervisor runs `oai-server serve --demo --replicas 2` as
 a real subprocess (demo replicas use no card): both replicas answer on their own ports and share the main
-one, speech comes through the shared port and each replica's own, new connections reach both, SIGTERM
-drains both and exits 0, and a replica that dies takes the other down with exit status 3 and a line naming it.
+one, speech comes through the shared port and each replica's own, a chat reply's audio id from one replica
+resolves on the other, new connections reach both, SIGTERM drains both and exits 0, and a replica that dies
+takes the other down with exit status 3 and a line naming it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from oai_server.cli import main
 from oai_server.engines.layout import LayoutRequest, server_processes
@@ -229,6 +232,22 @@ def test_replicas_share_the_port_and_drain_together_on_sigterm(demo_cache: Path)
             spoken = httpx.post(f"{url}/v1/audio/speech", json=SPEECH, timeout=120)
             assert spoken.status_code == 200 and spoken.headers["content-type"].startswith("audio/pcm")
             assert len(spoken.content) >= 2 * 2048 and len(spoken.content) % 2 == 0  # whole 16-bit samples
+
+        # A chat reply's audio id from one replica resolves on the other (the supervisor's shared SQLite file).
+        first, second = (OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) for url in server.replicas)
+        messages: list[Any] = [{"role": "user", "content": "Hello"}]
+        reply = first.chat.completions.create(
+            model="gpt-4o-audio-preview", messages=messages, modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"}, max_tokens=10, seed=3,
+        )  # fmt: skip
+        audio = reply.choices[0].message.audio
+        assert audio is not None and audio.transcript
+        follow = [*messages, {"role": "assistant", "audio": {"id": audio.id}}, {"role": "user", "content": "More"}]
+        answer = second.chat.completions.create(model="gpt-4o-audio-preview", messages=follow, max_tokens=5, seed=3)
+        spelled = [*messages, {"role": "assistant", "content": audio.transcript}, {"role": "user", "content": "More"}]
+        same = second.chat.completions.create(model="gpt-4o-audio-preview", messages=spelled, max_tokens=5, seed=3)
+        assert answer.usage is not None and same.usage is not None
+        assert answer.usage.prompt_tokens == same.usage.prompt_tokens
 
         seen: Counter[int] = Counter()
         for _ in range(48):  # a new connection each: the kernel spreads them over both replicas

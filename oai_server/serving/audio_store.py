@@ -1,14 +1,19 @@
 """Audio ids of chat replies: id -> transcript until `expires_at`, bounded in size.
 
 A later request may refer to an earlier reply as `{"role": "assistant", "audio": {"id": ...}}`;
-the store answers with that reply's transcript. In-memory by default (one replica); a Redis
-store serves several replicas (`redis_url`).
+the store answers with that reply's transcript. In-memory by default (one process); a SQLite file
+serves the server processes of one host (`audio_store_path`, which `--placement replicated` sets for
+its replicas), a Redis store servers on several hosts (`redis_url`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Protocol
 
 
@@ -72,3 +77,48 @@ class RedisAudioStore:
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SqliteAudioStore:
+    """A store shared by the processes of one host through a SQLite file (WAL, so readers never wait for a
+    writer); bounded like the in-memory one. Each call runs in a worker thread, off the event loop."""
+
+    def __init__(self, path: Path, max_items: int) -> None:
+        self._max_items = max_items
+        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS audio (id TEXT PRIMARY KEY, transcript TEXT NOT NULL, expires_at INTEGER)"
+            )
+
+    async def put(self, audio_id: str, transcript: str, expires_at: int) -> None:
+        """Store, drop expired entries, and evict the oldest beyond the bound."""
+        await asyncio.to_thread(self._put, audio_id, transcript, expires_at)
+
+    async def get(self, audio_id: str) -> str | None:
+        """The transcript of a live id."""
+        return await asyncio.to_thread(self._get, audio_id)
+
+    def _put(self, audio_id: str, transcript: str, expires_at: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", (audio_id, transcript, expires_at))
+            self._db.execute("DELETE FROM audio WHERE expires_at <= ?", (int(time.time()),))
+            self._db.execute(
+                "DELETE FROM audio WHERE rowid NOT IN (SELECT rowid FROM audio ORDER BY rowid DESC LIMIT ?)",
+                (self._max_items,),
+            )
+
+    def _get(self, audio_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT transcript FROM audio WHERE id = ? AND expires_at > ?", (audio_id, int(time.time()))
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()

@@ -12,7 +12,7 @@ from ..pipeline.speech import SpeechSynthesizer
 from ..pipeline.voices import VoiceCatalog
 from ..settings import Settings
 from .admission import Admission
-from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore
+from .audio_store import AudioStore, MemoryAudioStore, RedisAudioStore, SqliteAudioStore
 from .chat import ChatServing
 from .headroom import HeadroomGate
 from .realtime.service import RealtimeServing
@@ -67,9 +67,13 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
         max_model_len=settings.tts_max_model_len,
         observer=headroom,
     )
-    store: AudioStore = (
-        RedisAudioStore(settings.redis_url) if settings.redis_url else MemoryAudioStore(settings.audio_cache_size)
-    )
+    store: AudioStore
+    if settings.redis_url:
+        store = RedisAudioStore(settings.redis_url)
+    elif settings.audio_store_path is not None:
+        store = SqliteAudioStore(settings.audio_store_path, settings.audio_cache_size)
+    else:
+        store = MemoryAudioStore(settings.audio_cache_size)
     voices = VoiceCatalog(
         tuple(settings.voices),
         settings.default_voice,
