@@ -11,6 +11,9 @@ Start-up failures are one line on stderr (what failed, why, what to do) and a no
 before anything loads; 3 when the server could not start (the port is taken, a model cannot be
 loaded). `--log-level debug` adds the traceback.
 
+Several cards (`--placement replicated`, auto's choice on 2+): this process supervises one replica of
+itself per card on the one port (`replicas.py`); each replica runs everything below on its card.
+
 Shutdown (SIGTERM or SIGINT), by `DrainingServer`: admission starts draining at once (a request
 that still reaches the app gets 503 `shutting_down`, `/health/ready` says `draining`), the
 listening socket closes (new connections are refused), in-flight streams may finish for
