@@ -24,7 +24,8 @@
 #                 `cards` (one server on both cards) it says whether one server process is what limits two cards.
 #   replicated    (CARD0_JOBS="onecard replicated"): like twoservers, but ONE server with --placement replicated (auto's
 #                 choice on two cards): a process per card on port 8090, the kernel spreading connections over them
-#                 (SO_REUSEPORT); the server's view from each replica's own port (8091, 8092). TWO_PHASES, TS_* as twoservers.
+#                 (the supervisor hands them out in turn); the server's view from each replica's own port (8091, 8092).
+#                 TWO_PHASES, TS_* as twoservers.
 #   gap           (CARD0_JOBS=gap, alone on the machine: SI_JOB=none): one server on GAP_CARDS (2) cards, layout PL (speech),
 #                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s; empty: off) samples the server and
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
@@ -162,7 +163,7 @@ twoservers() {  # one server per card, each the one-card layout, the load dealt 
   local URL=http://127.0.0.1:8090,http://127.0.0.1:8091  # seen by load(), not by the jobs after this one
   two_card_phases
 }
-replicated() {  # one server, --placement replicated: a process per card on port 8090 (the kernel spreads connections)
+replicated() {  # one server, --placement replicated: a process per card behind port 8090, connections handed out in turn
   W=$S/replicated; both_cards
   python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --placement replicated --port 8090 \
     --replica-base-port 8091 > $W/server.log 2>&1 &

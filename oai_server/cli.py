@@ -24,7 +24,9 @@ requests; the lifespan closes the engines and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -47,6 +49,8 @@ from .startup import BAD_SETTING, StartupError, bind_socket, loopback_url
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from .handoff import HandedConnections
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +192,29 @@ class DrainingServer(uvicorn.Server):
     would say "killed" after a clean drain). Once started it logs where to open the page.
     """
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, handed: HandedConnections | None = None) -> None:
         super().__init__(config)
         self.app = app
+        self.handed = handed
+        """A replica's connections from its supervisor (`--placement replicated`), served beside its own port."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's start-up, then the address lines: uvicorn's own and a loopback URL to open."""
+        """uvicorn's start-up, then the address lines: uvicorn's own and a loopback URL to open (a replica
+        instead starts taking its supervisor's connections, and the supervisor logs where to open)."""
         await super().startup(sockets)
         if not self.started or not self.servers or not self.servers[0].sockets:
             return
         listeners = list(self.servers[0].sockets)
         self._log_started_message(listeners)  # skipped by uvicorn for sockets it did not bind
+        if self.handed is not None:
+            protocol = functools.partial(  # type: ignore[call-arg]  # typed as a bare asyncio.Protocol, as uvicorn's
+                self.config.http_protocol_class,
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+            )  # what uvicorn's own listeners serve each connection with
+            self.handed.start(asyncio.get_running_loop(), protocol)
+            return
         port = listeners[0].getsockname()[1]
         url = loopback_url(self.config.host, port)
         settings: Settings = self.app.state.settings
@@ -211,6 +227,8 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop admitting, then uvicorn's drain: close listeners, wait, cancel what is left, lifespan."""
+        if self.handed is not None:
+            self.handed.stop()
         services = getattr(self.app.state, "services", None)
         if services is not None:
             services.admission.drain()
@@ -274,10 +292,11 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> None:
             supervise(settings, argv, count, on_cards)
             return
     runtime_limits.prepare_process(settings)  # issue 20: fd limit, malloc arenas
-    sockets = role.sockets() if role is not None else [bind_socket(settings.host, settings.port)]
+    sockets = [role.own_socket() if role is not None else bind_socket(settings.host, settings.port)]
+    handed = role.channel() if role is not None else None
     if role is not None:
         role.watch_supervisor()
-        own = sockets[1].getsockname()[1]
+        own = sockets[0].getsockname()[1]
         logger.info("%s: on the shared port, and alone at %s", role.label, loopback_url(settings.host, own))
     try:
         app = _create_app(settings)
@@ -293,7 +312,7 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> None:
             **runtime_limits.uvicorn_options(settings, app),  # issue 20: guarded protocols, header limits
         )
         logging.getLogger("uvicorn.error").addFilter(_DropMessage("Application startup failed. Exiting."))
-        server = DrainingServer(config, app)
+        server = DrainingServer(config, app, handed)
         with contextlib.suppress(SystemExit):  # uvicorn exits when the lifespan fails; reported below
             server.run(sockets=sockets)
     finally:

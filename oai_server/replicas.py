@@ -4,17 +4,14 @@ One event loop takes a burst's requests in one after another, and on the GPU hos
 with vLLM's clients on the same loop: one process on two H200s carried about what one card did, where one
 process per card carried twice as much (README, Several GPUs). So the `serve` command's process becomes a
 supervisor: it binds the port and one port per replica, then runs N copies of the command, replica i with
-`CUDA_VISIBLE_DEVICES` set to the i-th visible card (when the engines use cards) and its sockets named in
-`OAI_SERVER_REPLICA` (`ReplicaRole`), and watches them:
+`CUDA_VISIBLE_DEVICES` set to the i-th visible card (when the engines use cards) and its channel and own
+socket named in `OAI_SERVER_REPLICA` (`ReplicaRole`), and watches them:
 
-- Every replica listens on the shared port with a socket of its own (`SO_REUSEPORT`): the kernel spreads
-  new connections over the replicas by a hash of the client's address and port, evenly on average, whatever
-  each replica's loop is doing. (One socket shared by all, as uvicorn's and gunicorn's workers share
-  theirs, sent a whole burst to the replica whose loop woke first: 191 of 192 speech requests in three
-  bursts on the CPU.) A replica also listens alone on its own port (`--replica-base-port` + i): its own
-  /metrics and /health/ready, for scrapes and probes per card.
-- A replica listens only once its models are loaded, so until the first one is ready connections are
-  refused, as with one process.
+- The supervisor accepts the shared port's connections and hands each to the next ready replica in turn
+  (`handoff.py`: why not the kernel's ways of sharing a port). A replica also listens alone on its own port
+  (`--replica-base-port` + i): its own /metrics and /health/ready, for scrapes and probes per card.
+- The shared port listens from the first replica ready on (its models loaded): before, connections are
+  refused, as with one process, and a replica gets connections only once it is ready.
 - SIGTERM or SIGINT reaches every replica as SIGTERM, and each drains as one server does; the supervisor
   exits 0 once all have. A second signal reaches them as SIGINT, which cuts their streams at once.
 - A replica that exits on its own (a failed start, a dead engine, killed) stops the others (SIGTERM: they
@@ -43,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from .handoff import Dispatcher, HandedConnections, channel_pair
 from .startup import BAD_SETTING, StartupError, bind_socket, loopback_url
 
 if TYPE_CHECKING:
@@ -56,6 +54,8 @@ POLL_SECONDS = 0.1
 """How often the supervisor looks at its replicas."""
 KILL_GRACE_SECONDS = 60.0
 """How long past the drain a stopping replica may take before it is killed."""
+BACKLOG = 2048
+"""The shared port's listen backlog (uvicorn's default)."""
 FAILED_WITHOUT_STATUS = 3
 """The supervisor's exit status when a replica died without one (a signal) or exited 0 unasked."""
 
@@ -67,14 +67,15 @@ class ReplicaRole:
     index: int
     count: int
     supervisor_pid: int
-    shared_fd: int
+    channel_fd: int
+    """Its end of the channel the supervisor hands connections over (`handoff.py`)."""
     own_fd: int
     card: str | None = None
     """Its `CUDA_VISIBLE_DEVICES` entry, or None where the engines use no card."""
 
     def encode(self) -> str:
         """The value of `OAI_SERVER_REPLICA` for this replica."""
-        return f"{self.index}/{self.count};{self.supervisor_pid};{self.shared_fd},{self.own_fd};{self.card or ''}"
+        return f"{self.index}/{self.count};{self.supervisor_pid};{self.channel_fd},{self.own_fd};{self.card or ''}"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ReplicaRole | None:
@@ -84,17 +85,21 @@ class ReplicaRole:
             return None
         position, pid, fds, card = value.split(";")
         index, count = position.split("/")
-        shared, own = fds.split(",")
-        return cls(int(index), int(count), int(pid), int(shared), int(own), card or None)
+        channel, own = fds.split(",")
+        return cls(int(index), int(count), int(pid), int(channel), int(own), card or None)
 
     @property
     def label(self) -> str:
         """`replica 1 of 2 (card 1)`, for the log."""
         return f"replica {self.index} of {self.count}" + (f" (card {self.card})" if self.card else "")
 
-    def sockets(self) -> list[socket.socket]:
-        """The inherited listening sockets: the shared one first, then this replica's own."""
-        return [socket.socket(fileno=self.shared_fd), socket.socket(fileno=self.own_fd)]
+    def own_socket(self) -> socket.socket:
+        """The inherited socket of this replica's own port (bound; uvicorn listens on it)."""
+        return socket.socket(fileno=self.own_fd)
+
+    def channel(self) -> HandedConnections:
+        """The inherited channel, as the connections it brings (`handoff.HandedConnections`)."""
+        return HandedConnections(socket.socket(fileno=self.channel_fd))
 
     def watch_supervisor(self) -> None:
         """SIGTERM to this process (a drain) once its supervisor is gone, from a daemon thread."""
@@ -136,17 +141,21 @@ class Supervisor:
     def __init__(
         self,
         command: Sequence[str],
-        shared: Sequence[socket.socket],
+        listener: socket.socket,
         own: Sequence[socket.socket],
         cards: Sequence[str | None],
         drain_seconds: float,
+        ready_line: str = "",
     ) -> None:
         self.command = list(command)
-        self.shared = list(shared)
+        self.listener = listener
         self.own = list(own)
+        self.ready_line = ready_line
+        """Logged when the first replica is ready (the shared port listens from then on)."""
         self.cards = list(cards)
         self.drain_seconds = drain_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.dispatcher: Dispatcher | None = None
         self.signals = 0
         self.failure: str | None = None
         """Why the supervisor stopped on its own: the replica that exited and its status."""
@@ -159,6 +168,9 @@ class Supervisor:
             self._start()
             return self._wait()
         finally:
+            if self.dispatcher is not None:
+                self.dispatcher.stop()
+                self.dispatcher.join()
             for process in self.processes:
                 if process.poll() is None:
                     process.kill()
@@ -168,20 +180,31 @@ class Supervisor:
 
     def _start(self) -> None:
         count = len(self.own)
+        pairs = [channel_pair() for _ in range(count)]
+        self.dispatcher = Dispatcher(self.listener, [ours for ours, _ in pairs], BACKLOG, self._first_ready)
+        self.dispatcher.start()
         try:
-            for index, (shared, own, card) in enumerate(zip(self.shared, self.own, self.cards, strict=True)):
-                role = ReplicaRole(index, count, os.getpid(), shared.fileno(), own.fileno(), card)
+            for index, ((_, theirs), own, card) in enumerate(zip(pairs, self.own, self.cards, strict=True)):
+                if self.signals:  # stopped while starting: the ones started have their SIGTERM already
+                    break
+                role = ReplicaRole(index, count, os.getpid(), theirs.fileno(), own.fileno(), card)
                 env = {**os.environ, REPLICA_ENV: role.encode()}
                 if card is not None:
                     env["CUDA_VISIBLE_DEVICES"] = card
-                fds = (role.shared_fd, role.own_fd)
+                fds = (role.channel_fd, role.own_fd)
                 self.processes.append(subprocess.Popen(self.command, env=env, pass_fds=fds))
-        finally:  # the replicas hold the sockets now; the supervisor accepts nothing
-            for sock in (*self.shared, *self.own):
+        finally:  # the replicas hold their ends and their own ports now
+            for sock in (*(theirs for _, theirs in pairs), *self.own):
                 sock.close()
+
+    def _first_ready(self) -> None:
+        if self.ready_line:
+            logger.info("%s", self.ready_line)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
+        if self.dispatcher is not None:
+            self.dispatcher.stop()  # the shared port closes: new connections are refused while the replicas drain
         self._send(signal.SIGTERM if self.signals == 1 else signal.SIGINT)
 
     def _send(self, sig: signal.Signals) -> None:
@@ -200,6 +223,7 @@ class Supervisor:
                 logger.error("replicas still running %.0f s past the drain: killing them", KILL_GRACE_SECONDS)
                 for process in self.processes:
                     process.kill()
+                deadline = float("inf")
             time.sleep(POLL_SECONDS)
         if self.failure is None and not self.signals:
             self._notice_exit()  # the last ones exited together, between two looks
@@ -213,6 +237,8 @@ class Supervisor:
                     f"replica {index}{card} exited with status {process.returncode}; the other replicas were stopped"
                 )
                 logger.error("%s", self.failure)
+                if self.dispatcher is not None:
+                    self.dispatcher.stop()
                 self._send(signal.SIGTERM)
                 return
 
@@ -244,23 +270,17 @@ def replica_count(settings: Settings) -> tuple[int, bool]:
 
 def supervise(settings: Settings, argv: Sequence[str], count: int, on_cards: bool) -> None:
     """Bind the shared port and each replica's own, run `count` replicas of this command until they stop."""
-    from .replicas import Supervisor, replica_cards, replica_ports
-
     try:
         ports = replica_ports(settings.port, settings.replica_base_port, count)
     except ValueError as exc:
         raise StartupError(f"bad setting: {exc}", BAD_SETTING) from exc
-    # A plain bind first: it fails where anyone holds the port, also another server's SO_REUSEPORT sockets,
-    # which the replicas' sockets would otherwise silently join.
-    with bind_socket(settings.host, settings.port) as probe:
-        port = probe.getsockname()[1]  # the one an OS-chosen --port 0 became
-    shared: list[socket.socket] = []
+    listener = bind_socket(settings.host, settings.port)
+    port = listener.getsockname()[1]  # the one an OS-chosen --port 0 became
     own: list[socket.socket] = []
     try:
-        shared.extend(bind_socket(settings.host, port, reuse_port=True) for _ in range(count))
         own.extend(bind_socket(settings.host, own_port) for own_port in ports)
     except StartupError:
-        for sock in (*shared, *own):
+        for sock in (listener, *own):
             sock.close()
         raise
     cards = replica_cards(count, os.environ.get("CUDA_VISIBLE_DEVICES"), on_cards)
@@ -279,7 +299,9 @@ def supervise(settings: Settings, argv: Sequence[str], count: int, on_cards: boo
     with tempfile.TemporaryDirectory(prefix="oai-server-") as scratch:
         if not settings.redis_url and settings.audio_store_path is None:  # a later turn may reach another replica
             command += ["--audio-store-path", str(Path(scratch) / "audio-ids.sqlite3")]
-        supervisor = Supervisor(command, shared, own, cards, settings.shutdown_drain_seconds)
+        url = loopback_url(settings.host, port)
+        ready = f"Ready: open {url} in a browser, or point OpenAI clients at {url}v1 (the first replica is ready)"
+        supervisor = Supervisor(command, listener, own, cards, settings.shutdown_drain_seconds, ready)
         status = supervisor.run()
     if status:
         raise StartupError(supervisor.failure or f"a replica exited with status {status}", status)

@@ -23,9 +23,8 @@ class StartupError(Exception):
         self.status = status
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """The listening socket, bound before any model loads, so a taken port fails at once. `reuse_port`:
-    one of several sockets on the port (`SO_REUSEPORT`), among which the kernel spreads new connections."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before any model loads, so a taken port fails at once."""
     try:
         found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         # IPv4 first: `localhost` should answer at 127.0.0.1, where the ready line points browsers.
@@ -38,8 +37,6 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         ) from exc
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError as exc:

@@ -77,6 +77,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
     return bool(predicate())
 
 
+def answers_ready(url: str) -> bool:
+    """Whether the server at `url` answers `/health/ready` with 200 now (False while it cannot be reached)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> bool:
     """`wait_until` for coroutines: poll without blocking the event loop."""
     loop = asyncio.get_running_loop()

@@ -3,12 +3,14 @@
 The decision is checked on fake card counts. The supervisor runs `oai-server serve --demo --replicas 2` as
 a real subprocess (demo replicas use no card): both replicas answer on their own ports and share the main
 one, speech comes through the shared port and each replica's own, a chat reply's audio id from one replica
-resolves on the other, new connections reach both, SIGTERM drains both and exits 0, and a replica that dies
+resolves on the other, new connections reach the replicas exactly in turn, a Realtime WebSocket works through the
+shared port, SIGTERM drains both and exits 0, and a replica that dies
 takes the other down with exit status 3 and a line naming it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -31,7 +33,8 @@ from oai_server.cli import main
 from oai_server.engines.layout import LayoutRequest, server_processes
 from oai_server.replicas import REPLICA_ENV, ReplicaRole, replica_cards, replica_ports
 
-from .helpers import wait_until
+from .helpers import answers_ready, wait_until
+from .realtime.client import RawClient
 
 PLACEMENT_FLAG = frozenset({"tts_gpus"})
 
@@ -78,7 +81,7 @@ def test_server_processes_refuse_what_cannot_be_laid_out(cards: int, made: Layou
 
 
 def test_a_replica_reads_its_role_from_the_environment() -> None:
-    role = ReplicaRole(index=1, count=2, supervisor_pid=4321, shared_fd=7, own_fd=9, card="5")
+    role = ReplicaRole(index=1, count=2, supervisor_pid=4321, channel_fd=7, own_fd=9, card="5")
     assert ReplicaRole.from_environ({REPLICA_ENV: role.encode()}) == role
     assert ReplicaRole.from_environ({}) is None
     no_card = ReplicaRole(0, 3, 1, 3, 4)
@@ -163,13 +166,6 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/ready", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @contextmanager
 def replicated_server(cache: Path) -> Iterator[Replicated]:
     """`oai-server serve --demo --replicas 2` on OS-chosen ports (read from the supervisor's log), both ready."""
@@ -193,7 +189,7 @@ def replicated_server(cache: Path) -> Iterator[Replicated]:
         assert shared, text()
         own = dict(REPLICA_LINE.findall(text()))
         replicas = [f"http://127.0.0.1:{own[str(index)]}" for index in range(2)]
-        assert wait_until(lambda: all(ready(url) for url in replicas), 180, 0.2), text()
+        assert wait_until(lambda: all(answers_ready(url) for url in replicas), 180, 0.2), text()
         yield Replicated(popen, f"http://127.0.0.1:{shared.group(1)}", replicas, log)
     finally:
         pids = children_of(popen.pid)
@@ -250,10 +246,28 @@ def test_replicas_share_the_port_and_drain_together_on_sigterm(demo_cache: Path)
         assert answer.usage.prompt_tokens == same.usage.prompt_tokens
 
         seen: Counter[int] = Counter()
-        for _ in range(48):  # a new connection each: the kernel spreads them over both replicas
+        for _ in range(48):  # a new connection each: the supervisor hands them to the replicas in turn
             with httpx.Client(timeout=10) as client:
                 seen[client.get(f"{server.url}/health").json()["replica"]] += 1
-        assert set(seen) == {0, 1}, seen
+        assert seen == {0: 24, 1: 24}, seen
+
+        async def burst() -> Counter[int]:  # 64 at once, each on its own connection: still exactly in turn
+            async def one() -> int:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    return int((await client.get(f"{server.url}/health")).json()["replica"])
+
+            return Counter(await asyncio.gather(*(one() for _ in range(64))))
+
+        assert asyncio.run(burst()) == {0: 32, 1: 32}
+
+        async def realtime() -> list[str]:  # a Realtime WebSocket through the shared port: events as from one server
+            client = await RawClient.connect(server.url.replace("http://", "ws://") + "/v1/realtime")
+            await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Hi."}})
+            updated = await client.recv()
+            await client.close()
+            return [event["type"] for event in (*client.events[:1], updated)]
+
+        assert asyncio.run(realtime()) == ["session.created", "session.updated"]
 
         server.popen.send_signal(signal.SIGTERM)
         assert server.popen.wait(60) == 0, "".join(server.log)

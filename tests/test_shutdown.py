@@ -35,7 +35,7 @@ import pytest
 from oai_server.engines.demo import DemoModels
 from oai_server.pipeline.segmenter import split_text
 
-from .helpers import expected_samples, sse_json, wait_until
+from .helpers import answers_ready, expected_samples, sse_json, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,19 +96,12 @@ def oai_server(cache: Path, drain_seconds: float) -> Iterator[Process]:
         assert wait_until(lambda: bool(port) or popen.poll() is not None, 180, 0.1), "server did not start"
         assert port, "".join(log)
         url = f"http://127.0.0.1:{port[0]}"
-        assert wait_until(lambda: ready(url), 60, 0.2), "".join(log)
+        assert wait_until(lambda: answers_ready(url), 60, 0.2), "".join(log)
         yield Process(popen, url, log)
     finally:
         if popen.poll() is None:
             popen.kill()
             popen.wait(30)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/ready", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
