@@ -31,9 +31,10 @@ from openai import OpenAI
 
 from oai_server.cli import main
 from oai_server.engines.layout import LayoutRequest, server_processes
+from oai_server.handoff import HANDED, READY, Dispatcher, HandedConnections, channel_pair
 from oai_server.replicas import REPLICA_ENV, ReplicaRole, replica_cards, replica_ports
 
-from .helpers import answers_ready, wait_until
+from .helpers import answers_ready, eventually, wait_until
 from .realtime.client import RawClient
 
 PLACEMENT_FLAG = frozenset({"tts_gpus"})
@@ -286,3 +287,89 @@ def test_a_replica_that_dies_takes_the_server_down_with_status_3(demo_cache: Pat
         assert not any(alive(pid) for pid in pids)
         errors = [line for line in server.log if "oai-server: error:" in line]
         assert len(errors) == 1 and re.search(r"replica \d exited with status -9", errors[0]), errors
+
+
+def test_the_dispatcher_hands_connections_in_turn_to_ready_replicas_only() -> None:
+    """In process: two replicas' channel ends read by the test. Nothing is accepted before a replica is ready
+    (the port refuses), connections alternate between the ready ones, a replica whose channel closes gets no
+    more, and with none left a connection is closed at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pairs = [channel_pair() for _ in range(2)]
+    ready_calls: list[int] = []
+    dispatcher = Dispatcher(listener, [ours for ours, _ in pairs], 16, lambda: ready_calls.append(1))
+    dispatcher.start()
+    replicas = [theirs for _, theirs in pairs]
+    for theirs in replicas:
+        theirs.settimeout(5)
+
+    def handed_to(replica: int) -> socket.socket:
+        message, fds, _, _ = socket.recv_fds(replicas[replica], 1, 1)
+        assert message == HANDED and len(fds) == 1
+        return socket.socket(fileno=fds[0])
+
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        replicas[0].send(READY)
+        replicas[1].send(READY)
+        assert wait_until(lambda: dispatcher.ready == {0, 1}, 5) and ready_calls == [1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        served = [handed_to(replica) for replica in (0, 1, 0, 1)]  # in turn
+        for client, connection in zip(clients, served, strict=True):  # each descriptor is that client's connection
+            client.sendall(b"ping")
+            assert connection.recv(4) == b"ping"
+        assert dispatcher.handed == [2, 2]
+
+        replicas[1].close()  # replica 1 drains: its channel closes
+        assert wait_until(lambda: dispatcher.ready == {0}, 5)
+        late = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        served += [handed_to(0), handed_to(0)]
+        assert dispatcher.handed == [4, 2]
+
+        replicas[0].close()  # none left: a connection is accepted and closed at once
+        assert wait_until(lambda: not dispatcher.ready, 5)
+        orphan = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert orphan.recv(1) == b""
+        for sock in (*clients, *served, *late, orphan):
+            sock.close()
+    finally:
+        dispatcher.stop()
+        dispatcher.join()
+    with pytest.raises(ConnectionRefusedError):  # stopped: the port is closed
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_handed_connections_are_served_on_the_replicas_loop() -> None:
+    """The replica's end: it says it is ready, serves each handed descriptor with the protocol it was given,
+    and stops when the supervisor's end closes."""
+    ours, theirs = channel_pair()
+    ours.setblocking(True)
+    ours.settimeout(5)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data.upper())
+
+    async def run() -> bytes:
+        handed = HandedConnections(theirs)
+        handed.start(asyncio.get_running_loop(), Echo)
+        assert await asyncio.to_thread(ours.recv, 1) == READY
+        client, server_side = socket.socketpair()
+        socket.send_fds(ours, [HANDED], [server_side.fileno()])
+        server_side.close()
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(client, b"hello")
+        answer = await asyncio.wait_for(loop.sock_recv(client, 5), 5)
+        client.close()
+        ours.close()  # the supervisor is gone
+        assert await eventually(lambda: theirs.fileno() == -1, 5)
+        return answer
+
+    assert asyncio.run(run()) == b"HELLO"
