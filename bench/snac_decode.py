@@ -189,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (before capture)")
+    p.add_argument(
+        "--no-tf32", action="store_true",
+        help="float32 convolutions and matmuls in full float32 (by default cuDNN may run them as TF32)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     if args.threads:
         torch.set_num_threads(args.threads)
     if "fp32" not in args.precisions:
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "random_weights": not args.snac,
         "cudnn_benchmark": args.cudnn_benchmark,
+        "tf32": not args.no_tf32,
         "precision": precision,
         "precisions_ran": ran,
         "streamed_vs_whole": streamed,
