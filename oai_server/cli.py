@@ -292,11 +292,12 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> None:
             supervise(settings, argv, count, on_cards)
             return
     runtime_limits.prepare_process(settings)  # issue 20: fd limit, malloc arenas
-    sockets = [role.own_socket() if role is not None else bind_socket(settings.host, settings.port)]
-    handed = role.channel() if role is not None else None
-    if role is not None:
+    if role is None:
+        sock, handed = bind_socket(settings.host, settings.port), None
+    else:
+        sock, handed = role.own_socket(), role.channel()
         role.watch_supervisor()
-        own = sockets[0].getsockname()[1]
+        own = sock.getsockname()[1]
         logger.info("%s: on the shared port, and alone at %s", role.label, loopback_url(settings.host, own))
     try:
         app = _create_app(settings)
@@ -314,10 +315,9 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> None:
         logging.getLogger("uvicorn.error").addFilter(_DropMessage("Application startup failed. Exiting."))
         server = DrainingServer(config, app, handed)
         with contextlib.suppress(SystemExit):  # uvicorn exits when the lifespan fails; reported below
-            server.run(sockets=sockets)
+            server.run(sockets=[sock])
     finally:
-        for sock in sockets:
-            sock.close()
+        sock.close()
     if not server.started:
         raise _load_failure(reporter.error) from reporter.error
 

@@ -17,8 +17,8 @@ Layouts (`--placement`):
   on several cards (`--replicas 1`) and for what one card cannot hold.
 * `shared`: today's one-card layout: every engine on the first visible card, memory shares as set
   (0.35 / 0.25 / 0.10 by default). `auto` picks it on one card; on one card every workload is this.
-* `balanced` (what `auto` picks on 2+ cards) and `chat`: Gemma, Whisper and SNAC on card 0, an
-  Orpheus engine on every other card. Gemma's first clause is inside every chat reply's time to
+* `balanced` (what `auto` picks for one process on 2+ cards, `--replicas 1`) and `chat`: Gemma, Whisper
+  and SNAC on card 0, an Orpheus engine on every other card. Gemma's first clause is inside every chat reply's time to
   first audio, and two vLLM engines on one card take turns by whole steps (each ran at half speed),
   so Gemma gets a card without Orpheus. This is the layout measured on two H200s with manual flags
   (`--llm-gpus 0 --tts-gpus 1`): 192 speech streams at RTF 0.70 and 128 chat conversations without
@@ -267,12 +267,13 @@ def server_processes(cards: int, request: LayoutRequest) -> int:
     (and `auto` without placement flags) on 2+ cards, else one. `cards` is 0 where the engines take no card
     (demo, transformers, remote). `ValueError` with one clear message for what cannot be laid out."""
     count = request.replicas
+    if request.flagged and (count > 1 or (count == 0 and request.workload == "replicated")):
+        asked = f"--replicas {count}" if count else "placement replicated"
+        raise ValueError(
+            f"{asked} puts every engine on each card; the placement flags (--llm-gpus, --tts-gpus, --asr-gpus, "
+            "the parallel sizes) lay out one process: give one or the other"
+        )
     if count > 1:
-        if request.flagged:
-            raise ValueError(
-                f"--replicas {count}: each replica runs every engine on a card of its own, and the placement flags "
-                "(--llm-gpus, --tts-gpus, --asr-gpus, the parallel sizes) lay out one process: give one or the other"
-            )
         if request.workload not in REPLICATED_WORKLOADS:
             raise ValueError(
                 f"--replicas {count} runs the shared layout in every replica; --placement {request.workload} lays out "
@@ -282,11 +283,6 @@ def server_processes(cards: int, request: LayoutRequest) -> int:
             raise ValueError(f"--replicas {count}: each replica needs a card of its own, and {cards} are visible")
     if count:
         return count
-    if request.workload == "replicated" and request.flagged:
-        raise ValueError(
-            "placement replicated puts every engine on each card; the placement flags (--llm-gpus, --tts-gpus, "
-            "--asr-gpus, the parallel sizes) lay out one process: give one or the other"
-        )
     replicated = request.workload == "replicated" or (request.workload == "auto" and not request.flagged)
     return cards if replicated and cards > 1 else 1
 
