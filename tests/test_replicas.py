@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from openai import OpenAI
 
@@ -155,16 +156,10 @@ class Replicated:
 
 
 def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry))
-    return found
+    try:
+        return {child.pid for child in psutil.Process(pid).children()}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 @contextmanager
@@ -208,10 +203,9 @@ def with_gone(pid: int) -> None:
 
 def alive(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Two processes, one port.", "response_format": "pcm"}
@@ -320,13 +314,13 @@ def test_the_dispatcher_hands_connections_in_turn_to_ready_replicas_only() -> No
         for client, connection in zip(clients, served, strict=True):  # each descriptor is that client's connection
             client.sendall(b"ping")
             assert connection.recv(4) == b"ping"
-        assert dispatcher.handed == [2, 2]
+        assert wait_until(lambda: dispatcher.handed == [2, 2], 5), dispatcher.handed  # counted after the send
 
         replicas[1].close()  # replica 1 drains: its channel closes
         assert wait_until(lambda: dispatcher.ready == {0}, 5)
         late = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
         served += [handed_to(0), handed_to(0)]
-        assert dispatcher.handed == [4, 2]
+        assert wait_until(lambda: dispatcher.handed == [4, 2], 5), dispatcher.handed
 
         replicas[0].close()  # none left: a connection is accepted and closed at once
         assert wait_until(lambda: not dispatcher.ready, 5)
