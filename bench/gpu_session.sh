@@ -65,7 +65,7 @@ capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 wh
     "$1/results.json" "$2" 2>/dev/null || echo 0
 }
 onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in that order
-  W=$S/${OC_DIR:-onecard}; PORT=${OC_PORT:-8081}; export CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
+  W=$S/${OC_DIR:-onecard}; PORT=${OC_PORT:-8081}; local -x CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
   python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
@@ -101,7 +101,7 @@ profile_asr() {  # profile_asr [asr_profile.py flags]: Whisper alone, in process
   python3 bench/asr_profile.py --model "$RAND/whisper" --out $W/asr_profile "$@" > $W/asr_profile.log 2>&1
 }
 speech_input() {
-  W=$S/speech_input; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  W=$S/speech_input; PORT=8082; local -x CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
   profile_asr
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
     > $W/server.log 2>&1 &
@@ -117,13 +117,13 @@ speech_input() {
   kill $SP
 }
 baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in process (bench/baselines.py), GPU 0
-  W=$S/baselines; export CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15  # the previous job's engines exit
+  W=$S/baselines; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15  # the previous job's engines exit
   # NO_CLEANUP: gpu_load.sh would otherwise pkill every engine core of the machine, the other card's too
   NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours,ours_in_engine,silent} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
 }
 snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algorithm choice (bench/snac_decode.py)
-  W=$S/snac; export CUDA_VISIBLE_DEVICES=${SNAC_GPU:-${BASE_GPU:-${ONECARD_GPU:-0}}}
+  W=$S/snac; local -x CUDA_VISIBLE_DEVICES=${SNAC_GPU:-${BASE_GPU:-${ONECARD_GPU:-0}}}
   for bench in ${SNAC_VARIANTS-"" --cudnn-benchmark}; do  # SNAC_VARIANTS='""': only without cuDNN's benchmark mode
     [ "$bench" = '""' ] && bench=
     python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" ${SNAC_ARGS:---batch 32,64,128 --frames-per-decode 2,4,8 \
@@ -169,7 +169,7 @@ replicated() {  # one server, --placement replicated: a process per card behind 
     --replica-base-port 8091 > $W/server.log 2>&1 &
   local SP=$!
   for port in 8091 8092; do  # both replicas ready, not only the first (the shared port answers from either)
-    until curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null; do sleep 5; done
+    until curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null; do kill -0 $SP || return 1; sleep 5; done
   done
   local URL=http://127.0.0.1:8090
   two_card_phases --metrics-url http://127.0.0.1:8091,http://127.0.0.1:8092
@@ -186,7 +186,7 @@ gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst 
     bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
 asr_diag() {  # where 32 concurrent transcriptions spend their time, in process and through the server
-  W=$S/asr_diag; PORT=8082; export CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
+  W=$S/asr_diag; PORT=8082; local -x CUDA_VISIBLE_DEVICES=${SI_GPU:-1}
   python3 bench/audio_cpu.py --out $W > $W/audio_cpu.log 2>&1  # the host's CPU side first (seconds, no GPU)
   profile_asr --concurrency 1,32 --rounds 2
   # ASR_SERVER_ENV (e.g. OMP_NUM_THREADS=4) and ASR_SERVER_ARGS (e.g. --asr-max-num-batched-tokens 3000): a variant
@@ -204,6 +204,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
   wait $SPY; kill $SP  # a bare `wait` would wait for the server too
 }
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
+  # (one shell runs a card's jobs in turn: a job's card is `local -x CUDA_VISIBLE_DEVICES`, or the next job inherits it)
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
   ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \

@@ -138,8 +138,8 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 
 def plot(summaries: list[dict[str, Any]], path: Path) -> None:
-    """Capacity against cards, one panel per load: each layout's points, the best per card count joined,
-    and linear scaling from the one-card capacity dashed; the axes start at zero."""
+    """Capacity against cards, one panel per load: each layout's points (a lower bound marked "at least"), the
+    best per card count joined, and linear scaling from the one-card capacity dashed; the axes start at zero."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,6 +152,16 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
         for placement in sorted({s["placement"] for s in measured}):
             points = sorted((s["cards"], s[phase]["capacity"]) for s in measured if s["placement"] == placement)
             ax.plot(*zip(*points, strict=True), marker="o", linestyle="none", label=placement)
+        for s in measured:  # a search cut short gives a lower bound: say so on the point
+            if s[phase]["partial"]:
+                ax.annotate(
+                    "at least",
+                    (s["cards"], s[phase]["capacity"]),
+                    textcoords="offset points",
+                    xytext=(-8, -14),
+                    ha="right",
+                    fontsize=8,
+                )
         best = sorted({c: max(s[phase]["capacity"] for s in measured if s["cards"] == c) for c in cards
                        if any(s["cards"] == c for s in measured)}.items())  # fmt: skip
         if len(best) > 1:

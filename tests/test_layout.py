@@ -195,3 +195,11 @@ def test_unknown_workload_is_refused() -> None:
         plan_layout(2, H200_GIB, LayoutRequest(workload="fast"))
     with pytest.raises(ValueError):
         Settings(placement="fast")
+
+
+def test_replicated_in_one_process_says_why() -> None:
+    """`replicated` reaches the layout only where one process serves: one visible card, or `--replicas 1`."""
+    one_card = layout(1, placement="replicated")
+    assert one_card.name == "shared" and "one card is visible" in one_card.notes[0]
+    forced = layout(2, placement="replicated", replicas=1)
+    assert forced.name == "shared" and "--replicas 1" in forced.notes[0]

@@ -228,7 +228,11 @@ def plan_layout(cards: int, card_gib: float, request: LayoutRequest) -> Layout:
         name = "manual" if flagged else ("shared" if cards == 1 else "balanced")
     elif request.workload == "replicated":  # this process is one replica, or the only one (`--replicas 1`)
         name = "shared"
-        notes.append("replicated: one server process per card runs this layout on its own card")
+        notes.append(
+            "replicated: one card is visible, so one server process serves it (a process per card needs 2+)"
+            if cards == 1
+            else "replicated with --replicas 1: one server process (the one-card layout, its engines on the first card)"
+        )
     elif cards == 1 and request.workload != "shared":
         name = "shared"
         notes.append(f"one card: the {request.workload} layout needs two or more, every engine shares it")
