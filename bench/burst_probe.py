@@ -3,7 +3,8 @@
 `load.py`'s clients are httpx on asyncio: fine for capacity, but their own CPU blurs what the server spends
 to take a burst in. This probe opens N plain sockets at once, writes N `/v1/audio/speech` requests, and times
 each stream's response headers and first audio bytes with one `select` loop; then it closes them (the server
-aborts their engine requests). Beside it, a thread samples the listening socket's accept queue (connections
+aborts their engine requests). `--route chat` sends spoken chat replies instead (SSE; first audio = the first
+chunk with audio data). Beside it, a thread samples the listening socket's accept queue (connections
 the kernel holds until the server accepts them, `/proc/net/tcp`), and with `--server-pid` the probe reads the
 server's CPU seconds before and after, so the report says how much server CPU one admitted request took.
 
@@ -29,19 +30,38 @@ from typing import Any
 
 from _common import spread_ms
 
-BODY = {
-    "model": "tts-1",
-    "input": "Hello there, this is a test of the burst.",
-    "voice": "tara",
-    "response_format": "pcm",
+ROUTES: dict[str, tuple[str, dict[str, Any], bytes]] = {
+    # route: (path, body, the bytes that mark the first audio in the response body)
+    "speech": (
+        "/v1/audio/speech",
+        {
+            "model": "tts-1",
+            "input": "Hello there, this is a test of the burst.",
+            "voice": "tara",
+            "response_format": "pcm",
+        },
+        b"",  # the body is audio: its first byte
+    ),
+    "chat": (
+        "/v1/chat/completions",
+        {
+            "model": "gpt-4o-audio-preview",
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "tara", "format": "pcm16"},
+            "stream": True,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Hello there, tell me something about the sea."}],
+        },
+        b'"data":"',  # an SSE chunk with audio data (text and transcript chunks come first)
+    ),
 }
 
 
-def _request(host: str) -> bytes:
-    body = json.dumps(BODY).encode()
+def _request(host: str, route: str) -> bytes:
+    path, payload, _ = ROUTES[route]
+    body = json.dumps(payload).encode()
     head = (
-        f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -95,9 +115,11 @@ def watch_queue(port: int, seconds: float, interval: float = 0.01) -> None:
         time.sleep(interval)
 
 
-def burst(host: str, port: int, n: int, server_pid: int | None, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Open `n` connections, send `n` speech requests, time headers and first audio; the server CPU it took."""
-    request = _request(host)
+def burst(
+    host: str, port: int, n: int, server_pid: int | None, timeout_s: float = 60.0, route: str = "speech"
+) -> dict[str, Any]:
+    """Open `n` connections, send `n` requests of `route`, time headers and first audio; the server CPU it took."""
+    request, audio_mark = _request(host, route), ROUTES[route][2]
     sampler = QueueSampler(port)
     sampler.start()
     cpu0 = cpu_seconds(server_pid) if server_pid else None
@@ -127,7 +149,8 @@ def burst(host: str, port: int, n: int, server_pid: int | None, timeout_s: float
                     headers[sock] = now
                     status[sock] = int(received[sock].split(b" ", 2)[1])
                 body = received[sock].partition(b"\r\n\r\n")[2]
-                if not data or (sock in headers and (len(body) > 0 or status[sock] != 200)):
+                has_audio = len(body) > 0 and audio_mark in body  # b"" (speech) is in any non-empty body
+                if not data or (sock in headers and (has_audio or status[sock] != 200)):
                     if data and status.get(sock) == 200:
                         first_audio[sock] = now
                     selector.unregister(sock)
@@ -158,6 +181,7 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--n", default="32,128,288", help="burst sizes, one burst each (comma-separated)")
+    p.add_argument("--route", choices=sorted(ROUTES), default="speech", help="speech, or chat with audio (SSE)")
     p.add_argument("--repeats", type=int, default=3, help="bursts per size")
     p.add_argument("--pause-s", type=float, default=12.0, help="wait between bursts (the aborted streams wind down)")
     p.add_argument("--server-pid", type=int, default=None, help="the server's pid: its CPU seconds per burst")
@@ -173,7 +197,7 @@ def main() -> None:
     runs = []
     for n in (int(x) for x in args.n.split(",")):
         for _ in range(args.repeats):
-            run = burst(args.host, args.port, n, args.server_pid)
+            run = burst(args.host, args.port, n, args.server_pid, route=args.route)
             runs.append(run)
             h, f = run["headers_ms"], run["first_audio_ms"]
             cpu = run["server_cpu_ms_per_request"]
