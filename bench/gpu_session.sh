@@ -30,7 +30,8 @@
 #                 TTFA at one stream then one burst of BURST_N (288) while py-spy (PYSPY_S, 15 s; empty: off) samples the server and
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
 #   onecard_chat  (SI_JOB=onecard_chat, GPU SI_GPU, 1): onecard's phases OCC_PHASES (chat,mixed) on the second card while
-#                 onecard runs its own (e.g. ttfa,speech) on the first: the one-card figures in half the time.
+#                 onecard runs its own (e.g. ttfa,speech) on the first: the one-card figures in half the time; with
+#                 OCC_ARGS (server flags instead of ONECARD_ARGS) an A/B of a flag, one variant per card.
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -176,7 +177,9 @@ replicated() {  # one server, --placement replicated: a process per card behind 
   kill $SP; wait $SP  # the supervisor: its replicas drain and exit with it
 }
 onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed) on the second card, beside onecard's on the first
-  OC_DIR=onecard_chat OC_PORT=8083 ONECARD_GPU=${SI_GPU:-1} ONECARD_PHASES=${OCC_PHASES:-chat,mixed} onecard
+  # (OCC_ARGS, when set, replaces ONECARD_ARGS here: an A/B of a server flag, one variant per card at the same time)
+  OC_DIR=onecard_chat OC_PORT=8083 ONECARD_GPU=${SI_GPU:-1} ONECARD_PHASES=${OCC_PHASES:-chat,mixed} \
+    ONECARD_ARGS=${OCC_ARGS-${ONECARD_ARGS:-}} onecard
 }
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)

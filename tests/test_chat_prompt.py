@@ -158,3 +158,20 @@ def test_last_turn_too_long_is_context_length_exceeded(tokenizer: Any) -> None:
         build_chat_prompt(tokenizer, turns, "", max_prompt_tokens=100)
     assert (caught.value.status, caught.value.code, caught.value.param) == (400, "context_length_exceeded", "messages")
     assert "even after dropping the history" in caught.value.message
+
+
+def test_a_conversation_that_fits_is_rendered_once(tokenizer: Any) -> None:
+    """The common case costs one render (a per-request cost on the event loop), and gives the plain result."""
+    turns = [Turn("user", "hi"), Turn("assistant", "hello there"), Turn("user", "tell me about the sea")]
+    counting = CountingTokenizer(tokenizer)
+    prompt = build_chat_prompt(counting, turns, "Be brief.", max_prompt_tokens=1500)
+    assert prompt == plain_build(tokenizer, turns, "Be brief.", 1500)
+    assert counting.encoded_chars == len(render_text(tokenizer, "Be brief.", turns))
+
+
+def render_text(tokenizer: Any, system: str, turns: Sequence[Turn]) -> str:
+    """The rendered prompt text (what one render encodes)."""
+    first = turns[0]
+    conversation = [{"role": "user", "content": f"{system}\n\n{first.text}"}]
+    conversation += [{"role": turn.role, "content": turn.text} for turn in turns[1:]]
+    return str(tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True))

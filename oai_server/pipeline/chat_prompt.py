@@ -6,8 +6,9 @@ first) are folded into the first user turn, consecutive messages of one role are
 the oldest user/assistant pairs are dropped until the prompt fits, never the system text or
 the last user turn.
 
-The work is linear in the history: which pairs to drop is estimated from token counts of the
-turns (each tokenized once, newest first, stopping once the context is full), then confirmed by
+The work is linear in the history: a conversation short enough is rendered whole once, and kept
+when it fits (most do); otherwise which pairs to drop is estimated from token counts of the turns
+(each tokenized once, newest first, stopping once the context is full), then confirmed by
 rendering only the kept turns. The result is the one of the plain algorithm (render, drop the
 oldest pair, render again, ...): the fewest pairs dropped for the prompt to fit.
 """
@@ -22,6 +23,11 @@ from ..codec.tokenizer import TextTokenizer
 from ..errors import APIError, invalid
 
 _ROLE_MAP = {"user": "user", "assistant": "assistant"}
+
+WHOLE_RENDER_CHARS_PER_TOKEN = 4
+"""A conversation of at most this many characters per prompt token of context is rendered whole first: most
+conversations fit, and one render is a third of the estimate's three (each ~80 us with the Gemma template), while
+a render of everything still costs at most a few times what fits."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,11 @@ def build_chat_prompt(
     def kept(pairs_dropped: int) -> list[int]:
         return render(tokenizer, system, alternating[2 * pairs_dropped :])
 
+    size = len(system) + sum(len(turn.text) for turn in alternating)
+    if size <= WHOLE_RENDER_CHARS_PER_TOKEN * max_prompt_tokens:  # costs about what fits: try the whole first
+        ids = kept(0)
+        if len(ids) <= max_prompt_tokens:
+            return ChatPrompt(ids, 0)
     dropped = _estimate_dropped_pairs(tokenizer, system, alternating, max_prompt_tokens)
     ids = kept(dropped)
     while len(ids) > max_prompt_tokens and dropped < most:
