@@ -255,13 +255,10 @@ def replica_count(settings: Settings) -> tuple[int, bool]:
     card of its own (vLLM engines; not with --demo, transformers or remote engines)."""
     from .engines.factory import choose_engine
     from .engines.layout import LayoutRequest, server_processes
+    from .engines.placement import visible_card_count
 
     on_cards = not settings.demo and choose_engine(settings) == "vllm"
-    cards = 0
-    if on_cards:
-        import torch
-
-        cards = torch.cuda.device_count()  # no CUDA context in the supervisor: the replicas own the cards
+    cards = visible_card_count() if on_cards else 0  # no CUDA context in the supervisor: the replicas own the cards
     try:
         return server_processes(cards, LayoutRequest.from_settings(settings)), on_cards
     except ValueError as exc:
@@ -284,6 +281,7 @@ def supervise(settings: Settings, argv: Sequence[str], count: int, on_cards: boo
             sock.close()
         raise
     cards = replica_cards(count, os.environ.get("CUDA_VISIBLE_DEVICES"), on_cards)
+    url = loopback_url(settings.host, port)
     lines = [
         f"replica {index}: {f'card {card}' if card else 'no card'}, alone at "
         f"{loopback_url(settings.host, sock.getsockname()[1])}"
@@ -292,14 +290,13 @@ def supervise(settings: Settings, argv: Sequence[str], count: int, on_cards: boo
     logger.info(
         "replicated: %d server processes at %s, each with its own engines\n  %s",
         count,
-        loopback_url(settings.host, port),
+        url,
         "\n  ".join(lines),
     )
     command = [sys.executable, "-m", "oai_server", *argv, "--placement", "shared", "--replicas", "1"]
     with tempfile.TemporaryDirectory(prefix="oai-server-") as scratch:
         if not settings.redis_url and settings.audio_store_path is None:  # a later turn may reach another replica
             command += ["--audio-store-path", str(Path(scratch) / "audio-ids.sqlite3")]
-        url = loopback_url(settings.host, port)
         ready = f"Ready: open {url} in a browser, or point OpenAI clients at {url}v1 (the first replica is ready)"
         supervisor = Supervisor(command, listener, own, cards, settings.shutdown_drain_seconds, ready)
         status = supervisor.run()

@@ -7,6 +7,7 @@ are bound before any model loads, so a taken port fails at once.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 BAD_SETTING = 2
@@ -41,8 +42,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        import errno
-
         if exc.errno == errno.EADDRINUSE:
             why = f"port {port} is already in use on {host} (another server is listening there)"
             todo = f"stop that server, or choose a free port with --port (e.g. --port {port + 1})"

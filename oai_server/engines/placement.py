@@ -125,11 +125,18 @@ def visible_devices(gpus: tuple[int, ...] | None) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
+def visible_card_count() -> int:
+    """How many GPUs this process sees, without initializing CUDA in it (no context is made)."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
 def visible_cards() -> tuple[int, float]:
     """How many GPUs this process sees and the smallest one's memory in GiB (0 cards: (0, 0.0))."""
     import torch
 
-    count = torch.cuda.device_count()
+    count = visible_card_count()
     if count == 0:
         return 0, 0.0
     return count, min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) / GIB
