@@ -252,7 +252,9 @@ async def build(args: argparse.Namespace) -> Bench:
     snac_dtype = resolve_snac_dtype(args.snac_dtype, args.snac_device)  # as the server loads it
     decoders: dict[str, SnacDecoder] = {}
     if "ours" in args.modes:
-        decoders["ours"] = SnacDecoder(load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, 64)
+        decoders["ours"] = SnacDecoder(
+            load_snac(args.snac, args.snac_device, snac_dtype, args.snac_fusion), args.snac_device, 64
+        )
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
     windows = WindowPolicy(frames_per_decode=args.frames_per_decode)
@@ -289,7 +291,7 @@ async def build(args: argparse.Namespace) -> Bench:
             SnacService(service_address(BENCH_SNAC_SERVICE, os.getpid()), args.snac_device).start()
     if in_engine:
         decoders["ours_in_engine"] = await asyncio.to_thread(
-            EngineSnacDecoder.load, BENCH_SNAC_SERVICE, args.snac, args.snac_device, snac_dtype, 64
+            EngineSnacDecoder.load, BENCH_SNAC_SERVICE, args.snac, args.snac_device, snac_dtype, 64, args.snac_fusion
         )
     bench = Bench(args, engine, tokenizer, seed_snac)
     for mode, decoder in decoders.items():
@@ -349,6 +351,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac-device", default=None)
     p.add_argument("--modes", default="raw,seed,ours")
     p.add_argument("--snac-dtype", default="auto", help="ours: SNAC precision (the server's --snac-dtype)")
+    p.add_argument(
+        "--snac-fusion", default="off", choices=["off", "snake", "decoder"],
+        help="ours: SNAC kernels fused by torch.compile (the server's --snac-fusion)",
+    )  # fmt: skip
     p.add_argument("--concurrency", default=None, help="comma-separated N (default 1,8,32,64; demo 1,2)")
     p.add_argument("--max-tokens", type=int, default=None, help="audio tokens per stream (default 1024; demo 70)")
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -123,6 +123,30 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
   NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours,ours_in_engine,silent} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
 }
+baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac job found fastest (best_fusion), into its own dir
+  W=$S/baselines_fused; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
+  NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=ours_in_engine LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
+    ENGINE_ARGS="${ENGINE_ARGS:-} --snac-fusion $(best_fusion)" bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
+}
+step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
+  W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
+  NO_CLEANUP=1 OUT=$W CONC=${PROF_CONC:-192} LOAD_TIMEOUT=${PROF_TIMEOUT:-400} bash bench/gpu_load.sh profile > $W/step.log 2>&1
+}
+best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
+  python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off
+import json, sys
+report = json.load(open(sys.argv[1]))
+diffs = report.get("fusion_vs_eager_max_abs_diff_int16", {})
+best = {}
+for row in report["rows"]:
+    name = row["scheme"]
+    if row.get("batch") == 64 and name.startswith("graph-K4") and "us_per_emitted_frame" in row:
+        fusion = name.removeprefix("graph-K4").lstrip("-") or "off"
+        if fusion == "off" or diffs.get(fusion, 99) <= 2:
+            best[fusion] = row["us_per_emitted_frame"]
+print(min(best, key=best.get) if best else "off")
+PY
+}
 snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algorithm choice (bench/snac_decode.py)
   W=$S/snac; local -x CUDA_VISIBLE_DEVICES=${SNAC_GPU:-${BASE_GPU:-${ONECARD_GPU:-0}}}
   for bench in ${SNAC_VARIANTS-"" --cudnn-benchmark}; do  # SNAC_VARIANTS='""': only without cuDNN's benchmark mode
@@ -178,8 +202,11 @@ replicated() {  # one server, --placement replicated: a process per card behind 
 }
 onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed) on the second card, beside onecard's on the first
   # (OCC_ARGS, when set, replaces ONECARD_ARGS here: an A/B of a server flag, one variant per card at the same time)
+  # (OCC_FUSION=best adds --snac-fusion with the fusion the snac job found fastest, e.g. SI_JOB="snac onecard_chat")
+  local args=${OCC_ARGS-${ONECARD_ARGS:-}}; [ "${OCC_FUSION:-}" = best ] && args="$args --snac-fusion $(best_fusion)"
+  echo "onecard_chat server flags: $args"
   OC_DIR=onecard_chat OC_PORT=8083 ONECARD_GPU=${SI_GPU:-1} ONECARD_PHASES=${OCC_PHASES:-chat,mixed} \
-    ONECARD_ARGS=${OCC_ARGS-${ONECARD_ARGS:-}} onecard
+    ONECARD_ARGS=$args onecard
 }
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
@@ -210,7 +237,7 @@ job() {  # job <name>...: run them one after another from the copy of the tree, 
   # (one shell runs a card's jobs in turn: a job's card is `local -x CUDA_VISIBLE_DEVICES`, or the next job inherits it)
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases best_fusion "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in
@@ -227,8 +254,8 @@ case "${1:-}" in
     ;;
   watch)  # until both jobs are done or WATCH_S (540) passed; then pack
     T0=$(date +%s)
-    LAST0=${CARD0_JOBS:-onecard}; LAST0=${LAST0##* }
-    while [ ! -f $S/$LAST0/done ] || [ ! -f $S/${SI_JOB:-speech_input}/done ]; do
+    LAST0=${CARD0_JOBS:-onecard}; LAST0=${LAST0##* }; LAST1=${SI_JOB:-speech_input}; LAST1=${LAST1##* }
+    while [ ! -f $S/$LAST0/done ] || [ ! -f $S/$LAST1/done ]; do
       [ $(( $(date +%s) - T0 )) -ge "${WATCH_S:-540}" ] && break
       sleep 20
     done

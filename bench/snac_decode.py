@@ -7,7 +7,13 @@ Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac 
 * ``eager-K``: ours without graphs: weight norm folded, C=2 / L=1 windows emitting K frames;
 * ``graph-K``: the same through the CUDA graphs the server captures at warm-up (CUDA only);
 * ``eager-K-bf16``, ``graph-K-fp16``, ...: ours with the model cast to each of `--precisions`
-  other than fp32 (fp32, bf16, fp16: those the device runs; `precision` lists which ran).
+  other than fp32 (fp32, bf16, fp16: those the device runs; `precision` lists which ran);
+* ``graph-K-snake``, ``graph-K-decoder``, ...: ours with each of `--fusions` other than off (the
+  server's ``--snac-fusion``: Snakes, or the whole decoder, compiled by torch.compile).
+
+``--kernel-profile`` adds, per fusion, torch.profiler's GPU kernels of eager decodes of the steady
+window at the largest batch, grouped (convolutions, elementwise kernels, the rest), so the
+cost per frame is split into where it goes.
 
 For each batch size it prints the time per batch and per emitted frame, and how many real-time
 streams SNAC alone could keep up with (one frame is 85.3 ms of audio) on this device. On CUDA it
@@ -23,6 +29,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -38,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snac_fidelity import cast, decode_whole, precision_snr, streamed_snr, utterance
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
+from oai_server.codec.snac_fusion import fuse_snac
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
@@ -100,18 +108,21 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
         ("seed", "fp32", seed_model, WindowPolicy(2, 1, 1), False)
     ]
     for precision in precisions:
-        model = cast(ours, precision)
-        suffix = "" if precision == "fp32" else f"-{precision}"
-        for context, lookahead in args.windows:
-            tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
-            for k in args.frames_per_decode:
-                policy = WindowPolicy(context, lookahead, k)
-                schemes.append((f"eager-K{k}{tag}{suffix}", precision, model, policy, False))
-                if args.device.startswith("cuda"):
-                    schemes.append((f"graph-K{k}{tag}{suffix}", precision, model, policy, True))
+        for fusion in args.fusions:
+            model = fused(cast(ours, precision), fusion)
+            suffix = ("" if precision == "fp32" else f"-{precision}") + ("" if fusion == "off" else f"-{fusion}")
+            for context, lookahead in args.windows:
+                tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
+                for k in args.frames_per_decode:
+                    policy = WindowPolicy(context, lookahead, k)
+                    if fusion == "off" or not args.device.startswith("cuda"):
+                        schemes.append((f"eager-K{k}{tag}{suffix}", precision, model, policy, False))
+                    if args.device.startswith("cuda"):
+                        schemes.append((f"graph-K{k}{tag}{suffix}", precision, model, policy, True))
     for name, precision, model, policy, graphs in schemes:
         shape = policy.steady_shape
         graph_set = None
+        started = time.perf_counter()
         if graphs:
             from oai_server.codec.snac_graphs import GraphSet
 
@@ -121,6 +132,7 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                 rows.append({"scheme": name, "precision": precision, "error": f"capture: {str(exc)[:200]}"})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
+        capture_s = round(time.perf_counter() - started, 2)  # with a fusion: torch.compile's first compiles too
         for batch in args.batch:
             levels = windows(batch, shape[0])
             if graph_set is not None:
@@ -149,10 +161,83 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                     "ms_per_batch": round(seconds * 1e3, 3),
                     "us_per_emitted_frame": round(per_frame * 1e6, 1),
                     "realtime_streams_snac_alone": int(FRAME_SECONDS / per_frame),
+                    "capture_s": capture_s if graphs else None,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows}
+
+
+def fused(model: Any, fusion: str) -> Any:
+    """A copy of `model` with `fusion` applied (off: the model itself)."""
+    return model if fusion == "off" else fuse_snac(copy.deepcopy(model), fusion)  # type: ignore[arg-type]
+
+
+def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
+    """Each fusion against the eager decoder, same windows, noise off: max |difference| in int16 steps."""
+    model = build_model(args, fold=True, noise=False)
+    shape = WindowPolicy().steady_shape
+    codes = [torch.from_numpy(level).to(args.device) for level in windows(8, shape[0])]
+    with torch.inference_mode():
+        eager = decode_pcm(model, codes, shape).cpu().numpy().astype(np.int32)
+        out = {}
+        for fusion in args.fusions:
+            if fusion != "off":
+                got = decode_pcm(fused(model, fusion), codes, shape).cpu().numpy().astype(np.int32)
+                out[fusion] = int(np.abs(got - eager).max())
+    return out
+
+
+KERNEL_GROUPS = (  # first match wins: inductor names its fused kernels after their ops, "convolution" too
+    ("elementwise (Snakes, residuals, noise)", ("triton", "elementwise_kernel", "unrolled_elementwise")),
+    ("convolution", ("conv", "cudnn", "gemm", "sm90", "sm80", "cutlass", "xmma", "implicit", "winograd", "fft")),
+)
+
+
+def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """GPU time per kernel group of eager decodes of the steady window at the largest batch, per fusion."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = WindowPolicy(frames_per_decode=max(args.frames_per_decode)).steady_shape
+    batch = max(args.batch)
+    codes = [torch.from_numpy(level).to(args.device) for level in windows(batch, shape[0])]
+    rows = []
+    for fusion in args.fusions:
+        model = fused(build_model(args, fold=True), fusion)
+        with torch.inference_mode():
+            for _ in range(3):
+                decode_pcm(model, codes, shape)
+            synchronize(args.device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    decode_pcm(model, codes, shape)
+                synchronize(args.device)
+        kernels: dict[str, float] = {}
+        for event in prof.key_averages():
+            us = float(getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0))
+            if us > 0:
+                kernels[event.key] = kernels.get(event.key, 0.0) + us / 5
+        total = sum(kernels.values())
+        groups: dict[str, float] = {}
+        for key, us in kernels.items():
+            low = key.lower()
+            group = next((g for g, marks in KERNEL_GROUPS if any(m in low for m in marks)), "other")
+            groups[group] = groups.get(group, 0.0) + us
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+        frames = batch * shape[2]
+        rows.append(
+            {
+                "fusion": fusion,
+                "batch": batch,
+                "window": list(shape),
+                "gpu_us_per_decode": round(total, 1),
+                "gpu_us_per_emitted_frame": round(total / frames, 2),
+                "groups_us_per_emitted_frame": {g: round(us / frames, 2) for g, us in groups.items()},
+                "top_kernels_us_per_decode": [[key[:120], round(us, 1)] for key, us in top],
+            }
+        )
+        print("kernel profile:", json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def graph_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument(
+        "--fusions", default="off", type=lambda s: [x for x in s.split(",") if x],
+        help="the server's --snac-fusion values to time: off,snake,decoder (torch.compile; off is the reference)",
+    )  # fmt: skip
+    p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
     p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -231,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         report["graph_vs_eager"] = graph_matches_eager(args)
         print("graph vs eager:", report["graph_vs_eager"], flush=True)
+    if any(fusion != "off" for fusion in args.fusions):
+        report["fusion_vs_eager_max_abs_diff_int16"] = fusion_matches_eager(args)
+        print("fusion vs eager:", report["fusion_vs_eager_max_abs_diff_int16"], flush=True)
+    if args.kernel_profile and args.device.startswith("cuda"):
+        report["kernel_profile"] = kernel_profile(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -113,8 +113,10 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
         connection._connection.send(42)  # not a request at all: an error answer, and the service stays up
         assert connection._connection.recv()[0] == "error"
         with pytest.raises(SnacServiceError, match="Could not load the SNAC decoder"):
-            connection.call("load", "/nonexistent/snac", "float32", 8)
-        connection.call("load", str(quiet_snac), "float32", 8)
+            connection.call("load", "/nonexistent/snac", "float32", 8, "off")
+        with pytest.raises(SnacServiceError, match="unknown SNAC fusion 'bogus'"):  # the fusion reaches the engine
+            connection.call("load", str(quiet_snac), "float32", 8, "bogus")
+        connection.call("load", str(quiet_snac), "float32", 8, "off")
         pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2))
         assert pcm.shape == (3, 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
     finally:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .snac_fusion import SnacFusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
 from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames
@@ -106,11 +107,11 @@ class SnacService:
                 return  # the server went away mid-answer; wait for the next one
 
     def handle(self, op: str, *args: Any) -> Any:
-        """One request: ``load(name, dtype, max_batch)``, ``capture(shapes)``, ``decode(frames, shape)``
+        """One request: ``load(name, dtype, max_batch, fusion)``, ``capture(shapes)``, ``decode(frames, shape)``
         or ``stats()``."""
         if op == "load":
-            name, dtype, self.max_batch = args
-            self.model = load_snac(name, self.device, getattr(torch, dtype))
+            name, dtype, self.max_batch, fusion = args
+            self.model = load_snac(name, self.device, getattr(torch, dtype), fusion)
             self.graphs = {}
             return None
         if self.model is None and op in ("capture", "decode"):
@@ -193,12 +194,18 @@ class EngineSnacDecoder(SnacDecoder):
 
     @classmethod
     def load(
-        cls, name: str, model_name: str, device: str, dtype: torch.dtype, max_batch: int = 64
+        cls,
+        name: str,
+        model_name: str,
+        device: str,
+        dtype: torch.dtype,
+        max_batch: int = 64,
+        fusion: SnacFusion = "off",
     ) -> EngineSnacDecoder:
         """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
         connection = ServiceConnection.open(name)
         try:
-            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch)
+            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch, fusion)
         except BaseException:
             connection.close()
             raise

@@ -225,7 +225,7 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     snac_hosts = snac_hosts_of(settings, layout)
     snac: SnacDecoding | None = None
     if not snac_hosts:
-        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
+        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype, settings.snac_fusion)
         snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
     try:
         llm, tts = await _build(settings, kind, layout, snac_hosts)
@@ -292,7 +292,13 @@ async def engine_snac_decoders(
             name = snac_service_name(replica)
             decoders.append(
                 await asyncio.to_thread(
-                    EngineSnacDecoder.load, name, settings.snac_model_name, device, dtype, settings.snac_max_batch
+                    EngineSnacDecoder.load,
+                    name,
+                    settings.snac_model_name,
+                    device,
+                    dtype,
+                    settings.snac_max_batch,
+                    settings.snac_fusion,
                 )
             )
     except BaseException:
