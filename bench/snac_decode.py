@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from snac_fidelity import cast, decode_whole, precision_snr, streamed_snr, utterance
+from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
 from oai_server.codec.snac_fusion import fuse_snac
@@ -174,7 +174,7 @@ def fused(model: Any, fusion: str) -> Any:
 
 
 def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
-    """Each fusion against the eager decoder, same windows, noise off: max |difference| in int16 steps."""
+    """Each fusion against the eager decoder, same windows, noise off: max |difference| in int16 steps, SNR in dB."""
     model = build_model(args, fold=True, noise=False)
     shape = WindowPolicy().steady_shape
     codes = [torch.from_numpy(level).to(args.device) for level in windows(8, shape[0])]
@@ -185,6 +185,7 @@ def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
             if fusion != "off":
                 got = decode_pcm(fused(model, fusion), codes, shape).cpu().numpy().astype(np.int32)
                 out[fusion] = int(np.abs(got - eager).max())
+                out[f"{fusion}_snr_db"] = snr_db(eager.astype(np.float64), got.astype(np.float64))
     return out
 
 
