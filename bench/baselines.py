@@ -253,7 +253,7 @@ async def build(args: argparse.Namespace) -> Bench:
     decoders: dict[str, SnacDecoder] = {}
     if "ours" in args.modes:
         decoders["ours"] = SnacDecoder(
-            load_snac(args.snac, args.snac_device, snac_dtype, args.snac_fusion), args.snac_device, 64
+            load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, 64, args.snac_fusion
         )
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
@@ -352,8 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default="raw,seed,ours")
     p.add_argument("--snac-dtype", default="auto", help="ours: SNAC precision (the server's --snac-dtype)")
     p.add_argument(
-        "--snac-fusion", default="off", choices=["off", "snake", "decoder"],
-        help="ours: SNAC kernels fused by torch.compile (the server's --snac-fusion)",
+        "--snac-fusion", default="off", choices=["off", "decoder"],
+        help="ours: SNAC's CUDA graphs of its compiled decoder (the server's --snac-fusion)",
     )  # fmt: skip
     p.add_argument("--concurrency", default=None, help="comma-separated N (default 1,8,32,64; demo 1,2)")
     p.add_argument("--max-tokens", type=int, default=None, help="audio tokens per stream (default 1024; demo 70)")

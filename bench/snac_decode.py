@@ -8,8 +8,8 @@ Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac 
 * ``graph-K``: the same through the CUDA graphs the server captures at warm-up (CUDA only);
 * ``eager-K-bf16``, ``graph-K-fp16``, ...: ours with the model cast to each of `--precisions`
   other than fp32 (fp32, bf16, fp16: those the device runs; `precision` lists which ran);
-* ``graph-K-snake``, ``graph-K-decoder``, ...: ours with each of `--fusions` other than off (the
-  server's ``--snac-fusion``: Snakes, or the whole decoder, compiled by torch.compile).
+* ``graph-K-decoder``: ours with each of `--fusions` other than off (the server's ``--snac-fusion``:
+  the CUDA graphs of the decoder compiled by torch.compile; on the CPU, eager calls of it).
 
 ``--kernel-profile`` adds, per fusion, torch.profiler's GPU kernels of eager decodes of the steady
 window at the largest batch, grouped (convolutions, elementwise kernels, the rest), so the
@@ -29,7 +29,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
-from oai_server.codec.snac_fusion import fuse_snac
+from oai_server.codec.snac_fusion import graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
@@ -169,8 +168,8 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
 
 
 def fused(model: Any, fusion: str) -> Any:
-    """A copy of `model` with `fusion` applied (off: the model itself)."""
-    return model if fusion == "off" else fuse_snac(copy.deepcopy(model), fusion)  # type: ignore[arg-type]
+    """What the server's graphs capture for `fusion` (off: the model itself)."""
+    return graph_model(model, fusion)  # type: ignore[arg-type]
 
 
 def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,6 +255,24 @@ def graph_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_abs_diff_int16": diff, "ok": diff <= 2}
 
 
+def set_tf32(allowed: bool) -> None:
+    """Whether cuDNN convolutions and matmuls may run float32 as TF32 (torch's default for convolutions)."""
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def seams(args: argparse.Namespace, model: Any, codes: np.ndarray, whole_pcm: np.ndarray) -> list[dict[str, Any]]:
+    """Streamed against whole decoding for each of `--windows` and `--frames-per-decode`."""
+    return [
+        row
+        for context, lookahead in args.windows
+        for row in streamed_snr(
+            model, args.device, codes, whole_pcm, args.frames_per_decode, args.snr_target_db,
+            WindowPolicy(context, lookahead),
+        )
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -273,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument(
         "--fusions", default="off", type=lambda s: [x for x in s.split(",") if x],
-        help="the server's --snac-fusion values to time: off,snake,decoder (torch.compile; off is the reference)",
+        help="the server's --snac-fusion values to time: off,decoder (torch.compile; off is the reference)",
     )  # fmt: skip
     p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
@@ -287,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = not args.no_tf32
-    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+    set_tf32(not args.no_tf32)
     if args.threads:
         torch.set_num_threads(args.threads)
     if "fp32" not in args.precisions:
@@ -298,16 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     reference = decode_whole(clean, codes, args.device)
     precision = precision_snr(clean, args.precisions, args.device, codes, reference)
     print("precision vs fp32:", json.dumps(precision), flush=True)
-    streamed = [
-        row
-        for context, lookahead in args.windows
-        for row in streamed_snr(
-            clean, args.device, codes, reference[1], args.frames_per_decode, args.snr_target_db,
-            WindowPolicy(context, lookahead),
-        )
-    ]  # fmt: skip
+    streamed = seams(args, clean, codes, reference[1])
     for row in streamed:
         print("streamed vs whole:", json.dumps(row), flush=True)
+    seams_fp32 = []
+    if args.device.startswith("cuda") and not args.no_tf32:
+        # With TF32 the whole decode and the windows may get different cuDNN algorithms, and their TF32 rounding
+        # then differs by more than the seams (48.9 against 58.2 dB at K=4 on two H200s of session 14): the seams
+        # alone, in full float32.
+        set_tf32(False)
+        seams_fp32 = seams(args, clean, codes, decode_whole(clean, codes, args.device)[1])
+        set_tf32(True)
+        for row in seams_fp32:
+            print("streamed vs whole, full float32:", json.dumps(row), flush=True)
     ran = [name for name, result in precision.items() if result["ran"]]
     report: dict[str, Any] = {
         "device": args.device,
@@ -317,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": precision,
         "precisions_ran": ran,
         "streamed_vs_whole": streamed,
+        "streamed_vs_whole_full_fp32": seams_fp32,
         **measure(args, ran),
     }
     if args.device.startswith("cuda"):

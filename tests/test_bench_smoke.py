@@ -436,7 +436,7 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     out = tmp_path / "snac.json"
     _run(
         "snac_decode.py", "--batch", "1", "--frames-per-decode", "2", "--repeats", "1", "--precisions", "fp32,bf16",
-        "--snr-frames", "8", "--threads", "1", "--fusions", "off,snake", "--out", str(out),
+        "--snr-frames", "8", "--threads", "1", "--fusions", "off,decoder", "--out", str(out),
     )  # fmt: skip
     report = json.loads(out.read_text())
     rows = report["rows"]
@@ -444,11 +444,11 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     assert shapes == [
         ("seed", "fp32", 4, 1),
         ("eager-K2", "fp32", 5, 2),
-        ("eager-K2-snake", "fp32", 5, 2),
+        ("eager-K2-decoder", "fp32", 5, 2),
         ("eager-K2-bf16", "bf16", 5, 2),
-        ("eager-K2-bf16-snake", "bf16", 5, 2),
+        ("eager-K2-bf16-decoder", "bf16", 5, 2),
     ]
-    assert report["fusion_vs_eager_max_abs_diff_int16"]["snake"] <= 1
+    assert report["fusion_vs_eager_max_abs_diff_int16"]["decoder"] <= 1
     assert all(r["us_per_emitted_frame"] > 0 for r in rows)
     assert report["precisions_ran"] == ["fp32", "bf16"]
     assert report["precision"]["fp32"] == {"ran": True, "reference": True}

@@ -1,6 +1,7 @@
-"""`--snac-fusion` (`codec/snac_fusion.py`): SNAC's decoder with its Snakes, or all of it, compiled by
-torch.compile decodes what the published eager decoder decodes (noise off), at every window shape and batch
-size a stream uses, and the settings carry the choice to the loader."""
+"""`--snac-fusion decoder` (`codec/snac_fusion.py`): the CUDA graphs capture SNAC's decoder compiled by
+torch.compile. Compiled, it decodes what the published eager decoder decodes (noise off) at every window shape a
+stream uses and at batch 1 (a shape torch.compile specialises); the eager model it wraps is left as it was, so
+windows decoded outside the graphs never compile; the choice reaches the decoders and is checked there."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from oai_server.codec.snac_fusion import SNAC_FUSIONS, FusedSnake, fuse_snac
+from oai_server.codec.snac_fusion import SNAC_FUSIONS, CompiledSnac, graph_model
 from oai_server.codec.snac_model import decode_pcm, load_snac
+from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac
 from oai_server.settings import Settings
@@ -31,32 +33,33 @@ def codes_of(batch: int, frames: int) -> list[torch.Tensor]:
     return [torch.randint(0, 4096, (batch, frames << level), generator=generator) for level in range(3)]
 
 
-@pytest.mark.parametrize("fusion", ["snake", "decoder"])
-def test_a_fused_decoder_decodes_what_the_eager_one_does(quiet_snac: Path, fusion: str) -> None:
+def test_the_compiled_decoder_decodes_what_the_eager_one_does(quiet_snac: Path) -> None:
     eager = load_snac(str(quiet_snac), "cpu")
-    fused = load_snac(str(quiet_snac), "cpu", fusion=fusion)  # type: ignore[arg-type]
-    snakes = [type(m).__name__ for m in fused.modules() if type(m).__name__ in ("Snake1d", "FusedSnake")]
-    if fusion == "snake":
-        assert snakes and set(snakes) == {"FusedSnake"}  # every Snake replaced
-    else:
-        assert type(fused.decoder).__name__ == "OptimizedModule"
-    shapes = [*WindowPolicy().stream_shapes, WindowPolicy().steady_shape]
+    compiled = graph_model(eager, "decoder")
+    assert isinstance(compiled, CompiledSnac) and type(compiled.decoder).__name__ == "OptimizedModule"
+    assert type(eager.decoder).__name__ == "Decoder"  # the eager model is not touched
     with torch.inference_mode():
-        for batch in (1, 3):  # batch 1 is a shape torch.compile specialises
-            for shape in shapes:
+        for batch in (1, 3):
+            for shape in WindowPolicy().stream_shapes:
                 codes = codes_of(batch, shape[0])
                 want = decode_pcm(eager, codes, shape).numpy().astype(np.int32)
-                got = decode_pcm(fused, codes, shape).numpy().astype(np.int32)
-                assert got.shape == want.shape
+                got = decode_pcm(compiled, codes, shape).numpy().astype(np.int32)
+                assert got.shape == want.shape == (batch, 2048 * shape[2])
                 assert np.abs(got - want).max() <= 1, (batch, shape)
 
 
-def test_off_leaves_the_model_as_published_and_an_unknown_fusion_is_an_error(quiet_snac: Path) -> None:
+def test_off_captures_the_model_itself_and_an_unknown_fusion_is_refused(quiet_snac: Path) -> None:
     model = load_snac(str(quiet_snac), "cpu")
-    assert fuse_snac(model, "off") is model
-    assert not any(isinstance(m, FusedSnake) for m in model.modules())
+    assert graph_model(model, "off") is model
+    with pytest.raises(ValueError, match="unknown SNAC fusion 'snake'"):
+        graph_model(model, "snake")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown SNAC fusion 'fast'"):
-        fuse_snac(model, "fast")  # type: ignore[arg-type]
+        SnacDecoder(model, "cpu", fusion="fast")  # type: ignore[arg-type]
+    decoder = SnacDecoder(model, "cpu", fusion="decoder")
+    try:
+        assert decoder.fusion == "decoder" and decoder.model is model
+    finally:
+        decoder.close()
 
 
 def test_the_setting_takes_each_fusion_and_defaults_to_off() -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from .orpheus import SAMPLES_PER_FRAME
-from .snac_fusion import SnacFusion, fuse_snac
 from .snac_windows import WindowShape
 
 SNAC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -27,12 +26,10 @@ def resolve_snac_dtype(dtype: str, device: str) -> torch.dtype:
     return SNAC_DTYPES[dtype]
 
 
-def load_snac(
-    name_or_path: str, device: str, dtype: torch.dtype = torch.float32, fusion: SnacFusion = "off"
-) -> torch.nn.Module:
+def load_snac(name_or_path: str, device: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id, ready for
     inference: eval mode, weight norm folded into the weights (the same outputs, without recomputing
-    every weight on every decode), in `dtype`, its kernels fused as `fusion` says (`snac_fusion`)."""
+    every weight on every decode), in `dtype`."""
     from snac import SNAC
 
     from ..errors import ModelLoadError
@@ -46,7 +43,7 @@ def load_snac(
             "for the offline demo profile."
         ) from exc
     fold_weight_norm(model)
-    return fuse_snac(model.to(device=device, dtype=dtype).eval(), fusion)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def fold_weight_norm(model: torch.nn.Module) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .snac_fusion import SnacFusion
+from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
 from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames
@@ -65,6 +65,7 @@ class SnacService:
         self.device = device
         self.model: Any = None
         self.max_batch = 64
+        self.fusion: SnacFusion = "off"
         self.graphs: dict[WindowShape, GraphSet] = {}
         self.windows_decoded = 0
         self._listener = Listener(address, family="AF_UNIX", authkey=_authkey())
@@ -111,14 +112,15 @@ class SnacService:
         or ``stats()``."""
         if op == "load":
             name, dtype, self.max_batch, fusion = args
-            self.model = load_snac(name, self.device, getattr(torch, dtype), fusion)
+            self.fusion = check_fusion(fusion)
+            self.model = load_snac(name, self.device, getattr(torch, dtype))
             self.graphs = {}
             return None
         if self.model is None and op in ("capture", "decode"):
             raise SnacServiceError("no SNAC model loaded")
         if op == "capture":
             if self.device.startswith("cuda"):
-                self.graphs.update(capture_graph_sets(self.model, args[0], self.max_batch, self.device))
+                self.graphs.update(capture_graph_sets(self.model, args[0], self.max_batch, self.device, self.fusion))
             return sorted(self.graphs)
         if op == "decode":
             frames, shape = args
@@ -188,8 +190,10 @@ class ServiceConnection:
 class EngineSnacDecoder(SnacDecoder):
     """A `SnacDecoder` whose batches are decoded by an engine's `SnacService`."""
 
-    def __init__(self, connection: ServiceConnection, device: str, max_batch: int = 64) -> None:
-        super().__init__(None, device, max_batch)
+    def __init__(
+        self, connection: ServiceConnection, device: str, max_batch: int = 64, fusion: SnacFusion = "off"
+    ) -> None:
+        super().__init__(None, device, max_batch, fusion)
         self.connection = connection
 
     @classmethod
@@ -209,7 +213,7 @@ class EngineSnacDecoder(SnacDecoder):
         except BaseException:
             connection.close()
             raise
-        return cls(connection, device, max_batch)
+        return cls(connection, device, max_batch, fusion)
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
         """Capture the shapes' graphs in the engine's process."""

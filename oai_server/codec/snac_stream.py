@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .orpheus import frames_to_levels
+from .snac_fusion import SnacFusion, check_fusion, graph_model
 from .snac_graphs import GraphSet
 from .snac_model import decode_pcm
 from .snac_windows import Window, WindowShape
@@ -65,10 +66,11 @@ class SnacDecoder:
     windows first (smallest emit index: the ramp of streams that have no audio yet).
     """
 
-    def __init__(self, model: Any, device: str, max_batch: int = 64) -> None:
+    def __init__(self, model: Any, device: str, max_batch: int = 64, fusion: SnacFusion = "off") -> None:
         self.model = model
         self.device = device
         self.max_batch = max_batch
+        self.fusion = check_fusion(fusion)
         self.windows_decoded = 0
         self.frames_decoded = 0
         self.frames_emitted = 0
@@ -108,7 +110,7 @@ class SnacDecoder:
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
         """Capture the graphs of `shapes` now, on this thread (`capture_graphs` runs it on the worker)."""
-        self.graphs.update(capture_graph_sets(self.model, shapes, self.max_batch, self.device))
+        self.graphs.update(capture_graph_sets(self.model, shapes, self.max_batch, self.device, self.fusion))
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
         """int16 PCM ``[B, 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]`` codes)."""
@@ -170,12 +172,14 @@ class SnacDecoder:
 
 
 def capture_graph_sets(
-    model: Any, shapes: Sequence[WindowShape], max_batch: int, device: str
+    model: Any, shapes: Sequence[WindowShape], max_batch: int, device: str, fusion: SnacFusion = "off"
 ) -> dict[WindowShape, GraphSet]:
-    """CUDA graphs of SNAC decodes for each of `shapes` at a ladder of batch sizes, in one memory pool."""
+    """CUDA graphs of SNAC decodes for each of `shapes` at a ladder of batch sizes, in one memory pool,
+    of the model or of its compiled decoder (`fusion`, `snac_fusion.py`)."""
     pool = torch.cuda.graph_pool_handle()
+    captured = graph_model(model, fusion)
     # the largest first: one pool serves all
-    return {shape: GraphSet.capture(model, shape, max_batch, device, pool) for shape in sorted(shapes, reverse=True)}
+    return {shape: GraphSet.capture(captured, shape, max_batch, device, pool) for shape in sorted(shapes, reverse=True)}
 
 
 def decode_frames(

@@ -225,8 +225,8 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     snac_hosts = snac_hosts_of(settings, layout)
     snac: SnacDecoding | None = None
     if not snac_hosts:
-        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype, settings.snac_fusion)
-        snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch)
+        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
+        snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch, fusion=settings.snac_fusion)
     try:
         llm, tts = await _build(settings, kind, layout, snac_hosts)
     except BaseException:
