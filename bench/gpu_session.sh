@@ -12,7 +12,10 @@
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
-#                 cuDNN's benchmark mode.
+#                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
+#   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
+#                 fastest among those within 50 dB of eager (best_fusion), into baselines_fused/.
+#   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -31,7 +34,8 @@
 #                 `top` (TOP_S, 20 s) the host; with `.devcarry2`'s httptools and uvloop wheels the server runs as installed.
 #   onecard_chat  (SI_JOB=onecard_chat, GPU SI_GPU, 1): onecard's phases OCC_PHASES (chat,mixed) on the second card while
 #                 onecard runs its own (e.g. ttfa,speech) on the first: the one-card figures in half the time; with
-#                 OCC_ARGS (server flags instead of ONECARD_ARGS) an A/B of a flag, one variant per card.
+#                 OCC_ARGS (server flags instead of ONECARD_ARGS) an A/B of a flag, one variant per card; OCC_FUSION=best
+#                 adds the snac job's best --snac-fusion (SI_JOB="snac onecard_chat": a card's jobs run in turn).
 #   asr_diag      (SI_JOB=asr_diag instead of speech_input): bench/audio_cpu.py, bench/asr_profile.py at 1 and 32
 #                 (ASR_PROFILE= skips it), then the server with Whisper (a variant: ASR_SERVER_ENV, ASR_SERVER_ARGS)
 #                 under bench/asr_load.py bursts of 32 while py-spy samples it and its engine cores.
@@ -42,6 +46,7 @@
 #
 #   call A, carry .devcarry/p1:              . .devcarry/p1/vllm_env.sh; nvidia-smi -L
 #   call B, carry .devcarry/p2 .devcarry/p3: . .devcarry/p2/vllm_env.sh; bash bench/gpu_session.sh setup
+#   (never source vllm_env.sh through a pipe, `. env.sh | tail`: that runs it in a subshell and the environment is lost)
 #   call C, carry .devcarry2:                . .devcarry2/p2/vllm_env.sh; bash bench/gpu_session.sh start
 #   calls D...:                              bash bench/gpu_session.sh watch     (until both jobs are done)
 #   then, if time is left, carry .devcarry/p2: . .devcarry/p2/vllm_env.sh; bash bench/gpu_session.sh cards2

@@ -29,7 +29,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
-from oai_server.engines.demo import DemoModels, build_demo_models
+from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels, build_demo_models, write_random_snac
 
 from .helpers import (
     IN_CI,
@@ -59,6 +59,17 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OAI_SERVER_CACHE_DIR", str(cache))
         yield cache
+
+
+@pytest.fixture(scope="session")
+def noiseless_snac(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of a demo-sized SNAC without its noise blocks, so two decodes of the same codes are equal."""
+    import torch
+
+    out = tmp_path_factory.mktemp("quiet-snac")
+    torch.manual_seed(0)
+    write_random_snac(out, {**SNAC_DEMO_CONFIG, "noise": False})
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -15,17 +15,7 @@ from oai_server.codec.snac_fusion import SNAC_FUSIONS, CompiledSnac, graph_model
 from oai_server.codec.snac_model import decode_pcm, load_snac
 from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import WindowPolicy
-from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac
 from oai_server.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def quiet_snac(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo-sized SNAC without its noise blocks, so two decodes of the same codes are equal."""
-    out = tmp_path_factory.mktemp("snac")
-    torch.manual_seed(0)
-    write_random_snac(out, {**SNAC_DEMO_CONFIG, "noise": False})
-    return out
 
 
 def codes_of(batch: int, frames: int) -> list[torch.Tensor]:
@@ -33,8 +23,8 @@ def codes_of(batch: int, frames: int) -> list[torch.Tensor]:
     return [torch.randint(0, 4096, (batch, frames << level), generator=generator) for level in range(3)]
 
 
-def test_the_compiled_decoder_decodes_what_the_eager_one_does(quiet_snac: Path) -> None:
-    eager = load_snac(str(quiet_snac), "cpu")
+def test_the_compiled_decoder_decodes_what_the_eager_one_does(noiseless_snac: Path) -> None:
+    eager = load_snac(str(noiseless_snac), "cpu")
     compiled = graph_model(eager, "decoder")
     assert isinstance(compiled, CompiledSnac) and type(compiled.decoder).__name__ == "OptimizedModule"
     assert type(eager.decoder).__name__ == "Decoder"  # the eager model is not touched
@@ -48,8 +38,8 @@ def test_the_compiled_decoder_decodes_what_the_eager_one_does(quiet_snac: Path) 
                 assert np.abs(got - want).max() <= 1, (batch, shape)
 
 
-def test_off_captures_the_model_itself_and_an_unknown_fusion_is_refused(quiet_snac: Path) -> None:
-    model = load_snac(str(quiet_snac), "cpu")
+def test_off_captures_the_model_itself_and_an_unknown_fusion_is_refused(noiseless_snac: Path) -> None:
+    model = load_snac(str(noiseless_snac), "cpu")
     assert graph_model(model, "off") is model
     with pytest.raises(ValueError, match="unknown SNAC fusion 'snake'"):
         graph_model(model, "snake")  # type: ignore[arg-type]

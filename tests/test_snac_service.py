@@ -30,7 +30,6 @@ from oai_server.codec.snac_service import (
 )
 from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import Window, WindowPolicy
-from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac
 from oai_server.engines.factory import snac_hosts_of
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
@@ -47,15 +46,6 @@ def engine_core(name: str, ready: Any) -> None:
     assert processor.snac_service is not None and again.snac_service is None  # one service per engine process
     ready.set()
     threading.Event().wait()
-
-
-@pytest.fixture(scope="module")
-def quiet_snac(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo-sized SNAC without its noise blocks, so two decodes of the same codes are equal."""
-    out = tmp_path_factory.mktemp("snac")
-    torch.manual_seed(0)
-    write_random_snac(out, {**SNAC_DEMO_CONFIG, "noise": False})
-    return out
 
 
 @pytest.fixture
@@ -79,11 +69,11 @@ def windows() -> list[Window]:
 
 
 async def test_the_engine_decodes_what_the_server_would(
-    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
 ) -> None:
     name, _ = engine_process
-    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(quiet_snac), "cpu", torch.float32, 8)
-    local = SnacDecoder(load_snac(str(quiet_snac), "cpu"), "cpu", max_batch=8)
+    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
+    local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
     try:
         batch = windows()
         expected = local.decode_sync(batch)
@@ -101,7 +91,7 @@ async def test_the_engine_decodes_what_the_server_would(
 
 
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
-    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
 ) -> None:
     name, _ = engine_process
     connection = await asyncio.to_thread(ServiceConnection.open, name)
@@ -115,8 +105,8 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
         with pytest.raises(SnacServiceError, match="Could not load the SNAC decoder"):
             connection.call("load", "/nonexistent/snac", "float32", 8, "off")
         with pytest.raises(SnacServiceError, match="unknown SNAC fusion 'bogus'"):  # the fusion reaches the engine
-            connection.call("load", str(quiet_snac), "float32", 8, "bogus")
-        connection.call("load", str(quiet_snac), "float32", 8, "off")
+            connection.call("load", str(noiseless_snac), "float32", 8, "bogus")
+        connection.call("load", str(noiseless_snac), "float32", 8, "off")
         pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2))
         assert pcm.shape == (3, 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
     finally:
@@ -124,10 +114,10 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
 
 
 async def test_a_dead_engine_fails_the_decodes_waiting_on_it(
-    engine_process: tuple[str, multiprocessing.process.BaseProcess], quiet_snac: Path
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
 ) -> None:
     name, process = engine_process
-    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(quiet_snac), "cpu", torch.float32, 8)
+    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
     try:
         assert len(await remote.decode(windows()[0])) == 2 * SAMPLES_PER_FRAME * 2
         process.kill()
