@@ -74,6 +74,8 @@ class StreamResult:
     bytes: int = 0
     underruns: int = 0
     stall_ms: float = 0.0
+    first_stall_audio_s: float | None = None
+    """Seconds of audio played when the first underrun came (a chat reply's segment boundary, the ramp, ...)."""
     rtf: float | None = None
     first_text_s: float | None = None
     """Chat only: when the first transcript arrived (the first segment was cut and its TTS started)."""
@@ -108,8 +110,9 @@ class StreamResult:
         self.audio_s = samples / SAMPLE_RATE
         self.ttfa_s = self.arrivals[0][0] if self.arrivals else None
         self.rtf = wall_s / self.audio_s if self.audio_s > 0 else None
-        self.underruns, stall_s = simulate_playback(self.arrivals, wall_s, prebuffer_ms / 1000)
-        self.stall_ms = stall_s * 1000
+        stalls = playback_stalls(self.arrivals, wall_s, prebuffer_ms / 1000)
+        self.underruns, self.stall_ms = len(stalls), sum(gap for _, gap in stalls) * 1000
+        self.first_stall_audio_s = stalls[0][0] if stalls else None
         return self
 
     @property
@@ -125,7 +128,15 @@ class StreamResult:
 
 
 def simulate_playback(arrivals: Sequence[tuple[float, int]], end_s: float, prebuffer_s: float) -> tuple[int, float]:
-    """Underruns and total stall seconds of a real-time player fed by `arrivals`.
+    """Underruns and total stall seconds of a real-time player fed by `arrivals` (see `playback_stalls`)."""
+    stalls = playback_stalls(arrivals, end_s, prebuffer_s)
+    return len(stalls), sum(gap for _, gap in stalls)
+
+
+def playback_stalls(
+    arrivals: Sequence[tuple[float, int]], end_s: float, prebuffer_s: float
+) -> list[tuple[float, float]]:
+    """(seconds of audio played when it ran dry, seconds it waited) per underrun of a real-time player.
 
     `arrivals` are (time, cumulative samples) in time order. Playback starts when the buffered
     audio reaches `prebuffer_s` or at `end_s` (end of stream) if it never does. Afterwards a chunk
@@ -133,20 +144,21 @@ def simulate_playback(arrivals: Sequence[tuple[float, int]], end_s: float, prebu
     when it arrives (no re-buffering), so the stall is the gap.
     """
     if not arrivals:
-        return 0, 0.0
+        return []
     need = prebuffer_s * SAMPLE_RATE
     start = next((t for t, total in arrivals if total >= need), end_s)
-    underruns, stall = 0, 0.0
+    stalls: list[tuple[float, float]] = []
+    stalled = 0.0
     previous = 0
     for t, total in arrivals:
         if total == previous:
             continue
-        dry_at = start + stall + previous / SAMPLE_RATE
+        dry_at = start + stalled + previous / SAMPLE_RATE
         if t > start and t > dry_at:
-            underruns += 1
-            stall += t - dry_at
+            stalls.append((previous / SAMPLE_RATE, t - dry_at))
+            stalled += t - dry_at
         previous = total
-    return underruns, stall
+    return stalls
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -205,6 +217,7 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
         **_first_text(ok),
         "underruns": spread([float(r.underruns) for r in ok]),
         "stall_ms": spread([r.stall_ms for r in ok]),
+        "first_stall_audio_s": spread([r.first_stall_audio_s for r in ok if r.first_stall_audio_s is not None]),
         "streams_zero_underruns": zero,
         "zero_underrun_fraction": zero / len(results) if results else 0.0,
         "audio_s_total": samples / SAMPLE_RATE,

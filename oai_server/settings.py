@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
     """Precision of the SNAC decoder (auto: float32; float16 measured slower under load on the H200)."""
     snac_fusion: Literal["off", "decoder"] = Field("off", validation_alias=_env("snac_fusion"))
-    """SNAC's CUDA graphs of a torch.compile'd decoder (decoder: 1.5x less GPU time a frame, ~1 min more warm-up)."""
+    """CUDA graphs of SNAC's torch.compile'd decoder (decoder: 2/3 of the GPU time per frame; compiles at warm-up)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
     snac_in_engine: bool = Field(True, validation_alias=_env("snac_in_engine"))

@@ -93,6 +93,9 @@ def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:
     underruns, stall = simulate_playback(arrivals, end_s=0.5, prebuffer_s=0.25)
     assert underruns == 1
     assert stall == pytest.approx(0.5 - 3 * FRAME / 24000)
+    result = StreamResult(ok=True, arrivals=arrivals).finish(0.5, 250)
+    assert result.first_stall_audio_s == pytest.approx(3 * FRAME / 24000)  # dry after the 3 frames it had
+    assert result.underruns == 1 and result.stall_ms == pytest.approx(stall * 1000)
 
 
 def test_playback_real_time_arrivals_never_stall() -> None:
