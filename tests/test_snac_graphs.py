@@ -7,7 +7,8 @@ decode eagerly on the CPU and record what they were given.
 
 On CUDA (``pytest -m gpu tests/test_snac_graphs.py``, deselected by default; `bench/` runs it on the
 device): the captured graphs replay exactly what eager decoding computes, at every captured size, for
-batches that are padded and batches that are sliced, and a decoder then serves its steady shape from them.
+batches that are padded and batches that are sliced, and a decoder then serves its steady shape from them,
+also when the graphs hold its compiled decoder (`--snac-fusion decoder`: within 50 dB of eager decoding).
 """
 
 from __future__ import annotations
@@ -166,5 +167,26 @@ def test_the_decoder_serves_its_steady_shape_from_captured_graphs() -> None:
         for a, b in zip(first_before, decoder.decode_sync(first), strict=True):  # the first window, one shared pool
             assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME
             np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
+    finally:
+        decoder.close()
+
+
+@pytest.mark.gpu
+def test_graphs_of_the_compiled_decoder_decode_what_eager_decoding_does() -> None:
+    model = quiet_model(SNAC_24KHZ_CONFIG, "cuda")
+    decoder = SnacDecoder(model, "cuda", max_batch=8, fusion="decoder")
+    try:
+        shapes = POLICY.stream_shapes
+        batches = {shape: windows(3, shape, seed=i) for i, shape in enumerate(shapes)}
+        before = {shape: decoder.decode_sync(batch) for shape, batch in batches.items()}  # eager, uncompiled
+        asyncio.run(decoder.capture_graphs(shapes))  # torch.compile runs here, at capture
+        assert sorted(decoder.graphs) == sorted(shapes)
+        assert type(decoder.model.decoder).__name__ == "Decoder"  # the eager path stays uncompiled
+        for shape, batch in batches.items():
+            for a, b in zip(before[shape], decoder.decode_sync(batch), strict=True):
+                want, got = np.frombuffer(a, "<i2").astype(np.float64), np.frombuffer(b, "<i2").astype(np.float64)
+                assert got.shape == want.shape == (SAMPLES_PER_FRAME * shape[2],)
+                noise = float(np.sum((got - want) ** 2))  # TF32 convolutions may be chosen per layout
+                assert noise == 0 or 10 * np.log10(float(np.sum(want**2)) / noise) >= 50, shape
     finally:
         decoder.close()
