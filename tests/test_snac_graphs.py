@@ -5,8 +5,8 @@ batches are cut (`GraphSet.run`), and that `SnacDecoder` sends windows of the ca
 its graphs and every other shape through the eager path. The "graphs" there are stand-ins that
 decode eagerly on the CPU and record what they were given.
 
-On CUDA (``pytest -m gpu tests/test_snac_graphs.py``, deselected by default; `bench/` runs it on the
-device): the captured graphs replay exactly what eager decoding computes, at every captured size, for
+On CUDA (``pytest -m gpu tests/test_snac_graphs.py`` on a GPU machine, deselected by default; on the lent
+GPU `bench/snac_decode.py` checks the same, graph against eager and fused against eager): the captured graphs replay exactly what eager decoding computes, at every captured size, for
 batches that are padded and batches that are sliced, and a decoder then serves its steady shape from them,
 also when the graphs hold its compiled decoder (`--snac-fusion decoder`: within 50 dB of eager decoding).
 """
