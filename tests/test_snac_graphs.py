@@ -6,9 +6,10 @@ its graphs and every other shape through the eager path. The "graphs" there are 
 decode eagerly on the CPU and record what they were given.
 
 On CUDA (``pytest -m gpu tests/test_snac_graphs.py`` on a GPU machine, deselected by default; on the lent
-GPU `bench/snac_decode.py` checks the same, graph against eager and fused against eager): the captured graphs replay exactly what eager decoding computes, at every captured size, for
-batches that are padded and batches that are sliced, and a decoder then serves its steady shape from them,
-also when the graphs hold its compiled decoder (`--snac-fusion decoder`: within 50 dB of eager decoding).
+GPU `bench/snac_decode.py` checks the same, graph against eager and fused against eager): the captured
+graphs replay exactly what eager decoding computes, at every captured size, for batches that are padded
+and batches that are sliced, and a decoder then serves its steady shape from them, also when the graphs
+hold its compiled decoder (`--snac-fusion decoder`: within 50 dB of eager decoding).
 """
 
 from __future__ import annotations
