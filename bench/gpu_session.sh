@@ -123,15 +123,13 @@ speech_input() {
   kill $SP
 }
 baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in process (bench/baselines.py), GPU 0
-  W=$S/baselines; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15  # the previous job's engines exit
+  W=$S/${BASE_DIR:-baselines}; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15  # the previous job's engines exit
   # NO_CLEANUP: gpu_load.sh would otherwise pkill every engine core of the machine, the other card's too
   NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=${BASE_MODES:-raw,ours,ours_in_engine,silent} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
     bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
 }
 baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac job found fastest (best_fusion), into its own dir
-  W=$S/baselines_fused; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
-  NO_CLEANUP=1 OUT=$W CONC=${BASE_CONC:-128,192} MODES=ours_in_engine LOAD_TIMEOUT=${BASE_TIMEOUT:-420} \
-    ENGINE_ARGS="${ENGINE_ARGS:-} --snac-fusion $(best_fusion)" bash bench/gpu_load.sh baselines > $W/baselines.log 2>&1
+  BASE_DIR=baselines_fused BASE_MODES=ours_in_engine ENGINE_ARGS="${ENGINE_ARGS:-} --snac-fusion $(best_fusion)" baselines
 }
 step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
   W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
@@ -243,7 +241,7 @@ job() {  # job <name>...: run them one after another from the copy of the tree, 
   # (one shell runs a card's jobs in turn: a job's card is `local -x CUDA_VISIBLE_DEVICES`, or the next job inherits it)
   for name in "$@"; do mkdir -p "$S/$name"; done
   # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases best_fusion "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases best_fusion baselines "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
-from oai_server.codec.snac_fusion import graph_model
+from oai_server.codec.snac_fusion import check_fusion, graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
@@ -107,8 +107,9 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
         ("seed", "fp32", seed_model, WindowPolicy(2, 1, 1), False)
     ]
     for precision in precisions:
+        cast_model = cast(ours, precision)  # a copy per precision, shared by its fusions (they only wrap it)
         for fusion in args.fusions:
-            model = fused(cast(ours, precision), fusion)
+            model = graph_model(cast_model, fusion)
             suffix = ("" if precision == "fp32" else f"-{precision}") + ("" if fusion == "off" else f"-{fusion}")
             for context, lookahead in args.windows:
                 tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
@@ -120,18 +121,18 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                         schemes.append((f"graph-K{k}{tag}{suffix}", precision, model, policy, True))
     for name, precision, model, policy, graphs in schemes:
         shape = policy.steady_shape
-        graph_set = None
-        started = time.perf_counter()
+        graph_set, capture_s = None, None
         if graphs:
             from oai_server.codec.snac_graphs import GraphSet
 
+            started = time.perf_counter()
             try:
                 graph_set = GraphSet.capture(model, shape, max(args.batch), args.device)
             except RuntimeError as exc:  # a precision the graphs cannot take: say so, time the others
                 rows.append({"scheme": name, "precision": precision, "error": f"capture: {str(exc)[:200]}"})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
-        capture_s = round(time.perf_counter() - started, 2)  # with a fusion: torch.compile's first compiles too
+            capture_s = round(time.perf_counter() - started, 2)  # with a fusion: torch.compile's first compiles too
         for batch in args.batch:
             levels = windows(batch, shape[0])
             if graph_set is not None:
@@ -160,16 +161,11 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                     "ms_per_batch": round(seconds * 1e3, 3),
                     "us_per_emitted_frame": round(per_frame * 1e6, 1),
                     "realtime_streams_snac_alone": int(FRAME_SECONDS / per_frame),
-                    "capture_s": capture_s if graphs else None,
+                    "capture_s": capture_s,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows}
-
-
-def fused(model: Any, fusion: str) -> Any:
-    """What the server's graphs capture for `fusion` (off: the model itself)."""
-    return graph_model(model, fusion)  # type: ignore[arg-type]
 
 
 def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +178,7 @@ def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
         out = {}
         for fusion in args.fusions:
             if fusion != "off":
-                got = decode_pcm(fused(model, fusion), codes, shape).cpu().numpy().astype(np.int32)
+                got = decode_pcm(graph_model(model, fusion), codes, shape).cpu().numpy().astype(np.int32)
                 out[fusion] = int(np.abs(got - eager).max())
                 out[f"{fusion}_snr_db"] = snr_db(eager.astype(np.float64), got.astype(np.float64))
     return out
@@ -201,22 +197,22 @@ def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     shape = WindowPolicy(frames_per_decode=max(args.frames_per_decode)).steady_shape
     batch = max(args.batch)
     codes = [torch.from_numpy(level).to(args.device) for level in windows(batch, shape[0])]
-    rows = []
+    runs, rows = 5, []
     for fusion in args.fusions:
-        model = fused(build_model(args, fold=True), fusion)
+        model = graph_model(build_model(args, fold=True), fusion)
         with torch.inference_mode():
             for _ in range(3):
                 decode_pcm(model, codes, shape)
             synchronize(args.device)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
+                for _ in range(runs):
                     decode_pcm(model, codes, shape)
                 synchronize(args.device)
         kernels: dict[str, float] = {}
         for event in prof.key_averages():
             us = float(getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0))
             if us > 0:
-                kernels[event.key] = kernels.get(event.key, 0.0) + us / 5
+                kernels[event.key] = kernels.get(event.key, 0.0) + us / runs
         total = sum(kernels.values())
         groups: dict[str, float] = {}
         for key, us in kernels.items():
@@ -289,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument(
-        "--fusions", default="off", type=lambda s: [x for x in s.split(",") if x],
+        "--fusions", default="off", type=lambda s: [check_fusion(x) for x in s.split(",") if x],
         help="the server's --snac-fusion values to time: off,decoder (torch.compile; off is the reference)",
     )  # fmt: skip
     p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
