@@ -96,7 +96,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
         python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --no-headroom-admission --port $PORT \
           > $W/server_nogate.log 2>&1 &
         SP=$!
-        load --mode speech --search --search-start 96 --search-max 512 --search-resolution 16 --out $W/speech_nogate \
+        load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max 512 --search-resolution 16 \
+          --out $W/speech_nogate \
           > $W/speech_nogate.log 2>&1 ;;
     esac
   done

@@ -28,10 +28,17 @@ SERIES = {
 """Name in the report -> (histogram family, label filter)."""
 Series = dict[str, tuple[str, str]]
 
+GAUGES = {
+    "headroom_safe_streams": "oai_headroom_safe_streams",
+    "headroom_step_slope_s": "oai_headroom_step_slope_seconds",
+    "headroom_refused_total": "oai_headroom_refused_total",
+}
+"""Name in the report -> the headroom gate's gauge, read after the level (what the gate had learned by then)."""
+
 
 def scrape(url: str, series: Series = SERIES) -> dict[str, float]:
     """Every histogram sample (`name{labels}` -> value) of the families in `series`; {} if unreachable."""
-    families = tuple({family for family, _ in series.values()})
+    families = tuple({family for family, _ in series.values()} | set(GAUGES.values()))
     try:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError:
@@ -100,6 +107,9 @@ def level_view(before: dict[str, float], after: dict[str, float], series: Series
             "mean_ms": total / count * 1000,
             **{f"p{int(q * 100)}_ms": _ms(quantile(q, ordered)) for q in (0.5, 0.95, 0.99)},
         }
+    gauges = {name: after[gauge] for name, gauge in GAUGES.items() if gauge in after}
+    if gauges:
+        view["gauges"] = gauges
     return view
 
 

@@ -15,6 +15,9 @@ Series (all names prefixed `oai_`):
 - `time_to_first_audio_seconds{endpoint}`, `time_to_first_token_seconds`: 10 ms .. 10 s buckets.
 - `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
 - `active_streams`, `queued_streams`: live from the admission object.
+- `headroom_generating`, `headroom_safe_streams`, `headroom_step_slope_seconds`, `headroom_refused_total`: live
+  from the real-time headroom gate (speech requests generating; the concurrency its last settled measurement
+  said keeps real time; what one more stream adds to the engine's step, once learned; requests refused).
 - `engine_active_requests{engine}`: live from each engine's `active_requests()`.
 - `engine_aborts_total{engine}`, `audio_frames_total`.
 - `event_loop_lag_seconds`: how late the event loop ran a timer (sampled all the time; anything
@@ -36,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -79,6 +82,22 @@ class AdmissionLike(Protocol):
         ...
 
 
+class HeadroomLike(Protocol):
+    """What the headroom gauges read (`serving.headroom.HeadroomGate` fits)."""
+
+    @property
+    def generating(self) -> int:
+        """Speech requests generating now."""
+        ...
+
+    safe_streams: int
+    refused: int
+
+    def step_slope(self) -> float | None:
+        """Seconds one more stream adds to the engine's step, once learned."""
+        ...
+
+
 class EngineLike(Protocol):
     """What the engine gauge reads (`engines.base.TokenEngine` fits)."""
 
@@ -90,9 +109,14 @@ class EngineLike(Protocol):
 AdmissionSource = Callable[[], "AdmissionLike | None"]
 EngineSource = Callable[[], Mapping[str, EngineLike]]
 CountSource = Callable[[], int]
+HeadroomSource = Callable[[], "HeadroomLike | None"]
 
 
 def _no_admission() -> AdmissionLike | None:
+    return None
+
+
+def _no_headroom() -> HeadroomLike | None:
     return None
 
 
@@ -111,8 +135,9 @@ class _LiveCollector(Collector):
         self.admission: AdmissionSource = _no_admission
         self.engines: EngineSource = _no_engines
         self.connections: CountSource = _no_count
+        self.headroom: HeadroomSource = _no_headroom
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
         return (
             GaugeMetricFamily("oai_active_streams", "Requests holding an admission slot."),
             GaugeMetricFamily("oai_queued_streams", "Requests waiting in the admission queue."),
@@ -120,6 +145,14 @@ class _LiveCollector(Collector):
                 "oai_engine_active_requests", "Requests in flight inside each engine.", labels=["engine"]
             ),
             GaugeMetricFamily("oai_open_connections", "Open HTTP and WebSocket connections."),
+            GaugeMetricFamily("oai_headroom_generating", "Speech requests generating (the headroom gate's count)."),
+            GaugeMetricFamily(
+                "oai_headroom_safe_streams", "Speech streams the gate's last settled measurement keeps real time."
+            ),
+            GaugeMetricFamily(
+                "oai_headroom_step_slope_seconds", "What one more speech stream adds to the engine step, once learned."
+            ),
+            CounterMetricFamily("oai_headroom_refused", "Speaking requests refused for lack of real-time headroom."),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -128,7 +161,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
-        active, queued, engines, connections = self._families()
+        active, queued, engines, connections, generating, safe, step_slope, refused = self._families()
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
@@ -144,7 +177,18 @@ class _LiveCollector(Collector):
             connections.add_metric([], self.connections())
         except Exception:
             logger.exception("metrics: connection source failed")
-        return (active, queued, engines, connections)
+        try:
+            headroom = self.headroom()
+            if headroom is not None:
+                slope = headroom.step_slope()
+                generating.add_metric([], headroom.generating)
+                safe.add_metric([], headroom.safe_streams)
+                refused.add_metric([], headroom.refused)
+                if slope is not None:
+                    step_slope.add_metric([], slope)
+        except Exception:
+            logger.exception("metrics: headroom source failed")
+        return (active, queued, engines, connections, generating, safe, step_slope, refused)
 
 
 class Metrics:
@@ -255,12 +299,14 @@ class Metrics:
         admission: AdmissionSource | None = None,
         engines: EngineSource | None = None,
         connections: CountSource | None = None,
+        headroom: HeadroomSource | None = None,
     ) -> None:
         """Bind the callables the gauges read at scrape time.
 
         `admission()` returns the admission object (or None before startup: gauges read 0);
         `engines()` maps an engine label (e.g. "llm", "tts") to an object with `active_requests()`;
-        `connections()` counts the open connections (bound by the server's connection guard).
+        `connections()` counts the open connections (bound by the server's connection guard); `headroom()` returns
+        the real-time headroom gate (None when admission by headroom is off).
         """
         if admission is not None:
             self._live.admission = admission
@@ -268,6 +314,8 @@ class Metrics:
             self._live.engines = engines
         if connections is not None:
             self._live.connections = connections
+        if headroom is not None:
+            self._live.headroom = headroom
 
     def _labeled(self, metric: MetricWrapperBase, *values: str) -> Any:
         """`metric.labels(*values)`, looked up once: prometheus_client validates and converts the labels on every

@@ -85,6 +85,9 @@ def test_server_level_view_is_the_difference_between_two_scrapes() -> None:
     assert set(view) == {"ttfa_speech"}  # the chat series did not move; unknown series are left out
     assert view["ttfa_speech"]["count"] == 4 and view["ttfa_speech"]["mean_ms"] == pytest.approx(300)
     assert view["ttfa_speech"]["p50_ms"] == pytest.approx(300)  # rank 2 of 4 in (0.1, 0.5]: half way
+    gauges = {"oai_headroom_safe_streams": 180.0, "oai_headroom_step_slope_seconds": 4e-5}
+    view = level_view(scrape((1, 1, 1), 0.05) | {"oai_headroom_safe_streams": 90.0}, scrape((1, 5, 5), 1.25) | gauges)
+    assert view["gauges"] == {"headroom_safe_streams": 180.0, "headroom_step_slope_s": 4e-5}  # as after the level
 
 
 def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:

@@ -320,3 +320,73 @@ def test_speech_past_the_real_time_capacity_gets_429_and_text_chat_does_not(gate
     assert gate.refused == 2
     again = httpx.post(f"{url}/v1/audio/speech", json={**speech, "seed": 3}, timeout=60)
     assert again.status_code == 200 and again.content
+
+
+def _engine_rate(streams: int) -> float:
+    """Tokens/s per stream of an engine whose step costs 4 ms plus 0.038 ms per stream (an H200 near 200 streams:
+    15.9 k tokens/s at 160 streams, 18.3 k at 240)."""
+    return 1.0 / (0.004 + 0.000038 * streams)
+
+
+def _tail_of_a_burst(gate: HeadroomGate, clock: Clock, start: int, end: int, step: int) -> None:
+    """Streams finishing one group at a time, from `start` down to `end`, each level settled for 3 s."""
+    for streams in range(start, end - 1, -step):
+        while gate.generating < streams:
+            gate.started()
+        while gate.generating > streams:
+            gate.finished()
+        run(gate, clock, streams, _engine_rate(streams), 3.0)
+        gate.has_headroom()
+
+
+def test_the_gate_learns_how_the_step_grows_and_admits_to_the_real_time_limit() -> None:
+    """Projected as a constant aggregate rate, 150 streams at 103 tokens/s each say 171 keep 1.1x real time; the
+    step's fixed part lets 186 do so. Once the gate has seen the concurrencies of a burst's tail it admits to 186."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, clock=clock)
+    limit = (1.0 / gate.required - 0.004) / 0.000038  # 186.6
+    _settled(gate, clock, 150, _engine_rate(150))
+    assert gate.steps.fitted_slope() is None  # one concurrency seen: no line yet, the constant-aggregate projection
+    measured = gate.per_stream_rate()
+    assert measured is not None and abs(measured - _engine_rate(150)) < 3
+    assert abs(gate.safe_streams - 150 * measured / gate.required) < 1  # 171-174
+    _tail_of_a_burst(gate, clock, 200, 150, 10)
+    slope = gate.steps.fitted_slope()
+    assert slope is not None and slope == pytest.approx(0.000038, rel=0.05)
+    assert abs(gate.safe_streams - limit) < 0.03 * limit  # the test's token clock reads ~1 % fast
+    gate._pending.extend([clock.now] * (gate.safe_streams - 151))  # admitted, up to the limit
+    assert gate.has_headroom()
+    gate._pending.append(clock.now)
+    assert not gate.has_headroom()
+
+
+def test_a_flat_or_noisy_fit_cannot_admit_past_a_fixed_cost_of_half_the_step() -> None:
+    """An engine whose measured step did not grow with the streams (noise, or another load leaving the GPU) would
+    project unlimited headroom: the slope is held at half of the constant-aggregate one at least."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.0, clock=clock)
+    for streams in (200, 180, 160, 140, 120):
+        for _ in range(gate.generating - streams):
+            gate.finished()
+        while gate.generating < streams:
+            gate.started()
+        run(gate, clock, streams, 100.0, 3.0)  # the same rate at every concurrency
+        gate.has_headroom()
+    slope = gate.steps.fitted_slope()
+    measured = gate.per_stream_rate()
+    assert slope is not None and abs(slope) < 1e-6 and measured is not None
+    step = 1 / measured
+    assert gate.steps.slope(120, step) == pytest.approx(0.5 * step / 120)
+    # 120 streams at ~100 tokens/s: half the step fixed lets 120 + (1/82 - 1/100) / (half of 1/100/120) = 172 in
+    assert abs(gate.safe_streams - (120 + (1 / REAL_TIME_TOKENS_PER_SECOND - step) / (0.5 * step / 120))) < 1
+
+
+def test_what_the_gate_learned_ages_out() -> None:
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, clock=clock)
+    _tail_of_a_burst(gate, clock, 200, 150, 10)
+    assert gate.steps.fitted_slope() is not None
+    clock.now += gate.steps.max_age_s + 1
+    gate.steps.observe(150, 0.01)  # one fresh measurement: a new concurrency span is needed before a new line
+    assert gate.steps.fitted_slope() is None
+    assert gate.steps.slope(150, 0.01) == pytest.approx(0.01 / 150)

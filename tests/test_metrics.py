@@ -30,6 +30,9 @@ METRIC_NAMES = (
     "oai_engine_aborts_total",
     "oai_audio_frames_total",
     "oai_engine_active_requests",
+    "oai_headroom_generating",
+    "oai_headroom_safe_streams",
+    "oai_headroom_refused_total",
 )
 
 
@@ -117,6 +120,32 @@ def test_live_gauges_read_sources_at_scrape_time() -> None:
     assert get("oai_engine_active_requests", {"engine": "llm"}) == 1
     m.set_live_sources(engines=lambda: {"tts": BrokenEngine()})
     assert b"oai_active_streams 7.0" in m.render()  # a failing source does not break the scrape
+
+
+def test_headroom_gauges_read_the_gate_and_its_learned_slope() -> None:
+    from oai_server.serving.headroom import HeadroomGate
+
+    m = Metrics()
+    get = m.registry.get_sample_value
+    assert get("oai_headroom_safe_streams") is None  # no gate bound (admission by headroom off)
+    clock = [100.0]
+    gate = HeadroomGate(min_streams=1, clock=lambda: clock[0])
+    m.set_live_sources(headroom=lambda: gate)
+    gauges = ("oai_headroom_generating", "oai_headroom_safe_streams", "oai_headroom_refused_total")
+    assert [get(name) for name in gauges] == [0, 0, 0]
+    assert get("oai_headroom_step_slope_seconds") is None  # nothing learned yet
+    for streams in (40, 30, 20):  # three concurrencies, each settled: the step is 4 ms + 0.1 ms a stream
+        while gate.generating < streams:
+            gate.started()
+        while gate.generating > streams:
+            gate.finished()
+        for _ in range(300):
+            clock[0] += 0.01
+            gate.record(round(streams * 0.01 / (0.004 + 0.0001 * streams)))
+        gate.has_headroom()
+    assert get("oai_headroom_generating") == 20 and get("oai_headroom_safe_streams") == gate.safe_streams > 20
+    slope = get("oai_headroom_step_slope_seconds")
+    assert slope is not None and slope == pytest.approx(0.0001, rel=0.2)
 
 
 def test_two_registries_do_not_collide() -> None:

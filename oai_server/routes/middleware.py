@@ -364,7 +364,11 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
         found = getattr(services(), "engines", None)
         return {} if found is None else dict(found.roles())
 
-    metrics.set_live_sources(admission=lambda: getattr(services(), "admission", None), engines=engines)
+    metrics.set_live_sources(
+        admission=lambda: getattr(services(), "admission", None),
+        engines=engines,
+        headroom=lambda: getattr(services(), "headroom", None),
+    )
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
     from .audio_transcriptions import UPLOAD_ROUTES

@@ -6,19 +6,21 @@ receives (`record`) and how many speech requests are generating (`started` at a 
 tokens, `finished`; a request waiting for its prefill would read as a slow stream). The
 per-request rate is the tokens of the last `window_s` seconds over the mean number of requests
 generating in that window. While at least `min_streams` requests generate and that rate is below
-real time (82 tokens/s) times `margin`, `has_headroom()` is false: a new speech stream waits up to
-`wait_s` in `admit` for headroom and then gets 429 with `retry-after`, so every admitted stream keeps
-its real-time margin. Near saturation the engine's aggregate rate is about constant, so admitting k
-more streams to n running ones leaves each `n / (n + k)` of today's rate: streams admitted but not yet
-generating count as k (they expire after `pending_s`). Below `min_streams` streams the gate never
-refuses (the rate of a few streams says nothing about the engine's ceiling).
+real time (82 tokens/s) times `margin` once projected over the streams admitted since, `has_headroom()` is
+false: a new speech stream waits up to `wait_s` in `admit` for headroom and then gets 429 with
+`retry-after`, so every admitted stream keeps its real-time margin. The projection is the step time's
+(one token per stream per engine step): today's step plus what each stream admitted but not yet generating
+(they expire after `pending_s`) and the new one add, by the slope `StepTimeModel` learns from these same
+measurements (between a fixed cost of half the step and none, i.e. a constant aggregate rate, which is
+also the projection until the measurements span enough concurrencies). Below `min_streams` streams the gate
+never refuses (the rate of a few streams says nothing about the engine's ceiling).
 
 A burst is the exception: while most of what was admitted is still waiting for its prefill (more than a
 quarter of the running count), the few streams already generating share the GPU with those prefills and
 their rate says little, and projecting it over the whole burst shut the gate on bursts well inside the
 capacity (on an H200, streams 97-112 of a burst of 112 waited ~0.5 s, where 128 without the gate kept
 real time). Then the gate admits up to the concurrency its last settled measurement said keeps real time
-(`safe_streams`: n x rate / required), so a burst inside it starts at once and one past it still waits
+(`safe_streams`, by the same projection), so a burst inside it starts at once and one past it still waits
 for the measurement and its 429. Before any measurement (a fresh server) a burst is admitted blind.
 """
 
@@ -31,6 +33,7 @@ from collections.abc import Callable
 
 from ..codec.orpheus import REAL_TIME_TOKENS_PER_SECOND
 from ..errors import rate_limited
+from .step_time import StepTimeModel
 
 
 class HeadroomGate:
@@ -65,6 +68,9 @@ class HeadroomGate:
         the window and every one inside it. The running integral makes the window's mean O(1) per admission."""
         self.safe_streams = 0
         """Concurrent streams the last settled measurement said keep real time (0: never measured)."""
+        self.steps = StepTimeModel(clock=clock)
+        """How the step time grows with the streams generating, learned from the settled measurements."""
+        self._observed_at = float("-inf")
 
     @property
     def generating(self) -> int:
@@ -88,14 +94,13 @@ class HeadroomGate:
         self._tokens_in_window += tokens
         self._trim(now)
 
+    def step_slope(self) -> float | None:
+        """Seconds one more generating stream adds to the engine's step, once learned (None before)."""
+        return self.steps.fitted_slope()
+
     def per_stream_rate(self) -> float | None:
         """Tokens/s per generating request over the window, or None without enough history."""
-        now = self._clock()
-        self._trim(now)
-        mean_generating = self._mean_generating(now)
-        if mean_generating <= 0 or not self._events:
-            return None
-        return self._tokens_in_window / self.window_s / mean_generating
+        return self._measure(self._clock())[1]
 
     def has_headroom(self) -> bool:
         """Whether one more speech stream can start without pushing the running ones below real time."""
@@ -105,10 +110,14 @@ class HeadroomGate:
         running, pending = self._generating, len(self._pending)
         if running + pending < self.min_streams:
             return True
-        rate = self.per_stream_rate()
+        measured_streams, rate = self._measure(now)
         if rate is not None and running > 0 and 4 * pending <= running:  # settled: the rate speaks for the engine
-            self.safe_streams = int(running * rate / self.required)
-            return rate * running / (running + pending + 1) >= self.required
+            step_s = 1.0 / rate
+            if now - self._observed_at >= self.window_s / 8:
+                self.steps.observe(measured_streams, step_s)
+                self._observed_at = now
+            self.safe_streams = self.steps.streams_within(measured_streams, step_s, 1.0 / self.required)
+            return self.steps.project(measured_streams, step_s, running + pending + 1) <= 1.0 / self.required
         # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
         return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
 
@@ -121,6 +130,14 @@ class HeadroomGate:
                 raise rate_limited("The server is at its real-time capacity; please retry shortly.", 1)
             await asyncio.sleep(0.05)
         self._pending.append(self._clock())
+
+    def _measure(self, now: float) -> tuple[float, float | None]:
+        """(mean generating over the window, tokens/s per generating request or None without enough history)."""
+        self._trim(now)
+        mean_generating = self._mean_generating(now)
+        if mean_generating <= 0 or not self._events:
+            return mean_generating, None
+        return mean_generating, self._tokens_in_window / self.window_s / mean_generating
 
     def _change(self, delta: int) -> None:
         now = self._clock()
