@@ -390,3 +390,18 @@ def test_what_the_gate_learned_ages_out() -> None:
     gate.steps.observe(150, 0.01)  # one fresh measurement: a new concurrency span is needed before a new line
     assert gate.steps.fitted_slope() is None
     assert gate.steps.slope(150, 0.01) == pytest.approx(0.01 / 150)
+
+
+def test_a_ramping_burst_is_projected_from_the_streams_running_now() -> None:
+    """170 streams of a burst started 0.3 s ago beside 20 that ran before: the window's mean count is ~45, yet
+    the step measured is what 190 streams get now. Projected from the mean (190 / 45 of the step), the gate shut
+    on a burst of 192 that an H200 carried; from the 190 running it admits one more at 100 tokens/s each."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, clock=clock)
+    _settled(gate, clock, 20, 150.0)
+    for _ in range(170):
+        gate.started()
+    run(gate, clock, 190, 100.0, 0.3)
+    assert gate.generating == 190 and gate._mean_generating(clock.now) < 50
+    assert gate.has_headroom()  # 100 x 190 / 191 = 99.5 >= 90.2
+    assert gate.steps.fitted_slope() is None  # and a ramp is no measurement of a concurrency

@@ -113,11 +113,14 @@ class HeadroomGate:
         measured_streams, rate = self._measure(now)
         if rate is not None and running > 0 and 4 * pending <= running:  # settled: the rate speaks for the engine
             step_s = 1.0 / rate
-            if now - self._observed_at >= self.window_s / 8:
+            steady = abs(running - measured_streams) <= 0.05 * running  # the window saw this concurrency
+            if steady and now - self._observed_at >= self.window_s / 8:
                 self.steps.observe(measured_streams, step_s)
                 self._observed_at = now
-            self.safe_streams = self.steps.streams_within(measured_streams, step_s, 1.0 / self.required)
-            return self.steps.project(measured_streams, step_s, running + pending + 1) <= 1.0 / self.required
+            # Projected from the streams running now, not the window's mean: while a burst ramps up the mean lags
+            # far behind (50 of 192), and projecting from it shut the gate on bursts the GPU carried (an H200, 192).
+            self.safe_streams = self.steps.streams_within(running, step_s, 1.0 / self.required)
+            return self.steps.project(running, step_s, running + pending + 1) <= 1.0 / self.required
         # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
         return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
 
