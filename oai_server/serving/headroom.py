@@ -120,7 +120,7 @@ class HeadroomGate:
             # Projected from the streams running now, not the window's mean: while a burst ramps up the mean lags
             # far behind (50 of 192), and projecting from it shut the gate on bursts the GPU carried (an H200, 192).
             self.safe_streams = self.steps.streams_within(running, step_s, 1.0 / self.required)
-            return self.steps.project(running, step_s, running + pending + 1) <= 1.0 / self.required
+            return running + pending + 1 <= self.safe_streams
         # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
         return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
 

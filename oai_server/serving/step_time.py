@@ -84,12 +84,9 @@ class StepTimeModel:
             return ceiling
         return min(ceiling, max(self.floor * ceiling, fitted))
 
-    def project(self, streams: float, step_s: float, target: float) -> float:
-        """The step time at `target` streams, from today's `step_s` at `streams`."""
-        return step_s + self.slope(streams, step_s) * (target - streams)
-
     def streams_within(self, streams: float, step_s: float, max_step_s: float) -> int:
-        """The most streams whose projected step stays within `max_step_s`."""
+        """The most streams whose step, projected from today's `step_s` at `streams` along the slope, stays within
+        `max_step_s`."""
         return int(streams + (max_step_s - step_s) / self.slope(streams, step_s))
 
     def _fit(self) -> float | None:
