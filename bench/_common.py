@@ -47,8 +47,9 @@ def orpheus_prompt(tokenizer: Any, text: str) -> list[int]:
     return speech_prompt(tokenizer, VOICE, text)
 
 
-def orpheus_params(max_tokens: int) -> Any:
-    """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget."""
+def orpheus_params(max_tokens: int, band_sampling: bool = True) -> Any:
+    """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget; with
+    ``band_sampling`` off, top-p is left to vLLM's sampler over the whole vocabulary (raw vLLM's way)."""
     from oai_server.codec.orpheus import STOP_TOKEN_IDS
     from oai_server.engines.base import SamplingParams
 
@@ -59,6 +60,7 @@ def orpheus_params(max_tokens: int) -> Any:
         repetition_penalty=1.1,
         stop_token_ids=STOP_TOKEN_IDS,
         orpheus_audio_slots=True,
+        orpheus_band_sampling=band_sampling,
     )
 
 

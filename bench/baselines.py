@@ -4,6 +4,9 @@ Modes (each swept over N concurrent streams of the same Orpheus prompts):
 
 * ``raw``: the engine alone, no audio decoding: first-token time and tokens/s per stream and in
   aggregate; its token timeline is also played as audio (7 tokens = 2048 samples), the ceiling.
+  Top-p is vLLM's own (over the whole vocabulary), as anyone running vLLM gets it.
+* ``raw_band``: the same with top-p over each position's band in the slot processor, as the server
+  samples: ``raw_band`` ÷ ``raw`` is what that alone gains the engine.
 * ``seed``: a faithful reimplementation of the seed's / Canopy's pipeline. Each engine update is
   detokenized to ``<custom_token_N>`` text; only the last custom token of each update is parsed
   (``N - 10 - 4096 * (k % 7)``), codes <= 0 are dropped, and after every 7th code once k >= 28
@@ -20,7 +23,9 @@ Modes (each swept over N concurrent streams of the same Orpheus prompts):
 Every mode reports the metrics of `load.py` (TTFA, RTF, underruns with a 250 ms prebuffer), so
 "real-time streams ours / seed" is the ratio of the largest N with zero underruns.
 Sampling is constrained to the Orpheus audio slots in every mode (random weights would
-otherwise emit few audio tokens), so the modes differ only downstream of the engine.
+otherwise emit few audio tokens). ``raw`` and ``seed`` leave top-p to vLLM's sampler; ``raw_band``
+and the pipeline modes apply it over the band (the server's way); otherwise the modes differ only
+downstream of the engine. ``ratios_over_raw`` gives each mode's aggregate tokens/s over raw's per N.
 
     python bench/baselines.py --demo --out /tmp/baselines.json                # CPU smoke test
     python bench/baselines.py --engine vllm --tts-model /tmp/rand/orpheus --snac /tmp/rand/snac \\
@@ -124,16 +129,24 @@ class Bench:
         text = self.args.text or SENTENCES[index % len(SENTENCES)]
         return text, orpheus_prompt(self.tokenizer, text)
 
-    def params(self) -> SamplingParams:
-        """The server's Orpheus sampling defaults with a fixed token budget."""
-        return orpheus_params(self.args.max_tokens)
+    def params(self, band_sampling: bool = False) -> SamplingParams:
+        """The server's Orpheus sampling defaults with a fixed token budget (top-p vLLM's unless `band_sampling`)."""
+        return orpheus_params(self.args.max_tokens, band_sampling)
 
     async def raw(self, index: int) -> StreamResult:
         """Engine only; the token timeline is played as if every 7 tokens were a frame."""
+        return await self._raw(index, band_sampling=False)
+
+    async def raw_band(self, index: int) -> StreamResult:
+        """Engine only, top-p over the band as the server samples."""
+        return await self._raw(index, band_sampling=True)
+
+    async def _raw(self, index: int, band_sampling: bool) -> StreamResult:
         _, prompt = self.prompt(index)
         result, started, tokens = StreamResult(), time.perf_counter(), 0
         first = None
-        async for delta in self.engine.generate(prompt, self.params(), new_request_id("raw")):
+        params = self.params(band_sampling)
+        async for delta in self.engine.generate(prompt, params, new_request_id("raw")):
             now = time.perf_counter() - started
             first = now if first is None else first
             before, tokens = tokens // 7, tokens + len(delta)
@@ -332,12 +345,27 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         await bench.engine.close()
         for synthesizer in bench.synthesizers.values():
             synthesizer.decoder.close()
+    report["ratios_over_raw"] = ratios_over_raw(report["modes"])
     cap = report["capacity"]
     if "ours" in cap and "seed" in cap:
         seed_n = cap["seed"]["largest_n_zero_underruns"]
         ours_n = cap["ours"]["largest_n_zero_underruns"]
         report["ratio_ours_over_seed_real_time_streams"] = ours_n / seed_n if seed_n else None
     return report
+
+
+def ratios_over_raw(modes: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:
+    """Each mode's aggregate audio tokens/s over the raw mode's at the same N (measured in this run)."""
+    raw = {level["concurrency"]: level["aggregate_audio_tokens_per_s"] for level in modes.get("raw", [])}
+    return {
+        mode: {
+            level["concurrency"]: level["aggregate_audio_tokens_per_s"] / raw[level["concurrency"]]
+            for level in levels
+            if raw.get(level["concurrency"])
+        }
+        for mode, levels in modes.items()
+        if mode != "raw" and raw
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -396,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(f"\n== {mode} ({args.engine}, {args.max_tokens} tokens/stream) ==", levels))
         cap = report["capacity"][mode]
         print(f"capacity: {cap['capacity']}; largest N with zero underruns: {cap['largest_n_zero_underruns']}")
+    for mode, ratios in report["ratios_over_raw"].items():
+        print(f"{mode} / raw aggregate tokens/s: " + ", ".join(f"N={n}: {r:.3f}" for n, r in ratios.items()))
     if "ratio_ours_over_seed_real_time_streams" in report:
         print(f"real-time streams ours / seed: {report['ratio_ours_over_seed_real_time_streams']}")
     out = args.out or Path(tempfile.mkdtemp(prefix="oai-baselines-")) / "baselines.json"

@@ -84,7 +84,7 @@ case "${1:-load}" in
       --out "$OUT/baselines.json" ${ENGINE_ARGS:-} 2>&1 | tail -60
     ;;
   profile)  # one engine, N streams, a torch-profiler trace of a few decode steps (bench/profile_engine.py)
-    timeout "${LOAD_TIMEOUT:-540}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" \
+    timeout "${LOAD_TIMEOUT:-540}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" --snac "$RAND/snac" \
       --concurrency "${CONC:-128}" --out "$OUT/profile" ${ENGINE_ARGS:-} > "$OUT/profile.log" 2>&1
     grep "^unprofiled" "$OUT/profile.log"; sed -n '/^=== profile summary/,$p' "$OUT/profile.log" | head -70
     tail -5 "$OUT/profile.log"

@@ -15,7 +15,8 @@
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
 #                 fastest among those within 50 dB of eager (best_fusion), into baselines_fused/.
-#   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams.
+#   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams
+#                 (PROF_ARGS: its flags instead of ENGINE_ARGS, e.g. "--mode ours_in_engine --snac-fusion decoder").
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -134,7 +135,8 @@ baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac j
 }
 step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
   W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
-  NO_CLEANUP=1 OUT=$W CONC=${PROF_CONC:-192} LOAD_TIMEOUT=${PROF_TIMEOUT:-400} bash bench/gpu_load.sh profile > $W/step.log 2>&1
+  NO_CLEANUP=1 OUT=$W CONC=${PROF_CONC:-192} LOAD_TIMEOUT=${PROF_TIMEOUT:-400} ENGINE_ARGS="${PROF_ARGS-${ENGINE_ARGS:-}}" \
+    bash bench/gpu_load.sh profile > $W/step.log 2>&1
 }
 best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
   python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off

@@ -1,7 +1,11 @@
-"""Where a decode step's time goes: the raw Orpheus engine at N streams, under vLLM's torch profiler.
+"""Where a decode step's time goes: the Orpheus engine at N streams, under vLLM's torch profiler.
 
 One vLLM `AsyncLLM` on an Orpheus-shaped model, set up as `bench/baselines.py`'s raw mode (our slot
-logits processor, the server's Orpheus sampling: temperature 0.6, top_p 0.8, repetition penalty 1.1).
+logits processor, the server's Orpheus sampling: temperature 0.6, top_p 0.8, repetition penalty 1.1;
+top-p by vLLM's sampler, or with `--sampling band` over the band in the slot processor as the server
+does). `--mode ours_in_engine` runs the server's pipeline instead: SNAC decoding in the engine-core
+process (`--snac`), so the trace holds both, and the summary splits GPU time by CUDA stream (the
+engine's and SNAC's, their overlap) and host time by thread (the engine core's and SNAC's service).
 After the usual batched warm-up it runs N streams, measures the unprofiled step time for
 `--measure-s`, then profiles `--steps` engine steps (vLLM `ProfilerConfig.max_iterations`) and
 summarises the worker's trace: GPU kernel time per step against the unprofiled wall time per step
@@ -26,7 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SENTENCES, orpheus_params, orpheus_prompt, write_json
+from _common import SENTENCES, VOICE, orpheus_params, orpheus_prompt, write_json
+
+SNAC_SERVICE = "profile"
 
 CATEGORIES = (  # first match wins; kernel names lowercased
     ("attention", ("flash", "fmha", "attn", "paged", "reshape_and_cache")),
@@ -77,6 +83,41 @@ def summarize_trace(path: Path, top: int = 25) -> dict[str, Any]:
     return summarize_events(read_trace(path), path.name, top)
 
 
+def _by_stream(kernels: list[dict[str, Any]], per: int) -> dict[str, dict[str, Any]]:
+    """GPU time per CUDA stream: busy ms per step and the stream's top kernels."""
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for e in kernels:
+        streams.setdefault(str((e.get("args") or {}).get("stream", e.get("tid"))), []).append(e)
+    out = {}
+    for stream, events in sorted(streams.items(), key=lambda item: -sum(e["dur"] for e in item[1])):
+        names: Counter[str] = Counter()
+        for e in events:
+            names[e["name"]] += e["dur"]
+        out[stream] = {
+            "busy_ms_per_step": _union_us((e["ts"], e["ts"] + e["dur"]) for e in events) / per / 1000,
+            "kernels_per_step": len(events) / per,
+            "top": [(n[:80], us / per / 1000) for n, us in names.most_common(3)],
+        }
+    return out
+
+
+def _host_threads(events: list[dict[str, Any]], per: int) -> dict[str, float]:
+    """Host time per thread: the union of its CPU ops' spans, ms per step (threads named where the trace names them)."""
+    names = {
+        str(e.get("tid")): str((e.get("args") or {}).get("name"))
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for e in events:
+        if e.get("cat") in ("cpu_op", "python_function", "user_annotation") and "dur" in e:
+            spans.setdefault(str(e.get("tid")), []).append((e["ts"], e["ts"] + e["dur"]))
+    return {
+        f"{tid} {names.get(tid, '')}".strip(): _union_us(s) / per / 1000
+        for tid, s in sorted(spans.items(), key=lambda item: -len(item[1]))
+    }
+
+
 def summarize_events(events: list[dict[str, Any]], name: str, top: int = 25) -> dict[str, Any]:
     """`summarize_trace` of already read trace events (``name``: the trace file's)."""
     kernels = gpu_kernels(events)
@@ -91,6 +132,7 @@ def summarize_events(events: list[dict[str, Any]], name: str, top: int = 25) -> 
         if e.get("cat") == "gpu_user_annotation" and str(e.get("name", "")).startswith("gpu_model_runner"):
             regions[e["name"].removeprefix("gpu_model_runner: ")] += e.get("dur", 0)
     busy = _union_us((e["ts"], e["ts"] + e["dur"]) for e in kernels)
+    streams = _by_stream(kernels, max(steps, 1))
     span = max((e["ts"] + e["dur"] for e in kernels), default=0) - min((e["ts"] for e in kernels), default=0)
     per = max(steps, 1)
     total = sum(by_cat.values()) or 1
@@ -103,6 +145,9 @@ def summarize_events(events: list[dict[str, Any]], name: str, top: int = 25) -> 
         "by_category_ms_per_step": {k: v / per / 1000 for k, v in by_cat.most_common()},
         "by_category_share": {k: v / total for k, v in by_cat.most_common()},
         "by_region_gpu_ms_per_step": {k: v / per / 1000 for k, v in regions.most_common()},
+        "by_stream": streams,
+        "streams_overlap_ms_per_step": sum(s["busy_ms_per_step"] for s in streams.values()) - busy / per / 1000,
+        "host_ms_per_step_by_thread": _host_threads(events, per),
         "top_kernels_ms_per_step": [(name[:120], us / per / 1000) for name, us in by_name.most_common(top)],
     }
 
@@ -112,6 +157,35 @@ async def _stream(engine: Any, prompt: list[int], params: Any, index: int, count
 
     async for delta in engine.generate(prompt, params, new_request_id(f"prof{index}")):
         counter[0] += len(delta)
+
+
+async def _speak(synthesizer: Any, text: str, max_tokens: int, counter: list[int]) -> None:
+    """One stream through the server's pipeline; ``counter`` in audio tokens (7 per 2048 samples decoded)."""
+    from oai_server.pipeline.speech import SpeechStats, VoiceOptions
+
+    async for pcm in synthesizer.synthesize(
+        text, VoiceOptions(VOICE, 0.6, 0.8, 1.1, max_tokens=max_tokens), SpeechStats()
+    ):
+        counter[0] += len(pcm) // 2 // 2048 * 7
+
+
+async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
+    """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`)."""
+    from oai_server.codec.snac_model import resolve_snac_dtype
+    from oai_server.codec.snac_service import EngineSnacDecoder
+    from oai_server.codec.snac_windows import WindowPolicy
+    from oai_server.pipeline.speech import SpeechSynthesizer
+
+    dtype = resolve_snac_dtype("auto", "cuda")
+    decoder = await asyncio.to_thread(
+        EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
+    )
+    windows = WindowPolicy(frames_per_decode=4)
+    await decoder.capture_graphs(windows.stream_shapes)
+    return SpeechSynthesizer(
+        engine, tokenizer, decoder, windows=windows, tokens_per_char=8.0,
+        max_tokens=args.max_tokens, max_model_len=args.max_model_len,
+    )  # fmt: skip
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,18 +224,24 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         kv_cache_dtype=args.kv_cache_dtype,
         stream_interval=args.stream_interval,
         orpheus_slots=True,
+        snac_service=SNAC_SERVICE if args.mode == "ours_in_engine" else None,
         kind="vllm-orpheus",
         engine_factory=factory,
     )
     tokenizer = load_tokenizer(args.tts_model)
+    synthesizer = await _pipeline(args, engine, tokenizer) if args.mode == "ours_in_engine" else None
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     try:
         prompt, params = tts_warmup_request(tokenizer)
         await warm_engine(engine, prompt, params, sorted({1, n}))
-        params = orpheus_params(args.max_tokens)
+        params = orpheus_params(args.max_tokens, band_sampling=args.sampling == "band")
         counter = [0]
-        prompts = [orpheus_prompt(tokenizer, SENTENCES[i % len(SENTENCES)]) for i in range(n)]
-        tasks = [asyncio.create_task(_stream(engine, prompts[i], params, i, counter)) for i in range(n)]
+        texts = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
+        if synthesizer is not None:
+            streams = [_speak(synthesizer, text, args.max_tokens, counter) for text in texts]
+        else:
+            streams = [_stream(engine, orpheus_prompt(tokenizer, t), params, i, counter) for i, t in enumerate(texts)]
+        tasks = [asyncio.create_task(stream) for stream in streams]
         await asyncio.sleep(args.settle_s)
         c0, t0 = counter[0], time.perf_counter()
         await asyncio.sleep(args.measure_s)
@@ -190,6 +270,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["profile"] = summarize_trace(traces[-1])
     finally:
         await engine.close()
+        if synthesizer is not None:
+            synthesizer.decoder.close()
     return report
 
 
@@ -197,6 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """CLI options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tts-model", required=True)
+    p.add_argument("--mode", choices=("raw", "ours_in_engine"), default="raw")
+    p.add_argument("--sampling", choices=("vocab", "band"), default="vocab", help="raw: where top-p runs")
+    p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
+    p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=2048)
@@ -216,6 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run it, print the summary, write `profile.json` under --out."""
     args = parse_args(argv)
+    if args.mode == "ours_in_engine" and not args.snac:
+        raise SystemExit("--mode ours_in_engine needs --snac")
     report = asyncio.run(amain(args))
     prof = report["profile"]
     print("=== profile summary ===")

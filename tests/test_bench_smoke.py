@@ -419,7 +419,7 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
 @pytest.mark.slow
 def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "baselines.json"
-    modes = ("raw", "seed", "ours", "ours_in_engine", "silent")
+    modes = ("raw", "raw_band", "seed", "ours", "ours_in_engine", "silent")
     _run(
         "baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
         "--modes", ",".join(modes),
@@ -436,6 +436,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     raw = report["modes"]["raw"][0]
     assert raw["engine_tokens_total"] > 0 and "first_token_ms" in raw
     assert "ratio_ours_over_seed_real_time_streams" in report
+    ratios = report["ratios_over_raw"]
+    assert set(ratios) == set(modes) - {"raw"} and all(set(r) == {"1", "2"} for r in ratios.values())
+    levels = {mode: {lv["concurrency"]: lv for lv in report["modes"][mode]} for mode in modes}
+    assert ratios["ours"]["2"] == pytest.approx(
+        levels["ours"][2]["aggregate_audio_tokens_per_s"] / levels["raw"][2]["aggregate_audio_tokens_per_s"]
+    )
 
 
 def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None:
@@ -471,10 +477,14 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
 def test_profile_trace_summary(tmp_path: Path) -> None:
     from profile_engine import summarize_trace
 
-    def kernel(name: str, ts: float, dur: float) -> dict[str, object]:
-        return {"cat": "kernel", "name": name, "ts": ts, "dur": dur}
+    def kernel(name: str, ts: float, dur: float, stream: int = 7) -> dict[str, object]:
+        return {"cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"stream": stream}}
 
     events = [
+        {"ph": "M", "name": "thread_name", "tid": 11, "args": {"name": "snac-service"}},
+        {"cat": "cpu_op", "name": "aten::conv1d", "tid": 11, "ts": 10, "dur": 6},
+        {"cat": "cpu_op", "name": "aten::conv1d", "tid": 11, "ts": 12, "dur": 6},  # nested: counted once
+        kernel("snac_conv", 45, 30, stream=20),  # overlaps the engine's kernels from 45 to 50 and 60 to 75
         {"cat": "user_annotation", "name": "execute_context_0(0)_generation_127(127)", "ts": 0, "dur": 5},
         {"cat": "user_annotation", "name": "execute_context_0(0)_generation_127(127)", "ts": 100, "dur": 5},
         {"cat": "user_annotation", "name": "aten::mm", "ts": 1, "dur": 1},
@@ -489,11 +499,16 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
     path.write_text(json.dumps({"traceEvents": events}))
     summary = summarize_trace(path)
     assert summary["steps"] == 2
-    assert summary["gpu_busy_ms_per_step"] == pytest.approx((50 + 30 + 40 + 10) / 2 / 1000)
+    assert summary["gpu_busy_ms_per_step"] == pytest.approx((50 + 10 + 30 + 40 + 10) / 2 / 1000)
     assert summary["profiled_wall_ms_per_step"] == pytest.approx(200 / 2 / 1000)
     assert summary["by_category_ms_per_step"] == pytest.approx(
-        {"gemm": 0.04, "sampling": 0.015, "attention": 0.01, "other": 0.005}
+        {"gemm": 0.04, "sampling": 0.015, "other": 0.02, "attention": 0.01}
     )
+    engine, snac = summary["by_stream"]["7"], summary["by_stream"]["20"]
+    assert engine["busy_ms_per_step"] == pytest.approx(0.065) and snac["busy_ms_per_step"] == pytest.approx(0.015)
+    assert snac["top"] == [("snac_conv", pytest.approx(0.015))]
+    assert summary["streams_overlap_ms_per_step"] == pytest.approx(0.02 / 2)
+    assert summary["host_ms_per_step_by_thread"]["11 snac-service"] == pytest.approx(8 / 2 / 1000)
     assert summary["by_region_gpu_ms_per_step"] == {"sample": pytest.approx(0.015)}
     assert summary["top_kernels_ms_per_step"][0] == ("sm90_xmma_gemm_bf16", pytest.approx(0.04))
 

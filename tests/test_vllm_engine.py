@@ -35,6 +35,8 @@ from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     PENALTY_KEY,
+    TOP_K_KEY,
+    TOP_P_KEY,
     OrpheusSlotLogitsProcessor,
     apply_slot_mask,
     build_slot_table,
@@ -211,9 +213,9 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "n": 1,
         "max_tokens": 77,
         "temperature": 0.6,
-        "top_p": 0.8,
-        "top_k": 40,
-        "repetition_penalty": 1.0,  # applied by the slot processor instead (extra_args)
+        "top_p": 1.0,  # top-p, top-k and the penalty are applied over the band by the slot processor
+        "top_k": 0,
+        "repetition_penalty": 1.0,
         "presence_penalty": 0.3,
         "frequency_penalty": 0.2,
         "seed": 123,
@@ -221,7 +223,7 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "min_tokens": 21,
         "detokenize": False,
         "skip_special_tokens": False,
-        "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1},
+        "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 40},
     }
     plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))
     assert plain["repetition_penalty"] == 1.2 and plain["top_k"] == 0

@@ -33,6 +33,9 @@ class SamplingParams:
     before this many tokens are generated."""
     orpheus_audio_slots: bool = False
     """Constrain sampling to the Orpheus audio band of each position (see `pipeline.orpheus`)."""
+    orpheus_band_sampling: bool = True
+    """Under ``orpheus_audio_slots``, an engine that can may apply top-k/top-p over the position's band only
+    (the same ids survive); False leaves them to its sampler over the whole vocabulary (a bench baseline)."""
 
 
 @dataclass(frozen=True)

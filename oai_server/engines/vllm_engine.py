@@ -57,12 +57,16 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "skip_special_tokens": False,
     }
     if params.orpheus_audio_slots:
-        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY
+        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY, TOP_K_KEY, TOP_P_KEY
 
         # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
         # every request's whole output history on the host at every step.
-        kwargs["extra_args"] = {EXTRA_ARGS_KEY: True, PENALTY_KEY: params.repetition_penalty}
+        extra: dict[str, Any] = {EXTRA_ARGS_KEY: True, PENALTY_KEY: params.repetition_penalty}
         kwargs["repetition_penalty"] = 1.0
+        if params.orpheus_band_sampling:  # top-k/top-p over the 4097 ids that can be drawn, not 156 940
+            extra |= {TOP_P_KEY: params.top_p, TOP_K_KEY: max(params.top_k, 0)}
+            kwargs["top_p"], kwargs["top_k"] = 1.0, 0
+        kwargs["extra_args"] = extra
     return kwargs
 
 

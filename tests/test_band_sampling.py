@@ -1,0 +1,162 @@
+"""Top-k/top-p over the Orpheus band in the slot logits processor: the ids it keeps are vLLM's."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+import torch
+
+from oai_server.codec import orpheus
+from oai_server.engines.base import SamplingParams
+from oai_server.engines.vllm_engine import sampling_kwargs
+from oai_server.engines.vllm_orpheus_logits import (
+    EXTRA_ARGS_KEY,
+    PENALTY_KEY,
+    TOP_K_KEY,
+    TOP_P_KEY,
+    OrpheusSlotLogitsProcessor,
+    apply_band_top_k_top_p,
+    apply_slot_mask,
+    band_filter_of,
+    build_slot_table,
+)
+
+V = orpheus.ORPHEUS_VOCAB_SIZE
+TABLE = build_slot_table(V)
+
+
+def vllm_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+    """vLLM 0.26.0's `apply_top_k_top_p_pytorch` (its reference path), over the whole vocabulary."""
+    logits_sort, logits_idx = logits.sort(dim=-1, descending=False)
+    if k is not None:
+        top_k_mask = logits_sort.gather(1, (logits_sort.size(1) - k.to(torch.long)).unsqueeze(1))
+        logits_sort.masked_fill_(logits_sort < top_k_mask, -float("inf"))
+    if p is not None:
+        probs_sum = logits_sort.softmax(dim=-1, dtype=torch.float32).cumsum(dim=-1)
+        top_p_mask = probs_sum <= 1 - p.unsqueeze(dim=1)
+        top_p_mask[:, -1] = False
+        logits_sort.masked_fill_(top_p_mask, -float("inf"))
+    return logits.scatter_(dim=-1, index=logits_idx, src=logits_sort)
+
+
+def vllm_kept(logits: torch.Tensor, positions: torch.Tensor, filters: list[tuple[float, float, int]]) -> torch.Tensor:
+    """What vLLM's sampler may draw from: the slot mask, then temperature, then its top-k/top-p."""
+    masked = apply_slot_mask(logits.clone(), TABLE, None, positions)
+    temperature = torch.tensor([f[0] for f in filters])
+    k = torch.tensor([f[2] if f[2] > 0 else V for f in filters])
+    p = torch.tensor([f[1] for f in filters])
+    return torch.isfinite(vllm_top_k_top_p(masked / temperature.unsqueeze(1), k, p))
+
+
+def band_kept(logits: torch.Tensor, positions: torch.Tensor, filters: list[tuple[float, float, int]]) -> torch.Tensor:
+    masked = apply_slot_mask(logits.clone(), TABLE, None, positions)
+    out = apply_band_top_k_top_p(masked.clone(), positions, torch.tensor(filters, dtype=torch.float32))
+    kept = torch.isfinite(out)
+    assert torch.equal(out[kept], masked[kept])  # kept logits are untouched: vLLM still applies the temperature
+    return kept
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        [(0.6, 0.8, 0)] * 4,  # the server's Orpheus defaults
+        [(1.0, 0.95, 0), (0.3, 0.5, 0), (1.5, 0.99, 0), (0.6, 0.1, 0)],
+        [(0.6, 1.0, 50), (1.0, 0.9, 20), (0.8, 0.7, 4096), (0.6, 0.8, 1)],  # top-k alone, then with top-p
+    ],
+)
+def test_band_filter_keeps_exactly_the_ids_vllms_sampler_keeps(filters: list[tuple[float, float, int]]) -> None:
+    g = torch.Generator().manual_seed(len(filters) + int(10 * filters[1][1]))
+    positions = torch.tensor([0, 3, 7, 13])  # 0 and 7: frame boundaries, END_OF_SPEECH allowed
+    logits = torch.randn(4, V, generator=g) * 4
+    logits[0, orpheus.END_OF_SPEECH] = 16.0  # a likely stop must survive the filter where it is allowed
+    logits[1, orpheus.END_OF_SPEECH] = 50.0  # and stay masked where it is not
+    expected = vllm_kept(logits, positions, filters)
+    got = band_kept(logits, positions, filters)
+    assert torch.equal(got, expected)
+    counts = got.sum(dim=1).tolist()
+    assert all(1 <= c < orpheus.CODEBOOK_SIZE for c in counts), counts  # the filter did cut, and kept some
+    assert bool(got[0, orpheus.END_OF_SPEECH]) and not bool(got[1, orpheus.END_OF_SPEECH])
+
+
+def test_band_filter_of_reads_the_request_and_skips_what_cannot_change_a_draw() -> None:
+    def params(temperature: float, extra: dict[str, Any] | None) -> types.SimpleNamespace:
+        return types.SimpleNamespace(temperature=temperature, extra_args=extra)
+
+    assert band_filter_of(params(0.6, {TOP_P_KEY: 0.8, TOP_K_KEY: 0})) == (0.6, 0.8, 0)
+    assert band_filter_of(params(1.0, {TOP_K_KEY: 30})) == (1.0, 1.0, 30)
+    assert band_filter_of(params(0.0, {TOP_P_KEY: 0.8})) is None  # greedy: the argmax is always kept
+    assert band_filter_of(params(0.6, {TOP_P_KEY: 1.0, TOP_K_KEY: 0})) is None
+    assert band_filter_of(params(0.6, None)) is None
+
+
+def test_sampling_kwargs_move_top_p_and_top_k_into_the_band_unless_asked_not_to() -> None:
+    params = SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, top_k=40, orpheus_audio_slots=True)
+    kwargs = sampling_kwargs(params)
+    assert (kwargs["top_p"], kwargs["top_k"], kwargs["temperature"]) == (1.0, 0, 0.6)
+    assert kwargs["extra_args"] == {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40}
+    whole = sampling_kwargs(
+        SamplingParams(max_tokens=70, top_p=0.8, top_k=-1, orpheus_audio_slots=True, orpheus_band_sampling=False)
+    )
+    assert (whole["top_p"], whole["top_k"]) == (0.8, 0)
+    assert TOP_P_KEY not in whole["extra_args"] and TOP_K_KEY not in whole["extra_args"]
+    text = sampling_kwargs(SamplingParams(max_tokens=5, top_p=0.9, top_k=7))  # no slots: vLLM filters as asked
+    assert (text["top_p"], text["top_k"]) == (0.9, 7) and "extra_args" not in text
+
+
+def batch(added: list[tuple[int, Any, list[int], list[int]]]) -> types.SimpleNamespace:
+    return types.SimpleNamespace(batch_size=0, removed=[], added=added, moved=[])
+
+
+def request(temperature: float, top_p: float | None = None, top_k: int | None = None, opted: bool = True) -> Any:
+    extra: dict[str, Any] = {EXTRA_ARGS_KEY: opted}
+    if top_p is not None:
+        extra[TOP_P_KEY] = top_p
+    if top_k is not None:
+        extra[TOP_K_KEY] = top_k
+    return types.SimpleNamespace(temperature=temperature, extra_args=extra)
+
+
+def test_processor_filters_only_the_rows_that_asked_and_follows_their_positions() -> None:
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    out = [[orpheus.AUDIO_TOKEN_BASE] * 7, [], [1, 2, 3], [5] * 13]
+    proc.update_state(
+        batch(
+            [
+                (0, request(0.6, top_p=0.8), [1], out[0]),  # filtered, position 7
+                (1, request(0.0, top_p=0.8), [1], out[1]),  # greedy: masked, not filtered
+                (2, request(0.6, top_p=0.8, opted=False), [1], out[2]),  # not opted in: untouched
+                (3, request(1.0, top_p=0.9, top_k=25), [1], out[3]),  # filtered, position 13
+            ]
+        )
+    )
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, V, generator=g) * 4
+    got = proc.apply(logits.clone())
+    expected = vllm_kept(logits[[0, 3]], torch.tensor([7, 13]), [(0.6, 0.8, 0), (1.0, 0.9, 25)])
+    assert torch.equal(torch.isfinite(got[[0, 3]]), expected)
+    assert 1 <= int(expected[1].sum()) <= 25
+    masked_only = apply_slot_mask(logits[1:2].clone(), TABLE, None, torch.tensor([0]))
+    assert torch.equal(got[1:2], masked_only)
+    assert torch.equal(got[2], logits[2])
+
+
+def test_processor_filters_every_row_of_an_all_speech_batch() -> None:
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    histories: list[list[int]] = [[0] * k for k in (0, 1, 6, 7)]
+    proc.update_state(batch([(i, request(0.6, top_p=0.8), [1], h) for i, h in enumerate(histories)]))
+    logits = torch.randn(4, V, generator=torch.Generator().manual_seed(5)) * 4
+    got = proc.apply(logits.clone())
+    expected = vllm_kept(logits, torch.tensor([0, 1, 6, 7]), [(0.6, 0.8, 0)] * 4)
+    assert torch.equal(torch.isfinite(got), expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [(TOP_P_KEY, 0), (TOP_P_KEY, 1.5), (TOP_P_KEY, True), (TOP_P_KEY, "0.8"), (TOP_K_KEY, -1), (TOP_K_KEY, 2.5)],
+)
+def test_malformed_band_filters_are_rejected_in_the_frontend(key: str, bad: Any) -> None:
+    OrpheusSlotLogitsProcessor.validate_params(request(0.6, top_p=0.8, top_k=10))
+    with pytest.raises(ValueError, match=key):
+        OrpheusSlotLogitsProcessor.validate_params(types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: True, key: bad}))
