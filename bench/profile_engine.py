@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gzip
 import json
 import sys
@@ -233,8 +234,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     try:
         prompt, params = tts_warmup_request(tokenizer)
-        await warm_engine(engine, prompt, params, sorted({1, n}))
-        params = orpheus_params(args.max_tokens, band_sampling=args.sampling == "band")
+        band = args.sampling == "band" or synthesizer is not None
+        # warmed as it will run: vLLM's own top-p compiles its Triton kernel at the first batch of 8 or more
+        await warm_engine(engine, prompt, dataclasses.replace(params, orpheus_band_sampling=band), sorted({1, n}))
+        params = orpheus_params(args.max_tokens, band_sampling=band)
         counter = [0]
         texts = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
         if synthesizer is not None:
