@@ -340,6 +340,9 @@ BAD_FIELDS = [
      "missing_required_parameter", "item.type"),
     ({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
       "content": [{"type": "output_text", "text": "x"}]}}, "invalid_value", "item.content[0].type"),
+    # a list is unhashable: the beta-spelling lookup of a part's type once crashed the session on it (the fuzz found it)
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": []}]}},
+     "invalid_value", "item.content[0].type"),
     ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"threshold": "high"}}}}},
      "invalid_type", "session.audio.input.turn_detection.threshold"),
     ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"threshold": 1.5}}}}},

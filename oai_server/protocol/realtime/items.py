@@ -22,8 +22,9 @@ ItemStatus = Literal["completed", "incomplete", "in_progress"]
 
 def _rename_type(mapping: dict[str, str]) -> Callable[[Any], Any]:
     def rename(value: Any) -> Any:
-        if isinstance(value, dict) and value.get("type") in mapping:
-            return {**value, "type": mapping[value["type"]]}
+        kind = value.get("type") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind in mapping:  # other JSON values (a list: unhashable) are pydantic's to refuse
+            return {**value, "type": mapping[kind]}
         return value
 
     return rename
