@@ -9,17 +9,22 @@ import pytest
 import torch
 
 from oai_server.codec import orpheus
+from oai_server.engines.band_sampling import (
+    TEMPERATURE_KEY,
+    TOP_K_KEY,
+    TOP_P_KEY,
+    BandSampling,
+    band_columns,
+    band_sampling_of,
+    sample_band,
+)
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.vllm_engine import sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     PENALTY_KEY,
-    TOP_K_KEY,
-    TOP_P_KEY,
     OrpheusSlotLogitsProcessor,
-    apply_band_top_k_top_p,
     apply_slot_mask,
-    band_filter_of,
     build_slot_table,
 )
 
@@ -52,7 +57,7 @@ def vllm_kept(logits: torch.Tensor, positions: torch.Tensor, filters: list[tuple
 
 def band_kept(logits: torch.Tensor, positions: torch.Tensor, filters: list[tuple[float, float, int]]) -> torch.Tensor:
     masked = apply_slot_mask(logits.clone(), TABLE, None, positions)
-    out = apply_band_top_k_top_p(masked.clone(), positions, torch.tensor(filters, dtype=torch.float32))
+    out = sample_band(masked.clone(), positions, torch.tensor(filters, dtype=torch.float32), draw=False)
     kept = torch.isfinite(out)
     assert torch.equal(out[kept], masked[kept])  # kept logits are untouched: vLLM still applies the temperature
     return kept
@@ -80,22 +85,35 @@ def test_band_filter_keeps_exactly_the_ids_vllms_sampler_keeps(filters: list[tup
     assert bool(got[0, orpheus.END_OF_SPEECH]) and not bool(got[1, orpheus.END_OF_SPEECH])
 
 
-def test_band_filter_of_reads_the_request_and_skips_what_cannot_change_a_draw() -> None:
+def test_band_sampling_of_reads_the_request_and_skips_what_cannot_change_a_draw() -> None:
     def params(temperature: float, extra: dict[str, Any] | None) -> types.SimpleNamespace:
         return types.SimpleNamespace(temperature=temperature, extra_args=extra)
 
-    assert band_filter_of(params(0.6, {TOP_P_KEY: 0.8, TOP_K_KEY: 0})) == (0.6, 0.8, 0)
-    assert band_filter_of(params(1.0, {TOP_K_KEY: 30})) == (1.0, 1.0, 30)
-    assert band_filter_of(params(0.0, {TOP_P_KEY: 0.8})) is None  # greedy: the argmax is always kept
-    assert band_filter_of(params(0.6, {TOP_P_KEY: 1.0, TOP_K_KEY: 0})) is None
-    assert band_filter_of(params(0.6, None)) is None
+    assert band_sampling_of(params(0.6, {TOP_P_KEY: 0.8, TOP_K_KEY: 0})) == BandSampling(0.6, 0.8, 0)
+    assert band_sampling_of(params(1.0, {TOP_K_KEY: 30})) == BandSampling(1.0, 1.0, 30)
+    assert band_sampling_of(params(0.0, {TOP_P_KEY: 0.8})) is None  # greedy: the argmax is always kept
+    assert band_sampling_of(params(0.6, {TOP_P_KEY: 1.0, TOP_K_KEY: 0})) is None
+    assert band_sampling_of(params(0.6, None)) is None
+    # drawn here: vLLM got temperature 0, the request's own travels in extra_args (and the draw needs no filter)
+    drawn = band_sampling_of(params(0.0, {TEMPERATURE_KEY: 0.6, TOP_P_KEY: 0.8}))
+    assert drawn == BandSampling(0.6, 0.8, 0, draw=True)
+    assert band_sampling_of(params(0.0, {TEMPERATURE_KEY: 1.2})) == BandSampling(1.2, 1.0, 0, draw=True)
 
 
-def test_sampling_kwargs_move_top_p_and_top_k_into_the_band_unless_asked_not_to() -> None:
+def test_sampling_kwargs_move_the_filter_and_the_draw_into_the_band_unless_asked_not_to() -> None:
     params = SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, top_k=40, orpheus_audio_slots=True)
     kwargs = sampling_kwargs(params)
-    assert (kwargs["top_p"], kwargs["top_k"], kwargs["temperature"]) == (1.0, 0, 0.6)
-    assert kwargs["extra_args"] == {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40}
+    assert (kwargs["top_p"], kwargs["top_k"], kwargs["temperature"]) == (1.0, 0, 0.0)  # vLLM: greedy over one id
+    assert kwargs["extra_args"] == {
+        EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40, TEMPERATURE_KEY: 0.6,
+    }  # fmt: skip
+    seeded = sampling_kwargs(
+        SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, seed=7, orpheus_audio_slots=True)
+    )
+    assert seeded["temperature"] == 0.6 and TEMPERATURE_KEY not in seeded["extra_args"]  # vLLM's generator draws
+    assert seeded["top_p"] == 1.0 and seeded["extra_args"][TOP_P_KEY] == 0.8  # the filter stays in the band
+    greedy = sampling_kwargs(SamplingParams(max_tokens=70, temperature=0.0, orpheus_audio_slots=True))
+    assert greedy["temperature"] == 0.0 and TEMPERATURE_KEY not in greedy["extra_args"]
     whole = sampling_kwargs(
         SamplingParams(max_tokens=70, top_p=0.8, top_k=-1, orpheus_audio_slots=True, orpheus_band_sampling=False)
     )
@@ -109,8 +127,12 @@ def batch(added: list[tuple[int, Any, list[int], list[int]]]) -> types.SimpleNam
     return types.SimpleNamespace(batch_size=0, removed=[], added=added, moved=[])
 
 
-def request(temperature: float, top_p: float | None = None, top_k: int | None = None, opted: bool = True) -> Any:
+def request(
+    temperature: float, top_p: float | None = None, top_k: int | None = None, opted: bool = True, draw: bool = False
+) -> Any:
     extra: dict[str, Any] = {EXTRA_ARGS_KEY: opted}
+    if draw:  # as sampling_kwargs sends it: vLLM greedy, the temperature for the band
+        extra[TEMPERATURE_KEY], temperature = temperature, 0.0
     if top_p is not None:
         extra[TOP_P_KEY] = top_p
     if top_k is not None:
@@ -152,9 +174,75 @@ def test_processor_filters_every_row_of_an_all_speech_batch() -> None:
     assert torch.equal(torch.isfinite(got), expected)
 
 
+def test_the_band_draw_follows_vllms_distribution_over_the_ids_it_keeps() -> None:
+    torch.manual_seed(11)
+    positions = torch.tensor([7])  # a frame boundary: END_OF_SPEECH may be drawn too
+    logits = torch.full((1, V), -30.0)
+    columns = band_columns(positions)[0]
+    likely = columns[[3, 100, 2000, 4095, 4096]]  # four codes and END_OF_SPEECH carry the mass
+    logits[0, likely] = torch.tensor([2.0, 1.6, 1.2, 0.4, 1.0])
+    settings = torch.tensor([[0.8, 0.9, 0.0]])
+    kept = vllm_kept(logits, positions, [(0.8, 0.9, 0)])[0]
+    expected = torch.softmax(logits[0] / 0.8 + torch.where(kept, 0.0, float("-inf")), dim=0)
+    assert int(kept.sum()) == 4 and not bool(kept[likely[3]])  # top-p 0.9 drops the weakest of the five
+    rows, rounds = 200, 30  # 6000 draws; sample_band writes only the band's columns, so one tensor serves them all
+    work = apply_slot_mask(logits.repeat(rows, 1), TABLE, None, positions.repeat(rows))
+    cols = band_columns(positions.repeat(rows))
+    band = work.gather(1, cols)
+    outside = torch.ones(V, dtype=torch.bool)
+    outside[cols[0]] = False
+    assert not bool(torch.isfinite(work[:, outside]).any())
+    picks = []
+    for _ in range(rounds):
+        out = sample_band(work.scatter_(1, cols, band), positions.repeat(rows), settings.repeat(rows, 1), draw=True)
+        left = out.gather(1, cols)
+        assert bool((torch.isfinite(left).sum(dim=1) == 1).all())  # one id left a row: vLLM's greedy path takes it
+        index = left.argmax(dim=1, keepdim=True)
+        assert torch.equal(left.gather(1, index), band.gather(1, index))  # the drawn id keeps its logit
+        picks.append(cols.gather(1, index).squeeze(1))
+    chosen, draws = torch.cat(picks), rows * rounds
+    counts = torch.bincount(chosen, minlength=V).float() / draws
+    assert set(torch.nonzero(counts).flatten().tolist()) <= set(torch.nonzero(kept).flatten().tolist())
+    for token in torch.nonzero(kept).flatten().tolist():  # 6000 draws: a standard error of at most 0.65 %
+        assert abs(float(counts[token]) - float(expected[token])) < 0.025, (token, counts[token], expected[token])
+
+
+def test_processor_draws_for_the_rows_that_ask_and_filters_for_the_others() -> None:
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    histories: list[list[int]] = [[0] * 3, [0] * 7, [0] * 9]
+    proc.update_state(
+        batch(
+            [
+                (0, request(0.6, top_p=0.8, draw=True), [1], histories[0]),
+                (1, request(0.6, top_p=0.8), [1], histories[1]),  # seeded in real life: filtered, vLLM draws
+                (2, request(1.0, draw=True), [1], histories[2]),  # no filter, still drawn here
+            ]
+        )
+    )
+    logits = torch.randn(3, V, generator=torch.Generator().manual_seed(2)) * 4
+    got = proc.apply(logits.clone())
+    assert [int(torch.isfinite(row).sum()) for row in got[[0, 2]]] == [1, 1]
+    assert int(got[0].argmax()) in set(
+        torch.nonzero(vllm_kept(logits[0:1], torch.tensor([3]), [(0.6, 0.8, 0)])[0]).flatten().tolist()
+    )
+    assert int(got[2].argmax()) in set(band_columns(torch.tensor([9]))[0, :4096].tolist())
+    assert torch.equal(torch.isfinite(got[1:2]), vllm_kept(logits[1:2], torch.tensor([7]), [(0.6, 0.8, 0)]))
+
+
 @pytest.mark.parametrize(
     ("key", "bad"),
-    [(TOP_P_KEY, 0), (TOP_P_KEY, 1.5), (TOP_P_KEY, True), (TOP_P_KEY, "0.8"), (TOP_K_KEY, -1), (TOP_K_KEY, 2.5)],
+    [
+        (TOP_P_KEY, 0),
+        (TOP_P_KEY, 1.5),
+        (TOP_P_KEY, True),
+        (TOP_P_KEY, "0.8"),
+        (TOP_K_KEY, -1),
+        (TOP_K_KEY, 2.5),
+        (TEMPERATURE_KEY, 0.0),
+        (TEMPERATURE_KEY, -1),
+        (TEMPERATURE_KEY, "hot"),
+        (TEMPERATURE_KEY, False),
+    ],
 )
 def test_malformed_band_filters_are_rejected_in_the_frontend(key: str, bad: Any) -> None:
     OrpheusSlotLogitsProcessor.validate_params(request(0.6, top_p=0.8, top_k=10))

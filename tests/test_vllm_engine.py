@@ -22,7 +22,7 @@ import sys
 import types
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -30,13 +30,12 @@ import pytest
 import torch
 
 from oai_server.codec import orpheus
+from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
 from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     PENALTY_KEY,
-    TOP_K_KEY,
-    TOP_P_KEY,
     OrpheusSlotLogitsProcessor,
     apply_slot_mask,
     build_slot_table,
@@ -212,8 +211,8 @@ def test_sampling_kwargs_maps_every_field() -> None:
     assert sampling_kwargs(params) == {
         "n": 1,
         "max_tokens": 77,
-        "temperature": 0.6,
-        "top_p": 1.0,  # top-p, top-k and the penalty are applied over the band by the slot processor
+        "temperature": 0.6,  # seeded: vLLM's generator draws; the filter and the penalty run over the band
+        "top_p": 1.0,
         "top_k": 0,
         "repetition_penalty": 1.0,
         "presence_penalty": 0.3,
@@ -224,6 +223,11 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "detokenize": False,
         "skip_special_tokens": False,
         "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 40},
+    }
+    unseeded = sampling_kwargs(replace(params, seed=None))
+    assert unseeded["temperature"] == 0.0 and unseeded["extra_args"][TEMPERATURE_KEY] == 0.6
+    assert unseeded | {"temperature": 0.6, "seed": 123, "extra_args": {}} == sampling_kwargs(params) | {
+        "extra_args": {},
     }
     plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))
     assert plain["repetition_penalty"] == 1.2 and plain["top_k"] == 0

@@ -57,15 +57,19 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "skip_special_tokens": False,
     }
     if params.orpheus_audio_slots:
-        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY, TOP_K_KEY, TOP_P_KEY
+        from oai_server.engines.band_sampling import GREEDY_BELOW, TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
+        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY
 
         # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
         # every request's whole output history on the host at every step.
         extra: dict[str, Any] = {EXTRA_ARGS_KEY: True, PENALTY_KEY: params.repetition_penalty}
         kwargs["repetition_penalty"] = 1.0
-        if params.orpheus_band_sampling:  # top-k/top-p over the 4097 ids that can be drawn, not 156 940
+        if params.orpheus_band_sampling:  # filter (and draw) over the 4097 ids that can be emitted, not 156 940
             extra |= {TOP_P_KEY: params.top_p, TOP_K_KEY: max(params.top_k, 0)}
             kwargs["top_p"], kwargs["top_k"] = 1.0, 0
+            if params.seed is None and params.temperature >= GREEDY_BELOW:  # seeded: vLLM's generators draw
+                extra[TEMPERATURE_KEY] = params.temperature
+                kwargs["temperature"] = 0.0  # vLLM's greedy path takes the one id the processor left
         kwargs["extra_args"] = extra
     return kwargs
 

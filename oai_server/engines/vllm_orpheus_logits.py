@@ -24,15 +24,9 @@ penalty touches only the 4096 logits of the position's band (everything else is 
 The result equals vLLM's for these rows: prompt tokens never fall in an audio band, and vLLM's
 formula (``logit * (1/p if logit > 0 else p)`` for seen tokens) is applied as is.
 
-Top-k and top-p over the band: a request may carry its ``top_p`` and ``top_k`` in
-``extra_args[TOP_P_KEY]`` / ``extra_args[TOP_K_KEY]`` (with vLLM's own left at 1.0 / 0). vLLM's
-sampler filters over the whole vocabulary (a sort or a Triton pass over 156 940 logits a row: 0.9
-ms of a 9 ms step at 192 streams on an H200), though after the mask only the 4096 ids of the band
-(and at frame boundaries `END_OF_SPEECH`) can be sampled. Here the filter runs on those 4097
-columns and masks what it drops; vLLM then only divides by the temperature and draws. vLLM applies
-top-k/top-p after the temperature, so the filter ranks ``logits / temperature`` (the request's own,
-read from its params), top-k first, then top-p over what top-k kept: the same ids survive as in
-vLLM's, and the draw over them is the same distribution.
+Top-k, top-p and the draw over the band (`band_sampling`): a request that asks for them in its
+``extra_args`` has them applied here, on the 4097 ids its position can emit, instead of by vLLM's sampler
+over the whole vocabulary.
 
 An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
 decoding in its process here (`oai_server.codec.snac_service`).
@@ -50,6 +44,7 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus, snac_service
+from oai_server.engines.band_sampling import BandSampling, band_sampling_of, check_band_args, sample_band
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -60,13 +55,7 @@ EXTRA_ARGS_KEY = "orpheus_audio_slots"
 """Key in ``SamplingParams.extra_args`` that switches the slot constraint on for a request."""
 PENALTY_KEY = "orpheus_repetition_penalty"
 """Key in ``SamplingParams.extra_args``: the repetition penalty this processor applies (default 1)."""
-TOP_P_KEY = "orpheus_band_top_p"
-"""Key in ``SamplingParams.extra_args``: the top-p this processor applies over the band (default 1: none)."""
-TOP_K_KEY = "orpheus_band_top_k"
-"""Key in ``SamplingParams.extra_args``: the top-k this processor applies over the band (default 0: none)."""
 AUDIO_SPAN = orpheus.AUDIO_TOKEN_END - orpheus.AUDIO_TOKEN_BASE
-GREEDY_BELOW = 1e-5
-"""vLLM samples greedily below this temperature (its ``_SAMPLING_EPS``): no filter can change the argmax."""
 
 
 def wants_audio_slots(extra_args: dict[str, Any] | None) -> bool:
@@ -78,18 +67,6 @@ def penalty_of(extra_args: dict[str, Any] | None) -> float:
     """The repetition penalty a request's ``extra_args`` ask this processor for (1.0: none)."""
     value = (extra_args or {}).get(PENALTY_KEY)
     return 1.0 if value is None else float(value)
-
-
-def band_filter_of(params: Any) -> tuple[float, float, int] | None:
-    """``(temperature, top_p, top_k)`` of a request whose ``extra_args`` ask for a band filter that can
-    change its draw; None for none (no filter asked, or greedy)."""
-    extra = getattr(params, "extra_args", None) or {}
-    top_p = float(extra.get(TOP_P_KEY, 1.0))
-    top_k = int(extra.get(TOP_K_KEY, 0))
-    temperature = float(getattr(params, "temperature", 1.0))
-    if temperature < GREEDY_BELOW or (top_p >= 1.0 and top_k <= 0):
-        return None
-    return temperature, top_p, top_k
 
 
 def build_slot_table(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -147,45 +124,14 @@ def apply_band_penalty(
     return logits.scatter_(1, columns, torch.where(hit, values * scale, values))
 
 
-def band_columns(positions: torch.Tensor) -> torch.Tensor:
-    """``[rows, 4097]`` vocabulary ids each row may sample: its position's band, then `END_OF_SPEECH`."""
-    offsets = orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
-    band = offsets.unsqueeze(1) + torch.arange(orpheus.CODEBOOK_SIZE, device=positions.device)
-    eos = torch.full_like(offsets, orpheus.END_OF_SPEECH).unsqueeze(1)
-    return torch.cat([band, eos], dim=1)
-
-
-def apply_band_top_k_top_p(logits: torch.Tensor, positions: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """vLLM's top-k then top-p, over each row's band and `END_OF_SPEECH` only; dropped ids become -inf.
-
-    Every row of ``logits`` takes part, in order, and must already be masked to its band (the rest is
-    -inf, so it can neither be kept nor shift the probabilities). ``filters`` is float ``[rows, 3]``:
-    temperature (> 0), top_p (1: off) and top_k (0: off). The top-p threshold is vLLM's: an id is dropped
-    when the probability of the ids ranked above it is at least ``top_p``; the most likely id always stays.
-    Changes ``logits`` in place and returns it.
-    """
-    columns = band_columns(positions)
-    values = logits.gather(1, columns)
-    temperature, top_p, top_k = filters.unbind(1)
-    ranked, order = (values / temperature.unsqueeze(1)).sort(dim=1, descending=True)
-    rank = torch.arange(ranked.shape[1], device=logits.device).unsqueeze(0)
-    beyond_k = (top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))
-    probs = ranked.masked_fill(beyond_k, float("-inf")).softmax(dim=1)
-    mass_before = probs.cumsum(dim=1) - probs
-    drop = beyond_k | (mass_before >= torch.where(top_p < 1.0, top_p, float("inf")).unsqueeze(1))
-    drop[:, 0] = False
-    dropped = torch.zeros_like(drop).scatter_(1, order, drop)
-    return logits.scatter_(1, columns, values.masked_fill(dropped, float("-inf")))
-
-
 @dataclass
 class _Row:
-    """One opted-in request: its live output list, its line of the seen table, its penalty, its band filter."""
+    """One opted-in request: its live output list, its line of the seen table, its penalty, its band sampling."""
 
     output_ids: Sequence[int]
     slot: int
     penalty: float
-    band_filter: tuple[float, float, int] | None = None
+    band: BandSampling | None = None
     synced: int = 0  # output_ids[:synced] are already marked in the seen table
 
 
@@ -221,12 +167,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 < penalty <= 10
         ):
             raise ValueError(f"extra_args[{PENALTY_KEY!r}] must be a number in (0, 10], got {penalty!r}")
-        top_p = extra.get(TOP_P_KEY)
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-            raise ValueError(f"extra_args[{TOP_P_KEY!r}] must be a number in (0, 1], got {top_p!r}")
-        top_k = extra.get(TOP_K_KEY)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-            raise ValueError(f"extra_args[{TOP_K_KEY!r}] must be an integer >= 0, got {top_k!r}")
+        check_band_args(extra)
 
     def is_argmax_invariant(self) -> bool:
         """The mask changes the argmax, so it must also apply to greedy requests."""
@@ -257,7 +198,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             self._drop(index)
             extra = getattr(params, "extra_args", None)
             if wants_audio_slots(extra):
-                rows[index] = _Row(output_ids, self._take_slot(), penalty_of(extra), band_filter_of(params))
+                rows[index] = _Row(output_ids, self._take_slot(), penalty_of(extra), band_sampling_of(params))
         for a_index, b_index, direction in batch_update.moved:
             a_entry = rows.pop(a_index, None)
             b_entry = rows.pop(b_index, None)
@@ -303,23 +244,24 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         if marks:
             seen.view(-1).index_fill_(0, self._to_device(marks, torch.int64, seen.device), True)
 
-    def _filter_band(
-        self, target: torch.Tensor, positions: torch.Tensor, filters: list[tuple[float, float, int] | None]
-    ) -> None:
-        """Band top-k/top-p on the rows of ``target`` (in order, already masked) that asked for one."""
-        picked = [i for i, band_filter in enumerate(filters) if band_filter is not None]
-        if not picked:
-            return
-        values = self._to_device([filters[i] for i in picked], torch.float32, target.device)
-        if len(picked) == len(filters):
-            apply_band_top_k_top_p(target, positions, values)
-            return
-        index = self._to_device(picked, torch.int64, target.device)
-        subset = target.index_select(0, index)
-        target.index_copy_(0, index, apply_band_top_k_top_p(subset, positions.index_select(0, index), values))
+    def _sample_band(self, target: torch.Tensor, positions: torch.Tensor, bands: list[BandSampling | None]) -> None:
+        """Band sampling on the rows of ``target`` (in order, already masked) that asked for it: those that draw
+        here, then those vLLM draws for (one batched pass each)."""
+        for draw in (True, False):
+            chosen = [(i, band.values) for i, band in enumerate(bands) if band is not None and band.draw is draw]
+            if not chosen:
+                continue
+            picked = [i for i, _ in chosen]
+            settings = self._to_device([values for _, values in chosen], torch.float32, target.device)
+            if len(picked) == len(bands):
+                sample_band(target, positions, settings, draw)
+                continue
+            index = self._to_device(picked, torch.int64, target.device)
+            subset = sample_band(target.index_select(0, index), positions.index_select(0, index), settings, draw)
+            target.index_copy_(0, index, subset)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply the opted-in rows' repetition penalty, band mask and band top-k/top-p (in place); return the logits."""
+        """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits."""
         if not self._rows:
             return logits
         table = self._table
@@ -339,7 +281,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             penalties = self._to_device([row.penalty for _, row in items], torch.float32, logits.device)
             apply_band_penalty(target, seen, dev[:, 1], dev[:, 2], penalties)
         apply_slot_mask(target, table, None, dev[:, 1])
-        self._filter_band(target, dev[:, 1], [row.band_filter for _, row in items])
+        self._sample_band(target, dev[:, 1], [row.band for _, row in items])
         if not every_row:
             logits.index_copy_(0, dev[:, 0], target)
         return logits
