@@ -85,7 +85,7 @@ case "${1:-load}" in
     ;;
   profile)  # one engine, N streams, a torch-profiler trace of a few decode steps (bench/profile_engine.py)
     timeout "${LOAD_TIMEOUT:-540}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" --snac "$RAND/snac" \
-      --concurrency "${CONC:-128}" --out "$OUT/profile" ${ENGINE_ARGS:-} > "$OUT/profile.log" 2>&1
+      --concurrency "${CONC:-128}" --out "$OUT/profile" ${PYSPY:+--py-spy "$PYSPY"} ${ENGINE_ARGS:-} > "$OUT/profile.log" 2>&1
     grep "^unprofiled" "$OUT/profile.log"; sed -n '/^=== profile summary/,$p' "$OUT/profile.log" | head -70
     tail -5 "$OUT/profile.log"
     ;;

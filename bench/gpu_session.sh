@@ -16,7 +16,8 @@
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
 #                 fastest among those within 50 dB of eager (best_fusion), into baselines_fused/.
 #   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams
-#                 (PROF_ARGS: its flags instead of ENGINE_ARGS, e.g. "--mode ours_in_engine --snac-fusion decoder").
+#                 (PROF_ARGS: its flags instead of ENGINE_ARGS, e.g. "--mode ours_in_engine --snac-fusion decoder";
+#                 PYSPY=/tmp/site/bin/py-spy also samples the engine core's threads and GIL, bench/engine_spy.py).
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START

@@ -6,6 +6,8 @@ top-p by vLLM's sampler, or with `--sampling band` over the band in the slot pro
 does). `--mode ours_in_engine` runs the server's pipeline instead: SNAC decoding in the engine-core
 process (`--snac`), so the trace holds both, and the summary splits GPU time by CUDA stream (the
 engine's and SNAC's, their overlap) and host time by thread (the engine core's and SNAC's service).
+`--py-spy PATH` also samples the engine core over the unprofiled window (`engine_spy.py`): per thread,
+what it does and how often it holds the GIL.
 After the usual batched warm-up it runs N streams, measures the unprofiled step time for
 `--measure-s`, then profiles `--steps` engine steps (vLLM `ProfilerConfig.max_iterations`) and
 summarises the worker's trace: GPU kernel time per step against the unprofiled wall time per step
@@ -22,6 +24,7 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -32,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SENTENCES, VOICE, orpheus_params, orpheus_prompt, write_json
+from engine_spy import spy_engine_core
 
 SNAC_SERVICE = "profile"
 
@@ -247,7 +251,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         tasks = [asyncio.create_task(stream) for stream in streams]
         await asyncio.sleep(args.settle_s)
         c0, t0 = counter[0], time.perf_counter()
-        await asyncio.sleep(args.measure_s)
+        if args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
+            report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
+        else:
+            await asyncio.sleep(args.measure_s)
         c1, t1 = counter[0], time.perf_counter()
         steps_per_s = (c1 - c0) / n / (t1 - t0)
         report["unprofiled"] = {
@@ -298,6 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")
     p.add_argument("--profile-s", type=float, default=4.0, help="how long the profiler stays on at most")
     p.add_argument("--trace-timeout", type=float, default=180.0)
+    p.add_argument("--py-spy", default=None, help="py-spy binary: sample the engine core over --measure-s too")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 

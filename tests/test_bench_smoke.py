@@ -513,6 +513,35 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
     assert summary["top_kernels_ms_per_step"][0] == ("sm90_xmma_gemm_bf16", pytest.approx(0.04))
 
 
+def test_engine_spy_finds_the_engine_core_and_sums_py_spy_samples(tmp_path: Path) -> None:
+    from engine_spy import engine_core_pids, summarize_raw
+
+    proc = tmp_path / "proc"
+    for pid, ppid, comm in [
+        (10, 1, "python3"),
+        (11, 10, "VLLM::EngineCor"),
+        (12, 10, "python3"),
+        (13, 12, "x"),
+        (14, 2, "VLLM::EngineCor"),
+    ]:
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(f"{pid} ({comm} a) S {ppid} 1 1 0")  # a comm may hold spaces and ")"
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+    assert engine_core_pids(10, proc) == [11]  # 14 is an engine core of another process
+    raw = tmp_path / "gil.txt"
+    raw.write_text(
+        "thread (0x1);run_busy_loop (core.py:1);step (core.py:2) 30\n"
+        "thread (0x1);run_busy_loop (core.py:1);schedule (scheduler.py:9) 10\n"
+        "thread (0x2) snac-service;_answer (snac_service.py:1);recv (connection.py:3) 10\n"
+        "garbage line\n"
+    )
+    summary = summarize_raw(raw)
+    assert summary["samples"] == 50
+    engine, snac = summary["threads"]["thread (0x1)"], summary["threads"]["thread (0x2) snac-service"]
+    assert engine["share"] == pytest.approx(0.8) and snac["share"] == pytest.approx(0.2)
+    assert engine["top"][0] == ("step (core.py:2)", 30)
+
+
 @pytest.mark.slow
 def test_asr_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "asr"
