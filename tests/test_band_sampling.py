@@ -248,3 +248,26 @@ def test_malformed_band_filters_are_rejected_in_the_frontend(key: str, bad: Any)
     OrpheusSlotLogitsProcessor.validate_params(request(0.6, top_p=0.8, top_k=10))
     with pytest.raises(ValueError, match=key):
         OrpheusSlotLogitsProcessor.validate_params(types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: True, key: bad}))
+
+
+def test_the_batch_layout_is_built_once_per_batch_change_and_positions_still_follow() -> None:
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    histories: list[list[int]] = [[0] * 3, [0] * 5]
+    proc.update_state(batch([(i, request(0.6, top_p=0.8, draw=True), [1], h) for i, h in enumerate(histories)]))
+    logits = torch.randn(2, V, generator=torch.Generator().manual_seed(4)) * 4
+    proc.apply(logits.clone())
+    layout = proc._layout
+    for history in histories:
+        history.append(orpheus.AUDIO_TOKEN_BASE)  # a step: one token each, no batch change
+    proc.update_state(None)
+    got = proc.apply(logits.clone())
+    assert proc._layout is layout  # nothing rebuilt between steps of an unchanged batch
+    assert int(got[0].argmax()) in band_columns(torch.tensor([4]))[0].tolist()  # positions 4 and 6 now
+    assert int(got[1].argmax()) in band_columns(torch.tensor([6]))[0].tolist()
+    proc.update_state(
+        batch(
+            [],
+        )
+    )  # any change from vLLM (even an empty one) rebuilds it
+    proc.apply(logits.clone())
+    assert proc._layout is not layout

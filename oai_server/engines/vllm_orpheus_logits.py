@@ -12,7 +12,9 @@ For an opted-in row, audio position k is the number of tokens it has generated s
 scheduling the list may end in ``-1`` placeholders, which still count). Only
 ``orpheus.slot_band(k)`` is allowed, plus ``END_OF_SPEECH`` where ``orpheus.stop_allowed(k)``.
 The mask is one gather from a precomputed ``[7, vocab]`` bool table on the logits' device; the
-Python work per step is O(opted-in rows).
+Python work per step is O(opted-in rows), and what only changes with the batch (the rows' order, seen-table
+lines, penalties, band settings, as device tensors) is built once per change vLLM reports: vLLM's thread
+runs `apply` between steps, while the GPU may be waiting for it.
 
 Repetition penalty: a request may carry its Orpheus repetition penalty in
 ``extra_args[PENALTY_KEY]`` (with vLLM's own ``repetition_penalty`` left at 1.0). vLLM's penalty
@@ -135,6 +137,26 @@ class _Row:
     synced: int = 0  # output_ids[:synced] are already marked in the seen table
 
 
+@dataclass
+class _BandGroup:
+    """Rows that sample in the band one way (drawn here or by vLLM): their settings and where they sit."""
+
+    draw: bool
+    settings: torch.Tensor  # float [rows, 3]
+    index: torch.Tensor | None  # int64 positions in the opted-in rows; None: all of them
+
+
+@dataclass
+class _Layout:
+    """What `apply` needs of the batch that does not change from step to step (rebuilt when vLLM changes it)."""
+
+    rows: list[_Row]  # the opted-in rows, by persistent-batch index
+    index: torch.Tensor | None  # their batch indices; None when they are every row in order
+    slots: torch.Tensor  # their lines of the seen table
+    penalties: torch.Tensor | None  # None when no row has a penalty
+    bands: list[_BandGroup]
+
+
 class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
     """Per-position Orpheus audio-band constraint (and band repetition penalty) as a vLLM v1 `LogitsProcessor`.
 
@@ -151,6 +173,8 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._free: list[int] = []
         self._slots = 0
         self._stale: list[int] = []  # slots handed to new requests, to clear before use
+        self._version = 0  # bumped by every batch change: the cached layout is rebuilt on the next step
+        self._layout: tuple[tuple[int, int], _Layout | None] | None = None
         service = (getattr(vllm_config, "additional_config", None) or {}).get(snac_service.SERVICE_KEY)
         # the one hook of this project in the engine-core process: SNAC decoding joins the engine's CUDA context
         self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
@@ -191,6 +215,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         """Track opted-in rows through vLLM's removed -> added -> moved batch changes."""
         if batch_update is None:
             return
+        self._version += 1
         rows = self._rows
         for index in batch_update.removed:
             self._drop(index)
@@ -231,34 +256,54 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
             self._stale.clear()
         marks: list[int] = []
+        low, high = orpheus.AUDIO_TOKEN_BASE, orpheus.AUDIO_TOKEN_END
         for row in rows:
-            ids = row.output_ids
-            for i in range(row.synced, len(ids)):
-                token = ids[i]
-                if token < 0:
-                    break
-                row.synced = i + 1
-                column = token - orpheus.AUDIO_TOKEN_BASE
-                if 0 <= column < AUDIO_SPAN:
-                    marks.append(row.slot * AUDIO_SPAN + column)
+            new = row.output_ids[row.synced :]  # a slice: the per-token loop below stays in C
+            if not new:
+                continue
+            if min(new) < 0:
+                new = new[: next(i for i, token in enumerate(new) if token < 0)]
+            row.synced += len(new)
+            offset = row.slot * AUDIO_SPAN - low
+            marks += [offset + token for token in new if low <= token < high]
         if marks:
             seen.view(-1).index_fill_(0, self._to_device(marks, torch.int64, seen.device), True)
 
-    def _sample_band(self, target: torch.Tensor, positions: torch.Tensor, bands: list[BandSampling | None]) -> None:
-        """Band sampling on the rows of ``target`` (in order, already masked) that asked for it: those that draw
-        here, then those vLLM draws for (one batched pass each)."""
+    def _layout_for(self, num_rows: int, device: torch.device) -> _Layout | None:
+        """The batch's layout, rebuilt only after vLLM changed the batch (None: no opted-in row)."""
+        key = (self._version, num_rows)
+        if self._layout is not None and self._layout[0] == key:
+            return self._layout[1]
+        items = sorted((index, row) for index, row in self._rows.items() if index < num_rows)
+        layout = None
+        if items:
+            rows = [row for _, row in items]
+            every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
+            penalties = [row.penalty for row in rows]
+            layout = _Layout(
+                rows=rows,
+                index=None if every_row else self._to_device([i for i, _ in items], torch.int64, device),
+                slots=self._to_device([row.slot for row in rows], torch.int64, device),
+                penalties=self._to_device(penalties, torch.float32, device)
+                if any(p != 1.0 for p in penalties)
+                else None,
+                bands=self._band_groups(rows, device),
+            )
+        self._layout = (key, layout)
+        return layout
+
+    def _band_groups(self, rows: list[_Row], device: torch.device) -> list[_BandGroup]:
+        """The rows drawn in the band here, then those only filtered here (vLLM draws): one group each."""
+        groups = []
         for draw in (True, False):
-            chosen = [(i, band.values) for i, band in enumerate(bands) if band is not None and band.draw is draw]
-            if not chosen:
-                continue
-            picked = [i for i, _ in chosen]
-            settings = self._to_device([values for _, values in chosen], torch.float32, target.device)
-            if len(picked) == len(bands):
-                sample_band(target, positions, settings, draw)
-                continue
-            index = self._to_device(picked, torch.int64, target.device)
-            subset = sample_band(target.index_select(0, index), positions.index_select(0, index), settings, draw)
-            target.index_copy_(0, index, subset)
+            chosen = [(i, row.band) for i, row in enumerate(rows) if row.band is not None and row.band.draw is draw]
+            if chosen:
+                settings = self._to_device([band.values for _, band in chosen], torch.float32, device)
+                index = (
+                    None if len(chosen) == len(rows) else self._to_device([i for i, _ in chosen], torch.int64, device)
+                )
+                groups.append(_BandGroup(draw, settings, index))
+        return groups
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits."""
@@ -267,21 +312,28 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         table = self._table
         if table is None or table.shape[1] != logits.shape[1] or table.device != logits.device:
             table = self._table = build_slot_table(logits.shape[1], logits.device)
-        num_rows = logits.shape[0]
-        items = sorted((index, row) for index, row in self._rows.items() if index < num_rows)
-        if not items:
+        layout = self._layout_for(logits.shape[0], logits.device)
+        if layout is None:
             return logits
         seen = self._seen_table(logits.device)
-        self._mark_new_tokens([row for _, row in items], seen)
-        state = [(index, len(row.output_ids), row.slot) for index, row in items]
-        dev = self._to_device(state, torch.int64, logits.device)
-        every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
-        target = logits if every_row else logits.index_select(0, dev[:, 0])  # opted-in rows, in order
-        if any(row.penalty != 1.0 for _, row in items):
-            penalties = self._to_device([row.penalty for _, row in items], torch.float32, logits.device)
-            apply_band_penalty(target, seen, dev[:, 1], dev[:, 2], penalties)
-        apply_slot_mask(target, table, None, dev[:, 1])
-        self._sample_band(target, dev[:, 1], [row.band for _, row in items])
-        if not every_row:
-            logits.index_copy_(0, dev[:, 0], target)
+        self._mark_new_tokens(layout.rows, seen)
+        # the one thing that changes every step: each row's audio position
+        positions = self._to_device([len(row.output_ids) for row in layout.rows], torch.int64, logits.device)
+        target = logits if layout.index is None else logits.index_select(0, layout.index)  # opted-in rows, in order
+        if layout.penalties is not None:
+            apply_band_penalty(target, seen, positions, layout.slots, layout.penalties)
+        apply_slot_mask(target, table, None, positions)
+        for group in layout.bands:
+            if group.index is None:
+                sample_band(target, positions, group.settings, group.draw)
+            else:
+                rows = sample_band(
+                    target.index_select(0, group.index),
+                    positions.index_select(0, group.index),
+                    group.settings,
+                    group.draw,
+                )
+                target.index_copy_(0, group.index, rows)
+        if layout.index is not None:
+            logits.index_copy_(0, layout.index, target)
         return logits
