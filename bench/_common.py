@@ -47,6 +47,34 @@ def orpheus_prompt(tokenizer: Any, text: str) -> list[int]:
     return speech_prompt(tokenizer, VOICE, text)
 
 
+ORPHEUS_TEMPERATURE, ORPHEUS_TOP_P, ORPHEUS_REPETITION_PENALTY = 0.6, 0.8, 1.1
+"""The server's Orpheus sampling defaults, as every bench samples."""
+
+
+def voice_options(max_tokens: int) -> Any:
+    """`VoiceOptions` of the bench's voice with the server's Orpheus sampling and a fixed token budget."""
+    from oai_server.pipeline.speech import VoiceOptions
+
+    return VoiceOptions(VOICE, ORPHEUS_TEMPERATURE, ORPHEUS_TOP_P, ORPHEUS_REPETITION_PENALTY, max_tokens=max_tokens)
+
+
+def speech_synthesizer(
+    engine: Any, tokenizer: Any, decoder: Any, windows: Any, max_tokens: int, max_model_len: int
+) -> Any:
+    """The server's `SpeechSynthesizer` over `engine` and SNAC `decoder`, as the benches run it in process."""
+    from oai_server.pipeline.speech import SpeechSynthesizer
+
+    return SpeechSynthesizer(
+        engine,
+        tokenizer,
+        decoder,
+        windows=windows,
+        tokens_per_char=8.0,
+        max_tokens=max_tokens,
+        max_model_len=max_model_len,
+    )
+
+
 def orpheus_params(max_tokens: int, band_sampling: bool = True) -> Any:
     """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget; with
     ``band_sampling`` off, top-p is left to vLLM's sampler over the whole vocabulary (raw vLLM's way)."""
@@ -55,9 +83,9 @@ def orpheus_params(max_tokens: int, band_sampling: bool = True) -> Any:
 
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=0.6,
-        top_p=0.8,
-        repetition_penalty=1.1,
+        temperature=ORPHEUS_TEMPERATURE,
+        top_p=ORPHEUS_TOP_P,
+        repetition_penalty=ORPHEUS_REPETITION_PENALTY,
         stop_token_ids=STOP_TOKEN_IDS,
         orpheus_audio_slots=True,
         orpheus_band_sampling=band_sampling,

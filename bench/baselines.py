@@ -52,12 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     SENTENCES,
-    VOICE,
     StreamResult,
     orpheus_params,
     orpheus_prompt,
+    speech_synthesizer,
     summarize,
     table,
+    voice_options,
     write_json,
 )
 from capacity import Criteria, capacity_block
@@ -199,10 +200,10 @@ class Bench:
         return await self._speak("silent", index)
 
     async def _speak(self, mode: str, index: int) -> StreamResult:
-        from oai_server.pipeline.speech import SpeechStats, VoiceOptions
+        from oai_server.pipeline.speech import SpeechStats
 
         text, _ = self.prompt(index)
-        options = VoiceOptions(VOICE, 0.6, 0.8, 1.1, max_tokens=self.args.max_tokens)
+        options = voice_options(self.args.max_tokens)
         result, started = StreamResult(), time.perf_counter()
         async for pcm in self.synthesizers[mode].synthesize(text, options, SpeechStats()):
             result.bytes += len(pcm)
@@ -259,7 +260,6 @@ async def build(args: argparse.Namespace) -> Bench:
     from oai_server.codec.snac_service import EngineSnacDecoder, SnacService, service_address
     from oai_server.codec.snac_windows import WindowPolicy
     from oai_server.engines.loading import load_tokenizer
-    from oai_server.pipeline.speech import SpeechSynthesizer
 
     tokenizer = load_tokenizer(args.tts_model)
     seed_snac = SNAC.from_pretrained(args.snac).to(args.snac_device).eval()  # as the seed loads it
@@ -310,14 +310,8 @@ async def build(args: argparse.Namespace) -> Bench:
     bench = Bench(args, engine, tokenizer, seed_snac)
     for mode, decoder in decoders.items():
         await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
-        bench.synthesizers[mode] = SpeechSynthesizer(
-            engine,
-            tokenizer,
-            decoder,
-            windows=windows,
-            tokens_per_char=8.0,
-            max_tokens=args.max_tokens,
-            max_model_len=args.max_model_len,
+        bench.synthesizers[mode] = speech_synthesizer(
+            engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len
         )
     return bench
 

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SENTENCES, VOICE, orpheus_params, orpheus_prompt, write_json
+from _common import SENTENCES, orpheus_params, orpheus_prompt, speech_synthesizer, voice_options, write_json
 from engine_spy import spy_engine_core
 
 SNAC_SERVICE = "profile"
@@ -137,9 +137,9 @@ def summarize_events(events: list[dict[str, Any]], name: str, top: int = 25) -> 
         if e.get("cat") == "gpu_user_annotation" and str(e.get("name", "")).startswith("gpu_model_runner"):
             regions[e["name"].removeprefix("gpu_model_runner: ")] += e.get("dur", 0)
     busy = _union_us((e["ts"], e["ts"] + e["dur"]) for e in kernels)
-    streams = _by_stream(kernels, max(steps, 1))
     span = max((e["ts"] + e["dur"] for e in kernels), default=0) - min((e["ts"] for e in kernels), default=0)
     per = max(steps, 1)
+    streams = _by_stream(kernels, per)
     total = sum(by_cat.values()) or 1
     return {
         "trace": name,
@@ -166,11 +166,9 @@ async def _stream(engine: Any, prompt: list[int], params: Any, index: int, count
 
 async def _speak(synthesizer: Any, text: str, max_tokens: int, counter: list[int]) -> None:
     """One stream through the server's pipeline; ``counter`` in audio tokens (7 per 2048 samples decoded)."""
-    from oai_server.pipeline.speech import SpeechStats, VoiceOptions
+    from oai_server.pipeline.speech import SpeechStats
 
-    async for pcm in synthesizer.synthesize(
-        text, VoiceOptions(VOICE, 0.6, 0.8, 1.1, max_tokens=max_tokens), SpeechStats()
-    ):
+    async for pcm in synthesizer.synthesize(text, voice_options(max_tokens), SpeechStats()):
         counter[0] += len(pcm) // 2 // 2048 * 7
 
 
@@ -179,7 +177,6 @@ async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> An
     from oai_server.codec.snac_model import resolve_snac_dtype
     from oai_server.codec.snac_service import EngineSnacDecoder
     from oai_server.codec.snac_windows import WindowPolicy
-    from oai_server.pipeline.speech import SpeechSynthesizer
 
     dtype = resolve_snac_dtype("auto", "cuda")
     decoder = await asyncio.to_thread(
@@ -187,10 +184,7 @@ async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> An
     )
     windows = WindowPolicy(frames_per_decode=4)
     await decoder.capture_graphs(windows.stream_shapes)
-    return SpeechSynthesizer(
-        engine, tokenizer, decoder, windows=windows, tokens_per_char=8.0,
-        max_tokens=args.max_tokens, max_model_len=args.max_model_len,
-    )  # fmt: skip
+    return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len)
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:

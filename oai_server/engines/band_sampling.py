@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus
+from oai_server.engines.sampling import GREEDY_BELOW  # vLLM's greedy threshold: no filter changes the argmax
 
 TOP_P_KEY = "orpheus_band_top_p"
 """Key in ``SamplingParams.extra_args``: the top-p applied over the band (default 1: none)."""
@@ -32,8 +33,6 @@ TOP_K_KEY = "orpheus_band_top_k"
 """Key in ``SamplingParams.extra_args``: the top-k applied over the band (default 0: none)."""
 TEMPERATURE_KEY = "orpheus_band_temperature"
 """Key in ``SamplingParams.extra_args``: draw in the band at this temperature (vLLM's own is then 0)."""
-GREEDY_BELOW = 1e-5
-"""vLLM samples greedily below this temperature (its ``_SAMPLING_EPS``): no filter can change the argmax."""
 
 
 @dataclass(frozen=True)

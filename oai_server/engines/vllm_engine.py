@@ -57,7 +57,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "skip_special_tokens": False,
     }
     if params.orpheus_audio_slots:
-        from oai_server.engines.band_sampling import GREEDY_BELOW, TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
+        from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
+        from oai_server.engines.sampling import GREEDY_BELOW
         from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY
 
         # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
