@@ -75,9 +75,10 @@ def speech_synthesizer(
     )
 
 
-def orpheus_params(max_tokens: int, band_sampling: bool = True) -> Any:
+def orpheus_params(max_tokens: int, band_sampling: bool = True, band_draw: bool = False) -> Any:
     """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget; with
-    ``band_sampling`` off, top-p is left to vLLM's sampler over the whole vocabulary (raw vLLM's way)."""
+    ``band_sampling`` off, top-p is left to vLLM's sampler over the whole vocabulary (raw vLLM's way);
+    with ``band_draw`` the draw is made over the band too."""
     from oai_server.codec.orpheus import STOP_TOKEN_IDS
     from oai_server.engines.base import SamplingParams
 
@@ -89,6 +90,7 @@ def orpheus_params(max_tokens: int, band_sampling: bool = True) -> Any:
         stop_token_ids=STOP_TOKEN_IDS,
         orpheus_audio_slots=True,
         orpheus_band_sampling=band_sampling,
+        orpheus_band_draw=band_draw,
     )
 
 

@@ -6,7 +6,8 @@ Modes (each swept over N concurrent streams of the same Orpheus prompts):
   aggregate; its token timeline is also played as audio (7 tokens = 2048 samples), the ceiling.
   Top-p is vLLM's own (over the whole vocabulary), as anyone running vLLM gets it.
 * ``raw_band``: the same with top-p over each position's band in the slot processor, as the server
-  samples: ``raw_band`` ÷ ``raw`` is what that alone gains the engine.
+  samples: ``raw_band`` ÷ ``raw`` is what that alone gains the engine. ``raw_band_draw``: the draw in
+  the band too (`SamplingParams.orpheus_band_draw`, off in the server).
 * ``seed``: a faithful reimplementation of the seed's / Canopy's pipeline. Each engine update is
   detokenized to ``<custom_token_N>`` text; only the last custom token of each update is parsed
   (``N - 10 - 4096 * (k % 7)``), codes <= 0 are dropped, and after every 7th code once k >= 28
@@ -30,6 +31,12 @@ downstream of the engine. ``ratios_over_raw`` gives each mode's aggregate tokens
     python bench/baselines.py --demo --out /tmp/baselines.json                # CPU smoke test
     python bench/baselines.py --engine vllm --tts-model /tmp/rand/orpheus --snac /tmp/rand/snac \\
         --concurrency 1,8,32,64 --max-tokens 1024 --out bench/out/baselines.json   # on the GPU
+
+``--engines 2`` runs every mode on two Orpheus engines (two engine-core processes) on the one GPU
+behind the server's balancer (`BalancedEngine`; with ``ours_in_engine`` each engine hosts the SNAC
+of its own streams, as the server's replicas do): vLLM's engine loop is Python, and at 192 streams
+its main thread holds the GIL for ~73 % of a step (py-spy, `bench/results/h200_s17_random_weights`),
+so one engine process is host-bound before the GPU is; two give the host work two interpreters.
 """
 
 from __future__ import annotations
@@ -65,7 +72,9 @@ from capacity import Criteria, capacity_block
 
 from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import WindowShape
+from oai_server.engines.balanced import BalancedEngine
 from oai_server.engines.base import SamplingParams, TokenEngine, new_request_id
+from oai_server.engines.snac_replicas import ReplicaSnacDecoders
 
 BENCH_SNAC_SERVICE = "bench"
 
@@ -131,9 +140,9 @@ class Bench:
         text = self.args.text or SENTENCES[index % len(SENTENCES)]
         return text, orpheus_prompt(self.tokenizer, text)
 
-    def params(self, band_sampling: bool = False) -> SamplingParams:
+    def params(self, band_sampling: bool = False, band_draw: bool = False) -> SamplingParams:
         """The server's Orpheus sampling defaults with a fixed token budget (top-p vLLM's unless `band_sampling`)."""
-        return orpheus_params(self.args.max_tokens, band_sampling)
+        return orpheus_params(self.args.max_tokens, band_sampling, band_draw)
 
     async def raw(self, index: int) -> StreamResult:
         """Engine only; the token timeline is played as if every 7 tokens were a frame."""
@@ -143,11 +152,15 @@ class Bench:
         """Engine only, top-p over the band as the server samples."""
         return await self._raw(index, band_sampling=True)
 
-    async def _raw(self, index: int, band_sampling: bool) -> StreamResult:
+    async def raw_band_draw(self, index: int) -> StreamResult:
+        """Engine only, top-p and the draw over the band."""
+        return await self._raw(index, band_sampling=True, band_draw=True)
+
+    async def _raw(self, index: int, band_sampling: bool, band_draw: bool = False) -> StreamResult:
         _, prompt = self.prompt(index)
         result, started, tokens = StreamResult(), time.perf_counter(), 0
         first = None
-        params = self.params(band_sampling)
+        params = self.params(band_sampling, band_draw)
         async for delta in self.engine.generate(prompt, params, new_request_id("raw")):
             now = time.perf_counter() - started
             first = now if first is None else first
@@ -275,22 +288,7 @@ async def build(args: argparse.Namespace) -> Bench:
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
     if args.engine == "vllm":
-        from oai_server.engines.vllm_engine import VLLMEngine
-
-        engine = await VLLMEngine.create(
-            args.tts_model,
-            tokenizer=args.tts_model,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_num_seqs=max(args.concurrency),
-            enforce_eager=args.enforce_eager,
-            quantization=args.quantization,
-            kv_cache_dtype=args.kv_cache_dtype,
-            stream_interval=args.stream_interval,
-            orpheus_slots=True,
-            snac_service=BENCH_SNAC_SERVICE if in_engine else None,
-            kind="vllm-orpheus",
-        )
+        engine = await vllm_engines(args, in_engine)
     else:
         from oai_server.engines.transformers_engine import TransformersEngine
 
@@ -302,10 +300,18 @@ async def build(args: argparse.Namespace) -> Bench:
             max_concurrency=max(args.concurrency),
         )
         if in_engine:  # no engine process: the service runs in this one, over the same connection
-            SnacService(service_address(BENCH_SNAC_SERVICE, os.getpid()), args.snac_device).start()
+            SnacService(service_address(snac_services(1)[0], os.getpid()), args.snac_device).start()
     if in_engine:
-        decoders["ours_in_engine"] = await asyncio.to_thread(
-            EngineSnacDecoder.load, BENCH_SNAC_SERVICE, args.snac, args.snac_device, snac_dtype, 64, args.snac_fusion
+        in_engine_decoders = [
+            await asyncio.to_thread(
+                EngineSnacDecoder.load, service, args.snac, args.snac_device, snac_dtype, 64, args.snac_fusion
+            )
+            for service in snac_services(args.engines)
+        ]
+        decoders["ours_in_engine"] = (
+            ReplicaSnacDecoders(engine, in_engine_decoders)
+            if isinstance(engine, BalancedEngine)
+            else in_engine_decoders[0]
         )
     bench = Bench(args, engine, tokenizer, seed_snac)
     for mode, decoder in decoders.items():
@@ -314,6 +320,42 @@ async def build(args: argparse.Namespace) -> Bench:
             engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len
         )
     return bench
+
+
+def snac_services(engines: int) -> list[str]:
+    """The SNAC service name of each Orpheus engine (one engine keeps the name earlier runs used)."""
+    return [BENCH_SNAC_SERVICE] if engines == 1 else [f"{BENCH_SNAC_SERVICE}-{i}" for i in range(engines)]
+
+
+async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine:
+    """`args.engines` vLLM Orpheus engines on the GPU (one: the engine itself; more: the server's balancer
+    over them), each with `--gpu-memory-utilization` and an equal share of the largest N as its batch."""
+    from oai_server.engines.vllm_engine import VLLMEngine
+
+    engines: list[TokenEngine] = []
+    try:
+        for service in snac_services(args.engines):
+            engines.append(
+                await VLLMEngine.create(
+                    args.tts_model,
+                    tokenizer=args.tts_model,
+                    max_model_len=args.max_model_len,
+                    gpu_memory_utilization=args.gpu_memory_utilization,
+                    max_num_seqs=-(-max(args.concurrency) // args.engines),
+                    enforce_eager=args.enforce_eager,
+                    quantization=args.quantization,
+                    kv_cache_dtype=args.kv_cache_dtype,
+                    stream_interval=args.stream_interval,
+                    orpheus_slots=True,
+                    snac_service=service if in_engine else None,
+                    kind="vllm-orpheus",
+                )
+            )
+    except BaseException:
+        for started in engines:
+            await started.close()
+        raise
+    return engines[0] if len(engines) == 1 else BalancedEngine(engines)
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -395,7 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtf-p99-max", type=float, default=1.0, help="capacity: RTF p99 limit")
     p.add_argument("--frames-per-decode", type=int, default=4, help="ours: SNAC frames per steady decode (K)")
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="of each engine")
+    p.add_argument("--engines", type=int, default=1, help="vLLM Orpheus engines on the GPU, behind the balancer")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
@@ -412,6 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (args.tts_model and args.snac):
         p.error("--tts-model and --snac are required (or --demo)")
     args.engine = args.engine or ("vllm" if torch.cuda.is_available() else "transformers")
+    if args.engines < 1 or (args.engines > 1 and args.engine != "vllm"):
+        p.error("--engines: 1, or more with --engine vllm")
     args.snac_device = args.snac_device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.concurrency = [int(x) for x in (args.concurrency or ("1,2" if args.demo else "1,8,32,64")).split(",")]
     args.max_tokens = args.max_tokens or (70 if args.demo else 1024)

@@ -11,6 +11,8 @@
 #                 from CLIENT_PROCS (8) client processes.
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
+#   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
+#                 X2_MODES (else BASE_CONC, BASE_MODES), into baselines_x2/.
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
@@ -133,6 +135,10 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 }
 baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac job found fastest (best_fusion), into its own dir
   BASE_DIR=baselines_fused BASE_MODES=ours_in_engine ENGINE_ARGS="${ENGINE_ARGS:-} --snac-fusion $(best_fusion)" baselines
+}
+baselines_x2() {  # baselines again with two Orpheus engines on the card behind the balancer (--engines 2), into its own dir
+  BASE_DIR=baselines_x2 BASE_CONC=${X2_CONC:-${BASE_CONC:-}} BASE_MODES=${X2_MODES:-${BASE_MODES:-}} \
+    ENGINE_ARGS="${ENGINE_ARGS:-} --engines 2" baselines
 }
 step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
   W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15

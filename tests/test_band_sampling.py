@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -102,17 +103,19 @@ def test_band_sampling_of_reads_the_request_and_skips_what_cannot_change_a_draw(
 
 def test_sampling_kwargs_move_the_filter_and_the_draw_into_the_band_unless_asked_not_to() -> None:
     params = SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, top_k=40, orpheus_audio_slots=True)
+    filtered = sampling_kwargs(params)  # the default: the filter in the band, vLLM's sampler draws
+    assert (filtered["top_p"], filtered["top_k"], filtered["temperature"]) == (1.0, 0, 0.6)
+    assert filtered["extra_args"] == {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40}
+    params = replace(params, orpheus_band_draw=True)
     kwargs = sampling_kwargs(params)
     assert (kwargs["top_p"], kwargs["top_k"], kwargs["temperature"]) == (1.0, 0, 0.0)  # vLLM: greedy over one id
     assert kwargs["extra_args"] == {
         EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40, TEMPERATURE_KEY: 0.6,
     }  # fmt: skip
-    seeded = sampling_kwargs(
-        SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, seed=7, orpheus_audio_slots=True)
-    )
+    seeded = sampling_kwargs(replace(params, seed=7))
     assert seeded["temperature"] == 0.6 and TEMPERATURE_KEY not in seeded["extra_args"]  # vLLM's generator draws
     assert seeded["top_p"] == 1.0 and seeded["extra_args"][TOP_P_KEY] == 0.8  # the filter stays in the band
-    greedy = sampling_kwargs(SamplingParams(max_tokens=70, temperature=0.0, orpheus_audio_slots=True))
+    greedy = sampling_kwargs(replace(params, temperature=0.0))
     assert greedy["temperature"] == 0.0 and TEMPERATURE_KEY not in greedy["extra_args"]
     whole = sampling_kwargs(
         SamplingParams(max_tokens=70, top_p=0.8, top_k=-1, orpheus_audio_slots=True, orpheus_band_sampling=False)

@@ -419,7 +419,7 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
 @pytest.mark.slow
 def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "baselines.json"
-    modes = ("raw", "raw_band", "seed", "ours", "ours_in_engine", "silent")
+    modes = ("raw", "raw_band", "raw_band_draw", "seed", "ours", "ours_in_engine", "silent")
     _run(
         "baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
         "--modes", ",".join(modes),
@@ -438,6 +438,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     assert "ratio_ours_over_seed_real_time_streams" in report
     ratios = report["ratios_over_raw"]
     assert set(ratios) == set(modes) - {"raw"} and all(set(r) == {"1", "2"} for r in ratios.values())
+    script = str(ROOT / "bench" / "baselines.py")
+    several = subprocess.run(
+        [sys.executable, script, "--demo", "--cache-dir", str(demo_cache), "--engines", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert several.returncode == 2 and "--engines: 1, or more with --engine vllm" in several.stderr
     levels = {mode: {lv["concurrency"]: lv for lv in report["modes"][mode]} for mode in modes}
     assert ratios["ours"]["2"] == pytest.approx(
         levels["ours"][2]["aggregate_audio_tokens_per_s"] / levels["raw"][2]["aggregate_audio_tokens_per_s"]

@@ -224,9 +224,11 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "skip_special_tokens": False,
         "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 40},
     }
-    unseeded = sampling_kwargs(replace(params, seed=None))
-    assert unseeded["temperature"] == 0.0 and unseeded["extra_args"][TEMPERATURE_KEY] == 0.6
-    assert unseeded | {"temperature": 0.6, "seed": 123, "extra_args": {}} == sampling_kwargs(params) | {
+    unseeded = sampling_kwargs(replace(params, seed=None))  # the draw stays vLLM's unless asked for in the band
+    assert unseeded["temperature"] == 0.6 and TEMPERATURE_KEY not in unseeded["extra_args"]
+    drawn = sampling_kwargs(replace(params, seed=None, orpheus_band_draw=True))
+    assert drawn["temperature"] == 0.0 and drawn["extra_args"][TEMPERATURE_KEY] == 0.6
+    assert drawn | {"temperature": 0.6, "seed": 123, "extra_args": {}} == sampling_kwargs(params) | {
         "extra_args": {},
     }
     plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))

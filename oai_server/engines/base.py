@@ -36,6 +36,10 @@ class SamplingParams:
     orpheus_band_sampling: bool = True
     """Under ``orpheus_audio_slots``, an engine that can may apply top-k/top-p over the position's band only
     (the same ids survive); False leaves them to its sampler over the whole vocabulary (a bench baseline)."""
+    orpheus_band_draw: bool = False
+    """With ``orpheus_band_sampling``, also draw the token over the band (vLLM then takes its greedy path). Off:
+    on an H200 (random weights, bench/results/h200_s17_random_weights) the draw in the band lost throughput at
+    256 streams against the filter alone, so it stays a measured option of the bench (`raw_band_draw`)."""
 
 
 @dataclass(frozen=True)

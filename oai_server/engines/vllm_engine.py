@@ -68,7 +68,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         if params.orpheus_band_sampling:  # filter (and draw) over the 4097 ids that can be emitted, not 156 940
             extra |= {TOP_P_KEY: params.top_p, TOP_K_KEY: max(params.top_k, 0)}
             kwargs["top_p"], kwargs["top_k"] = 1.0, 0
-            if params.seed is None and params.temperature >= GREEDY_BELOW:  # seeded: vLLM's generators draw
+            # the draw too when asked for (seeded requests keep vLLM's generators)
+            if params.orpheus_band_draw and params.seed is None and params.temperature >= GREEDY_BELOW:
                 extra[TEMPERATURE_KEY] = params.temperature
                 kwargs["temperature"] = 0.0  # vLLM's greedy path takes the one id the processor left
         kwargs["extra_args"] = extra
