@@ -36,7 +36,8 @@ downstream of the engine. ``ratios_over_raw`` gives each mode's aggregate tokens
 behind the server's balancer (`BalancedEngine`; with ``ours_in_engine`` each engine hosts the SNAC
 of its own streams, as the server's replicas do): vLLM's engine loop is Python, and at 192 streams
 its main thread holds the GIL for ~73 % of a step (py-spy, `bench/results/h200_s17_random_weights`),
-so one engine process is host-bound before the GPU is; two give the host work two interpreters.
+so one engine process is host-bound before the GPU is; two give the host work two interpreters. On an
+H200 two carried 0.87x one engine's rate (two CUDA contexts, time-sliced by the driver without MPS).
 """
 
 from __future__ import annotations
