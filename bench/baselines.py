@@ -349,6 +349,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     stream_interval=args.stream_interval,
                     orpheus_slots=True,
                     snac_service=service if in_engine else None,
+                    enable_prefix_caching=args.prefix_caching,
                     kind="vllm-orpheus",
                 )
             )
@@ -441,6 +442,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="of each engine")
     p.add_argument("--engines", type=int, default=1, help="vLLM Orpheus engines on the GPU, behind the balancer")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="vLLM without prefix caching (the server keeps it on): no block hashing of the audio a stream generates",
+    )
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
     p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")

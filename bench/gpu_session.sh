@@ -13,6 +13,7 @@
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
 #                 X2_MODES (else BASE_CONC, BASE_MODES), into baselines_x2/.
+#   baselines_b   (after baselines): the same with B_ARGS (--no-prefix-caching) added, at B_CONC with B_MODES, into baselines_b/.
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
@@ -139,6 +140,10 @@ baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac j
 baselines_x2() {  # baselines again with two Orpheus engines on the card behind the balancer (--engines 2), into its own dir
   BASE_DIR=baselines_x2 BASE_CONC=${X2_CONC:-${BASE_CONC:-}} BASE_MODES=${X2_MODES:-${BASE_MODES:-}} \
     ENGINE_ARGS="${ENGINE_ARGS:-} --engines 2" baselines
+}
+baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of an engine flag, e.g. --no-prefix-caching), into baselines_b/
+  BASE_DIR=baselines_b BASE_CONC=${B_CONC:-${BASE_CONC:-}} BASE_MODES=${B_MODES:-${BASE_MODES:-}} \
+    ENGINE_ARGS="${ENGINE_ARGS:-} ${B_ARGS:---no-prefix-caching}" baselines
 }
 step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
   W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
