@@ -527,6 +527,8 @@ def test_slot_processor_cost_times_both_versions(tmp_path: Path) -> None:
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(r["variant"], r["rows"]) for r in rows] == [("current", 4), ("old", 4), ("current", 8), ("old", 8)]
     assert all(0 < r["host_ms_per_step"] < 50 for r in rows)
+    # each ATen op is a kernel launch on a GPU: the same code at any batch size, the stubs of the timing undone
+    assert len({r["aten_ops_per_step"] for r in rows}) == 1 and rows[0]["aten_ops_per_step"] > 20
 
 
 def test_engine_spy_finds_the_engine_core_and_sums_py_spy_samples(tmp_path: Path) -> None:
