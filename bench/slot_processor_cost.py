@@ -1,18 +1,21 @@
 """What the Orpheus slot logits processor costs vLLM's engine-core thread per step, on the host, at N rows.
 
-vLLM calls `OrpheusSlotLogitsProcessor.apply` once per decode step on the thread that schedules the next step;
-at 192 streams on an H200 the GPU idles ~2 ms of each 10.26 ms step waiting for that thread
-(`bench/results/h200_s16_random_weights/`), so the processor's own Python is worth keeping short. This times
-`apply` with its tensor work stubbed out (what is left is the host's share: bookkeeping, lists, host-to-device
-tensors), N speech rows each gaining one token a step, as the server samples them (penalty and top-p in the band,
-vLLM's draw). It also counts the ATen ops one `apply` dispatches with its tensor work real: on a GPU each is a
-kernel launch from vLLM's thread, and py-spy found that thread inside the processor's torch calls ~15 % of the
-time at 192 streams (`bench/results/h200_s17_random_weights/`). `--old FILE` times another version of
-`engines/vllm_orpheus_logits.py` beside this one.
+vLLM calls `OrpheusSlotLogitsProcessor.apply` once per decode step, on the thread that also schedules the next
+step. At 192 streams on an H200, py-spy found that thread inside `apply` 20 % of the time, mostly in torch calls
+that had released the GIL, i.e. kernel launches (`bench/results/h200_s17_random_weights/`). The engine core is
+host-bound there, so launches matter.
 
-    python bench/slot_processor_cost.py --rows 64,192,384
-    git show 45ea837:oai_server/engines/vllm_orpheus_logits.py > /tmp/slots_old.py
-    python bench/slot_processor_cost.py --old /tmp/slots_old.py
+This script drives N speech rows, each gaining one token a step, sampled the way the server samples them: the
+penalty and top-p in the band, with vLLM's draw. It reports two numbers per step:
+
+* the ATen ops `apply` dispatches. On a GPU each one is at least one kernel launch from vLLM's thread.
+* the host time of `apply`, with tensors on PyTorch's `meta` device. Every op is dispatched as on a GPU but
+  computes nothing, so what is timed is the Python plus the dispatch. A meta op costs more than a CUDA launch,
+  so compare variants with each other, not with a GPU.
+
+`--old REV` runs the processor and its band sampling as they were at git revision REV beside the current code.
+
+    python bench/slot_processor_cost.py --rows 64,192,384 --old 491b38e
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 import types
@@ -32,27 +36,37 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from oai_server.codec import orpheus
-from oai_server.engines import vllm_orpheus_logits
+from oai_server.engines import band_sampling, vllm_orpheus_logits
 from oai_server.engines.band_sampling import TOP_K_KEY, TOP_P_KEY
 
-TENSOR_WORK = (
-    "apply_band_penalty",
-    "apply_slot_mask",
-    "sample_band",
-    "apply_band_top_k_top_p",
-    "penalize_band",
-    "filter_band",
-)
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSOR = "oai_server/engines/vllm_orpheus_logits.py"
+BAND_SAMPLING = "oai_server/engines/band_sampling.py"
 
 
-def _load(path: Path) -> types.ModuleType:
-    """Another copy of the processor's module (absolute imports, so it loads as is)."""
-    spec = importlib.util.spec_from_loader("slots_variant", loader=None)
+def _module(name: str, source: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
-    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
     return module
+
+
+def load_revision(revision: str) -> types.ModuleType:
+    """The processor's module as it was at git `revision`, bound to that revision's band sampling."""
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
+    old_band = _module(f"band_sampling_{revision}", show(BAND_SAMPLING))
+    processor = _module(f"slots_{revision}", show(PROCESSOR))
+    for name in vars(band_sampling):  # what it imported from band_sampling, as that revision had it
+        if not name.startswith("_") and name in vars(processor) and hasattr(old_band, name):
+            setattr(processor, name, getattr(old_band, name))
+    return processor
 
 
 class _OpCounter(TorchDispatchMode):
@@ -68,7 +82,7 @@ class _OpCounter(TorchDispatchMode):
 
 
 def ops_per_step(module: types.ModuleType, rows: int, steps: int = 3) -> float:
-    """ATen ops one `apply` dispatches at `rows` speech rows, its tensor work real (a few steps, averaged)."""
+    """ATen ops one `apply` dispatches at `rows` speech rows (a few steps, averaged)."""
     step = _speech_batch(module, rows)
     step()  # the first step builds the tables and the batch layout
     counter = _OpCounter()
@@ -78,33 +92,27 @@ def ops_per_step(module: types.ModuleType, rows: int, steps: int = 3) -> float:
     return counter.ops / steps
 
 
-def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 300) -> float:
-    """ms of host time per `apply` at `rows` speech rows, the module's tensor work stubbed out."""
-    real = {name: getattr(module, name) for name in TENSOR_WORK if hasattr(module, name)}
-    try:
-        for name in real:
-            setattr(module, name, lambda logits, *args, **kwargs: logits)
-        step = _speech_batch(module, rows)
-        for _ in range(20):
-            step()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - started) / steps * 1e3
-    finally:
-        for name, function in real.items():
-            setattr(module, name, function)
+def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200) -> float:
+    """ms of host time per `apply` at `rows` speech rows, its ops dispatched to the `meta` device."""
+    step = _speech_batch(module, rows)
+    for _ in range(10):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - started) / steps * 1e3
 
 
 def _speech_batch(module: types.ModuleType, rows: int) -> Any:
-    """One step of a processor with `rows` speech rows, sampled as the server samples them."""
-    processor = module.OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    """One step of a processor on the `meta` device with `rows` speech rows, sampled as the server samples them."""
+    device = torch.device("meta")
+    processor = module.OrpheusSlotLogitsProcessor(None, device, False)
     extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
     params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
     outputs: list[list[int]] = [[] for _ in range(rows)]
     added = [(i, params, [1], outputs[i]) for i in range(rows)]
     processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
-    logits = torch.zeros(rows, orpheus.ORPHEUS_VOCAB_SIZE)
+    logits = torch.empty(rows, orpheus.ORPHEUS_VOCAB_SIZE, device=device)
 
     def step() -> None:
         for output in outputs:
@@ -118,18 +126,18 @@ def _speech_batch(module: types.ModuleType, rows: int) -> Any:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="64,192,384", help="speech rows in the batch (comma-separated)")
-    p.add_argument("--old", type=Path, default=None, help="another vllm_orpheus_logits.py to time beside this one")
+    p.add_argument("--old", default=None, help="a git revision whose processor to time beside the current one")
     args = p.parse_args()
     variants: dict[str, Any] = {"current": lambda: vllm_orpheus_logits}
     if args.old:
-        variants["old"] = lambda: _load(args.old)
+        variants[args.old] = lambda: load_revision(args.old)
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
         for name, fresh in variants.items():
             ops = ops_per_step(fresh(), rows)
             ms = host_ms_per_step(fresh(), rows)
             results.append({"variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops})
-            print(f"{name:>8} {rows:>4} rows: {ms:.3f} ms of host time per step, {ops:.0f} ATen ops")
+            print(f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) per step")
     print(json.dumps(results))
 
 

@@ -78,6 +78,11 @@ def check_band_args(extra: dict[str, Any]) -> None:
         raise ValueError(f"extra_args[{TEMPERATURE_KEY!r}] must be a number >= {GREEDY_BELOW}, got {temperature!r}")
 
 
+def column_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[7, 4097]`` int64: row ``k`` is `band_columns` of audio position ``k`` (its band, then `END_OF_SPEECH`)."""
+    return band_columns(torch.arange(orpheus.TOKENS_PER_FRAME, device=device))
+
+
 def band_columns(positions: torch.Tensor) -> torch.Tensor:
     """``[rows, 4097]`` vocabulary ids each row may emit: its position's band, then `END_OF_SPEECH`."""
     offsets = orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
@@ -86,30 +91,55 @@ def band_columns(positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([band, eos], dim=1)
 
 
+@dataclass(frozen=True)
+class BandFilter:
+    """What `filter_band` needs of the rows' settings, built once for as long as the batch stays the same."""
+
+    temperature: torch.Tensor  # float [rows, 1]
+    beyond_k: torch.Tensor | None  # bool [rows, 4097]: ranks past each row's top-k; None when no row has one
+    top_p: torch.Tensor  # float [rows, 1]: each row's top-p, inf where it is off
+
+
+def band_filter(settings: torch.Tensor, any_top_k: bool) -> BandFilter:
+    """The `BandFilter` of float ``[rows, 3]`` settings: temperature (> 0), top_p (1: off) and top_k (0: off);
+    ``any_top_k``: whether some row has a top-k (known on the host, so no device read is needed)."""
+    temperature, top_p, top_k = settings.unbind(1)
+    beyond_k = None
+    if any_top_k:
+        rank = torch.arange(orpheus.CODEBOOK_SIZE + 1, device=settings.device).unsqueeze(0)
+        beyond_k = (top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))
+    return BandFilter(temperature.unsqueeze(1), beyond_k, torch.where(top_p < 1.0, top_p, float("inf")).unsqueeze(1))
+
+
 def sample_band(logits: torch.Tensor, positions: torch.Tensor, settings: torch.Tensor, draw: bool) -> torch.Tensor:
     """vLLM's top-k then top-p over each row's band and `END_OF_SPEECH`, then (``draw``) the draw.
 
     Every row of ``logits`` takes part, in order, and must already be masked to its band (the rest is -inf,
     so it can neither be kept nor shift the probabilities). ``settings`` is float ``[rows, 3]``: temperature
-    (> 0), top_p (1: off) and top_k (0: off). The top-p threshold is vLLM's: an id is dropped when the
-    probability of the ids ranked above it is at least ``top_p``; the most likely id always stays. Without
-    ``draw`` the dropped ids become -inf; with it every id but the drawn one does (the drawn one keeps its
-    logit). Changes ``logits`` in place and returns it.
+    (> 0), top_p (1: off) and top_k (0: off); `filter_band` says what happens to the columns. Changes ``logits``
+    in place and returns it.
     """
     columns = band_columns(positions)
-    values = logits.gather(1, columns)
-    temperature, top_p, top_k = settings.unbind(1)
-    ranked, order = (values / temperature.unsqueeze(1)).sort(dim=1, descending=True)
-    rank = torch.arange(ranked.shape[1], device=logits.device).unsqueeze(0)
-    beyond_k = (top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))
-    probs = ranked.masked_fill(beyond_k, float("-inf")).softmax(dim=1)
-    mass_before = probs.cumsum(dim=1) - probs
-    drop = beyond_k | (mass_before >= torch.where(top_p < 1.0, top_p, float("inf")).unsqueeze(1))
+    values = filter_band(logits.gather(1, columns), band_filter(settings, bool((settings[:, 2] > 0).any())), draw)
+    return logits.scatter_(1, columns, values)
+
+
+def filter_band(values: torch.Tensor, settings: BandFilter, draw: bool) -> torch.Tensor:
+    """`sample_band` on the band's logits: ``values`` is ``[rows, 4097]``, each row's `band_columns` in order.
+
+    The top-p threshold is vLLM's: an id is dropped when the probability of the ids ranked above it is at least
+    ``top_p``; the most likely id always stays. Without ``draw`` the dropped ids become -inf; with it every id
+    but the drawn one does (the drawn one keeps its logit). Changes ``values`` in place and returns it.
+    """
+    ranked, order = (values / settings.temperature).sort(dim=1, descending=True)
+    probs = (ranked if settings.beyond_k is None else ranked.masked_fill(settings.beyond_k, float("-inf"))).softmax(1)
+    drop = (probs.cumsum(dim=1) - probs) >= settings.top_p
+    if settings.beyond_k is not None:
+        drop |= settings.beyond_k
     drop[:, 0] = False
     if draw:
         # the exponential race vLLM runs over the whole row, here over the ids the filter kept
         noise = torch.empty_like(ranked).exponential_().log_()
         pick = (ranked.masked_fill(drop, float("-inf")) - noise).argmax(dim=1, keepdim=True)
         drop = torch.ones_like(drop).scatter_(1, pick, False)
-    dropped = torch.zeros_like(drop).scatter_(1, order, drop)
-    return logits.scatter_(1, columns, values.masked_fill(dropped, float("-inf")))
+    return values.masked_fill_(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))

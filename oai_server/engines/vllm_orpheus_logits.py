@@ -46,7 +46,15 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus, snac_service
-from oai_server.engines.band_sampling import BandSampling, band_sampling_of, check_band_args, sample_band
+from oai_server.engines.band_sampling import (
+    BandFilter,
+    BandSampling,
+    band_filter,
+    band_sampling_of,
+    check_band_args,
+    column_table,
+    filter_band,
+)
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -106,24 +114,37 @@ def apply_slot_mask(
     return logits
 
 
-def apply_band_penalty(
-    logits: torch.Tensor, seen: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, penalties: torch.Tensor
-) -> torch.Tensor:
-    """vLLM's repetition penalty on the band of each row's position, for tokens marked in ``seen``.
+@dataclass(frozen=True)
+class BandPenalty:
+    """A batch's repetition penalties, as `penalize_band` needs them (built once per batch change)."""
 
-    Every row of ``logits`` takes part, in order. ``seen`` is ``[slots, AUDIO_SPAN]`` bool (column
-    = token id - ``AUDIO_TOKEN_BASE``); ``slots`` picks each row's line of it; ``penalties`` is
-    float per row. Only gathers and scatters (no advanced-index assignment, which would copy a
-    host scalar and stall the host on the GPU). Changes ``logits`` in place and returns it.
+    seen_base: torch.Tensor  # int64 [rows, 1]: where each row's line starts in the flattened seen table
+    factor: torch.Tensor  # float [rows, 1]: the penalty p
+    inverse: torch.Tensor  # float [rows, 1]: 1 / p
+
+
+def band_penalty(slots: torch.Tensor, penalties: torch.Tensor) -> BandPenalty:
+    """The `BandPenalty` of rows holding seen-table lines ``slots`` (int64) with ``penalties`` (float32)."""
+    factor = penalties.unsqueeze(1)
+    return BandPenalty(slots.unsqueeze(1) * AUDIO_SPAN, factor, factor.reciprocal())
+
+
+def penalize_band(
+    values: torch.Tensor, seen: torch.Tensor, offsets: torch.Tensor, penalty: BandPenalty
+) -> torch.Tensor:
+    """vLLM's repetition penalty on the band, for tokens marked in ``seen``; changes ``values`` in place, returns it.
+
+    ``values`` is ``[rows, 4097]``, each row's `band_columns` gathered from its logits (only the 4096 of the band
+    are touched: end of speech is never generated before a stream ends); ``seen`` is ``[slots, AUDIO_SPAN]`` bool
+    (column = token id - ``AUDIO_TOKEN_BASE``), ``offsets`` ``[rows, 4096]`` the band's columns of it. vLLM's
+    formula for a seen token: ``logit / p`` if ``logit > 0`` else ``logit * p``. Only gathers and elementwise work
+    (no advanced-index assignment, which would copy a host scalar and stall the host on the GPU).
     """
-    offsets = orpheus.CODEBOOK_SIZE * torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
-    band = offsets.unsqueeze(1) + torch.arange(orpheus.CODEBOOK_SIZE, device=logits.device)
-    columns = band + orpheus.AUDIO_TOKEN_BASE
-    values = logits.gather(1, columns)
-    hit = torch.take(seen, slots.unsqueeze(1) * seen.shape[1] + band)
-    factor = penalties.to(values.dtype).unsqueeze(1)
-    scale = torch.where(values > 0, factor.reciprocal(), factor)
-    return logits.scatter_(1, columns, torch.where(hit, values * scale, values))
+    band = values[:, : orpheus.CODEBOOK_SIZE]
+    hit = torch.take(seen, penalty.seen_base + offsets)
+    scale = torch.where(band > 0, penalty.inverse, penalty.factor).to(band.dtype)
+    band.copy_(torch.where(hit, band * scale, band))
+    return values
 
 
 @dataclass
@@ -142,7 +163,7 @@ class _BandGroup:
     """Rows that sample in the band one way (drawn here or by vLLM): their settings and where they sit."""
 
     draw: bool
-    settings: torch.Tensor  # float [rows, 3]
+    settings: BandFilter
     index: torch.Tensor | None  # int64 positions in the opted-in rows; None: all of them
 
 
@@ -152,9 +173,26 @@ class _Layout:
 
     rows: list[_Row]  # the opted-in rows, by persistent-batch index
     index: torch.Tensor | None  # their batch indices; None when they are every row in order
-    slots: torch.Tensor  # their lines of the seen table
-    penalties: torch.Tensor | None  # None when no row has a penalty
+    penalty: BandPenalty | None  # None when no row has a penalty
     bands: list[_BandGroup]
+
+
+@dataclass(frozen=True)
+class _PositionTables:
+    """What depends only on an audio position's slot (``k % 7``), on the logits' device: one row per slot."""
+
+    blocked: torch.Tensor  # bool [7, vocab]: ids the slot may not emit
+    columns: torch.Tensor  # int64 [7, 4097]: the ids it may (`band_columns`)
+    seen_offsets: torch.Tensor  # int64 [7, 4096]: its band's columns of the seen table
+
+    @classmethod
+    def build(cls, vocab_size: int, device: torch.device) -> _PositionTables:
+        columns = column_table(device)
+        return cls(
+            build_slot_table(vocab_size, device).logical_not_(),
+            columns,
+            columns[:, : orpheus.CODEBOOK_SIZE] - orpheus.AUDIO_TOKEN_BASE,
+        )
 
 
 class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
@@ -168,7 +206,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._device = torch.device(device)
         self._pin_memory = bool(is_pin_memory) and self._device.type == "cuda"
         self._rows: dict[int, _Row] = {}  # persistent-batch row -> request state
-        self._table: torch.Tensor | None = None
+        self._tables: _PositionTables | None = None
         self._seen: torch.Tensor | None = None  # [slots, AUDIO_SPAN] bool
         self._free: list[int] = []
         self._slots = 0
@@ -280,13 +318,14 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             rows = [row for _, row in items]
             every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
             penalties = [row.penalty for row in rows]
+            penalty = None
+            if any(p != 1.0 for p in penalties):
+                slots = self._to_device([row.slot for row in rows], torch.int64, device)
+                penalty = band_penalty(slots, self._to_device(penalties, torch.float32, device))
             layout = _Layout(
                 rows=rows,
                 index=None if every_row else self._to_device([i for i, _ in items], torch.int64, device),
-                slots=self._to_device([row.slot for row in rows], torch.int64, device),
-                penalties=self._to_device(penalties, torch.float32, device)
-                if any(p != 1.0 for p in penalties)
-                else None,
+                penalty=penalty,
                 bands=self._band_groups(rows, device),
             )
         self._layout = (key, layout)
@@ -302,16 +341,23 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
                 index = (
                     None if len(chosen) == len(rows) else self._to_device([i for i, _ in chosen], torch.int64, device)
                 )
-                groups.append(_BandGroup(draw, settings, index))
+                any_top_k = any(band.top_k > 0 for _, band in chosen)
+                groups.append(_BandGroup(draw, band_filter(settings, any_top_k), index))
         return groups
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits."""
+        """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits.
+
+        One masked fill blocks what a row's position cannot emit; the penalty and the band sampling then work on
+        the 4097 columns it can (its `band_columns`), gathered once and written back once. Everything that only
+        changes with the batch is prepared in its layout, and the per-position tables once per device: vLLM's
+        thread launches each of these kernels while the GPU may be waiting for it.
+        """
         if not self._rows:
             return logits
-        table = self._table
-        if table is None or table.shape[1] != logits.shape[1] or table.device != logits.device:
-            table = self._table = build_slot_table(logits.shape[1], logits.device)
+        tables = self._tables
+        if tables is None or tables.blocked.shape[1] != logits.shape[1] or tables.blocked.device != logits.device:
+            tables = self._tables = _PositionTables.build(logits.shape[1], logits.device)
         layout = self._layout_for(logits.shape[0], logits.device)
         if layout is None:
             return logits
@@ -319,21 +365,21 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._mark_new_tokens(layout.rows, seen)
         # the one thing that changes every step: each row's audio position
         positions = self._to_device([len(row.output_ids) for row in layout.rows], torch.int64, logits.device)
+        slot = torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
         target = logits if layout.index is None else logits.index_select(0, layout.index)  # opted-in rows, in order
-        if layout.penalties is not None:
-            apply_band_penalty(target, seen, positions, layout.slots, layout.penalties)
-        apply_slot_mask(target, table, None, positions)
-        for group in layout.bands:
-            if group.index is None:
-                sample_band(target, positions, group.settings, group.draw)
-            else:
-                rows = sample_band(
-                    target.index_select(0, group.index),
-                    positions.index_select(0, group.index),
-                    group.settings,
-                    group.draw,
-                )
-                target.index_copy_(0, group.index, rows)
+        target.masked_fill_(tables.blocked.index_select(0, slot), float("-inf"))
+        if layout.penalty is not None or layout.bands:
+            columns = tables.columns.index_select(0, slot)
+            values = target.gather(1, columns)
+            if layout.penalty is not None:
+                penalize_band(values, seen, tables.seen_offsets.index_select(0, slot), layout.penalty)
+            for group in layout.bands:
+                if group.index is None:
+                    filter_band(values, group.settings, group.draw)
+                else:
+                    chosen = filter_band(values.index_select(0, group.index), group.settings, group.draw)
+                    values.index_copy_(0, group.index, chosen)
+            target.scatter_(1, columns, values)
         if layout.index is not None:
             logits.index_copy_(0, layout.index, target)
         return logits
