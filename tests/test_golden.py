@@ -4,6 +4,12 @@
 that are random by design (completion and audio ids, `created`, `expires_at`, Ogg serial
 numbers) replaced by fixed placeholders. Record it again (only when a change of output is
 intended) with `OAI_GOLDEN_RECORD=1 pytest tests/test_golden.py`.
+
+Each request may have several recorded bodies, one per kind of CPU: the last bits of float sums differ
+between machines (an AVX-512 host gave other audio than the AVX2-era records, with the same packages and one
+thread), and a seeded draw over Orpheus's 156 940 logits turns one such bit into other tokens. A body must
+match one of them; recording on a new kind of machine adds its body beside the others (a refactor that
+changes output changes it on every machine, so it matches none).
 """
 
 from __future__ import annotations
@@ -188,8 +194,11 @@ def test_golden_response(golden_server: LiveServer, name: str, method: str, path
     assert got == again, f"{name} is not deterministic"
     golden: dict[str, Any] = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if RECORD:
-        golden[name] = got
+        known = golden.get(name, {}).get("sha256", [])
+        golden[name] = {**got, "sha256": sorted({*([known] if isinstance(known, str) else known), got["sha256"]})}
         GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
         return
     assert name in golden, f"no golden record for {name}: run with OAI_GOLDEN_RECORD=1"
-    assert got == golden[name]
+    expected = golden[name]
+    assert (got["status"], got["content_type"]) == (expected["status"], expected["content_type"])
+    assert got["sha256"] in expected["sha256"], f"{name}: {got['sha256']} is none of the recorded bodies"
