@@ -5,11 +5,12 @@ that are random by design (completion and audio ids, `created`, `expires_at`, Og
 numbers) replaced by fixed placeholders. Record it again (only when a change of output is
 intended) with `OAI_GOLDEN_RECORD=1 pytest tests/test_golden.py`.
 
-Each request may have several recorded bodies, one per kind of CPU: the last bits of float sums differ
-between machines (an AVX-512 host gave other audio than the AVX2-era records, with the same packages and one
-thread), and a seeded draw over Orpheus's 156 940 logits turns one such bit into other tokens. A body must
-match one of them; recording on a new kind of machine adds its body beside the others (a refactor that
-changes output changes it on every machine, so it matches none).
+Each request may have several recorded bodies, one per kind of machine: on the host of 2026-12-01 (an
+AVX-512 EPYC) every audio request gave other bodies than the records, at the commit that had passed on them the
+day before, with one thread and with transformers 5.17 or 5.24 alike; a seeded draw over Orpheus's 156 940
+logits turns a last-bit difference of a float sum into other tokens. A body must match one of the records;
+recording on a new kind of machine adds its bodies beside the others (a refactor that changes output changes
+it on every machine, so it matches none).
 """
 
 from __future__ import annotations
