@@ -137,13 +137,12 @@ baselines() {  # ours / raw vLLM (/ the seed-style pipeline) side by side in pro
 baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac job found fastest (best_fusion), into its own dir
   BASE_DIR=baselines_fused BASE_MODES=ours_in_engine ENGINE_ARGS="${ENGINE_ARGS:-} --snac-fusion $(best_fusion)" baselines
 }
-baselines_x2() {  # baselines again with two Orpheus engines on the card behind the balancer (--engines 2), into its own dir
-  BASE_DIR=baselines_x2 BASE_CONC=${X2_CONC:-${BASE_CONC:-}} BASE_MODES=${X2_MODES:-${BASE_MODES:-}} \
-    ENGINE_ARGS="${ENGINE_ARGS:-} --engines 2" baselines
-}
-baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of an engine flag, e.g. --no-prefix-caching), into baselines_b/
-  BASE_DIR=baselines_b BASE_CONC=${B_CONC:-${BASE_CONC:-}} BASE_MODES=${B_MODES:-${BASE_MODES:-}} \
+baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of an engine flag, e.g. --no-prefix-caching), into B_DIR
+  BASE_DIR=${B_DIR:-baselines_b} BASE_CONC=${B_CONC:-${BASE_CONC:-}} BASE_MODES=${B_MODES:-${BASE_MODES:-}} \
     ENGINE_ARGS="${ENGINE_ARGS:-} ${B_ARGS:---no-prefix-caching}" baselines
+}
+baselines_x2() {  # baselines_b with two Orpheus engines on the card behind the balancer (--engines 2), into baselines_x2/
+  B_DIR=baselines_x2 B_CONC=${X2_CONC:-} B_MODES=${X2_MODES:-} B_ARGS="--engines 2" baselines_b
 }
 step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
   W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15

@@ -117,25 +117,26 @@ def sample_band(logits: torch.Tensor, positions: torch.Tensor, settings: torch.T
     Every row of ``logits`` takes part, in order, and must already be masked to its band (the rest is -inf,
     so it can neither be kept nor shift the probabilities). ``settings`` is float ``[rows, 3]``: temperature
     (> 0), top_p (1: off) and top_k (0: off); `filter_band` says what happens to the columns. Changes ``logits``
-    in place and returns it.
+    in place and returns it. The whole-row form (the tests'): it reads the top-k column back from the device,
+    where the slot processor builds its `BandFilter` once per batch from what the host knows.
     """
     columns = band_columns(positions)
     values = filter_band(logits.gather(1, columns), band_filter(settings, bool((settings[:, 2] > 0).any())), draw)
     return logits.scatter_(1, columns, values)
 
 
-def filter_band(values: torch.Tensor, settings: BandFilter, draw: bool) -> torch.Tensor:
+def filter_band(values: torch.Tensor, spec: BandFilter, draw: bool) -> torch.Tensor:
     """`sample_band` on the band's logits: ``values`` is ``[rows, 4097]``, each row's `band_columns` in order.
 
     The top-p threshold is vLLM's: an id is dropped when the probability of the ids ranked above it is at least
     ``top_p``; the most likely id always stays. Without ``draw`` the dropped ids become -inf; with it every id
     but the drawn one does (the drawn one keeps its logit). Changes ``values`` in place and returns it.
     """
-    ranked, order = (values / settings.temperature).sort(dim=1, descending=True)
-    probs = (ranked if settings.beyond_k is None else ranked.masked_fill(settings.beyond_k, float("-inf"))).softmax(1)
-    drop = (probs.cumsum(dim=1) - probs) >= settings.top_p
-    if settings.beyond_k is not None:
-        drop |= settings.beyond_k
+    ranked, order = (values / spec.temperature).sort(dim=1, descending=True)
+    probs = (ranked if spec.beyond_k is None else ranked.masked_fill(spec.beyond_k, float("-inf"))).softmax(1)
+    drop = (probs.cumsum(dim=1) - probs) >= spec.top_p
+    if spec.beyond_k is not None:
+        drop |= spec.beyond_k
     drop[:, 0] = False
     if draw:
         # the exponential race vLLM runs over the whole row, here over the ids the filter kept

@@ -163,7 +163,7 @@ class _BandGroup:
     """Rows that sample in the band one way (drawn here or by vLLM): their settings and where they sit."""
 
     draw: bool
-    settings: BandFilter
+    spec: BandFilter
     index: torch.Tensor | None  # int64 positions in the opted-in rows; None: all of them
 
 
@@ -375,9 +375,9 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
                 penalize_band(values, seen, tables.seen_offsets.index_select(0, slot), layout.penalty)
             for group in layout.bands:
                 if group.index is None:
-                    filter_band(values, group.settings, group.draw)
+                    filter_band(values, group.spec, group.draw)
                 else:
-                    chosen = filter_band(values.index_select(0, group.index), group.settings, group.draw)
+                    chosen = filter_band(values.index_select(0, group.index), group.spec, group.draw)
                     values.index_copy_(0, group.index, chosen)
             target.scatter_(1, columns, values)
         if layout.index is not None:
