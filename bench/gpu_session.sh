@@ -14,6 +14,7 @@
 #   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
 #                 X2_MODES (else BASE_CONC, BASE_MODES), into baselines_x2/.
 #   baselines_b   (after baselines): the same with B_ARGS (--no-prefix-caching) added, at B_CONC with B_MODES, into baselines_b/.
+#   baselines_c   (after baselines): baselines_b's second variant, C_ARGS (--no-prefix-caching) at C_CONC with C_MODES, into baselines_c/.
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
@@ -140,6 +141,10 @@ baselines_fused() {  # baselines' ours_in_engine again, SNAC fused as the snac j
 baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of an engine flag, e.g. --no-prefix-caching), into B_DIR
   BASE_DIR=${B_DIR:-baselines_b} BASE_CONC=${B_CONC:-${BASE_CONC:-}} BASE_MODES=${B_MODES:-${BASE_MODES:-}} \
     ENGINE_ARGS="${ENGINE_ARGS:-} ${B_ARGS:---no-prefix-caching}" baselines
+}
+baselines_c() {  # baselines_b again with C_ARGS for B_ARGS (a second variant in the same run), at C_CONC with C_MODES, into C_DIR
+  B_DIR=${C_DIR:-baselines_c} B_CONC=${C_CONC:-${B_CONC:-}} B_MODES=${C_MODES:-${B_MODES:-}} B_ARGS="${C_ARGS:---no-prefix-caching}" \
+    baselines_b
 }
 baselines_x2() {  # baselines_b with two Orpheus engines on the card behind the balancer (--engines 2), into baselines_x2/
   B_DIR=baselines_x2 B_CONC=${X2_CONC:-} B_MODES=${X2_MODES:-} B_ARGS="--engines 2" baselines_b

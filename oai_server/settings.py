@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     snac_in_engine: bool = Field(True, validation_alias=_env("snac_in_engine"))
     """With vLLM, decode SNAC in the Orpheus engines' processes (one CUDA context, no time-slicing); with an
     Orpheus engine on every card, each decodes its own streams."""
+    snac_low_priority: bool = Field(False, validation_alias=_env("snac_low_priority"))
+    """With SNAC in the engines, run the Orpheus engine's own kernels on a CUDA stream of higher priority than
+    SNAC's, so SNAC's fill the gaps of its decode steps instead of delaying them."""
 
     # --- speech recognition (Whisper) and voice activity detection ---
     asr: bool = Field(True, validation_alias=_env("asr"))

@@ -422,11 +422,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     modes = ("raw", "raw_band", "raw_band_draw", "seed", "ours", "ours_in_engine", "silent")
     _run(
         "baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
-        "--modes", ",".join(modes), "--no-prefix-caching",
+        "--modes", ",".join(modes), "--no-prefix-caching", "--snac-low-priority",
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert set(report["modes"]) == set(modes)
     assert report["config"]["prefix_caching"] == "False" and report["config"]["engines"] == "1"
+    assert report["config"]["snac_low_priority"] == "True"
     for mode, levels in report["modes"].items():
         assert all(set(lv) >= LEVEL_KEYS for lv in levels)
         # The seed's pipeline plays nothing of an utterance shorter than 4 frames, and the demo

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from oai_server.codec.snac_service import SERVICE_KEY
+from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
 from oai_server.engines import asr_vllm, vllm_engine
 from oai_server.engines.asr_factory import build_asr
 from oai_server.engines.balanced import BalancedEngine
@@ -81,13 +81,13 @@ async def test_speech_layout_on_two_cards_starts_two_orpheus_replicas(
 
 
 async def test_snac_in_engine_is_asked_of_every_orpheus_replica_by_its_own_name(built: list[AsyncLLMDouble]) -> None:
-    settings = Settings(placement="speech", snac_in_engine=True, asr=False)
+    settings = Settings(placement="speech", snac_in_engine=True, snac_low_priority=True, asr=False)
     layout = plan_layout(2, 139.8, LayoutRequest.from_settings(settings))
     llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
     orpheus = [e for e in built if "logits_processors" in e.kwargs]
     assert [(e.visible, e.kwargs.get("additional_config")) for e in orpheus] == [
-        ("0", {SERVICE_KEY: snac_service_name(0)}),
-        ("1", {SERVICE_KEY: snac_service_name(1)}),
+        ("0", {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: True}),
+        ("1", {SERVICE_KEY: snac_service_name(1), LOW_PRIORITY_KEY: True}),
     ]
     assert snac_service_name(0) != snac_service_name(1)
     assert all("additional_config" not in e.kwargs for e in built if e not in orpheus)  # not Gemma's

@@ -22,10 +22,12 @@ import torch
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.codec.snac_model import load_snac
 from oai_server.codec.snac_service import (
+    LOW_PRIORITY_KEY,
     SERVICE_KEY,
     EngineSnacDecoder,
     ServiceConnection,
     SnacServiceError,
+    prioritize_engine_stream,
     service_address,
 )
 from oai_server.codec.snac_stream import SnacDecoder
@@ -156,3 +158,37 @@ def test_every_orpheus_engine_alone_on_its_card_hosts_a_snac_where_snacs_card_ha
     off = Settings(snac_in_engine=False)
     assert snac_hosts_of(off, plan_layout(1, H200_GIB, LayoutRequest.from_settings(off))) == ()
     assert snac_hosts_of(Settings(snac_in_engine=True), None) == ()  # not vLLM: no layout
+
+
+def test_the_engine_stream_is_left_alone_off_cuda() -> None:
+    assert prioritize_engine_stream(torch.device("cpu")) is None
+
+
+# --- on the GPU ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_the_engine_stream_outranks_snacs_on_cuda() -> None:
+    """The processor of an engine asked for it moves that thread's work to a stream of CUDA's highest priority
+    (once: a second processor keeps it), the SNAC service decodes on one of the lowest, and work still runs."""
+    from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+
+    seen: dict[str, Any] = {}
+
+    def engine_thread() -> None:  # a thread of its own: the test's own current stream stays as it was
+        name = f"test-{uuid.uuid4().hex[:8]}"
+        config = SimpleNamespace(additional_config={SERVICE_KEY: name, LOW_PRIORITY_KEY: True})
+        processor = OrpheusSlotLogitsProcessor(config, "cuda", False)
+        stream = torch.cuda.current_stream()
+        OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config=config.additional_config), "cuda", False)
+        seen.update(priority=stream.priority, kept=torch.cuda.current_stream() == stream)
+        seen["sum"] = float((torch.ones(1024, device="cuda") * 2).sum().item())
+        assert processor.snac_service is not None
+        processor.snac_service.close()
+
+    worker = threading.Thread(target=engine_thread)
+    worker.start()
+    worker.join(60)
+    lowest = torch.cuda.Stream(priority=0).priority
+    assert seen["priority"] < lowest and seen["kept"] and seen["sum"] == 2048.0
+    assert torch.cuda.current_stream().priority == lowest  # this thread's default stream is untouched

@@ -43,6 +43,13 @@ logger = logging.getLogger(__name__)
 SERVICE_KEY = "oai_snac_service"
 """Key in vLLM's ``additional_config`` naming the SNAC service an Orpheus engine hosts."""
 
+LOW_PRIORITY_KEY = "oai_snac_low_priority"
+"""Key in vLLM's ``additional_config``: true gives the engine's own work a high-priority CUDA stream,
+so the SNAC service's kernels (on a stream of the lowest priority) fill the gaps of its steps."""
+
+HIGHEST_PRIORITY = -(2**16)
+"""torch maps a priority past CUDA's range to its nearest end: this is the highest the device has."""
+
 
 class SnacServiceError(RuntimeError):
     """The engine-side SNAC service failed a request, or cannot be reached."""
@@ -77,7 +84,9 @@ class SnacService:
         return self
 
     def _serve(self) -> None:
-        stream = torch.cuda.Stream(self.device) if self.device.startswith("cuda") else None
+        # priority 0 is CUDA's lowest: an engine stream of higher priority (`prioritize_engine_stream`)
+        # has its pending blocks scheduled first, and SNAC's run where the engine leaves the GPU idle
+        stream = torch.cuda.Stream(self.device, priority=0) if self.device.startswith("cuda") else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             while True:
                 try:
@@ -146,6 +155,26 @@ def start_service(name: str, device: str) -> SnacService | None:
         return None
     logger.info("SNAC service %s on %s, for server pid %d", name, device, os.getppid())
     return service
+
+
+def prioritize_engine_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """Make this thread's current CUDA stream one of the highest priority on `device`; None off CUDA or
+    when it already is one.
+
+    The engine core calls this from its main thread (the Orpheus logits processor's construction, before
+    vLLM loads the model or captures its graphs), so every step's kernels go to that stream. With the SNAC
+    service's stream at the lowest priority, the GPU's block scheduler runs SNAC's kernels where the decode
+    step leaves SMs idle (the host half of the step) instead of slicing them into the step. ``torch.cuda.set_stream``
+    is looked up at call time: vLLM wraps it to remember the stream as its own current one.
+    """
+    if device.type != "cuda":
+        return None
+    highest = torch.cuda.Stream(device, priority=HIGHEST_PRIORITY)
+    if torch.cuda.current_stream(device).priority == highest.priority:
+        return None  # a second processor in the same engine: the stream is already set
+    torch.cuda.set_stream(highest)
+    logger.info("the engine's CUDA stream has priority %d; SNAC's has 0", highest.priority)
+    return highest
 
 
 class ServiceConnection:

@@ -120,6 +120,7 @@ async def _build(
                 quantization=settings.tts_quantization,
                 orpheus_slots=True,
                 snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
+                snac_low_priority=settings.snac_low_priority,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,

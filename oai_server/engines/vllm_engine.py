@@ -103,6 +103,7 @@ def engine_kwargs(
     enable_prefix_caching: bool = True,
     orpheus_slots: bool = False,
     snac_service: str | None = None,
+    snac_low_priority: bool = False,
     log_stats: bool = False,
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
@@ -131,9 +132,9 @@ def engine_kwargs(
 
         kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
         if snac_service:  # the processor starts the SNAC service in the engine's process
-            from oai_server.codec.snac_service import SERVICE_KEY
+            from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
 
-            kwargs["additional_config"] = {SERVICE_KEY: snac_service}
+            kwargs["additional_config"] = {SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority}
     return kwargs
 
 
@@ -238,6 +239,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         enable_prefix_caching: bool = True,
         orpheus_slots: bool = False,
         snac_service: str | None = None,
+        snac_low_priority: bool = False,
         log_stats: bool = False,
         placement: Placement | None = None,
         kind: str = "vllm",
@@ -251,7 +253,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
-        (`oai_server.codec.snac_service`).
+        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``.
         """
         kwargs = engine_kwargs(
             model,
@@ -267,6 +269,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
+            snac_low_priority=snac_low_priority,
             log_stats=log_stats,
         )
         placement = placement or Placement(None)
@@ -285,6 +288,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             enable_prefix_caching=enable_prefix_caching,
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
+            snac_low_priority=snac_low_priority,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )

@@ -31,7 +31,8 @@ Top-k, top-p and the draw over the band (`band_sampling`): a request that asks f
 over the whole vocabulary.
 
 An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
-decoding in its process here (`oai_server.codec.snac_service`).
+decoding in its process here (`oai_server.codec.snac_service`), and with ``"oai_snac_low_priority": True``
+moves the engine's own work to a CUDA stream of higher priority than SNAC's.
 
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
 mask functions below need only torch.
@@ -213,9 +214,12 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._stale: list[int] = []  # slots handed to new requests, to clear before use
         self._version = 0  # bumped by every batch change: the cached layout is rebuilt on the next step
         self._layout: tuple[tuple[int, int], _Layout | None] | None = None
-        service = (getattr(vllm_config, "additional_config", None) or {}).get(snac_service.SERVICE_KEY)
+        config = getattr(vllm_config, "additional_config", None) or {}
+        service = config.get(snac_service.SERVICE_KEY)
         # the one hook of this project in the engine-core process: SNAC decoding joins the engine's CUDA context
         self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
+        if service and config.get(snac_service.LOW_PRIORITY_KEY):
+            snac_service.prioritize_engine_stream(self._device)
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
