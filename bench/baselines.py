@@ -135,6 +135,8 @@ class Bench:
         self.snac = snac
         self.synthesizers: dict[str, Any] = {}
         """The pipeline of each of the modes ours, ours_in_engine and silent."""
+        self.services: list[Any] = []
+        """ours_in_engine: the decoder of each engine's SNAC service."""
 
     def prompt(self, index: int) -> tuple[str, list[int]]:
         """Text and Orpheus prompt ids of stream `index`."""
@@ -315,6 +317,7 @@ async def build(args: argparse.Namespace) -> Bench:
             else in_engine_decoders[0]
         )
     bench = Bench(args, engine, tokenizer, seed_snac)
+    bench.services = in_engine_decoders if in_engine else []
     for mode, decoder in decoders.items():
         await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
         bench.synthesizers[mode] = speech_synthesizer(
@@ -367,6 +370,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     bench = await build(args)
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "modes": {}, "capacity": {}}
+    # e.g. the CUDA priorities of each engine's stream and its SNAC service's (--snac-low-priority)
+    report["snac_services"] = [await asyncio.to_thread(d.connection.call, "stats") for d in bench.services]
     try:
         # As the server does before readiness: a sampled batch at every size, so no level pays for
         # Triton JIT compiles of the sampler (a 9 s stall at the first 64-stream batch otherwise).

@@ -428,6 +428,8 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     assert set(report["modes"]) == set(modes)
     assert report["config"]["prefix_caching"] == "False" and report["config"]["engines"] == "1"
     assert report["config"]["snac_low_priority"] == "True"
+    (service,) = report["snac_services"]  # the one engine's; on the CPU no stream has a priority
+    assert service["device"] == "cpu" and service["engine_stream_priority"] is None
     for mode, levels in report["modes"].items():
         assert all(set(lv) >= LEVEL_KEYS for lv in levels)
         # The seed's pipeline plays nothing of an utterance shorter than 4 frames, and the demo

@@ -95,6 +95,24 @@ async def test_snac_in_engine_is_asked_of_every_orpheus_replica_by_its_own_name(
     await llm.close()
 
 
+@pytest.mark.parametrize("flipped", [False, True])
+async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
+    built: list[AsyncLLMDouble], flipped: bool
+) -> None:
+    """Orpheus's audio is never reused, so its engine hashes none of it; Gemma's conversations keep their prefix
+    cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's. Both flags turn it around."""
+    flags = {"tts_prefix_caching": True, "snac_low_priority": False} if flipped else {}
+    settings = Settings(asr=False, **flags)  # type: ignore[arg-type]
+    layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
+    (orpheus,) = [e for e in built if "logits_processors" in e.kwargs]
+    (gemma,) = [e for e in built if e is not orpheus]
+    assert orpheus.kwargs["enable_prefix_caching"] is flipped and gemma.kwargs["enable_prefix_caching"] is True
+    assert orpheus.kwargs["additional_config"] == {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: not flipped}
+    await tts.close()
+    await llm.close()
+
+
 async def test_engine_log_stats_reaches_every_vllm_engine(built: list[AsyncLLMDouble], demo_cache: Path) -> None:
     settings = Settings(engine_log_stats=True, asr_model_name=str(build_demo_whisper(demo_cache)))
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))

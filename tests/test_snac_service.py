@@ -87,6 +87,7 @@ async def test_the_engine_decodes_what_the_server_would(
         await remote.capture_graphs(WindowPolicy().stream_shapes)  # CPU: nothing to capture, and no error
         stats = remote.connection.call("stats")
         assert stats["windows_decoded"] == len(batch) and stats["device"] == "cpu" and stats["graphs"] == []
+        assert stats["engine_stream_priority"] is None and stats["stream_priority"] is None  # no CUDA streams
     finally:
         remote.close()
         local.close()
@@ -184,6 +185,7 @@ def test_the_engine_stream_outranks_snacs_on_cuda() -> None:
         seen.update(priority=stream.priority, kept=torch.cuda.current_stream() == stream)
         seen["sum"] = float((torch.ones(1024, device="cuda") * 2).sum().item())
         assert processor.snac_service is not None
+        seen["stats"] = processor.snac_service.handle("stats")
         processor.snac_service.close()
 
     worker = threading.Thread(target=engine_thread)
@@ -191,4 +193,5 @@ def test_the_engine_stream_outranks_snacs_on_cuda() -> None:
     worker.join(60)
     lowest = torch.cuda.Stream(priority=0).priority
     assert seen["priority"] < lowest and seen["kept"] and seen["sum"] == 2048.0
+    assert (seen["stats"]["engine_stream_priority"], seen["stats"]["stream_priority"]) == (seen["priority"], lowest)
     assert torch.cuda.current_stream().priority == lowest  # this thread's default stream is untouched

@@ -75,6 +75,11 @@ class SnacService:
         self.fusion: SnacFusion = "off"
         self.graphs: dict[WindowShape, GraphSet] = {}
         self.windows_decoded = 0
+        self.engine_stream_priority: int | None = None
+        """The CUDA priority of the engine's stream, as its processor found it (None: not on CUDA)."""
+        # priority 0 is CUDA's lowest: an engine stream of higher priority (`prioritize_engine_stream`)
+        # has its pending blocks scheduled first, and SNAC's run where the engine leaves the GPU idle
+        self._stream = torch.cuda.Stream(device, priority=0) if device.startswith("cuda") else None
         self._listener = Listener(address, family="AF_UNIX", authkey=_authkey())
         self._thread = threading.Thread(target=self._serve, name="snac-service", daemon=True)
 
@@ -84,9 +89,7 @@ class SnacService:
         return self
 
     def _serve(self) -> None:
-        # priority 0 is CUDA's lowest: an engine stream of higher priority (`prioritize_engine_stream`)
-        # has its pending blocks scheduled first, and SNAC's run where the engine leaves the GPU idle
-        stream = torch.cuda.Stream(self.device, priority=0) if self.device.startswith("cuda") else None
+        stream = self._stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             while True:
                 try:
@@ -136,7 +139,13 @@ class SnacService:
             self.windows_decoded += len(frames)
             return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
         if op == "stats":
-            return {"windows_decoded": self.windows_decoded, "device": self.device, "graphs": sorted(self.graphs)}
+            return {
+                "windows_decoded": self.windows_decoded,
+                "device": self.device,
+                "graphs": sorted(self.graphs),
+                "engine_stream_priority": self.engine_stream_priority,
+                "stream_priority": self._stream.priority if self._stream is not None else None,
+            }
         raise SnacServiceError(f"unknown operation {op!r}")
 
     def close(self) -> None:

@@ -118,6 +118,7 @@ async def _build(
                 stream_interval=settings.tts_stream_interval,
                 kv_cache_dtype=settings.tts_kv_cache_dtype,
                 quantization=settings.tts_quantization,
+                enable_prefix_caching=settings.tts_prefix_caching,
                 orpheus_slots=True,
                 snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
                 snac_low_priority=settings.snac_low_priority,

@@ -220,6 +220,8 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
         if service and config.get(snac_service.LOW_PRIORITY_KEY):
             snac_service.prioritize_engine_stream(self._device)
+        if self.snac_service is not None and self._device.type == "cuda":  # reported by the service's stats
+            self.snac_service.engine_stream_priority = torch.cuda.current_stream(self._device).priority
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
