@@ -353,6 +353,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     orpheus_slots=True,
                     snac_service=service if in_engine else None,
                     snac_low_priority=args.snac_low_priority,
+                    band_graphs=args.band_graphs,
                     enable_prefix_caching=args.prefix_caching,
                     kind="vllm-orpheus",
                 )
@@ -458,6 +459,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snac-low-priority", action="store_true",
         help="ours_in_engine: the engine's kernels on a stream of higher priority than SNAC's (the server's flag)",
     )  # fmt: skip
+    p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs (every mode's engine)")
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
     p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")

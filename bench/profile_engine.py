@@ -225,6 +225,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         orpheus_slots=True,
         snac_service=SNAC_SERVICE if args.mode == "ours_in_engine" else None,
         snac_low_priority=args.snac_low_priority,
+        band_graphs=args.band_graphs,
         kind="vllm-orpheus",
         engine_factory=factory,
     )
@@ -289,6 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
+    p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs")
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -14,19 +14,23 @@ penalty and top-p in the band, with vLLM's draw. It reports two numbers per step
   so compare variants with each other, not with a GPU.
 
 `--old REV` runs the processor and its band sampling as they were at git revision REV beside the current code.
+`--band-graphs` also counts the launches of the processor with `--tts-band-graphs`, where the penalty and top-p
+of a step are one CUDA graph replay (counted as one; its host time is not modelled on the meta device).
 
-    python bench/slot_processor_cost.py --rows 64,192,384 --old 491b38e
+    python bench/slot_processor_cost.py --rows 64,192,384 --old 491b38e --band-graphs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from oai_server.codec import orpheus
-from oai_server.engines import band_sampling, vllm_orpheus_logits
+from oai_server.engines import band_graphs, band_sampling, vllm_orpheus_logits
 from oai_server.engines.band_sampling import TOP_K_KEY, TOP_P_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,20 +80,43 @@ class _OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops = 0
 
+        self.paused = False
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops += 1
+        self.ops += not self.paused
         return func(*args, **(kwargs or {}))
 
 
-def ops_per_step(module: types.ModuleType, rows: int, steps: int = 3) -> float:
-    """ATen ops one `apply` dispatches at `rows` speech rows (a few steps, averaged)."""
-    step = _speech_batch(module, rows)
+def ops_per_step(module: types.ModuleType, rows: int, steps: int = 3, graphs: bool = False) -> float:
+    """ATen ops one `apply` dispatches at `rows` speech rows (a few steps, averaged); with `graphs`, the processor
+    of `--tts-band-graphs`, each graph replay counted as the one launch it is on a GPU."""
+    step = _speech_batch(module, rows, graphs)
     step()  # the first step builds the tables and the batch layout
     counter = _OpCounter()
-    with counter:
+    with counter, _replays_counted_once(counter) if graphs else contextlib.nullcontext():
         for _ in range(steps):
             step()
     return counter.ops / steps
+
+
+@contextlib.contextmanager
+def _replays_counted_once(counter: _OpCounter) -> Iterator[None]:
+    """`BandGraph.run` (eager off CUDA) counted as one op, its work not counted."""
+    run = band_graphs.BandGraph.run
+
+    def replay(graph: band_graphs.BandGraph) -> None:
+        counter.paused = True
+        try:
+            run(graph)
+        finally:
+            counter.paused = False
+        counter.ops += 1
+
+    band_graphs.BandGraph.run = replay  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        band_graphs.BandGraph.run = run  # type: ignore[method-assign]
 
 
 def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200) -> float:
@@ -103,10 +130,11 @@ def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200) -> f
     return (time.perf_counter() - started) / steps * 1e3
 
 
-def _speech_batch(module: types.ModuleType, rows: int) -> Any:
+def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False) -> Any:
     """One step of a processor on the `meta` device with `rows` speech rows, sampled as the server samples them."""
     device = torch.device("meta")
-    processor = module.OrpheusSlotLogitsProcessor(None, device, False)
+    config = types.SimpleNamespace(additional_config={band_graphs.BAND_GRAPHS_KEY: True}) if graphs else None
+    processor = module.OrpheusSlotLogitsProcessor(config, device, False)
     extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
     params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
     outputs: list[list[int]] = [[] for _ in range(rows)]
@@ -127,6 +155,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="64,192,384", help="speech rows in the batch (comma-separated)")
     p.add_argument("--old", default=None, help="a git revision whose processor to time beside the current one")
+    p.add_argument("--band-graphs", action="store_true", help="also count the launches with --tts-band-graphs")
     args = p.parse_args()
     variants: dict[str, Any] = {"current": lambda: vllm_orpheus_logits}
     if args.old:
@@ -138,6 +167,10 @@ def main() -> None:
             ms = host_ms_per_step(fresh(), rows)
             results.append({"variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops})
             print(f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) per step")
+        if args.band_graphs:  # its host time is not modelled here: on the meta device the graph's work runs eagerly
+            ops = ops_per_step(vllm_orpheus_logits, rows, graphs=True)
+            results.append({"variant": "graphs", "rows": rows, "host_ms_per_step": None, "aten_ops_per_step": ops})
+            print(f"{'graphs':>8} {rows:>4} rows: {ops:.0f} launches (a replay counts as one)")
     print(json.dumps(results))
 
 

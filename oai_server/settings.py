@@ -233,6 +233,9 @@ class Settings(BaseSettings):
     """vLLM KV-cache dtype for Orpheus (auto or fp8)."""
     tts_quantization: str | None = Field(None, validation_alias=_env("tts_quantization"))
     """vLLM weight quantization for Orpheus (e.g. fp8)."""
+    tts_band_graphs: bool = Field(False, validation_alias=_env("tts_band_graphs"))
+    """vLLM: run the Orpheus slot processor's band work (penalty, top-p) of a step as one CUDA graph replay instead
+    of ~15 kernel launches from the engine core's host-bound thread (not yet measured on a GPU: off)."""
     tts_prefix_caching: bool = Field(False, validation_alias=_env("tts_prefix_caching"))
     """vLLM prefix caching for Orpheus. Off by default: no stream reuses another's audio, and hashing every block
     of it costs the engine core's host thread (an H200 at 256 streams: +18 % tokens/s without it)."""

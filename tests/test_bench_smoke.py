@@ -524,13 +524,18 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
 
 
 def test_slot_processor_cost_counts_and_times_both_versions() -> None:
-    proc = _run("slot_processor_cost.py", "--rows", "4,8", "--old", "HEAD")
+    proc = _run("slot_processor_cost.py", "--rows", "4,8", "--old", "HEAD", "--band-graphs")
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [(r["variant"], r["rows"]) for r in rows] == [("current", 4), ("HEAD", 4), ("current", 8), ("HEAD", 8)]
-    assert all(0 < r["host_ms_per_step"] < 50 for r in rows)
+    assert [(r["variant"], r["rows"]) for r in rows] == [
+        ("current", 4), ("HEAD", 4), ("graphs", 4), ("current", 8), ("HEAD", 8), ("graphs", 8)
+    ]  # fmt: skip
+    timed = [r for r in rows if r["variant"] != "graphs"]
+    assert all(0 < r["host_ms_per_step"] < 50 for r in timed)
     # each ATen op is a kernel launch on a GPU: the same code launches as many at any batch size
-    assert rows[0]["aten_ops_per_step"] == rows[2]["aten_ops_per_step"] > 20
-    assert rows[1]["aten_ops_per_step"] == rows[3]["aten_ops_per_step"] > 20
+    assert rows[0]["aten_ops_per_step"] == rows[3]["aten_ops_per_step"] > 20
+    assert rows[1]["aten_ops_per_step"] == rows[4]["aten_ops_per_step"] > 20
+    # the band work as one replay: fewer than half the launches, the replay counted once
+    assert 8 < rows[2]["aten_ops_per_step"] == rows[5]["aten_ops_per_step"] < rows[0]["aten_ops_per_step"] / 2 + 2
 
 
 def test_engine_spy_finds_the_engine_core_and_sums_py_spy_samples(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ def engine_kwargs(
     orpheus_slots: bool = False,
     snac_service: str | None = None,
     snac_low_priority: bool = False,
+    band_graphs: bool = False,
     log_stats: bool = False,
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
@@ -131,10 +132,17 @@ def engine_kwargs(
         from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
 
         kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
+        config: dict[str, Any] = {}
         if snac_service:  # the processor starts the SNAC service in the engine's process
             from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
 
-            kwargs["additional_config"] = {SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority}
+            config.update({SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority})
+        if band_graphs:
+            from oai_server.engines.band_graphs import BAND_GRAPHS_KEY
+
+            config[BAND_GRAPHS_KEY] = True
+        if config:
+            kwargs["additional_config"] = config
     return kwargs
 
 
@@ -240,6 +248,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         orpheus_slots: bool = False,
         snac_service: str | None = None,
         snac_low_priority: bool = False,
+        band_graphs: bool = False,
         log_stats: bool = False,
         placement: Placement | None = None,
         kind: str = "vllm",
@@ -253,7 +262,8 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
-        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``.
+        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; with
+        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`).
         """
         kwargs = engine_kwargs(
             model,
@@ -270,6 +280,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            band_graphs=band_graphs,
             log_stats=log_stats,
         )
         placement = placement or Placement(None)
@@ -289,6 +300,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            band_graphs=band_graphs,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )

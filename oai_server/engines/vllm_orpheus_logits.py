@@ -17,14 +17,8 @@ lines, penalties, band settings, as device tensors) is built once per change vLL
 runs `apply` between steps, while the GPU may be waiting for it.
 
 Repetition penalty: a request may carry its Orpheus repetition penalty in
-``extra_args[PENALTY_KEY]`` (with vLLM's own ``repetition_penalty`` left at 1.0). vLLM's penalty
-path rebuilds a padded tensor of every request's whole output history on the host at every step
-(O(total generated tokens), several ms per step at 128 long speech streams, in Python) and bins it
-over the full vocabulary on the GPU. Here each request has a row of a ``[slots, 7 * 4096]`` bool
-"seen" table on the device, updated with only the tokens that arrived since the last step, and the
-penalty touches only the 4096 logits of the position's band (everything else is masked anyway).
-The result equals vLLM's for these rows: prompt tokens never fall in an audio band, and vLLM's
-formula (``logit * (1/p if logit > 0 else p)`` for seen tokens) is applied as is.
+``extra_args[PENALTY_KEY]`` (with vLLM's own ``repetition_penalty`` left at 1.0); it is applied here on the
+band, from a table of the tokens each request has seen (`band_penalty`: why not vLLM's path).
 
 Top-k, top-p and the draw over the band (`band_sampling`): a request that asks for them in its
 ``extra_args`` has them applied here, on the 4097 ids its position can emit, instead of by vLLM's sampler
@@ -32,7 +26,8 @@ over the whole vocabulary.
 
 An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
 decoding in its process here (`oai_server.codec.snac_service`), and with ``"oai_snac_low_priority": True``
-moves the engine's own work to a CUDA stream of higher priority than SNAC's.
+moves the engine's own work to a CUDA stream of higher priority than SNAC's. With ``"oai_band_graphs": True`` the
+band work of a step runs as one CUDA graph (`band_graphs`).
 
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
 mask functions below need only torch.
@@ -47,6 +42,8 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus, snac_service
+from oai_server.engines.band_graphs import BAND_GRAPHS_KEY, BandGraph, BandGraphs
+from oai_server.engines.band_penalty import AUDIO_SPAN, BandPenalty, band_penalty, penalize_band, seen_hits
 from oai_server.engines.band_sampling import (
     BandFilter,
     BandSampling,
@@ -66,7 +63,6 @@ EXTRA_ARGS_KEY = "orpheus_audio_slots"
 """Key in ``SamplingParams.extra_args`` that switches the slot constraint on for a request."""
 PENALTY_KEY = "orpheus_repetition_penalty"
 """Key in ``SamplingParams.extra_args``: the repetition penalty this processor applies (default 1)."""
-AUDIO_SPAN = orpheus.AUDIO_TOKEN_END - orpheus.AUDIO_TOKEN_BASE
 
 
 def wants_audio_slots(extra_args: dict[str, Any] | None) -> bool:
@@ -113,39 +109,6 @@ def apply_slot_mask(
     masked = logits.index_select(0, rows).masked_fill_(blocked, float("-inf"))
     logits.index_copy_(0, rows, masked)
     return logits
-
-
-@dataclass(frozen=True)
-class BandPenalty:
-    """A batch's repetition penalties, as `penalize_band` needs them (built once per batch change)."""
-
-    seen_base: torch.Tensor  # int64 [rows, 1]: where each row's line starts in the flattened seen table
-    factor: torch.Tensor  # float [rows, 1]: the penalty p
-    inverse: torch.Tensor  # float [rows, 1]: 1 / p
-
-
-def band_penalty(slots: torch.Tensor, penalties: torch.Tensor) -> BandPenalty:
-    """The `BandPenalty` of rows holding seen-table lines ``slots`` (int64) with ``penalties`` (float32)."""
-    factor = penalties.unsqueeze(1)
-    return BandPenalty(slots.unsqueeze(1) * AUDIO_SPAN, factor, factor.reciprocal())
-
-
-def penalize_band(
-    values: torch.Tensor, seen: torch.Tensor, offsets: torch.Tensor, penalty: BandPenalty
-) -> torch.Tensor:
-    """vLLM's repetition penalty on the band, for tokens marked in ``seen``; changes ``values`` in place, returns it.
-
-    ``values`` is ``[rows, 4097]``, each row's `band_columns` gathered from its logits (only the 4096 of the band
-    are touched: end of speech is never generated before a stream ends); ``seen`` is ``[slots, AUDIO_SPAN]`` bool
-    (column = token id - ``AUDIO_TOKEN_BASE``), ``offsets`` ``[rows, 4096]`` the band's columns of it. vLLM's
-    formula for a seen token: ``logit / p`` if ``logit > 0`` else ``logit * p``. Only gathers and elementwise work
-    (no advanced-index assignment, which would copy a host scalar and stall the host on the GPU).
-    """
-    band = values[:, : orpheus.CODEBOOK_SIZE]
-    hit = torch.take(seen, penalty.seen_base + offsets)
-    scale = torch.where(band > 0, penalty.inverse, penalty.factor).to(band.dtype)
-    band.copy_(torch.where(hit, band * scale, band))
-    return values
 
 
 @dataclass
@@ -222,6 +185,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             snac_service.prioritize_engine_stream(self._device)
         if self.snac_service is not None and self._device.type == "cuda":  # reported by the service's stats
             self.snac_service.engine_stream_priority = torch.cuda.current_stream(self._device).priority
+        self._graphs = BandGraphs(self._device) if config.get(BAND_GRAPHS_KEY) else None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -351,6 +315,13 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
                 groups.append(_BandGroup(draw, band_filter(settings, any_top_k), index))
         return groups
 
+    def _graph_for(self, layout: _Layout, dtype: torch.dtype) -> BandGraph | None:
+        """The CUDA graph that runs this batch's band work (`band_graphs`), or None: eager."""
+        if self._graphs is None or len(layout.bands) != 1 or layout.bands[0].index is not None:
+            return None
+        group = layout.bands[0]
+        return self._graphs.graph_for(len(layout.rows), dtype, group.spec, group.draw, layout.penalty)
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits.
 
@@ -376,15 +347,25 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         target.masked_fill_(tables.blocked.index_select(0, slot), float("-inf"))
         if layout.penalty is not None or layout.bands:
             columns = tables.columns.index_select(0, slot)
-            values = target.gather(1, columns)
-            if layout.penalty is not None:
-                penalize_band(values, seen, tables.seen_offsets.index_select(0, slot), layout.penalty)
-            for group in layout.bands:
-                if group.index is None:
-                    filter_band(values, group.spec, group.draw)
-                else:
-                    chosen = filter_band(values.index_select(0, group.index), group.spec, group.draw)
-                    values.index_copy_(0, group.index, chosen)
+            graph = self._graph_for(layout, target.dtype)
+            if graph is not None:  # the penalty and top-p as one replay, on the graph's buffers
+                values = graph.values[: len(layout.rows)]
+                torch.gather(target, 1, columns, out=values)
+                if graph.hit is not None and layout.penalty is not None:
+                    offsets = tables.seen_offsets.index_select(0, slot)
+                    seen_hits(seen, offsets, layout.penalty, out=graph.hit[: len(layout.rows)])
+                graph.load(layout, layout.bands[0].spec, layout.penalty, len(layout.rows))
+                graph.run()
+            else:
+                values = target.gather(1, columns)
+                if layout.penalty is not None:
+                    penalize_band(values, seen, tables.seen_offsets.index_select(0, slot), layout.penalty)
+                for group in layout.bands:
+                    if group.index is None:
+                        filter_band(values, group.spec, group.draw)
+                    else:
+                        chosen = filter_band(values.index_select(0, group.index), group.spec, group.draw)
+                        values.index_copy_(0, group.index, chosen)
             target.scatter_(1, columns, values)
         if layout.index is not None:
             logits.index_copy_(0, layout.index, target)
