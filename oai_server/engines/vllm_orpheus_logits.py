@@ -258,11 +258,9 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._seen = seen
         return seen
 
-    def _mark_new_tokens(self, rows: list[_Row], seen: torch.Tensor) -> None:
-        """Mark the tokens that arrived since the last step (placeholders ``-1`` wait for the next)."""
-        if self._stale:
-            seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
-            self._stale.clear()
+    def _new_marks(self, rows: list[_Row]) -> list[int]:
+        """Flat seen-table indices of the tokens that arrived since the last step (placeholders ``-1`` wait for
+        the next)."""
         marks: list[int] = []
         low, high = orpheus.AUDIO_TOKEN_BASE, orpheus.AUDIO_TOKEN_END
         for row in rows:
@@ -274,8 +272,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             row.synced += len(new)
             offset = row.slot * AUDIO_SPAN - low
             marks += [offset + token for token in new if low <= token < high]
-        if marks:
-            seen.view(-1).index_fill_(0, self._to_device(marks, torch.int64, seen.device), True)
+        return marks
 
     def _layout_for(self, num_rows: int, device: torch.device) -> _Layout | None:
         """The batch's layout, rebuilt only after vLLM changed the batch (None: no opted-in row)."""
@@ -339,10 +336,16 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         if layout is None:
             return logits
         seen = self._seen_table(logits.device)
-        self._mark_new_tokens(layout.rows, seen)
-        # the one thing that changes every step: each row's audio position
-        positions = self._to_device([len(row.output_ids) for row in layout.rows], torch.int64, logits.device)
-        slot = torch.remainder(positions, orpheus.TOKENS_PER_FRAME)
+        if self._stale:  # lines handed to new requests since the last step
+            seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
+            self._stale.clear()
+        # what changes every step, in one copy: each row's slot (its audio position mod 7), then the new tokens
+        marks = self._new_marks(layout.rows)
+        slots = [len(row.output_ids) % orpheus.TOKENS_PER_FRAME for row in layout.rows]
+        step = self._to_device(slots + marks, torch.int64, logits.device)
+        slot = step[: len(slots)]
+        if marks:
+            seen.view(-1).index_fill_(0, step[len(slots) :], True)
         target = logits if layout.index is None else logits.index_select(0, layout.index)  # opted-in rows, in order
         target.masked_fill_(tables.blocked.index_select(0, slot), float("-inf"))
         if layout.penalty is not None or layout.bands:
