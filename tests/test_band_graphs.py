@@ -121,6 +121,18 @@ def test_a_batch_without_penalty_has_its_own_graph_and_the_same_logits() -> None
     assert pair.graphed._graphs.graphs[(8, False, torch.float32)].hit is None
 
 
+def test_a_graph_that_cannot_be_made_leaves_the_processor_eager_not_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(BandGraphs, "graph_for", refuse)
+    pair = Pair()
+    pair.update([(i, speech(), 2 + i) for i in range(3)])
+    assert_same(pair.step(3))
+    assert pair.graphed._graphs is None  # given up for good, with the error in the engine's log
+    assert_same(pair.step(3))
+
+
 def test_buckets_and_which_batches_run_eagerly() -> None:
     assert [bucket_for(n) for n in (1, 8, 9, 200, 512)] == [8, 8, 16, 224, 512]
     assert bucket_for(513) is None and list(BUCKETS) == sorted(BUCKETS)

@@ -35,6 +35,7 @@ mask functions below need only torch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,8 @@ try:  # vLLM is an optional extra; without it the class is still importable and 
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
 except ImportError:  # pragma: no cover - depends on the environment
     _LogitsProcessorBase = object
+
+logger = logging.getLogger(__name__)
 
 EXTRA_ARGS_KEY = "orpheus_audio_slots"
 """Key in ``SamplingParams.extra_args`` that switches the slot constraint on for a request."""
@@ -317,7 +320,12 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         if self._graphs is None or len(layout.bands) != 1 or layout.bands[0].index is not None:
             return None
         group = layout.bands[0]
-        return self._graphs.graph_for(len(layout.rows), dtype, group.spec, group.draw, layout.penalty)
+        try:
+            return self._graphs.graph_for(len(layout.rows), dtype, group.spec, group.draw, layout.penalty)
+        except Exception:  # a capture the device refuses must not take the engine down: eager from now on
+            logger.exception("CUDA graphs of the band work failed; the slot processor runs eagerly")
+            self._graphs = None
+            return None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the opted-in rows' repetition penalty, band mask and band sampling (in place); return the logits.
