@@ -40,12 +40,21 @@ H200_GIB = 139.8
 
 
 def engine_core(name: str, ready: Any) -> None:
-    """What vLLM's engine core does with our code: build the Orpheus logits processor, then keep running."""
+    """What vLLM's engine core does with our code: build the Orpheus logits processor, then keep running.
+    As in vLLM's engine core, only vLLM's logger has a handler: our lines must reach it."""
+    import io
+    import logging
+
     from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
 
+    vllm_log = io.StringIO()
+    logging.getLogger("vllm").addHandler(logging.StreamHandler(vllm_log))
+    logging.getLogger("vllm").propagate = False
     processor = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
     again = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
     assert processor.snac_service is not None and again.snac_service is None  # one service per engine process
+    assert f"SNAC service {name} on cpu" in vllm_log.getvalue() and "not started again" in vllm_log.getvalue()
+    assert len(logging.getLogger("oai_server").handlers) == 1  # handed over once, not per processor
     ready.set()
     threading.Event().wait()
 

@@ -114,6 +114,19 @@ def apply_slot_mask(
     return logits
 
 
+def log_through_vllm() -> None:
+    """In vLLM's engine core only vLLM's own logger has a handler, so this project's lines (the SNAC service, the
+    stream priority, a failed graph capture) would be lost or bare: hand them to vLLM's handlers, at INFO. Nothing
+    changes where the process already logs (a root handler, or ours set up)."""
+    ours, theirs = logging.getLogger("oai_server"), logging.getLogger("vllm")
+    if ours.handlers or logging.getLogger().handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+
+
 @dataclass
 class _Row:
     """One opted-in request: its live output list, its line of the seen table, its penalty, its band sampling."""
@@ -180,6 +193,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._stale: list[int] = []  # slots handed to new requests, to clear before use
         self._version = 0  # bumped by every batch change: the cached layout is rebuilt on the next step
         self._layout: tuple[tuple[int, int], _Layout | None] | None = None
+        log_through_vllm()
         config = getattr(vllm_config, "additional_config", None) or {}
         service = config.get(snac_service.SERVICE_KEY)
         # the one hook of this project in the engine-core process: SNAC decoding joins the engine's CUDA context
