@@ -204,3 +204,30 @@ def test_the_engine_stream_outranks_snacs_on_cuda() -> None:
     assert seen["priority"] < lowest and seen["kept"] and seen["sum"] == 2048.0
     assert (seen["stats"]["engine_stream_priority"], seen["stats"]["stream_priority"]) == (seen["priority"], lowest)
     assert torch.cuda.current_stream().priority == lowest  # this thread's default stream is untouched
+
+
+def test_our_log_lines_go_through_vllms_handler_only_where_nothing_else_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine core's situation in this process: no root handler, vLLM's logger with its own."""
+    import io
+    import logging
+
+    from oai_server.engines.vllm_orpheus_logits import log_through_vllm
+
+    ours, root, vllm_logger = logging.getLogger("oai_server"), logging.getLogger(), logging.getLogger("vllm")
+    out = io.StringIO()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(vllm_logger, "handlers", [logging.StreamHandler(out)])
+    saved = (list(ours.handlers), ours.level, ours.propagate)
+    ours.handlers = []
+    try:
+        log_through_vllm()
+        log_through_vllm()  # once: the second call finds ours set up
+        logging.getLogger("oai_server.codec.snac_service").info("SNAC service x on cuda:0")
+        assert out.getvalue() == "SNAC service x on cuda:0\n" and len(ours.handlers) == 1 and not ours.propagate
+        ours.handlers = []
+        root.handlers = [logging.NullHandler()]  # the server process: it logs already
+        log_through_vllm()
+        assert ours.handlers == []
+    finally:
+        ours.handlers, ours.propagate = saved[0], saved[2]
+        ours.setLevel(saved[1])  # setLevel, not an assignment: it clears the loggers' cached levels
