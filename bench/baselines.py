@@ -371,9 +371,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
     bench = await build(args)
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "modes": {}, "capacity": {}}
-    # e.g. the CUDA priorities of each engine's stream and its SNAC service's (--snac-low-priority)
-    report["snac_services"] = [await asyncio.to_thread(d.connection.call, "stats") for d in bench.services]
     try:
+        # e.g. the CUDA priorities of each engine's stream and its SNAC service's (--snac-low-priority)
+        report["snac_services"] = [await asyncio.to_thread(d.connection.call, "stats") for d in bench.services]
         # As the server does before readiness: a sampled batch at every size, so no level pays for
         # Triton JIT compiles of the sampler (a 9 s stall at the first 64-stream batch otherwise).
         prompt, params = tts_warmup_request(bench.tokenizer)
@@ -453,7 +453,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-prefix-caching",
         dest="prefix_caching",
         action="store_false",
-        help="vLLM without prefix caching (the server keeps it on): no block hashing of the audio a stream generates",
+        help="vLLM without prefix caching (as the server runs Orpheus): no block hashing of the audio a stream makes",
     )
     p.add_argument(
         "--snac-low-priority", action="store_true",

@@ -43,7 +43,6 @@ class BandGraph:
     """Static buffers of one bucket, and the work on them (a CUDA graph's replay, or eager off CUDA)."""
 
     def __init__(self, rows: int, device: torch.device, dtype: torch.dtype, penalty: bool, pool: Any) -> None:
-        self.rows = rows
         self.values = torch.zeros((rows, orpheus.CODEBOOK_SIZE + 1), dtype=dtype, device=device)
         self.hit = torch.zeros((rows, orpheus.CODEBOOK_SIZE), dtype=torch.bool, device=device) if penalty else None
         self.factor = torch.ones((rows, 1), dtype=torch.float32, device=device)

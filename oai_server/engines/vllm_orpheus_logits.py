@@ -372,19 +372,19 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         target.masked_fill_(tables.blocked.index_select(0, slot), float("-inf"))
         if layout.penalty is not None or layout.bands:
             columns = tables.columns.index_select(0, slot)
+            offsets = None if layout.penalty is None else tables.seen_offsets.index_select(0, slot)
             graph = self._graph_for(layout, target.dtype)
             if graph is not None:  # the penalty and top-p as one replay, on the graph's buffers
                 values = graph.values[: len(layout.rows)]
                 torch.gather(target, 1, columns, out=values)
-                if graph.hit is not None and layout.penalty is not None:
-                    offsets = tables.seen_offsets.index_select(0, slot)
+                if graph.hit is not None and layout.penalty is not None and offsets is not None:
                     seen_hits(seen, offsets, layout.penalty, out=graph.hit[: len(layout.rows)])
                 graph.load(layout, layout.bands[0].spec, layout.penalty, len(layout.rows))
                 graph.run()
             else:
                 values = target.gather(1, columns)
-                if layout.penalty is not None:
-                    penalize_band(values, seen, tables.seen_offsets.index_select(0, slot), layout.penalty)
+                if layout.penalty is not None and offsets is not None:
+                    penalize_band(values, seen, offsets, layout.penalty)
                 for group in layout.bands:
                     if group.index is None:
                         filter_band(values, group.spec, group.draw)
