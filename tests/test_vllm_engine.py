@@ -120,6 +120,8 @@ class FakeAsyncLLM:
         self.live: dict[str, _Live] = {}
         self.dead = False
         self.shutdown_calls = 0
+        # where `frame_deltas` hooks in (tests/test_frame_deltas.py has a double that follows vLLM's rule)
+        self.output_processor = types.SimpleNamespace(stream_interval=1, add_request=None, request_states={})
 
     async def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Output]:
         self.generate_calls.append((prompt, sampling_params, request_id))
@@ -292,6 +294,7 @@ def test_engines_are_built_with_the_api_servers_batching_defaults(monkeypatch: p
 async def test_create_passes_engine_args_and_info() -> None:
     seen: dict[str, Any] = {}
     double = FakeAsyncLLM()
+    double.output_processor.stream_interval = 7
 
     async def factory(kwargs: dict[str, Any]) -> FakeAsyncLLM:
         seen.update(kwargs)
@@ -329,6 +332,8 @@ async def test_create_passes_engine_args_and_info() -> None:
         "logits_processors": [OrpheusSlotLogitsProcessor],
     }
     assert engine.info.details["stream_interval"] == 7
+    assert engine.info.details["frame_deltas"] is True
+    assert callable(double.output_processor.add_request)  # wrapped: the first delta waits for a whole frame
     assert isinstance(engine, TokenEngine)
     assert (engine.info.kind, engine.info.model, engine.info.max_model_len) == ("vllm-tts", "orpheus", 2048)
     plain = await make_engine(FakeAsyncLLM())

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
+from oai_server.engines.frame_deltas import deliver_on_frame_boundaries, frames_per_delta
 from oai_server.engines.placement import Placement, visible_devices
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
         (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; with
-        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`).
+        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). An Orpheus engine whose
+        ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
         """
         kwargs = engine_kwargs(
             model,
@@ -289,6 +291,9 @@ class VLLMEngine(AsyncLLMLifecycle):
         with visible_devices(placement.gpus):
             built = (engine_factory or build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
+        frame_deltas = orpheus_slots and frames_per_delta(stream_interval)
+        if frame_deltas:
+            deliver_on_frame_boundaries(engine)
         details: dict[str, object] = {
             key: kwargs.get(key)
             for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "stream_interval")
@@ -301,6 +306,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
             band_graphs=band_graphs,
+            frame_deltas=frame_deltas,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )
