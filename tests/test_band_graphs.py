@@ -13,6 +13,7 @@ import torch
 
 from oai_server.codec import orpheus
 from oai_server.engines.band_graphs import BAND_GRAPHS_KEY, BUCKETS, BandGraphs, bucket_for
+from oai_server.engines.band_penalty import band_penalty
 from oai_server.engines.band_sampling import TOP_K_KEY, TOP_P_KEY, BandFilter
 from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY, OrpheusSlotLogitsProcessor
 
@@ -144,6 +145,34 @@ def test_buckets_and_which_batches_run_eagerly() -> None:
     assert graphs.graph_for(3, torch.float32, with_top_k, False, None) is None
     assert graphs.graph_for(3, torch.float32, None, False, None) is None  # rows in more than one group
     assert graphs.graph_for(600, torch.float32, spec, False, None) is None  # past the largest bucket
+
+
+def test_the_first_batch_makes_every_bucket_up_to_the_largest_batch() -> None:
+    spec = BandFilter(torch.ones(3, 1), None, torch.full((3, 1), 0.8))
+    penalty = band_penalty(torch.zeros(3, dtype=torch.int64), torch.full((3,), 1.1))
+    graphs = BandGraphs(torch.device("cpu"), max_rows=200)
+    assert graphs.graph_for(3, torch.float32, spec, False, penalty) is not None
+    made = sorted(graphs.graphs)
+    assert made == [(b, True, torch.float32) for b in (8, 16, 32, 48, 64, 96, 128, 160, 192, 224)]
+    assert graphs.graph_for(150, torch.float32, spec, False, penalty) is graphs.graphs[(160, True, torch.float32)]
+    assert sorted(graphs.graphs) == made  # nothing made later
+    graphs.graph_for(3, torch.float32, spec, False, None)  # the other variant: its own set
+    assert len(graphs.graphs) == 2 * len(made)
+    assert BandGraphs(torch.device("cpu"), max_rows=600).buckets == BUCKETS  # past the last: every bucket
+    one_by_one = BandGraphs(torch.device("cpu"))  # the largest batch unknown: each bucket when met
+    one_by_one.graph_for(3, torch.float32, spec, False, None)
+    assert list(one_by_one.graphs) == [(8, False, torch.float32)]
+
+
+def test_the_processor_makes_the_buckets_of_vllms_largest_batch() -> None:
+    config = types.SimpleNamespace(
+        additional_config={BAND_GRAPHS_KEY: True}, scheduler_config=types.SimpleNamespace(max_num_seqs=20)
+    )
+    processor = OrpheusSlotLogitsProcessor(config, torch.device("cpu"), False)
+    processor.update_state(change([(i, speech(), [1], audio_history(3, i)) for i in range(3)]))
+    processor.apply(torch.randn(3, V))
+    assert processor._graphs is not None
+    assert sorted(processor._graphs.graphs) == [(b, True, torch.float32) for b in (8, 16, 32)]
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------

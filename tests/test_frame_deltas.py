@@ -9,6 +9,7 @@ unsent; the delta is every unsent token). The GPU test at the end runs the hook 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import types
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_other_requests_are_left_alone() -> None:
 
 
 @pytest.mark.gpu
-async def test_vllm_delivers_an_orpheus_stream_in_whole_frames(demo_models: Any, tmp_path: Path) -> None:
+def test_vllm_delivers_an_orpheus_stream_in_whole_frames(demo_models: Any, tmp_path: Path) -> None:
     """On vLLM itself: every delta of a tiny Orpheus stream but the last is one whole frame (the first too)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -149,21 +150,25 @@ async def test_vllm_delivers_an_orpheus_stream_in_whole_frames(demo_models: Any,
     config = LlamaConfig.from_pretrained(tts_dir)
     config.update({"hidden_size": 128, "intermediate_size": 256, "head_dim": 64})
     LlamaForCausalLM(config).save_pretrained(tts_dir)
-    engine = await VLLMEngine.create(
-        str(tts_dir),
-        tokenizer=str(tts_dir),
-        max_model_len=256,
-        gpu_memory_utilization=0.1,
-        enforce_eager=True,
-        max_num_seqs=4,
-        stream_interval=7,
-        orpheus_slots=True,
-    )
-    try:
-        assert engine.info.details["frame_deltas"] is True
-        params = SamplingParams(max_tokens=31, min_tokens=31, orpheus_audio_slots=True, seed=1)
-        prompt = [128259, 1, 2, 3, 128009, 128260, 128261, 128257]
-        deltas = [delta async for delta in engine.generate(prompt, params, "g")]
-    finally:
-        await engine.close()
-    assert [len(d) for d in deltas] == [7, 7, 7, 7, 3]
+
+    async def deltas() -> list[list[int]]:
+        engine = await VLLMEngine.create(
+            str(tts_dir),
+            tokenizer=str(tts_dir),
+            max_model_len=256,
+            gpu_memory_utilization=0.1,
+            enforce_eager=True,
+            max_num_seqs=4,
+            stream_interval=7,
+            orpheus_slots=True,
+        )
+        try:
+            assert engine.info.details["frame_deltas"] is True
+            params = SamplingParams(max_tokens=31, min_tokens=31, orpheus_audio_slots=True, seed=1)
+            prompt = [128259, 1, 2, 3, 128009, 128260, 128261, 128257]
+            return [delta async for delta in engine.generate(prompt, params, "g")]
+        finally:
+            await engine.close()
+
+    # a plain function: the GPU machine's pytest has no asyncio plugin
+    assert [len(d) for d in asyncio.run(deltas())] == [7, 7, 7, 7, 3]

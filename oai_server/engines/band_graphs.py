@@ -10,15 +10,20 @@ result back stay outside the graph, on buffers it reads.
 
 Only the common batch runs through a graph: every opted-in row filtered here and drawn by vLLM, none with a top-k,
 with or without a penalty (`graph_for` says None otherwise and the processor runs eagerly). Rows are padded to the
-bucket; padded rows compute values nobody reads. A graph is captured the first time its bucket is met, on a side
-stream, with the capture confined to this thread (the SNAC service's thread keeps launching on its own stream);
-buckets share one memory pool. On the CPU there are no graphs: `BandGraph.run` calls the same work eagerly on the
-same buffers, which is how the tests check the buffers, the padding and the refresh of the batch's parameters
-against the eager processor.
+bucket; padded rows compute values nobody reads. The graphs of every bucket up to the engine's largest batch are
+captured together, the first time a batch takes this path (in the server's warm-up). Captured one at a time as a
+bucket was first met, they most likely delayed a burst: in one H200 run the graphs gave 5 % more tokens/s at 128,
+192 and 256 streams, but at 192 the first audio came ~100 ms later and every stream stalled once for ~5 ms
+(`bench/results/h200_s19_random_weights/`). Each is captured on a side stream, with the capture confined to this
+thread (the SNAC service's thread keeps launching on its own stream); buckets share one memory pool. On the CPU
+there are no graphs: `BandGraph.run` calls the same work eagerly on the same buffers, which is how the tests check
+the buffers, the padding and the refresh of the batch's parameters against the eager processor.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import torch
@@ -26,6 +31,8 @@ import torch
 from oai_server.codec import orpheus
 from oai_server.engines.band_penalty import BandPenalty, penalize_hits
 from oai_server.engines.band_sampling import BandFilter, filter_band
+
+logger = logging.getLogger(__name__)
 
 BAND_GRAPHS_KEY = "oai_band_graphs"
 """Key in vLLM's ``additional_config``: true runs the slot processor's band work as CUDA graphs."""
@@ -78,12 +85,17 @@ class BandGraph:
 
 
 class BandGraphs:
-    """One `BandGraph` per (bucket, penalty or not, dtype), made when first needed."""
+    """One `BandGraph` per (bucket, penalty or not, dtype). The first batch of a (penalty, dtype) variant makes
+    the graphs of every bucket up to `max_rows` for it at once (the server's warm-up meets it), so no stream
+    waits on a capture later, when the batch grows or shrinks into a bucket not met before."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, max_rows: int | None = None) -> None:
         self.device = device
         self.pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
         self.graphs: dict[tuple[int, bool, torch.dtype], BandGraph] = {}
+        last = (bucket_for(max_rows) or BUCKETS[-1]) if max_rows else 0
+        self.buckets = tuple(bucket for bucket in BUCKETS if bucket <= last)
+        """The buckets made together (none when `max_rows` is unknown: each bucket when first met)."""
 
     def graph_for(
         self, rows: int, dtype: torch.dtype, spec: BandFilter | None, draw: bool, penalty: BandPenalty | None
@@ -96,8 +108,20 @@ class BandGraphs:
         key = (bucket, penalty is not None, dtype)
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = BandGraph(bucket, self.device, dtype, penalty is not None, self.pool)
+            self._make(bucket, penalty is not None, dtype)
+            graph = self.graphs[key]
         return graph
+
+    def _make(self, bucket: int, penalty: bool, dtype: torch.dtype) -> None:
+        start = time.perf_counter()
+        wanted = self.buckets if bucket in self.buckets else (bucket,)
+        made = [rows for rows in wanted if (rows, penalty, dtype) not in self.graphs]
+        for rows in made:
+            self.graphs[(rows, penalty, dtype)] = BandGraph(rows, self.device, dtype, penalty, self.pool)
+        logger.info(
+            "band work graphs (penalty %s, %s) made for %d to %d rows in %.0f ms",
+            penalty, dtype, made[0], made[-1], 1000 * (time.perf_counter() - start),
+        )  # fmt: skip
 
 
 def _capture(work: Any, device: torch.device, pool: Any) -> torch.cuda.CUDAGraph:

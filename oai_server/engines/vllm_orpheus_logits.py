@@ -202,7 +202,8 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             snac_service.prioritize_engine_stream(self._device)
         if self.snac_service is not None and self._device.type == "cuda":  # reported by the service's stats
             self.snac_service.engine_stream_priority = torch.cuda.current_stream(self._device).priority
-        self._graphs = BandGraphs(self._device) if config.get(BAND_GRAPHS_KEY) else None
+        max_rows = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", None)
+        self._graphs = BandGraphs(self._device, max_rows) if config.get(BAND_GRAPHS_KEY) else None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
