@@ -354,6 +354,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     snac_service=service if in_engine else None,
                     snac_low_priority=args.snac_low_priority,
                     band_graphs=args.band_graphs,
+                    frame_deltas=args.frame_deltas,
                     enable_prefix_caching=args.prefix_caching,
                     kind="vllm-orpheus",
                 )
@@ -460,6 +461,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ours_in_engine: the engine's kernels on a stream of higher priority than SNAC's (the server's flag)",
     )  # fmt: skip
     p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs (every mode's engine)")
+    p.add_argument(
+        "--no-frame-deltas", dest="frame_deltas", action="store_false",
+        help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
+    )  # fmt: skip
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
     p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")

@@ -5,10 +5,10 @@
 #
 #   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition (server flags ONECARD_ARGS added,
 #                 e.g. --snac-in-engine), phases ONECARD_PHASES (default ttfa,speech,chat,nogate): TTFA at one stream
-#                 (speech, chat), the speech and chat capacity searches, the speech search again without admission by
-#                 real-time headroom; also `arrivals` (Poisson at 80 % of the speech capacity, or of CAPACITY, and the
-#                 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the capacity) and `mixed`. Bursts go out
-#                 from CLIENT_PROCS (8) client processes.
+#                 (speech, chat; TTFA_REQUESTS, 3, each), the speech and chat capacity searches, the speech search
+#                 again without admission by real-time headroom; also `arrivals` (Poisson at 80 % of the speech
+#                 capacity, or of CAPACITY, and the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
+#                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes.
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
@@ -82,7 +82,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
   SP=$!
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
     case $phase in
-      ttfa) load --mode both --concurrency 1 --requests-per-stream 3 --warmup 1 --out $W/ttfa > $W/ttfa.log 2>&1 ;;
+      ttfa) load --mode both --concurrency 1 --requests-per-stream "${TTFA_REQUESTS:-3}" --warmup 1 --out $W/ttfa \
+              > $W/ttfa.log 2>&1 ;;
       speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max 512 --search-resolution 16 \
                 --out $W/speech > $W/speech.log 2>&1 ;;
       arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
@@ -107,7 +108,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
           > $W/speech_nogate.log 2>&1 ;;
     esac
   done
-  kill $SP
+  kill $SP; wait $SP  # gone before the next job starts a server on the same port
 }
 profile_asr() {  # profile_asr [asr_profile.py flags]: Whisper alone, in process, into $W (ASR_PROFILE= skips it)
   [ -n "${ASR_PROFILE-1}" ] || return 0

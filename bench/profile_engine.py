@@ -226,6 +226,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         snac_service=SNAC_SERVICE if args.mode == "ours_in_engine" else None,
         snac_low_priority=args.snac_low_priority,
         band_graphs=args.band_graphs,
+        frame_deltas=args.frame_deltas,
         kind="vllm-orpheus",
         engine_factory=factory,
     )
@@ -291,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
     p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs")
+    p.add_argument(
+        "--no-frame-deltas", dest="frame_deltas", action="store_false",
+        help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
+    )  # fmt: skip
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -235,7 +235,11 @@ class Settings(BaseSettings):
     """vLLM weight quantization for Orpheus (e.g. fp8)."""
     tts_band_graphs: bool = Field(False, validation_alias=_env("tts_band_graphs"))
     """vLLM: run the Orpheus slot processor's band work (penalty, top-p) of a step as one CUDA graph replay instead
-    of ~15 kernel launches from the engine core's host-bound thread (not yet measured on a GPU: off)."""
+    of ~15 kernel launches from the engine core's host-bound thread. Off until measured again: +5 % tokens/s on an
+    H200, but its graphs were then captured mid-burst; now every bucket is captured in the warm-up."""
+    tts_frame_deltas: bool = Field(True, validation_alias=_env("tts_frame_deltas"))
+    """vLLM: hold Orpheus's lone first-token delta until a whole frame, so each frame reaches the server the step it
+    is sampled, not one step later (with a --tts-stream-interval of whole frames; off: vLLM's own rule)."""
     tts_prefix_caching: bool = Field(False, validation_alias=_env("tts_prefix_caching"))
     """vLLM prefix caching for Orpheus. Off by default: no stream reuses another's audio, and hashing every block
     of it costs the engine core's host thread (an H200 at 256 streams: +18 % tokens/s without it)."""

@@ -4,6 +4,7 @@ on its cards with its memory share, Orpheus replicas behind the balancer, Whispe
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ class AsyncLLMDouble:
         self.kwargs = kwargs
         self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.shut = False
+        # where `frame_deltas` hooks in (tests/test_frame_deltas.py follows vLLM's rule)
+        self.add_request = lambda request, *args: None
+        self.output_processor = types.SimpleNamespace(
+            stream_interval=kwargs.get("stream_interval", 1), add_request=self.add_request, request_states={}
+        )
 
     async def check_health(self) -> None:
         pass
@@ -100,8 +106,9 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
     built: list[AsyncLLMDouble], flipped: bool
 ) -> None:
     """Orpheus's audio is never reused, so its engine hashes none of it; Gemma's conversations keep their prefix
-    cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's. Both flags turn it around."""
-    flags = {"tts_prefix_caching": True, "snac_low_priority": False} if flipped else {}
+    cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's, and delivers its tokens in whole
+    frames. The flags turn each around."""
+    flags = {"tts_prefix_caching": True, "snac_low_priority": False, "tts_frame_deltas": False} if flipped else {}
     settings = Settings(asr=False, **flags)  # type: ignore[arg-type]
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
     llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
@@ -109,6 +116,9 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
     (gemma,) = [e for e in built if e is not orpheus]
     assert orpheus.kwargs["enable_prefix_caching"] is flipped and gemma.kwargs["enable_prefix_caching"] is True
     assert orpheus.kwargs["additional_config"] == {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: not flipped}
+    frames = orpheus.output_processor.add_request is not orpheus.add_request  # wrapped to hold the first token
+    assert (frames, tts.info.details["frame_deltas"]) == (not flipped, not flipped)
+    assert gemma.output_processor.add_request is gemma.add_request
     await tts.close()
     await llm.close()
 

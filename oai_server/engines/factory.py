@@ -123,6 +123,7 @@ async def _build(
                 snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
                 snac_low_priority=settings.snac_low_priority,
                 band_graphs=settings.tts_band_graphs,
+                frame_deltas=settings.tts_frame_deltas,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,

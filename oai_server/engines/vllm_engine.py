@@ -250,6 +250,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         snac_service: str | None = None,
         snac_low_priority: bool = False,
         band_graphs: bool = False,
+        frame_deltas: bool = True,
         log_stats: bool = False,
         placement: Placement | None = None,
         kind: str = "vllm",
@@ -264,8 +265,8 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
         (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; with
-        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). An Orpheus engine whose
-        ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
+        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). With ``frame_deltas``, an
+        Orpheus engine whose ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
         """
         kwargs = engine_kwargs(
             model,
@@ -291,7 +292,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         with visible_devices(placement.gpus):
             built = (engine_factory or build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
-        frame_deltas = orpheus_slots and frames_per_delta(stream_interval)
+        frame_deltas = frame_deltas and orpheus_slots and frames_per_delta(stream_interval)
         if frame_deltas:
             deliver_on_frame_boundaries(engine)
         details: dict[str, object] = {
