@@ -484,6 +484,24 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     assert streamed["snr_db"] >= 50 and streamed["meets_target"]
 
 
+def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseless_snac: Path) -> None:
+    from snac_fidelity import decode_whole, streamed_snr, utterance
+    from snac_holdback import held_back_snr, least_slack_ms, load
+
+    from oai_server.codec.snac_windows import WindowPolicy
+
+    model = load(str(noiseless_snac))
+    snr = held_back_snr(model, 12, [0, 512, 1024])
+    codes = utterance(12)
+    whole = decode_whole(model, codes, "cpu")[1]
+    (server,) = streamed_snr(model, "cpu", codes, whole, [4], policy=WindowPolicy(2, 1), graphs=False)
+    assert snr[0] is not None and server["snr_db"] is not None
+    assert abs(snr[0] - server["snr_db"]) < 0.5  # m = 0 is the server's own stitching (float vs int16 PCM)
+    assert snr[1024] is not None and snr[1024] > snr[0] + 3  # more right context at every seam
+    assert [least_slack_ms(1.0, m) for m in (0, 512, 1024)] == [0.0, -21.3, -42.7]  # m samples later, exactly
+    assert least_slack_ms(0.8, 0) > least_slack_ms(0.9, 0) > 0
+
+
 def test_profile_trace_summary(tmp_path: Path) -> None:
     from profile_engine import summarize_trace
 
