@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print("streamed vs whole:", json.dumps(row), flush=True)
     seams_fp32 = []
     if args.device.startswith("cuda") and not args.no_tf32:
-        # With TF32 the whole decode and the windows may get different cuDNN algorithms, and their TF32 rounding
-        # then differs by more than the seams (48.9 against 58.2 dB at K=4 on two H200s of session 14): the seams
-        # alone, in full float32.
+        # The seams alone, in full float32 (with TF32 the whole decode and the windows may get different cuDNN
+        # algorithms). Session 14's 48.9 dB against 58.2 was not TF32 but the SNAC weights: `--snac` with
+        # `ensure_snac`'s random weights gives 48.98 dB in full float32 too, on the GPU and on the CPU (session 19).
         set_tf32(False)
         seams_fp32 = seams(args, clean, codes, decode_whole(clean, codes, args.device)[1])
         set_tf32(True)
@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ran = [name for name, result in precision.items() if result["ran"]]
     report: dict[str, Any] = {
         "device": args.device,
-        "random_weights": not args.snac,
+        "random_weights": not args.snac,  # drawn here (seed 0); a --snac dir may hold random weights too (ensure_snac)
+        "snac": args.snac,
         "cudnn_benchmark": args.cudnn_benchmark,
         "tf32": not args.no_tf32,
         "precision": precision,
