@@ -15,6 +15,9 @@
 #                 X2_MODES (else BASE_CONC, BASE_MODES), into baselines_x2/.
 #   baselines_b   (after baselines): the same with B_ARGS (--no-prefix-caching) added, at B_CONC with B_MODES, into baselines_b/.
 #   baselines_c   (after baselines): baselines_b's second variant, C_ARGS (--no-prefix-caching) at C_CONC with C_MODES, into baselines_c/.
+#   baselines_rev (after baselines): baselines' ENGINE_ARGS at REV_CONC with REV_MODES (ours_in_engine), run from another tree
+#                 (REV_TREE, /tmp/rev: an earlier revision's oai_server/ and bench/, e.g. unpacked from a carried
+#                 `git archive`), into baselines_rev/: the same host measures what changed between two revisions.
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
@@ -146,6 +149,12 @@ baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of a
 baselines_c() {  # baselines_b again with C_ARGS for B_ARGS (a second variant in the same run), at C_CONC with C_MODES, into C_DIR
   B_DIR=${C_DIR:-baselines_c} B_CONC=${C_CONC:-${B_CONC:-}} B_MODES=${C_MODES:-${B_MODES:-}} B_ARGS="${C_ARGS:---no-prefix-caching}" \
     baselines_b
+}
+baselines_rev() {  # baselines from the tree at REV_TREE (its own bench/ and oai_server/), into baselines_rev/
+  W=$S/baselines_rev; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
+  ( cd "${REV_TREE:-/tmp/rev}" && NO_CLEANUP=1 OUT=$W CONC=${REV_CONC:-${BASE_CONC:-128,192}} \
+      MODES=${REV_MODES:-ours_in_engine} LOAD_TIMEOUT=${BASE_TIMEOUT:-420} bash bench/gpu_load.sh baselines ) \
+    > $W/baselines.log 2>&1
 }
 baselines_x2() {  # baselines_b with two Orpheus engines on the card behind the balancer (--engines 2), into baselines_x2/
   B_DIR=baselines_x2 B_CONC=${X2_CONC:-} B_MODES=${X2_MODES:-} B_ARGS="--engines 2" baselines_b
