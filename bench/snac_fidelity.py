@@ -30,7 +30,7 @@ import torch
 from oai_server.codec.orpheus import frames_to_levels
 from oai_server.codec.snac_model import decode_pcm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.codec.snac_windows import SeamStitcher, Window, WindowPolicy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -113,6 +113,7 @@ def plan_windows(frames: np.ndarray, policy: WindowPolicy) -> list[Window]:
 
 
 def _stitch_pcm(decoder: SnacDecoder, windows: list[Window]) -> np.ndarray:
+    """The stream the server makes of these windows: decoded by shape, joined in order by its `SeamStitcher`."""
     pieces: list[bytes] = [b""] * len(windows)
     groups: dict[tuple[int, int, int], list[int]] = {}
     for i, window in enumerate(windows):
@@ -120,7 +121,9 @@ def _stitch_pcm(decoder: SnacDecoder, windows: list[Window]) -> np.ndarray:
     for members in groups.values():
         for i, pcm in zip(members, decoder.decode_sync([windows[i] for i in members]), strict=True):
             pieces[i] = pcm
-    return np.frombuffer(b"".join(pieces), dtype="<i2")
+    stitcher = SeamStitcher()
+    joined = [stitcher.add(pcm, window.lead) for pcm, window in zip(pieces, windows, strict=True)]
+    return np.frombuffer(b"".join(joined) + stitcher.finish(), dtype="<i2")
 
 
 def _decoder(model: Any, device: str, policy: WindowPolicy, graphs: bool) -> SnacDecoder:

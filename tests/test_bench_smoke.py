@@ -488,16 +488,17 @@ def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseles
     from snac_fidelity import decode_whole, streamed_snr, utterance
     from snac_holdback import held_back_snr, least_slack_ms, load
 
-    from oai_server.codec.snac_windows import WindowPolicy
+    from oai_server.codec.snac_windows import SEAM_SAMPLES, WindowPolicy
 
     model = load(str(noiseless_snac))
-    snr = held_back_snr(model, 12, [0, 512, 1024])
+    snr = held_back_snr(model, 12, [0, SEAM_SAMPLES, 1024])
     codes = utterance(12)
     whole = decode_whole(model, codes, "cpu")[1]
     (server,) = streamed_snr(model, "cpu", codes, whole, [4], policy=WindowPolicy(2, 1), graphs=False)
-    assert snr[0] is not None and server["snr_db"] is not None
-    assert abs(snr[0] - server["snr_db"]) < 0.5  # m = 0 is the server's own stitching (float vs int16 PCM)
-    assert snr[1024] is not None and snr[1024] > snr[0] + 3  # more right context at every seam
+    assert snr[0] is not None and snr[SEAM_SAMPLES] is not None and server["snr_db"] is not None
+    assert abs(snr[SEAM_SAMPLES] - server["snr_db"]) < 0.5  # the server's own seams (float vs int16 PCM)
+    assert snr[SEAM_SAMPLES] > snr[0] + 0.5  # against none: more right context at every seam
+    assert snr[1024] is not None and snr[1024] > snr[0] + 3
     assert [least_slack_ms(1.0, m) for m in (0, 512, 1024)] == [0.0, -21.3, -42.7]  # m samples later, exactly
     assert least_slack_ms(0.8, 0) > least_slack_ms(0.9, 0) > 0
 

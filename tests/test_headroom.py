@@ -242,7 +242,7 @@ class _Decoder:
         return self
 
     async def decode(self, window: Any) -> bytes:
-        return b"\0\0" * 2048 * window.count
+        return b"\0\0" * (window.lead + 2048 * window.count)  # the seam before its chunk, then the chunk
 
 
 def _synthesizer(engine: Any, told: _Told) -> SpeechSynthesizer:

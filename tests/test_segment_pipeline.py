@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from oai_server.pipeline.assistant import spoken_segments
-from oai_server.pipeline.speech import SpeechStats, synthesize_segments
+from oai_server.pipeline.speech import CROSSFADE_SAMPLES, Crossfader, SpeechStats, TailPcm, synthesize_segments
 
 from .helpers import eventually
 
@@ -98,3 +99,35 @@ async def test_first_segment_is_cut_after_max_words_while_the_reply_goes_on() ->
     assert len(produced) == 10  # spoken as soon as the 10th word is complete, not at the 300-char cut
     rest = [segment async for segment in segments]
     assert rest == [" ".join(f"w{i}" for i in range(10, 40))]
+
+
+class TailedSynthesizer:
+    """Speaks a segment as the real one does: chunks, then its held-back end as a `TailPcm`."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    async def synthesize(self, text: str, options: Any, stats: SpeechStats) -> AsyncIterator[bytes]:
+        for _ in range(2):
+            yield np.full(1000, self.value, "<i2").tobytes()
+        yield TailPcm(np.full(CROSSFADE_SAMPLES, self.value, "<i2").tobytes())
+
+
+async def test_chunks_pass_at_once_and_each_segments_end_crossfades_into_the_next() -> None:
+    synth = TailedSynthesizer(1000)
+    events = synthesize_segments(synth, texts("one", "two"), None)  # type: ignore[arg-type]
+    pcm = [np.frombuffer(e.pcm, "<i2") for e in [event async for event in events] if e.pcm]
+    assert [len(p) for p in pcm[:2]] == [1000, 1000]  # nothing of a chunk waits for the crossfade
+    audio = np.concatenate(pcm)
+    assert len(audio) == 2 * (2000 + CROSSFADE_SAMPLES) - CROSSFADE_SAMPLES  # the two ends overlap once
+    assert (audio == 1000).all()  # a crossfade of equal audio changes nothing
+
+
+def test_the_crossfader_holds_back_only_a_segments_last_piece() -> None:
+    fader = Crossfader(4)
+    assert fader.feed(np.arange(6, dtype="<i2").tobytes()) == np.arange(6, dtype="<i2").tobytes()
+    assert np.frombuffer(fader.feed(np.full(6, 8, "<i2").tobytes(), last=True), "<i2").tolist() == [8, 8]
+    fader.boundary()
+    joined = np.frombuffer(fader.feed(np.zeros(6, "<i2").tobytes()), "<i2").tolist()
+    assert joined[:4] == [8, 5, 3, 0] and joined[4:] == [0, 0]  # 8 fading out over the ramp 0, 1/3, 2/3, 1
+    assert fader.flush() == b""

@@ -31,7 +31,7 @@ from oai_server.codec.snac_service import (
     service_address,
 )
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPolicy
 from oai_server.engines.factory import snac_hosts_of
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
@@ -89,7 +89,7 @@ async def test_the_engine_decodes_what_the_server_would(
         batch = windows()
         expected = local.decode_sync(batch)
         together = await asyncio.gather(*(remote.decode(window) for window in batch))
-        assert [len(pcm) for pcm in together] == [2 * SAMPLES_PER_FRAME * 2] * len(batch)
+        assert [len(pcm) for pcm in together] == [2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME)] * len(batch)
         for got, want in zip(together, expected, strict=True):
             np.testing.assert_allclose(np.frombuffer(got, "<i2"), np.frombuffer(want, "<i2"), atol=1)
         assert remote.windows_decoded == len(batch) and remote.frames_emitted == 2 * len(batch)
@@ -120,7 +120,7 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
             connection.call("load", str(noiseless_snac), "float32", 8, "bogus")
         connection.call("load", str(noiseless_snac), "float32", 8, "off")
         pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2))
-        assert pcm.shape == (3, 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
+        assert pcm.shape == (3, SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
     finally:
         connection.close()
 
@@ -131,7 +131,7 @@ async def test_a_dead_engine_fails_the_decodes_waiting_on_it(
     name, process = engine_process
     remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
     try:
-        assert len(await remote.decode(windows()[0])) == 2 * SAMPLES_PER_FRAME * 2
+        assert len(await remote.decode(windows()[0])) == 2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME)
         process.kill()
         process.join(10)
         with pytest.raises(SnacServiceError, match="went away"):

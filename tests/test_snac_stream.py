@@ -15,7 +15,7 @@ import torch
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
 from oai_server.codec.snac_model import fold_weight_norm, load_snac
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, SeamStitcher, Window, WindowPlanner, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels
 
 
@@ -194,14 +194,14 @@ def test_batched_decode_equals_one_by_one_and_emits_the_chunk() -> None:
         windows = [Window(tuple(codes[i : i + 5]), 2, 2) for i in range(4)]
         together = decoder.decode_sync(windows)
         alone = [decoder.decode_sync([w])[0] for w in windows]
-        assert all(len(pcm) == 2 * SAMPLES_PER_FRAME * 2 for pcm in together)
+        assert all(len(pcm) == 2 * (SEAM_SAMPLES + SAMPLES_PER_FRAME * 2) for pcm in together)
         for a, b in zip(together, alone, strict=True):
             np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
-        # the emitted samples are the chunk's slice of the whole window's decode
+        # the emitted samples are the chunk's slice of the whole window's decode, after the seam before it
         whole = Window(windows[0].frames, 0, 5)
         full = np.frombuffer(decoder.decode_sync([whole])[0], "<i2")
         chunk = np.frombuffer(together[0], "<i2")
-        np.testing.assert_allclose(chunk, full[2 * SAMPLES_PER_FRAME : 4 * SAMPLES_PER_FRAME], atol=2)
+        np.testing.assert_allclose(chunk, full[2 * SAMPLES_PER_FRAME - SEAM_SAMPLES : 4 * SAMPLES_PER_FRAME], atol=2)
         assert decoder.frames_decoded == 5 * 4 + 5 * 4 + 5 and decoder.frames_emitted == 2 * 8 + 5
     finally:
         decoder.close()
@@ -214,9 +214,68 @@ async def test_concurrent_streams_are_batched_by_shape(demo_models: DemoModels) 
         steady = Window(tuple(codes), 2, 2)
         short = Window(tuple(codes[:2]), 0, 1)
         results = await asyncio.gather(*(decoder.decode(steady if i % 2 else short) for i in range(12)))
-        assert [len(r) for r in results] == [SAMPLES_PER_FRAME * 2 * (2 if i % 2 else 1) for i in range(12)]
+        lengths = [2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME) if i % 2 else 2 * SAMPLES_PER_FRAME for i in range(12)]
+        assert [len(r) for r in results] == lengths  # the steady window (emit 2) starts with the seam before it
         assert decoder.windows_decoded == 12 and decoder.batches < 12
         await decoder.capture_graphs([steady.shape])  # CPU: a no-op that leaves the eager path
         assert decoder.graphs == {}
     finally:
         decoder.close()
+
+
+# --- seams: each chunk's last samples decoded again by the next window -----------------------------------
+
+
+def _pcm(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<i2").tobytes()
+
+
+def _ints(pcm: bytes) -> list[int]:
+    return np.frombuffer(pcm, "<i2").tolist()
+
+
+def test_the_stitcher_takes_each_seam_from_the_next_window_and_emits_every_sample_once() -> None:
+    F, S = SAMPLES_PER_FRAME, SEAM_SAMPLES
+    stitcher = SeamStitcher()
+    first = stitcher.add(_pcm(np.arange(F)), lead=0)  # a stream's first window: no lead, one frame
+    assert _ints(first) == list(range(F - S))  # its last S samples wait
+    better = 20000 + np.arange(F - S, F)  # the next window's decode of them
+    second = stitcher.add(_pcm(np.concatenate([better, np.arange(F, 3 * F)])), lead=S)
+    assert _ints(second) == [*better.tolist(), *range(F, 3 * F - S)]
+    assert _ints(stitcher.finish()) == list(range(3 * F - S, 3 * F)) and stitcher.finish() == b""
+
+
+def test_the_stitcher_without_a_lead_emits_what_it_held_as_it_was() -> None:
+    stitcher = SeamStitcher()
+    stitcher.add(_pcm(np.arange(SAMPLES_PER_FRAME)), lead=0)
+    out = stitcher.add(_pcm(np.arange(SAMPLES_PER_FRAME, 2 * SAMPLES_PER_FRAME)), lead=0)  # e.g. no left context
+    assert _ints(out + stitcher.finish())[: SEAM_SAMPLES + 1] == list(
+        range(SAMPLES_PER_FRAME - SEAM_SAMPLES, SAMPLES_PER_FRAME + 1)
+    )
+    lead_past_held = SeamStitcher()
+    lead_past_held.add(_pcm(np.arange(100)), lead=0)  # held: all 100
+    again = lead_past_held.add(_pcm(np.concatenate([-np.arange(SEAM_SAMPLES), np.arange(100, 200)])), lead=SEAM_SAMPLES)
+    assert _ints(again) == (-np.arange(SEAM_SAMPLES)[SEAM_SAMPLES - 100 :]).tolist()  # only what was still held
+
+
+def test_seams_from_the_next_window_bring_the_stream_closer_to_decoding_it_whole() -> None:
+    model = _snac_without_noise()
+    decoder = SnacDecoder(model, "cpu", max_batch=8)
+    try:
+        codes = [tuple(c % 4096 for c in f) for f in frames(16)]
+        planner = WindowPolicy(2, 1, 4).planner()
+        windows = [w for frame in codes for w in planner.add([frame])] + planner.finish()
+        pieces = [decoder.decode_sync([w])[0] for w in windows]
+        whole = np.frombuffer(decoder.decode_sync([Window(tuple(codes), 0, len(codes))])[0], "<i2").astype(float)
+    finally:
+        decoder.close()
+    stitcher = SeamStitcher()
+    seamed = b"".join(stitcher.add(pcm, w.lead) for pcm, w in zip(pieces, windows, strict=True)) + stitcher.finish()
+    plain = b"".join(pcm[2 * w.lead :] for pcm, w in zip(pieces, windows, strict=True))  # each chunk as first decoded
+
+    def snr(pcm: bytes) -> float:
+        got = np.frombuffer(pcm, "<i2").astype(float)
+        assert len(got) == len(whole) == 16 * SAMPLES_PER_FRAME
+        return float(10 * np.log10(np.sum(whole**2) / np.sum((got - whole) ** 2)))
+
+    assert snr(seamed) > snr(plain) + 0.5

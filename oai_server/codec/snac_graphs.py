@@ -85,7 +85,7 @@ class GraphSet:
         return cls(shape, graphs)
 
     def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
-        """int16 PCM [B, 2048 * count] for a batch of windows of this shape."""
+        """int16 PCM [B, lead + 2048 * count] for a batch of windows of this shape (`decode_pcm`)."""
         n = levels[0].shape[0]
         largest = self._sizes[-1]
         if n > largest:

@@ -38,7 +38,7 @@ class SnacDecoding(Protocol):
         ...
 
     async def decode(self, window: Window) -> bytes:
-        """PCM (s16le, 2048 samples per emitted frame) of the window's emitted frames."""
+        """PCM (s16le) of the window's `lead` samples (`seam_lead`), then 2048 per emitted frame."""
         ...
 
     async def capture_graphs(self, shapes: Sequence[WindowShape]) -> None:
@@ -85,7 +85,7 @@ class SnacDecoder:
         return self
 
     async def decode(self, window: Window) -> bytes:
-        """PCM (s16le, 2048 samples per emitted frame) of the window's emitted frames."""
+        """PCM (s16le) of the window's `lead` samples (`seam_lead`), then 2048 per emitted frame."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._jobs.put(_Job(window, future, loop))
@@ -113,7 +113,7 @@ class SnacDecoder:
         self.graphs.update(capture_graph_sets(self.model, shapes, self.max_batch, self.device, self.fusion))
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
-        """int16 PCM ``[B, 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]`` codes)."""
+        """int16 PCM ``[B, lead + 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]``)."""
         return decode_frames(self.model, self.device, self.graphs, frames, shape)
 
     def decode_sync(self, windows: Sequence[Window]) -> list[bytes]:
@@ -185,7 +185,7 @@ def capture_graph_sets(
 def decode_frames(
     model: Any, device: str, graphs: dict[WindowShape, GraphSet], frames: np.ndarray, shape: WindowShape
 ) -> np.ndarray:
-    """int16 PCM ``[B, 2048 * emitted]`` of windows of one shape, through its graph set when there is one."""
+    """int16 PCM ``[B, lead + 2048 * emitted]`` of windows of one shape, through its graph set when there is one."""
     levels = frames_to_levels(frames.astype(np.int64, copy=False))
     graph_set = graphs.get(shape)
     if graph_set is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
 from ..codec.snac_stream import SnacDecoding
-from ..codec.snac_windows import Window, WindowPolicy
+from ..codec.snac_windows import SeamStitcher, Window, WindowPolicy
 from ..codec.tokenizer import TextTokenizer
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 
@@ -117,7 +117,9 @@ class SpeechSynthesizer:
         return max(TOKENS_PER_FRAME, budget - budget % TOKENS_PER_FRAME)
 
     async def synthesize(self, text: str, options: VoiceOptions, stats: SpeechStats) -> AsyncIterator[bytes]:
-        """PCM of one segment, one SNAC frame (2048 samples, s16le) at a time."""
+        """PCM (s16le) of one segment, a chunk of frames at a time as SNAC decodes them; every sample is final. Each
+        chunk's last samples wait for the next window, which decodes them again (`SeamStitcher`); the segment's last
+        come at its end, as a `TailPcm`."""
         prompt = self.prompt_ids(text, options.voice)
         if len(prompt) + TOKENS_PER_FRAME > self.max_model_len:
             from ..errors import invalid
@@ -136,6 +138,7 @@ class SpeechSynthesizer:
         )
         parser = AudioTokenParser()
         planner = self.windows.planner()
+        stitcher = SeamStitcher()
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         observer = self.observer
@@ -153,13 +156,16 @@ class SpeechSynthesizer:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    for pcm in await self._decode(decoder, planner.add(parser.feed(delta)), stats):
+                    for pcm in await self._decode(decoder, planner.add(parser.feed(delta)), stats, stitcher):
                         yield pcm
             if observer is not None and generating:
                 observer.finished()
                 generating = False
-            for pcm in await self._decode(decoder or self.decoder, planner.finish(), stats):
+            for pcm in await self._decode(decoder or self.decoder, planner.finish(), stats, stitcher):
                 yield pcm
+            tail = stitcher.finish()
+            if tail:
+                yield TailPcm(tail)
         finally:
             if observer is not None and generating:
                 observer.finished()
@@ -167,9 +173,17 @@ class SpeechSynthesizer:
             stats.ignored_tokens += parser.ignored
 
     @staticmethod
-    async def _decode(decoder: SnacDecoding, windows: list[Window], stats: SpeechStats) -> list[bytes]:
+    async def _decode(
+        decoder: SnacDecoding, windows: list[Window], stats: SpeechStats, stitcher: SeamStitcher
+    ) -> list[bytes]:
         stats.frames += sum(window.count for window in windows)
-        return await asyncio.gather(*(decoder.decode(window) for window in windows))
+        decoded = await asyncio.gather(*(decoder.decode(window) for window in windows))
+        pieces = [stitcher.add(pcm, window.lead) for pcm, window in zip(decoded, windows, strict=True)]
+        return [pcm for pcm in pieces if pcm]
+
+
+class TailPcm(bytes):
+    """A segment's last PCM (`synthesize`'s last piece): what its windows held back until the segment ended."""
 
 
 @functools.cache
@@ -181,7 +195,7 @@ def _ramp(samples: int) -> np.ndarray:
 
 
 class Crossfader:
-    """Joins segments with a short linear crossfade; holds back the last few samples."""
+    """Joins segments with a short linear crossfade: a segment's last few samples wait for the next one's first."""
 
     def __init__(self, samples: int = CROSSFADE_SAMPLES) -> None:
         self.samples = samples
@@ -193,8 +207,8 @@ class Crossfader:
         """The next audio starts a new segment."""
         self._join_next = bool(len(self._tail))
 
-    def feed(self, pcm: bytes) -> bytes:
-        """Audio to emit now (all but the held-back tail)."""
+    def feed(self, pcm: bytes, last: bool = False) -> bytes:
+        """Audio to emit now: all of it, but for the held-back end of a segment's `last` piece."""
         audio = np.frombuffer(pcm, dtype="<i2")
         if self._join_next and len(audio) >= len(self._tail):
             n = len(self._tail)
@@ -204,7 +218,7 @@ class Crossfader:
         else:
             audio = np.concatenate([self._tail, audio])
         self._join_next = False
-        keep = min(self.samples, len(audio))
+        keep = min(self.samples, len(audio)) if last else 0
         self._tail = audio[len(audio) - keep :].copy()
         return audio[: len(audio) - keep].tobytes()
 
@@ -287,7 +301,7 @@ async def synthesize_segments(
                 if isinstance(piece, BaseException):
                     raise piece
                 assert isinstance(piece, bytes)
-                pcm = fader.feed(piece)
+                pcm = fader.feed(piece, last=isinstance(piece, TailPcm))
                 if pcm:
                     yield SpeechEvent(pcm=pcm, stats=stats)
         tail = fader.flush()
