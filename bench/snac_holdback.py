@@ -16,7 +16,8 @@ early (with `m` fewer samples), and the stream's samples come out `m` samples la
 
     python bench/snac_holdback.py --out bench/results/cpu2core_snac_holdback_s19.json
 
-Not built into the server: see the results' README for the trade-off.
+The server holds back `SEAM_SAMPLES` (240: the crossfade held them back already, so they cost nothing);
+longer seams would cost their length in slack.
 """
 
 from __future__ import annotations

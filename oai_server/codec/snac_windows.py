@@ -23,11 +23,12 @@ Chunk sizes ramp up 1, 1, 2, 4, ... to K, each no longer than the audio emitted 
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames. Every
 frame of lookahead adds 85 ms to the first audio; L=1 gives 2048 samples of right context, and the
-seams it leaves are below SNAC's own per-call noise (its NoiseBlocks add fresh noise on every
-decode). Set L=2 for Canopy's right context at +85 ms latency. Left context costs SNAC work in
-proportion (C+K+L frames decoded per K emitted) and buys little past two frames: streamed against
-whole decoding at K=4 is 56.0 dB with C=1, 58.4 with C=2 and 58.4 with C=3 (CPU, float32, noise off,
-random weights; `bench/results/cpu2core_snac_context_s14.json`).
+seams it leaves are small (SNAC's NoiseBlocks add fresh noise on every decode anyway). Set L=2 for
+Canopy's right context at +85 ms latency. Each chunk's last `SEAM_SAMPLES` come from the next window
+instead, with a chunk more of right context, at no cost in latency (`SeamStitcher`). Left context costs
+SNAC work in proportion (C+K+L frames decoded per K emitted) and buys little past two frames: streamed
+against whole decoding at K=4 was 56.0 dB with C=1, 58.4 with C=2 and 58.4 with C=3, before the seams
+(CPU, float32, noise off, random weights; `bench/results/cpu2core_snac_context_s14.json`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ SEAM_SAMPLES = 240
 """Samples at the end of each emitted chunk that the stream's next window decodes again, and that wait for it
 (`SeamStitcher`). In its chunk's window the last sample of a chunk has one frame of right context (L=1), below
 SNAC's receptive radius; in the next window these samples have a whole chunk more. 240 samples (10 ms) are what
-the speech pipeline holds back anyway for the crossfade between segments, so they cost no latency: streamed
-against whole decoding gains ~2 dB (49.0 -> ~51 dB on the random SNAC of the GPU runs, 58.4 -> ~60.5 on another
-draw; `python bench/snac_holdback.py`, which also prices longer seams)."""
+the speech pipeline held back of every chunk for the crossfade between segments, so they cost no latency:
+streamed against whole decoding gains ~2 dB (48.98 -> 51.06 dB on the random SNAC of the GPU runs, 58.38 ->
+60.47 on another draw; `bench/snac_decode.py`; `bench/snac_holdback.py` prices longer seams)."""
 
 
 def seam_lead(emit: int) -> int:
