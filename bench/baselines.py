@@ -264,8 +264,8 @@ class SilentDecoder(SnacDecoder):
     """The `silent` mode's decoder: the right number of zero samples, no SNAC work."""
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
-        """Silence of the batch's emitted length."""
-        return np.zeros((len(frames), 2048 * shape[2]), dtype=np.int16)
+        """Silence of the batch's decoded length: the seam before the chunk, then the chunk."""
+        return np.zeros((len(frames), shape[3] + 2048 * shape[2]), dtype=np.int16)
 
 
 async def build(args: argparse.Namespace) -> Bench:

@@ -70,7 +70,7 @@ def decode_whole(model: Any, frames: np.ndarray, device: str) -> tuple[np.ndarra
     codes = _codes(frames[None], device)
     with torch.inference_mode():
         audio = model.decode(codes)
-        pcm = decode_pcm(_Decoded(audio), codes, (n, 0, n))  # the server's conversion, in the model's dtype
+        pcm = decode_pcm(_Decoded(audio), codes, (n, 0, n, 0))  # the server's conversion, in the model's dtype
     return audio[0, 0].float().cpu().numpy(), pcm[0].cpu().numpy()
 
 

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     """Frames of left context decoded with each emitted frame."""
     snac_frames_per_decode: int = Field(4, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
+    snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
+    """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
+    more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
     """Most SNAC windows decoded in one batch across all live streams."""
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))

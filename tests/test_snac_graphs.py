@@ -44,9 +44,9 @@ def quiet_model(config: dict[str, Any], device: str = "cpu") -> Any:
 
 def windows(n: int, shape: WindowShape, seed: int) -> list[Window]:
     """`n` windows of `shape` with random codes."""
-    length, emit, count = shape
+    length, emit, count, lead = shape
     rng = np.random.default_rng(seed)
-    return [Window(tuple(tuple(int(c) for c in f) for f in rng.integers(0, 4096, (length, 7))), emit, count)
+    return [Window(tuple(tuple(int(c) for c in f) for f in rng.integers(0, 4096, (length, 7))), emit, count, lead)
             for _ in range(n)]  # fmt: skip
 
 
@@ -74,7 +74,8 @@ class StandIn:
         assert n <= self.size, "a batch larger than the graph was sent to it"
         self.runs.append(n)
         if self.model is None:  # each output row names its input row: its first code
-            return np.repeat(levels[0][:, :1], SAMPLES_PER_FRAME * self.shape[2], axis=1).astype(np.int16)
+            samples = self.shape[3] + SAMPLES_PER_FRAME * self.shape[2]  # the seam, then the chunk
+            return np.repeat(levels[0][:, :1], samples, axis=1).astype(np.int16)
         with torch.inference_mode():
             return decode_pcm(self.model, [torch.from_numpy(level) for level in levels], self.shape).numpy()
 
@@ -100,7 +101,7 @@ def test_a_batch_replays_the_smallest_graph_that_holds_it(n: int) -> None:
     out = graph_set.run(levels_of(batch))
     smallest = min(size for size in graphs if size >= n)
     assert {size: g.runs for size, g in graphs.items() if g.runs} == {smallest: [n]}
-    assert out.shape == (n, SAMPLES_PER_FRAME * STEADY[2])
+    assert out.shape == (n, STEADY[3] + SAMPLES_PER_FRAME * STEADY[2])
     assert out[:, 0].tolist() == [w.frames[0][0] for w in batch]  # rows in order
 
 
@@ -118,7 +119,7 @@ def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eage
     decoder = SnacDecoder(model, "cpu", max_batch=4)
     try:
         steady = windows(3, STEADY, seed=2)
-        other = windows(2, (3, 0, 1), seed=3)
+        other = windows(2, (3, 0, 1, 0), seed=3)
         expected_steady, expected_other = decoder.decode_sync(steady), decoder.decode_sync(other)  # eager
         graph_set, graphs = stand_in_set(4, model)
         decoder.graphs = {STEADY: graph_set}
@@ -144,7 +145,7 @@ def test_captured_graphs_replay_like_eager_decoding(n: int) -> None:
     batch = windows(n, STEADY, seed=n)
     replayed = graph_set.run(levels_of(batch))
     reference = eager(model, batch, "cuda")
-    assert replayed.dtype == np.int16 and replayed.shape == reference.shape == (n, SAMPLES_PER_FRAME * 2)
+    assert replayed.dtype == np.int16 and replayed.shape == reference.shape == (n, STEADY[3] + SAMPLES_PER_FRAME * 2)
     assert int(np.abs(replayed.astype(np.int32) - reference).max()) <= 2
     assert int(np.abs(reference).max()) > 0  # a silent decode would compare equal for nothing
 
@@ -163,7 +164,7 @@ def test_the_decoder_serves_its_steady_shape_from_captured_graphs() -> None:
         assert all(decoder.graphs[shape].shape == shape for shape in POLICY.stream_shapes)
         after = decoder.decode_sync(batch)
         for a, b in zip(before, after, strict=True):
-            assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME * 2
+            assert len(a) == len(b) == 2 * (STEADY[3] + SAMPLES_PER_FRAME * 2)
             np.testing.assert_allclose(np.frombuffer(a, "<i2"), np.frombuffer(b, "<i2"), atol=2)
         for a, b in zip(first_before, decoder.decode_sync(first), strict=True):  # the first window, one shared pool
             assert len(a) == len(b) == 2 * SAMPLES_PER_FRAME
@@ -186,7 +187,7 @@ def test_graphs_of_the_compiled_decoder_decode_what_eager_decoding_does() -> Non
         for shape, batch in batches.items():
             for a, b in zip(before[shape], decoder.decode_sync(batch), strict=True):
                 want, got = np.frombuffer(a, "<i2").astype(np.float64), np.frombuffer(b, "<i2").astype(np.float64)
-                assert got.shape == want.shape == (SAMPLES_PER_FRAME * shape[2],)
+                assert got.shape == want.shape == (shape[3] + SAMPLES_PER_FRAME * shape[2],)
                 noise = float(np.sum((got - want) ** 2))  # TF32 convolutions may be chosen per layout
                 assert noise == 0 or 10 * np.log10(float(np.sum(want**2)) / noise) >= 50, shape
     finally:

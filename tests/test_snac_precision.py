@@ -29,7 +29,7 @@ def test_scaling_to_int16_is_exact_for_half_outputs() -> None:
             ramp = torch.linspace(-1.0, 1.0, 3 * SAMPLES_PER_FRAME, dtype=torch.float32)
             return ramp.to(torch.float16).reshape(1, 1, -1)
 
-    pcm = decode_pcm(FullScale(), [torch.zeros(1, 3, dtype=torch.long)], (3, 0, 3))
+    pcm = decode_pcm(FullScale(), [torch.zeros(1, 3, dtype=torch.long)], (3, 0, 3, 0))
     expected = (torch.linspace(-1.0, 1.0, 3 * SAMPLES_PER_FRAME).half().float() * 32767).round().to(torch.int16)
     assert torch.equal(pcm[0], expected)  # scaled in float32, not in float16 (which rounds to 16s there)
     assert pcm.max().item() == 32767 and pcm.min().item() == -32767
@@ -42,7 +42,7 @@ def test_half_precision_decode_stays_close_to_float32(
     quiet = str(quiet_snac(demo_models.snac_dir, tmp_path_factory.mktemp("quiet")))
     rng = np.random.default_rng(5)
     frames = [tuple(int(c) for c in rng.integers(0, 4096, 7)) for _ in range(6)]
-    window = Window(tuple(frames), 2, 2)
+    window = Window(tuple(frames), 2, 2, SEAM_SAMPLES)
     outputs = {}
     for name, precision in (("fp32", torch.float32), ("half", dtype)):
         decoder = SnacDecoder(load_snac(quiet, "cpu", precision), "cpu", max_batch=4)

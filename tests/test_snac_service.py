@@ -76,7 +76,7 @@ def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]
 
 def windows() -> list[Window]:
     codes = [tuple((7 * i + j) * 37 % 4096 for j in range(7)) for i in range(9)]
-    return [Window(tuple(codes[i : i + 5]), 2, 2) for i in range(4)]
+    return [Window(tuple(codes[i : i + 5]), 2, 2, SEAM_SAMPLES) for i in range(4)]
 
 
 async def test_the_engine_decodes_what_the_server_would(
@@ -109,7 +109,7 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
     connection = await asyncio.to_thread(ServiceConnection.open, name)
     try:
         with pytest.raises(SnacServiceError, match="no SNAC model loaded"):
-            connection.call("decode", np.zeros((1, 5, 7), np.int16), (5, 2, 2))
+            connection.call("decode", np.zeros((1, 5, 7), np.int16), (5, 2, 2, 0))
         with pytest.raises(SnacServiceError, match="unknown operation 'nap'"):
             connection.call("nap")
         connection._connection.send(42)  # not a request at all: an error answer, and the service stays up
@@ -119,7 +119,7 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
         with pytest.raises(SnacServiceError, match="unknown SNAC fusion 'bogus'"):  # the fusion reaches the engine
             connection.call("load", str(noiseless_snac), "float32", 8, "bogus")
         connection.call("load", str(noiseless_snac), "float32", 8, "off")
-        pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2))
+        pcm = connection.call("decode", np.zeros((3, 5, 7), np.int16), (5, 2, 2, SEAM_SAMPLES))
         assert pcm.shape == (3, SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME) and pcm.dtype == np.int16
     finally:
         connection.close()

@@ -56,7 +56,8 @@ def test_chunks_ramp_up_then_hold_the_steady_shape() -> None:
     planner = policy.planner()
     windows = [w for f in frames(40) for w in planner.add([f])]
     assert [w.count for w in windows[:5]] == [1, 1, 2, 4, 4]
-    assert all(w.shape == policy.steady_shape == (7, 2, 4) for w in windows[3:])
+    assert all(w.shape == policy.steady_shape == (7, 2, 4, SEAM_SAMPLES) for w in windows[3:])
+    assert [w.lead for w in windows[:3]] == [0, SEAM_SAMPLES, SEAM_SAMPLES]  # none before the stream's first chunk
 
 
 @pytest.mark.parametrize("per_decode", range(1, 5))
@@ -85,19 +86,20 @@ def test_a_player_that_waits_for_three_frames_never_runs_dry_while_generation_ke
 def test_stream_shapes_are_the_shapes_a_stream_uses_in_order(context: int, lookahead: int, per_decode: int) -> None:
     policy = WindowPolicy(context, lookahead, per_decode)
     planner = policy.planner()
-    used: list[tuple[int, int, int]] = []
+    used: list[tuple[int, int, int, int]] = []
     for window in (w for f in frames(60) for w in planner.add([f])):
         if window.shape not in used:
             used.append(window.shape)
     assert policy.stream_shapes == tuple(used)
-    assert used[0] == (lookahead + 1, 0, 1) and used[-1] == policy.steady_shape
+    assert used[0] == (lookahead + 1, 0, 1, 0) and used[-1] == policy.steady_shape
+    assert all(lead == (SEAM_SAMPLES if emit else 0) for _, emit, _, lead in used)  # a seam needs left context
 
 
 def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
     """Windows queued together: the streams' first windows (smallest emit index) go first, whatever the order
     they were queued in, so a new stream's first audio never waits behind buffered streams' decodes."""
 
-    order: list[tuple[int, int, int]] = []
+    order: list[tuple[int, int, int, int]] = []
 
     class Recording(SnacDecoder):
         def decode_sync(self, windows: Any) -> list[bytes]:
@@ -117,7 +119,7 @@ def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
 
     try:
         asyncio.run(round_of_three())
-        assert order == [(0, 0, 1), (0, 1, 2), (0, 2, 2)]
+        assert order == [(0, 0, 1, 0), (0, 1, 2, 0), (0, 2, 2, 0)]
     finally:
         decoder.close()
 
@@ -134,7 +136,7 @@ def test_each_steady_window_holds_its_context_and_lookahead() -> None:
     stream = frames(12)
     windows = [w for f in stream for w in planner.add([f])]
     fourth = windows[3]  # frames 4 and 5, after chunks [0], [1] and [2, 3]
-    assert fourth == Window(tuple(stream[2:7]), 2, 2)
+    assert fourth == Window(tuple(stream[2:7]), 2, 2, SEAM_SAMPLES)
 
 
 def test_finish_flushes_the_tail_in_chunks_no_larger_than_k() -> None:
@@ -191,7 +193,7 @@ def test_batched_decode_equals_one_by_one_and_emits_the_chunk() -> None:
     try:
         stream = frames(9)
         codes = [tuple(c % 4096 for c in f) for f in stream]
-        windows = [Window(tuple(codes[i : i + 5]), 2, 2) for i in range(4)]
+        windows = [Window(tuple(codes[i : i + 5]), 2, 2, SEAM_SAMPLES) for i in range(4)]
         together = decoder.decode_sync(windows)
         alone = [decoder.decode_sync([w])[0] for w in windows]
         assert all(len(pcm) == 2 * (SEAM_SAMPLES + SAMPLES_PER_FRAME * 2) for pcm in together)
@@ -211,7 +213,7 @@ async def test_concurrent_streams_are_batched_by_shape(demo_models: DemoModels) 
     decoder = SnacDecoder(load_snac(str(demo_models.snac_dir), "cpu"), "cpu", max_batch=16)
     try:
         codes = [tuple(c % 4096 for c in f) for f in frames(5)]
-        steady = Window(tuple(codes), 2, 2)
+        steady = Window(tuple(codes), 2, 2, SEAM_SAMPLES)
         short = Window(tuple(codes[:2]), 0, 1)
         results = await asyncio.gather(*(decoder.decode(steady if i % 2 else short) for i in range(12)))
         lengths = [2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME) if i % 2 else 2 * SAMPLES_PER_FRAME for i in range(12)]
@@ -279,3 +281,21 @@ def test_seams_from_the_next_window_bring_the_stream_closer_to_decoding_it_whole
         return float(10 * np.log10(np.sum(whole**2) / np.sum((got - whole) ** 2)))
 
     assert snr(seamed) > snr(plain) + 0.5
+
+
+@pytest.mark.parametrize(("seam", "hold"), [(240, 240), (0, 240), (1024, 1024)])
+def test_the_servers_seam_setting_reaches_its_windows_and_its_stitching(seam: int, hold: int) -> None:
+    """`--snac-seam-samples`: how much each window decodes again, and (with the crossfade's 240 at least) how much
+    of each chunk waits; 0 gives the bytes of before the seams (held and emitted as they were)."""
+    from oai_server.engines.factory import window_policy
+    from oai_server.settings import Settings
+
+    policy = window_policy(Settings(snac_seam_samples=seam, asr=False))
+    assert policy.seam_samples == seam and policy.steady_shape[3] == seam
+    F = SAMPLES_PER_FRAME
+    stitcher = SeamStitcher(max(seam, 240))
+    assert stitcher.hold == hold
+    first = stitcher.add(_pcm(np.arange(F)), lead=0)
+    second = stitcher.add(_pcm(np.concatenate([np.full(seam, -1), np.arange(F, 2 * F)])), lead=seam)
+    assert len(_ints(first)) == F - hold and len(_ints(second + stitcher.finish())) == F + hold
+    assert _ints(second)[:hold].count(-1) == seam  # what the next window decoded again replaced what was held

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .orpheus import SAMPLES_PER_FRAME
-from .snac_windows import WindowShape, seam_lead
+from .snac_windows import WindowShape
 
 SNAC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -64,9 +64,9 @@ def resolve_device(device: str) -> str:
 
 def decode_pcm(model: Any, codes: Sequence[torch.Tensor], shape: WindowShape) -> torch.Tensor:
     """SNAC decode of a batch of windows of one shape -> int16 [B, lead + 2048 * count]: the samples of the emitted
-    frames, after the `seam_lead` samples before them (the previous chunk's last ones, decoded again)."""
-    _, emit, count = shape
-    start = emit * SAMPLES_PER_FRAME - seam_lead(emit)
+    frames, after the `lead` samples before them (the previous chunk's last ones, decoded again)."""
+    _, emit, count, lead = shape
+    start = emit * SAMPLES_PER_FRAME - lead
     audio = model.decode(list(codes))[:, 0, start : (emit + count) * SAMPLES_PER_FRAME]
     # Scale in float32: float16 cannot hold 32767 * x to the nearest integer near full scale.
     return (audio.float().clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)

@@ -38,7 +38,7 @@ class SnacDecoding(Protocol):
         ...
 
     async def decode(self, window: Window) -> bytes:
-        """PCM (s16le) of the window's `lead` samples (`seam_lead`), then 2048 per emitted frame."""
+        """PCM (s16le) of the window's `lead` samples, then 2048 per emitted frame."""
         ...
 
     async def capture_graphs(self, shapes: Sequence[WindowShape]) -> None:
@@ -85,7 +85,7 @@ class SnacDecoder:
         return self
 
     async def decode(self, window: Window) -> bytes:
-        """PCM (s16le) of the window's `lead` samples (`seam_lead`), then 2048 per emitted frame."""
+        """PCM (s16le) of the window's `lead` samples, then 2048 per emitted frame."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._jobs.put(_Job(window, future, loop))

@@ -41,18 +41,13 @@ from .orpheus import SAMPLES_PER_FRAME
 Frame = tuple[int, ...]
 
 SEAM_SAMPLES = 240
-"""Samples at the end of each emitted chunk that the stream's next window decodes again, and that wait for it
-(`SeamStitcher`). In its chunk's window the last sample of a chunk has one frame of right context (L=1), below
-SNAC's receptive radius; in the next window these samples have a whole chunk more. 240 samples (10 ms) are what
-the speech pipeline held back of every chunk for the crossfade between segments, so they cost no latency:
-streamed against whole decoding gains ~2 dB (48.98 -> 51.06 dB on the random SNAC of the GPU runs, 58.38 ->
-60.47 on another draw; `bench/snac_decode.py`; `bench/snac_holdback.py` prices longer seams)."""
-
-
-def seam_lead(emit: int) -> int:
-    """Samples a window whose first emitted frame is its `emit`-th decodes before that frame: the end of the
-    stream's previous chunk, again (none for a stream's first window)."""
-    return min(SEAM_SAMPLES, emit * SAMPLES_PER_FRAME)
+"""Default samples at the end of each emitted chunk that the stream's next window decodes again, and that wait
+for it (`SeamStitcher`; `WindowPolicy.seam_samples`, the server's `--snac-seam-samples`). In its chunk's window
+the last sample of a chunk has one frame of right context (L=1), below SNAC's receptive radius; in the next
+window it has a whole chunk more. 240 samples (10 ms) are what the speech pipeline held back of every chunk for
+the crossfade between segments, so they cost no latency: streamed against whole decoding gains ~2 dB (48.98 ->
+51.06 dB on the random SNAC of the GPU runs, 58.38 -> 60.47 on another draw; `bench/snac_decode.py`;
+`bench/snac_holdback.py` prices longer seams)."""
 
 
 @dataclass(frozen=True)
@@ -64,28 +59,28 @@ class Window:
     """Index in `frames` of the first frame whose samples are emitted."""
     count: int = 1
     """How many frames, from `emit` on, are emitted."""
-
-    @property
-    def lead(self) -> int:
-        """Samples its PCM starts with that decode the previous chunk's last ones again (`seam_lead`)."""
-        return seam_lead(self.emit)
+    lead: int = 0
+    """Samples decoded before the emitted frames: the end of the stream's previous chunk, again (a seam)."""
 
     @property
     def shape(self) -> WindowShape:
-        """(frames decoded, first emitted, emitted): windows of one shape decode as one batch."""
-        return (len(self.frames), self.emit, self.count)
+        """(frames decoded, first emitted, emitted, lead): windows of one shape decode as one batch."""
+        return (len(self.frames), self.emit, self.count, self.lead)
 
 
-WindowShape = tuple[int, int, int]
+WindowShape = tuple[int, int, int, int]
 
 
 class WindowPlanner:
     """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
 
-    def __init__(self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1) -> None:
+    def __init__(
+        self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1, seam_samples: int = 0
+    ) -> None:
         self.context = context_frames
         self.lookahead = lookahead_frames
         self.frames_per_decode = frames_per_decode
+        self.seam_samples = seam_samples
         self._frames: list[Frame] = []
         self._next_emit = 0
         self._emitted = 0
@@ -101,7 +96,8 @@ class WindowPlanner:
         end = min(len(self._frames), first + count + self.lookahead)
         self._next_emit += count
         self._emitted += count
-        return Window(tuple(self._frames[start:end]), first - start, count)
+        emit = first - start
+        return Window(tuple(self._frames[start:end]), emit, count, min(self.seam_samples, emit * SAMPLES_PER_FRAME))
 
     def add(self, frames: Sequence[Frame]) -> list[Window]:
         """Add complete frames; return the windows whose frames can now be emitted."""
@@ -129,15 +125,17 @@ class WindowPlanner:
 
 @dataclass(frozen=True)
 class WindowPolicy:
-    """The window settings (see the module docstring): context C, lookahead L, frames per decode K."""
+    """The window settings (see the module docstring): context C, lookahead L, frames per decode K, and the
+    samples of each chunk's end its stream's next window decodes again (`SeamStitcher`)."""
 
     context_frames: int = 2
     lookahead_frames: int = 1
     frames_per_decode: int = 4
+    seam_samples: int = SEAM_SAMPLES
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
-        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode)
+        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode, self.seam_samples)
 
     @property
     def stream_shapes(self) -> tuple[WindowShape, ...]:
@@ -154,21 +152,23 @@ class WindowPolicy:
     def steady_shape(self) -> WindowShape:
         """The shape of every window once a stream is past its first few frames."""
         decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames
-        return (decoded, self.context_frames, self.frames_per_decode)
+        lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
+        return (decoded, self.context_frames, self.frames_per_decode, lead)
 
 
 class SeamStitcher:
-    """Joins one stream's decoded windows into PCM that is never revised: each window's lead replaces the samples
-    held back at the end of the chunk before it, and a chunk's last `SEAM_SAMPLES` wait for the next window (or
-    `finish`). Every sample of the stream comes out once, in order: n frames -> 2048 * n samples."""
+    """Joins one stream's decoded windows into PCM that is never revised: a chunk's last `hold` samples wait for
+    the next window (or `finish`), whose lead replaces as many of them as it decodes again; the rest go out as
+    they were. Every sample of the stream comes out once, in order: n frames -> 2048 * n samples."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = SEAM_SAMPLES) -> None:
+        self.hold = hold
         self._held = b""
 
     def add(self, pcm: bytes, lead: int) -> bytes:
         """PCM (s16le) to emit now, from one window's decode: its `lead` samples, then its chunk."""
         samples, held = len(pcm) // 2, len(self._held) // 2
-        keep = min(SEAM_SAMPLES, samples - lead)
+        keep = min(self.hold, samples - lead)
         skip = max(0, lead - held)  # lead samples before the held ones: already emitted, as they were
         out = self._held[: 2 * max(0, held - lead)] + pcm[2 * skip : 2 * (samples - keep)]
         self._held = pcm[2 * (samples - keep) :]

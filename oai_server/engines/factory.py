@@ -327,4 +327,9 @@ def gpu_layout(settings: Settings) -> Layout:
 
 def window_policy(settings: Settings) -> WindowPolicy:
     """The SNAC window settings."""
-    return WindowPolicy(settings.snac_context_frames, settings.snac_lookahead_frames, settings.snac_frames_per_decode)
+    return WindowPolicy(
+        settings.snac_context_frames,
+        settings.snac_lookahead_frames,
+        settings.snac_frames_per_decode,
+        settings.snac_seam_samples,
+    )

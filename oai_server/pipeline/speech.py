@@ -138,7 +138,7 @@ class SpeechSynthesizer:
         )
         parser = AudioTokenParser()
         planner = self.windows.planner()
-        stitcher = SeamStitcher()
+        stitcher = SeamStitcher(max(self.windows.seam_samples, CROSSFADE_SAMPLES))  # the crossfade's hold at least
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         observer = self.observer
