@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,8 @@ import torch
 from oai_server.codec.orpheus import frames_to_levels
 from oai_server.codec.snac_model import decode_pcm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SeamStitcher, Window, WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape
+from oai_server.pipeline.speech import seam_stitcher
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,16 +114,16 @@ def plan_windows(frames: np.ndarray, policy: WindowPolicy) -> list[Window]:
     return windows + planner.finish()
 
 
-def _stitch_pcm(decoder: SnacDecoder, windows: list[Window]) -> np.ndarray:
-    """The stream the server makes of these windows: decoded by shape, joined in order by its `SeamStitcher`."""
+def _stitch_pcm(decoder: SnacDecoder, windows: list[Window], policy: WindowPolicy) -> np.ndarray:
+    """The stream the server makes of these windows: decoded by shape, joined in order as its synthesizer does."""
     pieces: list[bytes] = [b""] * len(windows)
-    groups: dict[tuple[int, int, int], list[int]] = {}
+    groups: dict[WindowShape, list[int]] = {}
     for i, window in enumerate(windows):
         groups.setdefault(window.shape, []).append(i)
     for members in groups.values():
         for i, pcm in zip(members, decoder.decode_sync([windows[i] for i in members]), strict=True):
             pieces[i] = pcm
-    stitcher = SeamStitcher()
+    stitcher = seam_stitcher(policy)
     joined = [stitcher.add(pcm, window.lead) for pcm, window in zip(pieces, windows, strict=True)]
     return np.frombuffer(b"".join(joined) + stitcher.finish(), dtype="<i2")
 
@@ -146,11 +148,11 @@ def streamed_snr(
     """Per K: the server's windowed decode of `codes` against `whole_pcm`, their whole decode (fp32, noise off)."""
     rows = []
     for k in frames_per_decode:
-        windowing = WindowPolicy(policy.context_frames, policy.lookahead_frames, k)
+        windowing = dataclasses.replace(policy, frames_per_decode=k)
         windows = plan_windows(codes, windowing)
         decoder = _decoder(model, device, windowing, graphs)
         try:
-            streamed = _stitch_pcm(decoder, windows)
+            streamed = _stitch_pcm(decoder, windows, windowing)
         finally:
             decoder.close()
         assert streamed.shape == whole_pcm.shape, (streamed.shape, whole_pcm.shape)
@@ -160,6 +162,7 @@ def streamed_snr(
                 "context_frames": windowing.context_frames,
                 "lookahead_frames": windowing.lookahead_frames,
                 "frames_per_decode": k,
+                "seam_samples": windowing.seam_samples,
                 "frames": len(codes),
                 "windows": len(windows),
                 "cuda_graphs": sorted(decoder.graphs),

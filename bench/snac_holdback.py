@@ -9,8 +9,9 @@ first audio. This script measures a middle way without the latency: each chunk's
 and taken from the next window instead, where they have `m` more samples of right context. The first audio comes as
 early (with `m` fewer samples), and the stream's samples come out `m` samples later against generation, so:
 
-* ``snr``: streamed against whole decoding (float32, noise off, 48 frames, C=2, L=1, K=4), per `m`, for the SNAC
-  at ``--snac`` (default: the H200 runs' weights, written here) and the script's own seed-0 draw;
+* ``snr``: streamed against whole decoding (int16 PCM of a float32 decode, noise off, 48 frames, C=2, L=1, K=4),
+  per `m`, through the server's own windows and stitching with `--snac-seam-samples m`, for the SNAC at ``--snac``
+  (default: the H200 runs' weights, written here) and the script's own seed-0 draw;
 * ``slack``: for a client that starts playing once 250 ms are buffered, the least audio it has left when a chunk
   arrives (negative: an underrun), with generation at a steady RTF, per `m`: what it costs the capacity criterion.
 
@@ -31,10 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
 from _common import ensure_snac  # type: ignore[import-not-found]
-from snac_fidelity import _codes, decode_whole, plan_windows, snr_db, utterance  # type: ignore[import-not-found]
+from snac_fidelity import decode_whole, streamed_snr, utterance  # type: ignore[import-not-found]
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
 from oai_server.codec.snac_model import fold_weight_norm
@@ -63,26 +63,14 @@ def load(path: str | None) -> Any:
 
 
 def held_back_snr(model: Any, frames: int, holdbacks: list[int]) -> dict[int, float | None]:
-    """Streamed (each chunk's last m samples from the next window) against whole decoding, per m."""
+    """Streamed against whole decoding, per m: the server's own windows and stitching with `--snac-seam-samples m`
+    (each chunk's last m samples from the next window), as `bench/snac_decode.py` measures its default."""
     codes = utterance(frames)
-    whole, _ = decode_whole(model, codes, "cpu")
-    windows = plan_windows(codes, WindowPolicy(2, 1, 4))
-    with torch.inference_mode():
-        decoded = [model.decode(_codes(np.array([w.frames]), "cpu"))[0, 0].numpy() for w in windows]
-    total = frames * F
-    out: dict[int, float | None] = {}
-    for m in holdbacks:
-        streamed = np.zeros(total, dtype=np.float32)
-        emitted = 0
-        for i, (window, audio) in enumerate(zip(windows, decoded, strict=True)):
-            first = emitted
-            emitted += window.count
-            start = (first - window.emit) * F  # the window's first sample, in the utterance
-            lo = max(0, first * F - m)
-            hi = total if i == len(windows) - 1 else emitted * F - m
-            streamed[lo:hi] = audio[lo - start : hi - start]
-        out[m] = snr_db(whole, streamed)
-    return out
+    whole = decode_whole(model, codes, "cpu")[1]
+    return {
+        m: streamed_snr(model, "cpu", codes, whole, [4], policy=WindowPolicy(2, 1, 4, m), graphs=False)[0]["snr_db"]
+        for m in holdbacks
+    }
 
 
 def least_slack_ms(rtf: float, holdback: int, frames: int = 120, prebuffer_s: float = 0.25) -> float:

@@ -138,7 +138,7 @@ class SpeechSynthesizer:
         )
         parser = AudioTokenParser()
         planner = self.windows.planner()
-        stitcher = SeamStitcher(max(self.windows.seam_samples, CROSSFADE_SAMPLES))  # the crossfade's hold at least
+        stitcher = seam_stitcher(self.windows)
         stats.prompt_tokens += len(prompt)
         stats.segments += 1
         observer = self.observer
@@ -180,6 +180,12 @@ class SpeechSynthesizer:
         decoded = await asyncio.gather(*(decoder.decode(window) for window in windows))
         pieces = [stitcher.add(pcm, window.lead) for pcm, window in zip(decoded, windows, strict=True)]
         return [pcm for pcm in pieces if pcm]
+
+
+def seam_stitcher(windows: WindowPolicy) -> SeamStitcher:
+    """The `SeamStitcher` of one stream: it holds each chunk's last `seam_samples`, and at least the crossfade's
+    `CROSSFADE_SAMPLES`, which the segment's end must keep for the next segment's start anyway."""
+    return SeamStitcher(max(windows.seam_samples, CROSSFADE_SAMPLES))
 
 
 class TailPcm(bytes):
