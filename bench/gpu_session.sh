@@ -15,6 +15,7 @@
 #                 X2_MODES (else BASE_CONC, BASE_MODES), into baselines_x2/.
 #   baselines_b   (after baselines): the same with B_ARGS (--no-prefix-caching) added, at B_CONC with B_MODES, into baselines_b/.
 #   baselines_c   (after baselines): baselines_b's second variant, C_ARGS (--no-prefix-caching) at C_CONC with C_MODES, into baselines_c/.
+#   baselines_d   (after baselines): a third variant, D_ARGS at D_CONC with D_MODES, into baselines_d/.
 #   baselines_rev (after baselines): baselines' ENGINE_ARGS at REV_CONC with REV_MODES (ours_in_engine), run from another tree
 #                 (REV_TREE, /tmp/rev: an earlier revision's oai_server/ and bench/, e.g. unpacked from a carried
 #                 `git archive`), into baselines_rev/: the same host measures what changed between two revisions.
@@ -149,6 +150,10 @@ baselines_b() {  # baselines again with B_ARGS added to ENGINE_ARGS (an A/B of a
 baselines_c() {  # baselines_b again with C_ARGS for B_ARGS (a second variant in the same run), at C_CONC with C_MODES, into C_DIR
   B_DIR=${C_DIR:-baselines_c} B_CONC=${C_CONC:-${B_CONC:-}} B_MODES=${C_MODES:-${B_MODES:-}} B_ARGS="${C_ARGS:---no-prefix-caching}" \
     baselines_b
+}
+baselines_d() {  # baselines again with D_ARGS added to ENGINE_ARGS (a third variant in the same run), at D_CONC with D_MODES, into D_DIR
+  BASE_DIR=${D_DIR:-baselines_d} BASE_CONC=${D_CONC:-${BASE_CONC:-}} BASE_MODES=${D_MODES:-${BASE_MODES:-}} \
+    ENGINE_ARGS="${ENGINE_ARGS:-} ${D_ARGS:-}" baselines
 }
 baselines_rev() {  # baselines from the tree at REV_TREE (its own bench/ and oai_server/), into baselines_rev/
   W=$S/baselines_rev; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
