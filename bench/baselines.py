@@ -460,7 +460,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snac-low-priority", action="store_true",
         help="ours_in_engine: the engine's kernels on a stream of higher priority than SNAC's (the server's flag)",
     )  # fmt: skip
-    p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs (every mode's engine)")
+    p.add_argument(
+        "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
+        help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
+    )  # fmt: skip
     p.add_argument(
         "--no-frame-deltas", dest="frame_deltas", action="store_false",
         help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",

@@ -291,7 +291,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
-    p.add_argument("--band-graphs", action="store_true", help="the server's --tts-band-graphs")
+    p.add_argument(
+        "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
+        help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
+    )  # fmt: skip
     p.add_argument(
         "--no-frame-deltas", dest="frame_deltas", action="store_false",
         help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",

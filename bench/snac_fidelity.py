@@ -135,6 +135,19 @@ def _decoder(model: Any, device: str, policy: WindowPolicy, graphs: bool) -> Sna
     return decoder
 
 
+def streamed_pcm(
+    model: Any, device: str, codes: np.ndarray, policy: WindowPolicy, graphs: bool = True
+) -> tuple[np.ndarray, list[Window], list[WindowShape]]:
+    """The server's windowed decode of `codes` under `policy`, stitched: its int16 PCM, its windows, and the window
+    shapes that ran as CUDA graphs."""
+    windows = plan_windows(codes, policy)
+    decoder = _decoder(model, device, policy, graphs)
+    try:
+        return _stitch_pcm(decoder, windows, policy), windows, sorted(decoder.graphs)
+    finally:
+        decoder.close()
+
+
 def streamed_snr(
     model: Any,
     device: str,
@@ -149,12 +162,7 @@ def streamed_snr(
     rows = []
     for k in frames_per_decode:
         windowing = dataclasses.replace(policy, frames_per_decode=k)
-        windows = plan_windows(codes, windowing)
-        decoder = _decoder(model, device, windowing, graphs)
-        try:
-            streamed = _stitch_pcm(decoder, windows, windowing)
-        finally:
-            decoder.close()
+        streamed, windows, graph_shapes = streamed_pcm(model, device, codes, windowing, graphs)
         assert streamed.shape == whole_pcm.shape, (streamed.shape, whole_pcm.shape)
         snr = snr_db(whole_pcm, streamed)
         rows.append(
@@ -165,7 +173,7 @@ def streamed_snr(
                 "seam_samples": windowing.seam_samples,
                 "frames": len(codes),
                 "windows": len(windows),
-                "cuda_graphs": sorted(decoder.graphs),
+                "cuda_graphs": graph_shapes,
                 "snr_db": snr,
                 "identical": snr is None,
                 "max_abs_diff_int16": int(np.abs(whole_pcm.astype(np.int32) - streamed.astype(np.int32)).max()),

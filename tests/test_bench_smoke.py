@@ -484,6 +484,17 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     assert streamed["snr_db"] >= 50 and streamed["meets_target"]
 
 
+def test_snac_first_frame_prices_a_first_frame_without_lookahead(noiseless_snac: Path) -> None:
+    from snac_first_frame import first_frame_snr
+    from snac_holdback import load
+
+    model = load(str(noiseless_snac))
+    default, early = (first_frame_snr(model, 12, 0, first) for first in (1, 0))
+    assert all(v is not None for v in (*default.values(), *early.values()))
+    assert early["frame0"] < default["frame0"] - 3  # no right context at all for the first frame
+    assert early["whole_utterance"] < default["whole_utterance"]
+
+
 def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseless_snac: Path) -> None:
     from snac_fidelity import decode_whole, streamed_snr, utterance
     from snac_holdback import held_back_snr, least_slack_ms, load

@@ -131,6 +131,54 @@ def test_first_audio_needs_only_lookahead_plus_one_frame() -> None:
     assert first == Window(tuple(frames(2)), 0, 1)
 
 
+def test_a_first_lookahead_of_zero_sends_the_first_frame_alone_then_the_ramp_as_before() -> None:
+    """--snac-first-lookahead-frames 0: the first frame goes out as soon as it is known (7 tokens, not 14); the
+    next window decodes its last SEAM_SAMPLES again with right context, and every later window is the one the
+    default policy makes, at the same frame."""
+    policy = WindowPolicy(2, 1, 4, SEAM_SAMPLES, first_lookahead_frames=0)
+    planner, default = policy.planner(), WindowPolicy(2, 1, 4).planner()
+    stream = frames(30)
+    (first,) = planner.add(stream[:1])
+    assert first == Window(tuple(stream[:1]), 0, 1) and default.add(stream[:1]) == []
+    assert default.add(stream[1:2])[0].frames == tuple(stream[:2])  # the default's first window, a frame later
+    assert planner.add(stream[1:2]) == []
+    for i in range(2, len(stream)):
+        assert planner.add(stream[i : i + 1]) == default.add(stream[i : i + 1]), i
+    assert planner.finish() == default.finish()
+    assert (
+        policy.stream_shapes[0] == (1, 0, 1, 0) and policy.stream_shapes[1:] == WindowPolicy(2, 1, 4).stream_shapes[1:]
+    )
+
+
+@pytest.mark.parametrize("first_lookahead", [0, 2])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_frame_emitted_once_with_another_first_lookahead(first_lookahead: int, seed: int) -> None:
+    rng = random.Random(seed)
+    planner = WindowPolicy(2, 1, 4, first_lookahead_frames=first_lookahead).planner()
+    stream = frames(80)
+    windows: list[Window] = []
+    i = 0
+    while i < len(stream):
+        n = rng.choice([0, 1, 1, 2, 5])
+        windows += planner.add(stream[i : i + n])
+        i += n
+    windows += planner.finish()
+    assert emitted_frames(windows) == stream
+    assert len(windows[0].frames) == 1 + first_lookahead
+
+
+@pytest.mark.parametrize("rtf", [0.5, 0.9, 1.0])
+def test_a_first_lookahead_of_zero_keeps_a_three_frame_player_fed(rtf: float) -> None:
+    planner = WindowPolicy(2, 1, 4, first_lookahead_frames=0).planner()
+    arrival: list[float] = []
+    for generated in range(1, 200):
+        for window in planner.add(frames(1, start=generated - 1)):
+            arrival += [generated * rtf] * window.count
+    assert arrival[0] == rtf  # the first frame, as soon as it is generated
+    start = arrival[2]
+    assert all(at <= start + i + 1e-9 for i, at in enumerate(arrival))
+
+
 def test_each_steady_window_holds_its_context_and_lookahead() -> None:
     planner = WindowPolicy(2, 1, 2).planner()
     stream = frames(12)
@@ -299,3 +347,16 @@ def test_the_servers_seam_setting_reaches_its_windows_and_its_stitching(seam: in
     second = stitcher.add(_pcm(np.concatenate([np.full(seam, -1), np.arange(F, 2 * F)])), lead=seam)
     assert len(_ints(first)) == F - hold and len(_ints(second + stitcher.finish())) == F + hold
     assert _ints(second)[:hold].count(-1) == seam  # what the next window decoded again replaced what was held
+
+
+@pytest.mark.parametrize(("first_lookahead", "first_window_after"), [(None, 2), (0, 1), (1, 2), (2, 3)])
+def test_the_servers_first_lookahead_setting_reaches_its_windows(
+    first_lookahead: int | None, first_window_after: int
+) -> None:
+    """`--snac-first-lookahead-frames`: frames a stream needs before its first window (unset: the lookahead's)."""
+    from oai_server.engines.factory import window_policy
+    from oai_server.settings import Settings
+
+    planner = window_policy(Settings(snac_first_lookahead_frames=first_lookahead, asr=False)).planner()
+    got = [len(planner.add(frames(1, start=i))) for i in range(4)]
+    assert next(i for i, n in enumerate(got) if n) + 1 == first_window_after

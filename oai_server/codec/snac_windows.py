@@ -9,7 +9,10 @@ Chunk sizes ramp up 1, 1, 2, 4, ... to K, each no longer than the audio emitted 
 * every frame is emitted once, in order, as exactly 2048 samples: n frames -> 2048*n samples,
   with nothing trimmed at the start and the tail flushed at the end;
 * the first audio needs L+1 frames = 14 tokens with L=1 (Canopy's reference needs 28 and never
-  plays the first frame or the last two);
+  plays the first frame or the last two); a first lookahead of its own (`first_lookahead_frames`, the
+  server's `--snac-first-lookahead-frames`) of 0 sends the first frame alone after 7 tokens, decoded without
+  right context (26 dB from a whole decode against 46, `bench/snac_first_frame.py`), and every later
+  window as before;
 * in steady state each decode covers C+K+L frames for K emitted ones: 1.75 decoded frames per
   emitted frame with the defaults (2.5 at K=2), against 4 for Canopy's (and K=1's) one-frame-per-window
   scheme. SNAC's GPU time goes with the frames decoded: on an H200, 72 us per emitted frame at K=4
@@ -75,10 +78,16 @@ class WindowPlanner:
     """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
 
     def __init__(
-        self, context_frames: int = 2, lookahead_frames: int = 1, frames_per_decode: int = 1, seam_samples: int = 0
+        self,
+        context_frames: int = 2,
+        lookahead_frames: int = 1,
+        frames_per_decode: int = 1,
+        seam_samples: int = 0,
+        first_lookahead_frames: int | None = None,
     ) -> None:
         self.context = context_frames
         self.lookahead = lookahead_frames
+        self.first_lookahead = lookahead_frames if first_lookahead_frames is None else first_lookahead_frames
         self.frames_per_decode = frames_per_decode
         self.seam_samples = seam_samples
         self._frames: list[Frame] = []
@@ -90,10 +99,13 @@ class WindowPlanner:
         # a chunk longer than the audio already sent, so waiting for it cannot drain a pre-buffer below real time.
         return min(self.frames_per_decode, max(1, self._emitted))
 
+    def _lookahead(self) -> int:
+        return self.first_lookahead if self._emitted == 0 else self.lookahead
+
     def _take(self, count: int) -> Window:
         first = self._next_emit
         start = max(0, first - self.context)
-        end = min(len(self._frames), first + count + self.lookahead)
+        end = min(len(self._frames), first + count + self._lookahead())
         self._next_emit += count
         self._emitted += count
         emit = first - start
@@ -103,7 +115,7 @@ class WindowPlanner:
         """Add complete frames; return the windows whose frames can now be emitted."""
         self._frames.extend(frames)
         ready = []
-        while self._next_emit + self._chunk() + self.lookahead <= len(self._frames):
+        while self._next_emit + self._chunk() + self._lookahead() <= len(self._frames):
             ready.append(self._take(self._chunk()))
         self._trim()
         return ready
@@ -132,10 +144,18 @@ class WindowPolicy:
     lookahead_frames: int = 1
     frames_per_decode: int = 4
     seam_samples: int = SEAM_SAMPLES
+    first_lookahead_frames: int | None = None
+    """Lookahead of a stream's first frame alone (None: `lookahead_frames`)."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
-        return WindowPlanner(self.context_frames, self.lookahead_frames, self.frames_per_decode, self.seam_samples)
+        return WindowPlanner(
+            self.context_frames,
+            self.lookahead_frames,
+            self.frames_per_decode,
+            self.seam_samples,
+            self.first_lookahead_frames,
+        )
 
     @property
     def stream_shapes(self) -> tuple[WindowShape, ...]:

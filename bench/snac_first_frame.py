@@ -1,0 +1,80 @@
+"""What sending a stream's first frame without lookahead (`--snac-first-lookahead-frames 0`) costs in fidelity.
+
+With the default lookahead of one frame, a stream's first audio waits for its second frame: 14 Orpheus tokens. With
+a first lookahead of 0 it goes out after 7, one frame (7 decode steps) sooner, and every later window is the same.
+But the first frame is then decoded with no right context at all, and only its last `SEAM_SAMPLES` are decoded
+again by the next window. This script measures, streamed against whole decoding (int16 PCM of a float32 decode,
+noise off, C=2, L=1, K=4, the server's seams), per first lookahead and per utterance of random codes:
+
+* ``frame0``: the first frame's SNR;
+* ``frames0_1``: the first two frames';
+* ``whole_utterance``: all `--frames` frames' (a short utterance: one frame weighs 1/48 of it).
+
+for the SNAC of the H200 runs (random weights written by `bench/_common.ensure_snac`) and the seed-0 draw.
+
+    python bench/snac_first_frame.py --out bench/results/cpu2core_snac_first_frame_s20.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from _common import ensure_snac  # type: ignore[import-not-found]
+from snac_fidelity import decode_whole, snr_db, streamed_pcm, utterance  # type: ignore[import-not-found]
+from snac_holdback import load  # type: ignore[import-not-found]
+
+from oai_server.codec.orpheus import SAMPLES_PER_FRAME
+from oai_server.codec.snac_windows import SEAM_SAMPLES, WindowPolicy
+
+
+def first_frame_snr(model: Any, frames: int, seed: int, first_lookahead: int) -> dict[str, float | None]:
+    """Streamed against whole decoding of one utterance: its first frame, first two frames, and all of it."""
+    codes = utterance(frames, seed)
+    whole = decode_whole(model, codes, "cpu")[1]
+    streamed = streamed_pcm(model, "cpu", codes, WindowPolicy(2, 1, 4, SEAM_SAMPLES, first_lookahead), False)[0]
+    return {
+        "frame0": snr_db(whole[:SAMPLES_PER_FRAME], streamed[:SAMPLES_PER_FRAME]),
+        "frames0_1": snr_db(whole[: 2 * SAMPLES_PER_FRAME], streamed[: 2 * SAMPLES_PER_FRAME]),
+        "whole_utterance": snr_db(whole, streamed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--snac", default=None, help="a SNAC dir (default: the H200 runs' random weights, written here)")
+    p.add_argument("--first-lookaheads", default="1,0", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.snac or (ensure_snac(Path(tmp) / "snac") and str(Path(tmp) / "snac"))
+        draws = {"h200_runs_snac" if args.snac is None else args.snac: load(path), "seed0_noise_free": load(None)}
+        snr = {
+            name: {
+                f"first_lookahead_{first}": {
+                    f"seed{seed}": first_frame_snr(model, args.frames, seed, first) for seed in args.seeds
+                }
+                for first in args.first_lookaheads
+            }
+            for name, model in draws.items()
+        }
+    report = {"random_weights": args.snac is None, "frames": args.frames, "seam_samples": SEAM_SAMPLES, "snr_db": snr}
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
