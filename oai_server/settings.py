@@ -67,8 +67,8 @@ class Settings(BaseSettings):
         0.25, gt=0, le=1, validation_alias=_env("llm_gpu_memory_utilization", "LLM_GPU_MEMORY_UTILIZATION")
     )
     """GPU memory share of the chat engine on vLLM (seed: LLM_GPU_MEMORY_UTILIZATION)."""
-    llm_max_num_seqs: int = Field(64, ge=1, validation_alias=_env("llm_max_num_seqs"))
-    """vLLM max_num_seqs for the chat engine."""
+    llm_max_num_seqs: int = Field(256, ge=1, validation_alias=_env("llm_max_num_seqs"))
+    """vLLM max_num_seqs for the chat engine (as many as --max-concurrent-streams, as for Orpheus)."""
     llm_stream_interval: int = Field(1, ge=1, le=64, validation_alias=_env("llm_stream_interval"))
     """vLLM stream_interval of the Gemma engine: tokens per text delta (more: less host work per token, text
     later by up to that many steps)."""
@@ -94,8 +94,9 @@ class Settings(BaseSettings):
         0.35, gt=0, le=1, validation_alias=_env("tts_gpu_memory_utilization", "TTS_GPU_MEMORY_UTILIZATION")
     )
     """GPU memory share of the Orpheus engine on vLLM (seed: TTS_GPU_MEMORY_UTILIZATION)."""
-    tts_max_num_seqs: int = Field(128, ge=1, validation_alias=_env("tts_max_num_seqs"))
-    """vLLM max_num_seqs for the Orpheus engine."""
+    tts_max_num_seqs: int = Field(256, ge=1, validation_alias=_env("tts_max_num_seqs"))
+    """vLLM max_num_seqs for the Orpheus engine (as many as --max-concurrent-streams: past it, admitted requests
+    would wait inside the engine for a stream to end, where no queue timeout or 429 reaches them)."""
     tts_stream_interval: int = Field(7, ge=1, le=64, validation_alias=_env("tts_stream_interval"))
     """vLLM stream_interval of the Orpheus engine: tokens per delta (7 = one SNAC frame; less host work)."""
     tts_remote_url: str | None = Field(None, validation_alias=_env("tts_remote_url"))

@@ -178,3 +178,11 @@ def test_readme_says_what_ci_installs() -> None:
     assert set(line.group(1).split()) == set(tools.group(1).split())
     for tool in tools.group(1).split():
         assert tool in readme.split("What CI does")[1].split("```")[0], tool
+
+
+def test_by_default_the_engines_take_every_admitted_request_at_once() -> None:
+    """Past their max_num_seqs, admitted requests would wait inside vLLM for a stream to end, where neither the
+    queue timeout nor a 429 reaches them: by default the engines hold as many as the server admits."""
+    settings = Settings()
+    assert settings.tts_max_num_seqs >= settings.max_concurrent_streams
+    assert settings.llm_max_num_seqs >= settings.max_concurrent_streams
