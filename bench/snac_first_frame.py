@@ -17,8 +17,6 @@ for the SNAC of the H200 runs (random weights written by `bench/_common.ensure_s
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,9 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from _common import ensure_snac  # type: ignore[import-not-found]
 from snac_fidelity import decode_whole, snr_db, streamed_pcm, utterance  # type: ignore[import-not-found]
-from snac_holdback import load  # type: ignore[import-not-found]
+from snac_holdback import fidelity_args, snac_draws, write_report  # type: ignore[import-not-found]
 
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.codec.snac_windows import SEAM_SAMPLES, WindowPolicy
@@ -48,18 +45,12 @@ def first_frame_snr(model: Any, frames: int, seed: int, first_lookahead: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--snac", default=None, help="a SNAC dir (default: the H200 runs' random weights, written here)")
+    p = fidelity_args(__doc__.split("\n\n")[0])
     p.add_argument("--first-lookaheads", default="1,0", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.snac or (ensure_snac(Path(tmp) / "snac") and str(Path(tmp) / "snac"))
-        draws = {"h200_runs_snac" if args.snac is None else args.snac: load(path), "seed0_noise_free": load(None)}
         snr = {
             name: {
                 f"first_lookahead_{first}": {
@@ -67,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for first in args.first_lookaheads
             }
-            for name, model in draws.items()
+            for name, model in snac_draws(args.snac, tmp).items()
         }
     report = {"random_weights": args.snac is None, "frames": args.frames, "seam_samples": SEAM_SAMPLES, "snr_db": snr}
-    print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(report, args.out)
     return 0
 
 

@@ -62,6 +62,30 @@ def load(path: str | None) -> Any:
     return model.eval()
 
 
+def snac_draws(snac: str | None, tmp: str) -> dict[str, Any]:
+    """The SNACs the fidelity scripts measure, noise off: `snac` (default: the H200 runs' random weights, written
+    into `tmp`) and the seed-0 draw."""
+    path = snac or (ensure_snac(Path(tmp) / "snac") and str(Path(tmp) / "snac"))
+    return {"h200_runs_snac" if snac is None else snac: load(path), "seed0_noise_free": load(None)}
+
+
+def fidelity_args(description: str) -> argparse.ArgumentParser:
+    """The fidelity scripts' shared flags: --snac, --frames, --threads, --out."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--snac", default=None, help="a SNAC dir (default: the H200 runs' random weights, written here)")
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    return p
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """Print `report` as JSON, and write it to `out` when given."""
+    print(json.dumps(report, indent=1))
+    if out:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def held_back_snr(model: Any, frames: int, holdbacks: list[int]) -> dict[int, float | None]:
     """Streamed against whole decoding, per m: the server's own windows and stitching with `--snac-seam-samples m`
     (each chunk's last m samples from the next window), as `bench/snac_decode.py` measures its default."""
@@ -96,24 +120,18 @@ def least_slack_ms(rtf: float, holdback: int, frames: int = 120, prebuffer_s: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--snac", default=None, help="a SNAC dir (default: the H200 runs' random weights, written here)")
+    p = fidelity_args(__doc__.split("\n\n")[0])
     p.add_argument("--holdbacks", default="0,128,256,512,768,1024,1536", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--rtfs", default="0.8,0.9,0.95,1.0", type=lambda s: [float(x) for x in s.split(",")])
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.snac or (ensure_snac(Path(tmp) / "snac") and str(Path(tmp) / "snac"))
-        draws = {"h200_runs_snac" if args.snac is None else args.snac: load(path), "seed0_noise_free": load(None)}
+        draws = snac_draws(args.snac, tmp)
         snr = {name: held_back_snr(model, args.frames, args.holdbacks) for name, model in draws.items()}
     slack = {str(rtf): {m: least_slack_ms(rtf, m) for m in args.holdbacks} for rtf in args.rtfs}
-    report = {"random_weights": args.snac is None, "frames": args.frames, "snr_db": snr, "least_slack_ms": slack}
-    print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(
+        {"random_weights": args.snac is None, "frames": args.frames, "snr_db": snr, "least_slack_ms": slack}, args.out
+    )
     return 0
 
 
