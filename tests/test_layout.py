@@ -203,3 +203,17 @@ def test_replicated_in_one_process_says_why() -> None:
     assert one_card.name == "shared" and "one card is visible" in one_card.notes[0]
     forced = layout(2, placement="replicated", replicas=1)
     assert forced.name == "shared" and "--replicas 1" in forced.notes[0]
+
+
+def test_engines_that_take_fewer_requests_than_the_server_admits_are_named_at_start() -> None:
+    """Past an engine's max_num_seqs, admitted requests would wait inside vLLM for one to end, where neither
+    the queue timeout nor a 429 reaches them: the start-up log says so, per role, counting replicas."""
+    from oai_server.engines.factory import hidden_queue_warnings
+
+    assert hidden_queue_warnings(Settings(), layout(1)) == []
+    (orpheus,) = hidden_queue_warnings(Settings(tts_max_num_seqs=128), layout(1))
+    assert "Orpheus" in orpheus and "--tts-max-num-seqs 128 x 1 replica(s)" in orpheus
+    crowded = Settings(max_concurrent_streams=600)
+    assert len(hidden_queue_warnings(crowded, layout(1, max_concurrent_streams=600))) == 2
+    speech = layout(3, placement="speech", max_concurrent_streams=600)  # Orpheus on every card: 3 x 256 seqs
+    assert [w for w in hidden_queue_warnings(crowded, speech) if "Orpheus" in w] == []

@@ -322,7 +322,31 @@ def gpu_layout(settings: Settings) -> Layout:
 
     layout = plan_layout(*visible_cards(), LayoutRequest.from_settings(settings))
     logger.info("%s", layout.describe())
+    for warning in hidden_queue_warnings(settings, layout):
+        logger.warning("%s", warning)
     return layout
+
+
+ROLE_LABELS = {"tts": "Orpheus", "llm": "chat"}
+
+
+def hidden_queue_warnings(settings: Settings, layout: Layout) -> list[str]:
+    """A warning for each engine role that takes fewer requests at once than the server admits: past its
+    replicas' max_num_seqs, admitted requests wait inside vLLM for one to end, out of the queue timeout's and
+    the 429's reach."""
+    warnings = []
+    for role, flag, seqs in (
+        ("tts", "--tts-max-num-seqs", settings.tts_max_num_seqs),
+        ("llm", "--llm-max-num-seqs", settings.llm_max_num_seqs),
+    ):
+        replicas = sum(plan.placement.data_parallel for plan in layout.role(role))
+        if replicas and seqs * replicas < settings.max_concurrent_streams:
+            warnings.append(
+                f"--max-concurrent-streams {settings.max_concurrent_streams} admits more requests than the "
+                f"{ROLE_LABELS[role]} engines take at once ({flag} {seqs} x {replicas} replica(s)): the rest wait "
+                f"inside vLLM for a request to end; raise {flag} or lower --max-concurrent-streams"
+            )
+    return warnings
 
 
 def window_policy(settings: Settings) -> WindowPolicy:
