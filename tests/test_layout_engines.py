@@ -14,6 +14,7 @@ from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
 from oai_server.engines import asr_vllm, vllm_engine
 from oai_server.engines.asr_factory import build_asr
 from oai_server.engines.balanced import BalancedEngine
+from oai_server.engines.band_graphs import BAND_GRAPHS_KEY
 from oai_server.engines.demo_whisper import build_demo_whisper
 from oai_server.engines.factory import _build, snac_hosts_of, snac_service_name
 from oai_server.engines.layout import LayoutRequest, plan_layout
@@ -92,8 +93,8 @@ async def test_snac_in_engine_is_asked_of_every_orpheus_replica_by_its_own_name(
     llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
     orpheus = [e for e in built if "logits_processors" in e.kwargs]
     assert [(e.visible, e.kwargs.get("additional_config")) for e in orpheus] == [
-        ("0", {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: True}),
-        ("1", {SERVICE_KEY: snac_service_name(1), LOW_PRIORITY_KEY: True}),
+        ("0", {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: True, BAND_GRAPHS_KEY: True}),
+        ("1", {SERVICE_KEY: snac_service_name(1), LOW_PRIORITY_KEY: True, BAND_GRAPHS_KEY: True}),
     ]
     assert snac_service_name(0) != snac_service_name(1)
     assert all("additional_config" not in e.kwargs for e in built if e not in orpheus)  # not Gemma's
@@ -106,16 +107,22 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
     built: list[AsyncLLMDouble], flipped: bool
 ) -> None:
     """Orpheus's audio is never reused, so its engine hashes none of it; Gemma's conversations keep their prefix
-    cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's, and delivers its tokens in whole
-    frames. The flags turn each around."""
-    flags = {"tts_prefix_caching": True, "snac_low_priority": False, "tts_frame_deltas": False} if flipped else {}
+    cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's, runs its band work as CUDA graphs,
+    and delivers its tokens in whole frames. The flags turn each around."""
+    flipped_flags = {"tts_prefix_caching": True, "snac_low_priority": False, "tts_frame_deltas": False}
+    flags = {**flipped_flags, "tts_band_graphs": False} if flipped else {}
     settings = Settings(asr=False, **flags)  # type: ignore[arg-type]
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
     llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
     (orpheus,) = [e for e in built if "logits_processors" in e.kwargs]
     (gemma,) = [e for e in built if e is not orpheus]
     assert orpheus.kwargs["enable_prefix_caching"] is flipped and gemma.kwargs["enable_prefix_caching"] is True
-    assert orpheus.kwargs["additional_config"] == {SERVICE_KEY: snac_service_name(0), LOW_PRIORITY_KEY: not flipped}
+    graphs = {} if flipped else {BAND_GRAPHS_KEY: True}
+    assert orpheus.kwargs["additional_config"] == {
+        SERVICE_KEY: snac_service_name(0),
+        LOW_PRIORITY_KEY: not flipped,
+        **graphs,
+    }
     frames = orpheus.output_processor.add_request is not orpheus.add_request  # wrapped to hold the first token
     assert (frames, tts.info.details["frame_deltas"]) == (not flipped, not flipped)
     assert gemma.output_processor.add_request is gemma.add_request
