@@ -287,7 +287,9 @@ async def build(args: argparse.Namespace) -> Bench:
         )
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
-    windows = WindowPolicy(frames_per_decode=args.frames_per_decode)
+    windows = WindowPolicy(
+        frames_per_decode=args.frames_per_decode, first_lookahead_frames=args.snac_first_lookahead_frames
+    )
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
     if args.engine == "vllm":
@@ -446,6 +448,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ttfa-p95-ms", type=float, default=500.0, help="capacity: TTFA p95 limit")
     p.add_argument("--rtf-p99-max", type=float, default=1.0, help="capacity: RTF p99 limit")
     p.add_argument("--frames-per-decode", type=int, default=4, help="ours: SNAC frames per steady decode (K)")
+    p.add_argument(
+        "--snac-first-lookahead-frames", type=int, default=None,
+        help="ours: lookahead of each stream's first frame (the server's flag; default: the lookahead's, 1)",
+    )  # fmt: skip
     p.add_argument("--seed-decode", choices=("loop", "thread"), default="loop")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="of each engine")
     p.add_argument("--engines", type=int, default=1, help="vLLM Orpheus engines on the GPU, behind the balancer")

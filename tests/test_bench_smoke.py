@@ -422,12 +422,12 @@ def test_baselines_demo_writes_json(tmp_path: Path, demo_cache: Path) -> None:
     modes = ("raw", "raw_band", "raw_band_draw", "seed", "ours", "ours_in_engine", "silent")
     _run(
         "baselines.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
-        "--modes", ",".join(modes), "--no-prefix-caching", "--snac-low-priority",
+        "--modes", ",".join(modes), "--no-prefix-caching", "--snac-low-priority", "--snac-first-lookahead-frames", "0",
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert set(report["modes"]) == set(modes)
     assert report["config"]["prefix_caching"] == "False" and report["config"]["engines"] == "1"
-    assert report["config"]["snac_low_priority"] == "True"
+    assert report["config"]["snac_low_priority"] == "True" and report["config"]["snac_first_lookahead_frames"] == "0"
     (service,) = report["snac_services"]  # the one engine's; on the CPU no stream has a priority
     assert service["device"] == "cpu" and service["engine_stream_priority"] is None
     for mode, levels in report["modes"].items():
