@@ -8,6 +8,7 @@ underrun; the wait until it arrives adds to the stall time.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -73,6 +74,18 @@ def speech_synthesizer(
         max_tokens=max_tokens,
         max_model_len=max_model_len,
     )
+
+
+def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
+    """The Orpheus engine's A/B flags, as the server runs them by default: `--no-band-graphs`, `--no-frame-deltas`."""
+    p.add_argument(
+        "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
+        help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-frame-deltas", dest="frame_deltas", action="store_false",
+        help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
+    )  # fmt: skip
 
 
 def orpheus_params(max_tokens: int, band_sampling: bool = True, band_draw: bool = False) -> Any:

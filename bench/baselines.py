@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import (
     SENTENCES,
     StreamResult,
+    add_engine_variant_flags,
     orpheus_params,
     orpheus_prompt,
     speech_synthesizer,
@@ -466,14 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snac-low-priority", action="store_true",
         help="ours_in_engine: the engine's kernels on a stream of higher priority than SNAC's (the server's flag)",
     )  # fmt: skip
-    p.add_argument(
-        "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
-        help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-frame-deltas", dest="frame_deltas", action="store_false",
-        help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
-    )  # fmt: skip
+    add_engine_variant_flags(p)
     p.add_argument("--quantization", default=None, help="vLLM weight quantization of Orpheus, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto", help="vLLM KV-cache dtype of Orpheus (auto or fp8)")
     p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")

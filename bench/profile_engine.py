@@ -34,7 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SENTENCES, orpheus_params, orpheus_prompt, speech_synthesizer, voice_options, write_json
+from _common import (
+    SENTENCES,
+    add_engine_variant_flags,
+    orpheus_params,
+    orpheus_prompt,
+    speech_synthesizer,
+    voice_options,
+    write_json,
+)
 from engine_spy import spy_engine_core
 
 SNAC_SERVICE = "profile"
@@ -291,14 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
-    p.add_argument(
-        "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
-        help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-frame-deltas", dest="frame_deltas", action="store_false",
-        help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
-    )  # fmt: skip
+    add_engine_variant_flags(p)
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=2048)
