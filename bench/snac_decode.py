@@ -53,10 +53,16 @@ FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
 
 
 def build_model(args: argparse.Namespace, *, fold: bool, noise: bool = True) -> Any:
+    return snac_model(args.snac, args.device, fold=fold, noise=noise)
+
+
+def snac_model(path: str | None, device: str, *, fold: bool, noise: bool = True) -> Any:
+    """SNAC from `path`, or the seed-0 draw of the real 24 kHz config; without `noise`, its NoiseBlocks taken out
+    (equal codes then decode equal); with `fold`, its weight norm folded in, as the server loads it."""
     from snac import SNAC
 
-    if args.snac:
-        model = SNAC.from_pretrained(args.snac)
+    if path:
+        model = SNAC.from_pretrained(path)
         if not noise:  # its config has noise on: take the NoiseBlocks out, so equal codes decode equal
             for parent in list(model.modules()):
                 for name, child in parent.named_children():
@@ -67,7 +73,7 @@ def build_model(args: argparse.Namespace, *, fold: bool, noise: bool = True) -> 
         model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": noise})
     if fold:
         fold_weight_norm(model)
-    return model.to(args.device).eval()
+    return model.to(device).eval()
 
 
 def synchronize(device: str) -> None:

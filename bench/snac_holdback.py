@@ -34,32 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from _common import ensure_snac  # type: ignore[import-not-found]
+from snac_decode import snac_model  # type: ignore[import-not-found]
 from snac_fidelity import decode_whole, streamed_snr, utterance  # type: ignore[import-not-found]
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
-from oai_server.codec.snac_model import fold_weight_norm
 from oai_server.codec.snac_windows import WindowPolicy
 
 F = SAMPLES_PER_FRAME
 
 
 def load(path: str | None) -> Any:
-    """SNAC without its noise blocks: from `path`, or the seed-0 draw of the real 24 kHz config."""
-    from snac import SNAC
-
-    from oai_server.engines.demo import SNAC_24KHZ_CONFIG
-
-    if path is None:
-        torch.manual_seed(0)
-        model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": False})
-    else:
-        model = SNAC.from_pretrained(path)
-        for parent in list(model.modules()):
-            for name, child in parent.named_children():
-                if type(child).__name__ == "NoiseBlock":
-                    setattr(parent, name, torch.nn.Identity())
-    fold_weight_norm(model)
-    return model.eval()
+    """SNAC without its noise blocks, on the CPU: from `path`, or the seed-0 draw of the real 24 kHz config."""
+    return snac_model(path, "cpu", fold=True, noise=False)
 
 
 def snac_draws(snac: str | None, tmp: str) -> dict[str, Any]:
