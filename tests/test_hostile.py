@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ MAX_CONNECTIONS = 24
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32768
 LAG_LIMIT_S = 0.1
-WALL_LAG_LIMIT_S = 0.5
+WALL_LAG_LIMIT_S = 1.0
 HEALTH_LIMIT_S = 0.2
 SPEECH = {"model": "tts-1", "voice": "alloy", "response_format": "pcm"}
 CHAT = {"model": "gpt-4o-audio-preview", "max_tokens": 4, "seed": 1}
@@ -174,10 +174,14 @@ def watched(server: LiveServer, prober: Prober) -> Iterator[Watch]:
 
     The loop's own work (lag while its thread computed) must stay under 100 ms, `/health` under 200 ms.
     The loop's wall-clock lag also counts time spent waiting for the CPU or for the GIL held by another
-    thread (the demo engines, this test's client), which on the shared 2-core machine (CPU pressure
-    ~30 %) reached 380 ms with the loop thread computing for 4 ms of it: it is held to
-    `WALL_LAG_LIMIT_S`, which still catches every stall of the kinds this file reproduces (seconds).
+    thread (the demo engines, this test's client), which on the shared 2-core CI machine reached 380 ms
+    and once 543 ms with the loop thread computing for 2-4 ms of it: it is held to `WALL_LAG_LIMIT_S`,
+    which still catches every stall of the kinds this file reproduces (seconds). Before the window opens,
+    this process's garbage is collected (so no full collection in the test's own thread holds the GIL
+    inside it) and the monitor takes a fresh sample (so a lag that began earlier is not counted in it).
     """
+    gc.collect()
+    time.sleep(2 * server.app.state.loop_monitor.interval)
     seen = Watch()
     since = time.monotonic()
     yield seen
@@ -191,6 +195,26 @@ def watched(server: LiveServer, prober: Prober) -> Iterator[Watch]:
     assert seen.busy_s < LAG_LIMIT_S, f"work on the event loop blocked it for {seen.busy_s * 1000:.0f} ms"
     assert seen.lag_s < WALL_LAG_LIMIT_S, f"event loop lagged {seen.lag_s * 1000:.0f} ms"
     assert seen.health_s < HEALTH_LIMIT_S, f"/health took {seen.health_s * 1000:.0f} ms"
+
+
+def spin(seconds: float) -> None:
+    """Compute (holding the thread) for `seconds`."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("stall", "complaint"),
+    [(lambda: spin(0.3), "work on the event loop blocked it"), (lambda: time.sleep(1.2), "event loop lagged")],
+    ids=["computing", "waiting"],
+)
+def test_the_watcher_catches_a_stalled_loop(
+    server: LiveServer, prober: Prober, stall: Callable[[], None], complaint: str
+) -> None:
+    with pytest.raises(AssertionError, match=complaint), watched(server, prober):
+        server.loop.call_soon_threadsafe(stall)
+        time.sleep(1.5)
 
 
 def post_raw(server: LiveServer, path: str, body: str, timeout: float = 120) -> httpx.Response:
