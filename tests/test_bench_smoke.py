@@ -489,10 +489,14 @@ def test_snac_first_frame_prices_a_first_frame_without_lookahead(noiseless_snac:
     from snac_holdback import load
 
     model = load(str(noiseless_snac))
-    default, early = (first_frame_snr(model, 12, 0, first) for first in (1, 0))
+    default, early = (first_frame_snr(model, 12, 0, first, [512]) for first in (1, 0))
     assert all(v is not None for v in (*default.values(), *early.values()))
     assert early["frame0"] < default["frame0"] - 3  # no right context at all for the first frame
     assert early["whole_utterance"] < default["whole_utterance"]
+    # The frame's head, far from its end, still pays for the missing right context; with it, the head is the
+    # part of the frame closest to a whole decode.
+    assert early["frame0_head_512"] < default["frame0_head_512"] - 3
+    assert default["frame0_head_512"] > default["frame0"]
 
 
 def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseless_snac: Path) -> None:
