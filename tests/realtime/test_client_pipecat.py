@@ -25,13 +25,13 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.runner import PipelineRunner
-from pipecat.pipeline.task import PipelineParams, PipelineTask
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.services.openai.stt import OpenAIRealtimeSTTService
+from pipecat.workers.runner import WorkerRunner
 
 from .conftest import LogCapture, RealtimeServer, Wiretap
 from .talk import RATE, paced, utterance
@@ -68,18 +68,22 @@ class Harness:
     def __init__(self, service: FrameProcessor) -> None:
         self.head, self.tail = Collect(), Collect()
         params = PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE)
-        self.task = PipelineTask(Pipeline([self.head, service, self.tail]), params=params, idle_timeout_secs=None)
-        self.run = asyncio.create_task(PipelineRunner(handle_sigint=False).run(self.task))
+        self.task = PipelineWorker(Pipeline([self.head, service, self.tail]), params=params, idle_timeout_secs=None)
+        self.run: asyncio.Task[None] | None = None
 
     async def speak(self, text: str, lead: float = 0.3, tail: float = 1.2) -> None:
         async for chunk in paced(utterance(text, lead=lead, tail=tail)):
             await self.task.queue_frame(InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1))
 
     async def __aenter__(self) -> Harness:
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self.task)
+        self.run = asyncio.create_task(runner.run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         """End the pipeline (cancel it if it does not end: a failed test must not hang)."""
+        assert self.run is not None
         if not self.run.done():
             await self.task.queue_frame(EndFrame())
         try:
