@@ -51,8 +51,11 @@ def load(path: str | None) -> Any:
 def snac_draws(snac: str | None, tmp: str) -> dict[str, Any]:
     """The SNACs the fidelity scripts measure, noise off: `snac` (default: the H200 runs' random weights, written
     into `tmp`) and the seed-0 draw."""
-    path = snac or (ensure_snac(Path(tmp) / "snac") and str(Path(tmp) / "snac"))
-    return {"h200_runs_snac" if snac is None else snac: load(path), "seed0_noise_free": load(None)}
+    if snac is None:
+        runs_snac = Path(tmp) / "snac"
+        ensure_snac(runs_snac)
+        return {"h200_runs_snac": load(str(runs_snac)), "seed0_noise_free": load(None)}
+    return {snac: load(snac), "seed0_noise_free": load(None)}
 
 
 def fidelity_args(description: str) -> argparse.ArgumentParser:
