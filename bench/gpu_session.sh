@@ -29,7 +29,8 @@
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
-#                 96, OC_CHAT_START 48, OC_MIXED_START 32).
+#                 96, OC_CHAT_START 48, OC_MIXED_START 32; OC_SPEECH_MAX 512, OC_CHAT_MAX 384 and OC_SEARCH_RES
+#                 16 bound the speech and chat searches).
 #   twoservers    (CARD0_JOBS="onecard twoservers": after onecard, once the other card's job is done): one server per card,
 #                 each the one-card layout (ONECARD_ARGS), ports 8090 and 8091, the load dealt out to both (load.py --url
 #                 a,b: stream i to server i mod 2, as a round-robin balancer would); phases TWO_PHASES (speech,chat; also
@@ -88,7 +89,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
     case $phase in
       ttfa) load --mode both --concurrency 1 --requests-per-stream "${TTFA_REQUESTS:-3}" --warmup 1 --out $W/ttfa \
               > $W/ttfa.log 2>&1 ;;
-      speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max 512 --search-resolution 16 \
+      speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max "${OC_SPEECH_MAX:-512}" --search-resolution "${OC_SEARCH_RES:-16}" \
                 --out $W/speech > $W/speech.log 2>&1 ;;
       arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=96
@@ -98,7 +99,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
       burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=128
         load --mode speech --concurrency "${BURST_N:-$(( C * 17 / 10 ))}" --out $W/burst > $W/burst.log 2>&1 ;;
-      chat) load --mode chat --search --search-start "${OC_CHAT_START:-48}" --search-max 384 --search-resolution 16 \
+      chat) load --mode chat --search --search-start "${OC_CHAT_START:-48}" --search-max "${OC_CHAT_MAX:-384}" --search-resolution "${OC_SEARCH_RES:-16}" \
               --out $W/chat > $W/chat.log 2>&1 ;;
       mixed) load --mode mixed --search --search-start "${OC_MIXED_START:-32}" --search-max 256 --search-resolution 16 \
                --out $W/mixed > $W/mixed.log 2>&1 ;;
