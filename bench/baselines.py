@@ -186,12 +186,17 @@ class Bench:
         count = 0
         device = self.args.snac_device
         async for delta in self.engine.generate(prompt, self.params(), new_request_id("seed")):
-            token = canopy_token_to_code(self.tokenizer.decode(delta, skip_special_tokens=False), count)
-            if token is None or token <= 0:
-                continue
-            buffer.append(token)
-            count += 1
-            if count % 7 == 0 and count > 27:
+            # The seed's engine streams one token per output; this engine may batch several (its stream_interval)
+            # into one delta, and Canopy's parser keeps only the last code of the text it is given, so each token
+            # is parsed on its own, as the seed sees them.
+            for token_id in delta:
+                token = canopy_token_to_code(self.tokenizer.decode([token_id], skip_special_tokens=False), count)
+                if token is None or token <= 0:
+                    continue
+                buffer.append(token)
+                count += 1
+                if count % 7 != 0 or count <= 27:
+                    continue
                 window = buffer[-28:]
                 if self.args.seed_decode == "thread":
                     audio = await asyncio.to_thread(canopy_convert_to_audio, window, self.snac, device)
