@@ -4,6 +4,8 @@ A client's time to first audio mixes the server's work with the client's own (on
 burst of N requests) and the wait for admission. The server's histograms split it: the time a speaking request
 waited to be admitted (`oai_admission_wait_seconds`, real-time headroom then a slot), from then to its first
 audio byte (`oai_time_to_first_audio_seconds`), and how late its event loop ran (`oai_event_loop_lag_seconds`);
+a spoken chat reply's TTFA splits further at its first token (`oai_time_to_first_token_seconds`, the LLM) and
+its first text segment handed to speech synthesis (`oai_time_to_first_segment_seconds`, the segmenter's wait);
 `oai_http_first_byte_seconds` is all of it, from the request reaching the app to its first body byte, so
 the client's TTFA minus it is what happens outside the app (the client, the socket, uvicorn's parsing).
 Quantiles are interpolated inside buckets as Prometheus' `histogram_quantile` does.
@@ -21,6 +23,8 @@ SERIES = {
     "admission_wait_text": ("oai_admission_wait_seconds", 'speaks="false"'),
     "ttfa_speech": ("oai_time_to_first_audio_seconds", 'endpoint="speech"'),
     "ttfa_chat": ("oai_time_to_first_audio_seconds", 'endpoint="chat"'),
+    "ttft_chat": ("oai_time_to_first_token_seconds", ""),
+    "first_segment_chat": ("oai_time_to_first_segment_seconds", 'endpoint="chat"'),
     "loop_lag": ("oai_event_loop_lag_seconds", ""),
     "first_byte_speech": ("oai_http_first_byte_seconds", 'route="/v1/audio/speech"'),
     "first_byte_chat": ("oai_http_first_byte_seconds", 'route="/v1/chat/completions"'),

@@ -13,6 +13,8 @@ Series (all names prefixed `oai_`):
 - `http_first_byte_seconds{route}`: from the request reaching the app to its first body byte handed to the
   server, all of the app's own time before a client sees anything (admission and first audio included).
 - `time_to_first_audio_seconds{endpoint}`, `time_to_first_token_seconds`: 10 ms .. 10 s buckets.
+- `time_to_first_segment_seconds{endpoint}`: to a spoken reply's first text segment handed to speech synthesis;
+  with the first token's and first audio's times it splits a reply's TTFA into the LLM, the segmenter and TTS.
 - `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
 - `active_streams`, `queued_streams`: live from the admission object.
 - `headroom_generating`, `headroom_safe_streams`, `headroom_step_slope_seconds`, `headroom_refused_total`: live
@@ -238,6 +240,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.first_segment = Histogram(
+            "oai_time_to_first_segment_seconds",
+            "Time from request to a spoken reply's first text segment handed to speech synthesis.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.rtf = Histogram(
             "oai_real_time_factor",
             "Synthesis time divided by audio duration.",
@@ -346,6 +355,10 @@ class Metrics:
     def observe_ttft(self, seconds: float) -> None:
         """Time to the first chat token of one reply."""
         self.ttft.observe(seconds)
+
+    def observe_first_segment(self, endpoint: str, seconds: float) -> None:
+        """Time to the first text segment of one spoken reply that went to speech synthesis."""
+        self._labeled(self.first_segment, endpoint).observe(seconds)
 
     def observe_rtf(self, endpoint: str, value: float) -> None:
         """Real-time factor (synthesis seconds / audio seconds) of one finished reply."""

@@ -317,6 +317,10 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
             assert server[f"first_byte_{mode}"]["count"] == level["requests"]  # the app's whole time, once each
             if mode == "speech":  # its first byte is audio; a chat reply's is the SSE role chunk, before any audio
                 assert server["first_byte_speech"]["p50_ms"] >= server["ttfa_speech"]["p50_ms"] - 10  # bucket slack
+            else:  # a spoken reply's TTFA split at its first token and its first segment: one of each per reply
+                assert server["ttft_chat"]["count"] == server["first_segment_chat"]["count"] == level["requests"]
+                assert server["ttft_chat"]["mean_ms"] <= server["first_segment_chat"]["mean_ms"]
+                assert server["first_segment_chat"]["mean_ms"] <= server["ttfa_chat"]["mean_ms"]
             phases = level["client_phases_ms"]  # each stream: connected, then sent, then headers, then audio
             assert phases["connected"]["max"] <= phases["sent"]["max"] <= phases["headers"]["max"]
             assert 0 < phases["sent"]["p50"] <= phases["headers"]["p50"] <= level["ttfa_ms"]["p50"]

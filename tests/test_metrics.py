@@ -22,6 +22,7 @@ METRIC_NAMES = (
     "oai_request_duration_seconds",
     "oai_time_to_first_audio_seconds",
     "oai_time_to_first_token_seconds",
+    "oai_time_to_first_segment_seconds",
     "oai_admission_wait_seconds",
     "oai_http_first_byte_seconds",
     "oai_real_time_factor",
@@ -68,6 +69,7 @@ def test_observation_api_records_values() -> None:
     m.observe_ttfa("speech", 0.012)
     m.observe_ttfa("speech", 0.3)
     m.observe_ttft(0.04)
+    m.observe_first_segment("chat", 0.07)
     m.observe_rtf("chat", 0.25)
     m.count_frames(3)
     m.count_frames(0)
@@ -80,6 +82,7 @@ def test_observation_api_records_values() -> None:
     assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "0.02"}) == 1
     assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "10.0"}) == 2
     assert get("oai_time_to_first_token_seconds_sum") == pytest.approx(0.04)
+    assert get("oai_time_to_first_segment_seconds_sum", {"endpoint": "chat"}) == pytest.approx(0.07)
     assert get("oai_real_time_factor_count", {"endpoint": "chat"}) == 1
     assert get("oai_audio_frames_total") == 3
     assert get("oai_engine_aborts_total", {"engine": "tts"}) == 2
@@ -223,6 +226,38 @@ async def test_each_streamed_request_records_its_admission_wait(
         await demo_client.post("/v1/chat/completions", json={**chat, "stream": True}, headers=auth)
     ).status_code == 200
     assert (waits("true"), waits("false")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_a_spoken_reply_times_its_first_segment_between_first_token_and_first_audio(
+    demo_app: FastAPI, demo_client: httpx.AsyncClient
+) -> None:
+    """One observation per spoken reply, none for a text reply; all three from the reply's start, so one reply's
+    first token, first segment and first audio come in that order and split its TTFA into LLM, segmenter, TTS."""
+    metrics: Metrics = demo_app.state.metrics
+    get = metrics.registry.get_sample_value
+
+    def totals() -> tuple[float, float, float, float]:
+        chat = {"endpoint": "chat"}
+        return (
+            get("oai_time_to_first_segment_seconds_count", chat) or 0.0,
+            get("oai_time_to_first_token_seconds_sum") or 0.0,
+            get("oai_time_to_first_segment_seconds_sum", chat) or 0.0,
+            get("oai_time_to_first_audio_seconds_sum", chat) or 0.0,
+        )
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    text = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "seed": 3}
+    before = totals()
+    assert (await demo_client.post("/v1/chat/completions", json=text, headers=auth)).status_code == 200
+    before, unchanged = totals(), before[0]
+    assert before[0] == unchanged  # no speech, no segment
+    spoken = {**text, "modalities": ["text", "audio"], "audio": {"voice": "tara", "format": "wav"}, "max_tokens": 12}
+    response = await demo_client.post("/v1/chat/completions", json=spoken, headers=auth)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["audio"]["data"]
+    after = totals()
+    assert after[0] == before[0] + 1
+    first_token, first_segment, first_audio = (after[i] - before[i] for i in (1, 2, 3))
+    assert 0 < first_token <= first_segment <= first_audio
 
 
 async def test_first_byte_is_timed_once_per_request_at_its_first_body_byte(

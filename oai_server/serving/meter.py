@@ -1,4 +1,5 @@
-"""Latency and throughput metrics of one reply: first token, first audio, real-time factor, frames, aborts."""
+"""Latency and throughput metrics of one reply: first token, first segment, first audio, real-time factor, frames,
+aborts."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ if TYPE_CHECKING:
 
 
 class StreamMeter:
-    """Times one reply for the metrics: first token, first audio, real-time factor, frames, aborts."""
+    """Times one reply for the metrics: first token, first segment, first audio, real-time factor, frames, aborts."""
 
     def __init__(self, metrics: Metrics | None, endpoint: str) -> None:
         self.metrics = metrics
         self.endpoint = endpoint
         self.start = time.monotonic()
         self.first_token_at: float | None = None
+        self.first_segment_at: float | None = None
         self.first_audio_at: float | None = None
         self.finished = False
 
@@ -28,6 +30,13 @@ class StreamMeter:
             self.first_token_at = time.monotonic()
             if self.metrics is not None:
                 self.metrics.observe_ttft(self.first_token_at - self.start)
+
+    def first_segment(self) -> None:
+        """The first text segment of a spoken reply goes to speech synthesis."""
+        if self.first_segment_at is None:
+            self.first_segment_at = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.observe_first_segment(self.endpoint, self.first_segment_at - self.start)
 
     def first_audio(self) -> None:
         """The first audio bytes of the reply are being sent."""

@@ -191,4 +191,14 @@ class ReplyService:
             first_segment_words=s.first_segment_words,
             first_segment_max_words=s.first_segment_max_words,
         )
-        return synthesize_segments(self.synthesizer, segments, voice, depth=s.tts_pipeline_depth, stats=speech)
+        return synthesize_segments(
+            self.synthesizer, _timed_first(segments, meter), voice, depth=s.tts_pipeline_depth, stats=speech
+        )
+
+
+async def _timed_first(segments: AsyncIterator[str], meter: StreamMeter) -> AsyncIterator[str]:
+    """`segments`, telling the meter when the first one goes to speech synthesis."""
+    async with aclosing(segments):  # type: ignore[type-var]
+        async for segment in segments:
+            meter.first_segment()
+            yield segment
