@@ -8,10 +8,12 @@ Modes (each swept over N concurrent streams of the same Orpheus prompts):
 * ``raw_band``: the same with top-p over each position's band in the slot processor, as the server
   samples: ``raw_band`` ÷ ``raw`` is what that alone gains the engine. ``raw_band_draw``: the draw in
   the band too (`SamplingParams.orpheus_band_draw`, off in the server).
-* ``seed``: a faithful reimplementation of the seed's / Canopy's pipeline. Each engine update is
-  detokenized to ``<custom_token_N>`` text; only the last custom token of each update is parsed
-  (``N - 10 - 4096 * (k % 7)``), codes <= 0 are dropped, and after every 7th code once k >= 28
-  ONE unbatched SNAC decode of the last 28 codes runs for that stream (tensors built with
+* ``seed``: a faithful reimplementation of the seed's / Canopy's pipeline. Each token the engine
+  streams is detokenized to ``<custom_token_N>`` text and parsed the way Canopy parses the last custom
+  token of an update (``N - 10 - 4096 * (k % 7)``); the seed's engine streamed one token per update,
+  this one streams ``--stream-interval`` (7) per update, so the seed column here pays for a seventh of
+  the seed's per-update work and is, if anything, optimistic. Codes <= 0 are dropped, and after every
+  7th code once k >= 28 ONE unbatched SNAC decode of the last 28 codes runs for that stream (tensors built with
   ``torch.cat``, ``.cpu()`` then int16, samples 2048:4096), on the event loop like Canopy's sync
   wrapper (``--seed-decode loop``) or in a thread per decode (``--seed-decode thread``).
 * ``ours``: this project's `SpeechSynthesizer` (batched, windowed SNAC in its worker thread), SNAC in
