@@ -77,7 +77,8 @@ def speech_synthesizer(
 
 
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
-    """The Orpheus engine's A/B flags, as the server runs them by default: `--no-band-graphs`, `--no-frame-deltas`."""
+    """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
+    them), `--no-prefix-caching` (vLLM's default is on; the server runs Orpheus without it)."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -86,6 +87,12 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
         "--no-frame-deltas", dest="frame_deltas", action="store_false",
         help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
     )  # fmt: skip
+    p.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="vLLM without prefix caching (as the server runs Orpheus): no block hashing of the audio a stream makes",
+    )
 
 
 def orpheus_params(max_tokens: int, band_sampling: bool = True, band_draw: bool = False) -> Any:

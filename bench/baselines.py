@@ -465,12 +465,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", type=int, default=1, help="vLLM Orpheus engines on the GPU, behind the balancer")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument(
-        "--no-prefix-caching",
-        dest="prefix_caching",
-        action="store_false",
-        help="vLLM without prefix caching (as the server runs Orpheus): no block hashing of the audio a stream makes",
-    )
-    p.add_argument(
         "--snac-low-priority", action="store_true",
         help="ours_in_engine: the engine's kernels on a stream of higher priority than SNAC's (the server's flag)",
     )  # fmt: skip

@@ -275,8 +275,9 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
 job() {  # job <name>...: run them one after another from the copy of the tree, each with its log and done marker
   # (one shell runs a card's jobs in turn: a job's card is `local -x CUDA_VISIBLE_DEVICES`, or the next job inherits it)
   for name in "$@"; do mkdir -p "$S/$name"; rm -f "$S/$name/done"; done  # a rerun of a job waits for its new end
-  # the redirections on the whole background list: nothing of it may hold the call's stdout open
-  ( cd "$REPO" && setsid bash -c "$(declare -f load capacity_of profile_asr gpu_pids both_cards onecard two_card_phases best_fusion baselines baselines_b "$@"); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
+  # every function of this script goes along (a job may call any other); the redirections on the whole background
+  # list: nothing of it may hold the call's stdout open
+  ( cd "$REPO" && setsid bash -c "$(declare -f); $(declare -p SERVE S RAND MEAN_LENGTH_S); \
       for name in $*; do \$name > $S/\$name/job.log 2>&1; touch $S/\$name/done; done" ) < /dev/null > /dev/null 2>&1 &
 }
 case "${1:-}" in

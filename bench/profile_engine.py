@@ -300,12 +300,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
-    p.add_argument(
-        "--no-prefix-caching",
-        dest="prefix_caching",
-        action="store_false",
-        help="vLLM without prefix caching (as the server runs Orpheus): no block hashing of the audio a stream makes",
-    )
     add_engine_variant_flags(p)
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)
