@@ -28,11 +28,27 @@ Worker = tuple[str, list[RequestSpec]]
 """One concurrent client: its part ("speech" or "chat") and the requests it sends one after another."""
 
 
-async def run_workers(args: argparse.Namespace, workers: list[Worker]) -> list[list[StreamResult]]:
-    """Every worker at once from this process, over one connection pool; results in worker order."""
+async def preconnect(clients: list[httpx.AsyncClient], workers: int) -> None:
+    """Open one kept-alive connection per worker (concurrent `GET /health`s), so no timed request pays a connect."""
+    responses = await asyncio.gather(*(clients[i % len(clients)].get("/health") for i in range(workers)))
+    for response in responses:
+        response.raise_for_status()
+
+
+async def run_workers(
+    args: argparse.Namespace, workers: list[Worker], start_at: float | None = None
+) -> list[list[StreamResult]]:
+    """Every worker at once from this process, over one connection pool; results in worker order.
+
+    With `--preconnect` the pool's connections are opened first; the workers start at the wall-clock `start_at`
+    (now when None)."""
     limits = httpx.Limits(max_connections=len(workers) + 4, max_keepalive_connections=len(workers) + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
     async with open_clients(args.url, limits, timeout) as clients:
+        if getattr(args, "preconnect", False):
+            await preconnect(clients, len(workers))
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
 
         async def worker(part: str, specs: list[RequestSpec]) -> list[StreamResult]:
             request = request_fn(part)
@@ -42,8 +58,7 @@ async def run_workers(args: argparse.Namespace, workers: list[Worker]) -> list[l
 
 
 def _share(args: argparse.Namespace, workers: list[Worker], start_at: float) -> list[list[StreamResult]]:
-    time.sleep(max(0.0, start_at - time.time()))
-    return asyncio.run(run_workers(args, workers))
+    return asyncio.run(run_workers(args, workers, start_at))
 
 
 class ClientPool:

@@ -26,6 +26,8 @@
 #   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams
 #                 (PROF_ARGS: its flags instead of ENGINE_ARGS, e.g. "--mode ours_in_engine --snac-fusion decoder";
 #                 PYSPY=/tmp/site/bin/py-spy also samples the engine core's threads and GIL, bench/engine_spy.py).
+#   step_profile_b (after step_profile): the same with PROF_B_ARGS (e.g. "--mode raw --no-prefix-caching", the other
+#                 side of ours / raw at one N), into step_profile_b/.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -87,7 +89,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
   SP=$!
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
     case $phase in
-      ttfa) load --mode both --concurrency 1 --requests-per-stream "${TTFA_REQUESTS:-3}" --warmup 1 --out $W/ttfa \
+      ttfa) load --mode both --concurrency 1 --requests-per-stream "${TTFA_REQUESTS:-3}" --warmup 1 --preconnect --out $W/ttfa \
               > $W/ttfa.log 2>&1 ;;
       speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max "${OC_SPEECH_MAX:-512}" --search-resolution "${OC_SEARCH_RES:-16}" \
                 --out $W/speech > $W/speech.log 2>&1 ;;
@@ -165,11 +167,14 @@ baselines_rev() {  # baselines from the tree at REV_TREE (its own bench/ and oai
 baselines_x2() {  # baselines_b with two Orpheus engines on the card behind the balancer (--engines 2), into baselines_x2/
   B_DIR=baselines_x2 B_CONC=${X2_CONC:-} B_MODES=${X2_MODES:-} B_ARGS="--engines 2" baselines_b
 }
-step_profile() {  # the raw engine's decode step at PROF_CONC (192) streams under torch.profiler (bench/profile_engine.py)
-  W=$S/step_profile; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
-  NO_CLEANUP=1 OUT=$W CONC=${PROF_CONC:-192} LOAD_TIMEOUT=${PROF_TIMEOUT:-400} ENGINE_ARGS="${PROF_ARGS-${ENGINE_ARGS:-}}" \
+profile_step() {  # profile_step <dir> <engine args>: one engine's decode step at PROF_CONC (192) streams under
+  # torch.profiler, and py-spy with PYSPY (bench/profile_engine.py), into <dir>
+  W=$1; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
+  NO_CLEANUP=1 OUT=$W CONC=${PROF_CONC:-192} LOAD_TIMEOUT=${PROF_TIMEOUT:-400} ENGINE_ARGS="$2" \
     bash bench/gpu_load.sh profile > $W/step.log 2>&1
 }
+step_profile() { profile_step $S/step_profile "${PROF_ARGS-${ENGINE_ARGS:-}}"; }  # the raw engine unless PROF_ARGS
+step_profile_b() { profile_step $S/step_profile_b "${PROF_B_ARGS:-}"; }  # a second variant (e.g. the other mode)
 best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
   python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off
 import json, sys

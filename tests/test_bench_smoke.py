@@ -394,6 +394,25 @@ def test_load_deals_streams_out_to_several_servers(tmp_path: Path, demo_cache: P
         assert (_speech_first_bytes(first), _speech_first_bytes(second)) == (3, 2)
 
 
+def test_preconnect_opens_every_connection_before_the_timed_requests(tmp_path: Path, demo_cache: Path) -> None:
+    """`--preconnect`: no timed request pays a TCP connect (one process or several); without it each worker's first does."""
+    with frontend_server(demo_cache) as (port, _):
+        runs = {"cold": [], "warm": ["--preconnect"], "warm_procs": ["--preconnect", "--client-procs", "2"]}
+        for name, flags in runs.items():
+            _run(
+                "load.py", "--url", f"http://127.0.0.1:{port}", "--mode", "speech", "--concurrency", "3",
+                "--requests-per-stream", "2", "--warmup", "0", "--server-timeout", "60", "--out", str(tmp_path / name),
+                *flags,
+            )  # fmt: skip
+        for name in runs:
+            report = json.loads((tmp_path / name / "results.json").read_text())
+            streams = report["streams"]["speech"]["3"]
+            assert [s["ok"] for s in streams] == [True] * 6, name
+            connects = sum(s["connected_s"] is not None for s in streams)
+            assert connects == (3 if name == "cold" else 0), name  # a worker's second request reuses its connection
+            assert report["modes"]["speech"][0]["wall_s"] > 0
+
+
 def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
     """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
     with frontend_server(demo_cache) as (port, server):
