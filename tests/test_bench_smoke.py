@@ -395,7 +395,7 @@ def test_load_deals_streams_out_to_several_servers(tmp_path: Path, demo_cache: P
 
 
 def test_preconnect_opens_every_connection_before_the_timed_requests(tmp_path: Path, demo_cache: Path) -> None:
-    """`--preconnect`: no timed request pays a TCP connect (one process or several); without it each worker's first does."""
+    """`--preconnect`: no timed request pays a TCP connect (one process or several); else each worker's first does."""
     with frontend_server(demo_cache) as (port, _):
         runs = {"cold": [], "warm": ["--preconnect"], "warm_procs": ["--preconnect", "--client-procs", "2"]}
         for name, flags in runs.items():
