@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 from _common import SENTENCES, StreamResult, percentile, summarize
 from capacity import Criteria, evaluate
+from client_pool import START_MARGIN_S, pool_for
 from clients import RequestSpec, Seeds, chat_max_tokens, open_clients, request_fn, speech_text
 
 
@@ -86,6 +88,12 @@ async def run_plan(
 ) -> tuple[list[StreamResult], float]:
     """Send every planned request at its time; wait for all; the results and the wall time."""
     specs = [spec_for(mode, i, seconds, args, seeds.take()) for i, (_, seconds) in enumerate(plan)]
+    pool = pool_for(args)
+    if pool is not None:  # dealt out to the client processes, each request its own worker sent at its time
+        started = time.perf_counter() + START_MARGIN_S
+        timed = [dataclasses.replace(spec, at_s=at) for (at, _), spec in zip(plan, specs, strict=True)]
+        per_worker = await pool.run(args, [(mode, [spec]) for spec in timed])
+        return [r for rs in per_worker for r in rs], time.perf_counter() - started
     request = request_fn(mode)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     timeout = httpx.Timeout(args.request_timeout, connect=30)

@@ -1,11 +1,15 @@
-"""A burst sent from several client processes at once, so the load generator is not what a TTFA measures.
+"""A burst (or a plan of Poisson arrivals) sent from several client processes, so the load generator is not what a
+TTFA or a stall measures.
 
 One Python process driving N streams sends their requests one after another and parses every chunk of
 every stream on one event loop: at 100+ streams that adds a few hundred ms to the late streams' time to
 first audio (measured on the H200: the client's TTFA minus the server's own was ~160 ms at 144 speech streams
 and ~280 ms at 108 chat conversations). `--client-procs P` deals the streams of a burst out to P worker
 processes (spawned once per run), which start at one agreed wall-clock moment; each stream's times are
-taken in its own process, from its own request.
+taken in its own process, from its own request. A planned arrival (`RequestSpec.at_s`) is its own worker, sent
+at its time after that moment: on the H200 a 1.5x overload's ~220 concurrent streams on one client loop
+(and its garbage collections over every stream's arrival times) would blur exactly the small early stalls
+the overload verdict counts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import atexit
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import httpx
 from _common import StreamResult
@@ -49,10 +54,18 @@ async def run_workers(
             await preconnect(clients, len(workers))
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
+        started = time.perf_counter()
+
+        async def send(request: Any, spec: RequestSpec) -> StreamResult:
+            client = clients[spec.server % len(clients)]
+            if spec.at_s is None:
+                return await request(client, args, spec, None, 0.0)
+            await asyncio.sleep(max(0.0, started + spec.at_s - time.perf_counter()))
+            return await request(client, args, spec, args.hang_s, time.perf_counter() - started)
 
         async def worker(part: str, specs: list[RequestSpec]) -> list[StreamResult]:
             request = request_fn(part)
-            return [await request(clients[spec.server % len(clients)], args, spec, None, 0.0) for spec in specs]
+            return [await send(request, spec) for spec in specs]
 
         return list(await asyncio.gather(*(worker(part, specs) for part, specs in workers)))
 

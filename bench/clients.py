@@ -45,6 +45,9 @@ class RequestSpec:
     target_audio_s: float | None = None
     server: int = 0
     """Which of the servers of `--url` (comma-separated) it goes to: `server_urls(...)[server % count]`."""
+    at_s: float | None = None
+    """A planned arrival: sent this long after the run's start, and hung if not done within `--hang-s` (None: a
+    burst worker's request, sent as soon as its worker's previous one ended)."""
 
 
 @asynccontextmanager

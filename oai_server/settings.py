@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     """Frames of left context decoded with each emitted frame."""
     snac_frames_per_decode: int = Field(4, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
+    snac_ramp: Literal["step", "double"] = Field("step", validation_alias=_env("snac_ramp"))
+    """How a stream's SNAC chunks grow to --snac-frames-per-decode: step (1, 1, 2, 3, 4 frames: a stream's start
+    keeps ~1.7x the cushion on a 250 ms pre-buffer) or double (1, 1, 2, 4: one SNAC window fewer per stream)."""
     snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""

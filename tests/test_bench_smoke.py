@@ -413,6 +413,29 @@ def test_preconnect_opens_every_connection_before_the_timed_requests(tmp_path: P
             assert report["modes"]["speech"][0]["wall_s"] > 0
 
 
+def test_poisson_arrivals_are_sent_at_their_planned_times_from_one_process_or_several(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    """`--arrival-rates` in the load generator's own process and dealt out to `--client-procs 2`: every planned
+    request goes out once, at its time after the run's start, in the plan's order in the report."""
+    plan = poisson_plan(4.0, 2.0, LengthMix(3.0, 0.3, 1.0, 3.0), seed=0)
+    assert len(plan) >= 4
+    with frontend_server(demo_cache) as (port, _):
+        for name, flags in {"one": [], "procs": ["--client-procs", "2"]}.items():
+            _run(
+                "load.py", "--url", f"http://127.0.0.1:{port}", "--mode", "speech", "--concurrency", "",
+                "--arrival-rates", "4", "--arrival-duration-s", "2", "--length-median-s", "3", "--length-sigma", "0.3",
+                "--length-max-s", "3", "--warmup", "0", "--server-timeout", "60", "--out", str(tmp_path / name), *flags,
+            )  # fmt: skip
+            report = json.loads((tmp_path / name / "results.json").read_text())
+            (rate,) = report["arrivals"]["speech"]
+            streams = report["streams"]["speech"]["rate=4"]
+            assert rate["offered_requests"] == rate["ok"] == len(plan), (name, rate["error_samples"])
+            assert [s["target_audio_s"] for s in streams] == [seconds for _, seconds in plan]
+            lateness = [s["sent_at_s"] - at for s, (at, _) in zip(streams, plan, strict=True)]
+            assert all(-0.01 <= late < 0.5 for late in lateness), (name, lateness)
+
+
 def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
     """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
     with frontend_server(demo_cache) as (port, server):

@@ -15,7 +15,7 @@ import torch
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
 from oai_server.codec.snac_model import fold_weight_norm, load_snac
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SEAM_SAMPLES, SeamStitcher, Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Ramp, SeamStitcher, Window, WindowPlanner, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels
 
 
@@ -51,12 +51,15 @@ def test_every_frame_emitted_once_in_order_however_frames_arrive(
         assert w.emit <= context and len(w.frames) - w.emit - w.count <= lookahead
 
 
-def test_chunks_ramp_up_then_hold_the_steady_shape() -> None:
-    policy = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=4)
+@pytest.mark.parametrize(("ramp", "counts"), [("step", [1, 1, 2, 3, 4, 4]), ("double", [1, 1, 2, 4, 4, 4])])
+def test_chunks_ramp_up_then_hold_the_steady_shape(ramp: Ramp, counts: list[int]) -> None:
+    policy = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=4, ramp=ramp)
     planner = policy.planner()
     windows = [w for f in frames(40) for w in planner.add([f])]
-    assert [w.count for w in windows[:5]] == [1, 1, 2, 4, 4]
-    assert all(w.shape == policy.steady_shape == (7, 2, 4, SEAM_SAMPLES) for w in windows[3:])
+    assert [w.count for w in windows[:6]] == counts
+    steady = counts.index(4)
+    assert all(w.shape == policy.steady_shape == (7, 2, 4, SEAM_SAMPLES) for w in windows[steady:])
+    assert policy.stream_shapes[-1] == policy.steady_shape and len(policy.stream_shapes) == steady + 1
     assert [w.lead for w in windows[:3]] == [0, SEAM_SAMPLES, SEAM_SAMPLES]  # none before the stream's first chunk
 
 
@@ -78,6 +81,38 @@ def test_a_player_that_waits_for_three_frames_never_runs_dry_while_generation_ke
     assert all(at <= start + i + 1e-9 for i, at in enumerate(arrival)), [
         (i, at, start + i) for i, at in enumerate(arrival) if at > start + i
     ][:3]
+
+
+def _startup_slack_ms(policy: WindowPolicy, rtf: float, prebuffer_ms: float = 250.0) -> float:
+    """The least time any chunk reaches a player before its audio is due: one frame generated every `rtf`
+    frame-durations, the player starting once `prebuffer_ms` of audio (less the held-back seam) has arrived."""
+    frame_ms = SAMPLES_PER_FRAME / 24.0
+    planner = policy.planner()
+    arrival: list[float] = []
+    for generated in range(1, 120):
+        for window in planner.add(frames(1, start=generated - 1)):
+            arrival += [generated * rtf * frame_ms] * window.count
+    held_ms = policy.seam_samples / 24.0
+    start = next(at for i, at in enumerate(arrival) if (i + 1) * frame_ms - held_ms >= prebuffer_ms)
+    return min(start + i * frame_ms - at for i, at in enumerate(arrival))
+
+
+@pytest.mark.parametrize(("rtf", "least_ms"), [(0.8, 119), (0.9, 59), (0.95, 29)])
+def test_the_ramp_steps_up_one_frame_at_a_time_so_a_stream_start_keeps_a_cushion(rtf: float, least_ms: float) -> None:
+    """Every stall of the H200's chat bursts at 128-144 and 77 % of the 1.5x overload's came at 0.331 s of audio:
+    the first 4-frame chunk, due when playback had only 4 frames of audio. Chunks 1, 1, 2, 3, 4 (not 1, 1, 2, 4)
+    build 3 frames of surplus before it: at 1.11x real time (RTF 0.9) a chunk's least lead on a 250 ms
+    pre-buffered player is 59.7 ms, not 34.1 (68.3 -> 119.5 at RTF 0.8)."""
+    assert _startup_slack_ms(WindowPolicy(2, 1, 4), rtf) >= least_ms
+    assert _startup_slack_ms(WindowPolicy(2, 1, 4, ramp="double"), rtf) < least_ms * 0.6
+
+
+def test_the_servers_ramp_setting_reaches_its_window_policy() -> None:
+    from oai_server.engines.factory import window_policy
+    from oai_server.settings import Settings
+
+    assert window_policy(Settings()).ramp == "step"
+    assert window_policy(Settings(snac_ramp="double")).planner().ramp == "double"
 
 
 @pytest.mark.parametrize(

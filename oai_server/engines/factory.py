@@ -357,4 +357,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_frames_per_decode,
         settings.snac_seam_samples,
         settings.snac_first_lookahead_frames,
+        settings.snac_ramp,
     )
