@@ -34,11 +34,12 @@ def batch_ladder(max_batch: int) -> list[int]:
     """Captured batch sizes: every size up to `EXACT_BATCHES`, then powers of two and one and a half times them,
     and `max_batch` itself (all no larger than `max_batch`).
 
-    A batch replays the smallest graph that holds it, padded, and a padded row costs as much GPU time as a real
-    one (SNAC's decode scales with the batch: 13.4 ms at 64 windows, 24.6 at 128 on an H200). At 128 streams a
-    round holds ~5 windows (one every 28 steps a stream): padded to powers of two that was ~29 % more decoding
-    than the windows needed (35 % at ~7 a round, 192 streams), and the H200 profile of that step had SNAC's
-    stream busy 2.1 ms a step, 1.6 of them outside the engine's own kernels; this ladder pads 2-8 %."""
+    A batch replays the smallest graph that holds it, padded, and padded rows cost GPU time: on an H200 the
+    compiled decoder's K=4 graphs take 0.67 / 1.26 / 1.49 / 2.21 / 3.85 / 13.1 ms at 1 / 4 / 5 / 8 / 16 / 64
+    windows (bench/results/h200_s23_random_weights/snac_small/). At 128 streams a round holds ~5 windows (one
+    every 28 steps a stream) and the step profile there had SNAC's stream busy 2.1 ms a step, about one padded
+    8-window replay; with powers of two a round cost 1.72 ms on average, with this ladder 1.46 (-15 %; -16 % at
+    ~7 windows a round, 192 streams)."""
     sizes = set(range(1, min(EXACT_BATCHES, max_batch) + 1))
     power = EXACT_BATCHES
     while power < max_batch:
