@@ -45,13 +45,14 @@ async def run_workers(
 ) -> list[list[StreamResult]]:
     """Every worker at once from this process, over one connection pool; results in worker order.
 
-    With `--preconnect` the pool's connections are opened first; the workers start at the wall-clock `start_at`
-    (now when None)."""
+    With `--preconnect` a connection per burst worker is opened first (a planned arrival stays a new client); the
+    workers start at the wall-clock `start_at` (now when None)."""
     limits = httpx.Limits(max_connections=len(workers) + 4, max_keepalive_connections=len(workers) + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
     async with open_clients(args.url, limits, timeout) as clients:
-        if getattr(args, "preconnect", False):
-            await preconnect(clients, len(workers))
+        bursting = sum(1 for _, specs in workers if specs and specs[0].at_s is None)
+        if getattr(args, "preconnect", False) and bursting:
+            await preconnect(clients, bursting)
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()

@@ -290,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--preconnect", action="store_true",
-        help="open each worker's connection (GET /health) before a level starts: its TTFAs exclude the TCP connect",
+        help="open each burst worker's connection (GET /health) before a level: its TTFAs exclude the TCP connect",
     )  # fmt: skip
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=None, help="directory for results.json and the plots")
