@@ -14,6 +14,11 @@ measures that cost without a GPU against `bench/frontend.py` (the real app over 
 
     python bench/frontend.py --port 8090 &
     python bench/burst_probe.py --port 8090 --server-pid $! --n 32,128,288 --out probe.json
+
+`--hold-s S` measures the steady state instead: the N streams (a long input each) are read for `--settle-s`,
+past their intake, then for S seconds during which the probe counts the audio they delivered and the server's CPU
+seconds: the server's share of a core per stream at the engines' pace (`frontend.py --token-rate`), so how many
+real-time streams one server process's event loop can carry before it is the limit.
 """
 
 from __future__ import annotations
@@ -57,8 +62,14 @@ ROUTES: dict[str, tuple[str, dict[str, Any], bytes]] = {
 }
 
 
-def _request(host: str, route: str) -> bytes:
+LONG_INPUT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs far away."] * 4)
+"""The steady mode's speech input: long enough for every stream to outlast the measurement."""
+
+
+def _request(host: str, route: str, long: bool = False) -> bytes:
     path, payload, _ = ROUTES[route]
+    if long and route == "speech":
+        payload = {**payload, "input": LONG_INPUT}
     body = json.dumps(payload).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -176,6 +187,54 @@ def burst(
     }
 
 
+def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_s: float = 3.0) -> dict[str, Any]:
+    """Hold `n` long speech streams open: after `settle_s`, the audio they deliver and the server CPU it takes over
+    `hold_s` seconds (pcm: 48 000 bytes a second of audio)."""
+    request = _request(host, "speech", long=True)
+    socks = [socket.create_connection((host, port)) for _ in range(n)]
+    for sock in socks:
+        sock.sendall(request)
+        sock.setblocking(False)
+    body_bytes = dict.fromkeys(socks, 0)
+    started = {sock: False for sock in socks}
+    t0 = time.perf_counter()
+    window: dict[str, float] = {}
+    ended = 0
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while time.perf_counter() - t0 < settle_s + hold_s:
+            now = time.perf_counter() - t0
+            if "start" not in window and now >= settle_s:
+                window |= {"start": now, "cpu0": cpu_seconds(server_pid), "bytes0": sum(body_bytes.values())}
+            for key, _ in selector.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(262144)
+                if not data:
+                    selector.unregister(sock)
+                    ended += 1
+                    continue
+                if not started[sock]:
+                    started[sock] = True
+                    data = data.partition(b"\r\n\r\n")[2]  # the first read holds the headers (pcm: no framing)
+                body_bytes[sock] += len(data)
+    wall = time.perf_counter() - t0 - window["start"]
+    cpu = cpu_seconds(server_pid) - window["cpu0"]
+    audio_s = (sum(body_bytes.values()) - window["bytes0"]) / 48000
+    for sock in socks:
+        sock.close()
+    return {
+        "n": n,
+        "hold_s": wall,
+        "streams_ended_early": ended,
+        "audio_s_per_s_per_stream": audio_s / wall / n,
+        "server_cpu_core_fraction": cpu / wall,
+        "server_cpu_ms_per_audio_s": 1000 * cpu / audio_s if audio_s else None,
+        "server_cpu_core_fraction_per_stream": cpu / wall / n,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
@@ -186,6 +245,8 @@ def main() -> None:
     p.add_argument("--pause-s", type=float, default=12.0, help="wait between bursts (the aborted streams wind down)")
     p.add_argument("--server-pid", type=int, default=None, help="the server's pid: its CPU seconds per burst")
     p.add_argument("--out", type=Path, default=None, help="write the bursts as JSON here")
+    p.add_argument("--hold-s", type=float, default=None, help="steady mode: read N long streams this long (needs pid)")
+    p.add_argument("--settle-s", type=float, default=3.0, help="steady mode: read this long before measuring")
     p.add_argument(
         "--watch-queue-s", type=float, default=None,
         help="send nothing: print `unix-time queued` for --port's accept queue every 10 ms for this many seconds",
@@ -195,7 +256,21 @@ def main() -> None:
         watch_queue(args.port, args.watch_queue_s)
         return
     runs = []
-    for n in (int(x) for x in args.n.split(",")):
+    if args.hold_s is not None:
+        if args.server_pid is None:
+            p.error("--hold-s needs --server-pid")
+        for n in (int(x) for x in args.n.split(",")):
+            for _ in range(args.repeats):
+                run = steady(args.host, args.port, n, args.server_pid, args.hold_s, args.settle_s)
+                runs.append(run)
+                print(
+                    f"n={n} steady: {run['audio_s_per_s_per_stream']:.2f} s of audio a second a stream, server "
+                    f"{100 * run['server_cpu_core_fraction']:.1f} % of a core ({run['server_cpu_ms_per_audio_s']:.2f}"
+                    f" ms a second of audio), {run['streams_ended_early']} ended early",
+                    flush=True,
+                )
+                time.sleep(args.pause_s)
+    for n in (int(x) for x in args.n.split(",")) if args.hold_s is None else ():
         for _ in range(args.repeats):
             run = burst(args.host, args.port, n, args.server_pid, route=args.route)
             runs.append(run)

@@ -457,6 +457,15 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
         assert (burst["n"], burst["ok"], burst["statuses"]) == (3, 3, [200])
         assert 0 < burst["headers_ms"]["max"] <= burst["first_audio_ms"]["max"]  # headers, then audio
         assert burst["accept_queue_peak"] >= 0 and burst["server_cpu_s"] is not None  # 10 ms ticks: may read 0
+        steady = tmp_path / "steady.json"  # the steady mode: two streams read for a second, past their intake
+        _run(
+            "burst_probe.py", "--port", str(port), "--server-pid", str(server.pid), "--n", "2", "--repeats", "1",
+            "--pause-s", "0", "--hold-s", "1.0", "--settle-s", "0.15", "--out", str(steady),
+        )  # fmt: skip
+        (held,) = json.loads(steady.read_text())["runs"]
+        assert (held["n"], held["streams_ended_early"]) == (2, 0)  # 140 tokens at 110/s: each outlasts the window
+        assert 0.7 < held["audio_s_per_s_per_stream"] < 2.0  # 110 tokens/s is 1.34 s of audio a second, in chunks
+        assert held["server_cpu_core_fraction"] >= 0 and held["hold_s"] >= 1.0
         watched = _run("burst_probe.py", "--port", str(port), "--watch-queue-s", "0.05").stdout.split("\n")
         samples = [line.split() for line in watched if line]  # gpu_load.sh's sampler: `unix-time queued` lines
         assert samples and all(float(t) > 1e9 and int(q) == 0 for t, q in samples)
