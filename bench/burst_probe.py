@@ -200,6 +200,7 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
     t0 = time.perf_counter()
     window: dict[str, float] = {}
     ended = 0
+    statuses: list[int] = []
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
@@ -217,6 +218,7 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
                     continue
                 if not started[sock]:
                     started[sock] = True
+                    statuses.append(int(data.split(b" ", 2)[1]))
                     data = data.partition(b"\r\n\r\n")[2]  # the first read holds the headers (pcm: no framing)
                 body_bytes[sock] += len(data)
     wall = time.perf_counter() - t0 - window["start"]
@@ -228,6 +230,7 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
         "n": n,
         "hold_s": wall,
         "streams_ended_early": ended,
+        "statuses": {str(code): statuses.count(code) for code in sorted(set(statuses))},
         "audio_s_per_s_per_stream": audio_s / wall / n,
         "server_cpu_core_fraction": cpu / wall,
         "server_cpu_ms_per_audio_s": 1000 * cpu / audio_s if audio_s else None,
@@ -266,7 +269,7 @@ def main() -> None:
                 print(
                     f"n={n} steady: {run['audio_s_per_s_per_stream']:.2f} s of audio a second a stream, server "
                     f"{100 * run['server_cpu_core_fraction']:.1f} % of a core ({run['server_cpu_ms_per_audio_s']:.2f}"
-                    f" ms a second of audio), {run['streams_ended_early']} ended early",
+                    f" ms a second of audio), {run['streams_ended_early']} ended early, statuses {run['statuses']}",
                     flush=True,
                 )
                 time.sleep(args.pause_s)

@@ -463,7 +463,7 @@ def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_ca
             "--pause-s", "0", "--hold-s", "1.0", "--settle-s", "0.15", "--out", str(steady),
         )  # fmt: skip
         (held,) = json.loads(steady.read_text())["runs"]
-        assert (held["n"], held["streams_ended_early"]) == (2, 0)  # 140 tokens at 110/s: each outlasts the window
+        assert (held["n"], held["streams_ended_early"], held["statuses"]) == (2, 0, {"200": 2})  # each outlasts it
         assert 0.7 < held["audio_s_per_s_per_stream"] < 2.0  # 110 tokens/s is 1.34 s of audio a second, in chunks
         assert held["server_cpu_core_fraction"] >= 0 and held["hold_s"] >= 1.0
         watched = _run("burst_probe.py", "--port", str(port), "--watch-queue-s", "0.05").stdout.split("\n")
