@@ -189,18 +189,17 @@ def burst(
 
 def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_s: float = 3.0) -> dict[str, Any]:
     """Hold `n` long speech streams open: after `settle_s`, the audio they deliver and the server CPU it takes over
-    `hold_s` seconds (pcm: 48 000 bytes a second of audio)."""
+    `hold_s` seconds (pcm: 48 000 bytes a second of audio; per stream: per stream answered 200)."""
     request = _request(host, "speech", long=True)
     socks = [socket.create_connection((host, port)) for _ in range(n)]
     for sock in socks:
         sock.sendall(request)
         sock.setblocking(False)
     body_bytes = dict.fromkeys(socks, 0)
-    started = {sock: False for sock in socks}
     t0 = time.perf_counter()
     window: dict[str, float] = {}
     ended = 0
-    statuses: list[int] = []
+    status: dict[socket.socket, int] = {}
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
@@ -216,25 +215,26 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
                     selector.unregister(sock)
                     ended += 1
                     continue
-                if not started[sock]:
-                    started[sock] = True
-                    statuses.append(int(data.split(b" ", 2)[1]))
+                if sock not in status:
+                    status[sock] = int(data.split(b" ", 2)[1])
                     data = data.partition(b"\r\n\r\n")[2]  # the first read holds the headers (pcm: no framing)
-                body_bytes[sock] += len(data)
+                if status[sock] == 200:  # a refusal's body is no audio
+                    body_bytes[sock] += len(data)
     wall = time.perf_counter() - t0 - window["start"]
     cpu = cpu_seconds(server_pid) - window["cpu0"]
     audio_s = (sum(body_bytes.values()) - window["bytes0"]) / 48000
+    served = sum(1 for code in status.values() if code == 200) or n
     for sock in socks:
         sock.close()
     return {
         "n": n,
         "hold_s": wall,
         "streams_ended_early": ended,
-        "statuses": {str(code): statuses.count(code) for code in sorted(set(statuses))},
-        "audio_s_per_s_per_stream": audio_s / wall / n,
+        "statuses": {str(code): list(status.values()).count(code) for code in sorted(set(status.values()))},
+        "audio_s_per_s_per_stream": audio_s / wall / served,
         "server_cpu_core_fraction": cpu / wall,
         "server_cpu_ms_per_audio_s": 1000 * cpu / audio_s if audio_s else None,
-        "server_cpu_core_fraction_per_stream": cpu / wall / n,
+        "server_cpu_core_fraction_per_stream": cpu / wall / served,
     }
 
 
@@ -258,33 +258,28 @@ def main() -> None:
     if args.watch_queue_s is not None:
         watch_queue(args.port, args.watch_queue_s)
         return
+    if args.hold_s is not None and args.server_pid is None:
+        p.error("--hold-s needs --server-pid")
     runs = []
-    if args.hold_s is not None:
-        if args.server_pid is None:
-            p.error("--hold-s needs --server-pid")
-        for n in (int(x) for x in args.n.split(",")):
-            for _ in range(args.repeats):
-                run = steady(args.host, args.port, n, args.server_pid, args.hold_s, args.settle_s)
-                runs.append(run)
-                print(
-                    f"n={n} steady: {run['audio_s_per_s_per_stream']:.2f} s of audio a second a stream, server "
-                    f"{100 * run['server_cpu_core_fraction']:.1f} % of a core ({run['server_cpu_ms_per_audio_s']:.2f}"
-                    f" ms a second of audio), {run['streams_ended_early']} ended early, statuses {run['statuses']}",
-                    flush=True,
-                )
-                time.sleep(args.pause_s)
-    for n in (int(x) for x in args.n.split(",")) if args.hold_s is None else ():
+    for n in (int(x) for x in args.n.split(",")):
         for _ in range(args.repeats):
-            run = burst(args.host, args.port, n, args.server_pid, route=args.route)
+            if args.hold_s is None:
+                run = burst(args.host, args.port, n, args.server_pid, route=args.route)
+                h, f, cpu = run["headers_ms"], run["first_audio_ms"], run["server_cpu_ms_per_request"]
+                summary = (
+                    f"ok={run['ok']} headers p50/p95 {h['p50']:.0f}/{h['p95']:.0f} ms, first audio p50/p95 "
+                    f"{f['p50']:.0f}/{f['p95']:.0f} ms, accept queue peak {run['accept_queue_peak']} (empty after "
+                    f"{run['accept_queue_drained_ms']:.0f} ms)" + (f", server CPU {cpu:.2f} ms/request" if cpu else "")
+                )
+            else:
+                run = steady(args.host, args.port, n, args.server_pid, args.hold_s, args.settle_s)
+                summary = (
+                    f"steady: {run['audio_s_per_s_per_stream']:.2f} s of audio a second a stream, server "
+                    f"{100 * run['server_cpu_core_fraction']:.1f} % of a core ({run['server_cpu_ms_per_audio_s']:.2f}"
+                    f" ms a second of audio), {run['streams_ended_early']} ended early, statuses {run['statuses']}"
+                )
             runs.append(run)
-            h, f = run["headers_ms"], run["first_audio_ms"]
-            cpu = run["server_cpu_ms_per_request"]
-            print(
-                f"n={n} ok={run['ok']} headers p50/p95 {h['p50']:.0f}/{h['p95']:.0f} ms, first audio p50/p95 "
-                f"{f['p50']:.0f}/{f['p95']:.0f} ms, accept queue peak {run['accept_queue_peak']} (empty after "
-                f"{run['accept_queue_drained_ms']:.0f} ms)" + (f", server CPU {cpu:.2f} ms/request" if cpu else ""),
-                flush=True,
-            )
+            print(f"n={n} {summary}", flush=True)
             time.sleep(args.pause_s)
     if args.out:
         args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
