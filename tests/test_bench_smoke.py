@@ -707,3 +707,12 @@ def test_headroom_cost_times_the_admission_check() -> None:
     assert [(r["variant"], r["streams"]) for r in rows] == [("current", 4), ("current", 16)]
     assert [r["events_in_window"] for r in rows] == [4 * 29, 16 * 29]  # 2 s of 7-token deltas at 100 tokens/s
     assert all(r["us_per_check"] > 0 for r in rows)
+
+
+def test_bench_shell_scripts_parse() -> None:
+    """The GPU-side shell scripts never run in CI; bash at least parses each of them."""
+    scripts = sorted((ROOT / "bench").glob("*.sh"))
+    assert {s.name for s in scripts} >= {"gpu_load.sh", "gpu_session.sh", "prepare_device_carry.sh"}
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, (script.name, result.stderr)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build every carry folder the GPU calls of bench/README.md name, in one command from the project root:
+#
+#   bash bench/prepare_device_carry.sh
+#
+# The folders are git-ignored, so a new checkout has none of them. What each call carries (64 MiB a call in all,
+# this tree included; bench/README.md, "GPU", has the calls A1, A2, B, C and the jobs after them):
+#   .devcarry/p1b   the first 28 MB of vLLM's compressed kernel library (call A1)
+#   .devcarry/p1c   the rest of it (call A2, which joins the two in /tmp/vl)
+#   .devcarry/p1    FlashAttention 3 (xz) and the snac wheel, with .devcarry/p2 (call B)
+#   .devcarry/p2    vLLM's Python tree, its wheels and import stubs (call B)
+#   .devcarry/p3    compressed-tensors and loguru, for fp8 Orpheus (call C, with vllm_env.sh)
+#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop and the VAD wheels (every call
+#                   after C: `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
+# The download is cached in /tmp/vllm-carry-cache (../shared/gpu/prepare_carry.sh, which does the vLLM part).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED_GPU:-../shared/gpu}
+PART=28M
+
+bash "$SHARED/prepare_carry.sh" .devcarry compressed-tensors==0.17.0 loguru
+if [ -s .devcarry/p1/C.xz ]; then  # prepare_carry.sh writes it whole: split it over the two calls A1 and A2
+  rm -rf .devcarry/p1b .devcarry/p1c
+  mkdir -p .devcarry/p1b .devcarry/p1c
+  split -b "$PART" .devcarry/p1/C.xz .devcarry/p1b/C.xz.part
+  parts=(.devcarry/p1b/C.xz.part*)
+  if [ "${#parts[@]}" -ne 2 ]; then
+    echo "C.xz split into ${#parts[@]} parts of $PART, not 2: calls A1 and A2 carry two (raise PART)" >&2
+    exit 1
+  fi
+  mv .devcarry/p1b/C.xz.partab .devcarry/p1c/
+  rm .devcarry/p1/C.xz
+fi
+cp .devcarry/p2/vllm_env.sh .devcarry/p3/
+
+mkdir -p .devcarry2/p2 .devcarry2/p3
+cp .devcarry/p2/vllm_env.sh .devcarry2/p2/
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux1_x86_64 -d .devcarry2/p3 \
+  py-spy httptools uvloop onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3
+du -sh .devcarry/p1 .devcarry/p1b .devcarry/p1c .devcarry/p2 .devcarry/p3 .devcarry2/p2 .devcarry2/p3
