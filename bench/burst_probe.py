@@ -203,7 +203,7 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
-        while time.perf_counter() - t0 < settle_s + hold_s:
+        while "start" not in window or time.perf_counter() - t0 < window["start"] + hold_s:
             now = time.perf_counter() - t0
             if "start" not in window and now >= settle_s:
                 window |= {"start": now, "cpu0": cpu_seconds(server_pid), "bytes0": sum(body_bytes.values())}
