@@ -30,6 +30,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -196,41 +197,44 @@ def steady(host: str, port: int, n: int, server_pid: int, hold_s: float, settle_
         sock.sendall(request)
         sock.setblocking(False)
     body_bytes = dict.fromkeys(socks, 0)
-    t0 = time.perf_counter()
-    window: dict[str, float] = {}
-    ended = 0
     status: dict[socket.socket, int] = {}
+    ended = 0
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
-        while "start" not in window or time.perf_counter() - t0 < window["start"] + hold_s:
-            now = time.perf_counter() - t0
-            if "start" not in window and now >= settle_s:
-                window |= {"start": now, "cpu0": cpu_seconds(server_pid), "bytes0": sum(body_bytes.values())}
-            for key, _ in selector.select(timeout=0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                data = sock.recv(262144)
-                if not data:
-                    selector.unregister(sock)
-                    ended += 1
-                    continue
-                if sock not in status:
-                    status[sock] = int(data.split(b" ", 2)[1])
-                    data = data.partition(b"\r\n\r\n")[2]  # the first read holds the headers (pcm: no framing)
-                if status[sock] == 200:  # a refusal's body is no audio
-                    body_bytes[sock] += len(data)
-    wall = time.perf_counter() - t0 - window["start"]
-    cpu = cpu_seconds(server_pid) - window["cpu0"]
-    audio_s = (sum(body_bytes.values()) - window["bytes0"]) / 48000
-    served = sum(1 for code in status.values() if code == 200) or n
+
+        def read_until(deadline: float) -> None:
+            nonlocal ended
+            while time.perf_counter() < deadline:
+                for key, _ in selector.select(timeout=0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    data = sock.recv(262144)
+                    if not data:
+                        selector.unregister(sock)
+                        ended += 1
+                        continue
+                    if sock not in status:
+                        status[sock] = int(data.split(b" ", 2)[1])
+                        data = data.partition(b"\r\n\r\n")[2]  # the first read holds the headers (pcm: no framing)
+                    if status[sock] == 200:  # a refusal's body is no audio
+                        body_bytes[sock] += len(data)
+
+        read_until(time.perf_counter() + settle_s)
+        start, cpu0, bytes0 = time.perf_counter(), cpu_seconds(server_pid), sum(body_bytes.values())
+        read_until(start + hold_s)
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds(server_pid) - cpu0
+    audio_s = (sum(body_bytes.values()) - bytes0) / 48000
+    statuses = Counter(status.values())
+    served = statuses[200] or n
     for sock in socks:
         sock.close()
     return {
         "n": n,
         "hold_s": wall,
         "streams_ended_early": ended,
-        "statuses": {str(code): list(status.values()).count(code) for code in sorted(set(status.values()))},
+        "statuses": {str(code): statuses[code] for code in sorted(statuses)},
         "audio_s_per_s_per_stream": audio_s / wall / served,
         "server_cpu_core_fraction": cpu / wall,
         "server_cpu_ms_per_audio_s": 1000 * cpu / audio_s if audio_s else None,
