@@ -79,6 +79,15 @@ load() {  # bench/load.py against the job's server (PORT; or URL, e.g. two serve
   python3 bench/load.py --url "${URL:-http://127.0.0.1:$PORT}" --server-timeout 480 --concurrency '' --search-growth 1.5 \
     --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 --client-procs "${CLIENT_PROCS:-8}" "$@"
 }
+serving() {  # serving <pid> <port>: until the server answers /health/ready; false at once if it exited first (a
+  # missing module on the card: session 25's first job waited 480 s on a server dead in its first second)
+  local t0; t0=$(date +%s)
+  until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$2/health/ready', timeout=5)" 2>/dev/null; do
+    kill -0 "$1" 2>/dev/null || { echo "server $1 (port $2) exited before it was ready"; return 1; }
+    [ $(( $(date +%s) - t0 )) -lt "${READY_S:-480}" ] || { echo "server $1 (port $2) not ready after ${READY_S:-480} s"; return 1; }
+    sleep 2
+  done
+}
 capacity_of() {  # capacity_of <results dir> <mode>: the search's capacity (0 when there is none)
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['search'][sys.argv[2]]['capacity'] or 0)" \
     "$1/results.json" "$2" 2>/dev/null || echo 0
@@ -87,6 +96,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
   W=$S/${OC_DIR:-onecard}; PORT=${OC_PORT:-8081}; local -x CUDA_VISIBLE_DEVICES=${ONECARD_GPU:-0}
   python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
+  serving $SP $PORT || return 1
   for phase in $(echo "${ONECARD_PHASES:-ttfa,speech,chat,nogate}" | tr , ' '); do
     case $phase in
       ttfa) load --mode both --concurrency 1 --requests-per-stream "${TTFA_REQUESTS:-3}" --warmup 1 --preconnect --out $W/ttfa \
@@ -110,6 +120,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
         python3 -m oai_server serve "${SERVE[@]}" --no-asr ${ONECARD_ARGS:-} --no-headroom-admission --port $PORT \
           > $W/server_nogate.log 2>&1 &
         SP=$!
+        serving $SP $PORT || return 1
         load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max 512 --search-resolution 16 \
           --out $W/speech_nogate \
           > $W/speech_nogate.log 2>&1 ;;
@@ -127,6 +138,7 @@ speech_input() {
   python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" --realtime-seed 7 --port $PORT \
     > $W/server.log 2>&1 &
   SP=$!
+  serving $SP $PORT || return 1
   python3 bench/realtime_load.py --url "http://127.0.0.1:$PORT" --server-timeout 480 --sessions "${RT_SESSIONS:-1,8,32}" \
     --turns 2 --event-timeout 45 --out $W/realtime > $W/realtime.log 2>&1
   python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
@@ -267,7 +279,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
   env ${ASR_SERVER_ENV:-} python3 -m oai_server serve "${SERVE[@]}" --asr --asr-model-name "$RAND/whisper" \
     ${ASR_SERVER_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
-  until curl -sf "http://127.0.0.1:$PORT/health/ready" > /dev/null; do sleep 5; done
+  serving $SP $PORT || return 1
   # py-spy (carried in .devcarry2/p3) samples the server and its engine cores through the bursts of 32
   (sleep 12; /tmp/site/bin/py-spy record -p $SP --subprocesses --threads --nonblocking -r 200 -d 20 -f raw -o $W/spy32.txt \
      > $W/spy.log 2>&1) &

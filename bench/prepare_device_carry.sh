@@ -9,7 +9,8 @@
 #   .devcarry/p1c   the rest of it (call A2, which joins the two in /tmp/vl)
 #   .devcarry/p1    FlashAttention 3 (xz) and the snac wheel, with .devcarry/p2 (call B)
 #   .devcarry/p2    vLLM's Python tree, its wheels and import stubs (call B)
-#   .devcarry/p3    compressed-tensors and loguru, for fp8 Orpheus (call C, with vllm_env.sh)
+#   .devcarry/p3    PyAV and watchfiles, which the server imports, and compressed-tensors and loguru, for fp8
+#                   Orpheus (call C, with vllm_env.sh; ~37 MB)
 #   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop and the VAD wheels (every call
 #                   after C: `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
 # The download is cached in /tmp/vllm-carry-cache (../shared/gpu/prepare_carry.sh, which does the vLLM part).
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED_GPU:-../shared/gpu}
 PART=28M
 
-bash "$SHARED/prepare_carry.sh" .devcarry compressed-tensors==0.17.0 loguru
+bash "$SHARED/prepare_carry.sh" .devcarry av==18.1.0 watchfiles compressed-tensors==0.17.0 loguru
 if [ -s .devcarry/p1/C.xz ]; then  # prepare_carry.sh writes it whole: split it over the two calls A1 and A2
   rm -rf .devcarry/p1b .devcarry/p1c
   mkdir -p .devcarry/p1b .devcarry/p1c
@@ -39,4 +40,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d .devcarry2/p3 \
   py-spy httptools uvloop onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3
+for wheel in av- watchfiles- compressed_tensors- loguru-; do  # call C imports every one (session 25 went without av)
+  compgen -G ".devcarry/p3/$wheel*.whl" > /dev/null || { echo "no $wheel wheel in .devcarry/p3" >&2; exit 1; }
+done
 du -sh .devcarry/p1 .devcarry/p1b .devcarry/p1c .devcarry/p2 .devcarry/p3 .devcarry2/p2 .devcarry2/p3
