@@ -30,6 +30,13 @@ frame longer than the chunk before it (`ramp="step"`, the default; `"double"` is
   Poisson overload came exactly there, at 0.331 s of audio. Stepping up one frame at a time builds three frames
   of surplus before the first K-chunk: at 1.11x real time a chunk's least lead on such a player is 60 ms
   instead of 34 (120 instead of 68 at 1.25x), for one more window (of C+3+L frames) per stream.
+* a stream near real time can hurry (`WindowPlanner.add(..., hurry=True)`, the server's `--snac-hurry-lead-ms`):
+  a chunk waits for its last frame, K frames of generation at most, and at 1.1x real time (the admission gate's
+  margin, so every stream under full load) a stream's lead grows only 8 ms a frame, so on an H200 a quarter of
+  the streams admitted under a 1.5x overload stalled once at their first 3- or 4-frame chunk (session 25).
+  Hurried, every frame that has its lookahead goes at once, and the ramp resumes from that shorter chunk; the
+  pipeline hurries a reply's first segment while a player that plays on arrival would hold less than the lead
+  (`ListenerLead`). It costs SNAC work (C+1+L frames decoded for one emitted) only while a stream is that close.
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames. Every
 frame of lookahead adds 85 ms to the first audio; L=1 gives 2048 samples of right context, and the
@@ -128,12 +135,17 @@ class WindowPlanner:
         emit = first - start
         return Window(tuple(self._frames[start:end]), emit, count, min(self.seam_samples, emit * SAMPLES_PER_FRAME))
 
-    def add(self, frames: Sequence[Frame]) -> list[Window]:
-        """Add complete frames; return the windows whose frames can now be emitted."""
+    def add(self, frames: Sequence[Frame], *, hurry: bool = False) -> list[Window]:
+        """Add complete frames; return the windows whose frames can now be emitted. With `hurry` (the stream's
+        listener is about to run out of audio) every frame that has its lookahead goes now, in a chunk shorter than
+        the ramp's if need be, instead of waiting for the rest of its chunk; the ramp goes on from that chunk."""
         self._frames.extend(frames)
         ready = []
         while self._next_emit + self._chunk() + self._lookahead() <= len(self._frames):
             ready.append(self._take(self._chunk()))
+        waiting = len(self._frames) - self._lookahead() - self._next_emit
+        if hurry and waiting > 0:
+            ready.append(self._take(min(waiting, self.frames_per_decode)))
         self._trim()
         return ready
 
@@ -165,6 +177,9 @@ class WindowPolicy:
     """Lookahead of a stream's first frame alone (None: `lookahead_frames`)."""
     ramp: Ramp = "step"
     """How chunks grow to K: "step" 1, 1, 2, 3, 4; "double" 1, 1, 2, 4 (see the module docstring)."""
+    hurry_lead_ms: int = 0
+    """While a stream's audio sent is less than this far ahead of a listener who plays it on arrival, its frames go
+    as soon as they can be decoded (`WindowPlanner.add`'s `hurry`); 0: never, chunks follow the ramp alone."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
@@ -186,6 +201,19 @@ class WindowPolicy:
             for window in planner.add([(0,)]):
                 if window.shape not in shapes:
                     shapes.append(window.shape)
+        return tuple(shapes)
+
+    @property
+    def graph_shapes(self) -> tuple[WindowShape, ...]:
+        """The shapes worth a CUDA graph: `stream_shapes`, and with `hurry_lead_ms` the shorter chunks of a hurried
+        stream past its start (C + k + L frames for k < K)."""
+        shapes = list(self.stream_shapes)
+        if self.hurry_lead_ms > 0:
+            lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
+            for count in range(1, self.frames_per_decode):
+                shape = (self.context_frames + count + self.lookahead_frames, self.context_frames, count, lead)
+                if shape not in shapes:
+                    shapes.append(shape)
         return tuple(shapes)
 
     @property

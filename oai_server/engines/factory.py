@@ -358,4 +358,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_seam_samples,
         settings.snac_first_lookahead_frames,
         settings.snac_ramp,
+        settings.snac_hurry_lead_ms,
     )

@@ -76,7 +76,7 @@ async def warm_up(
     )
     if snac_graphs:
         try:
-            await engines.snac.capture_graphs(windows.stream_shapes)
+            await engines.snac.capture_graphs(windows.graph_shapes)
         except Exception:
             logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME

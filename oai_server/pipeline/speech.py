@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
+from ..codec.orpheus import SAMPLE_RATE, STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
 from ..codec.snac_stream import SnacDecoding
 from ..codec.snac_windows import SeamStitcher, Window, WindowPolicy
 from ..codec.tokenizer import TextTokenizer
@@ -116,10 +117,13 @@ class SpeechSynthesizer:
         budget = min(budget, self.max_tokens, self.max_model_len - prompt_len)
         return max(TOKENS_PER_FRAME, budget - budget % TOKENS_PER_FRAME)
 
-    async def synthesize(self, text: str, options: VoiceOptions, stats: SpeechStats) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, options: VoiceOptions, stats: SpeechStats, *, first: bool = True
+    ) -> AsyncIterator[bytes]:
         """PCM (s16le) of one segment, a chunk of frames at a time as SNAC decodes them; every sample is final. Each
         chunk's last samples wait for the next window, which decodes them again (`SeamStitcher`); the segment's last
-        come at its end, as a `TailPcm`."""
+        come at its end, as a `TailPcm`. A `first` segment (its listener has no audio before it) hurries its frames
+        out while its lead is under the policy's `hurry_lead_ms` (`ListenerLead`)."""
         prompt = self.prompt_ids(text, options.voice)
         if len(prompt) + TOKENS_PER_FRAME > self.max_model_len:
             from ..errors import invalid
@@ -144,6 +148,8 @@ class SpeechSynthesizer:
         observer = self.observer
         decoder: SnacDecoding | None = None
         generating = False  # told to the observer from the first tokens on: a queued prefill is not a rate
+        hurry_below_s = self.windows.hurry_lead_ms / 1000 if first else 0.0
+        lead = ListenerLead()
         try:
             request_id = new_request_id("tts")
             deltas = self.engine.generate(prompt, params, request_id)
@@ -156,7 +162,10 @@ class SpeechSynthesizer:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    for pcm in await self._decode(decoder, planner.add(parser.feed(delta)), stats, stitcher):
+                    hurry = hurry_below_s > 0 and lead.seconds() < hurry_below_s
+                    windows = planner.add(parser.feed(delta), hurry=hurry)
+                    for pcm in await self._decode(decoder, windows, stats, stitcher):
+                        lead.sent(len(pcm) // 2)
                         yield pcm
             if observer is not None and generating:
                 observer.finished()
@@ -180,6 +189,28 @@ class SpeechSynthesizer:
         decoded = await asyncio.gather(*(decoder.decode(window) for window in windows))
         pieces = [stitcher.add(pcm, window.lead) for pcm, window in zip(decoded, windows, strict=True)]
         return [pcm for pcm in pieces if pcm]
+
+
+class ListenerLead:
+    """How far one stream's audio sent runs ahead of a listener who plays it from its first sample on arrival: the
+    time left before such a player runs dry (a player with a pre-buffer has more)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._started: float | None = None
+        self._samples = 0
+
+    def sent(self, samples: int) -> None:
+        """`samples` more went out (the first of them start the listener's clock)."""
+        if self._started is None:
+            self._started = self._clock()
+        self._samples += samples
+
+    def seconds(self) -> float:
+        """Seconds of audio the listener holds now (0 before the first audio, never below 0)."""
+        if self._started is None:
+            return 0.0
+        return max(0.0, self._samples / SAMPLE_RATE - (self._clock() - self._started))
 
 
 def seam_stitcher(windows: WindowPolicy) -> SeamStitcher:
@@ -261,9 +292,9 @@ async def synthesize_segments(
     generating = asyncio.Semaphore(depth)
     tasks: list[asyncio.Task[None]] = []
 
-    async def speak(text: str, out: asyncio.Queue[object]) -> None:
+    async def speak(text: str, out: asyncio.Queue[object], first: bool) -> None:
         try:
-            async for pcm in synthesizer.synthesize(text, options, stats):
+            async for pcm in synthesizer.synthesize(text, options, stats, first=first):
                 out.put_nowait(pcm)
             out.put_nowait(_END)
         except Exception as exc:
@@ -276,7 +307,7 @@ async def synthesize_segments(
             async for text in segments:
                 out: asyncio.Queue[object] = asyncio.Queue()
                 await generating.acquire()
-                task = asyncio.create_task(speak(text, out))
+                task = asyncio.create_task(speak(text, out, not tasks))  # later segments play after it
                 tasks.append(task)
                 await order.put((text, out, task))
             await order.put(_END)
