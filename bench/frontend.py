@@ -57,6 +57,8 @@ class PacedEngine:
         per_delta: int,
         output_us_per_token: float = 0,
         add_request_us: float = 0,
+        hiccup_every_s: float = 0,
+        hiccup_ms: float = 0,
     ) -> None:
         self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
         self.tokens = tokens
@@ -67,6 +69,18 @@ class PacedEngine:
         self._active = 0
         self._handler: asyncio.Task[None] | None = None
         self.add_request_s = add_request_us / 1e6
+        self.hiccup_every_s = hiccup_every_s
+        self.hiccup_s = hiccup_ms / 1000
+        self._origin = time.monotonic()
+
+    async def _through_hiccup(self) -> None:
+        """Wait out the engine-wide pause under way, if any: every `hiccup_every_s` every stream stops for
+        `hiccup_s`, as every stream of a GPU batch waits for a step that carries a burst of prefills."""
+        if not self.hiccup_every_s:
+            return
+        into = (time.monotonic() - self._origin) % self.hiccup_every_s
+        if into < self.hiccup_s:
+            await asyncio.sleep(self.hiccup_s - into)
 
     async def _output_handler(self) -> None:
         while True:
@@ -90,6 +104,7 @@ class PacedEngine:
             sent = 0
             while sent < params.max_tokens:
                 await asyncio.sleep(self.interval)
+                await self._through_hiccup()
                 count = min(self.per_delta, params.max_tokens - sent)
                 if self.tokens is None:
                     delta = [slot_band(sent + k).start + rng.randrange(4096) for k in range(count)]
@@ -125,6 +140,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             warmup_batch_sizes=[],
             max_concurrent_streams=args.max_streams,
             tts_max_tokens=args.tts_max_tokens,
+            snac_hurry_lead_ms=args.snac_hurry_lead_ms,
         )
     )
     llm_tokenizer = load_tokenizer(settings.llm_model_name)
@@ -135,7 +151,16 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
         PacedEngine("paced-gemma", words, args.llm_token_rate, 1),
         llm_tokenizer,
         gemma_stop_ids(llm_tokenizer),
-        PacedEngine("paced-orpheus", None, args.token_rate, 7, args.output_us_per_token, args.add_request_us),
+        PacedEngine(
+            "paced-orpheus",
+            None,
+            args.token_rate,
+            7,
+            args.output_us_per_token,
+            args.add_request_us,
+            args.hiccup_every_s,
+            args.hiccup_ms,
+        ),
         tts_tokenizer,
         SilentDecoder(None, "cpu", 64),
     )
@@ -158,6 +183,12 @@ def main() -> None:
         "--output-us-per-token", type=float, default=0.0,
         help="loop time per live Orpheus request per engine step, as vLLM's in-process output processing (0: none)",
     )  # fmt: skip
+    p.add_argument(
+        "--hiccup-every-s", type=float, default=0.0,
+        help="every this many seconds all Orpheus streams pause for --hiccup-ms, as for a step full of prefills",
+    )  # fmt: skip
+    p.add_argument("--hiccup-ms", type=float, default=0.0)
+    p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")
     p.add_argument("--max-streams", type=int, default=1024)
     p.add_argument(
         "--http", choices=("server", "h11"), default="server",
