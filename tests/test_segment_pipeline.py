@@ -25,8 +25,12 @@ class ScriptedSynthesizer:
         self.most_at_once = 0
         self.finished: list[str] = []
         self.cancelled: list[str] = []
+        self.first: dict[str, bool] = {}
 
-    async def synthesize(self, text: str, options: Any, stats: SpeechStats) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True
+    ) -> AsyncIterator[bytes]:
+        self.first[text] = first
         self.generating += 1
         self.most_at_once = max(self.most_at_once, self.generating)
         try:
@@ -61,6 +65,7 @@ async def test_segments_in_order_with_at_most_depth_generating(depth: int) -> No
     spoken = await collect(depth, synth)
     assert spoken == [f"segment {i}" for i in range(6)]
     assert synth.most_at_once == depth
+    assert synth.first == {f"segment {i}": i == 0 for i in range(6)}  # only the reply's start may hurry
 
 
 async def test_next_segment_generates_while_a_slow_reader_still_plays() -> None:
@@ -107,7 +112,9 @@ class TailedSynthesizer:
     def __init__(self, value: int) -> None:
         self.value = value
 
-    async def synthesize(self, text: str, options: Any, stats: SpeechStats) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True
+    ) -> AsyncIterator[bytes]:
         for _ in range(2):
             yield np.full(1000, self.value, "<i2").tobytes()
         yield TailPcm(np.full(CROSSFADE_SAMPLES, self.value, "<i2").tobytes())
