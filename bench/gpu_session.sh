@@ -250,7 +250,7 @@ replicated() {  # one server, --placement replicated: a process per card behind 
     --replica-base-port 8091 > $W/server.log 2>&1 &
   local SP=$!
   for port in 8091 8092; do  # both replicas ready, not only the first (the shared port answers from either)
-    until curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null; do kill -0 $SP || return 1; sleep 5; done
+    serving $SP $port || return 1
   done
   local URL=http://127.0.0.1:8090
   two_card_phases --metrics-url http://127.0.0.1:8091,http://127.0.0.1:8092

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import playback_stalls
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.pipeline.speech import ListenerLead
 
 FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
 
@@ -43,24 +44,27 @@ def arrivals(frames: int, rate: float, every_s: float, pause_s: float, phase_s: 
 
 
 def sends(policy: WindowPolicy, times: list[float]) -> tuple[list[tuple[float, int]], int, int]:
-    """(time, frames emitted) of every window, the windows, and the frames they decode, with the pipeline's rule."""
+    """(time, frames emitted) of every window, the windows, and the frames they decode, with the pipeline's rule
+    (`ListenerLead` on the simulated clock)."""
     planner = policy.planner()
+    now = [0.0]
+    lead = ListenerLead(clock=lambda: now[0])
     hurry_s = policy.hurry_lead_ms / 1000
     out: list[tuple[float, int]] = []
     decoded = 0
-    windows = 0
-    for index, t in enumerate(times):
-        sent_s = sum(count for _, count in out) * FRAME_S
-        lead_s = max(0.0, sent_s - (t - out[0][0])) if out else 0.0
-        for window in planner.add([(index,)], hurry=hurry_s > 0 and lead_s < hurry_s):
-            out.append((t, window.count))
+
+    def send(windows: list[Window]) -> None:
+        nonlocal decoded
+        for window in windows:
+            out.append((now[0], window.count))
+            lead.sent(window.count * SAMPLES_PER_FRAME)
             decoded += len(window.frames)
-            windows += 1
-    for window in planner.finish():
-        out.append((times[-1], window.count))
-        decoded += len(window.frames)
-        windows += 1
-    return out, windows, decoded
+
+    for index, t in enumerate(times):
+        now[0] = t
+        send(planner.add([(index,)], hurry=lead.under(hurry_s)))
+    send(planner.finish())
+    return out, len(out), decoded
 
 
 def stalls(sent: list[tuple[float, int]], prebuffer_s: float) -> list[float]:

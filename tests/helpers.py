@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME
+from oai_server.codec.snac_windows import Window
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.speech import CROSSFADE_SAMPLES
 from oai_server.settings import Settings
@@ -288,6 +289,19 @@ def scrape(url: str) -> dict[str, float]:
     response = httpx.get(f"{url}/metrics", timeout=10)
     response.raise_for_status()
     return metric_values(response.text)
+
+
+# --- SNAC windows ---------------------------------------------------------------------------------------
+
+
+def frames(n: int, start: int = 0) -> list[tuple[int, ...]]:
+    """Distinct frames, so a window's content shows which frames it holds."""
+    return [tuple(range(7 * i, 7 * i + 7)) for i in range(start, start + n)]
+
+
+def emitted_frames(windows: list[Window]) -> list[tuple[int, ...]]:
+    """The frames `windows` emit, in order."""
+    return [f for w in windows for f in w.frames[w.emit : w.emit + w.count]]
 
 
 # --- audio ----------------------------------------------------------------------------------------------

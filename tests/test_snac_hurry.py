@@ -31,13 +31,7 @@ from oai_server.pipeline.speech import (
 )
 from oai_server.settings import Settings
 
-
-def frames(n: int) -> list[tuple[int, ...]]:
-    return [tuple(range(7 * i, 7 * i + 7)) for i in range(n)]
-
-
-def emitted(windows: list[Window]) -> list[tuple[int, ...]]:
-    return [f for w in windows for f in w.frames[w.emit : w.emit + w.count]]
+from .helpers import emitted_frames, frames
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -53,10 +47,10 @@ def test_hurried_or_not_every_frame_goes_once_in_order_after_its_lookahead(seed:
         i += n
         if added:  # a window is never sent before the frame after its chunk (L=1) has arrived
             last = added[-1]
-            assert stream.index(last.frames[-1]) == stream.index(emitted(added)[-1]) + 1 <= i - 1
+            assert stream.index(last.frames[-1]) == stream.index(emitted_frames(added)[-1]) + 1 <= i - 1
         windows += added
     windows += planner.finish()
-    assert emitted(windows) == stream
+    assert emitted_frames(windows) == stream
     assert all(1 <= w.count <= 4 and w.emit <= 2 for w in windows)
 
 
@@ -79,7 +73,7 @@ def test_the_ramp_goes_on_from_a_hurried_chunk() -> None:
     calm = [w for f in stream[8:] for w in planner.add([f])]
     assert [w.count for w in hurried] == [1] * 7
     assert [w.count for w in calm][:4] == [2, 3, 4, 4]  # one frame longer a chunk, as the step ramp grows
-    assert emitted(hurried + calm + planner.finish()) == stream
+    assert emitted_frames(hurried + calm + planner.finish()) == stream
 
 
 def test_graph_shapes_add_the_shorter_steady_chunks_only_when_hurrying() -> None:
@@ -99,8 +93,10 @@ def test_listener_lead_counts_audio_sent_against_time_since_the_first() -> None:
     assert lead.seconds() == pytest.approx(0.75)
     lead.sent(12000)
     assert lead.seconds() == pytest.approx(1.25)
+    assert lead.under(1.5) and not lead.under(1.0) and not lead.under(0)  # 0: never hurry
     now[0] = 13.0
     assert lead.seconds() == 0.0  # the listener ran dry; never negative
+    assert lead.under(0.1)
 
 
 class _FrameEngine:

@@ -18,14 +18,7 @@ from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_windows import SEAM_SAMPLES, Ramp, SeamStitcher, Window, WindowPlanner, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels
 
-
-def frames(n: int, start: int = 0) -> list[tuple[int, ...]]:
-    """Distinct frames, so a window's content shows which frames it holds."""
-    return [tuple(range(7 * i, 7 * i + 7)) for i in range(start, start + n)]
-
-
-def emitted_frames(windows: list[Window]) -> list[tuple[int, ...]]:
-    return [f for w in windows for f in w.frames[w.emit : w.emit + w.count]]
+from .helpers import emitted_frames, frames
 
 
 @pytest.mark.parametrize(

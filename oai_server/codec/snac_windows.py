@@ -209,9 +209,9 @@ class WindowPolicy:
         stream past its start (C + k + L frames for k < K)."""
         shapes = list(self.stream_shapes)
         if self.hurry_lead_ms > 0:
-            lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
-            for count in range(1, self.frames_per_decode):
-                shape = (self.context_frames + count + self.lookahead_frames, self.context_frames, count, lead)
+            decoded, context, steady, lead = self.steady_shape
+            for count in range(1, steady):
+                shape = (decoded - steady + count, context, count, lead)
                 if shape not in shapes:
                     shapes.append(shape)
         return tuple(shapes)

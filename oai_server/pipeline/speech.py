@@ -162,8 +162,7 @@ class SpeechSynthesizer:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    hurry = hurry_below_s > 0 and lead.seconds() < hurry_below_s
-                    windows = planner.add(parser.feed(delta), hurry=hurry)
+                    windows = planner.add(parser.feed(delta), hurry=lead.under(hurry_below_s))
                     for pcm in await self._decode(decoder, windows, stats, stitcher):
                         lead.sent(len(pcm) // 2)
                         yield pcm
@@ -211,6 +210,10 @@ class ListenerLead:
         if self._started is None:
             return 0.0
         return max(0.0, self._samples / SAMPLE_RATE - (self._clock() - self._started))
+
+    def under(self, seconds: float) -> bool:
+        """Whether the listener holds less than `seconds` of audio (never, for 0): the stream should hurry."""
+        return seconds > 0 and self.seconds() < seconds
 
 
 def seam_stitcher(windows: WindowPolicy) -> SeamStitcher:
