@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from openai import AsyncOpenAI
 
 from oai_server.app import create_app
 from oai_server.codec import orpheus
@@ -164,18 +165,20 @@ async def test_only_the_first_of_a_replys_segments_hurries() -> None:
 
 
 @pytest.fixture(scope="module")
-async def hurried_client(demo_cache: Path, demo_models: object) -> AsyncIterator[httpx.AsyncClient]:
-    """The demo app (real tiny models, real SNAC) hurrying every first segment, in process."""
+async def hurried_sdk(demo_cache: Path, demo_models: object) -> AsyncIterator[AsyncOpenAI]:
+    """The openai SDK against the demo app (real tiny models, real SNAC) hurrying every first segment, in process."""
     app = create_app(Settings(demo=True, cache_dir=demo_cache, snac_hurry_lead_ms=5000))
+    transport = httpx.ASGITransport(app=app)
     async with (
         LifespanManager(app, startup_timeout=120),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a", timeout=120) as client,
+        httpx.AsyncClient(transport=transport, base_url="http://a/v1", timeout=120) as http,
+        AsyncOpenAI(base_url="http://a/v1", api_key="sk-test", http_client=http, max_retries=0) as sdk,
     ):
-        yield client
+        yield sdk
 
 
-async def test_speech_through_the_real_models_is_whole_frames_when_hurried(hurried_client: httpx.AsyncClient) -> None:
-    body = {"model": "tts-1", "input": "Hello there, how are you?", "voice": "tara", "response_format": "pcm"}
-    response = await hurried_client.post("/v1/audio/speech", json=body)
-    assert response.status_code == 200, response.text
-    assert len(response.content) > 0 and len(response.content) % (2048 * 2) == 0
+async def test_speech_through_the_real_models_is_whole_frames_when_hurried(hurried_sdk: AsyncOpenAI) -> None:
+    speech = await hurried_sdk.audio.speech.create(
+        model="tts-1", input="Hello there, how are you?", voice="tara", response_format="pcm"
+    )
+    assert len(speech.content) > 0 and len(speech.content) % (2048 * 2) == 0
