@@ -8,7 +8,9 @@
 #                 (speech, chat; TTFA_REQUESTS, 3, each), the speech and chat capacity searches, the speech search
 #                 again without admission by real-time headroom; also `arrivals` (Poisson at 80 % of the speech
 #                 capacity, or of CAPACITY, and the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
-#                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes.
+#                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes. OC_PYSPY_S (seconds;
+#                 empty: off) samples the server and its engine cores with py-spy from OC_PYSPY_DELAY (20) s into the
+#                 arrivals phase (arrivals_spy.txt, raw, by thread).
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
@@ -106,6 +108,7 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
       arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=96
         RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
+        spy_server $SP $W/arrivals_spy "${OC_PYSPY_S:-}" "${OC_PYSPY_DELAY:-20}" 100
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
           --out $W/arrivals > $W/arrivals.log 2>&1 ;;
       burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
@@ -127,6 +130,14 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
     esac
   done
   kill $SP; wait $SP  # gone before the next job starts a server on the same port
+}
+spy_server() {  # spy_server <pid> <path stem> <seconds (empty: off)> <delay s> <rate>: py-spy (carried in .devcarry2/p3)
+  # samples the server's threads and its engine cores' in the background, into <stem>.txt; SPY is its pid
+  SPY=
+  [ -n "$3" ] || return 0
+  (sleep "$4"; /tmp/site/bin/py-spy record -p "$1" --subprocesses --threads --nonblocking -r "$5" -d "$3" -f raw \
+     -o "$2.txt" > "$2.log" 2>&1) &
+  SPY=$!
 }
 profile_asr() {  # profile_asr [asr_profile.py flags]: Whisper alone, in process, into $W (ASR_PROFILE= skips it)
   [ -n "${ASR_PROFILE-1}" ] || return 0
@@ -280,10 +291,7 @@ asr_diag() {  # where 32 concurrent transcriptions spend their time, in process 
     ${ASR_SERVER_ARGS:-} --port $PORT > $W/server.log 2>&1 &
   SP=$!
   serving $SP $PORT || return 1
-  # py-spy (carried in .devcarry2/p3) samples the server and its engine cores through the bursts of 32
-  (sleep 12; /tmp/site/bin/py-spy record -p $SP --subprocesses --threads --nonblocking -r 200 -d 20 -f raw -o $W/spy32.txt \
-     > $W/spy.log 2>&1) &
-  SPY=$!
+  spy_server $SP $W/spy32 20 12 200  # through the bursts of 32
   python3 bench/asr_load.py --url "http://127.0.0.1:$PORT" --out $W/asr --server-pid $SP --server-timeout 60 \
     --concurrency 1,32 --rounds 12 --saturate 0 --speech-streams 0 --warmup 4 ${ASR_LOAD_ARGS:-} > $W/asr.log 2>&1
   curl -s "http://127.0.0.1:$PORT/metrics" > $W/metrics.txt

@@ -13,6 +13,10 @@ After the usual batched warm-up it runs N streams, measures the unprofiled step 
 summarises the worker's trace: GPU kernel time per step against the unprofiled wall time per step
 (the gap is time the GPU waits for the host), kernel time by category and by vLLM region
 (forward, sample, ...), and the top kernels. GPU only; needs vLLM.
+`--churn` then measures the same engine again (`unprofiled_churn`) with the N streams coming and going
+as the server's Poisson arrivals do: each of N lanes starts a new stream the moment its last ends, with
+a length from the arrivals' mix (`arrivals.LengthMix`, 1-20 s), so prefills and batch changes come as
+under load, and profiles that (py-spy too). Both report the streams started a second.
 
     python3 bench/profile_engine.py --tts-model /tmp/rand/orpheus --concurrency 128 --out /tmp/out/profile
 """
@@ -25,17 +29,21 @@ import dataclasses
 import gzip
 import json
 import os
+import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
     SENTENCES,
+    TOKENS_PER_FRAME,
     add_engine_variant_flags,
     orpheus_params,
     orpheus_prompt,
@@ -43,6 +51,7 @@ from _common import (
     voice_options,
     write_json,
 )
+from arrivals import LengthMix
 from engine_spy import spy_engine_core
 
 SNAC_SERVICE = "profile"
@@ -180,6 +189,26 @@ async def _speak(synthesizer: Any, text: str, max_tokens: int, counter: list[int
         counter[0] += len(pcm) // 2 // 2048 * 7
 
 
+def churn_tokens(seconds: float) -> int:
+    """The token budget of `seconds` of speech, in whole frames."""
+    return max(1, round(seconds * SAMPLE_RATE / SAMPLES_PER_FRAME)) * TOKENS_PER_FRAME
+
+
+async def _lane(run: Callable[[int, int], Awaitable[None]], lane: int, mix: LengthMix, started: list[int]) -> None:
+    """One of `--churn`'s N lanes: stream after stream, each as long as a draw from `mix`, until cancelled."""
+    lengths = random.Random(f"churn:{lane}")
+    while True:
+        started[0] += 1
+        await run(churn_tokens(mix.draw(lengths)), started[0])
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the streams (their engine requests are aborted) and wait for them to end."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
     """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`)."""
     from oai_server.codec.snac_model import resolve_snac_dtype
@@ -247,34 +276,45 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         band = args.sampling == "band" or synthesizer is not None
         # warmed as it will run: vLLM's own top-p compiles its Triton kernel at the first batch of 8 or more
         await warm_engine(engine, prompt, dataclasses.replace(params, orpheus_band_sampling=band), sorted({1, n}))
-        params = orpheus_params(args.max_tokens, band_sampling=band)
-        counter = [0]
-        texts = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
-        if synthesizer is not None:
-            streams = [_speak(synthesizer, text, args.max_tokens, counter) for text in texts]
-        else:
-            streams = [_stream(engine, orpheus_prompt(tokenizer, t), params, i, counter) for i, t in enumerate(texts)]
-        tasks = [asyncio.create_task(stream) for stream in streams]
-        await asyncio.sleep(args.settle_s)
-        c0, t0 = counter[0], time.perf_counter()
-        if args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
-            report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
-        else:
-            await asyncio.sleep(args.measure_s)
-        c1, t1 = counter[0], time.perf_counter()
-        steps_per_s = (c1 - c0) / n / (t1 - t0)
-        report["unprofiled"] = {
-            "tokens_per_s_per_stream": steps_per_s,
-            "wall_ms_per_step": 1000 / steps_per_s if steps_per_s else None,
-            "aggregate_tokens_per_s": (c1 - c0) / (t1 - t0),
-        }
+        counter, started = [0], [0]
+
+        async def one_stream(tokens: int, index: int) -> None:
+            text = SENTENCES[index % len(SENTENCES)]
+            if synthesizer is not None:
+                await _speak(synthesizer, text, tokens, counter)
+            else:
+                sampling = orpheus_params(tokens, band_sampling=band)
+                await _stream(engine, orpheus_prompt(tokenizer, text), sampling, index, counter)
+
+        async def measure(settle_s: float, spy: bool) -> dict[str, Any]:
+            """Tokens a second over `--measure-s` after `settle_s` (py-spy on the engine core if `spy`)."""
+            await asyncio.sleep(settle_s)
+            c0, s0, t0 = counter[0], started[0], time.perf_counter()
+            if spy and args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
+                report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
+            else:
+                await asyncio.sleep(args.measure_s)
+            c1, s1, t1 = counter[0], started[0], time.perf_counter()
+            steps_per_s = (c1 - c0) / n / (t1 - t0)
+            return {
+                "tokens_per_s_per_stream": steps_per_s,
+                "wall_ms_per_step": 1000 / steps_per_s if steps_per_s else None,
+                "aggregate_tokens_per_s": (c1 - c0) / (t1 - t0),
+                "streams_started_per_s": (s1 - s0) / (t1 - t0),
+            }
+
+        tasks = [asyncio.create_task(one_stream(args.max_tokens, i)) for i in range(n)]
+        report["unprofiled"] = await measure(args.settle_s, spy=not args.churn)
         print(f"unprofiled: {json.dumps(report['unprofiled'])}", flush=True)
+        if args.churn:  # then, on the same engine, lanes of streams that end and start as arrivals do
+            await _cancel(tasks)
+            tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
+            report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
+            print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
         await built[0].start_profile()
         await asyncio.sleep(args.profile_s)
         await built[0].stop_profile()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
         deadline = time.monotonic() + args.trace_timeout
         traces: list[Path] = []
         while time.monotonic() < deadline and not traces:
@@ -308,6 +348,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantization", default=None, help="vLLM weight quantization, e.g. fp8")
     p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--stream-interval", type=int, default=7, help="vLLM stream_interval (the server's default)")
+    p.add_argument(
+        "--churn", action="store_true",
+        help="also measure (and profile) N lanes of streams with the arrivals' length mix, each restarted as it ends",
+    )  # fmt: skip
+    p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
     p.add_argument("--settle-s", type=float, default=1.5, help="run this long before measuring")
     p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")

@@ -574,6 +574,42 @@ def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseles
     assert least_slack_ms(0.8, 0) > least_slack_ms(0.9, 0) > 0
 
 
+def test_profile_churn_lanes_restart_streams_with_lengths_from_the_mix() -> None:
+    from profile_engine import _lane, churn_tokens
+
+    assert [churn_tokens(s) for s in (1.0, 5.0, 20.0)] == [12 * 7, 59 * 7, 234 * 7]  # whole frames of 2048 samples
+
+    async def lanes(count: int, streams: int) -> tuple[dict[int, list[int]], int]:
+        budgets: dict[int, list[int]] = {}
+        started = [0]
+        done = asyncio.Event()
+
+        def runner(lane: int) -> Any:
+            async def run(tokens: int, index: int) -> None:
+                budgets.setdefault(lane, []).append(tokens)
+                if sum(map(len, budgets.values())) >= streams:
+                    done.set()
+                await asyncio.sleep(0)
+
+            return run
+
+        tasks = [asyncio.create_task(_lane(runner(lane), lane, LengthMix(), started)) for lane in range(count)]
+        await asyncio.wait_for(done.wait(), 10)  # a lane that stops after one stream never gets there
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return budgets, started[0]
+
+    budgets, started = asyncio.run(lanes(3, 60))
+    assert started == sum(map(len, budgets.values())) >= 60  # a new stream the moment the last one ends
+    assert all(len(b) >= 19 for b in budgets.values())  # every lane keeps going
+    every = [t for b in budgets.values() for t in b]
+    assert all(t % 7 == 0 and churn_tokens(1.0) <= t <= churn_tokens(20.0) for t in every)
+    assert len(set(every)) > 20 and budgets[0] != budgets[1]  # a mix, and each lane its own
+    again, _ = asyncio.run(lanes(3, 60))
+    assert again[2][:10] == budgets[2][:10]  # seeded per lane: a rerun offers the same lengths
+
+
 def test_profile_trace_summary(tmp_path: Path) -> None:
     from profile_engine import summarize_trace
 
