@@ -148,8 +148,9 @@ class Settings(BaseSettings):
     keeps ~1.7x the cushion on a 250 ms pre-buffer) or double (1, 1, 2, 4: one SNAC window fewer per stream)."""
     snac_hurry_lead_ms: int = Field(0, ge=0, le=5000, validation_alias=_env("snac_hurry_lead_ms"))
     """While a reply's audio sent is less than this many ms ahead of a player that plays it on arrival, send every
-    frame SNAC can decode at once instead of waiting for the rest of its chunk (smaller, more decodes: for streams
-    near real time, as under full load; 0: off, chunks follow --snac-ramp alone)."""
+    frame SNAC can decode at once instead of waiting for the rest of its chunk (0: off, chunks follow --snac-ramp
+    alone). It costs up to 4 SNAC frames decoded per frame sent; on an H200 under overload, where every stream is
+    near real time, that made more streams stall, not fewer (session 26)."""
     snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""
