@@ -47,7 +47,11 @@ class PacedEngine:
     With `output_us_per_token`, it also costs the event loop what vLLM's in-process client does: every
     `1 / token_rate` seconds (one engine step) a task busies the loop for that many µs per live request,
     as `AsyncLLM`'s output handler processes every request's new token each step; with `add_request_us`,
-    each new request busies it that long, as its input processing."""
+    each new request busies it that long, as its input processing.
+
+    A GPU's limits, roughly: with `aggregate_token_rate` the live requests share that many tokens a second (each
+    at most `token_rate`), and with `arrival_pause_ms` every new request holds every stream that long, as a step
+    that carries its prefill does; `hiccup_every_s` / `hiccup_ms` pause them all periodically instead."""
 
     def __init__(
         self,
@@ -59,10 +63,13 @@ class PacedEngine:
         add_request_us: float = 0,
         hiccup_every_s: float = 0,
         hiccup_ms: float = 0,
+        aggregate_token_rate: float = 0,
+        arrival_pause_ms: float = 0,
     ) -> None:
         self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
         self.tokens = tokens
-        self.interval = per_delta / token_rate
+        self.token_rate = token_rate
+        self.aggregate_token_rate = aggregate_token_rate
         self.per_delta = per_delta
         self.step_s = 1 / token_rate
         self.output_s_per_token = output_us_per_token / 1e6
@@ -71,16 +78,29 @@ class PacedEngine:
         self.add_request_s = add_request_us / 1e6
         self.hiccup_every_s = hiccup_every_s
         self.hiccup_s = hiccup_ms / 1000
+        self.arrival_pause_s = arrival_pause_ms / 1000
+        self.held_s = 0.0
+        """Seconds every live stream has been held by new requests' prefills so far (`arrival_pause_ms` each)."""
         self._origin = time.monotonic()
 
-    async def _through_hiccup(self) -> None:
-        """Wait out the engine-wide pause under way, if any: every `hiccup_every_s` every stream stops for
-        `hiccup_s`, as every stream of a GPU batch waits for a step that carries a burst of prefills."""
-        if not self.hiccup_every_s:
-            return
-        into = (time.monotonic() - self._origin) % self.hiccup_every_s
-        if into < self.hiccup_s:
-            await asyncio.sleep(self.hiccup_s - into)
+    def _interval(self) -> float:
+        """Seconds between one request's deltas now: its share of the aggregate rate, if any, at most `token_rate`."""
+        rate = self.token_rate
+        if self.aggregate_token_rate:
+            rate = min(rate, self.aggregate_token_rate / max(1, self._active))
+        return self.per_delta / rate
+
+    async def _through_pauses(self, held_s: float) -> None:
+        """Wait out the engine-wide pauses: the periodic hiccup under way, if any (every `hiccup_every_s` every
+        stream stops for `hiccup_s`), and the prefills of the requests that arrived since `held_s` was read (and of
+        those that arrive meanwhile), `arrival_pause_s` each."""
+        if self.hiccup_every_s:
+            into = (time.monotonic() - self._origin) % self.hiccup_every_s
+            if into < self.hiccup_s:
+                await asyncio.sleep(self.hiccup_s - into)
+        while self.held_s > held_s:
+            wait, held_s = self.held_s - held_s, self.held_s
+            await asyncio.sleep(wait)
 
     async def _output_handler(self) -> None:
         while True:
@@ -99,12 +119,14 @@ class PacedEngine:
         while time.perf_counter() < until:  # the loop is busy, as with vLLM's input processing of a request
             pass
         self._active += 1
+        self.held_s += self.arrival_pause_s
         rng = random.Random(request_id)
         try:
             sent = 0
             while sent < params.max_tokens:
-                await asyncio.sleep(self.interval)
-                await self._through_hiccup()
+                held_s = self.held_s
+                await asyncio.sleep(self._interval())
+                await self._through_pauses(held_s)
                 count = min(self.per_delta, params.max_tokens - sent)
                 if self.tokens is None:
                     delta = [slot_band(sent + k).start + rng.randrange(4096) for k in range(count)]
@@ -141,6 +163,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             max_concurrent_streams=args.max_streams,
             tts_max_tokens=args.tts_max_tokens,
             snac_hurry_lead_ms=args.snac_hurry_lead_ms,
+            headroom_margin=args.headroom_margin,
         )
     )
     llm_tokenizer = load_tokenizer(settings.llm_model_name)
@@ -160,6 +183,8 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             args.add_request_us,
             args.hiccup_every_s,
             args.hiccup_ms,
+            args.aggregate_token_rate,
+            args.arrival_pause_ms,
         ),
         tts_tokenizer,
         SilentDecoder(None, "cpu", 64),
@@ -188,6 +213,15 @@ def main() -> None:
         help="every this many seconds all Orpheus streams pause for --hiccup-ms, as for a step full of prefills",
     )  # fmt: skip
     p.add_argument("--hiccup-ms", type=float, default=0.0)
+    p.add_argument(
+        "--aggregate-token-rate", type=float, default=0.0,
+        help="Orpheus tokens/s all live streams share, as a GPU's (each still at most --token-rate; 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--arrival-pause-ms", type=float, default=0.0,
+        help="every new Orpheus request holds every stream this long, as the step with its prefill does",
+    )  # fmt: skip
+    p.add_argument("--headroom-margin", type=float, default=1.1, help="the server's --headroom-margin")
     p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")
     p.add_argument("--max-streams", type=int, default=1024)
     p.add_argument(

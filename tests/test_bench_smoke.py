@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -434,6 +435,36 @@ def test_poisson_arrivals_are_sent_at_their_planned_times_from_one_process_or_se
             assert [s["target_audio_s"] for s in streams] == [seconds for _, seconds in plan]
             lateness = [s["sent_at_s"] - at for s, (at, _) in zip(streams, plan, strict=True)]
             assert all(-0.01 <= late < 0.5 for late in lateness), (name, lateness)
+
+
+def test_paced_engine_shares_an_aggregate_rate_and_holds_every_stream_for_each_arrival() -> None:
+    from frontend import PacedEngine
+
+    from oai_server.engines.base import SamplingParams
+
+    engine = PacedEngine("paced-orpheus", None, 100.0, 7, aggregate_token_rate=350.0, arrival_pause_ms=20)
+    intervals = []
+    for active in (0, 1, 3, 5, 7):
+        engine._active = active
+        intervals.append(engine._interval())
+    # each stream at most 100 tokens/s; past 3.5 streams they share 350
+    assert intervals == pytest.approx([0.07, 0.07, 0.07, 0.1, 0.14])
+    engine._active = 0
+
+    async def arrive(count: int) -> tuple[float, float]:
+        started = time.monotonic()
+        streams = [engine.generate([1], SamplingParams(max_tokens=7), f"r{i}") for i in range(count)]
+        firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        await asyncio.sleep(0)  # every generator has taken its request in
+        held = engine.held_s
+        await asyncio.gather(*firsts)
+        for stream in streams:
+            await stream.aclose()
+        return held, time.monotonic() - started
+
+    held, took = asyncio.run(arrive(3))
+    assert held == pytest.approx(0.06)  # three prefills
+    assert took >= 0.07 + 0.04 - 0.005  # the first stream's first frame: its interval, then the two later prefills
 
 
 def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
