@@ -605,6 +605,36 @@ def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseles
     assert least_slack_ms(0.8, 0) > least_slack_ms(0.9, 0) > 0
 
 
+def test_streams_summary_reads_each_admitted_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+
+    from streams_summary import main as streams_summary
+
+    def stream(sent_at: float, ok: bool = True, stall_at: float | None = None, wall: float = 2.1) -> dict[str, Any]:
+        return {
+            "ok": ok, "status": 200 if ok else 429, "sent_at_s": sent_at, "ttfa_s": 0.1 if ok else None,
+            "wall_s": wall if ok else 1.5, "audio_s": 4.0 if ok else 0.0, "underruns": int(stall_at is not None),
+            "first_stall_audio_s": stall_at,
+        }  # fmt: skip
+
+    overload = [stream(1.0), stream(2.0, stall_at=0.587), stream(9.0, stall_at=0.587, wall=4.1), stream(9.5)]
+    overload.append(stream(10.0, ok=False))
+    results = {"streams": {"speech": {"rate=4.18": [stream(0.5), stream(1.5)], "overload": overload}}}
+    path = tmp_path / "results.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(results, f)
+    assert streams_summary([str(path), "--buckets", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)[str(path)]
+    assert report["rate=4.18"]["admitted"] == 2 and report["rate=4.18"]["stalled"] == 0
+    over = report["overload"]
+    assert (over["offered"], over["admitted"], over["refused_429"], over["stalled"]) == (5, 4, 1, 2)
+    assert over["speed_p50"] == pytest.approx(2.0) and over["speed_p10"] == pytest.approx(1.3)  # 4 s in 2 s or 4 s
+    assert over["first_stalls_at_s"] == [[0.587, 2]]
+    assert [(b["from_s"], b["admitted"], b["stalled"]) for b in over["by_arrival"]] == [(0, 2, 1), (8, 2, 1)]
+    assert streams_summary([str(path), "--buckets", "8"]) == 0
+    assert "overload: offered 5, admitted 4, 429 1, stalled 2" in capsys.readouterr().out
+
+
 def test_profile_churn_lanes_restart_streams_with_lengths_from_the_mix() -> None:
     from profile_engine import _lane, churn_tokens
 

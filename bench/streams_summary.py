@@ -1,0 +1,111 @@
+"""Stream by stream: what `load.py`'s arrivals and overload did to each admitted stream, from its results.json.
+
+For every arrivals phase (`rate=...`) and the overload of one or more runs: requests offered, admitted and refused
+(429), admitted streams that stalled, their speed after the first audio (audio seconds per wall second, p10 and
+p50), TTFA p95, where in the audio the first stalls came (the most common positions: 0.587 s is the first 4-frame
+chunk of the ramp 1, 1, 2, 3, 4) and, with `--buckets S`, the same by S seconds of arrival time (streams that
+stalled / admitted @ median speed), which shows a server slowing down as the run goes on.
+
+    python bench/streams_summary.py bench/results/h200_s26_random_weights/onecard_chat/arrivals/results.json.gz \
+        --buckets 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import percentile
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results.json, gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def speed(stream: dict[str, Any]) -> float | None:
+    """Audio seconds per wall second after the stream's first audio (None if it had none)."""
+    after = stream["wall_s"] - stream["ttfa_s"] if stream.get("ttfa_s") is not None else 0.0
+    return stream["audio_s"] / after if after > 0 else None
+
+
+def summarize_phase(streams: Sequence[dict[str, Any]], buckets_s: float = 0) -> dict[str, Any]:
+    """One phase's streams (load.py's per-request records) as the figures above."""
+    admitted = [s for s in streams if s["ok"]]
+    stalled = [s for s in admitted if s["underruns"] > 0]
+    speeds = [v for v in map(speed, admitted) if v is not None]
+    firsts = Counter(round(s["first_stall_audio_s"], 3) for s in stalled if s["first_stall_audio_s"] is not None)
+    summary: dict[str, Any] = {
+        "offered": len(streams),
+        "admitted": len(admitted),
+        "refused_429": sum(1 for s in streams if s.get("status") == 429),
+        "stalled": len(stalled),
+        "speed_p10": percentile(speeds, 10),
+        "speed_p50": percentile(speeds, 50),
+        "ttfa_p95_ms": percentile([s["ttfa_s"] * 1000 for s in admitted], 95),
+        "first_stalls_at_s": firsts.most_common(3),
+    }
+    if buckets_s > 0:
+        by: dict[int, list[dict[str, Any]]] = {}
+        for s in admitted:
+            by.setdefault(int(s["sent_at_s"] // buckets_s), []).append(s)
+        summary["by_arrival"] = [
+            {
+                "from_s": index * buckets_s,
+                "admitted": len(group),
+                "stalled": sum(1 for s in group if s["underruns"] > 0),
+                "speed_p50": percentile([v for v in map(speed, group) if v is not None], 50),
+            }
+            for index, group in sorted(by.items())
+        ]
+    return summary
+
+
+def summarize(results: dict[str, Any], buckets_s: float = 0) -> dict[str, dict[str, Any]]:
+    """Every arrivals phase and the overload of one load.py run, by the phase's name."""
+    phases = results.get("streams", {}).get("speech", {})
+    return {name: summarize_phase(streams, buckets_s) for name, streams in phases.items()}
+
+
+def _line(name: str, s: dict[str, Any]) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    return (
+        f"{name:>12}: offered {s['offered']}, admitted {s['admitted']}, 429 {s['refused_429']}, "
+        f"stalled {s['stalled']}, speed p10/p50 {fmt(s['speed_p10'], '.2f')}/{fmt(s['speed_p50'], '.2f')}, "
+        f"TTFA p95 {fmt(s['ttfa_p95_ms'], '.0f')} ms, first stalls at {s['first_stalls_at_s']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="load.py results.json (or .json.gz) files")
+    p.add_argument("--buckets", type=float, default=0, help="also by this many seconds of arrival time")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    args = p.parse_args(argv)
+    report = {str(path): summarize(load_results(path), args.buckets) for path in args.results}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    for path, phases in report.items():
+        print(path)
+        for name, s in phases.items():
+            print(_line(name, s))
+            for b in s.get("by_arrival", []):
+                print(f"{'':>14}{b['from_s']:>5.0f} s: {b['stalled']}/{b['admitted']} @ {b['speed_p50'] or 0:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
