@@ -10,7 +10,8 @@
 #                 capacity, or of CAPACITY, and the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
 #                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes. OC_PYSPY_S (seconds;
 #                 empty: off) samples the server and its engine cores with py-spy from OC_PYSPY_DELAY (20) s into the
-#                 arrivals phase (arrivals_spy.txt, raw, by thread).
+#                 arrivals phase (arrivals_spy.txt, raw, by thread); arrivals_streams.txt reads the arrivals stream by
+#                 stream (bench/streams_summary.py).
 #   baselines     (GPU BASE_GPU, else ONECARD_GPU; CARD0_JOBS="onecard baselines" runs it after onecard): bench/baselines.py
 #                 in process at BASE_CONC (128,192) streams, modes BASE_MODES (raw,ours,ours_in_engine,silent).
 #   baselines_x2  (after baselines): the same with two Orpheus engine processes on the card (--engines 2) at X2_CONC with
@@ -110,7 +111,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
         RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
         spy_server $SP $W/arrivals_spy "${OC_PYSPY_S:-}" "${OC_PYSPY_DELAY:-20}" 100
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
-          --out $W/arrivals > $W/arrivals.log 2>&1 ;;
+          --out $W/arrivals > $W/arrivals.log 2>&1
+        python3 bench/streams_summary.py $W/arrivals/results.json --buckets 8 > $W/arrivals_streams.txt 2>&1 ;;
       burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=128
         load --mode speech --concurrency "${BURST_N:-$(( C * 17 / 10 ))}" --out $W/burst > $W/burst.log 2>&1 ;;
