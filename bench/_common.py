@@ -9,6 +9,7 @@ underrun; the wait until it arrives adds to the stall time.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import math
@@ -313,6 +314,13 @@ def table(title: str, levels: Sequence[dict[str, Any]]) -> str:
             f"{lv['aggregate_audio_tokens_per_s']:>10.0f} {_fmt(lv.get('first_text_ms', {}).get('p50')):>7}"
         )
     return "\n".join(lines)
+
+
+def read_json(path: Path) -> Any:
+    """JSON from `path`, gzipped (`.gz`, as bench/results keeps large files) or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.load(f)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import gzip
 import json
 import os
 import random
@@ -47,6 +46,7 @@ from _common import (
     add_engine_variant_flags,
     orpheus_params,
     orpheus_prompt,
+    read_json,
     speech_synthesizer,
     voice_options,
     write_json,
@@ -89,9 +89,7 @@ def _is_step(name: str) -> bool:
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     """The events of a torch-profiler chrome trace (gzipped or not)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        events: list[dict[str, Any]] = json.load(f)["traceEvents"]
+    events: list[dict[str, Any]] = read_json(path)["traceEvents"]
     return events
 
 

@@ -13,7 +13,6 @@ stalled / admitted @ median speed), which shows a server slowing down as the run
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from collections import Counter
@@ -23,14 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentile
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    """A results.json, gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return json.load(f)  # type: ignore[no-any-return]
+from _common import percentile, read_json
 
 
 def speed(stream: dict[str, Any]) -> float | None:
@@ -94,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", type=float, default=0, help="also by this many seconds of arrival time")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = p.parse_args(argv)
-    report = {str(path): summarize(load_results(path), args.buckets) for path in args.results}
+    report = {str(path): summarize(read_json(path), args.buckets) for path in args.results}
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
