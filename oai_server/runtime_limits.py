@@ -14,7 +14,8 @@
 
 `uvicorn_options(settings, app)` is the extra `uvicorn.Config` keyword arguments: the guarded
 HTTP and WebSocket protocols of `routes.connections` (header limits, header/body timeouts,
-write-stall abort, the connection cap), bound to the app's metrics.
+write-stall abort, the connection cap), bound to the app's metrics, and the idle keep-alive
+timeout (`keep_alive_timeout_seconds`, longer than clients' connection pools keep a connection).
 """
 
 from __future__ import annotations
@@ -110,12 +111,14 @@ def prepare_process(settings: Settings) -> None:
 
 
 def uvicorn_options(settings: Settings, app: FastAPI) -> dict[str, Any]:
-    """Extra `uvicorn.Config` keyword arguments: the guarded protocols, bound to `app`'s metrics."""
+    """Extra `uvicorn.Config` keyword arguments: the guarded protocols, bound to `app`'s metrics, and the
+    idle keep-alive timeout."""
+    keep_alive = {"timeout_keep_alive": settings.keep_alive_timeout_seconds}
     try:
         from .routes.connections import ConnectionEvents, ConnectionLimits, bind
     except ImportError as exc:  # httptools (uvicorn[standard]) missing: h11 bounds the header bytes only
         logger.warning("connection guards off (%s): only the header size is bounded", exc)
-        return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
+        return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes, **keep_alive}
     limits = ConnectionLimits(
         max_connections=max_connections(settings, fd_limit()),
         max_header_bytes=settings.max_header_bytes,
@@ -129,4 +132,4 @@ def uvicorn_options(settings: Settings, app: FastAPI) -> dict[str, Any]:
     if metrics is not None:
         metrics.set_live_sources(connections=lambda: len(events.connections))
     http, ws = bind(limits, events)
-    return {"http": http, "ws": ws, "h11_max_incomplete_event_size": settings.max_header_bytes}
+    return {"http": http, "ws": ws, "h11_max_incomplete_event_size": settings.max_header_bytes, **keep_alive}

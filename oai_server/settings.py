@@ -325,6 +325,10 @@ class Settings(BaseSettings):
     """A request body must bring 1 KiB (or its end) within each such period after its headers; else 408, close."""
     write_stall_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("write_stall_timeout_seconds"))
     """A client that reads nothing this long has its response cut: engine requests aborted, slot freed."""
+    keep_alive_timeout_seconds: float = Field(65.0, gt=0, validation_alias=_env("keep_alive_timeout_seconds"))
+    """An idle kept-alive HTTP connection is closed after this long. Longer than clients' and proxies' idle pools
+    (httpx and the openai SDK 5 s, a cloud load balancer 60 s), so a client never reuses a connection the server is
+    closing at that moment ("Server disconnected without sending a response")."""
     max_json_values: int = Field(10000, ge=100, validation_alias=_env("max_json_values"))
     """Most JSON values (strings, numbers, arrays, objects) in one request body; past it 400, counted off the loop."""
     malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("malloc_arena_max"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import http.client
 import json
 import logging
 import os
@@ -460,6 +461,34 @@ def test_a_slow_but_steady_body_is_not_cut(server: LiveServer) -> None:
             sock.sendall(body[start : start + 1024])
         answer = read_until_closed(sock, 60)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+def test_idle_kept_alive_connections_outlive_client_pools_then_close(demo_cache: Path, demo_models: DemoModels) -> None:
+    """The server keeps an idle connection longer than clients' pools (httpx 5 s) and load balancers (60 s)
+    keep theirs, so a client never reuses one the server is closing; past `keep_alive_timeout_seconds`
+    it closes."""
+    assert Settings.model_fields["keep_alive_timeout_seconds"].default > 60
+    live = start_guarded(demo_settings(demo_cache, keep_alive_timeout_seconds=1.0))
+    conn = http.client.HTTPConnection(*address(live), timeout=10)
+    try:
+        statuses = []
+        for pause in (0.0, 0.5):
+            time.sleep(pause)  # an idle gap shorter than the keep-alive
+            conn.request("GET", "/v1/models")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            if not pause:
+                sock = conn.sock
+        assert statuses == [200, 200]
+        assert conn.sock is sock  # the one connection served both
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # the server closed the idle connection
+        assert 0.3 < time.monotonic() - started < 3
+    finally:
+        conn.close()
+        live.stop()
 
 
 def test_connections_past_the_cap_get_a_503_envelope(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
