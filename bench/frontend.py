@@ -164,6 +164,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             tts_max_tokens=args.tts_max_tokens,
             snac_hurry_lead_ms=args.snac_hurry_lead_ms,
             headroom_margin=args.headroom_margin,
+            snac_ramp=args.snac_ramp,
         )
     )
     llm_tokenizer = load_tokenizer(settings.llm_model_name)
@@ -223,6 +224,7 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--headroom-margin", type=float, default=1.1, help="the server's --headroom-margin")
     p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")
+    p.add_argument("--snac-ramp", default=Settings().snac_ramp, help="the server's --snac-ramp")
     p.add_argument("--max-streams", type=int, default=1024)
     p.add_argument(
         "--http", choices=("server", "h11"), default="server",

@@ -270,7 +270,7 @@ def seams(args: argparse.Namespace, model: Any, codes: np.ndarray, whole_pcm: np
         for context, lookahead in args.windows
         for row in streamed_snr(
             model, args.device, codes, whole_pcm, args.frames_per_decode, args.snr_target_db,
-            WindowPolicy(context, lookahead),
+            WindowPolicy(context, lookahead, ramp=args.ramp),
         )
     ]  # fmt: skip
 
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's --snac-fusion values to time: off,decoder (torch.compile; off is the reference)",
     )  # fmt: skip
     p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
+    p.add_argument("--ramp", default=WindowPolicy().ramp, help="the chunks' ramp of the streamed SNRs (--snac-ramp)")
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
     p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -80,6 +80,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="1.05,1.1,1.25,1.6,2.0", help="generation speed, x real time")
     p.add_argument("--hurry-ms", default="0,150,250,400", help="hurry leads to compare (0: off)")
+    p.add_argument("--ramps", default="step,gentle", help="the chunks' ramps to compare (--snac-ramp)")
     p.add_argument("--frames", type=int, default=70, help="frames a stream (70: 6 s, the arrivals' mean)")
     p.add_argument("--hiccup-every-s", type=float, default=2.0)
     p.add_argument("--hiccup-ms", type=float, default=200.0)
@@ -90,37 +91,42 @@ def main() -> None:
     print(
         f"(rate: between pauses; effective: with the pauses of {args.hiccup_ms:.0f} ms every {args.hiccup_every_s} s)"
     )
-    print(" rate  effective  hurry  stalled@250ms  worst ms  stalled@0  worst ms  windows  decoded/emitted")
-    for rate in (float(r) for r in args.rates.split(",")):
-        for hurry in (int(h) for h in args.hurry_ms.split(",")):
-            policy = WindowPolicy(hurry_lead_ms=hurry)
-            effective = rate * (1 - args.hiccup_ms / 1000 / args.hiccup_every_s) if args.hiccup_every_s else rate
-            row = {"rate": rate, "effective_rate": effective, "hurry_lead_ms": hurry, "streams": args.phases}
-            buffered, eager, windows, decoded = [], [], 0, 0
-            for k in range(args.phases):
-                phase = args.hiccup_every_s * k / args.phases
-                times = arrivals(args.frames, rate, args.hiccup_every_s, args.hiccup_ms / 1000, phase)
-                sent, n_windows, n_decoded = sends(policy, times)
-                buffered.append(stalls(sent, 0.25))
-                eager.append(stalls(sent, 0.0))
-                windows += n_windows
-                decoded += n_decoded
-            row |= {
-                "stalled_prebuffer_250ms": sum(1 for s in buffered if s) / args.phases,
-                "worst_stall_ms_prebuffer_250ms": 1000 * max((max(s) for s in buffered if s), default=0.0),
-                "stalled_play_on_arrival": sum(1 for s in eager if s) / args.phases,
-                "worst_stall_ms_play_on_arrival": 1000 * max((max(s) for s in eager if s), default=0.0),
-                "windows_per_stream": windows / args.phases,
-                "decoded_per_emitted_frame": decoded / (args.frames * args.phases),
-            }
-            rows.append(row)
-            cells = (
-                f"{rate:5.2f} {effective:10.3f} {hurry:6d}",
-                f"{row['stalled_prebuffer_250ms']:13.0%} {row['worst_stall_ms_prebuffer_250ms']:9.0f}",
-                f"{row['stalled_play_on_arrival']:10.0%} {row['worst_stall_ms_play_on_arrival']:9.0f}",
-                f"{row['windows_per_stream']:8.1f} {row['decoded_per_emitted_frame']:16.2f}",
-            )
-            print(" ".join(cells))
+    print("  ramp  rate  effective  hurry  stalled@250ms  worst ms  stalled@0  worst ms  windows  decoded/emitted")
+    plans = [
+        (ramp, float(rate), int(hurry))
+        for ramp in args.ramps.split(",")
+        for rate in args.rates.split(",")
+        for hurry in args.hurry_ms.split(",")
+    ]
+    for ramp, rate, hurry in plans:
+        policy = WindowPolicy(ramp=ramp, hurry_lead_ms=hurry)  # type: ignore[arg-type]
+        effective = rate * (1 - args.hiccup_ms / 1000 / args.hiccup_every_s) if args.hiccup_every_s else rate
+        row = {"ramp": ramp, "rate": rate, "effective_rate": effective, "hurry_lead_ms": hurry, "streams": args.phases}
+        buffered, eager, windows, decoded = [], [], 0, 0
+        for k in range(args.phases):
+            phase = args.hiccup_every_s * k / args.phases
+            times = arrivals(args.frames, rate, args.hiccup_every_s, args.hiccup_ms / 1000, phase)
+            sent, n_windows, n_decoded = sends(policy, times)
+            buffered.append(stalls(sent, 0.25))
+            eager.append(stalls(sent, 0.0))
+            windows += n_windows
+            decoded += n_decoded
+        row |= {
+            "stalled_prebuffer_250ms": sum(1 for s in buffered if s) / args.phases,
+            "worst_stall_ms_prebuffer_250ms": 1000 * max((max(s) for s in buffered if s), default=0.0),
+            "stalled_play_on_arrival": sum(1 for s in eager if s) / args.phases,
+            "worst_stall_ms_play_on_arrival": 1000 * max((max(s) for s in eager if s), default=0.0),
+            "windows_per_stream": windows / args.phases,
+            "decoded_per_emitted_frame": decoded / (args.frames * args.phases),
+        }
+        rows.append(row)
+        cells = (
+            f"{ramp:>6} {rate:5.2f} {effective:10.3f} {hurry:6d}",
+            f"{row['stalled_prebuffer_250ms']:13.0%} {row['worst_stall_ms_prebuffer_250ms']:9.0f}",
+            f"{row['stalled_play_on_arrival']:10.0%} {row['worst_stall_ms_play_on_arrival']:9.0f}",
+            f"{row['windows_per_stream']:8.1f} {row['decoded_per_emitted_frame']:16.2f}",
+        )
+        print(" ".join(cells))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k != "out"}

@@ -143,9 +143,10 @@ class Settings(BaseSettings):
     """Frames of left context decoded with each emitted frame."""
     snac_frames_per_decode: int = Field(4, ge=1, le=8, validation_alias=_env("snac_frames_per_decode"))
     """Frames emitted per SNAC decode once a stream is running (fewer, larger decodes vs K*85 ms audio steps)."""
-    snac_ramp: Literal["step", "double"] = Field("step", validation_alias=_env("snac_ramp"))
+    snac_ramp: Literal["step", "gentle", "double"] = Field("gentle", validation_alias=_env("snac_ramp"))
     """How a stream's SNAC chunks grow to --snac-frames-per-decode: step (1, 1, 2, 3, 4 frames: a stream's start
-    keeps ~1.7x the cushion on a 250 ms pre-buffer) or double (1, 1, 2, 4: one SNAC window fewer per stream)."""
+    keeps ~1.7x the cushion on a 250 ms pre-buffer), gentle (1, 1, 2, 2, 3, 3, 3, 4: about twice step's cushion
+    near real time, for ~2 % more SNAC work) or double (1, 1, 2, 4: one SNAC window fewer per stream)."""
     snac_hurry_lead_ms: int = Field(0, ge=0, le=5000, validation_alias=_env("snac_hurry_lead_ms"))
     """While a reply's audio sent is less than this many ms ahead of a player that plays it on arrival, send every
     frame SNAC can decode at once instead of waiting for the rest of its chunk (0: off, chunks follow --snac-ramp

@@ -817,10 +817,24 @@ def test_bench_shell_scripts_parse() -> None:
 
 def test_snac_hurry_prices_the_hurry_on_the_window_planner(tmp_path: Path) -> None:
     out = tmp_path / "hurry.json"
-    _run("snac_hurry.py", "--rates", "1.25", "--hurry-ms", "0,150", "--phases", "8", "--out", str(out))
-    calm, hurried = json.loads(out.read_text())["rows"]
-    assert (calm["hurry_lead_ms"], hurried["hurry_lead_ms"]) == (0, 150)
+    _run(
+        "snac_hurry.py", "--rates", "1.25", "--hurry-ms", "0,150", "--ramps", "step,gentle", "--phases", "8",
+        "--out", str(out),
+    )  # fmt: skip
+    calm, hurried, gentle, _ = json.loads(out.read_text())["rows"]
+    assert [(r["ramp"], r["hurry_lead_ms"]) for r in (calm, hurried, gentle)] == [
+        ("step", 0),
+        ("step", 150),
+        ("gentle", 0),
+    ]
     assert calm["effective_rate"] == pytest.approx(1.125)  # 200 ms pauses every 2 s take a tenth
+    assert calm["stalled_prebuffer_250ms"] > gentle["stalled_prebuffer_250ms"]
     assert calm["stalled_prebuffer_250ms"] > 0 and hurried["stalled_prebuffer_250ms"] == 0
     assert calm["decoded_per_emitted_frame"] < hurried["decoded_per_emitted_frame"] < 4  # K=1 windows decode 4
+    assert (
+        calm["decoded_per_emitted_frame"]
+        < gentle["decoded_per_emitted_frame"]
+        < calm["decoded_per_emitted_frame"] * 1.03
+    )
     assert calm["windows_per_stream"] == 20  # 70 frames: 1, 1, 2, 3, then 4s, and the end's remainder
+    assert gentle["windows_per_stream"] == 21  # 1, 1, 2, 2, 3, 3, 3, then 4s, and the end's remainder

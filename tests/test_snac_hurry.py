@@ -73,7 +73,7 @@ def test_the_ramp_goes_on_from_a_hurried_chunk() -> None:
     hurried = [w for f in stream[:8] for w in planner.add([f], hurry=True)]
     calm = [w for f in stream[8:] for w in planner.add([f])]
     assert [w.count for w in hurried] == [1] * 7
-    assert [w.count for w in calm][:4] == [2, 3, 4, 4]  # one frame longer a chunk, as the step ramp grows
+    assert [w.count for w in calm][:6] == [2, 2, 3, 3, 3, 4]  # one frame longer, each size repeated, as the ramp grows
     assert emitted_frames(hurried + calm + planner.finish()) == stream
 
 
@@ -137,9 +137,9 @@ OPTIONS = VoiceOptions("tara", 0.0, 1.0, 1.0)
 @pytest.mark.parametrize(
     ("hurry_lead_ms", "first", "counts"),
     [
-        (0, True, [1, 1, 2, 3, 4, 1]),  # the ramp alone; the last frame at the end
+        (0, True, [1, 1, 2, 2, 3, 3]),  # the ramp alone; the last chunk at the end
         (5000, True, [1] * 12),  # 12 frames (1 s) never reach a 5 s lead: each frame goes alone
-        (5000, False, [1, 1, 2, 3, 4, 1]),  # a later segment plays after another one: no hurry
+        (5000, False, [1, 1, 2, 2, 3, 3]),  # a later segment plays after another one: no hurry
     ],
 )
 async def test_a_first_segment_under_its_hurry_lead_sends_frame_by_frame(
@@ -160,7 +160,7 @@ async def test_only_the_first_of_a_replys_segments_hurries() -> None:
             yield text
 
     events = [event async for event in synthesize_segments(_synthesizer(5000, decoder), segments(), OPTIONS)]
-    assert decoder.counts == [1] * 12 + [1, 1, 2, 3, 4, 1]
+    assert decoder.counts == [1] * 12 + [1, 1, 2, 2, 3, 3]
     assert sum(len(event.pcm) for event in events) == (24 * 2048 - 240) * 2  # one crossfade at the join
 
 
