@@ -32,6 +32,23 @@ if [ -s .devcarry/p1/C.xz ]; then  # prepare_carry.sh writes it whole: split it 
   mv .devcarry/p1b/C.xz.partab .devcarry/p1c/
   rm .devcarry/p1/C.xz
 fi
+# A folder built on an earlier day keeps the wheels it had, and the registry may since serve newer ones beside them
+# (session 27: sse-starlette 3.7.0 and 3.7.1, uvicorn 0.54.0 and 0.55.0), which pip then refuses to install together:
+# keep the newest wheel of each distribution.
+python3 - .devcarry/p2 .devcarry/p3 <<'PY'
+import sys
+from pathlib import Path
+from packaging.utils import parse_wheel_filename
+for folder in sys.argv[1:]:
+    newest = {}
+    for wheel in sorted(Path(folder).glob("*.whl")):
+        name, version, *_ = parse_wheel_filename(wheel.name)
+        if name in newest and newest[name][0] >= version:
+            print(f"dropping {wheel.name}: {newest[name][1].name} is newer"); wheel.unlink(); continue
+        if name in newest:
+            print(f"dropping {newest[name][1].name}: {wheel.name} is newer"); newest[name][1].unlink()
+        newest[name] = (version, wheel)
+PY
 cp .devcarry/p2/vllm_env.sh .devcarry/p3/
 
 mkdir -p .devcarry2/p2 .devcarry2/p3
