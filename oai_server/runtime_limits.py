@@ -110,10 +110,15 @@ def prepare_process(settings: Settings) -> None:
         )
 
 
+def keep_alive_option(settings: Settings) -> dict[str, Any]:
+    """The `uvicorn.Config` keyword argument of the idle keep-alive timeout (a part of `uvicorn_options`)."""
+    return {"timeout_keep_alive": settings.keep_alive_timeout_seconds}
+
+
 def uvicorn_options(settings: Settings, app: FastAPI) -> dict[str, Any]:
     """Extra `uvicorn.Config` keyword arguments: the guarded protocols, bound to `app`'s metrics, and the
     idle keep-alive timeout."""
-    keep_alive = {"timeout_keep_alive": settings.keep_alive_timeout_seconds}
+    keep_alive = keep_alive_option(settings)
     try:
         from .routes.connections import ConnectionEvents, ConnectionLimits, bind
     except ImportError as exc:  # httptools (uvicorn[standard]) missing: h11 bounds the header bytes only

@@ -240,12 +240,11 @@ def sdk_client(server: ThreadedServer) -> Any:
 def start_server(settings: Settings, engines: Any = None) -> LiveServer:
     """Start the real app (on `engines` if given) and wait until it is ready."""
     from oai_server.app import create_app
+    from oai_server.runtime_limits import keep_alive_option
 
-    # The CLI's keep-alive (`runtime_limits.uvicorn_options`): with uvicorn's 5 s, a pooled connection of the
-    # suite's long-lived SDK clients (httpx's 5 s expiry) could be reused just as the server closed it.
-    return LiveServer(
-        create_app(settings, engines=engines), options={"timeout_keep_alive": settings.keep_alive_timeout_seconds}
-    )
+    # The CLI's keep-alive: with uvicorn's 5 s, a pooled connection of the suite's long-lived SDK clients (httpx's
+    # 5 s expiry) could be reused just as the server closed it.
+    return LiveServer(create_app(settings, engines=engines), options=keep_alive_option(settings))
 
 
 def demo_settings(cache: Path, **overrides: Any) -> Settings:
