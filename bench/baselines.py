@@ -329,7 +329,7 @@ async def build(args: argparse.Namespace) -> Bench:
     bench = Bench(args, engine, tokenizer, seed_snac)
     bench.services = in_engine_decoders if in_engine else []
     for mode, decoder in decoders.items():
-        await decoder.capture_graphs(windows.stream_shapes)  # as the server's warm-up does (CUDA only)
+        await decoder.capture_graphs(windows.graph_shapes)  # as the server's warm-up does (CUDA only)
         bench.synthesizers[mode] = speech_synthesizer(
             engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len
         )

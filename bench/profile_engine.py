@@ -17,6 +17,9 @@ summarises the worker's trace: GPU kernel time per step against the unprofiled w
 as the server's Poisson arrivals do: each of N lanes starts a new stream the moment its last ends, with
 a length from the arrivals' mix (`arrivals.LengthMix`, 1-20 s), so prefills and batch changes come as
 under load, and profiles that (py-spy too). Both report the streams started a second.
+`--finish-graphs-ab` (with `--churn`, `--mode ours_in_engine`) measures the churn twice on the same engine,
+first with the streams' last windows decoded eagerly (as before session 28), then as CUDA graphs
+(`WindowPolicy.finish_shapes`).
 
     python3 bench/profile_engine.py --tts-model /tmp/rand/orpheus --concurrency 128 --out /tmp/out/profile
 """
@@ -207,6 +210,13 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _snac_counts(synthesizer: Any) -> tuple[int, int]:
+    """(windows decoded, of them without a CUDA graph) so far; zeros without a synthesizer (`--mode raw`)."""
+    if synthesizer is None:
+        return 0, 0
+    return synthesizer.decoder.windows_decoded, synthesizer.decoder.eager_windows
+
+
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
     """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`)."""
     from oai_server.codec.snac_model import resolve_snac_dtype
@@ -218,7 +228,8 @@ async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> An
         EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
     )
     windows = WindowPolicy(frames_per_decode=4)
-    await decoder.capture_graphs(windows.stream_shapes)
+    # as the server's warm-up does; --finish-graphs-ab: as it did before session 28, the streams' ends added later
+    await decoder.capture_graphs(windows.stream_shapes if args.finish_graphs_ab else windows.graph_shapes)
     return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len)
 
 
@@ -288,17 +299,21 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             """Tokens a second over `--measure-s` after `settle_s` (py-spy on the engine core if `spy`)."""
             await asyncio.sleep(settle_s)
             c0, s0, t0 = counter[0], started[0], time.perf_counter()
+            w0, e0 = _snac_counts(synthesizer)
             if spy and args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
                 report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
             else:
                 await asyncio.sleep(args.measure_s)
             c1, s1, t1 = counter[0], started[0], time.perf_counter()
+            w1, e1 = _snac_counts(synthesizer)
             steps_per_s = (c1 - c0) / n / (t1 - t0)
             return {
                 "tokens_per_s_per_stream": steps_per_s,
                 "wall_ms_per_step": 1000 / steps_per_s if steps_per_s else None,
                 "aggregate_tokens_per_s": (c1 - c0) / (t1 - t0),
                 "streams_started_per_s": (s1 - s0) / (t1 - t0),
+                "snac_windows_per_s": (w1 - w0) / (t1 - t0),
+                "snac_eager_windows_per_s": (e1 - e0) / (t1 - t0),  # windows of a shape without a graph
             }
 
         tasks = [asyncio.create_task(one_stream(args.max_tokens, i)) for i in range(n)]
@@ -309,6 +324,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
             report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
+            if args.finish_graphs_ab and synthesizer is not None:  # the same streams, their last windows as graphs
+                from oai_server.codec.snac_windows import WindowPolicy
+
+                await synthesizer.decoder.capture_graphs(WindowPolicy(frames_per_decode=4).finish_shapes)
+                report["unprofiled_churn_finish_graphs"] = await measure(args.churn_settle_s, spy=False)
+                print(f"unprofiled, churn, finish graphs: {json.dumps(report['unprofiled_churn_finish_graphs'])}")
         await built[0].start_profile()
         await asyncio.sleep(args.profile_s)
         await built[0].stop_profile()
@@ -349,6 +370,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--churn", action="store_true",
         help="also measure (and profile) N lanes of streams with the arrivals' length mix, each restarted as it ends",
+    )  # fmt: skip
+    p.add_argument(
+        "--finish-graphs-ab", action="store_true",
+        help="ours_in_engine with --churn: capture the ramp's and steady shapes only (the server before session 28), "
+        "measure the churn, then capture the streams' last windows' shapes and measure it again",
     )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")

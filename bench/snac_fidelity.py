@@ -131,7 +131,7 @@ def _stitch_pcm(decoder: SnacDecoder, windows: list[Window], policy: WindowPolic
 def _decoder(model: Any, device: str, policy: WindowPolicy, graphs: bool) -> SnacDecoder:
     decoder = SnacDecoder(model, device, max_batch=64)
     if graphs and device.startswith("cuda"):
-        asyncio.run(decoder.capture_graphs(policy.stream_shapes))  # what the server's warm-up does
+        asyncio.run(decoder.capture_graphs(policy.graph_shapes))  # what the server's warm-up does
     return decoder
 
 

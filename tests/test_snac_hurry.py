@@ -79,8 +79,8 @@ def test_the_ramp_goes_on_from_a_hurried_chunk() -> None:
 
 def test_graph_shapes_add_the_shorter_steady_chunks_only_when_hurrying() -> None:
     calm, hurried = WindowPolicy(), WindowPolicy(hurry_lead_ms=250)
-    assert calm.graph_shapes == calm.stream_shapes
-    extra = [shape for shape in hurried.graph_shapes if shape not in calm.stream_shapes]
+    assert calm.graph_shapes == calm.stream_shapes + calm.finish_shapes
+    extra = [shape for shape in hurried.graph_shapes if shape not in calm.graph_shapes]
     assert extra == [(4, 2, 1, SEAM_SAMPLES)]  # (5, 2, 2) and (6, 2, 3) are the ramp's own
     assert window_policy(Settings(snac_hurry_lead_ms=250, asr=False)).hurry_lead_ms == 250
 

@@ -149,6 +149,29 @@ def test_stream_shapes_are_the_shapes_a_stream_uses_in_order(context: int, looka
     assert all(lead == (SEAM_SAMPLES if emit else 0) for _, emit, _, lead in used)  # a seam needs left context
 
 
+@pytest.mark.parametrize("ramp", ["gentle", "step", "double"])
+@pytest.mark.parametrize(
+    ("context", "lookahead", "per_decode"), [(2, 1, 1), (2, 1, 2), (2, 1, 4), (0, 0, 3), (3, 2, 8)]
+)
+def test_every_window_of_a_stream_of_any_length_has_a_graph_shape(
+    ramp: Ramp, context: int, lookahead: int, per_decode: int
+) -> None:
+    """Streams of every length from C + L + 1 to 160 frames: their last windows too replay graphs, none decodes
+    eagerly (shorter streams, a few hundred ms of audio, end in shapes of their own)."""
+    policy = WindowPolicy(context, lookahead, per_decode, ramp=ramp)
+    captured, finishing = set(policy.graph_shapes), set()
+    for length in range(1, 161):
+        planner = policy.planner()
+        middle = [w.shape for f in frames(length) for w in planner.add([f])]
+        last = [w.shape for w in planner.finish()]
+        assert set(middle) <= set(policy.stream_shapes), length
+        if length > context + lookahead:
+            assert set(last) <= captured, length
+            finishing.update(last)
+    assert finishing == set(policy.finish_shapes)  # no shape captured for nothing
+    assert len(policy.graph_shapes) == len(captured)  # each once
+
+
 def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
     """Windows queued together: the streams' first windows (smallest emit index) go first, whatever the order
     they were queued in, so a new stream's first audio never waits behind buffered streams' decodes."""

@@ -3,9 +3,10 @@
 SNAC's decoder is a few hundred small convolution kernels. Launched one by one from Python, a
 small batch costs ~5 ms of launch overhead on an H100 (0.6 ms as a graph; ../shared/gpu), and that
 time also competes with the vLLM engines for the GPU (and holds the GIL the event loop needs).
-Streams spend almost all their windows in one shape (`WindowPolicy.steady_shape`), and their first
-windows (the ramp, `WindowPolicy.stream_shapes`) decide the time to first audio, so each of those
-shapes is captured at a ladder of batch sizes; a batch replays the smallest graph that holds it,
+Streams spend almost all their windows in one shape (`WindowPolicy.steady_shape`), their first
+windows (the ramp, `WindowPolicy.stream_shapes`) decide the time to first audio, and every stream ends
+with a window of its own (`WindowPolicy.finish_shapes`), so each of those shapes is captured at a ladder
+of batch sizes (`WindowPolicy.graph_shapes`); a batch replays the smallest graph that holds it,
 padded, and larger batches run in slices. SNAC's NoiseBlocks draw fresh noise on every replay (CUDA
 graphs advance the RNG offset), as in eager mode.
 """

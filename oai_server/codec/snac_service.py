@@ -75,6 +75,7 @@ class SnacService:
         self.fusion: SnacFusion = "off"
         self.graphs: dict[WindowShape, GraphSet] = {}
         self.windows_decoded = 0
+        self.eager_windows = 0
         self.engine_stream_priority: int | None = None
         """The CUDA priority of the engine's stream, as its processor found it (None: not on CUDA)."""
         # priority 0 is CUDA's lowest: an engine stream of higher priority (`prioritize_engine_stream`)
@@ -137,10 +138,12 @@ class SnacService:
         if op == "decode":
             frames, shape = args
             self.windows_decoded += len(frames)
+            self.eager_windows += 0 if tuple(shape) in self.graphs else len(frames)
             return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
         if op == "stats":
             return {
                 "windows_decoded": self.windows_decoded,
+                "eager_windows": self.eager_windows,
                 "device": self.device,
                 "graphs": sorted(self.graphs),
                 "engine_stream_priority": self.engine_stream_priority,
@@ -233,6 +236,7 @@ class EngineSnacDecoder(SnacDecoder):
     ) -> None:
         super().__init__(None, device, max_batch, fusion)
         self.connection = connection
+        self._captured: set[WindowShape] = set()
 
     @classmethod
     def load(
@@ -255,7 +259,11 @@ class EngineSnacDecoder(SnacDecoder):
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
         """Capture the shapes' graphs in the engine's process."""
-        self.connection.call("capture", list(shapes))
+        self._captured = {tuple(shape) for shape in self.connection.call("capture", list(shapes))}
+
+    def has_graph(self, shape: WindowShape) -> bool:
+        """Whether the engine's process holds a graph of `shape`."""
+        return tuple(shape) in self._captured
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
         """Decode one batch in the engine's process."""

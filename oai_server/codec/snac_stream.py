@@ -72,6 +72,8 @@ class SnacDecoder:
         self.max_batch = max_batch
         self.fusion = check_fusion(fusion)
         self.windows_decoded = 0
+        self.eager_windows = 0
+        """Windows decoded without a CUDA graph (every window on CPU; on CUDA, those of a shape not captured)."""
         self.frames_decoded = 0
         self.frames_emitted = 0
         self.batches = 0
@@ -112,6 +114,10 @@ class SnacDecoder:
         """Capture the graphs of `shapes` now, on this thread (`capture_graphs` runs it on the worker)."""
         self.graphs.update(capture_graph_sets(self.model, shapes, self.max_batch, self.device, self.fusion))
 
+    def has_graph(self, shape: WindowShape) -> bool:
+        """Whether windows of `shape` replay a captured graph."""
+        return shape in self.graphs
+
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
         """int16 PCM ``[B, lead + 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]``)."""
         return decode_frames(self.model, self.device, self.graphs, frames, shape)
@@ -121,6 +127,7 @@ class SnacDecoder:
         shape = windows[0].shape
         pcm = self.decode_frames(np.asarray([w.frames for w in windows], dtype=np.int16), shape)
         self.windows_decoded += len(windows)
+        self.eager_windows += 0 if self.has_graph(shape) else len(windows)
         self.frames_decoded += shape[0] * len(windows)
         self.frames_emitted += shape[2] * len(windows)
         self.batches += 1

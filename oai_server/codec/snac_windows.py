@@ -54,6 +54,7 @@ against whole decoding at K=4 was 56.0 dB with C=1, 58.4 with C=2 and 58.4 with 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -216,16 +217,43 @@ class WindowPolicy:
         return tuple(shapes)
 
     @property
+    def finish_shapes(self) -> tuple[WindowShape, ...]:
+        """The shapes of a stream's last windows (`WindowPlanner.finish`: no lookahead left), for every length past
+        C + L frames: with the defaults (C + k, C, k, 240) for k = 1..4.
+
+        Past the ramp they repeat with the length modulo K, so the lengths up to K + L past the first steady window
+        cover them all. Streams of C + L frames or fewer (with the defaults, 255 ms of audio at most) end in
+        windows of their own that stay eager: one of a single frame would cost the compiled decoder
+        (`--snac-fusion decoder`) a specialisation more, ~20 s of warm-up."""
+        planner = self.planner()
+        shapes: list[WindowShape] = []
+        length, steady_at = 0, None
+        while steady_at is None or length < steady_at + self.frames_per_decode + self.lookahead_frames:
+            length += 1
+            if any(window.shape == self.steady_shape for window in planner.add([(0,)])) and steady_at is None:
+                steady_at = length
+            if length <= self.context_frames + self.lookahead_frames:
+                continue
+            for window in copy.deepcopy(planner).finish():
+                if window.shape not in shapes:
+                    shapes.append(window.shape)
+        return tuple(shapes)
+
+    @property
     def graph_shapes(self) -> tuple[WindowShape, ...]:
-        """The shapes worth a CUDA graph: `stream_shapes`, and with `hurry_lead_ms` the shorter chunks of a hurried
-        stream past its start (C + k + L frames for k < K)."""
+        """The shapes worth a CUDA graph: `stream_shapes`, every stream's last windows (`finish_shapes`: without
+        them every stream's end was decoded eagerly, a few hundred kernel launches holding the GIL of the engine's
+        process: with 22 streams ending a second on an H200 its SNAC thread spent 44 % of its time there, session
+        28), and with `hurry_lead_ms` the shorter chunks of a hurried stream past its start (C + k + L frames for
+        k < K)."""
         shapes = list(self.stream_shapes)
+        extra = list(self.finish_shapes)
         if self.hurry_lead_ms > 0:
             decoded, context, steady, lead = self.steady_shape
-            for count in range(1, steady):
-                shape = (decoded - steady + count, context, count, lead)
-                if shape not in shapes:
-                    shapes.append(shape)
+            extra += [(decoded - steady + count, context, count, lead) for count in range(1, steady)]
+        for shape in extra:
+            if shape not in shapes:
+                shapes.append(shape)
         return tuple(shapes)
 
     @property
