@@ -23,6 +23,7 @@ from oai_server.engines.base import SamplingParams
 from oai_server.engines.vllm_engine import sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
+    MIN_TOKENS_KEY,
     PENALTY_KEY,
     OrpheusSlotLogitsProcessor,
     apply_slot_mask,
@@ -105,12 +106,14 @@ def test_sampling_kwargs_move_the_filter_and_the_draw_into_the_band_unless_asked
     params = SamplingParams(max_tokens=70, temperature=0.6, top_p=0.8, top_k=40, orpheus_audio_slots=True)
     filtered = sampling_kwargs(params)  # the default: the filter in the band, vLLM's sampler draws
     assert (filtered["top_p"], filtered["top_k"], filtered["temperature"]) == (1.0, 0, 0.6)
-    assert filtered["extra_args"] == {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40}
+    assert filtered["extra_args"] == {
+        EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, MIN_TOKENS_KEY: 0, TOP_P_KEY: 0.8, TOP_K_KEY: 40,
+    }  # fmt: skip
     params = replace(params, orpheus_band_draw=True)
     kwargs = sampling_kwargs(params)
     assert (kwargs["top_p"], kwargs["top_k"], kwargs["temperature"]) == (1.0, 0, 0.0)  # vLLM: greedy over one id
     assert kwargs["extra_args"] == {
-        EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, TOP_P_KEY: 0.8, TOP_K_KEY: 40, TEMPERATURE_KEY: 0.6,
+        EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.0, MIN_TOKENS_KEY: 0, TOP_P_KEY: 0.8, TOP_K_KEY: 40, TEMPERATURE_KEY: 0.6,
     }  # fmt: skip
     seeded = sampling_kwargs(replace(params, seed=7))
     assert seeded["temperature"] == 0.6 and TEMPERATURE_KEY not in seeded["extra_args"]  # vLLM's generator draws
@@ -122,8 +125,42 @@ def test_sampling_kwargs_move_the_filter_and_the_draw_into_the_band_unless_asked
     )
     assert (whole["top_p"], whole["top_k"]) == (0.8, 0)
     assert TOP_P_KEY not in whole["extra_args"] and TOP_K_KEY not in whole["extra_args"]
-    text = sampling_kwargs(SamplingParams(max_tokens=5, top_p=0.9, top_k=7))  # no slots: vLLM filters as asked
-    assert (text["top_p"], text["top_k"]) == (0.9, 7) and "extra_args" not in text
+    text = sampling_kwargs(SamplingParams(max_tokens=5, top_p=0.9, top_k=7, min_tokens=3))  # no slots: vLLM's own
+    assert (text["top_p"], text["top_k"], text["min_tokens"]) == (0.9, 7, 3) and "extra_args" not in text
+    held = sampling_kwargs(SamplingParams(max_tokens=70, min_tokens=21, orpheus_audio_slots=True))
+    assert held["min_tokens"] == 0 and held["extra_args"][MIN_TOKENS_KEY] == 21  # the slot processor holds the stop
+
+
+def test_the_processor_holds_the_end_of_speech_back_until_min_tokens() -> None:
+    """vLLM's min_tokens moved into the slot mask: END_OF_SPEECH only on frame boundaries from `min_tokens` on, for
+    the rows that asked; every other id as the slot allows."""
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    histories: list[list[int]] = [[orpheus.AUDIO_TOKEN_BASE] * k for k in (0, 7, 14, 21, 28, 7, 8)]
+    minimums = [21, 21, 21, 21, 21, 0, 21]
+    added = []
+    for index, (history, minimum) in enumerate(zip(histories, minimums, strict=True)):
+        params = request(0.0)
+        params.extra_args[MIN_TOKENS_KEY] = minimum
+        added.append((index, params, [1], history))
+    proc.update_state(batch(added))
+    logits = torch.zeros(len(histories), V)
+    got = proc.apply(logits.clone())
+    stop_open = torch.isfinite(got[:, orpheus.END_OF_SPEECH]).tolist()
+    assert stop_open == [False, False, False, True, True, True, False]  # 8: not a frame boundary anyway
+    for row, history in enumerate(histories):  # the band of the position stays open either way
+        band = orpheus.slot_band(len(history))
+        assert bool(torch.isfinite(got[row, band.start : band.stop]).all()), row
+    assert int(torch.isfinite(got).sum(1)[0]) == orpheus.CODEBOOK_SIZE  # held: the band alone
+    histories[0].extend([orpheus.AUDIO_TOKEN_BASE] * 21)  # vLLM appends in place: position 21 next step
+    assert bool(torch.isfinite(proc.apply(logits.clone())[0, orpheus.END_OF_SPEECH]))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "21", True])
+def test_a_malformed_min_tokens_is_rejected_in_the_frontend(bad: Any) -> None:
+    with pytest.raises(ValueError, match=MIN_TOKENS_KEY):
+        OrpheusSlotLogitsProcessor.validate_params(
+            types.SimpleNamespace(extra_args={EXTRA_ARGS_KEY: True, MIN_TOKENS_KEY: bad})
+        )
 
 
 def batch(added: list[tuple[int, Any, list[int], list[int]]]) -> types.SimpleNamespace:

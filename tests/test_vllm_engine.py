@@ -35,6 +35,7 @@ from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, ne
 from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
+    MIN_TOKENS_KEY,
     PENALTY_KEY,
     OrpheusSlotLogitsProcessor,
     apply_slot_mask,
@@ -221,10 +222,10 @@ def test_sampling_kwargs_maps_every_field() -> None:
         "frequency_penalty": 0.2,
         "seed": 123,
         "stop_token_ids": [128258, 5],
-        "min_tokens": 21,
+        "min_tokens": 0,  # held back by the slot processor instead (MIN_TOKENS_KEY)
         "detokenize": False,
         "skip_special_tokens": False,
-        "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 40},
+        "extra_args": {EXTRA_ARGS_KEY: True, PENALTY_KEY: 1.1, MIN_TOKENS_KEY: 21, TOP_P_KEY: 0.8, TOP_K_KEY: 40},
     }
     unseeded = sampling_kwargs(replace(params, seed=None))  # the draw stays vLLM's unless asked for in the band
     assert unseeded["temperature"] == 0.6 and TEMPERATURE_KEY not in unseeded["extra_args"]
@@ -233,9 +234,9 @@ def test_sampling_kwargs_maps_every_field() -> None:
     assert drawn | {"temperature": 0.6, "seed": 123, "extra_args": {}} == sampling_kwargs(params) | {
         "extra_args": {},
     }
-    plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2))
+    plain = sampling_kwargs(SamplingParams(max_tokens=5, repetition_penalty=1.2, min_tokens=2))
     assert plain["repetition_penalty"] == 1.2 and plain["top_k"] == 0
-    assert plain["seed"] is None and plain["stop_token_ids"] == [] and plain["min_tokens"] == 0
+    assert plain["seed"] is None and plain["stop_token_ids"] == [] and plain["min_tokens"] == 2
     assert "extra_args" not in plain
 
 

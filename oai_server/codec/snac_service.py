@@ -258,7 +258,9 @@ class EngineSnacDecoder(SnacDecoder):
         return cls(connection, device, max_batch, fusion)
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
-        """Capture the shapes' graphs in the engine's process."""
+        """Capture the shapes' graphs in the engine's process, only while it generates nothing (the server's
+        warm-up): a capture holds the process's CUDA random generator in capture mode, and an engine step that
+        samples meanwhile fails the engine ("Offset increment outside graph capture", seen on an H200)."""
         self._captured = {tuple(shape) for shape in self.connection.call("capture", list(shapes))}
 
     def has_graph(self, shape: WindowShape) -> bool:

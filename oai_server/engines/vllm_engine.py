@@ -60,12 +60,17 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     if params.orpheus_audio_slots:
         from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
         from oai_server.engines.sampling import GREEDY_BELOW
-        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, PENALTY_KEY
+        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, MIN_TOKENS_KEY, PENALTY_KEY
 
         # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
-        # every request's whole output history on the host at every step.
-        extra: dict[str, Any] = {EXTRA_ARGS_KEY: True, PENALTY_KEY: params.repetition_penalty}
-        kwargs["repetition_penalty"] = 1.0
+        # every request's whole output history on the host at every step. It holds the end of speech
+        # back too (`MIN_TOKENS_KEY`), where vLLM's min_tokens would rebuild tensors at every batch change.
+        extra: dict[str, Any] = {
+            EXTRA_ARGS_KEY: True,
+            PENALTY_KEY: params.repetition_penalty,
+            MIN_TOKENS_KEY: params.min_tokens,
+        }
+        kwargs["repetition_penalty"], kwargs["min_tokens"] = 1.0, 0
         if params.orpheus_band_sampling:  # filter (and draw) over the 4097 ids that can be emitted, not 156 940
             extra |= {TOP_P_KEY: params.top_p, TOP_K_KEY: max(params.top_k, 0)}
             kwargs["top_p"], kwargs["top_k"] = 1.0, 0

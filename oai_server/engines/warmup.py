@@ -74,7 +74,7 @@ async def warm_up(
         warm_engine(engines.tts, tts_prompt, tts_params, sizes),
         warm_engine(engines.llm, llm_prompt, llm_params, llm_sizes),
     )
-    if snac_graphs:
+    if snac_graphs:  # after the engines' warm-up: a capture in the engine's process while it samples would fail it
         try:
             await engines.snac.capture_graphs(windows.graph_shapes)
         except Exception:
