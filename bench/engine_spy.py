@@ -5,12 +5,18 @@ during its unprofiled window twice at once: every sample (``--idle``: what each 
 included) and only the samples where a thread holds the GIL (``--gil``). Per thread, the share of samples
 holding the GIL says how much of the interpreter the SNAC service thread takes from the engine core's
 scheduler loop. The raw files (``py-spy record -f raw``: ``frame;frame;...;frame count`` per line, the first
-frame naming the thread) are summarized here; they stay beside the report.
+frame naming the thread) are summarized here; they stay beside the report. From the command line, where one
+thread's time goes, callers included, in any raw file (also a server's, sampled with ``--subprocesses``, whose
+threads are keyed ``server:`` and ``engine:``):
+
+    python bench/engine_spy.py arrivals_spy.txt --thread engine:snac-service
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,6 +91,48 @@ def summarize_raw(path: Path, top: int = 8) -> dict[str, Any]:
     }
 
 
+THREAD_FRAME = re.compile(r"^thread\s*\([^)]*\):?\s*")
+"""The first frame of a thread's stack in py-spy's raw output: ``thread (1005): MainThread``."""
+
+
+def _thread_key(frames: list[str]) -> tuple[str, int]:
+    """(the thread's name without its id, prefixed ``engine:`` or ``server:`` when the stack starts with process
+    frames, as ``py-spy --subprocesses`` writes them; the index of the thread's frame) of one raw stack."""
+    at = next((i for i, frame in enumerate(frames) if frame.startswith("thread")), 0)
+    name = THREAD_FRAME.sub("", frames[at]) or "thread"
+    if not at:
+        return name, at
+    return ("engine:" if "EngineCore" in frames[at - 1] else "server:") + name, at
+
+
+def _function(frame: str) -> str:
+    """A frame without its line number: ``step (core.py:2)`` -> ``step (core.py)``."""
+    return frame.rsplit(":", 1)[0] + ")" if frame.endswith(")") and ":" in frame else frame
+
+
+def inclusive(path: Path, thread: str, top: int = 40) -> dict[str, Any]:
+    """Per thread (`_thread_key`), its samples; over the threads whose key contains `thread`, the share of their
+    samples in which each function is on the stack (inclusive time: where the time goes, callers included)."""
+    per_thread: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    chosen = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        key, at = _thread_key(frames)
+        per_thread[key] += int(count)
+        if thread in key:
+            chosen += int(count)
+            functions.update(dict.fromkeys({_function(frame) for frame in frames[at + 1 :]}, int(count)))
+    return {
+        "threads": dict(per_thread.most_common()),
+        "samples": chosen,
+        "inclusive": [(name, n / max(chosen, 1)) for name, n in functions.most_common(top)],
+    }
+
+
 async def spy_engine_core(py_spy: str, parent: int, seconds: float, out_dir: Path) -> dict[str, Any]:
     """Both samplings of the first engine core under ``parent`` at once, raw files into ``out_dir`` (which
     exists); their summaries."""
@@ -96,3 +144,25 @@ async def spy_engine_core(py_spy: str, parent: int, seconds: float, out_dir: Pat
         record(py_spy, pids[0], seconds, out_dir / "engine_core_gil.txt", gil=True),
     )
     return {"pid": pids[0], "every_sample": summarize_raw(every), "holding_the_gil": summarize_raw(gil)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print `inclusive` of one raw py-spy file (``engine_core_gil.txt``, a server's ``arrivals_spy.txt``...)."""
+    p = argparse.ArgumentParser(description="py-spy raw samples: per thread, and where one thread's time goes")
+    p.add_argument("raw", type=Path)
+    p.add_argument(
+        "--thread", default="engine:MainThread", help="substring of the thread key, e.g. engine:snac-service"
+    )
+    p.add_argument("--top", type=int, default=40)
+    args = p.parse_args(argv)
+    report = inclusive(args.raw, args.thread, args.top)
+    for key, n in report["threads"].items():
+        print(f"{n:8d}  {key}")
+    print(f"-- {args.thread}: {report['samples']} samples; share of them with each function on the stack")
+    for name, share in report["inclusive"]:
+        print(f"{share:7.1%}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -754,6 +754,29 @@ def test_engine_spy_finds_the_engine_core_and_sums_py_spy_samples(tmp_path: Path
     assert engine["top"][0] == ("step (core.py:2)", 30)
 
 
+def test_engine_spy_inclusive_counts_each_function_once_per_sample_per_thread(tmp_path: Path) -> None:
+    from engine_spy import inclusive, main
+
+    raw = tmp_path / "arrivals_spy.txt"
+    server, engine = 'process 7:"python3 -m oai_server serve"', 'process 8:"VLLM::EngineCore"'
+    raw.write_text(
+        f"{server};{engine};thread (8): MainThread;loop (core.py:1);step (core.py:2);step (core.py:5) 30\n"
+        f"{server};{engine};thread (8): MainThread;loop (core.py:1);schedule (scheduler.py:9) 10\n"
+        f"{server};{engine};thread (9): snac-service;decode (snac_stream.py:4) 20\n"
+        f"{server};thread (7): MainThread;run (base_events.py:3) 5\n"
+        "no count here\n"
+    )
+    report = inclusive(raw, "engine:MainThread")
+    assert report["threads"] == {"engine:MainThread": 40, "engine:snac-service": 20, "server:MainThread": 5}
+    assert report["samples"] == 40
+    shares = dict(report["inclusive"])  # a recursive frame counts once; line numbers merge into the function
+    assert shares == {"loop (core.py)": 1.0, "step (core.py)": 0.75, "schedule (scheduler.py)": 0.25}
+    plain = tmp_path / "engine_core_gil.txt"  # profile_engine's files hold the engine core alone: no process frames
+    plain.write_text("thread (0x1): MainThread;step (core.py:2) 3\n")
+    assert inclusive(plain, "MainThread")["threads"] == {"MainThread": 3}
+    assert main([str(raw), "--thread", "snac", "--top", "1"]) == 0
+
+
 @pytest.mark.slow
 def test_asr_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "asr"
