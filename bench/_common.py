@@ -79,7 +79,7 @@ def speech_synthesizer(
 
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
-    them), `--no-prefix-caching` (vLLM's default is on; the server runs Orpheus without it)."""
+    them), `--cudagraph-mode`, `--no-prefix-caching` (vLLM's default is on; the server runs Orpheus without it)."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -87,6 +87,11 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-frame-deltas", dest="frame_deltas", action="store_false",
         help="vLLM's own delta rule (the server's --no-tts-frame-deltas): the first token alone, frames a step late",
+    )  # fmt: skip
+    p.add_argument(
+        "--cudagraph-mode", default="auto",
+        choices=("auto", "full", "full_and_piecewise", "full_decode_only", "piecewise", "none"),
+        help="the server's --tts-cudagraph-mode: vLLM's CUDA graph mode (full: steps with a prompt as full graphs too)",
     )  # fmt: skip
     p.add_argument(
         "--no-prefix-caching",

@@ -366,6 +366,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     band_graphs=args.band_graphs,
                     frame_deltas=args.frame_deltas,
                     enable_prefix_caching=args.prefix_caching,
+                    cudagraph_mode=args.cudagraph_mode,
                     kind="vllm-orpheus",
                 )
             )

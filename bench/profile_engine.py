@@ -274,6 +274,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         band_graphs=args.band_graphs,
         frame_deltas=args.frame_deltas,
         enable_prefix_caching=args.prefix_caching,
+        cudagraph_mode=args.cudagraph_mode,
         kind="vllm-orpheus",
         engine_factory=factory,
     )

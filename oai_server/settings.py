@@ -259,6 +259,12 @@ class Settings(BaseSettings):
     tts_frame_deltas: bool = Field(True, validation_alias=_env("tts_frame_deltas"))
     """vLLM: hold Orpheus's lone first-token delta until a whole frame, so each frame reaches the server the step it
     is sampled, not one step later (with a --tts-stream-interval of whole frames; off: vLLM's own rule)."""
+    tts_cudagraph_mode: Literal["auto", "full", "full_and_piecewise", "full_decode_only", "piecewise", "none"] = Field(
+        "auto", validation_alias=_env("tts_cudagraph_mode")
+    )
+    """vLLM's CUDA graph mode for Orpheus. auto: vLLM's, full graphs for steps of decodes alone, piecewise ones (the
+    attention launched from Python layer by layer) for steps with a prompt in them; full: full graphs for those too
+    (FlashAttention 3 allows it), so arrivals cost the engine's host thread less (not yet measured on a GPU)."""
     tts_prefix_caching: bool = Field(False, validation_alias=_env("tts_prefix_caching"))
     """vLLM prefix caching for Orpheus. Off by default: no stream reuses another's audio, and hashing every block
     of it costs the engine core's host thread (an H200 at 256 streams: +18 % tokens/s without it)."""

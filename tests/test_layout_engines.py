@@ -130,6 +130,22 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
     await llm.close()
 
 
+@pytest.mark.parametrize(("mode", "config"), [("auto", None), ("full", {"cudagraph_mode": "FULL"})])
+async def test_the_cudagraph_mode_reaches_orpheus_alone(
+    built: list[AsyncLLMDouble], mode: str, config: dict[str, str] | None
+) -> None:
+    """`--tts-cudagraph-mode full`: vLLM's compilation config for Orpheus; auto leaves vLLM's default, Gemma's too."""
+    settings = Settings(asr=False, tts_cudagraph_mode=mode)  # type: ignore[arg-type]
+    layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
+    (orpheus,) = [e for e in built if "logits_processors" in e.kwargs]
+    (gemma,) = [e for e in built if e is not orpheus]
+    assert orpheus.kwargs.get("compilation_config") == config and "compilation_config" not in gemma.kwargs
+    assert tts.info.details["cudagraph_mode"] == mode
+    await tts.close()
+    await llm.close()
+
+
 async def test_engine_log_stats_reaches_every_vllm_engine(built: list[AsyncLLMDouble], demo_cache: Path) -> None:
     settings = Settings(engine_log_stats=True, asr_model_name=str(build_demo_whisper(demo_cache)))
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))

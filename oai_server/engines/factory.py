@@ -124,6 +124,7 @@ async def _build(
                 snac_low_priority=settings.snac_low_priority,
                 band_graphs=settings.tts_band_graphs,
                 frame_deltas=settings.tts_frame_deltas,
+                cudagraph_mode=settings.tts_cudagraph_mode,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,

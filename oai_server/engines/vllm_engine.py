@@ -112,11 +112,13 @@ def engine_kwargs(
     snac_low_priority: bool = False,
     band_graphs: bool = False,
     log_stats: bool = False,
+    cudagraph_mode: str = "auto",
 ) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
 
     Without ``log_stats`` vLLM keeps no per-step statistics (``disable_log_stats``): its output handler
-    would otherwise update them for every token of every request on the server's event loop.
+    would otherwise update them for every token of every request on the server's event loop. A
+    ``cudagraph_mode`` other than "auto" goes to vLLM's ``compilation_config`` (its ``CUDAGraphMode``, upper case).
     """
     kwargs: dict[str, Any] = {
         "model": model,
@@ -132,6 +134,8 @@ def engine_kwargs(
     }
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
+    if cudagraph_mode != "auto":
+        kwargs["compilation_config"] = {"cudagraph_mode": cudagraph_mode.upper()}
     if stream_interval != 1:  # vLLM delivers a request's tokens every `stream_interval` steps (and its first at once)
         kwargs["stream_interval"] = stream_interval
     if orpheus_slots:
@@ -257,6 +261,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         band_graphs: bool = False,
         frame_deltas: bool = True,
         log_stats: bool = False,
+        cudagraph_mode: str = "auto",
         placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
@@ -290,6 +295,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             snac_low_priority=snac_low_priority,
             band_graphs=band_graphs,
             log_stats=log_stats,
+            cudagraph_mode=cudagraph_mode,
         )
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())
@@ -313,6 +319,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             snac_low_priority=snac_low_priority,
             band_graphs=band_graphs,
             frame_deltas=frame_deltas,
+            cudagraph_mode=cudagraph_mode,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )
