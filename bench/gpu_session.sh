@@ -31,6 +31,9 @@
 #                 PYSPY=/tmp/site/bin/py-spy also samples the engine core's threads and GIL, bench/engine_spy.py).
 #   step_profile_b (after step_profile): the same with PROF_B_ARGS (e.g. "--mode raw --no-prefix-caching", the other
 #                 side of ours / raw at one N), into step_profile_b/.
+#   churn_ab      (GPU BASE_GPU): bench/profile_engine.py --churn --no-trace once per variant in CHURN_VARIANTS (';'
+#                 between them), each with CHURN_ARGS, at PROF_CONC (128): per variant the engine's steady and churning
+#                 step (no py-spy, no torch profile), into churn_ab/v<i>/ and churn_ab/summary.txt.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -200,6 +203,17 @@ profile_step() {  # profile_step <dir> <engine args>: one engine's decode step a
 }
 step_profile() { profile_step $S/step_profile "${PROF_ARGS-${ENGINE_ARGS:-}}"; }  # the raw engine unless PROF_ARGS
 step_profile_b() { profile_step $S/step_profile_b "${PROF_B_ARGS:-}"; }  # a second variant (e.g. the other mode)
+churn_ab() {  # bench/profile_engine.py --churn --no-trace once per variant of CHURN_VARIANTS (';' between them), each with
+  # CHURN_ARGS, at PROF_CONC (128): steady against churn per engine variant, one after another, into churn_ab/v<i>/
+  W=$S/churn_ab; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15; local i=0 variant
+  IFS=';' read -ra variants <<< "${CHURN_VARIANTS:-}"
+  for variant in "${variants[@]}"; do
+    i=$((i + 1)); mkdir -p $W/v$i
+    timeout "${CHURN_TIMEOUT:-300}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" --snac "$RAND/snac" \
+      --concurrency "${PROF_CONC:-128}" --churn --no-trace --out $W/v$i ${CHURN_ARGS:-} $variant > $W/v$i/profile.log 2>&1
+    echo "v$i: $variant" >> $W/summary.txt; grep "^unprofiled" $W/v$i/profile.log >> $W/summary.txt
+  done
+}
 best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
   python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off
 import json, sys

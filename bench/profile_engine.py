@@ -325,6 +325,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
             report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
+        if args.no_trace:
+            await _cancel(tasks)
+            return report
         await built[0].start_profile()
         await asyncio.sleep(args.profile_s)
         await built[0].stop_profile()
@@ -373,6 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
+    p.add_argument("--no-trace", action="store_true", help="the unprofiled measurements only, no torch profile")
     p.add_argument("--settle-s", type=float, default=1.5, help="run this long before measuring")
     p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")
     p.add_argument("--profile-s", type=float, default=4.0, help="how long the profiler stays on at most")
@@ -388,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "ours_in_engine" and not args.snac:
         raise SystemExit("--mode ours_in_engine needs --snac")
     report = asyncio.run(amain(args))
+    write_json(args.out / "profile.json", report)
+    if args.no_trace:
+        return 0
     prof = report["profile"]
     print("=== profile summary ===")
     print(json.dumps(report["unprofiled"]))
