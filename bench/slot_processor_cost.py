@@ -118,9 +118,10 @@ def _replays_counted_once(counter: _OpCounter) -> Iterator[None]:
         band_graphs.BandGraph.run = run  # type: ignore[method-assign]
 
 
-def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200) -> float:
-    """ms of host time per `apply` at `rows` speech rows, its ops dispatched to the `meta` device."""
-    step = _speech_batch(module, rows)
+def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200, change_every: int = 0) -> float:
+    """ms of host time per `apply` at `rows` speech rows, its ops dispatched to the `meta` device (with a stream
+    ending and another starting in its row every `change_every` steps, as under arrivals)."""
+    step = _speech_batch(module, rows, change_every=change_every)
     for _ in range(10):
         step()
     started = time.perf_counter()
@@ -129,8 +130,10 @@ def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200) -> f
     return (time.perf_counter() - started) / steps * 1e3
 
 
-def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False) -> Any:
-    """One step of a processor on the `meta` device with `rows` speech rows, sampled as the server samples them."""
+def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False, change_every: int = 0) -> Any:
+    """One step of a processor on the `meta` device with `rows` speech rows, sampled as the server samples them;
+    every `change_every` steps (0: never) one row's stream ends and a new one takes its row (vLLM's batch update:
+    removed, then added at that index)."""
     device = torch.device("meta")
     config = types.SimpleNamespace(additional_config={band_graphs.BAND_GRAPHS_KEY: True}) if graphs else None
     processor = module.OrpheusSlotLogitsProcessor(config, device, False)
@@ -141,10 +144,20 @@ def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False) -> 
     processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
     logits = torch.empty(rows, orpheus.ORPHEUS_VOCAB_SIZE, device=device)
 
+    count = [0]
+
     def step() -> None:
+        count[0] += 1
+        update = None
+        if change_every and count[0] % change_every == 0:
+            row = count[0] // change_every % rows
+            outputs[row] = []
+            update = types.SimpleNamespace(
+                batch_size=rows, removed=[row], added=[(row, params, [1], outputs[row])], moved=[]
+            )
         for output in outputs:
             output.append(orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * (len(output) % 7) + len(output) % 50)
-        processor.update_state(None)
+        processor.update_state(update)
         processor.apply(logits)
 
     return step
@@ -155,6 +168,10 @@ def main() -> None:
     p.add_argument("--rows", default="64,192,384", help="speech rows in the batch (comma-separated)")
     p.add_argument("--old", default=None, help="a git revision whose processor to time beside the current one")
     p.add_argument("--band-graphs", action="store_true", help="also count the launches with --tts-band-graphs")
+    p.add_argument(
+        "--change-every", type=int, default=0,
+        help="host time with a stream ending and another starting every this many steps too (arrivals: ~2)",
+    )  # fmt: skip
     args = p.parse_args()
     variants: dict[str, Any] = {"current": lambda: vllm_orpheus_logits}
     if args.old:
@@ -164,8 +181,15 @@ def main() -> None:
         for name, fresh in variants.items():
             ops = ops_per_step(fresh(), rows)
             ms = host_ms_per_step(fresh(), rows)
-            results.append({"variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops})
-            print(f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) per step")
+            result = {"variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops}
+            churn = ""
+            if args.change_every:
+                result["host_ms_per_step_churn"] = host_ms_per_step(fresh(), rows, change_every=args.change_every)
+                churn = f", {result['host_ms_per_step_churn']:.3f} ms with a new stream every {args.change_every} steps"
+            results.append(result)
+            print(
+                f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) per step{churn}"
+            )
         if args.band_graphs:  # its host time is not modelled here: on the meta device the graph's work runs eagerly
             ops = ops_per_step(vllm_orpheus_logits, rows, graphs=True)
             results.append({"variant": "graphs", "rows": rows, "host_ms_per_step": None, "aten_ops_per_step": ops})

@@ -711,13 +711,14 @@ def test_profile_trace_summary(tmp_path: Path) -> None:
 
 
 def test_slot_processor_cost_counts_and_times_both_versions() -> None:
-    proc = _run("slot_processor_cost.py", "--rows", "4,8", "--old", "HEAD", "--band-graphs")
+    proc = _run("slot_processor_cost.py", "--rows", "4,8", "--old", "HEAD", "--band-graphs", "--change-every", "2")
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(r["variant"], r["rows"]) for r in rows] == [
         ("current", 4), ("HEAD", 4), ("graphs", 4), ("current", 8), ("HEAD", 8), ("graphs", 8)
     ]  # fmt: skip
     timed = [r for r in rows if r["variant"] != "graphs"]
     assert all(0 < r["host_ms_per_step"] < 50 for r in timed)
+    assert all(0 < r["host_ms_per_step_churn"] < 50 for r in timed)  # a stream coming and going every other step
     # each ATen op is a kernel launch on a GPU: the same code launches as many at any batch size
     assert rows[0]["aten_ops_per_step"] == rows[3]["aten_ops_per_step"] > 20
     assert rows[1]["aten_ops_per_step"] == rows[4]["aten_ops_per_step"] > 20
