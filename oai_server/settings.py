@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     snac_fusion: Literal["off", "decoder"] = Field("off", validation_alias=_env("snac_fusion"))
     """CUDA graphs of SNAC's torch.compile'd decoder (decoder: 2/3 of the GPU time per frame; compiles at warm-up)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
-    """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady) as CUDA graphs at warm-up."""
+    """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady, a stream's last) as CUDA graphs
+    at warm-up."""
     snac_in_engine: bool = Field(True, validation_alias=_env("snac_in_engine"))
     """With vLLM, decode SNAC in the Orpheus engines' processes (one CUDA context, no time-slicing); with an
     Orpheus engine on every card, each decodes its own streams."""
