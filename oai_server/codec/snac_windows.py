@@ -230,7 +230,8 @@ class WindowPolicy:
         length, steady_at = 0, None
         while steady_at is None or length < steady_at + self.frames_per_decode + self.lookahead_frames:
             length += 1
-            if any(window.shape == self.steady_shape for window in planner.add([(0,)])) and steady_at is None:
+            windows = planner.add([(0,)])
+            if steady_at is None and any(window.shape == self.steady_shape for window in windows):
                 steady_at = length
             if length <= self.context_frames + self.lookahead_frames:
                 continue
