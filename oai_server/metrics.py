@@ -21,6 +21,9 @@ Series (all names prefixed `oai_`):
   from the real-time headroom gate (speech requests generating; the concurrency its last settled measurement
   said keeps real time; what one more stream adds to the engine's step, once learned; requests refused).
 - `engine_active_requests{engine}`: live from each engine's `active_requests()`.
+- `snac_windows_total{path}`: SNAC windows decoded, live from the decoder: `graph` (a CUDA graph replay) or `eager`
+  (a shape without a graph, or no CUDA). On a GPU nearly all should be `graph`: an eager window is a few hundred
+  kernel launches holding the GIL of the process that decodes (with SNAC in the Orpheus engine, its scheduler's).
 - `engine_aborts_total{engine}`, `audio_frames_total`.
 - `event_loop_lag_seconds`: how late the event loop ran a timer (sampled all the time; anything
   CPU-bound on the loop shows here, and every other request waits that long).
@@ -100,6 +103,14 @@ class HeadroomLike(Protocol):
         ...
 
 
+class SnacLike(Protocol):
+    """What the SNAC counter reads (`codec.snac_stream.SnacDecoding` fits)."""
+
+    def window_counts(self) -> tuple[int, int]:
+        """(windows decoded, of them without a CUDA graph)."""
+        ...
+
+
 class EngineLike(Protocol):
     """What the engine gauge reads (`engines.base.TokenEngine` fits)."""
 
@@ -112,6 +123,7 @@ AdmissionSource = Callable[[], "AdmissionLike | None"]
 EngineSource = Callable[[], Mapping[str, EngineLike]]
 CountSource = Callable[[], int]
 HeadroomSource = Callable[[], "HeadroomLike | None"]
+SnacSource = Callable[[], "SnacLike | None"]
 
 
 def _no_admission() -> AdmissionLike | None:
@@ -119,6 +131,10 @@ def _no_admission() -> AdmissionLike | None:
 
 
 def _no_headroom() -> HeadroomLike | None:
+    return None
+
+
+def _no_snac() -> SnacLike | None:
     return None
 
 
@@ -138,6 +154,7 @@ class _LiveCollector(Collector):
         self.engines: EngineSource = _no_engines
         self.connections: CountSource = _no_count
         self.headroom: HeadroomSource = _no_headroom
+        self.snac: SnacSource = _no_snac
 
     def _families(self) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
         return (
@@ -155,6 +172,9 @@ class _LiveCollector(Collector):
                 "oai_headroom_step_slope_seconds", "What one more speech stream adds to the engine step, once learned."
             ),
             CounterMetricFamily("oai_headroom_refused", "Speaking requests refused for lack of real-time headroom."),
+            CounterMetricFamily(
+                "oai_snac_windows", "SNAC windows decoded, by path: a CUDA graph replay or eager.", labels=["path"]
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -163,7 +183,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
-        active, queued, engines, connections, generating, safe, step_slope, refused = self._families()
+        active, queued, engines, connections, generating, safe, step_slope, refused, snac = self._families()
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
@@ -190,7 +210,15 @@ class _LiveCollector(Collector):
                     step_slope.add_metric([], slope)
         except Exception:
             logger.exception("metrics: headroom source failed")
-        return (active, queued, engines, connections, generating, safe, step_slope, refused)
+        try:
+            decoder = self.snac()
+            if decoder is not None:
+                decoded, eager = decoder.window_counts()
+                snac.add_metric(["graph"], decoded - eager)
+                snac.add_metric(["eager"], eager)
+        except Exception:
+            logger.exception("metrics: SNAC source failed")
+        return (active, queued, engines, connections, generating, safe, step_slope, refused, snac)
 
 
 class Metrics:
@@ -309,13 +337,15 @@ class Metrics:
         engines: EngineSource | None = None,
         connections: CountSource | None = None,
         headroom: HeadroomSource | None = None,
+        snac: SnacSource | None = None,
     ) -> None:
         """Bind the callables the gauges read at scrape time.
 
         `admission()` returns the admission object (or None before startup: gauges read 0);
         `engines()` maps an engine label (e.g. "llm", "tts") to an object with `active_requests()`;
         `connections()` counts the open connections (bound by the server's connection guard); `headroom()` returns
-        the real-time headroom gate (None when admission by headroom is off).
+        the real-time headroom gate (None when admission by headroom is off); `snac()` the SNAC decoding (None
+        before startup).
         """
         if admission is not None:
             self._live.admission = admission
@@ -325,6 +355,8 @@ class Metrics:
             self._live.connections = connections
         if headroom is not None:
             self._live.headroom = headroom
+        if snac is not None:
+            self._live.snac = snac
 
     def _labeled(self, metric: MetricWrapperBase, *values: str) -> Any:
         """`metric.labels(*values)`, looked up once: prometheus_client validates and converts the labels on every

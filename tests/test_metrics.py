@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import prometheus_client
@@ -34,6 +35,7 @@ METRIC_NAMES = (
     "oai_headroom_generating",
     "oai_headroom_safe_streams",
     "oai_headroom_refused_total",
+    "oai_snac_windows_total",
 )
 
 
@@ -151,6 +153,20 @@ def test_headroom_gauges_read_the_gate_and_its_learned_slope() -> None:
     assert slope is not None and slope == pytest.approx(0.0001, rel=0.2)
 
 
+def test_snac_windows_are_counted_by_path_from_the_decoder() -> None:
+    m = Metrics()
+    get = m.registry.get_sample_value
+    assert get("oai_snac_windows_total", {"path": "eager"}) is None  # no decoder bound (before startup)
+    counts = [(10, 3)]
+    m.set_live_sources(snac=lambda: SimpleNamespace(window_counts=lambda: counts[0]))
+    windows = {path: get("oai_snac_windows_total", {"path": path}) for path in ("graph", "eager")}
+    assert windows == {"graph": 7, "eager": 3}
+    counts[0] = (25, 3)  # read at scrape time
+    assert get("oai_snac_windows_total", {"path": "graph"}) == 22
+    m.set_live_sources(snac=lambda: SimpleNamespace())  # a decoder without counts: the scrape goes on
+    assert get("oai_snac_windows_total", {"path": "graph"}) is None and get("oai_active_streams") == 0
+
+
 def test_two_registries_do_not_collide() -> None:
     a, b = Metrics(), Metrics()
     a.count_frames(4)
@@ -170,6 +186,10 @@ async def test_metrics_endpoint_on_demo_app(demo_app: FastAPI, demo_client: http
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert 'oai_engine_active_requests{engine="llm"} 0.0' in text
     assert 'oai_engine_active_requests{engine="tts"} 0.0' in text
+    decoded, eager = demo_app.state.services.engines.snac.window_counts()
+    assert decoded == eager > 0  # the warm-up's windows, on the CPU: no CUDA graphs
+    assert f'oai_snac_windows_total{{path="eager"}} {float(eager)}' in text
+    assert 'oai_snac_windows_total{path="graph"} 0.0' in text
 
 
 async def test_request_counter_uses_route_template(demo_app: FastAPI, demo_client: httpx.AsyncClient) -> None:

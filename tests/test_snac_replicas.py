@@ -115,6 +115,7 @@ async def test_windows_of_no_known_stream_take_turns_and_control_reaches_every_d
     pcm = await asyncio.gather(*(routed.decode(window) for _ in range(4)))  # warm-up's unrouted windows
     assert all(len(p) == 2 * SAMPLES_PER_FRAME * 2 for p in pcm)
     assert [d.windows_decoded for d in decoders[:2]] == [2, 2]
+    assert routed.window_counts() == (4, 4)  # summed over the replicas' decoders; on CPU every window is eager
     await routed.capture_graphs([window.shape])  # CPU: nothing to capture, on either
     routed.close()
     assert not any(d._thread.is_alive() for d in decoders[:2])

@@ -45,6 +45,10 @@ class SnacDecoding(Protocol):
         """Capture CUDA graphs of `shapes` where the decoding runs on CUDA (else nothing)."""
         ...
 
+    def window_counts(self) -> tuple[int, int]:
+        """(windows decoded so far, of them without a CUDA graph)."""
+        ...
+
     def close(self) -> None:
         """Stop decoding after the queued work (blocking)."""
         ...
@@ -117,6 +121,10 @@ class SnacDecoder:
     def has_graph(self, shape: WindowShape) -> bool:
         """Whether windows of `shape` replay a captured graph."""
         return shape in self.graphs
+
+    def window_counts(self) -> tuple[int, int]:
+        """(windows decoded so far, of them without a CUDA graph)."""
+        return self.windows_decoded, self.eager_windows
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
         """int16 PCM ``[B, lead + 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]``)."""

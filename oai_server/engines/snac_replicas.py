@@ -42,6 +42,11 @@ class ReplicaSnacDecoders:
         """Capture the shapes' graphs in every decoder."""
         await asyncio.gather(*(decoder.capture_graphs(shapes) for decoder in self.decoders))
 
+    def window_counts(self) -> tuple[int, int]:
+        """(windows decoded, of them without a CUDA graph), summed over the decoders."""
+        counts = [decoder.window_counts() for decoder in self.decoders]
+        return sum(decoded for decoded, _ in counts), sum(eager for _, eager in counts)
+
     def close(self) -> None:
         """Close every decoder."""
         for decoder in self.decoders:

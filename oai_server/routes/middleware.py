@@ -368,6 +368,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> Metrics:
         admission=lambda: getattr(services(), "admission", None),
         engines=engines,
         headroom=lambda: getattr(services(), "headroom", None),
+        snac=lambda: getattr(getattr(services(), "engines", None), "snac", None),
     )
     install_log_filter()
     # add_middleware inserts at the front: the last one added runs first.
