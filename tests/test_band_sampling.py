@@ -131,26 +131,34 @@ def test_sampling_kwargs_move_the_filter_and_the_draw_into_the_band_unless_asked
     assert held["min_tokens"] == 0 and held["extra_args"][MIN_TOKENS_KEY] == 21  # the slot processor holds the stop
 
 
-def test_the_processor_holds_the_end_of_speech_back_until_min_tokens() -> None:
+@pytest.mark.parametrize("mode", ["masked", "filtered", "drawn"])
+def test_the_processor_holds_the_end_of_speech_back_until_min_tokens(mode: str) -> None:
     """vLLM's min_tokens moved into the slot mask: END_OF_SPEECH only on frame boundaries from `min_tokens` on, for
-    the rows that asked; every other id as the slot allows."""
+    the rows that asked, however the row samples (greedy: masked only; top-p in the band; drawn in the band), even
+    when the model wants nothing else (its logit far above the band's)."""
     proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
     histories: list[list[int]] = [[orpheus.AUDIO_TOKEN_BASE] * k for k in (0, 7, 14, 21, 28, 7, 8)]
     minimums = [21, 21, 21, 21, 21, 0, 21]
     added = []
     for index, (history, minimum) in enumerate(zip(histories, minimums, strict=True)):
-        params = request(0.0)
+        params = request(0.0) if mode == "masked" else request(0.6, top_p=0.8, draw=mode == "drawn")
         params.extra_args[MIN_TOKENS_KEY] = minimum
         added.append((index, params, [1], history))
     proc.update_state(batch(added))
     logits = torch.zeros(len(histories), V)
+    logits[:, orpheus.END_OF_SPEECH] = 50.0
     got = proc.apply(logits.clone())
     stop_open = torch.isfinite(got[:, orpheus.END_OF_SPEECH]).tolist()
     assert stop_open == [False, False, False, True, True, True, False]  # 8: not a frame boundary anyway
-    for row, history in enumerate(histories):  # the band of the position stays open either way
+    for row, history in enumerate(histories):  # nothing outside the position's band and the stop, if open
         band = orpheus.slot_band(len(history))
-        assert bool(torch.isfinite(got[row, band.start : band.stop]).all()), row
-    assert int(torch.isfinite(got).sum(1)[0]) == orpheus.CODEBOOK_SIZE  # held: the band alone
+        kept = torch.isfinite(got[row])
+        in_band = int(kept[band.start : band.stop].sum())
+        assert int(kept.sum()) == in_band + stop_open[row], row
+        if mode == "masked":  # greedy rows are masked, not filtered: the whole band stays
+            assert in_band == orpheus.CODEBOOK_SIZE, row
+        else:  # top-p (and the draw) keep the stop alone where it is open, ids of the band where it is held
+            assert (in_band > 0) != stop_open[row], row
     histories[0].extend([orpheus.AUDIO_TOKEN_BASE] * 21)  # vLLM appends in place: position 21 next step
     assert bool(torch.isfinite(proc.apply(logits.clone())[0, orpheus.END_OF_SPEECH]))
 
