@@ -131,8 +131,33 @@ def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eage
         assert decoder.decode_sync(other) == expected_other
         assert sum(len(g.runs) for g in graphs.values()) == 1  # the other shape never reached a graph
         assert decoder.windows_decoded == 10 and decoder.frames_emitted == 2 * (3 * 2 + 2 * 1)
+        assert decoder.eager_windows == 3 + 2 + 2 and decoder.window_counts() == (10, 7)  # the graph's 3 are not
     finally:
         decoder.close()
+
+
+def test_a_shape_whose_capture_fails_decodes_eagerly_and_keeps_the_others_graphs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One window shape that cannot be captured (a compile or capture error on the device) costs that shape its
+    graphs, logged, not every shape's: before, the warm-up lost them all and the server decoded everything eagerly."""
+    from oai_server.codec import snac_stream
+
+    bad = (4, 2, 2, 240)
+    captured: list[WindowShape] = []
+
+    def capture(model: Any, shape: WindowShape, max_batch: int, device: str, pool: Any) -> str:
+        if shape == bad:
+            raise RuntimeError("capture refused")
+        captured.append(shape)
+        return f"graphs of {shape}"
+
+    monkeypatch.setattr(snac_stream.torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(snac_stream.GraphSet, "capture", capture)
+    shapes = WindowPolicy().graph_shapes
+    graphs = snac_stream.capture_graph_sets(quiet_model(SNAC_DEMO_CONFIG), shapes, 8, "cuda", "off")
+    assert set(graphs) == set(shapes) - {bad} and captured == sorted(set(shapes) - {bad}, reverse=True)
+    assert f"window shape {bad} failed" in caplog.text
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------

@@ -190,11 +190,17 @@ def capture_graph_sets(
     model: Any, shapes: Sequence[WindowShape], max_batch: int, device: str, fusion: SnacFusion = "off"
 ) -> dict[WindowShape, GraphSet]:
     """CUDA graphs of SNAC decodes for each of `shapes` at a ladder of batch sizes, in one memory pool,
-    of the model or of its compiled decoder (`fusion`, `snac_fusion.py`)."""
+    of the model or of its compiled decoder (`fusion`, `snac_fusion.py`). A shape whose capture fails is left out
+    (logged; its windows decode eagerly) rather than taking every other shape's graphs with it."""
     pool = torch.cuda.graph_pool_handle()
     captured = graph_model(model, fusion)
-    # the largest first: one pool serves all
-    return {shape: GraphSet.capture(captured, shape, max_batch, device, pool) for shape in sorted(shapes, reverse=True)}
+    graphs: dict[WindowShape, GraphSet] = {}
+    for shape in sorted(shapes, reverse=True):  # the largest first: one pool serves all
+        try:
+            graphs[shape] = GraphSet.capture(captured, shape, max_batch, device, pool)
+        except Exception:
+            logger.exception("SNAC CUDA graphs of window shape %s failed; its windows decode eagerly", shape)
+    return graphs
 
 
 def decode_frames(
