@@ -151,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="py-spy raw samples: per thread, and where one thread's time goes")
     p.add_argument("raw", type=Path)
     p.add_argument(
-        "--thread", default="engine:MainThread", help="substring of the thread key, e.g. engine:snac-service"
-    )
+        "--thread", required=True, help="a substring of the thread's key: engine:snac-service in a server's file, "
+        "MainThread in profile_engine's engine_core_*.txt (no process frames there)",
+    )  # fmt: skip
     p.add_argument("--top", type=int, default=40)
     args = p.parse_args(argv)
     report = inclusive(args.raw, args.thread, args.top)

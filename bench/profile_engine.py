@@ -212,9 +212,8 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 def _snac_counts(synthesizer: Any) -> tuple[int, int]:
     """(windows decoded, of them without a CUDA graph) so far; zeros without a synthesizer (`--mode raw`)."""
-    if synthesizer is None:
-        return 0, 0
-    return synthesizer.decoder.windows_decoded, synthesizer.decoder.eager_windows
+    counts: tuple[int, int] = (0, 0) if synthesizer is None else synthesizer.decoder.window_counts()
+    return counts
 
 
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:

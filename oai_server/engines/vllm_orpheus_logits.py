@@ -279,7 +279,11 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             extra = getattr(params, "extra_args", None)
             if wants_audio_slots(extra):
                 rows[index] = _Row(
-                    output_ids, self._take_slot(), penalty_of(extra), band_sampling_of(params), 0, min_tokens_of(extra)
+                    output_ids,
+                    self._take_slot(),
+                    penalty_of(extra),
+                    band_sampling_of(params),
+                    min_tokens=min_tokens_of(extra),
                 )
         for a_index, b_index, direction in batch_update.moved:
             a_entry = rows.pop(a_index, None)
