@@ -79,7 +79,8 @@ def speech_synthesizer(
 
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
-    them), `--cudagraph-mode`, `--no-prefix-caching` (vLLM's default is on; the server runs Orpheus without it)."""
+    them), `--cudagraph-mode`, `--arrival-window-ms`, `--no-prefix-caching` (vLLM's default is on; the server runs
+    Orpheus without it)."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -92,6 +93,10 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
         "--cudagraph-mode", default="auto",
         choices=("auto", "full", "full_and_piecewise", "full_decode_only", "piecewise", "none"),
         help="the server's --tts-cudagraph-mode: vLLM's CUDA graph mode (full: steps with a prompt as full graphs too)",
+    )  # fmt: skip
+    p.add_argument(
+        "--arrival-window-ms", type=float, default=0.0,
+        help="the server's --tts-arrival-window-ms: arrivals into a busy engine enter in groups (0: off, as it runs)",
     )  # fmt: skip
     p.add_argument(
         "--no-prefix-caching",

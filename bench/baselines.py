@@ -367,6 +367,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     frame_deltas=args.frame_deltas,
                     enable_prefix_caching=args.prefix_caching,
                     cudagraph_mode=args.cudagraph_mode,
+                    arrival_window_ms=args.arrival_window_ms,
                     kind="vllm-orpheus",
                 )
             )

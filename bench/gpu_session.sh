@@ -75,12 +75,12 @@
 # them. GPU processes are stopped by the pids nvidia-smi lists (`stop`), never by `pkill -f <pattern>` (a pattern
 # found in the call's own command line kills the call itself).
 set -u
-RAND=${RAND:-/tmp/rand}; S=/tmp/s6; REPO=/tmp/repo; MEAN_LENGTH_S=5.94
+RAND=${RAND:-/tmp/rand}; S=${SESSION_DIR:-/tmp/s6}; REPO=${SESSION_REPO:-/tmp/repo}; MEAN_LENGTH_S=5.94
 SERVE=(--engine vllm --llm-model-name "$RAND/gemma" --tts-model-name "$RAND/orpheus" --snac-model-name "$RAND/snac"
   --tts-gpu-memory-utilization "${TTS_MEM:-0.55}" --llm-gpu-memory-utilization "${LLM_MEM:-0.25}"
   --tts-max-num-seqs 384 --llm-max-num-seqs 256 --max-concurrent-streams 1024 --max-queued 1024)
 gpu_pids() { nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null; }
-pack() { tar czf "$OUT/s6.tgz" --exclude='*.pt.trace.json*' -C /tmp s6 2>/dev/null; ls -la "$OUT/s6.tgz"; }
+pack() { tar czf "$OUT/s6.tgz" --exclude='*.pt.trace.json*' -C "$(dirname "$S")" "$(basename "$S")" 2>/dev/null; ls -la "$OUT/s6.tgz"; }
 load() {  # bench/load.py against the job's server (PORT; or URL, e.g. two servers), with bench/README.md's capacity definitions
   python3 bench/load.py --url "${URL:-http://127.0.0.1:$PORT}" --server-timeout 480 --concurrency '' --search-growth 1.5 \
     --ttfa-p95-ms 500 --chat-ttfa-p95-ms 800 --max-tokens 64 --client-procs "${CLIENT_PROCS:-8}" "$@"
@@ -334,6 +334,9 @@ case "${1:-}" in
     sleep 5; exec bash "$0" watch
     ;;
   watch)  # until both jobs are done or WATCH_S (540) passed; then pack
+    # a machine handed back between calls comes back bare: without the jobs' folder there is nothing to wait for,
+    # and waiting would spend WATCH_S of device time (session 29 lost 560 s so)
+    [ -d "$S" ] && [ -d "$REPO" ] || { echo "watch: no jobs were started on this machine ($S is absent): a fresh machine, run setup and start again" >&2; exit 3; }
     T0=$(date +%s)
     LAST0=${CARD0_JOBS:-onecard}; LAST0=${LAST0##* }; LAST1=${SI_JOB:-speech_input}; LAST1=${LAST1##* }
     while [ ! -f $S/$LAST0/done ] || [ ! -f $S/$LAST1/done ]; do

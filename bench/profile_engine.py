@@ -274,6 +274,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         frame_deltas=args.frame_deltas,
         enable_prefix_caching=args.prefix_caching,
         cudagraph_mode=args.cudagraph_mode,
+        arrival_window_ms=args.arrival_window_ms,
         kind="vllm-orpheus",
         engine_factory=factory,
     )
@@ -300,12 +301,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(settle_s)
             c0, s0, t0 = counter[0], started[0], time.perf_counter()
             w0, e0 = _snac_counts(synthesizer)
+            g0, h0 = engine.arrivals.groups, engine.arrivals.held
             if spy and args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
                 report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
             else:
                 await asyncio.sleep(args.measure_s)
             c1, s1, t1 = counter[0], started[0], time.perf_counter()
             w1, e1 = _snac_counts(synthesizer)
+            g1, h1 = engine.arrivals.groups, engine.arrivals.held
             steps_per_s = (c1 - c0) / n / (t1 - t0)
             return {
                 "tokens_per_s_per_stream": steps_per_s,
@@ -314,6 +317,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 "streams_started_per_s": (s1 - s0) / (t1 - t0),
                 "snac_windows_per_s": (w1 - w0) / (t1 - t0),
                 "snac_eager_windows_per_s": (e1 - e0) / (t1 - t0),  # windows of a shape without a graph
+                "arrival_groups_per_s": (g1 - g0) / (t1 - t0),  # --arrival-window-ms: groups let in after a wait
+                "arrivals_held_per_s": (h1 - h0) / (t1 - t0),
             }
 
         tasks = [asyncio.create_task(one_stream(args.max_tokens, i)) for i in range(n)]

@@ -839,6 +839,21 @@ def test_bench_shell_scripts_parse() -> None:
         assert result.returncode == 0, (script.name, result.stderr)
 
 
+def test_gpu_session_watch_gives_up_at_once_on_a_machine_where_nothing_started(tmp_path: Path) -> None:
+    """A lent machine lost between calls comes back bare; `watch` there must not wait out WATCH_S of device time."""
+    env = {
+        **os.environ, "SESSION_DIR": str(tmp_path / "s6"), "SESSION_REPO": str(tmp_path / "repo"),
+        "OUT": str(tmp_path / "out"), "WATCH_S": "600",
+    }  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_session.sh"), "watch"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 3, result.stderr
+    assert "no jobs were started on this machine" in result.stderr
+    assert time.monotonic() - started < 30
+
+
 def test_snac_hurry_prices_the_hurry_on_the_window_planner(tmp_path: Path) -> None:
     out = tmp_path / "hurry.json"
     _run(

@@ -146,6 +146,17 @@ async def test_the_cudagraph_mode_reaches_orpheus_alone(
     await llm.close()
 
 
+async def test_the_arrival_window_reaches_orpheus_alone(built: list[AsyncLLMDouble]) -> None:
+    """`--tts-arrival-window-ms`: Orpheus's engine groups its arrivals; Gemma's lets each in at once."""
+    settings = Settings(asr=False, tts_arrival_window_ms=20)
+    layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
+    llm, tts = await _build(settings, "vllm", layout, snac_hosts_of(settings, layout))
+    assert tts.info.details["arrival_window_ms"] == 20 and llm.info.details["arrival_window_ms"] == 0
+    assert isinstance(tts, vllm_engine.VLLMEngine) and tts.arrivals.window_s == pytest.approx(0.02)
+    await tts.close()
+    await llm.close()
+
+
 async def test_engine_log_stats_reaches_every_vllm_engine(built: list[AsyncLLMDouble], demo_cache: Path) -> None:
     settings = Settings(engine_log_stats=True, asr_model_name=str(build_demo_whisper(demo_cache)))
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))

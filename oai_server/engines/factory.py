@@ -125,6 +125,7 @@ async def _build(
                 band_graphs=settings.tts_band_graphs,
                 frame_deltas=settings.tts_frame_deltas,
                 cudagraph_mode=settings.tts_cudagraph_mode,
+                arrival_window_ms=settings.tts_arrival_window_ms,
                 placement=plan.placement,
                 kind="vllm-orpheus",
                 dtype=settings.dtype,

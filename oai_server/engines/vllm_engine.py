@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from oai_server.engines.arrival_window import ArrivalWindow
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
 from oai_server.engines.frame_deltas import deliver_on_frame_boundaries, frames_per_delta
 from oai_server.engines.placement import Placement, visible_devices
@@ -231,11 +232,13 @@ class VLLMEngine(AsyncLLMLifecycle):
         *,
         orpheus_slots: bool = False,
         sampling_params_factory: SamplingParamsFactory | None = None,
+        arrival_window_ms: float = 0.0,
     ) -> None:
         """Wrap an already built `AsyncLLM` (or a double with its interface); see `create`."""
         self.info = info
         self._engine = engine
         self._orpheus_slots = orpheus_slots
+        self.arrivals = ArrivalWindow(arrival_window_ms / 1000)
         self._make_params: SamplingParamsFactory = sampling_params_factory or vllm_sampling_params
         self._in_flight: set[str] = set()
         self._closed = False
@@ -262,6 +265,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         frame_deltas: bool = True,
         log_stats: bool = False,
         cudagraph_mode: str = "auto",
+        arrival_window_ms: float = 0.0,
         placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
@@ -277,6 +281,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; with
         ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). With ``frame_deltas``, an
         Orpheus engine whose ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
+        With ``arrival_window_ms``, new requests into a busy engine are let in in groups (`ArrivalWindow`).
         """
         kwargs = engine_kwargs(
             model,
@@ -320,11 +325,18 @@ class VLLMEngine(AsyncLLMLifecycle):
             band_graphs=band_graphs,
             frame_deltas=frame_deltas,
             cudagraph_mode=cudagraph_mode,
+            arrival_window_ms=arrival_window_ms,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )
         info = EngineInfo(kind=kind, model=model, max_model_len=max_model_len, details=details)
-        return cls(engine, info, orpheus_slots=orpheus_slots, sampling_params_factory=sampling_params_factory)
+        return cls(
+            engine,
+            info,
+            orpheus_slots=orpheus_slots,
+            sampling_params_factory=sampling_params_factory,
+            arrival_window_ms=arrival_window_ms,
+        )
 
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
@@ -339,6 +351,13 @@ class VLLMEngine(AsyncLLMLifecycle):
         vllm_params = self._make_params(sampling_kwargs(params))
         prompt = {"prompt_token_ids": list(prompt_token_ids)}
         self._in_flight.add(request_id)
+        try:
+            await self.arrivals.enter(len(self._in_flight) - 1)
+            if self._closed:
+                raise EngineError("engine is closed")
+        except BaseException:  # cancelled (or closed) while its group waited: it never reached vLLM
+            self._in_flight.discard(request_id)
+            raise
         stream = self._engine.generate(prompt, vllm_params, request_id)
         final: list[int] = []
         try:
