@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from oai_server.app import create_app
 from oai_server.codec.orpheus import END_OF_SPEECH, slot_band
+from oai_server.engines.arrival_window import ArrivalWindow
 from oai_server.engines.base import EngineInfo, SamplingParams
 from oai_server.engines.bundle import Engines
 from oai_server.engines.factory import gemma_stop_ids, resolve_models
@@ -51,7 +52,9 @@ class PacedEngine:
 
     A GPU's limits, roughly: with `aggregate_token_rate` the live requests share that many tokens a second (each
     at most `token_rate`), and with `arrival_pause_ms` every new request holds every stream that long, as a step
-    that carries its prefill does; `hiccup_every_s` / `hiccup_ms` pause them all periodically instead."""
+    that carries its prefill does; `hiccup_every_s` / `hiccup_ms` pause them all periodically instead. With
+    `arrival_window_ms` arrivals enter in groups (`ArrivalWindow`, the server's `--tts-arrival-window-ms`), and a
+    group's prefills share one step: one pause for the group."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class PacedEngine:
         hiccup_ms: float = 0,
         aggregate_token_rate: float = 0,
         arrival_pause_ms: float = 0,
+        arrival_window_ms: float = 0,
     ) -> None:
         self.info = EngineInfo(kind=kind, model="paced", max_model_len=8192, details={})
         self.tokens = tokens
@@ -81,6 +85,8 @@ class PacedEngine:
         self.arrival_pause_s = arrival_pause_ms / 1000
         self.held_s = 0.0
         """Seconds every live stream has been held by new requests' prefills so far (`arrival_pause_ms` each)."""
+        self.arrivals = ArrivalWindow(arrival_window_ms / 1000)
+        self._paused_group = 0
         self._origin = time.monotonic()
 
     def _interval(self) -> float:
@@ -118,8 +124,11 @@ class PacedEngine:
         until = time.perf_counter() + self.add_request_s
         while time.perf_counter() < until:  # the loop is busy, as with vLLM's input processing of a request
             pass
+        group = await self.arrivals.enter(self._active)
         self._active += 1
-        self.held_s += self.arrival_pause_s
+        if group == 0 or group != self._paused_group:  # a group's prefills share one step: one pause for them all
+            self.held_s += self.arrival_pause_s
+            self._paused_group = group
         rng = random.Random(request_id)
         try:
             sent = 0
@@ -186,6 +195,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             args.hiccup_ms,
             args.aggregate_token_rate,
             args.arrival_pause_ms,
+            args.arrival_window_ms,
         ),
         tts_tokenizer,
         SilentDecoder(None, "cpu", 64),
@@ -221,6 +231,10 @@ def main() -> None:
     p.add_argument(
         "--arrival-pause-ms", type=float, default=0.0,
         help="every new Orpheus request holds every stream this long, as the step with its prefill does",
+    )  # fmt: skip
+    p.add_argument(
+        "--arrival-window-ms", type=float, default=0.0,
+        help="the server's --tts-arrival-window-ms: arrivals into the busy engine enter in groups, one pause a group",
     )  # fmt: skip
     p.add_argument("--headroom-margin", type=float, default=1.1, help="the server's --headroom-margin")
     p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")

@@ -20,9 +20,9 @@ WINDOW_S = 0.05
 async def test_no_window_or_an_idle_engine_lets_every_arrival_in_at_once() -> None:
     off, idle = ArrivalWindow(0.0), ArrivalWindow(10.0)
     for in_flight in (0, BUSY_FROM, 10 * BUSY_FROM):
-        await asyncio.wait_for(off.enter(in_flight), 1)  # would wait 10 s if it held anything
+        assert await asyncio.wait_for(off.enter(in_flight), 1) == 0  # would wait 10 s if it held anything
     for in_flight in range(BUSY_FROM):
-        await asyncio.wait_for(idle.enter(in_flight), 1)
+        assert await asyncio.wait_for(idle.enter(in_flight), 1) == 0
     assert (off.groups, off.held, idle.groups, idle.held) == (0, 0, 0, 0)
     with pytest.raises(ValueError, match="window_s"):
         ArrivalWindow(-1.0)
@@ -34,7 +34,7 @@ async def test_arrivals_into_a_busy_engine_are_let_in_together_after_the_window(
     let_in: list[tuple[str, float]] = []
 
     async def arrive(name: str) -> None:
-        await window.enter(BUSY_FROM)
+        assert await window.enter(BUSY_FROM) == 1
         let_in.append((name, loop.time()))
 
     opened = loop.time()
@@ -51,7 +51,7 @@ async def test_arrivals_into_a_busy_engine_are_let_in_together_after_the_window(
     assert min(times) >= opened + WINDOW_S
     assert max(times) - min(times) < WINDOW_S / 5  # the later ones with the first, not a window after their own
     assert (window.groups, window.held) == (1, 4)
-    await asyncio.wait_for(window.enter(BUSY_FROM), 2)  # the next arrival opens a group of its own
+    assert await asyncio.wait_for(window.enter(BUSY_FROM), 2) == 2  # the next arrival opens a group of its own
     assert (window.groups, window.held) == (2, 5)
 
 

@@ -467,6 +467,31 @@ def test_paced_engine_shares_an_aggregate_rate_and_holds_every_stream_for_each_a
     assert took >= 0.07 + 0.04 - 0.005  # the first stream's first frame: its interval, then the two later prefills
 
 
+def test_paced_engine_with_an_arrival_window_pauses_once_for_a_group() -> None:
+    """`frontend.py --arrival-window-ms`: arrivals into the busy engine wait for their group, whose prefills share
+    one pause; arrivals into an idle one enter at once, each with its pause."""
+    from frontend import PacedEngine
+
+    from oai_server.engines.base import SamplingParams
+
+    async def arrive(engine: PacedEngine, count: int) -> tuple[float, float]:
+        started = time.monotonic()
+        streams = [engine.generate([1], SamplingParams(max_tokens=7), f"r{i}") for i in range(count)]
+        await asyncio.gather(*(anext(stream) for stream in streams))
+        for stream in streams:
+            await stream.aclose()
+        return engine.held_s, time.monotonic() - started
+
+    busy = PacedEngine("paced-orpheus", None, 1000.0, 7, arrival_pause_ms=20, arrival_window_ms=50)
+    busy.arrivals.busy_from = 0
+    held, took = asyncio.run(arrive(busy, 3))
+    assert held == pytest.approx(0.02) and took >= 0.05  # one pause, after the window
+    assert (busy.arrivals.groups, busy.arrivals.held) == (1, 3)
+    idle = PacedEngine("paced-orpheus", None, 1000.0, 7, arrival_pause_ms=20, arrival_window_ms=50)
+    held, _ = asyncio.run(arrive(idle, 3))
+    assert held == pytest.approx(0.06) and idle.arrivals.held == 0  # under 16 in flight: each at once
+
+
 def test_frontend_serves_the_real_app_over_paced_engines(tmp_path: Path, demo_cache: Path) -> None:
     """`bench/frontend.py`: real routes and pipeline, engines that cost nothing; every stream keeps real time."""
     with frontend_server(demo_cache) as (port, server):

@@ -36,19 +36,22 @@ class ArrivalWindow:
         self.held = 0
         """Requests that waited for their group."""
 
-    async def enter(self, in_flight: int) -> None:
+    async def enter(self, in_flight: int) -> int:
         """Wait until this arrival's group is let in, or return at once: no window, or fewer than `busy_from`
-        requests in flight. Cancelling a waiter leaves the group to the others."""
+        requests in flight. Returns the group's number (1, 2, ...), or 0 for an arrival let in at once. Cancelling
+        a waiter leaves the group to the others."""
         if self.window_s <= 0 or in_flight < self.busy_from:
-            return
+            return 0
         group = self._group
         if group is None:
             loop = asyncio.get_running_loop()
             group = self._group = loop.create_future()
             loop.call_later(self.window_s, self._let_in, group)
             self.groups += 1
+        number = self.groups
         self.held += 1
         await asyncio.shield(group)
+        return number
 
     def _let_in(self, group: asyncio.Future[None]) -> None:
         if self._group is group:
