@@ -5,6 +5,7 @@ let in, and one cancelled while it waits never reaches it."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -99,14 +100,20 @@ async def test_vllm_engine_sends_a_busy_engines_arrivals_to_vllm_as_one_group() 
     await engine.close()
 
 
-async def test_vllm_engine_request_cancelled_in_its_group_never_reaches_vllm() -> None:
+async def _one_running_one_waiting() -> tuple[FakeAsyncLLM, VLLMEngine, Any, asyncio.Task[Any]]:
+    """A busy engine with request "a" streaming and "w" waiting for its group."""
     double = FakeAsyncLLM({"a": [[out([1])]]})
     engine = await _busy_engine(double)
     running = engine.generate([1], PARAMS, "a")
-    await running.__anext__()
+    assert await anext(running) == [1]
     waiting = asyncio.create_task(collect(engine.generate([1], PARAMS, "w")))
     await settle()
-    assert engine.active_requests() == 2
+    assert engine.active_requests() == 2 and [call[2] for call in double.generate_calls] == ["a"]
+    return double, engine, running, waiting
+
+
+async def test_vllm_engine_request_cancelled_in_its_group_never_reaches_vllm() -> None:
+    double, engine, running, waiting = await _one_running_one_waiting()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -117,12 +124,7 @@ async def test_vllm_engine_request_cancelled_in_its_group_never_reaches_vllm() -
 
 
 async def test_vllm_engine_closed_while_a_group_waits_refuses_it() -> None:
-    double = FakeAsyncLLM({"a": [[out([1])]]})
-    engine = await _busy_engine(double)
-    running = engine.generate([1], PARAMS, "a")
-    await running.__anext__()
-    waiting = asyncio.create_task(collect(engine.generate([1], PARAMS, "w")))
-    await settle()
+    double, engine, running, waiting = await _one_running_one_waiting()
     await engine.close()
     with pytest.raises(Exception, match="engine is closed"):
         await asyncio.wait_for(waiting, 2)
