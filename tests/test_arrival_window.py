@@ -130,3 +130,13 @@ async def test_vllm_engine_closed_while_a_group_waits_refuses_it() -> None:
         await asyncio.wait_for(waiting, 2)
     await running.aclose()
     assert [call[2] for call in double.generate_calls] == ["a"] and engine.active_requests() == 0
+
+
+async def test_vllm_engine_request_aborted_by_id_in_its_group_ends_empty_without_reaching_vllm() -> None:
+    double, engine, running, waiting = await _one_running_one_waiting()
+    await engine.abort("w")
+    assert await asyncio.wait_for(waiting, 2) == []  # as an aborted vLLM request ends: no delta
+    assert [call[2] for call in double.generate_calls] == ["a"] and double.abort_calls == []
+    assert engine.active_requests() == 1
+    await running.aclose()
+    await engine.close()

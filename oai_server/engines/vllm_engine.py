@@ -239,6 +239,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         self._engine = engine
         self._orpheus_slots = orpheus_slots
         self.arrivals = ArrivalWindow(arrival_window_ms / 1000)
+        self._held: set[str] = set()  # in flight, waiting for their group (`arrivals`): not yet in vLLM
         self._make_params: SamplingParamsFactory = sampling_params_factory or vllm_sampling_params
         self._in_flight: set[str] = set()
         self._closed = False
@@ -338,6 +339,13 @@ class VLLMEngine(AsyncLLMLifecycle):
             arrival_window_ms=arrival_window_ms,
         )
 
+    async def abort(self, request_id: str) -> None:
+        """Abort an in-flight request by id; one still waiting for its group ends without reaching vLLM."""
+        if request_id in self._held:
+            self._held.discard(request_id)
+            return
+        await super().abort(request_id)
+
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[list[int]]:
@@ -351,6 +359,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         vllm_params = self._make_params(sampling_kwargs(params))
         prompt = {"prompt_token_ids": list(prompt_token_ids)}
         self._in_flight.add(request_id)
+        self._held.add(request_id)
         try:
             await self.arrivals.enter(len(self._in_flight) - 1)
             if self._closed:
@@ -358,6 +367,12 @@ class VLLMEngine(AsyncLLMLifecycle):
         except BaseException:  # cancelled (or closed) while its group waited: it never reached vLLM
             self._in_flight.discard(request_id)
             raise
+        finally:
+            aborted = request_id not in self._held
+            self._held.discard(request_id)
+        if aborted:  # aborted by id while its group waited: it ends as an aborted vLLM request would, empty
+            self._in_flight.discard(request_id)
+            return
         stream = self._engine.generate(prompt, vllm_params, request_id)
         final: list[int] = []
         try:
