@@ -6,8 +6,9 @@
 #   onecard       (GPU ONECARD_GPU, 0): the shared layout without speech recognition (server flags ONECARD_ARGS added,
 #                 e.g. --snac-in-engine), phases ONECARD_PHASES (default ttfa,speech,chat,nogate): TTFA at one stream
 #                 (speech, chat; TTFA_REQUESTS, 3, each), the speech and chat capacity searches, the speech search
-#                 again without admission by real-time headroom; also `arrivals` (Poisson at 80 % of the speech
-#                 capacity, or of CAPACITY, and the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
+#                 again without admission by real-time headroom; also `arrivals` (Poisson at OC_ARRIVAL_LOADS, fractions
+#                 of the speech capacity or of CAPACITY, default 0.8, one after another: TTFA against offered load;
+#                 then the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
 #                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes. OC_PYSPY_S (seconds;
 #                 empty: off) samples the server and its engine cores with py-spy from OC_PYSPY_DELAY (20) s into the
 #                 arrivals phase (arrivals_spy.txt, raw, by thread); arrivals_streams.txt reads the arrivals stream by
@@ -109,9 +110,9 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
               > $W/ttfa.log 2>&1 ;;
       speech) load --mode speech --search --search-start "${OC_SPEECH_START:-96}" --search-max "${OC_SPEECH_MAX:-512}" --search-resolution "${OC_SEARCH_RES:-16}" \
                 --out $W/speech > $W/speech.log 2>&1 ;;
-      arrivals)  # Poisson at 80 % of the speech capacity and the 1.5x overload
+      arrivals)  # Poisson at OC_ARRIVAL_LOADS (fractions of the speech capacity, default 0.8) and the 1.5x overload
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=96
-        RATE=$(python3 -c "print(round(0.8 * $C / $MEAN_LENGTH_S, 2))")
+        RATE=$(python3 -c "print(','.join(str(round(float(f) * $C / $MEAN_LENGTH_S, 2)) for f in '${OC_ARRIVAL_LOADS:-0.8}'.split(',')))")
         spy_server $SP $W/arrivals_spy "${OC_PYSPY_S:-}" "${OC_PYSPY_DELAY:-20}" 100
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
           --out $W/arrivals > $W/arrivals.log 2>&1
