@@ -103,6 +103,44 @@ async def test_the_engine_decodes_what_the_server_would(
         local.close()
 
 
+async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
+) -> None:
+    """Streams starting and ending make worker rounds of several window shapes; the engine's SNAC thread takes the
+    GIL from its scheduler at each request, so a round goes in one (`decode_many`), decoded as a local decoder
+    decodes each shape, first windows first."""
+    name, _ = engine_process
+    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
+    local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
+    calls: list[str] = []
+    call = remote.connection.call
+
+    def recording(op: str, *args: Any) -> Any:
+        calls.append(op)
+        return call(op, *args)
+
+    remote.connection.call = recording  # type: ignore[method-assign]
+    codes = [tuple((7 * i + j) * 37 % 4096 for j in range(7)) for i in range(9)]
+    first = Window(tuple(codes[:2]), 0, 1)  # a stream's first window: no context, one frame, one of lookahead
+    steady, later = windows()[:2]
+    release = threading.Event()
+    try:
+        remote._jobs.put(release.wait)  # the worker waits here while the round is queued
+        tasks = [asyncio.ensure_future(remote.decode(w)) for w in (steady, first, later)]
+        await asyncio.sleep(0.05)
+        release.set()
+        got = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert calls == ["decode_many"]
+        want = [*local.decode_sync([steady, later]), *local.decode_sync([first])]
+        for pcm, expected in zip([got[0], got[2], got[1]], want, strict=True):
+            np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), np.frombuffer(expected, "<i2"), atol=1)
+        assert (remote.windows_decoded, remote.batches, remote.frames_emitted) == (3, 2, 5)
+        assert call("stats")["windows_decoded"] == 3
+    finally:
+        remote.close()
+        local.close()
+
+
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
     engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
 ) -> None:
@@ -111,6 +149,8 @@ async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(
     try:
         with pytest.raises(SnacServiceError, match="no SNAC model loaded"):
             connection.call("decode", np.zeros((1, 5, 7), np.int16), (5, 2, 2, 0))
+        with pytest.raises(SnacServiceError, match="no SNAC model loaded"):
+            connection.call("decode_many", [(np.zeros((1, 5, 7), np.int16), (5, 2, 2, 0))])
         with pytest.raises(SnacServiceError, match="unknown operation 'nap'"):
             connection.call("nap")
         connection._connection.send(42)  # not a request at all: an error answer, and the service stays up

@@ -201,6 +201,32 @@ def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
         decoder.close()
 
 
+def test_a_failing_shape_fails_its_own_windows_alone() -> None:
+    """In a round of two shapes whose first fails, the second's windows still get their PCM."""
+
+    class FailingFirst(SnacDecoder):
+        def decode_sync(self, windows: Any) -> list[bytes]:
+            if windows[0].shape[2] == 1:
+                raise RuntimeError("no decode for you")
+            return [b"pcm" for _ in windows]
+
+    decoder = FailingFirst(None, "cpu", max_batch=16)
+    release = threading.Event()
+
+    async def round_of_two() -> list[Any]:
+        decoder._jobs.put(release.wait)
+        tasks = [asyncio.ensure_future(decoder.decode(w)) for w in (Window((), 0, 1), Window((), 1, 2))]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        failed, decoded = asyncio.run(round_of_two())
+        assert isinstance(failed, RuntimeError) and decoded == b"pcm"
+    finally:
+        decoder.close()
+
+
 def test_first_audio_needs_only_lookahead_plus_one_frame() -> None:
     planner = WindowPolicy(2, 1, 2).planner()
     assert planner.add(frames(1)) == []

@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -35,8 +35,8 @@ import torch
 from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
-from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames
-from .snac_windows import WindowShape
+from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames, window_frames
+from .snac_windows import Window, WindowShape
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +121,15 @@ class SnacService:
                 return  # the server went away mid-answer; wait for the next one
 
     def handle(self, op: str, *args: Any) -> Any:
-        """One request: ``load(name, dtype, max_batch, fusion)``, ``capture(shapes)``, ``decode(frames, shape)``
-        or ``stats()``."""
+        """One request: ``load(name, dtype, max_batch, fusion)``, ``capture(shapes)``, ``decode(frames, shape)``,
+        ``decode_many([(frames, shape), ...])`` or ``stats()``."""
         if op == "load":
             name, dtype, self.max_batch, fusion = args
             self.fusion = check_fusion(fusion)
             self.model = load_snac(name, self.device, getattr(torch, dtype))
             self.graphs = {}
             return None
-        if self.model is None and op in ("capture", "decode"):
+        if self.model is None and op in ("capture", "decode", "decode_many"):
             raise SnacServiceError("no SNAC model loaded")
         if op == "capture":
             if self.device.startswith("cuda"):
@@ -140,6 +140,8 @@ class SnacService:
             self.windows_decoded += len(frames)
             self.eager_windows += 0 if tuple(shape) in self.graphs else len(frames)
             return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
+        if op == "decode_many":  # a worker round, batches of one shape each: one round trip for them all
+            return [self.handle("decode", frames, shape) for frames, shape in args[0]]
         if op == "stats":
             return {
                 "windows_decoded": self.windows_decoded,
@@ -271,6 +273,19 @@ class EngineSnacDecoder(SnacDecoder):
         """Decode one batch in the engine's process."""
         pcm: np.ndarray = self.connection.call("decode", frames, shape)
         return pcm
+
+    def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
+        """A worker round in one request to the engine's process: each wake-up of its SNAC thread takes the GIL
+        from the thread that schedules the engine's steps, and streams coming and going make rounds of several
+        shapes (the ramp's first windows, the last ones). A failure fails the round."""
+        try:
+            pcms = self.connection.call("decode_many", [(window_frames(w), w[0].shape) for w in groups])
+        except Exception as exc:
+            for _ in groups:
+                yield exc
+            return
+        for windows, pcm in zip(groups, pcms, strict=True):
+            yield self._pcm_of(windows, pcm)
 
     def close(self) -> None:
         """Stop the worker, then close the connection."""

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -131,9 +131,21 @@ class SnacDecoder:
         return decode_frames(self.model, self.device, self.graphs, frames, shape)
 
     def decode_sync(self, windows: Sequence[Window]) -> list[bytes]:
-        """Decode windows of one shape in one batch (the worker's unit of work)."""
+        """Decode windows of one shape in one batch."""
+        return self._pcm_of(windows, self.decode_frames(window_frames(windows), windows[0].shape))
+
+    def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
+        """A worker round: each group's PCM (windows of one shape each), or the exception that failed it, in order
+        and as soon as it is decoded."""
+        for windows in groups:
+            try:
+                yield self.decode_sync(windows)
+            except Exception as exc:
+                yield exc
+
+    def _pcm_of(self, windows: Sequence[Window], pcm: np.ndarray) -> list[bytes]:
+        """Count a decoded batch of one shape and cut its PCM ``[B, samples]`` into one s16le string a window."""
         shape = windows[0].shape
-        pcm = self.decode_frames(np.asarray([w.frames for w in windows], dtype=np.int16), shape)
         self.windows_decoded += len(windows)
         self.eager_windows += 0 if self.has_graph(shape) else len(windows)
         self.frames_decoded += shape[0] * len(windows)
@@ -166,13 +178,13 @@ class SnacDecoder:
         for job in jobs:
             if not job.future.cancelled():
                 groups.setdefault(job.window.shape, []).append(job)
-        for group in sorted(groups.values(), key=lambda group: group[0].window.emit):
-            try:
-                results = self.decode_sync([job.window for job in group])
-            except Exception as exc:
-                logger.exception("SNAC decode failed")
+        ordered = sorted(groups.values(), key=lambda group: group[0].window.emit)
+        decoded = self.decode_groups([[job.window for job in group] for group in ordered])
+        for group, results in zip(ordered, decoded, strict=True):
+            if isinstance(results, Exception):
+                logger.error("SNAC decode failed", exc_info=results)
                 for job in group:
-                    job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                    job.loop.call_soon_threadsafe(_set_exception, job.future, results)
                 continue
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bytes], bytes]]] = {}
             for job, pcm in zip(group, results, strict=True):
@@ -184,6 +196,11 @@ class SnacDecoder:
         """Stop the worker thread after the queued work."""
         self._jobs.put(None)
         self._thread.join(timeout=5)
+
+
+def window_frames(windows: Sequence[Window]) -> np.ndarray:
+    """The frames of windows of one shape as one batch, int16 ``[B, F, 7]``."""
+    return np.asarray([w.frames for w in windows], dtype=np.int16)
 
 
 def capture_graph_sets(
