@@ -54,7 +54,5 @@ class ArrivalWindow:
         return number
 
     def _let_in(self, group: asyncio.Future[None]) -> None:
-        if self._group is group:
-            self._group = None
-        if not group.done():
-            group.set_result(None)
+        self._group = None  # one group is open at a time, and only its own timer closes it
+        group.set_result(None)  # shielded: no waiter's cancellation reaches it

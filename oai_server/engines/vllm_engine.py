@@ -346,6 +346,17 @@ class VLLMEngine(AsyncLLMLifecycle):
             return
         await super().abort(request_id)
 
+    async def _wait_for_group(self, request_id: str) -> bool:
+        """Wait for the request's arrival group (`arrivals`); False when `abort` took it meanwhile."""
+        self._held.add(request_id)
+        try:
+            await self.arrivals.enter(len(self._in_flight) - 1)
+            if self._closed:
+                raise EngineError("engine is closed")
+            return request_id in self._held
+        finally:
+            self._held.discard(request_id)
+
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[list[int]]:
@@ -359,18 +370,12 @@ class VLLMEngine(AsyncLLMLifecycle):
         vllm_params = self._make_params(sampling_kwargs(params))
         prompt = {"prompt_token_ids": list(prompt_token_ids)}
         self._in_flight.add(request_id)
-        self._held.add(request_id)
         try:
-            await self.arrivals.enter(len(self._in_flight) - 1)
-            if self._closed:
-                raise EngineError("engine is closed")
+            let_in = await self._wait_for_group(request_id)
         except BaseException:  # cancelled (or closed) while its group waited: it never reached vLLM
             self._in_flight.discard(request_id)
             raise
-        finally:
-            aborted = request_id not in self._held
-            self._held.discard(request_id)
-        if aborted:  # aborted by id while its group waited: it ends as an aborted vLLM request would, empty
+        if not let_in:  # aborted by id while its group waited: it ends as an aborted vLLM request would, empty
             self._in_flight.discard(request_id)
             return
         stream = self._engine.generate(prompt, vllm_params, request_id)
