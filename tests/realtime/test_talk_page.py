@@ -40,11 +40,19 @@ def browser(microphone: Path) -> Iterator[Any]:
         yield launched
 
 
+SNAPSHOT_JS = "({...JSON.parse(JSON.stringify(window.__talk)), played: window.__talk.playedMs()})"
+
+
 def talk(page: Any) -> dict[str, Any]:
     """The page's `window.__talk` hooks (functions left out) and the ms played so far."""
-    return page.evaluate(  # type: ignore[no-any-return]
-        "() => ({...JSON.parse(JSON.stringify(window.__talk)), played: window.__talk.playedMs()})"
-    )
+    return page.evaluate(f"() => {SNAPSHOT_JS}")  # type: ignore[no-any-return]
+
+
+def talk_once(page: Any, condition: str) -> dict[str, Any]:
+    """`talk`'s snapshot taken in the same evaluation that finds `condition` true: the player may go idle between
+    two of the reply's chunks, so a snapshot evaluated after the wait can miss what the wait saw."""
+    handle = page.wait_for_function(f"() => ({condition}) ? {SNAPSHOT_JS} : null", timeout=TIMEOUT_MS)
+    return handle.json_value()  # type: ignore[no-any-return]
 
 
 def test_talk_mode_streams_the_microphone_and_truncates_on_barge_in(
@@ -63,9 +71,9 @@ def test_talk_mode_streams_the_microphone_and_truncates_on_barge_in(
         page.click("#talk-start")
         page.wait_for_function("() => window.__talk.user.length > 0", timeout=TIMEOUT_MS)
         # playing now, not only played: on a loaded machine the reply's chunks can come with gaps, and the player
-        # is idle in between (a snapshot after `playedMs() > 150` alone caught one such gap)
-        page.wait_for_function("() => window.__talk.playing && window.__talk.playedMs() > 150", timeout=TIMEOUT_MS)
-        before = talk(page)
+        # is idle in between (a snapshot after `playedMs() > 150` alone caught one such gap, and a snapshot taken
+        # after the wait for both, in a second evaluation, another)
+        before = talk_once(page, "window.__talk.playing && window.__talk.playedMs() > 150")
         assert before["playing"] and before["appends"] > 0 and before["user"][0]
 
         speech = base64.b64encode(utterance("Wait, stop please.", lead=0.1, tail=1.0)).decode()
