@@ -96,7 +96,8 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--arrival-window-ms", type=float, default=0.0,
-        help="the server's --tts-arrival-window-ms: arrivals into a busy engine enter in groups (0: off, as it runs)",
+        help="the server's --tts-arrival-window-ms (30 there): arrivals into a busy engine enter in groups (0: off, "
+        "as raw vLLM runs; one engine serves every mode of a run)",
     )  # fmt: skip
     p.add_argument(
         "--no-prefix-caching",
