@@ -210,10 +210,14 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _snac_counts(synthesizer: Any) -> tuple[int, int]:
-    """(windows decoded, of them without a CUDA graph) so far; zeros without a synthesizer (`--mode raw`)."""
-    counts: tuple[int, int] = (0, 0) if synthesizer is None else synthesizer.decoder.window_counts()
-    return counts
+def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
+    """(windows decoded, of them without a CUDA graph, worker rounds, seconds the worker spent in rounds, seconds
+    windows waited for their round) so far; zeros without a synthesizer (`--mode raw`)."""
+    if synthesizer is None:
+        return 0, 0, 0, 0.0, 0.0
+    decoder = synthesizer.decoder
+    decoded, eager = decoder.window_counts()
+    return decoded, eager, decoder.rounds, decoder.busy_s, decoder.queued_s
 
 
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
@@ -300,14 +304,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             """Tokens a second over `--measure-s` after `settle_s` (py-spy on the engine core if `spy`)."""
             await asyncio.sleep(settle_s)
             c0, s0, t0 = counter[0], started[0], time.perf_counter()
-            w0, e0 = _snac_counts(synthesizer)
+            w0, e0, r0, b0, q0 = _snac_counts(synthesizer)
             g0, h0 = engine.arrivals.groups, engine.arrivals.held
             if spy and args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
                 report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
             else:
                 await asyncio.sleep(args.measure_s)
             c1, s1, t1 = counter[0], started[0], time.perf_counter()
-            w1, e1 = _snac_counts(synthesizer)
+            w1, e1, r1, b1, q1 = _snac_counts(synthesizer)
             g1, h1 = engine.arrivals.groups, engine.arrivals.held
             steps_per_s = (c1 - c0) / n / (t1 - t0)
             return {
@@ -317,6 +321,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 "streams_started_per_s": (s1 - s0) / (t1 - t0),
                 "snac_windows_per_s": (w1 - w0) / (t1 - t0),
                 "snac_eager_windows_per_s": (e1 - e0) / (t1 - t0),  # windows of a shape without a graph
+                # the SNAC worker's share of the wall time (near 1: streams wait on SNAC, not on the engine), its
+                # rounds, and how long a window waited for its round
+                "snac_busy": (b1 - b0) / (t1 - t0),
+                "snac_rounds_per_s": (r1 - r0) / (t1 - t0),
+                "snac_queued_ms_per_window": 1000 * (q1 - q0) / (w1 - w0) if w1 > w0 else None,
                 "arrival_groups_per_s": (g1 - g0) / (t1 - t0),  # --arrival-window-ms: groups let in after a wait
                 "arrivals_held_per_s": (h1 - h0) / (t1 - t0),
             }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,92 @@ def test_a_shape_whose_capture_fails_decodes_eagerly_and_keeps_the_others_graphs
     assert f"window shape {bad} failed" in caplog.text
 
 
+class Launching(StandIn):
+    """A stand-in graph that is launched and read later, as a round queues it (`decode_frame_batches`); what happens
+    goes into `log`."""
+
+    def __init__(self, size: int, shape: WindowShape, log: list[tuple[Any, ...]]) -> None:
+        super().__init__(size, shape=shape)
+        self.log = log
+
+    def launch(self, levels: list[np.ndarray]) -> Any:
+        pcm = self.run(levels)
+        self.log.append(("launch", self.shape, len(pcm)))
+        return lambda: (self.log.append(("read", self.shape)), pcm)[1]
+
+
+class Refusing(Launching):
+    """A graph whose launch the device refuses."""
+
+    def launch(self, levels: list[np.ndarray]) -> Any:
+        raise RuntimeError("replay refused")
+
+
+def launching_sets(shapes: list[WindowShape], log: list[tuple[Any, ...]]) -> dict[WindowShape, GraphSet]:
+    return {shape: GraphSet(shape, {8: Launching(8, shape, log)}) for shape in shapes}  # type: ignore[dict-item]
+
+
+def batch_of(n: int, shape: WindowShape, seed: int) -> tuple[np.ndarray, WindowShape]:
+    return np.asarray([w.frames for w in windows(n, shape, seed)], dtype=np.int16), shape
+
+
+def first_codes(pcm: Any) -> list[int]:
+    return [int(row[0]) for row in pcm]
+
+
+OTHER: WindowShape = (3, 0, 1, 0)
+
+
+def test_a_round_queues_every_graph_then_waits_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SNAC's stream has the lowest priority, so each wait lasts until the engine's step leaves a gap: a round of
+    several shapes is queued whole and waited for once, except that a shape met again waits before its second
+    launch (its graph's staged inputs and host output are still in use)."""
+    from oai_server.codec import snac_stream
+
+    log: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda: SimpleNamespace(synchronize=lambda: log.append(("wait",)))
+    )
+    batches = [batch_of(3, STEADY, 1), batch_of(2, OTHER, 2), batch_of(4, STEADY, 3)]
+    results = snac_stream.decode_frame_batches(None, "cuda", launching_sets([STEADY, OTHER], log), batches)
+    assert log == [
+        ("launch", STEADY, 3), ("launch", OTHER, 2), ("wait",), ("read", STEADY), ("read", OTHER),
+        ("launch", STEADY, 4), ("wait",), ("read", STEADY),
+    ]  # fmt: skip
+    assert [first_codes(pcm) for pcm in results] == [[int(f[0][0]) for f in frames] for frames, _ in batches]
+
+
+def test_a_failed_batch_fails_alone_and_eager_batches_decode_between_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oai_server.codec import snac_stream
+
+    log: list[tuple[Any, ...]] = []
+    model = quiet_model(SNAC_DEMO_CONFIG)
+    sets = launching_sets([STEADY], log)
+    broken = POLICY.stream_shapes[1]
+    sets[broken] = GraphSet(broken, {8: Refusing(8, broken, log)})  # type: ignore[dict-item]
+    eager_batch = batch_of(2, OTHER, 5)
+    batches = [batch_of(3, STEADY, 4), batch_of(2, broken, 6), eager_batch]
+    results = snac_stream.decode_frame_batches(model, "cpu", sets, batches)  # on the CPU nothing waits
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "replay refused"
+    assert first_codes(results[0]) == [int(f[0][0]) for f in batches[0][0]]
+    np.testing.assert_array_equal(results[2], eager(model, windows(2, OTHER, 5)))
+    assert log == [("launch", STEADY, 3), ("read", STEADY)]
+
+
+def test_when_the_wait_fails_every_queued_batch_gets_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oai_server.codec import snac_stream
+
+    def lost() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(synchronize=lost))
+    log: list[tuple[Any, ...]] = []
+    batches = [batch_of(3, STEADY, 1), batch_of(2, OTHER, 2)]
+    results = snac_stream.decode_frame_batches(None, "cuda", launching_sets([STEADY, OTHER], log), batches)
+    assert [str(r) for r in results] == ["CUDA error: an illegal memory access was encountered"] * 2
+    assert all(isinstance(r, RuntimeError) for r in results) and ("read", STEADY) not in log
+
+
 # --- on the GPU ---------------------------------------------------------------------------------------
 
 
@@ -220,3 +307,20 @@ def test_graphs_of_the_compiled_decoder_decode_what_eager_decoding_does() -> Non
                 assert noise == 0 or 10 * np.log10(float(np.sum(want**2)) / noise) >= 50, shape
     finally:
         decoder.close()
+
+
+@pytest.mark.gpu
+def test_a_round_queued_whole_decodes_what_each_batch_decodes_alone() -> None:
+    """Every shape's graphs share one memory pool, as the server captures them; queued one after another and waited
+    for once, each batch still gets its own samples (a second batch of a shape waits for the first)."""
+    from oai_server.codec.snac_stream import capture_graph_sets, decode_frame_batches
+
+    model = quiet_model(SNAC_24KHZ_CONFIG, "cuda")
+    shapes = list(POLICY.stream_shapes)
+    graphs = capture_graph_sets(model, shapes, 8, "cuda")
+    batches = [batch_of(3, shape, seed=i) for i, shape in enumerate(shapes)] + [batch_of(5, shapes[0], seed=9)]
+    together = decode_frame_batches(model, "cuda", graphs, batches)
+    for (frames, shape), pcm in zip(batches, together, strict=True):
+        alone = graphs[shape].run(frames_to_levels(frames.astype(np.int64)))
+        assert isinstance(pcm, np.ndarray) and int(np.abs(alone).max()) > 0
+        np.testing.assert_array_equal(pcm, alone)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -179,9 +180,10 @@ def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
     order: list[tuple[int, int, int, int]] = []
 
     class Recording(SnacDecoder):
-        def decode_sync(self, windows: Any) -> list[bytes]:
-            order.append(windows[0].shape)
-            return [b"" for _ in windows]
+        def decode_groups(self, groups: Any) -> Iterator[list[bytes]]:
+            for windows in groups:
+                order.append(windows[0].shape)
+                yield [b"" for _ in windows]
 
     decoder = Recording(None, "cpu", max_batch=16)
     release = threading.Event()
@@ -205,10 +207,9 @@ def test_a_failing_shape_fails_its_own_windows_alone() -> None:
     """In a round of two shapes whose first fails, the second's windows still get their PCM."""
 
     class FailingFirst(SnacDecoder):
-        def decode_sync(self, windows: Any) -> list[bytes]:
-            if windows[0].shape[2] == 1:
-                raise RuntimeError("no decode for you")
-            return [b"pcm" for _ in windows]
+        def decode_groups(self, groups: Any) -> Iterator[list[bytes] | Exception]:
+            for windows in groups:
+                yield RuntimeError("no decode for you") if windows[0].shape[2] == 1 else [b"pcm" for _ in windows]
 
     decoder = FailingFirst(None, "cpu", max_batch=16)
     release = threading.Event()
@@ -373,6 +374,26 @@ async def test_concurrent_streams_are_batched_by_shape(demo_models: DemoModels) 
         await decoder.capture_graphs([steady.shape])  # CPU: a no-op that leaves the eager path
         assert decoder.graphs == {}
     finally:
+        decoder.close()
+
+
+async def test_the_decoder_reports_how_long_windows_waited_and_how_busy_its_worker_was(demo_models: DemoModels) -> None:
+    """What shows whether streams wait on SNAC (`bench/profile_engine.py` reports it): rounds, the worker's seconds
+    in them, and each window's wait for its round."""
+    decoder = SnacDecoder(load_snac(str(demo_models.snac_dir), "cpu"), "cpu", max_batch=16)
+    release = threading.Event()
+    try:
+        codes = [tuple(c % 4096 for c in f) for f in frames(5)]
+        decoder._jobs.put(release.wait)  # the worker is busy elsewhere while three windows queue
+        tasks = [asyncio.ensure_future(decoder.decode(Window(tuple(codes), 2, 2, SEAM_SAMPLES))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert decoder.rounds == 1 and decoder.batches == 1 and decoder.windows_decoded == 3
+        assert 3 * 0.2 <= decoder.queued_s < 3 * 10  # each of the three waited the 0.2 s the worker was held
+        assert 0 < decoder.busy_s < decoder.queued_s
+    finally:
+        release.set()
         decoder.close()
 
 

@@ -14,7 +14,7 @@ graphs advance the RNG offset), as in eager mode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,17 +53,26 @@ def batch_ladder(max_batch: int) -> list[int]:
 class _Graph:
     graph: torch.cuda.CUDAGraph
     codes: list[torch.Tensor]  # static inputs, one per SNAC level
+    staged: list[torch.Tensor]  # pinned host copies of `codes`, what the next replay reads
     pcm: torch.Tensor  # static output, int16 on the device
     host: torch.Tensor  # pinned host copy of `pcm`
 
-    def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
+    def launch(self, levels: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
+        """Queue the copies in, the replay and the copy out on the current stream, without waiting for them; the
+        returned function reads the PCM once the stream has been synchronized. Until then this graph may not be
+        launched again (its staged inputs and host output are in use)."""
         n = levels[0].shape[0]
-        for static, level in zip(self.codes, levels, strict=True):
-            static[:n].copy_(torch.from_numpy(level), non_blocking=False)
+        for static, staged, level in zip(self.codes, self.staged, levels, strict=True):
+            staged[:n].numpy()[...] = level
+            static[:n].copy_(staged[:n], non_blocking=True)
         self.graph.replay()
         self.host[:n].copy_(self.pcm[:n], non_blocking=True)
+        return lambda: self.host[:n].numpy().copy()
+
+    def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
+        collect = self.launch(levels)
         torch.cuda.current_stream().synchronize()
-        return self.host[:n].numpy().copy()
+        return collect()
 
 
 class GraphSet:
@@ -77,8 +86,8 @@ class GraphSet:
     @classmethod
     def capture(cls, model: Any, shape: WindowShape, max_batch: int, device: str, pool: Any = None) -> GraphSet:
         """Capture `shape` at every size of `batch_ladder(max_batch)`, largest first, in one memory
-        pool (`pool`, shared with other shapes' sets: graphs never replay concurrently, and each
-        replay's output is copied to the host before the next)."""
+        pool (`pool`, shared with other shapes' sets: graphs replay one after another on one stream, and
+        each replay's output is copied to the host, in stream order, before the next replay starts)."""
         length = shape[0]
         pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         graphs: dict[int, _Graph] = {}
@@ -95,7 +104,8 @@ class GraphSet:
             with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 pcm = decode_pcm(model, codes, shape)
             host = torch.empty(pcm.shape, dtype=torch.int16, pin_memory=True)
-            graphs[batch] = _Graph(graph, codes, pcm, host)
+            staged = [torch.empty(code.shape, dtype=code.dtype, pin_memory=True) for code in codes]
+            graphs[batch] = _Graph(graph, codes, staged, pcm, host)
         logger.info("SNAC CUDA graphs captured for window shape %s at batch sizes %s", shape, sorted(graphs))
         return cls(shape, graphs)
 
@@ -106,5 +116,18 @@ class GraphSet:
         if n > largest:
             parts = [self.run([level[i : i + largest] for level in levels]) for i in range(0, n, largest)]
             return np.concatenate(parts)
-        size = next(s for s in self._sizes if s >= n)
-        return self._graphs[size].run(levels)
+        return self._graph_for(n).run(levels)
+
+    def launch(self, levels: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
+        """`run` without waiting: the batch is queued on the current stream, and the returned function reads its PCM
+        once the stream has been synchronized (a batch past the largest graph runs in slices, waited for at once).
+        Until then no other batch of this shape may be launched."""
+        n = levels[0].shape[0]
+        if n > self._sizes[-1]:
+            pcm = self.run(levels)
+            return lambda: pcm
+        return self._graph_for(n).launch(levels)
+
+    def _graph_for(self, n: int) -> _Graph:
+        """The smallest graph that holds `n` windows."""
+        return self._graphs[next(s for s in self._sizes if s >= n)]

@@ -35,7 +35,7 @@ import torch
 from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
-from .snac_stream import SnacDecoder, capture_graph_sets, decode_frames, window_frames
+from .snac_stream import SnacDecoder, capture_graph_sets, decode_frame_batches, decode_frames, window_frames
 from .snac_windows import Window, WindowShape
 
 logger = logging.getLogger(__name__)
@@ -140,8 +140,16 @@ class SnacService:
             self.windows_decoded += len(frames)
             self.eager_windows += 0 if tuple(shape) in self.graphs else len(frames)
             return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
-        if op == "decode_many":  # a worker round, batches of one shape each: one round trip for them all
-            return [self.handle("decode", frames, shape) for frames, shape in args[0]]
+        if op == "decode_many":  # a worker round, batches of one shape each: one round trip, one wait for them all
+            batches = [(frames, tuple(shape)) for frames, shape in args[0]]
+            for frames, shape in batches:
+                self.windows_decoded += len(frames)
+                self.eager_windows += 0 if shape in self.graphs else len(frames)
+            results = decode_frame_batches(self.model, self.device, self.graphs, batches)
+            failed = next((result for result in results if isinstance(result, Exception)), None)
+            if failed is not None:
+                raise failed
+            return results
         if op == "stats":
             return {
                 "windows_decoded": self.windows_decoded,

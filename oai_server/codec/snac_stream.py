@@ -14,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -59,6 +60,7 @@ class _Job:
     window: Window
     future: asyncio.Future[bytes]
     loop: asyncio.AbstractEventLoop
+    queued_at: float
 
 
 class SnacDecoder:
@@ -81,6 +83,11 @@ class SnacDecoder:
         self.frames_decoded = 0
         self.frames_emitted = 0
         self.batches = 0
+        self.rounds = 0
+        self.busy_s = 0.0
+        """Seconds the worker spent decoding rounds: near the wall time, SNAC is what streams wait for."""
+        self.queued_s = 0.0
+        """Seconds windows waited in the queue before their round began, summed over the windows."""
         self.graphs: dict[WindowShape, GraphSet] = {}
         self._jobs: queue.SimpleQueue[_Job | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="snac-decoder", daemon=True)
@@ -94,7 +101,7 @@ class SnacDecoder:
         """PCM (s16le) of the window's `lead` samples, then 2048 per emitted frame."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        self._jobs.put(_Job(window, future, loop))
+        self._jobs.put(_Job(window, future, loop, time.perf_counter()))
         return await future
 
     async def capture_graphs(self, shapes: Sequence[WindowShape]) -> None:
@@ -136,12 +143,11 @@ class SnacDecoder:
 
     def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
         """A worker round: each group's PCM (windows of one shape each), or the exception that failed it, in order
-        and as soon as it is decoded."""
-        for windows in groups:
-            try:
-                yield self.decode_sync(windows)
-            except Exception as exc:
-                yield exc
+        (`decode_frame_batches`: the groups' graphs are queued together and waited for once)."""
+        batches = [(window_frames(windows), windows[0].shape) for windows in groups]
+        results = decode_frame_batches(self.model, self.device, self.graphs, batches)
+        for windows, pcm in zip(groups, results, strict=True):
+            yield pcm if isinstance(pcm, Exception) else self._pcm_of(windows, pcm)
 
     def _pcm_of(self, windows: Sequence[Window], pcm: np.ndarray) -> list[bytes]:
         """Count a decoded batch of one shape and cut its PCM ``[B, samples]`` into one s16le string a window."""
@@ -174,6 +180,16 @@ class SnacDecoder:
             self._decode_jobs(jobs)
 
     def _decode_jobs(self, jobs: list[_Job]) -> None:
+        began = time.perf_counter()
+        try:
+            self._deliver(jobs)
+        finally:
+            self.rounds += 1
+            self.busy_s += time.perf_counter() - began
+            self.queued_s += sum(began - job.queued_at for job in jobs)
+
+    def _deliver(self, jobs: list[_Job]) -> None:
+        """Decode a round's windows, grouped by shape, and hand each its PCM (or the error) on its loop."""
         groups: dict[WindowShape, list[_Job]] = {}
         for job in jobs:
             if not job.future.cancelled():
@@ -218,6 +234,52 @@ def capture_graph_sets(
         except Exception:
             logger.exception("SNAC CUDA graphs of window shape %s failed; its windows decode eagerly", shape)
     return graphs
+
+
+def decode_frame_batches(
+    model: Any,
+    device: str,
+    graphs: dict[WindowShape, GraphSet],
+    batches: Sequence[tuple[np.ndarray, WindowShape]],
+) -> list[np.ndarray | Exception]:
+    """A round of batches (``frames`` ``[B, F, 7]`` of one shape each): each one's int16 PCM, or the exception that
+    failed it, in order.
+
+    The batches with a graph are queued one after another and the stream is waited for once, at the end: SNAC's
+    stream has the lowest priority, so each wait lasts until the engine's step leaves the GPU a gap, and a round of
+    several shapes (streams starting and ending) waited for each in turn spanned as many engine steps. A shape met
+    twice is waited for before its second launch (its graph's buffers are in use); eager batches wait as they go.
+    """
+    results: list[np.ndarray | Exception | Callable[[], np.ndarray]] = []
+    pending: set[WindowShape] = set()
+    for frames, shape in batches:
+        try:
+            graph_set = graphs.get(shape)
+            if graph_set is None:
+                results.append(decode_frames(model, device, graphs, frames, shape))
+                continue
+            if shape in pending:
+                results[:] = _collect(results, device)
+                pending.clear()
+            results.append(graph_set.launch(frames_to_levels(frames.astype(np.int64, copy=False))))
+            pending.add(shape)
+        except Exception as exc:
+            results.append(exc)
+    return _collect(results, device)
+
+
+def _collect(
+    results: Sequence[np.ndarray | Exception | Callable[[], np.ndarray]], device: str
+) -> list[np.ndarray | Exception]:
+    """Wait for the stream once, then read every launched batch's PCM (each of them the device's error if it failed
+    the queued work)."""
+    if any(callable(result) for result in results):
+        try:
+            if device.startswith("cuda"):
+                torch.cuda.current_stream().synchronize()
+        except Exception as exc:
+            return [exc if callable(result) else result for result in results]
+    return [result() if callable(result) else result for result in results]
 
 
 def decode_frames(
