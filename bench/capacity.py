@@ -202,8 +202,14 @@ def _timings(level: dict[str, Any]) -> str:
     server = ", ".join(
         f"{name} p95 {view['p95_ms']:.0f} ms"
         for name, view in (level.get("server") or {}).items()
-        if view.get("p95_ms") is not None
+        if isinstance(view, dict) and view.get("p95_ms") is not None
     )
+    counters = (level.get("server") or {}).get("counters") or {}
+    if counters.get("snac_windows") and level.get("wall_s"):  # did streams wait on SNAC?
+        server += (", " if server else "") + (
+            f"SNAC busy {counters.get('snac_busy_s', 0.0) / level['wall_s']:.0%}, "
+            f"window wait {counters['snac_queue_wait_ms_per_window']:.0f} ms"
+        )
     phases = ", ".join(
         f"{name} {view['p95']:.0f}"
         for name, view in (level.get("client_phases_ms") or {}).items()

@@ -39,10 +39,19 @@ GAUGES = {
 }
 """Name in the report -> the headroom gate's gauge, read after the level (what the gate had learned by then)."""
 
+COUNTERS = {
+    "snac_busy_s": "oai_snac_busy_seconds_total",
+    "snac_queue_wait_s": "oai_snac_queue_wait_seconds_total",
+    "snac_windows": "oai_snac_windows_total",
+}
+"""Name in the report -> a counter (summed over its labels) whose increase over the level is reported: with the SNAC
+worker's busy seconds against the level's wall time, and each window's mean wait for its round, a level shows
+whether its streams waited on SNAC rather than on the engine."""
+
 
 def scrape(url: str, series: Series = SERIES) -> dict[str, float]:
     """Every histogram sample (`name{labels}` -> value) of the families in `series`; {} if unreachable."""
-    families = tuple({family for family, _ in series.values()} | set(GAUGES.values()))
+    families = tuple({family for family, _ in series.values()} | set(GAUGES.values()) | set(COUNTERS.values()))
     try:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError:
@@ -114,6 +123,17 @@ def level_view(before: dict[str, float], after: dict[str, float], series: Series
     gauges = {name: after[gauge] for name, gauge in GAUGES.items() if gauge in after}
     if gauges:
         view["gauges"] = gauges
+    counters = {
+        name: sum(value - before.get(key, 0.0) for key, value in after.items() if key.split("{", 1)[0] == counter)
+        for name, counter in COUNTERS.items()
+        if any(key.split("{", 1)[0] == counter for key in after)
+    }
+    if counters.get("snac_windows"):
+        counters["snac_queue_wait_ms_per_window"] = (
+            1000 * counters.get("snac_queue_wait_s", 0.0) / counters["snac_windows"]
+        )
+    if counters:
+        view["counters"] = counters
     return view
 
 

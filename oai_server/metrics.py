@@ -24,6 +24,10 @@ Series (all names prefixed `oai_`):
 - `snac_windows_total{path}`: SNAC windows decoded, live from the decoder: `graph` (a CUDA graph replay) or `eager`
   (a shape without a graph, or no CUDA). On a GPU nearly all should be `graph`: an eager window is a few hundred
   kernel launches holding the GIL of the process that decodes (with SNAC in the Orpheus engine, its scheduler's).
+- `snac_busy_seconds_total`, `snac_queue_wait_seconds_total`: live from the decoder, the seconds its worker spent
+  decoding rounds and the seconds windows waited for their round (summed over windows). A busy rate near 1 per
+  decoder, or a mean wait (its rate over `snac_windows_total`'s) near a stream's buffered audio, means streams wait on
+  SNAC rather than on the engine.
 - `engine_aborts_total{engine}`, `audio_frames_total`.
 - `event_loop_lag_seconds`: how late the event loop ran a timer (sampled all the time; anything
   CPU-bound on the loop shows here, and every other request waits that long).
@@ -110,6 +114,10 @@ class SnacLike(Protocol):
         """(windows decoded, of them without a CUDA graph)."""
         ...
 
+    def work_seconds(self) -> tuple[float, float]:
+        """(seconds decoding rounds, seconds windows waited for their round)."""
+        ...
+
 
 class EngineLike(Protocol):
     """What the engine gauge reads (`engines.base.TokenEngine` fits)."""
@@ -175,6 +183,10 @@ class _LiveCollector(Collector):
             CounterMetricFamily(
                 "oai_snac_windows", "SNAC windows decoded, by path: a CUDA graph replay or eager.", labels=["path"]
             ),
+            CounterMetricFamily("oai_snac_busy_seconds", "Seconds SNAC's decoding worker spent decoding rounds."),
+            CounterMetricFamily(
+                "oai_snac_queue_wait_seconds", "Seconds SNAC windows waited for their decoding round, summed."
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -183,7 +195,8 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
-        active, queued, engines, connections, generating, safe, step_slope, refused, snac = self._families()
+        families = self._families()
+        active, queued, engines, connections, generating, safe, step_slope, refused, snac, busy, waited = families
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
@@ -216,9 +229,12 @@ class _LiveCollector(Collector):
                 decoded, eager = decoder.window_counts()
                 snac.add_metric(["graph"], decoded - eager)
                 snac.add_metric(["eager"], eager)
+                busy_s, waited_s = decoder.work_seconds()
+                busy.add_metric([], busy_s)
+                waited.add_metric([], waited_s)
         except Exception:
             logger.exception("metrics: SNAC source failed")
-        return (active, queued, engines, connections, generating, safe, step_slope, refused, snac)
+        return families
 
 
 class Metrics:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import server_metrics  # noqa: E402
 from _common import StreamResult, simulate_playback, summarize  # noqa: E402
 from arrivals import LengthMix, concurrency_reached, poisson_plan  # noqa: E402
-from capacity import Criteria, capacity_block, evaluate, ladder, search  # noqa: E402
+from capacity import Criteria, _timings, capacity_block, evaluate, ladder, search  # noqa: E402
 from clients import Seeds, chat_max_tokens, speech_text  # noqa: E402
 from server_metrics import level_view, quantile  # noqa: E402
 from snac_fidelity import snr_db  # noqa: E402
@@ -89,6 +89,20 @@ def test_server_level_view_is_the_difference_between_two_scrapes() -> None:
     gauges = {"oai_headroom_safe_streams": 180.0, "oai_headroom_step_slope_seconds": 4e-5}
     view = level_view(scrape((1, 1, 1), 0.05) | {"oai_headroom_safe_streams": 90.0}, scrape((1, 5, 5), 1.25) | gauges)
     assert view["gauges"] == {"headroom_safe_streams": 180.0, "headroom_step_slope_s": 4e-5}  # as after the level
+    snac = {'oai_snac_windows_total{path="graph"}': 90.0, 'oai_snac_windows_total{path="eager"}': 2.0}
+    more = {'oai_snac_windows_total{path="graph"}': 140.0, 'oai_snac_windows_total{path="eager"}': 2.0}
+    before = (
+        scrape((1, 1, 1), 0.05) | snac | {"oai_snac_busy_seconds_total": 3.0, "oai_snac_queue_wait_seconds_total": 1.0}
+    )
+    after = (
+        scrape((1, 5, 5), 1.25) | more | {"oai_snac_busy_seconds_total": 4.5, "oai_snac_queue_wait_seconds_total": 2.0}
+    )
+    counters = level_view(before, after)["counters"]  # increases over the level, summed over labels
+    assert counters == {
+        "snac_busy_s": 1.5, "snac_queue_wait_s": 1.0, "snac_windows": 50.0, "snac_queue_wait_ms_per_window": 20.0
+    }  # fmt: skip
+    line = _timings({"ttfa_ms": {"p95": 586.4}, "wall_s": 3.0, "server": level_view(before, after)})
+    assert line == "; TTFA p95 586 ms, server: ttfa_speech p95 480 ms, SNAC busy 50%, window wait 20 ms"
 
 
 def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:

@@ -36,6 +36,8 @@ METRIC_NAMES = (
     "oai_headroom_safe_streams",
     "oai_headroom_refused_total",
     "oai_snac_windows_total",
+    "oai_snac_busy_seconds_total",
+    "oai_snac_queue_wait_seconds_total",
 )
 
 
@@ -157,12 +159,14 @@ def test_snac_windows_are_counted_by_path_from_the_decoder() -> None:
     m = Metrics()
     get = m.registry.get_sample_value
     assert get("oai_snac_windows_total", {"path": "eager"}) is None  # no decoder bound (before startup)
-    counts = [(10, 3)]
-    m.set_live_sources(snac=lambda: SimpleNamespace(window_counts=lambda: counts[0]))
+    counts, work = [(10, 3)], [(1.5, 0.25)]
+    m.set_live_sources(snac=lambda: SimpleNamespace(window_counts=lambda: counts[0], work_seconds=lambda: work[0]))
     windows = {path: get("oai_snac_windows_total", {"path": path}) for path in ("graph", "eager")}
     assert windows == {"graph": 7, "eager": 3}
-    counts[0] = (25, 3)  # read at scrape time
+    assert (get("oai_snac_busy_seconds_total"), get("oai_snac_queue_wait_seconds_total")) == (1.5, 0.25)
+    counts[0], work[0] = (25, 3), (2.0, 4.5)  # read at scrape time
     assert get("oai_snac_windows_total", {"path": "graph"}) == 22
+    assert (get("oai_snac_busy_seconds_total"), get("oai_snac_queue_wait_seconds_total")) == (2.0, 4.5)
     m.set_live_sources(snac=lambda: SimpleNamespace())  # a decoder without counts: the scrape goes on
     assert get("oai_snac_windows_total", {"path": "graph"}) is None and get("oai_active_streams") == 0
 
@@ -190,6 +194,10 @@ async def test_metrics_endpoint_on_demo_app(demo_app: FastAPI, demo_client: http
     assert decoded == eager > 0  # the warm-up's windows, on the CPU: no CUDA graphs
     assert f'oai_snac_windows_total{{path="eager"}} {float(eager)}' in text
     assert 'oai_snac_windows_total{path="graph"} 0.0' in text
+    scraped = float(
+        next(line.split()[1] for line in text.splitlines() if line.startswith("oai_snac_busy_seconds_total "))
+    )
+    assert 0 < scraped <= demo_app.state.services.engines.snac.work_seconds()[0]  # the warm-up's rounds, live
 
 
 async def test_request_counter_uses_route_template(demo_app: FastAPI, demo_client: httpx.AsyncClient) -> None:

@@ -116,6 +116,8 @@ async def test_windows_of_no_known_stream_take_turns_and_control_reaches_every_d
     assert all(len(p) == 2 * SAMPLES_PER_FRAME * 2 for p in pcm)
     assert [d.windows_decoded for d in decoders[:2]] == [2, 2]
     assert routed.window_counts() == (4, 4)  # summed over the replicas' decoders; on CPU every window is eager
+    (busy_a, queued_a), (busy_b, queued_b) = (d.work_seconds() for d in decoders[:2])
+    assert routed.work_seconds() == (busy_a + busy_b, queued_a + queued_b) and busy_a > 0 and busy_b > 0
     await routed.capture_graphs([window.shape])  # CPU: nothing to capture, on either
     routed.close()
     assert not any(d._thread.is_alive() for d in decoders[:2])

@@ -50,6 +50,10 @@ class SnacDecoding(Protocol):
         """(windows decoded so far, of them without a CUDA graph)."""
         ...
 
+    def work_seconds(self) -> tuple[float, float]:
+        """(seconds the decoding worker spent in rounds, seconds windows waited for their round, summed) so far."""
+        ...
+
     def close(self) -> None:
         """Stop decoding after the queued work (blocking)."""
         ...
@@ -133,6 +137,10 @@ class SnacDecoder:
         """(windows decoded so far, of them without a CUDA graph)."""
         return self.windows_decoded, self.eager_windows
 
+    def work_seconds(self) -> tuple[float, float]:
+        """(seconds the worker spent in rounds, seconds windows waited for their round, summed) so far."""
+        return self.busy_s, self.queued_s
+
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
         """int16 PCM ``[B, lead + 2048 * emitted]`` of a batch of windows of one shape (``frames``: ``[B, F, 7]``)."""
         return decode_frames(self.model, self.device, self.graphs, frames, shape)
@@ -144,10 +152,14 @@ class SnacDecoder:
     def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
         """A worker round: each group's PCM (windows of one shape each), or the exception that failed it, in order
         (`decode_frame_batches`: the groups' graphs are queued together and waited for once)."""
-        batches = [(window_frames(windows), windows[0].shape) for windows in groups]
-        results = decode_frame_batches(self.model, self.device, self.graphs, batches)
+        results = self.decode_batches([(window_frames(windows), windows[0].shape) for windows in groups])
         for windows, pcm in zip(groups, results, strict=True):
             yield pcm if isinstance(pcm, Exception) else self._pcm_of(windows, pcm)
+
+    def decode_batches(self, batches: Sequence[tuple[np.ndarray, WindowShape]]) -> list[np.ndarray | Exception]:
+        """A round's batches (``frames`` ``[B, F, 7]`` of one shape each): each one's PCM, or the exception that
+        failed it (`decode_frame_batches`)."""
+        return decode_frame_batches(self.model, self.device, self.graphs, batches)
 
     def _pcm_of(self, windows: Sequence[Window], pcm: np.ndarray) -> list[bytes]:
         """Count a decoded batch of one shape and cut its PCM ``[B, samples]`` into one s16le string a window."""

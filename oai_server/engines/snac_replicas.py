@@ -47,6 +47,11 @@ class ReplicaSnacDecoders:
         counts = [decoder.window_counts() for decoder in self.decoders]
         return sum(decoded for decoded, _ in counts), sum(eager for _, eager in counts)
 
+    def work_seconds(self) -> tuple[float, float]:
+        """(seconds in rounds, seconds windows waited for their round), summed over the decoders."""
+        work = [decoder.work_seconds() for decoder in self.decoders]
+        return sum(busy for busy, _ in work), sum(queued for _, queued in work)
+
     def close(self) -> None:
         """Close every decoder."""
         for decoder in self.decoders:
