@@ -17,6 +17,8 @@ summarises the worker's trace: GPU kernel time per step against the unprofiled w
 as the server's Poisson arrivals do: each of N lanes starts a new stream the moment its last ends, with
 a length from the arrivals' mix (`arrivals.LengthMix`, 1-20 s), so prefills and batch changes come as
 under load, and profiles that (py-spy too). Both report the streams started a second.
+`--snac-round-wait each` makes SNAC's worker wait for its stream after each window shape of a round, as before
+session 31 (an A/B of the one wait a round in one run: CHURN_VARIANTS in `gpu_session.sh`).
 `--snac-graph-shapes stream` captures SNAC graphs of the ramp's and the steady shape only, as the server did before
 session 28 (every stream's last window eager); an A/B takes two runs, since a capture while the engine samples
 fails it (session 28: "Offset increment outside graph capture").
@@ -35,7 +37,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,10 @@ from _common import (
 )
 from arrivals import LengthMix
 from engine_spy import spy_engine_core
+
+from oai_server.codec.snac_service import EngineSnacDecoder
+from oai_server.codec.snac_stream import window_frames
+from oai_server.codec.snac_windows import Window
 
 SNAC_SERVICE = "profile"
 
@@ -210,6 +216,21 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class WaitPerShape(EngineSnacDecoder):
+    """`--snac-round-wait each`: a round's shapes one request each, so the engine's SNAC thread waits for its stream
+    after every shape, as every round did before session 31 (the control of an A/B in one run)."""
+
+    def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
+        """Each group in a request of its own, decoded and waited for before the next."""
+        for windows in groups:
+            try:
+                pcm = self.connection.call("decode", window_frames(windows), windows[0].shape)
+            except Exception as exc:
+                yield exc
+                continue
+            yield self._pcm_of(windows, pcm)
+
+
 def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
     """(windows decoded, of them without a CUDA graph, worker rounds, seconds the worker spent in rounds, seconds
     windows waited for their round) so far; zeros without a synthesizer (`--mode raw`)."""
@@ -223,13 +244,11 @@ def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
     """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`)."""
     from oai_server.codec.snac_model import resolve_snac_dtype
-    from oai_server.codec.snac_service import EngineSnacDecoder
     from oai_server.codec.snac_windows import WindowPolicy
 
     dtype = resolve_snac_dtype("auto", "cuda")
-    decoder = await asyncio.to_thread(
-        EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
-    )
+    kind = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
+    decoder = await asyncio.to_thread(kind.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
     windows = WindowPolicy(frames_per_decode=4)
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)
@@ -386,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snac-graph-shapes", choices=("all", "stream"), default="all",
         help="ours_in_engine: the SNAC shapes captured, the server's (all) or the ramp's and the steady one only "
         "(stream: the server before session 28, every stream's last window decoded eagerly)",
+    )  # fmt: skip
+    p.add_argument(
+        "--snac-round-wait", choices=("once", "each"), default="once",
+        help="ours_in_engine: SNAC's worker waits for its stream once a round (the server's) or after each of the "
+        "round's window shapes (each: as before session 31)",
     )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,14 @@ def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]
         process.join(10)
 
 
+def wait_per_shape_decoder() -> type[EngineSnacDecoder]:
+    """`bench/profile_engine.py`'s control decoder (the bench folder is not a package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from profile_engine import WaitPerShape
+
+    return WaitPerShape
+
+
 def windows() -> list[Window]:
     codes = [tuple((7 * i + j) * 37 % 4096 for j in range(7)) for i in range(9)]
     return [Window(tuple(codes[i : i + 5]), 2, 2, SEAM_SAMPLES) for i in range(4)]
@@ -103,14 +112,20 @@ async def test_the_engine_decodes_what_the_server_would(
         local.close()
 
 
+@pytest.mark.parametrize(("kind", "requests"), [("server", ["decode_many"]), ("wait_per_shape", ["decode", "decode"])])
 async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
-    engine_process: tuple[str, multiprocessing.process.BaseProcess], noiseless_snac: Path
+    engine_process: tuple[str, multiprocessing.process.BaseProcess],
+    noiseless_snac: Path,
+    kind: str,
+    requests: list[str],
 ) -> None:
     """Streams starting and ending make worker rounds of several window shapes; the engine's SNAC thread takes the
     GIL from its scheduler at each request, so a round goes in one (`decode_many`), decoded as a local decoder
-    decodes each shape, first windows first."""
+    decodes each shape, first windows first. `bench/profile_engine.py --snac-round-wait each` (the control of an
+    A/B) sends each shape alone and decodes the same."""
     name, _ = engine_process
-    remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
+    decoder = EngineSnacDecoder if kind == "server" else wait_per_shape_decoder()
+    remote = await asyncio.to_thread(decoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
     local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
     calls: list[str] = []
     call = remote.connection.call
@@ -130,7 +145,7 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
         await asyncio.sleep(0.05)
         release.set()
         got = await asyncio.wait_for(asyncio.gather(*tasks), 30)
-        assert calls == ["decode_many"]
+        assert calls == requests
         want = [*local.decode_sync([steady, later]), *local.decode_sync([first])]
         for pcm, expected in zip([got[0], got[2], got[1]], want, strict=True):
             np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), np.frombuffer(expected, "<i2"), atol=1)
