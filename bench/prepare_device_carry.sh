@@ -11,7 +11,7 @@
 #   .devcarry/p2    vLLM's Python tree, its wheels and import stubs (call B)
 #   .devcarry/p3    PyAV and watchfiles, which the server imports, and compressed-tensors and loguru, for fp8
 #                   Orpheus (call C, with vllm_env.sh; ~37 MB)
-#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop and the VAD wheels (every call
+#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop, the VAD wheels and pytest (every call
 #                   after C: `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
 # The download is cached in /tmp/vllm-carry-cache (../shared/gpu/prepare_carry.sh, which does the vLLM part).
 set -euo pipefail
@@ -56,7 +56,7 @@ cp .devcarry/p2/vllm_env.sh .devcarry2/p2/
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d .devcarry2/p3 \
-  py-spy httptools uvloop onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3
+  py-spy httptools uvloop onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3 pytest pluggy iniconfig pygments
 for wheel in av- watchfiles- compressed_tensors- loguru-; do  # call C imports every one (session 25 went without av)
   compgen -G ".devcarry/p3/$wheel*.whl" > /dev/null || { echo "no $wheel wheel in .devcarry/p3" >&2; exit 1; }
 done
