@@ -209,6 +209,24 @@ async def _lane(run: Callable[[int, int], Awaitable[None]], lane: int, mix: Leng
         await run(churn_tokens(mix.draw(lengths)), started[0])
 
 
+async def loop_lateness(seconds: float, tick_s: float = 0.01) -> dict[str, float]:
+    """How late this process's event loop ran a `tick_s` timer over `seconds`, in ms: mean and p99. The bench's loop
+    runs every stream's pipeline (ours) or reads every stream's tokens (raw): a late loop starts a lane's next stream
+    late, which reads as a slower engine."""
+    late: list[float] = []
+    end = time.perf_counter() + seconds
+    while (now := time.perf_counter()) < end:
+        await asyncio.sleep(tick_s)
+        late.append(max(0.0, time.perf_counter() - now - tick_s))
+    late.sort()
+    if not late:
+        return {"loop_late_ms_mean": 0.0, "loop_late_ms_p99": 0.0}
+    return {
+        "loop_late_ms_mean": 1000 * sum(late) / len(late),
+        "loop_late_ms_p99": 1000 * late[int(0.99 * (len(late) - 1))],
+    }
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the streams (their engine requests are aborted) and wait for them to end."""
     for task in tasks:
@@ -325,6 +343,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             c0, s0, t0 = counter[0], started[0], time.perf_counter()
             w0, e0, r0, b0, q0 = _snac_counts(synthesizer)
             g0, h0 = engine.arrivals.groups, engine.arrivals.held
+            lateness = asyncio.create_task(loop_lateness(args.measure_s))
             if spy and args.py_spy:  # the engine core's threads and who holds its GIL, over the unprofiled window
                 report["engine_core_py_spy"] = await spy_engine_core(args.py_spy, os.getpid(), args.measure_s, args.out)
             else:
@@ -347,6 +366,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 "snac_queued_ms_per_window": 1000 * (q1 - q0) / (w1 - w0) if w1 > w0 else None,
                 "arrival_groups_per_s": (g1 - g0) / (t1 - t0),  # --arrival-window-ms: groups let in after a wait
                 "arrivals_held_per_s": (h1 - h0) / (t1 - t0),
+                **(await lateness),
             }
 
         tasks = [asyncio.create_task(one_stream(args.max_tokens, i)) for i in range(n)]

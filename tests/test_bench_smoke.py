@@ -710,6 +710,21 @@ def test_profile_churn_lanes_restart_streams_with_lengths_from_the_mix() -> None
     assert again[2][:10] == budgets[2][:10]  # seeded per lane: a rerun offers the same lengths
 
 
+def test_profile_reports_how_late_the_benchs_loop_ran() -> None:
+    """A loop busy elsewhere starts a lane's next stream late: the report says how late its timers ran."""
+    from profile_engine import loop_lateness
+
+    async def busy_then_measure() -> tuple[dict[str, float], dict[str, float]]:
+        quiet = await loop_lateness(0.2)
+        loop = asyncio.get_running_loop()
+        for delay in (0.05, 0.15):  # two 60 ms stretches of work on the loop itself
+            loop.call_later(delay, time.sleep, 0.06)
+        return quiet, await loop_lateness(0.3)
+
+    quiet, busy = asyncio.run(busy_then_measure())
+    assert busy["loop_late_ms_p99"] >= 40 and busy["loop_late_ms_mean"] > quiet["loop_late_ms_mean"]
+
+
 def test_profile_trace_summary(tmp_path: Path) -> None:
     from profile_engine import summarize_trace
 
