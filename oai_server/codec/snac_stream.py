@@ -257,10 +257,11 @@ def decode_frame_batches(
     """A round of batches (``frames`` ``[B, F, 7]`` of one shape each): each one's int16 PCM, or the exception that
     failed it, in order.
 
-    The batches with a graph are queued one after another and the stream is waited for once, at the end: SNAC's
-    stream has the lowest priority, so each wait lasts until the engine's step leaves the GPU a gap, and a round of
-    several shapes (streams starting and ending) waited for each in turn spanned as many engine steps. A shape met
-    twice is waited for before its second launch (its graph's buffers are in use); eager batches wait as they go.
+    The batches with a graph are queued one after another and the stream is waited for once, at the end. In the
+    engine's process SNAC's stream has the lowest priority, so a wait can last until the engine's kernels leave SMs
+    free, and each wait hands the GIL back and forth with the engine's scheduler: a round of several shapes
+    (streams starting and ending) that waited for each in turn could span several engine steps. A shape met twice
+    is waited for before its second launch (its graph's buffers are in use); eager batches wait as they go.
     """
     results: list[np.ndarray | Exception | Callable[[], np.ndarray]] = []
     pending: set[WindowShape] = set()
