@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from server_metrics import snac_note
+
 CRITERIA = ("success", "zero_underruns", "rtf_p99", "ttfa_p95_ms")
 
 
@@ -204,12 +206,8 @@ def _timings(level: dict[str, Any]) -> str:
         for name, view in (level.get("server") or {}).items()
         if isinstance(view, dict) and view.get("p95_ms") is not None
     )
-    counters = (level.get("server") or {}).get("counters") or {}
-    if counters.get("snac_windows") and level.get("wall_s"):  # did streams wait on SNAC?
-        server += (", " if server else "") + (
-            f"SNAC busy {counters.get('snac_busy_s', 0.0) / level['wall_s']:.0%}, "
-            f"window wait {counters['snac_queue_wait_ms_per_window']:.0f} ms"
-        )
+    snac = snac_note(level)  # did streams wait on SNAC?
+    server += (", " if server and snac else "") + snac
     phases = ", ".join(
         f"{name} {view['p95']:.0f}"
         for name, view in (level.get("client_phases_ms") or {}).items()

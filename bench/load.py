@@ -79,22 +79,23 @@ async def run_level(
         for part in modes
     ]
     pool = pool_for(args)
-    scraped = server_urls(args.metrics_url or args.url)
-    server_before = await asyncio.to_thread(server_metrics.scrape_all, scraped)
-    started = time.perf_counter()
-    if pool is not None:
-        per_worker = await pool.run(args, workers)
-        started += START_MARGIN_S  # the processes' agreed start
-    elif args.preconnect:  # the connections open before the agreed start, outside the level's wall time
-        per_worker = await run_workers(args, workers, time.time() + START_MARGIN_S)
-        started += START_MARGIN_S
-    else:
-        per_worker = await run_workers(args, workers)
-    wall = time.perf_counter() - started
-    server_after = await asyncio.to_thread(server_metrics.scrape_all, scraped)
+
+    async def burst() -> tuple[list[list[StreamResult]], float]:
+        started = time.perf_counter()
+        if pool is not None:
+            per_worker = await pool.run(args, workers)
+            started += START_MARGIN_S  # the processes' agreed start
+        elif args.preconnect:  # the connections open before the agreed start, outside the level's wall time
+            per_worker = await run_workers(args, workers, time.time() + START_MARGIN_S)
+            started += START_MARGIN_S
+        else:
+            per_worker = await run_workers(args, workers)
+        return per_worker, time.perf_counter() - started
+
+    (per_worker, wall), server = await server_metrics.around(server_urls(args.metrics_url or args.url), burst())
     results = [r for rs in per_worker for r in rs]
     summary = summarize(n, results, wall)
-    summary["server"] = server_metrics.level_view(server_before, server_after)
+    summary["server"] = server
     if mode == "mixed":
         summary["parts"] = {
             part: summarize(
@@ -148,13 +149,19 @@ class Sweep:
                 summary, results = await run_rate(mode, rate, args, self.seeds, criteria(mode, args))
                 self.report["arrivals"].setdefault(mode, []).append(summary)
                 self.report["streams"].setdefault(mode, {})[f"rate={rate:g}"] = [r.public() for r in results]
-                print(f"[{mode}] arrivals {rate:g}/s: {_brief(summary)}", flush=True)
+                print(
+                    f"[{mode}] arrivals {rate:g}/s: {_brief(summary)} {server_metrics.snac_note(summary)}", flush=True
+                )
                 self.save()
             if args.overload:
                 summary, results = await overload(mode, args.overload, args, self.seeds, criteria(mode, args))
                 self.report["overload"][mode] = summary
                 self.report["streams"].setdefault(mode, {})["overload"] = [r.public() for r in results]
-                print(f"[{mode}] overload x{args.overload_factor:g}: {json.dumps(summary['verdict'])}", flush=True)
+                verdict = json.dumps(summary["verdict"])
+                print(
+                    f"[{mode}] overload x{args.overload_factor:g}: {verdict} {server_metrics.snac_note(summary)}",
+                    flush=True,
+                )
                 self.save()
         return self.report
 

@@ -13,8 +13,10 @@ Quantiles are interpolated inside buckets as Prometheus' `histogram_quantile` do
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,6 +33,7 @@ SERIES = {
 }
 """Name in the report -> (histogram family, label filter)."""
 Series = dict[str, tuple[str, str]]
+T = TypeVar("T")
 
 GAUGES = {
     "headroom_safe_streams": "oai_headroom_safe_streams",
@@ -135,6 +138,24 @@ def level_view(before: dict[str, float], after: dict[str, float], series: Series
     if counters:
         view["counters"] = counters
     return view
+
+
+async def around(urls: list[str], work: Awaitable[T]) -> tuple[T, dict[str, Any]]:
+    """`work`'s result and the servers' view of it: `level_view` of a scrape of `urls` before and after."""
+    before = await asyncio.to_thread(scrape_all, urls)
+    result = await work
+    after = await asyncio.to_thread(scrape_all, urls)
+    return result, level_view(before, after)
+
+
+def snac_note(level: dict[str, Any]) -> str:
+    """`SNAC busy X%, window wait Y ms` of a level's server view and wall time ('' where SNAC's counters are absent):
+    whether its streams waited on SNAC rather than on the engine."""
+    counters = (level.get("server") or {}).get("counters") or {}
+    if not counters.get("snac_windows") or not level.get("wall_s"):
+        return ""
+    busy = counters.get("snac_busy_s", 0.0) / level["wall_s"]
+    return f"SNAC busy {busy:.0%}, window wait {counters['snac_queue_wait_ms_per_window']:.0f} ms"
 
 
 def _ms(seconds: float | None) -> float | None:

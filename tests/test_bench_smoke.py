@@ -350,6 +350,8 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
         assert [s["target_audio_s"] for s in report["streams"][mode]["rate=1"]] == [s for _, s in plan]
         assert 1 <= rate["concurrency_reached"]["max"] <= 2
         assert set(rate["criteria"]["criteria"]) == CRITERIA
+        served = rate["server"][f"ttfa_{mode}"]["count"]  # the server's view of the arrivals too
+        assert served == rate["ok"] and rate["server"]["counters"]["snac_windows"] > 0
 
         # 3 sent at once against a server admitting 2 and queueing none: the third is refused, since
         # an admitted stream runs for hundreds of ms before it could free its slot.
@@ -358,6 +360,7 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
         assert over["retry_after_s"] == [1.0]
         assert (over["errors"], over["hung"], over["verdict"]["nothing_hung"]) == (0, 0, True)
         assert len(over["admitted_underruns"]) == 2
+        assert over["server"][f"ttfa_{mode}"]["count"] == 2 and over["server"]["counters"]["snac_busy_s"] > 0
     for level in report["modes"]["chat"]:  # the transcript of a segment is sent before its audio
         assert level["first_text_ms"]["p50"] <= level["ttfa_ms"]["p50"]
     transcripts = [s["first_text"] for run in ("1", "2", "rate=1") for s in report["streams"]["chat"][run]]
@@ -366,6 +369,7 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     for name in ("results.png", "capacity.png", "arrivals.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "capacity: " in proc.stdout and "Poisson arrivals" in proc.stdout
+    assert "[speech] arrivals 1/s: " in proc.stdout and "SNAC busy " in proc.stdout
 
 
 @contextlib.contextmanager
