@@ -228,6 +228,32 @@ def test_a_failing_shape_fails_its_own_windows_alone() -> None:
         decoder.close()
 
 
+def test_a_round_whose_decoding_raises_fails_its_windows_and_the_worker_goes_on() -> None:
+    """A decoder that raises instead of yielding a group's error still answers every window: never a hang."""
+
+    class Raising(SnacDecoder):
+        calls = 0
+
+        def decode_groups(self, groups: Any) -> Iterator[list[bytes]]:
+            Raising.calls += 1
+            if Raising.calls == 1:
+                raise RuntimeError("the device went away")
+            yield from ([b"pcm" for _ in windows] for windows in groups)
+
+    decoder = Raising(None, "cpu", max_batch=16)
+
+    async def twice() -> tuple[Any, bytes]:
+        failed = await asyncio.gather(decoder.decode(Window((), 0, 1)), return_exceptions=True)
+        return failed[0], await asyncio.wait_for(decoder.decode(Window((), 0, 1)), 10)
+
+    try:
+        failed, later = asyncio.run(twice())
+        assert isinstance(failed, RuntimeError) and str(failed) == "the device went away" and later == b"pcm"
+        assert decoder.rounds == 2
+    finally:
+        decoder.close()
+
+
 def test_first_audio_needs_only_lookahead_plus_one_frame() -> None:
     planner = WindowPolicy(2, 1, 2).planner()
     assert planner.add(frames(1)) == []

@@ -192,22 +192,22 @@ class SnacDecoder:
             self._decode_jobs(jobs)
 
     def _decode_jobs(self, jobs: list[_Job]) -> None:
+        """Decode a round's windows, grouped by shape, count the round, then hand each window its PCM (or the error)
+        on its loop: whoever holds a window's PCM finds its round counted."""
         began = time.perf_counter()
-        try:
-            self._deliver(jobs)
-        finally:
-            self.rounds += 1
-            self.busy_s += time.perf_counter() - began
-            self.queued_s += sum(began - job.queued_at for job in jobs)
-
-    def _deliver(self, jobs: list[_Job]) -> None:
-        """Decode a round's windows, grouped by shape, and hand each its PCM (or the error) on its loop."""
         groups: dict[WindowShape, list[_Job]] = {}
         for job in jobs:
             if not job.future.cancelled():
                 groups.setdefault(job.window.shape, []).append(job)
         ordered = sorted(groups.values(), key=lambda group: group[0].window.emit)
-        decoded = self.decode_groups([[job.window for job in group] for group in ordered])
+        decoded: list[list[bytes] | Exception]
+        try:
+            decoded = list(self.decode_groups([[job.window for job in group] for group in ordered]))
+        except Exception as exc:  # never leave a window waiting
+            decoded = [exc] * len(ordered)
+        self.rounds += 1
+        self.busy_s += time.perf_counter() - began
+        self.queued_s += sum(began - job.queued_at for job in jobs)
         for group, results in zip(ordered, decoded, strict=True):
             if isinstance(results, Exception):
                 logger.error("SNAC decode failed", exc_info=results)
