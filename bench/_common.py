@@ -365,6 +365,11 @@ def server_urls(url: str) -> list[str]:
     return [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
 
 
+def metrics_urls(args: argparse.Namespace) -> list[str]:
+    """The servers whose `/metrics` make a run's server view: `--metrics-url`, else `--url`'s."""
+    return server_urls(getattr(args, "metrics_url", None) or args.url)
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, path: str = "/health/ready") -> float:
     """Poll `url + path` until it answers 200; raise if the process exits or time runs out."""
     start = time.monotonic()

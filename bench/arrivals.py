@@ -27,18 +27,15 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from _common import SENTENCES, StreamResult, percentile, server_urls, summarize
+from _common import SENTENCES, StreamResult, metrics_urls, percentile, summarize
 from capacity import Criteria, evaluate
 from client_pool import START_MARGIN_S, pool_for
 from clients import RequestSpec, Seeds, chat_max_tokens, open_clients, request_fn, speech_text
 from server_metrics import around
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,11 +111,6 @@ async def run_plan(
     return results, wall
 
 
-async def _watched(work: Awaitable[T], args: argparse.Namespace) -> tuple[T, dict[str, Any]]:
-    """`work`'s result and the servers' view of it (`server_metrics.around`; `--metrics-url`, else `--url`)."""
-    return await around(server_urls(getattr(args, "metrics_url", None) or args.url), work)
-
-
 def concurrency_reached(results: list[StreamResult], until_s: float | None = None) -> dict[str, float]:
     """Admitted streams in flight (response headers to end), as the client saw them: max and time-weighted mean."""
     events: list[tuple[float, int]] = []
@@ -155,7 +147,7 @@ async def run_rate(
     """Poisson arrivals at `rate` per second for `args.arrival_duration_s`: the report of that rate."""
     mix = length_mix(args)
     plan = poisson_plan(rate, args.arrival_duration_s, mix, args.arrival_seed)
-    (results, wall), server = await _watched(run_plan(mode, plan, args, seeds), args)
+    (results, wall), server = await around(metrics_urls(args), run_plan(mode, plan, args, seeds))
     summary = {
         "server": server,
         "rate_per_s": rate,
@@ -180,7 +172,7 @@ async def overload(
         rate = offered / mix.mean_s()
         plan = poisson_plan(rate, args.overload_duration_s, mix, args.arrival_seed)
         window = args.overload_duration_s
-    (results, wall), server = await _watched(run_plan(mode, plan, args, seeds), args)
+    (results, wall), server = await around(metrics_urls(args), run_plan(mode, plan, args, seeds))
     summary = _describe(results, wall, plan, criteria, window) | {"server": server}
     admitted = [r for r in results if r.status == 200]
     refused = [r for r in results if r.refused]

@@ -42,7 +42,7 @@ from _common import (
     SENTENCES,
     StreamResult,
     benchmarked_server,
-    server_urls,
+    metrics_urls,
     summarize,
     table,
     tail,
@@ -92,7 +92,7 @@ async def run_level(
             per_worker = await run_workers(args, workers)
         return per_worker, time.perf_counter() - started
 
-    (per_worker, wall), server = await server_metrics.around(server_urls(args.metrics_url or args.url), burst())
+    (per_worker, wall), server = await server_metrics.around(metrics_urls(args), burst())
     results = [r for rs in per_worker for r in rs]
     summary = summarize(n, results, wall)
     summary["server"] = server

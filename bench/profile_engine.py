@@ -255,8 +255,8 @@ def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
     if synthesizer is None:
         return 0, 0, 0, 0.0, 0.0
     decoder = synthesizer.decoder
-    decoded, eager = decoder.window_counts()
-    return decoded, eager, decoder.rounds, decoder.busy_s, decoder.queued_s
+    (decoded, eager), (busy, queued) = decoder.window_counts(), decoder.work_seconds()
+    return decoded, eager, decoder.rounds, busy, queued
 
 
 async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:

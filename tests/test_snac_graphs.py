@@ -198,9 +198,9 @@ OTHER: WindowShape = (3, 0, 1, 0)
 
 
 def test_a_round_queues_every_graph_then_waits_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SNAC's stream has the lowest priority, so each wait lasts until the engine's step leaves a gap: a round of
-    several shapes is queued whole and waited for once, except that a shape met again waits before its second
-    launch (its graph's staged inputs and host output are still in use)."""
+    """Each wait on SNAC's lowest-priority stream can last until the engine leaves SMs free: a round of several
+    shapes is queued whole and waited for once, except that a shape met again waits before its second launch (its
+    graph's staged inputs and host output are still in use)."""
     from oai_server.codec import snac_stream
 
     log: list[tuple[Any, ...]] = []

@@ -136,15 +136,10 @@ class SnacService:
                 self.graphs.update(capture_graph_sets(self.model, args[0], self.max_batch, self.device, self.fusion))
             return sorted(self.graphs)
         if op == "decode":
-            frames, shape = args
-            self.windows_decoded += len(frames)
-            self.eager_windows += 0 if tuple(shape) in self.graphs else len(frames)
-            return decode_frames(self.model, self.device, self.graphs, frames, tuple(shape))
+            frames, shape = self._counted(*args)
+            return decode_frames(self.model, self.device, self.graphs, frames, shape)
         if op == "decode_many":  # a worker round, batches of one shape each: one round trip, one wait for them all
-            batches = [(frames, tuple(shape)) for frames, shape in args[0]]
-            for frames, shape in batches:
-                self.windows_decoded += len(frames)
-                self.eager_windows += 0 if shape in self.graphs else len(frames)
+            batches = [self._counted(frames, shape) for frames, shape in args[0]]
             results = decode_frame_batches(self.model, self.device, self.graphs, batches)
             failed = next((result for result in results if isinstance(result, Exception)), None)
             if failed is not None:
@@ -160,6 +155,13 @@ class SnacService:
                 "stream_priority": self._stream.priority if self._stream is not None else None,
             }
         raise SnacServiceError(f"unknown operation {op!r}")
+
+    def _counted(self, frames: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, WindowShape]:
+        """A batch to decode, counted (its windows, and those without a graph); its shape as a tuple (a key)."""
+        key: WindowShape = tuple(shape)  # type: ignore[assignment]
+        self.windows_decoded += len(frames)
+        self.eager_windows += 0 if key in self.graphs else len(frames)
+        return frames, key
 
     def close(self) -> None:
         """Stop accepting connections."""
