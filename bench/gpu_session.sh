@@ -34,7 +34,8 @@
 #                 side of ours / raw at one N), into step_profile_b/.
 #   churn_ab      (GPU BASE_GPU): bench/profile_engine.py --churn --no-trace once per variant in CHURN_VARIANTS (';'
 #                 between them), each with CHURN_ARGS, at PROF_CONC (128): per variant the engine's steady and churning
-#                 step (no py-spy, no torch profile), into churn_ab/v<i>/ and churn_ab/summary.txt.
+#                 step (no py-spy, no torch profile: a variant adds `--py-spy /tmp/site/bin/py-spy` or `--trace`), into
+#                 churn_ab/v<i>/ and churn_ab/summary.txt.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START

@@ -19,6 +19,12 @@ a length from the arrivals' mix (`arrivals.LengthMix`, 1-20 s), so prefills and 
 under load, and profiles that (py-spy too). Both report the streams started a second.
 `--snac-round-wait each` makes SNAC's worker wait for its stream after each window shape of a round, as before
 session 31 (an A/B of the one wait a round in one run: CHURN_VARIANTS in `gpu_session.sh`).
+`--snac-decode round-trip` keeps the pipeline and one round trip a worker round to the engine's SNAC thread (it wakes
+and takes the GIL) but sends no frames and decodes nothing (silence back); `none` decodes silence in this process, no
+round trip: with `gpu` (the server's) and raw vLLM with `--sampling band` (the same engine, no pipeline) one run splits
+what streams coming and going cost ours into SNAC's GPU work, its thread in the engine core and the pipeline.
+`--trace` after `--no-trace` (a variant of `gpu_session.sh`'s churn_ab) profiles the churning engine too: the trace's
+GPU time per CUDA stream (the engine's, SNAC's, their overlap) against the wall time of a step.
 `--snac-graph-shapes stream` captures SNAC graphs of the ramp's and the steady shape only, as the server did before
 session 28 (every stream's last window eager); an A/B takes two runs, since a capture while the engine samples
 fails it (session 28: "Offset increment outside graph capture").
@@ -57,10 +63,11 @@ from _common import (
     write_json,
 )
 from arrivals import LengthMix
+from baselines import SilentDecoder
 from engine_spy import spy_engine_core
 
 from oai_server.codec.snac_service import EngineSnacDecoder
-from oai_server.codec.snac_stream import window_frames
+from oai_server.codec.snac_stream import SnacDecoder, window_frames
 from oai_server.codec.snac_windows import Window
 
 SNAC_SERVICE = "profile"
@@ -249,6 +256,24 @@ class WaitPerShape(EngineSnacDecoder):
             yield self._pcm_of(windows, pcm)
 
 
+class RoundTripOnly(EngineSnacDecoder):
+    """`--snac-decode round-trip`: a round costs the engine core what the server's does on the host side of a wait
+    (its SNAC thread wakes, takes the GIL, answers) but no frames cross and no GPU work runs; each window gets silence
+    of its decoded length."""
+
+    def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
+        """One `stats` request for the round, then silence for each group."""
+        try:
+            self.connection.call("stats")
+        except Exception as exc:
+            for _ in groups:
+                yield exc
+            return
+        silent = SilentDecoder(None, "cpu")
+        for windows in groups:
+            yield self._pcm_of(windows, silent.decode_frames(window_frames(windows), windows[0].shape))
+
+
 def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
     """(windows decoded, of them without a CUDA graph, worker rounds, seconds the worker spent in rounds, seconds
     windows waited for their round) so far; zeros without a synthesizer (`--mode raw`)."""
@@ -266,7 +291,11 @@ async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> An
 
     dtype = resolve_snac_dtype("auto", "cuda")
     kind = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
-    decoder = await asyncio.to_thread(kind.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
+    if args.snac_decode == "round-trip":
+        kind = RoundTripOnly
+    decoder: SnacDecoder = SilentDecoder(None, "cpu", 64)
+    if args.snac_decode != "none":
+        decoder = await asyncio.to_thread(kind.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
     windows = WindowPolicy(frames_per_decode=4)
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)
@@ -377,7 +406,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
             report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
-        if args.no_trace:
+        if not args.trace:
             await _cancel(tasks)
             return report
         await built[0].start_profile()
@@ -431,9 +460,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ours_in_engine: SNAC's worker waits for its stream once a round (the server's) or after each of the "
         "round's window shapes (each: as before session 31)",
     )  # fmt: skip
+    p.add_argument(
+        "--snac-decode", choices=("gpu", "round-trip", "none"), default="gpu",
+        help="ours_in_engine: SNAC decoded on the GPU by the engine's service (the server's), or silence after one "
+        "round trip to it a worker round (round-trip), or silence in this process (none)",
+    )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
-    p.add_argument("--no-trace", action="store_true", help="the unprofiled measurements only, no torch profile")
+    p.add_argument(
+        "--trace", action=argparse.BooleanOptionalAction, default=True,
+        help="--no-trace: the unprofiled measurements only, no torch profile (the last of the two given wins: a "
+        "variant of gpu_session.sh's churn_ab, which passes --no-trace, traces with --trace)",
+    )  # fmt: skip
     p.add_argument("--settle-s", type=float, default=1.5, help="run this long before measuring")
     p.add_argument("--measure-s", type=float, default=2.0, help="unprofiled measurement window")
     p.add_argument("--profile-s", type=float, default=4.0, help="how long the profiler stays on at most")
@@ -450,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--mode ours_in_engine needs --snac")
     report = asyncio.run(amain(args))
     write_json(args.out / "profile.json", report)
-    if args.no_trace:
+    if not args.trace:
         return 0
     prof = report["profile"]
     print("=== profile summary ===")

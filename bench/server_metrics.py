@@ -6,6 +6,9 @@ waited to be admitted (`oai_admission_wait_seconds`, real-time headroom then a s
 audio byte (`oai_time_to_first_audio_seconds`), and how late its event loop ran (`oai_event_loop_lag_seconds`);
 a spoken chat reply's TTFA splits further at its first token (`oai_time_to_first_token_seconds`, the LLM) and
 its first text segment handed to speech synthesis (`oai_time_to_first_segment_seconds`, the segmenter's wait);
+a reply's wait for its audio splits at its first Orpheus tokens (`first_tokens_*`: the engine's queue and prefill)
+and its first SNAC window (`first_window_*`: the first chunk's tokens; from there to `ttfa_*`, SNAC and the write,
+`oai_time_to_speech_stage_seconds`);
 `oai_http_first_byte_seconds` is all of it, from the request reaching the app to its first body byte, so
 the client's TTFA minus it is what happens outside the app (the client, the socket, uvicorn's parsing).
 Quantiles are interpolated inside buckets as Prometheus' `histogram_quantile` does.
@@ -23,10 +26,14 @@ import httpx
 SERIES = {
     "admission_wait_speaking": ("oai_admission_wait_seconds", 'speaks="true"'),
     "admission_wait_text": ("oai_admission_wait_seconds", 'speaks="false"'),
+    "first_tokens_speech": ("oai_time_to_speech_stage_seconds", 'endpoint="speech",stage="first_tokens"'),
+    "first_window_speech": ("oai_time_to_speech_stage_seconds", 'endpoint="speech",stage="first_window"'),
     "ttfa_speech": ("oai_time_to_first_audio_seconds", 'endpoint="speech"'),
     "ttfa_chat": ("oai_time_to_first_audio_seconds", 'endpoint="chat"'),
     "ttft_chat": ("oai_time_to_first_token_seconds", ""),
     "first_segment_chat": ("oai_time_to_first_segment_seconds", 'endpoint="chat"'),
+    "first_tokens_chat": ("oai_time_to_speech_stage_seconds", 'endpoint="chat",stage="first_tokens"'),
+    "first_window_chat": ("oai_time_to_speech_stage_seconds", 'endpoint="chat",stage="first_window"'),
     "loop_lag": ("oai_event_loop_lag_seconds", ""),
     "first_byte_speech": ("oai_http_first_byte_seconds", 'route="/v1/audio/speech"'),
     "first_byte_chat": ("oai_http_first_byte_seconds", 'route="/v1/chat/completions"'),
@@ -80,8 +87,11 @@ def scrape_all(urls: list[str], series: Series = SERIES) -> dict[str, float]:
 
 
 def _matches(key: str, family: str, suffix: str, label: str) -> bool:
-    name = key.split("{", 1)[0]
-    return name == f"{family}_{suffix}" and (not label or label in key)
+    """Whether sample `key` is `family`'s `suffix` series and carries every `name="value"` of `label` (comma-separated;
+    the exposition sorts a bucket's `le` among the labels, so they are matched one by one)."""
+    name, _, labels = key.partition("{")
+    have = set(labels.rstrip("}").split(","))
+    return name == f"{family}_{suffix}" and all(part in have for part in label.split(",") if part)
 
 
 def _delta(before: dict[str, float], after: dict[str, float], family: str, suffix: str, label: str) -> dict[str, float]:

@@ -15,6 +15,10 @@ Series (all names prefixed `oai_`):
 - `time_to_first_audio_seconds{endpoint}`, `time_to_first_token_seconds`: 10 ms .. 10 s buckets.
 - `time_to_first_segment_seconds{endpoint}`: to a spoken reply's first text segment handed to speech synthesis;
   with the first token's and first audio's times it splits a reply's TTFA into the LLM, the segmenter and TTS.
+- `time_to_speech_stage_seconds{endpoint,stage}`: to a stage of a reply's first audio, from the same start:
+  `first_tokens` (its first Orpheus tokens: admission, the engine's queue and prefill), `first_window` (its first
+  SNAC window handed to the decoder: the first chunk's tokens too); the time to first audio minus `first_window` is
+  SNAC's wait and decode and the write.
 - `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
 - `active_streams`, `queued_streams`: live from the admission object.
 - `headroom_generating`, `headroom_safe_streams`, `headroom_step_slope_seconds`, `headroom_refused_total`: live
@@ -291,6 +295,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.speech_stage = Histogram(
+            "oai_time_to_speech_stage_seconds",
+            "Time from request to a stage of its first audio: first Orpheus tokens, first SNAC window.",
+            ["endpoint", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.rtf = Histogram(
             "oai_real_time_factor",
             "Synthesis time divided by audio duration.",
@@ -407,6 +418,10 @@ class Metrics:
     def observe_first_segment(self, endpoint: str, seconds: float) -> None:
         """Time to the first text segment of one spoken reply that went to speech synthesis."""
         self._labeled(self.first_segment, endpoint).observe(seconds)
+
+    def observe_speech_stage(self, endpoint: str, stage: str, seconds: float) -> None:
+        """Time to a stage ("first_tokens", "first_window") of one reply's first audio."""
+        self._labeled(self.speech_stage, endpoint, stage).observe(seconds)
 
     def observe_rtf(self, endpoint: str, value: float) -> None:
         """Real-time factor (synthesis seconds / audio seconds) of one finished reply."""

@@ -410,6 +410,9 @@ def test_load_deals_streams_out_to_several_servers(tmp_path: Path, demo_cache: P
         (level,) = json.loads((out / "results.json").read_text())["modes"]["speech"]
         assert (level["ok"], level["streams_zero_underruns"]) == (5, 5), level["error_samples"]
         assert level["server"]["first_byte_speech"]["count"] == 5
+        stages = [level["server"][name] for name in ("first_tokens_speech", "first_window_speech", "ttfa_speech")]
+        assert [stage["count"] for stage in stages] == [5, 5, 5]
+        assert stages[0]["mean_ms"] <= stages[1]["mean_ms"] <= stages[2]["mean_ms"]
         assert (_speech_first_bytes(first), _speech_first_bytes(second)) == (3, 2)
 
 

@@ -24,6 +24,7 @@ METRIC_NAMES = (
     "oai_time_to_first_audio_seconds",
     "oai_time_to_first_token_seconds",
     "oai_time_to_first_segment_seconds",
+    "oai_time_to_speech_stage_seconds",
     "oai_admission_wait_seconds",
     "oai_http_first_byte_seconds",
     "oai_real_time_factor",
@@ -74,6 +75,7 @@ def test_observation_api_records_values() -> None:
     m.observe_ttfa("speech", 0.3)
     m.observe_ttft(0.04)
     m.observe_first_segment("chat", 0.07)
+    m.observe_speech_stage("speech", "first_window", 0.05)
     m.observe_rtf("chat", 0.25)
     m.count_frames(3)
     m.count_frames(0)
@@ -87,6 +89,9 @@ def test_observation_api_records_values() -> None:
     assert get("oai_time_to_first_audio_seconds_bucket", {"endpoint": "speech", "le": "10.0"}) == 2
     assert get("oai_time_to_first_token_seconds_sum") == pytest.approx(0.04)
     assert get("oai_time_to_first_segment_seconds_sum", {"endpoint": "chat"}) == pytest.approx(0.07)
+    stage = {"endpoint": "speech", "stage": "first_window"}
+    assert get("oai_time_to_speech_stage_seconds_sum", stage) == pytest.approx(0.05)
+    assert get("oai_time_to_speech_stage_seconds_count", {"endpoint": "speech", "stage": "first_tokens"}) is None
     assert get("oai_real_time_factor_count", {"endpoint": "chat"}) == 1
     assert get("oai_audio_frames_total") == 3
     assert get("oai_engine_aborts_total", {"engine": "tts"}) == 2
@@ -286,6 +291,46 @@ async def test_a_spoken_reply_times_its_first_segment_between_first_token_and_fi
     assert after[0] == before[0] + 1
     first_token, first_segment, first_audio = (after[i] - before[i] for i in (1, 2, 3))
     assert 0 < first_token <= first_segment <= first_audio
+
+
+@pytest.mark.parametrize("endpoint", ["speech", "chat"])
+async def test_the_time_to_first_audio_splits_at_the_first_orpheus_tokens_and_the_first_snac_window(
+    demo_app: FastAPI, demo_client: httpx.AsyncClient, endpoint: str
+) -> None:
+    """One observation of each stage per reply that speaks, from the reply's start like its TTFA, in order: the first
+    Orpheus tokens (queue and prefill), the first SNAC window (the first chunk's tokens too), the first audio (SNAC and
+    the write); a spoken chat reply's first text segment comes before its first Orpheus tokens."""
+    get = demo_app.state.metrics.registry.get_sample_value
+
+    def totals() -> list[float]:
+        def value(name: str, labels: dict[str, str]) -> float:
+            return get(name, labels) or 0.0
+
+        stages = [{"endpoint": endpoint, "stage": stage} for stage in ("first_tokens", "first_window")]
+        return [
+            *(value("oai_time_to_speech_stage_seconds_count", labels) for labels in stages),
+            value("oai_time_to_first_segment_seconds_sum", {"endpoint": endpoint}),
+            *(value("oai_time_to_speech_stage_seconds_sum", labels) for labels in stages),
+            value("oai_time_to_first_audio_seconds_sum", {"endpoint": endpoint}),
+        ]
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    if endpoint == "speech":
+        path, body = "/v1/audio/speech", {"model": "tts-1", "voice": "tara", "input": "Hello there.", "seed": 2}
+    else:
+        path = "/v1/chat/completions"
+        body = {
+            "model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "seed": 3,
+            "modalities": ["text", "audio"], "audio": {"voice": "tara", "format": "wav"},
+        }  # fmt: skip
+    before = totals()
+    assert (await demo_client.post(path, json=body, headers=auth)).status_code == 200
+    counts, (segment, first_tokens, first_window, first_audio) = (
+        [after - was for after, was in zip(totals(), before, strict=True)][i:j] for i, j in ((0, 2), (2, 6))
+    )
+    assert counts == [1, 1]
+    assert segment <= first_tokens <= first_window <= first_audio and first_tokens > 0
+    assert (segment > 0) == (endpoint == "chat")
 
 
 async def test_first_byte_is_timed_once_per_request_at_its_first_body_byte(

@@ -75,12 +75,16 @@ def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]
         process.join(10)
 
 
-def wait_per_shape_decoder() -> type[EngineSnacDecoder]:
-    """`bench/profile_engine.py`'s control decoder (the bench folder is not a package)."""
+def control_decoder(kind: str) -> type[EngineSnacDecoder]:
+    """One of `bench/profile_engine.py`'s control decoders (the bench folder is not a package)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from profile_engine import WaitPerShape
+    import profile_engine
 
-    return WaitPerShape
+    kinds: dict[str, type[EngineSnacDecoder]] = {
+        "wait_per_shape": profile_engine.WaitPerShape,
+        "round_trip": profile_engine.RoundTripOnly,
+    }
+    return kinds[kind]
 
 
 def windows() -> list[Window]:
@@ -112,7 +116,10 @@ async def test_the_engine_decodes_what_the_server_would(
         local.close()
 
 
-@pytest.mark.parametrize(("kind", "requests"), [("server", ["decode_many"]), ("wait_per_shape", ["decode", "decode"])])
+@pytest.mark.parametrize(
+    ("kind", "requests"),
+    [("server", ["decode_many"]), ("wait_per_shape", ["decode", "decode"]), ("round_trip", ["stats"])],
+)
 async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
     engine_process: tuple[str, multiprocessing.process.BaseProcess],
     noiseless_snac: Path,
@@ -122,9 +129,10 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
     """Streams starting and ending make worker rounds of several window shapes; the engine's SNAC thread takes the
     GIL from its scheduler at each request, so a round goes in one (`decode_many`), decoded as a local decoder
     decodes each shape, first windows first. `bench/profile_engine.py --snac-round-wait each` (the control of an
-    A/B) sends each shape alone and decodes the same."""
+    A/B) sends each shape alone and decodes the same; its `--snac-decode round-trip` makes the round trip alone and
+    gets silence of the same lengths, nothing decoded in the engine."""
     name, _ = engine_process
-    decoder = EngineSnacDecoder if kind == "server" else wait_per_shape_decoder()
+    decoder = EngineSnacDecoder if kind == "server" else control_decoder(kind)
     remote = await asyncio.to_thread(decoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
     local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
     calls: list[str] = []
@@ -147,10 +155,12 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
         got = await asyncio.wait_for(asyncio.gather(*tasks), 30)
         assert calls == requests
         want = [*local.decode_sync([steady, later]), *local.decode_sync([first])]
+        if kind == "round_trip":
+            want = [bytes(len(pcm)) for pcm in want]
         for pcm, expected in zip([got[0], got[2], got[1]], want, strict=True):
             np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), np.frombuffer(expected, "<i2"), atol=1)
         assert (remote.windows_decoded, remote.batches, remote.frames_emitted) == (3, 2, 5)
-        assert call("stats")["windows_decoded"] == 3
+        assert call("stats")["windows_decoded"] == (0 if kind == "round_trip" else 3)
     finally:
         remote.close()
         local.close()

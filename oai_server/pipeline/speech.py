@@ -64,13 +64,16 @@ class VoiceOptions:
 
 @dataclass
 class SpeechStats:
-    """Token counts of what was spoken, for `usage`."""
+    """Token counts of what was spoken, for `usage`; when its first Orpheus tokens came and its first SNAC window went
+    to the decoder (`time.monotonic()`), for the metrics' split of the time to first audio."""
 
     prompt_tokens: int = 0
     audio_tokens: int = 0
     frames: int = 0
     segments: int = 0
     ignored_tokens: int = 0
+    first_tokens_at: float | None = None
+    first_window_at: float | None = None
 
 
 @dataclass
@@ -157,6 +160,8 @@ class SpeechSynthesizer:
                 async for delta in deltas:
                     if decoder is None:  # the engine has placed the request by its first tokens
                         decoder = self.decoder.for_stream(request_id)
+                        if stats.first_tokens_at is None:
+                            stats.first_tokens_at = time.monotonic()
                     if observer is not None:
                         if not generating:
                             observer.started()
@@ -185,6 +190,8 @@ class SpeechSynthesizer:
         decoder: SnacDecoding, windows: list[Window], stats: SpeechStats, stitcher: SeamStitcher
     ) -> list[bytes]:
         stats.frames += sum(window.count for window in windows)
+        if windows and stats.first_window_at is None:
+            stats.first_window_at = time.monotonic()
         decoded = await asyncio.gather(*(decoder.decode(window) for window in windows))
         pieces = [stitcher.add(pcm, window.lead) for pcm, window in zip(decoded, windows, strict=True)]
         return [pcm for pcm in pieces if pcm]

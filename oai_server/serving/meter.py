@@ -1,5 +1,5 @@
-"""Latency and throughput metrics of one reply: first token, first segment, first audio, real-time factor, frames,
-aborts."""
+"""Latency and throughput metrics of one reply: first token, first segment, first audio (and its stages), real-time
+factor, frames, aborts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from ..pipeline.speech import SpeechStats
 
 
 class StreamMeter:
@@ -38,12 +39,19 @@ class StreamMeter:
             if self.metrics is not None:
                 self.metrics.observe_first_segment(self.endpoint, self.first_segment_at - self.start)
 
-    def first_audio(self) -> None:
-        """The first audio bytes of the reply are being sent."""
+    def first_audio(self, speech: SpeechStats | None = None) -> None:
+        """The first audio bytes of the reply are being sent; `speech` says when its first Orpheus tokens came and its
+        first SNAC window went to the decoder, the stages of that wait."""
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
-            if self.metrics is not None:
-                self.metrics.observe_ttfa(self.endpoint, self.first_audio_at - self.start)
+            if self.metrics is None:
+                return
+            self.metrics.observe_ttfa(self.endpoint, self.first_audio_at - self.start)
+            if speech is None:
+                return
+            for stage, at in (("first_tokens", speech.first_tokens_at), ("first_window", speech.first_window_at)):
+                if at is not None:
+                    self.metrics.observe_speech_stage(self.endpoint, stage, at - self.start)
 
     def finish(self, frames: int) -> None:
         """The reply is complete: record its real-time factor and frames."""

@@ -167,7 +167,7 @@ class ReplyService:
                 if event.text is not None:
                     yield transcript.start_segment(event.text)
                 if event.pcm:
-                    meter.first_audio()
+                    meter.first_audio(speech)
                     yield transcript.add_audio(event.pcm)
             meter.finish(speech.frames)
         finally:

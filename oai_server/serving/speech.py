@@ -147,7 +147,7 @@ class SpeechServing:
         audio = self._encoded(job, stats)
         try:
             async for data in audio:
-                meter.first_audio()
+                meter.first_audio(stats)
                 yield EncodedAudio(data)
             meter.finish(stats.frames)
         finally:
