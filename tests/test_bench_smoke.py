@@ -938,3 +938,12 @@ def test_snac_hurry_prices_the_hurry_on_the_window_planner(tmp_path: Path) -> No
     )
     assert calm["windows_per_stream"] == 20  # 70 frames: 1, 1, 2, 3, then 4s, and the end's remainder
     assert gentle["windows_per_stream"] == 21  # 1, 1, 2, 2, 3, 3, 3, then 4s, and the end's remainder
+
+
+def test_green_context_probe_reports_no_cuda_without_a_gpu(tmp_path: Path) -> None:
+    """The probe is a GPU job; on the CPU it parses its options and says there is no CUDA instead of failing."""
+    out = tmp_path / "green.json"
+    _run("green_context_probe.py", "--sms", "16,32", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["cuda"] is False and "rows" not in report
+    assert report["config"]["sms"] == [16, 32]
