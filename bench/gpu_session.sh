@@ -35,7 +35,7 @@
 #   churn_ab      (GPU BASE_GPU): bench/profile_engine.py --churn --no-trace once per variant in CHURN_VARIANTS (';'
 #                 between them), each with CHURN_ARGS, at PROF_CONC (128): per variant the engine's steady and churning
 #                 step (no py-spy, no torch profile: a variant adds `--py-spy /tmp/site/bin/py-spy` or `--trace`), into
-#                 churn_ab/v<i>/ and churn_ab/summary.txt.
+#                 churn_ab/v<i>/ and churn_ab/summary.txt, and its table (bench/churn_table.py) in churn_ab/table.md.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -215,6 +215,7 @@ churn_ab() {  # bench/profile_engine.py --churn --no-trace once per variant of C
       --concurrency "${PROF_CONC:-128}" --churn --no-trace --out $W/v$i ${CHURN_ARGS:-} $variant > $W/v$i/profile.log 2>&1
     echo "v$i: $variant" >> $W/summary.txt; grep "^unprofiled" $W/v$i/profile.log >> $W/summary.txt
   done
+  python3 bench/churn_table.py $W/summary.txt | tee $W/table.md
 }
 best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
   python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off

@@ -947,3 +947,24 @@ def test_green_context_probe_reports_no_cuda_without_a_gpu(tmp_path: Path) -> No
     report = json.loads(out.read_text())
     assert report["cuda"] is False and "rows" not in report
     assert report["config"]["sms"] == [16, 32]
+
+
+def test_churn_table_reads_a_real_churn_ab_summary() -> None:
+    """Session 32's summary.txt (four variants, the first raw vLLM): per variant churn ÷ steady, the engine time a new
+    stream cost ((1 - ratio) / streams started a second), SNAC's columns only where SNAC ran, and churn tokens a second
+    against the first variant's; a variant that died before both measurements is left out."""
+    from churn_table import markdown, read_summary, rows
+
+    text = (ROOT / "bench/results/h200_s32_random_weights/churn_192/summary.txt").read_text()
+    variants = read_summary(text + "v5: --mode ours_in_engine --died\n")
+    assert [name for name, _, _ in variants] == [
+        "--mode raw", "--mode ours_in_engine", "--mode ours_in_engine --snac-round-wait each",
+        "--mode ours_in_engine --py-spy /tmp/site/bin/py-spy",
+    ]  # fmt: skip
+    table = rows(variants)
+    raw, ours = table[0], table[1]
+    assert raw[1:] == ["23 448 (8.19)", "17 629 (10.89)", "35.5", "0.75", "7.0", "—", "—", "1.00"]
+    assert ours[1:] == ["18 113 (10.60)", "11 884 (16.16)", "26.5", "0.66", "13.0", "0.44 / 0.67", "0.63", "0.67"]
+    assert table[2][5:8] == ["18.9", "0.45 / 0.84", "8.97"]
+    text_table = markdown(table)
+    assert text_table.count("\n") == 1 + len(table) and text_table.startswith("| variant |")

@@ -1,0 +1,86 @@
+"""The churn A/B's table: `gpu_session.sh churn_ab`'s summary.txt as Markdown, one row per engine variant.
+
+Each variant of `bench/profile_engine.py --churn` measured its engine twice, steady (N streams of 1 024 tokens) and
+while streams came and went (`unprofiled_churn`); this prints, per variant, both tokens a second with the wall time
+of a step, the streams started a second, churn ÷ steady, what one new stream cost the engine (the share of the wall
+time churn lost, over the streams started: ms of engine time a new stream), and where SNAC ran, its busy share and a
+window's wait for its round while streams came and went; then every variant's churn tokens a second against the first
+variant's (the run's reference, e.g. raw vLLM):
+
+    python3 bench/churn_table.py /tmp/s6/churn_ab/summary.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "variant",
+    "steady tokens/s (ms a step)",
+    "churn tokens/s (ms a step)",
+    "streams started a second",
+    "churn ÷ steady",
+    "engine ms a new stream",
+    "SNAC busy steady / churn",
+    "window wait for its round, churn (ms)",
+    "churn ÷ first variant's",
+)
+
+
+def read_summary(text: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(variant, steady, churn) per variant of a summary.txt: a `v<i>: <flags>` line, then its `unprofiled:` and
+    `unprofiled, churn:` JSON lines (a variant that died before measuring has fewer; it is skipped)."""
+    variants: list[tuple[str, list[dict[str, Any]]]] = []
+    for line in text.splitlines():
+        head, _, rest = line.partition(": ")
+        if head.startswith("v") and head[1:].isdigit():
+            variants.append((rest.strip(), []))
+        elif head in ("unprofiled", "unprofiled, churn") and variants:
+            variants[-1][1].append(json.loads(rest))
+    return [(name, runs[0], runs[1]) for name, runs in variants if len(runs) == 2]
+
+
+def _tokens(run: dict[str, Any]) -> str:
+    return f"{run['aggregate_tokens_per_s']:,.0f} ({run['wall_ms_per_step']:.2f})".replace(",", " ")
+
+
+def rows(variants: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> list[list[str]]:
+    """One table row per variant."""
+    out: list[list[str]] = []
+    reference = variants[0][2]["aggregate_tokens_per_s"] if variants else 0.0
+    for name, steady, churn in variants:
+        ratio = churn["aggregate_tokens_per_s"] / steady["aggregate_tokens_per_s"]
+        started = churn["streams_started_per_s"]
+        new_stream_ms = (1 - ratio) / started * 1000 if started else float("nan")
+        snac = "—"
+        if churn.get("snac_windows_per_s") and "snac_busy" in churn:  # older summaries lack SNAC's counters
+            snac = f"{steady.get('snac_busy', 0):.2f} / {churn.get('snac_busy', 0):.2f}"
+        wait = churn.get("snac_queued_ms_per_window")
+        out.append([
+            name, _tokens(steady), _tokens(churn), f"{started:.1f}", f"{ratio:.2f}", f"{new_stream_ms:.1f}", snac,
+            "—" if wait is None else f"{wait:.2f}", f"{churn['aggregate_tokens_per_s'] / reference:.2f}",
+        ])  # fmt: skip
+    return out
+
+
+def markdown(table: list[list[str]]) -> str:
+    """The rows under `COLUMNS` as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table of a summary.txt."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("summary", type=Path)
+    args = p.parse_args(argv)
+    print(markdown(rows(read_summary(args.summary.read_text()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
