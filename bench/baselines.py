@@ -269,12 +269,18 @@ async def run_level(bench: Bench, mode: str, n: int) -> dict[str, Any]:
     return summary
 
 
+def silence(windows: int, shape: WindowShape) -> np.ndarray:
+    """int16 zeros ``[windows, lead + 2048 * emitted]``: a batch of `shape`'s decoded length (the seam before the
+    chunk, then the chunk), as SNAC would return it."""
+    return np.zeros((windows, shape[3] + 2048 * shape[2]), dtype=np.int16)
+
+
 class SilentDecoder(SnacDecoder):
     """The `silent` mode's decoder: the right number of zero samples, no SNAC work."""
 
     def decode_frames(self, frames: np.ndarray, shape: WindowShape) -> np.ndarray:
-        """Silence of the batch's decoded length: the seam before the chunk, then the chunk."""
-        return np.zeros((len(frames), shape[3] + 2048 * shape[2]), dtype=np.int16)
+        """Silence of the batch's decoded length."""
+        return silence(len(frames), shape)
 
     def decode_batches(self, batches: Sequence[tuple[np.ndarray, WindowShape]]) -> list[np.ndarray | Exception]:
         """A worker round's batches, each silence (no graph replays either)."""

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,22 +84,14 @@ class GreenStreams:
 
 
 def snac_decoder(batch: int) -> tuple[Any, list[torch.Tensor]]:
-    """The real 24 kHz SNAC (seed-0 random weights, weight norm folded, as the server loads it) and one batch of the
-    server's steady window's codes on the GPU."""
-    from snac import SNAC
+    """The real 24 kHz SNAC as `snac_decode.py` builds it (seed-0 random weights, weight norm folded, as the server
+    loads it) and one batch of the server's steady window's codes on the GPU."""
+    from snac_decode import snac_model, windows
 
-    from oai_server.codec.orpheus import frames_to_levels
-    from oai_server.codec.snac_model import fold_weight_norm
     from oai_server.codec.snac_windows import WindowPolicy
-    from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
-    torch.manual_seed(0)
-    model = SNAC(**SNAC_24KHZ_CONFIG)
-    fold_weight_norm(model)
-    model = model.to("cuda").eval()
-    decoded = WindowPolicy().steady_shape[0]
-    codes = np.random.default_rng(0).integers(0, 4096, size=(batch, decoded, 7))
-    return model, [torch.from_numpy(level).to("cuda") for level in frames_to_levels(codes)]
+    levels = windows(batch, WindowPolicy().steady_shape[0])
+    return snac_model(None, "cuda", fold=True), [torch.from_numpy(level).to("cuda") for level in levels]
 
 
 def capture(model: Any, codes: list[torch.Tensor], stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
@@ -186,9 +177,11 @@ def interference(args: argparse.Namespace, report: dict[str, Any]) -> None:
     engine = EngineLike(args.step_ms, args.host_gap_ms)
     model, codes = snac_decoder(args.batch)
     streams: dict[str, torch.cuda.Stream] = {"low_priority": torch.cuda.Stream(priority=0)}
+    greens: GreenStreams | None = None
     for sms in args.sms:
         try:
-            green, given = GreenStreams().stream(sms)
+            greens = greens or GreenStreams()
+            green, given = greens.stream(sms)
             streams[f"green_{given}_sms"] = green
         except Exception as exc:  # a driver or device without green contexts: say so, measure the rest
             report.setdefault("green_errors", {})[str(sms)] = f"{type(exc).__name__}: {exc}"

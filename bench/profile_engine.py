@@ -63,7 +63,7 @@ from _common import (
     write_json,
 )
 from arrivals import LengthMix
-from baselines import SilentDecoder
+from baselines import SilentDecoder, silence
 from engine_spy import spy_engine_core
 
 from oai_server.codec.snac_service import EngineSnacDecoder
@@ -269,9 +269,8 @@ class RoundTripOnly(EngineSnacDecoder):
             for _ in groups:
                 yield exc
             return
-        silent = SilentDecoder(None, "cpu")
         for windows in groups:
-            yield self._pcm_of(windows, silent.decode_frames(window_frames(windows), windows[0].shape))
+            yield self._pcm_of(windows, silence(len(windows), windows[0].shape))
 
 
 def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
@@ -290,12 +289,13 @@ async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> An
     from oai_server.codec.snac_windows import WindowPolicy
 
     dtype = resolve_snac_dtype("auto", "cuda")
-    kind = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
-    if args.snac_decode == "round-trip":
-        kind = RoundTripOnly
-    decoder: SnacDecoder = SilentDecoder(None, "cpu", 64)
-    if args.snac_decode != "none":
-        decoder = await asyncio.to_thread(kind.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
+    decoder: SnacDecoder
+    if args.snac_decode == "none":
+        decoder = SilentDecoder(None, "cpu", 64)
+    else:
+        gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
+        load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
+        decoder = await asyncio.to_thread(load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
     windows = WindowPolicy(frames_per_decode=4)
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)

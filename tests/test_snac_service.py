@@ -147,6 +147,7 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
     first = Window(tuple(codes[:2]), 0, 1)  # a stream's first window: no context, one frame, one of lookahead
     steady, later = windows()[:2]
     release = threading.Event()
+    threads = threading.active_count()
     try:
         remote._jobs.put(release.wait)  # the worker waits here while the round is queued
         tasks = [asyncio.ensure_future(remote.decode(w)) for w in (steady, first, later)]
@@ -161,6 +162,7 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
             np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), np.frombuffer(expected, "<i2"), atol=1)
         assert (remote.windows_decoded, remote.batches, remote.frames_emitted) == (3, 2, 5)
         assert call("stats")["windows_decoded"] == (0 if kind == "round_trip" else 3)
+        assert threading.active_count() == threads  # a round starts no thread (no decoder of its own)
     finally:
         remote.close()
         local.close()
