@@ -80,7 +80,7 @@ def speech_synthesizer(
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
     them), `--cudagraph-mode`, `--arrival-window-ms`, `--no-prefix-caching` (vLLM's default is on; the server runs
-    Orpheus without it)."""
+    Orpheus without it), `--engine-switch-interval-ms`."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -105,6 +105,10 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="vLLM without prefix caching (as the server runs Orpheus): no block hashing of the audio a stream makes",
     )
+    p.add_argument(
+        "--engine-switch-interval-ms", type=float, default=0.0,
+        help="the server's --tts-engine-switch-interval-ms: the engine process's GIL switch interval (0: Python's)",
+    )  # fmt: skip
 
 
 def orpheus_params(max_tokens: int, band_sampling: bool = True, band_draw: bool = False) -> Any:

@@ -22,7 +22,10 @@ session 31 (an A/B of the one wait a round in one run: CHURN_VARIANTS in `gpu_se
 `--snac-decode round-trip` keeps the pipeline and one round trip a worker round to the engine's SNAC thread (it wakes
 and takes the GIL) but sends no frames and decodes nothing (silence back); `none` decodes silence in this process, no
 round trip: with `gpu` (the server's) and raw vLLM with `--sampling band` (the same engine, no pipeline) one run splits
-what streams coming and going cost ours into SNAC's GPU work, its thread in the engine core and the pipeline.
+what streams coming and going cost ours into SNAC's GPU work, its thread in the engine core and the pipeline; `idle`
+loads, compiles and captures SNAC in the engine core as `gpu` does and then decodes silence here, never asking it (what
+SNAC's presence costs the engine, apart from its round trips). `--engine-switch-interval-ms` sets the engine process's
+GIL switch interval (the server's `--tts-engine-switch-interval-ms`).
 `--trace` after `--no-trace` (a variant of `gpu_session.sh`'s churn_ab) profiles the churning engine too: the trace's
 GPU time per CUDA stream (the engine's, SNAC's, their overlap) against the wall time of a step.
 `--snac-graph-shapes stream` captures SNAC graphs of the ramp's and the steady shape only, as the server did before
@@ -283,22 +286,30 @@ def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
     return decoded, eager, decoder.rounds, busy, queued
 
 
-async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any) -> Any:
-    """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`)."""
+async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any, closers: list[Callable[[], None]]) -> Any:
+    """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`); what to close
+    at the end, its decoder's and the service's connection, goes to `closers`."""
     from oai_server.codec.snac_model import resolve_snac_dtype
     from oai_server.codec.snac_windows import WindowPolicy
 
     dtype = resolve_snac_dtype("auto", "cuda")
+    windows = WindowPolicy(frames_per_decode=4)
     decoder: SnacDecoder
-    if args.snac_decode == "none":
+    if args.snac_decode == "idle":  # SNAC loaded, compiled and captured in the engine's process, then never asked
+        service = await asyncio.to_thread(
+            EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
+        )
+        await service.capture_graphs(windows.graph_shapes)
+        closers.append(service.close)
+    if args.snac_decode in ("none", "idle"):
         decoder = SilentDecoder(None, "cpu", 64)
     else:
         gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
         decoder = await asyncio.to_thread(load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
-    windows = WindowPolicy(frames_per_decode=4)
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)
+    closers.append(decoder.close)
     return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len)
 
 
@@ -340,6 +351,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         orpheus_slots=True,
         snac_service=SNAC_SERVICE if args.mode == "ours_in_engine" else None,
         snac_low_priority=args.snac_low_priority,
+        switch_interval_ms=args.engine_switch_interval_ms,
         band_graphs=args.band_graphs,
         frame_deltas=args.frame_deltas,
         enable_prefix_caching=args.prefix_caching,
@@ -349,7 +361,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         engine_factory=factory,
     )
     tokenizer = load_tokenizer(args.tts_model)
-    synthesizer = await _pipeline(args, engine, tokenizer) if args.mode == "ours_in_engine" else None
+    closers: list[Callable[[], None]] = []
+    synthesizer = await _pipeline(args, engine, tokenizer, closers) if args.mode == "ours_in_engine" else None
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     try:
         prompt, params = tts_warmup_request(tokenizer)
@@ -424,8 +437,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["profile"] = summarize_trace(traces[-1])
     finally:
         await engine.close()
-        if synthesizer is not None:
-            synthesizer.decoder.close()
+        for close in closers:
+            close()
     return report
 
 
@@ -461,9 +474,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "round's window shapes (each: as before session 31)",
     )  # fmt: skip
     p.add_argument(
-        "--snac-decode", choices=("gpu", "round-trip", "none"), default="gpu",
+        "--snac-decode", choices=("gpu", "round-trip", "idle", "none"), default="gpu",
         help="ours_in_engine: SNAC decoded on the GPU by the engine's service (the server's), or silence after one "
-        "round trip to it a worker round (round-trip), or silence in this process (none)",
+        "round trip to it a worker round (round-trip), or silence in this process with SNAC loaded, compiled and "
+        "captured in the engine's all the same (idle), or without (none)",
     )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")

@@ -272,6 +272,14 @@ class Settings(BaseSettings):
     every other that arrives meanwhile, so their prompts share one step (a step with a prompt in it costs vLLM's
     host more than one of decodes alone). 0: each enters at once. On an H200 at 128 streams coming and going, 30
     cut what each new stream cost our pipeline from ~12.5 to ~1.7 ms of engine time (session 30)."""
+    tts_engine_switch_interval_ms: float = Field(
+        0.0, ge=0.0, le=100.0, validation_alias=_env("tts_engine_switch_interval_ms")
+    )
+    """vLLM: the GIL switch interval of the Orpheus engine's process, in ms (0: Python's, 5 ms). SNAC's service thread
+    there wakes for every worker round and may wait this long for the GIL while the engine's scheduler holds it. On
+    an H200 at 192 streams in process, a round trip a round to that thread, no SNAC work, cost the engine 30 % of
+    its steady tokens/s at 5 ms and 1 % at 0.5 (session 33, one engine each, whose spread is 16-19 %: an A/B to
+    repeat before it is the default; bench/README.md)."""
     tts_prefix_caching: bool = Field(False, validation_alias=_env("tts_prefix_caching"))
     """vLLM prefix caching for Orpheus. Off by default: no stream reuses another's audio, and hashing every block
     of it costs the engine core's host thread (an H200 at 256 streams: +18 % tokens/s without it)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
+from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY, SWITCH_INTERVAL_KEY
 from oai_server.engines import asr_vllm, vllm_engine
 from oai_server.engines.asr_factory import build_asr
 from oai_server.engines.balanced import BalancedEngine
@@ -108,8 +108,13 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
 ) -> None:
     """Orpheus's audio is never reused, so its engine hashes none of it; Gemma's conversations keep their prefix
     cache. The Orpheus engine hosting SNAC puts its own kernels above SNAC's, runs its band work as CUDA graphs,
-    and delivers its tokens in whole frames. The flags turn each around."""
-    flipped_flags = {"tts_prefix_caching": True, "snac_low_priority": False, "tts_frame_deltas": False}
+    and delivers its tokens in whole frames, under Python's GIL switch interval. The flags turn each around."""
+    flipped_flags = {
+        "tts_prefix_caching": True,
+        "snac_low_priority": False,
+        "tts_frame_deltas": False,
+        "tts_engine_switch_interval_ms": 0.5,
+    }
     flags = {**flipped_flags, "tts_band_graphs": False} if flipped else {}
     settings = Settings(asr=False, **flags)  # type: ignore[arg-type]
     layout = plan_layout(1, 139.8, LayoutRequest.from_settings(settings))
@@ -118,10 +123,12 @@ async def test_orpheus_runs_without_prefix_caching_and_above_snac_by_default(
     (gemma,) = [e for e in built if e is not orpheus]
     assert orpheus.kwargs["enable_prefix_caching"] is flipped and gemma.kwargs["enable_prefix_caching"] is True
     graphs = {} if flipped else {BAND_GRAPHS_KEY: True}
+    switch = {SWITCH_INTERVAL_KEY: 0.0005} if flipped else {}  # the engine process's GIL switch interval, in s
     assert orpheus.kwargs["additional_config"] == {
         SERVICE_KEY: snac_service_name(0),
         LOW_PRIORITY_KEY: not flipped,
         **graphs,
+        **switch,
     }
     frames = orpheus.output_processor.add_request is not orpheus.add_request  # wrapped to hold the first token
     assert (frames, tts.info.details["frame_deltas"]) == (not flipped, not flipped)

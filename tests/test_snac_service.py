@@ -25,6 +25,7 @@ from oai_server.codec.snac_model import load_snac
 from oai_server.codec.snac_service import (
     LOW_PRIORITY_KEY,
     SERVICE_KEY,
+    SWITCH_INTERVAL_KEY,
     EngineSnacDecoder,
     ServiceConnection,
     SnacServiceError,
@@ -38,6 +39,7 @@ from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings
 
 H200_GIB = 139.8
+ENGINE_SWITCH_INTERVAL_S = 0.0005
 
 
 def engine_core(name: str, ready: Any) -> None:
@@ -51,10 +53,14 @@ def engine_core(name: str, ready: Any) -> None:
     vllm_log = io.StringIO()
     logging.getLogger("vllm").addHandler(logging.StreamHandler(vllm_log))
     logging.getLogger("vllm").propagate = False
-    processor = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
+    assert sys.getswitchinterval() == 0.005  # Python's, until the engine asks for another
+    config = {SERVICE_KEY: name, SWITCH_INTERVAL_KEY: ENGINE_SWITCH_INTERVAL_S}
+    processor = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config=config), "cpu", False)
     again = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config={SERVICE_KEY: name}), "cpu", False)
     assert processor.snac_service is not None and again.snac_service is None  # one service per engine process
+    assert sys.getswitchinterval() == ENGINE_SWITCH_INTERVAL_S  # a processor without the key keeps it
     assert f"SNAC service {name} on cpu" in vllm_log.getvalue() and "not started again" in vllm_log.getvalue()
+    assert "GIL switch interval is 0.50 ms" in vllm_log.getvalue()
     assert len(logging.getLogger("oai_server").handlers) == 1  # handed over once, not per processor
     ready.set()
     threading.Event().wait()
@@ -111,6 +117,8 @@ async def test_the_engine_decodes_what_the_server_would(
         assert stats["windows_decoded"] == len(batch) and stats["device"] == "cpu" and stats["graphs"] == []
         assert stats["eager_windows"] == remote.eager_windows == len(batch)  # CPU: no graphs, every window eager
         assert stats["engine_stream_priority"] is None and stats["stream_priority"] is None  # no CUDA streams
+        assert stats["switch_interval_s"] == ENGINE_SWITCH_INTERVAL_S  # the engine process's, as it asked
+        assert sys.getswitchinterval() == 0.005  # the server's own is untouched
     finally:
         remote.close()
         local.close()
@@ -166,6 +174,41 @@ async def test_a_round_of_several_shapes_is_one_request_to_the_engine(
     finally:
         remote.close()
         local.close()
+
+
+async def test_profile_engines_idle_control_loads_snac_in_the_engine_and_never_asks_it(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess],
+    noiseless_snac: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bench/profile_engine.py --snac-decode idle`: SNAC loaded (and captured, where CUDA has graphs) in the engine's
+    process as the server's decoder has it, while the pipeline decodes silence in the bench's: what SNAC's presence
+    costs the engine apart from its round trips. Both connections close at the end."""
+    name, _ = engine_process
+    control_decoder("round_trip")  # puts bench/ on the path
+    import profile_engine
+
+    monkeypatch.setattr(profile_engine, "SNAC_SERVICE", name)
+    args = profile_engine.parse_args(
+        ["--tts-model", "m", "--mode", "ours_in_engine", "--snac", str(noiseless_snac), "--snac-decode", "idle",
+         "--engine-switch-interval-ms", "0.5", "--out", "o"]
+    )  # fmt: skip
+    assert args.engine_switch_interval_ms == 0.5
+    closers: list[Any] = []
+    synthesizer = await profile_engine._pipeline(args, None, None, closers)
+    try:
+        assert type(synthesizer.decoder) is profile_engine.SilentDecoder
+        service_close, decoder_close = closers
+        service = service_close.__self__
+        assert decoder_close == synthesizer.decoder.close
+        assert isinstance(service, EngineSnacDecoder) and service.connection.call("stats")["windows_decoded"] == 0
+        assert len(await synthesizer.decoder.decode(windows()[0])) == 2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME)
+        assert service.connection.call("stats")["windows_decoded"] == 0  # silence here, nothing asked of the engine
+    finally:
+        for close in closers:
+            close()
+    with pytest.raises(SnacServiceError, match="went away"):
+        service.connection.call("stats")
 
 
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(

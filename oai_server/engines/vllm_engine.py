@@ -111,6 +111,7 @@ def engine_kwargs(
     orpheus_slots: bool = False,
     snac_service: str | None = None,
     snac_low_priority: bool = False,
+    switch_interval_ms: float = 0.0,
     band_graphs: bool = False,
     log_stats: bool = False,
     cudagraph_mode: str = "auto",
@@ -148,6 +149,10 @@ def engine_kwargs(
             from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
 
             config.update({SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority})
+        if switch_interval_ms:  # the engine process's GIL switch interval, set by the processor there
+            from oai_server.codec.snac_service import SWITCH_INTERVAL_KEY
+
+            config[SWITCH_INTERVAL_KEY] = switch_interval_ms / 1000
         if band_graphs:
             from oai_server.engines.band_graphs import BAND_GRAPHS_KEY
 
@@ -262,6 +267,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         orpheus_slots: bool = False,
         snac_service: str | None = None,
         snac_low_priority: bool = False,
+        switch_interval_ms: float = 0.0,
         band_graphs: bool = False,
         frame_deltas: bool = True,
         log_stats: bool = False,
@@ -279,7 +285,8 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
-        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; with
+        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; a
+        ``switch_interval_ms`` other than 0 is the GIL switch interval of the engine's process; with
         ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). With ``frame_deltas``, an
         Orpheus engine whose ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
         With ``arrival_window_ms``, new requests into a busy engine are let in in groups (`ArrivalWindow`).
@@ -299,6 +306,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            switch_interval_ms=switch_interval_ms,
             band_graphs=band_graphs,
             log_stats=log_stats,
             cudagraph_mode=cudagraph_mode,
@@ -323,6 +331,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            switch_interval_ms=switch_interval_ms,
             band_graphs=band_graphs,
             frame_deltas=frame_deltas,
             cudagraph_mode=cudagraph_mode,

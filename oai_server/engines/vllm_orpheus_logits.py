@@ -26,7 +26,8 @@ over the whole vocabulary.
 
 An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
 decoding in its process here (`oai_server.codec.snac_service`), and with ``"oai_snac_low_priority": True``
-moves the engine's own work to a CUDA stream of higher priority than SNAC's. With ``"oai_band_graphs": True`` the
+moves the engine's own work to a CUDA stream of higher priority than SNAC's; ``"oai_engine_switch_interval_s"`` sets the
+engine process's GIL switch interval. With ``"oai_band_graphs": True`` the
 band work of a step runs as one CUDA graph (`band_graphs`).
 
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
@@ -226,6 +227,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
         if service and config.get(snac_service.LOW_PRIORITY_KEY):
             snac_service.prioritize_engine_stream(self._device)
+        snac_service.set_switch_interval(config.get(snac_service.SWITCH_INTERVAL_KEY))
         if self.snac_service is not None and self._device.type == "cuda":  # reported by the service's stats
             self.snac_service.engine_stream_priority = torch.cuda.current_stream(self._device).priority
         max_rows = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", None)
