@@ -5,7 +5,8 @@ while streams came and went (`unprofiled_churn`); this prints, per variant, both
 of a step, the streams started a second, churn ÷ steady, what one new stream cost the engine (the share of the wall
 time churn lost, over the streams started: ms of engine time a new stream), and where SNAC ran, its busy share and a
 window's wait for its round while streams came and went; then every variant's churn tokens a second against the first
-variant's (the run's reference, e.g. raw vLLM):
+variant's (the run's reference, e.g. raw vLLM). A variant run with `--switch-interval-ab` gets a second table: each of
+its measurements on its one engine at the GIL switch interval it ran with, against its first churn measurement:
 
     python3 bench/churn_table.py /tmp/s6/churn_ab/summary.txt
 """
@@ -44,6 +45,37 @@ def read_summary(text: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     return [(name, runs[0], runs[1]) for name, runs in variants if len(runs) == 2]
 
 
+SWITCH_COLUMNS = ("variant", "GIL switch interval (ms)", "churn tokens/s (ms a step)", "÷ the variant's first churn")
+
+
+def read_switch_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """(variant, its churn, its `--switch-interval-ab` runs) per variant of a summary.txt that has any: the runs are
+    its `unprofiled, churn, switch <ms> ms:` lines, in order."""
+    variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
+    for line in text.splitlines():
+        head, _, rest = line.partition(": ")
+        if head.startswith("v") and head[1:].isdigit():
+            variants.append((rest.strip(), {}, []))
+        elif head == "unprofiled, churn" and variants:
+            variants[-1][1].update(json.loads(rest))
+        elif head.startswith("unprofiled, churn, switch ") and variants:
+            variants[-1][2].append(json.loads(rest))
+    return [variant for variant in variants if variant[1] and variant[2]]
+
+
+def switch_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per measurement of each variant's switch-interval A/B on one engine, its first churn run first."""
+    out: list[list[str]] = []
+    for name, churn, runs in variants:
+        first = churn["aggregate_tokens_per_s"]
+        out.append([name, "as started", _tokens(churn), "1.00"])
+        out.extend(
+            [name, f"{run['switch_interval_ms']:g}", _tokens(run), f"{run['aggregate_tokens_per_s'] / first:.2f}"]
+            for run in runs
+        )
+    return out
+
+
 def _tokens(run: dict[str, Any]) -> str:
     return f"{run['aggregate_tokens_per_s']:,.0f} ({run['wall_ms_per_step']:.2f})".replace(",", " ")
 
@@ -67,9 +99,9 @@ def rows(variants: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> list[lis
     return out
 
 
-def markdown(table: list[list[str]]) -> str:
-    """The rows under `COLUMNS` as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown(table: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The rows under `columns` as a Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
 
 
@@ -78,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("summary", type=Path)
     args = p.parse_args(argv)
-    print(markdown(rows(read_summary(args.summary.read_text()))))
+    text = args.summary.read_text()
+    print(markdown(rows(read_summary(text))))
+    switches = read_switch_runs(text)
+    if switches:  # --switch-interval-ab: the interval's A/B, each on its own engine
+        print()
+        print(markdown(switch_rows(switches), SWITCH_COLUMNS))
     return 0
 
 

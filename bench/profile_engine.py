@@ -69,7 +69,7 @@ from arrivals import LengthMix
 from baselines import SilentDecoder, silence
 from engine_spy import spy_engine_core
 
-from oai_server.codec.snac_service import EngineSnacDecoder
+from oai_server.codec.snac_service import EngineSnacDecoder, ServiceConnection
 from oai_server.codec.snac_stream import SnacDecoder, window_frames
 from oai_server.codec.snac_windows import Window
 
@@ -286,31 +286,56 @@ def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
     return decoded, eager, decoder.rounds, busy, queued
 
 
-async def _pipeline(args: argparse.Namespace, engine: Any, tokenizer: Any, closers: list[Callable[[], None]]) -> Any:
-    """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`); what to close
-    at the end, its decoder's and the service's connection, goes to `closers`."""
+async def _pipeline(
+    args: argparse.Namespace, engine: Any, tokenizer: Any, closers: list[Callable[[], None]]
+) -> tuple[Any, ServiceConnection | None]:
+    """The server's synthesizer with SNAC decoded by the engine's service (`--mode ours_in_engine`), and a connection
+    to that service (None with `--snac-decode none` unless `--switch-interval-ab` needs one); what to close at the
+    end, its decoder's and the service's connection, goes to `closers`."""
     from oai_server.codec.snac_model import resolve_snac_dtype
     from oai_server.codec.snac_windows import WindowPolicy
 
     dtype = resolve_snac_dtype("auto", "cuda")
     windows = WindowPolicy(frames_per_decode=4)
     decoder: SnacDecoder
+    control: ServiceConnection | None = None
+    if args.snac_decode == "none" and args.switch_interval_ab:
+        control = await asyncio.to_thread(ServiceConnection.open, SNAC_SERVICE)
+        closers.append(control.close)
     if args.snac_decode == "idle":  # SNAC loaded, compiled and captured in the engine's process, then never asked
         service = await asyncio.to_thread(
             EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
         )
         await service.capture_graphs(windows.graph_shapes)
         closers.append(service.close)
+        control = service.connection
     if args.snac_decode in ("none", "idle"):
         decoder = SilentDecoder(None, "cpu", 64)
     else:
         gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
         decoder = await asyncio.to_thread(load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
+        control = decoder.connection
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)
     closers.append(decoder.close)
-    return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len)
+    return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len), control
+
+
+async def switch_interval_ab(
+    control: ServiceConnection, measure: Callable[[float], Awaitable[dict[str, Any]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """`--switch-interval-ab MS`: on one engine, while streams churn, its process's GIL switch interval at MS, then back
+    at what it was, `--switch-repeats` times, a measurement each (two engines differ by more than the A/B's effect:
+    session 32 measured 16-19 % between two of the same code). Every run's line is printed as it comes."""
+    before = await asyncio.to_thread(control.call, "switch_interval", None)
+    runs: list[dict[str, Any]] = []
+    for _ in range(args.switch_repeats):
+        for seconds in (args.switch_interval_ab / 1000, before):
+            now = await asyncio.to_thread(control.call, "switch_interval", seconds)
+            runs.append({"switch_interval_ms": 1000 * now, **await measure(args.switch_settle_s)})
+            print(f"unprofiled, churn, switch {1000 * now:g} ms: {json.dumps(runs[-1])}", flush=True)
+    return {"switch_interval_ms_before": 1000 * before, "runs": runs}
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -362,7 +387,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     )
     tokenizer = load_tokenizer(args.tts_model)
     closers: list[Callable[[], None]] = []
-    synthesizer = await _pipeline(args, engine, tokenizer, closers) if args.mode == "ours_in_engine" else None
+    synthesizer, control = (
+        await _pipeline(args, engine, tokenizer, closers) if args.mode == "ours_in_engine" else (None, None)
+    )
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     try:
         prompt, params = tts_warmup_request(tokenizer)
@@ -419,6 +446,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
             report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
+            if control is not None and args.switch_interval_ab:
+                report["churn_switch_interval_ab"] = await switch_interval_ab(
+                    control, lambda settle_s: measure(settle_s, spy=False), args
+                )
         if not args.trace:
             await _cancel(tasks)
             return report
@@ -480,6 +511,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "captured in the engine's all the same (idle), or without (none)",
     )  # fmt: skip
     p.add_argument("--churn-settle-s", type=float, default=8.0, help="--churn: run this long before measuring")
+    p.add_argument(
+        "--switch-interval-ab", type=float, default=0.0, metavar="MS",
+        help="ours_in_engine --churn: then, on the same engine, its process's GIL switch interval at MS and back, "
+        "--switch-repeats times, each measured after --switch-settle-s (0: off)",
+    )  # fmt: skip
+    p.add_argument("--switch-repeats", type=int, default=2)
+    p.add_argument("--switch-settle-s", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
     p.add_argument(
         "--trace", action=argparse.BooleanOptionalAction, default=True,
@@ -500,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode == "ours_in_engine" and not args.snac:
         raise SystemExit("--mode ours_in_engine needs --snac")
+    if args.switch_interval_ab and not (args.mode == "ours_in_engine" and args.churn):
+        raise SystemExit("--switch-interval-ab needs --mode ours_in_engine --churn (the SNAC service sets it)")
     report = asyncio.run(amain(args))
     write_json(args.out / "profile.json", report)
     if not args.trace:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import random
@@ -968,3 +969,29 @@ def test_churn_table_reads_a_real_churn_ab_summary() -> None:
     assert table[2][5:8] == ["18.9", "0.45 / 0.84", "8.97"]
     text_table = markdown(table)
     assert text_table.count("\n") == 1 + len(table) and text_table.startswith("| variant |")
+
+
+def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_path: Path) -> None:
+    """`profile_engine.py --switch-interval-ab`'s lines (B, A, B, A on one engine) make a second table, each run against
+    the variant's first churn measurement; variants without them are not in it, and the first table is unchanged."""
+    from churn_table import main, read_summary, read_switch_runs, switch_rows
+
+    text = (ROOT / "bench/results/h200_s33_random_weights/churn_split/summary.txt").read_text()
+    for ms, tokens in ((0.5, 15_000.0), (5, 12_600.0)):
+        run = {"switch_interval_ms": ms, "aggregate_tokens_per_s": tokens, "wall_ms_per_step": 192_000 / tokens}
+        text += f"unprofiled, churn, switch {ms:g} ms: {json.dumps(run)}\n"
+    variants = read_switch_runs(text)
+    assert [(name, len(runs)) for name, _, runs in variants] == [("--mode ours_in_engine --trace", 2)]
+    assert switch_rows(variants) == [
+        ["--mode ours_in_engine --trace", "as started", "13 645 (14.07)", "1.00"],
+        ["--mode ours_in_engine --trace", "0.5", "15 000 (12.80)", "1.10"],
+        ["--mode ours_in_engine --trace", "5", "12 600 (15.24)", "0.92"],
+    ]
+    assert len(read_summary(text)) == 5  # the switch lines leave the first table's variants as they were
+    summary = tmp_path / "summary.txt"
+    summary.write_text(text)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main([str(summary)])
+    first, second = printed.getvalue().strip().split("\n\n")
+    assert first.count("\n") == 6 and second.count("\n") == 4 and "GIL switch interval" in second

@@ -195,13 +195,14 @@ async def test_profile_engines_idle_control_loads_snac_in_the_engine_and_never_a
     )  # fmt: skip
     assert args.engine_switch_interval_ms == 0.5
     closers: list[Any] = []
-    synthesizer = await profile_engine._pipeline(args, None, None, closers)
+    synthesizer, control = await profile_engine._pipeline(args, None, None, closers)
     try:
         assert type(synthesizer.decoder) is profile_engine.SilentDecoder
         service_close, decoder_close = closers
         service = service_close.__self__
         assert decoder_close == synthesizer.decoder.close
         assert isinstance(service, EngineSnacDecoder) and service.connection.call("stats")["windows_decoded"] == 0
+        assert control is service.connection  # what --switch-interval-ab sets the engine's switch interval through
         assert len(await synthesizer.decoder.decode(windows()[0])) == 2 * (SEAM_SAMPLES + 2 * SAMPLES_PER_FRAME)
         assert service.connection.call("stats")["windows_decoded"] == 0  # silence here, nothing asked of the engine
     finally:
@@ -209,6 +210,41 @@ async def test_profile_engines_idle_control_loads_snac_in_the_engine_and_never_a
             close()
     with pytest.raises(SnacServiceError, match="went away"):
         service.connection.call("stats")
+
+
+async def test_a_switch_interval_ab_sets_the_engines_interval_and_back_around_each_measurement(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess],
+) -> None:
+    """`bench/profile_engine.py --switch-interval-ab 2 --switch-repeats 2`: on one engine, B then A twice, each run
+    measured while the engine's process has the interval the run names, and the engine left at what it had."""
+    name, _ = engine_process
+    control_decoder("round_trip")  # puts bench/ on the path
+    import profile_engine
+
+    connection = await asyncio.to_thread(ServiceConnection.open, name)
+    seen: list[float] = []
+
+    async def measure(settle_s: float) -> dict[str, Any]:
+        assert settle_s == 0.25
+        seen.append(await asyncio.to_thread(connection.call, "switch_interval", None))
+        return {"aggregate_tokens_per_s": 1000.0 * len(seen)}
+
+    args = profile_engine.parse_args(
+        ["--tts-model", "m", "--mode", "ours_in_engine", "--churn", "--switch-interval-ab", "2",
+         "--switch-settle-s", "0.25", "--out", "o"]
+    )  # fmt: skip
+    try:
+        report = await profile_engine.switch_interval_ab(connection, measure, args)
+        assert seen == [0.002, ENGINE_SWITCH_INTERVAL_S] * 2
+        assert report["switch_interval_ms_before"] == 1000 * ENGINE_SWITCH_INTERVAL_S
+        assert [(run["switch_interval_ms"], run["aggregate_tokens_per_s"]) for run in report["runs"]] == [
+            (2.0, 1000.0), (0.5, 2000.0), (2.0, 3000.0), (0.5, 4000.0)
+        ]  # fmt: skip
+        assert connection.call("stats")["switch_interval_s"] == ENGINE_SWITCH_INTERVAL_S
+    finally:
+        connection.close()
+    with pytest.raises(SystemExit, match="needs --mode ours_in_engine --churn"):
+        profile_engine.main(["--tts-model", "m", "--snac", "s", "--switch-interval-ab", "2", "--out", "o"])
 
 
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(

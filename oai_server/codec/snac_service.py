@@ -14,7 +14,8 @@ side is `EngineSnacDecoder`, a `SnacDecoder` whose batches go over that connecti
 ordering and futures stay the server's; only `decode_frames` and `capture` cross. Messages are
 pickled tuples over `multiprocessing.connection`, authenticated with the multiprocessing authkey the
 engine core inherits from the server that spawned it: ``(op, *args)`` in, ``("ok", value)`` or
-``("error", text)`` out, with ops ``load``, ``capture``, ``decode`` and ``stats``.
+``("error", text)`` out, with ops ``load``, ``capture``, ``decode``, ``decode_many``, ``switch_interval`` and
+``stats``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class SnacService:
 
     def handle(self, op: str, *args: Any) -> Any:
         """One request: ``load(name, dtype, max_batch, fusion)``, ``capture(shapes)``, ``decode(frames, shape)``,
-        ``decode_many([(frames, shape), ...])`` or ``stats()``."""
+        ``decode_many([(frames, shape), ...])``, ``switch_interval(seconds | None)`` (the process's GIL switch interval,
+        set unless None; the one in force back) or ``stats()``."""
         if op == "load":
             name, dtype, self.max_batch, fusion = args
             self.fusion = check_fusion(fusion)
@@ -150,6 +152,9 @@ class SnacService:
             if failed is not None:
                 raise failed
             return results
+        if op == "switch_interval":  # an A/B of the engine process's GIL switch interval on one engine (a bench)
+            set_switch_interval(args[0] if args else None)
+            return sys.getswitchinterval()
         if op == "stats":
             return {
                 "windows_decoded": self.windows_decoded,
