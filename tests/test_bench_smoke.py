@@ -950,6 +950,21 @@ def test_green_context_probe_reports_no_cuda_without_a_gpu(tmp_path: Path) -> No
     assert report["config"]["sms"] == [16, 32]
 
 
+def test_intake_cost_measures_the_old_and_new_text_handling_on_the_demo_tokenizer(
+    demo_models: Any, tmp_path: Path
+) -> None:
+    """`bench/intake_cost.py`: both ways give the same pieces and prompt ids for each text (it asserts that before
+    timing), the direct encoder is in use, and every figure is there."""
+    out = tmp_path / "intake.json"
+    proc = _run("intake_cost.py", "--tokenizer", str(demo_models.tts_dir), "--repeats", "20", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["direct_encoder"] == "DirectEncoder" and sorted(report["texts"]) == ["287 chars", "41 chars"]
+    for row in report["texts"].values():
+        assert set(row["before"]) == set(row["now"]) == {"split_us", "prompt_us"}
+        assert all(value > 0 for value in [*row["before"].values(), *row["now"].values()])
+    assert proc.stdout.count("saved") == 2
+
+
 def test_churn_table_reads_a_real_churn_ab_summary() -> None:
     """Session 32's summary.txt (four variants, the first raw vLLM): per variant churn ÷ steady, the engine time a new
     stream cost ((1 - ratio) / streams started a second), SNAC's columns only where SNAC ran, and churn tokens a second

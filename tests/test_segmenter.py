@@ -272,6 +272,16 @@ def test_split_text_packs_sentences() -> None:
     assert split_text("") == []
 
 
+def test_split_text_keeps_input_that_fits_as_given() -> None:
+    """Input that fits one piece skips the segmenter: whitespace collapsed as before, and sentences that the input
+    wrote without a space between them (Chinese, Japanese) are not given one, as packing them would."""
+    assert split_text("  Hi.\n\n Yo.\tHello there. ", max_chars=300) == ["Hi. Yo. Hello there."]
+    assert split_text("你好。世界。今天很好。", max_chars=300) == ["你好。世界。今天很好。"]
+    assert split_text(" \n ") == []
+    # packed with a space when it is split
+    assert split_text("你好。世界。今天很好。", max_chars=8) == ["你好。 世界。", "今天很好。"]
+
+
 def test_a_word_cap_after_a_dotted_word_at_a_sentence_start_ends() -> None:
     """Found by fuzzing: the first-segment word cap once cut before a dotted word at the very start of a
     sentence, held the empty cut as too short and found it again at the next space, forever."""

@@ -364,8 +364,12 @@ def split_text(text: str, max_chars: int = 300) -> list[str]:
     Cuts at sentence boundaries, then clause boundaries, then spaces (hard cut only inside a word
     longer than ``max_chars``), and packs consecutive sentences greedily so tiny pieces are merged
     into their neighbours. Nothing is dropped: the pieces joined with spaces equal the input up to
-    whitespace.
+    whitespace. Input of at most ``max_chars`` characters (after collapsing whitespace) is one piece as
+    given, without a pass of the segmenter (~0.5 µs a character on the event loop, every speech request).
     """
+    words = " ".join(text.split())
+    if len(words) <= max_chars:
+        return [words] if words else []
     seg = SentenceSegmenter(max_chars=max_chars, min_chars=0, first_segment_words=None)
     sentences = seg.push(text) + seg.flush()
     out: list[str] = []

@@ -23,7 +23,7 @@ import numpy as np
 from ..codec.orpheus import SAMPLE_RATE, STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
 from ..codec.snac_stream import SnacDecoding
 from ..codec.snac_windows import SeamStitcher, Window, WindowPolicy
-from ..codec.tokenizer import TextTokenizer
+from ..codec.tokenizer import TextTokenizer, direct_encoder
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 
 CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz
@@ -102,7 +102,7 @@ class SpeechSynthesizer:
         observer: GenerationObserver | None = None,
     ) -> None:
         self.engine = engine
-        self.tokenizer = tokenizer
+        self.tokenizer = direct_encoder(tokenizer)
         self.decoder = decoder
         self.windows = windows
         self.tokens_per_char = tokens_per_char
