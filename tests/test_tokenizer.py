@@ -75,6 +75,10 @@ def test_a_rust_half_that_differs_anywhere_is_not_used() -> None:
     assert direct_encoder(no_rust) is no_rust
     broken = Wrapper(object())  # `_tokenizer` without `encode`
     assert direct_encoder(broken) is broken
+    truncating = Rust(differ=False)
+    truncating.truncation = {"max_length": 512}  # type: ignore[attr-defined]
+    truncated = Wrapper(truncating)
+    assert direct_encoder(truncated) is truncated  # the probes agree, but a long prompt would be cut
 
 
 def test_the_speech_synthesizer_tokenizes_prompts_directly(demo_models: DemoModels) -> None:

@@ -42,9 +42,12 @@ class DirectEncoder:
 
 def direct_encoder(tokenizer: TextTokenizer) -> TextTokenizer:
     """`tokenizer` as a `DirectEncoder` when it has a Rust tokenizer (``_tokenizer``) that encodes every probe as the
-    wrapper does, with and without special tokens; else `tokenizer` itself."""
+    wrapper does, with and without special tokens, and truncates and pads nothing (the wrapper turns a tokenizer.json's
+    truncation and padding off for a plain `encode`; short probes would not show a truncation); else `tokenizer`."""
     rust = getattr(tokenizer, "_tokenizer", None)
     if rust is None or isinstance(tokenizer, DirectEncoder):
+        return tokenizer
+    if getattr(rust, "truncation", None) is not None or getattr(rust, "padding", None) is not None:
         return tokenizer
     direct = DirectEncoder(tokenizer, rust)
     try:
