@@ -32,17 +32,28 @@ COLUMNS = (
 )
 
 
-def read_summary(text: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(variant, steady, churn) per variant of a summary.txt: a `v<i>: <flags>` line, then its `unprofiled:` and
-    `unprofiled, churn:` JSON lines (a variant that died before measuring has fewer; it is skipped)."""
-    variants: list[tuple[str, list[dict[str, Any]]]] = []
+def _variant_lines(text: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """Per variant of a summary.txt (a `v<i>: <flags>` line), its measurement lines in order: (head, JSON) of each
+    `unprofiled...: {...}` line after it."""
+    variants: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
     for line in text.splitlines():
         head, _, rest = line.partition(": ")
         if head.startswith("v") and head[1:].isdigit():
             variants.append((rest.strip(), []))
-        elif head in ("unprofiled", "unprofiled, churn") and variants:
-            variants[-1][1].append(json.loads(rest))
-    return [(name, runs[0], runs[1]) for name, runs in variants if len(runs) == 2]
+        elif head.startswith("unprofiled") and variants:
+            variants[-1][1].append((head, json.loads(rest)))
+    return variants
+
+
+def read_summary(text: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(variant, steady, churn) per variant of a summary.txt: a `v<i>: <flags>` line, then its `unprofiled:` and
+    `unprofiled, churn:` JSON lines (a variant that died before measuring has fewer; it is skipped)."""
+    out = []
+    for name, lines in _variant_lines(text):
+        runs = [run for head, run in lines if head in ("unprofiled", "unprofiled, churn")]
+        if len(runs) == 2:
+            out.append((name, runs[0], runs[1]))
+    return out
 
 
 SWITCH_COLUMNS = ("variant", "GIL switch interval (ms)", "churn tokens/s (ms a step)", "÷ the variant's first churn")
@@ -51,16 +62,13 @@ SWITCH_COLUMNS = ("variant", "GIL switch interval (ms)", "churn tokens/s (ms a s
 def read_switch_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """(variant, its churn, its `--switch-interval-ab` runs) per variant of a summary.txt that has any: the runs are
     its `unprofiled, churn, switch <ms> ms:` lines, in order."""
-    variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
-    for line in text.splitlines():
-        head, _, rest = line.partition(": ")
-        if head.startswith("v") and head[1:].isdigit():
-            variants.append((rest.strip(), {}, []))
-        elif head == "unprofiled, churn" and variants:
-            variants[-1][1].update(json.loads(rest))
-        elif head.startswith("unprofiled, churn, switch ") and variants:
-            variants[-1][2].append(json.loads(rest))
-    return [variant for variant in variants if variant[1] and variant[2]]
+    out = []
+    for name, lines in _variant_lines(text):
+        churn = next((run for head, run in lines if head == "unprofiled, churn"), None)
+        runs = [run for head, run in lines if head.startswith("unprofiled, churn, switch ")]
+        if churn and runs:
+            out.append((name, churn, runs))
+    return out
 
 
 def switch_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:

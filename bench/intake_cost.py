@@ -23,7 +23,7 @@ from _common import write_json
 
 from oai_server.codec.orpheus import speech_prompt
 from oai_server.codec.tokenizer import direct_encoder
-from oai_server.pipeline.segmenter import SentenceSegmenter, split_text
+from oai_server.pipeline.segmenter import segment_and_pack, split_text
 
 TEXTS = {
     "41 chars": "Hello there! How are you doing today, Sam?",
@@ -33,18 +33,6 @@ TEXTS = {
         "dog. When the sun finally sets, it curls up under the old oak tree and falls asleep."
     ),
 }
-
-
-def segmented(text: str, max_chars: int = 300) -> list[str]:
-    """`split_text` as it was before session 33: every input through the segmenter, then packed."""
-    seg = SentenceSegmenter(max_chars=max_chars, min_chars=0, first_segment_words=None)
-    out: list[str] = []
-    for sentence in seg.push(text) + seg.flush():
-        if out and len(out[-1]) + 1 + len(sentence) <= max_chars:
-            out[-1] = f"{out[-1]} {sentence}"
-        else:
-            out.append(sentence)
-    return out
 
 
 def best_us(run: Callable[[], Any], repeats: int, rounds: int = 5) -> float:
@@ -63,11 +51,11 @@ def measure(tokenizer: Any, repeats: int) -> dict[str, Any]:
     direct = direct_encoder(tokenizer)
     rows: dict[str, Any] = {}
     for name, text in TEXTS.items():
-        assert segmented(text) == split_text(text) and speech_prompt(direct, "tara", text) == speech_prompt(
+        assert segment_and_pack(text) == split_text(text) and speech_prompt(direct, "tara", text) == speech_prompt(
             tokenizer, "tara", text
         )
         before = {
-            "split_us": best_us(lambda: segmented(text), repeats),  # noqa: B023
+            "split_us": best_us(lambda: segment_and_pack(text), repeats),  # noqa: B023
             "prompt_us": best_us(lambda: speech_prompt(tokenizer, "tara", text), repeats),  # noqa: B023
         }
         now = {

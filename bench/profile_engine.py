@@ -297,6 +297,8 @@ async def _pipeline(
 
     dtype = resolve_snac_dtype("auto", "cuda")
     windows = WindowPolicy(frames_per_decode=4)
+    # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
+    shapes = windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes
     decoder: SnacDecoder
     control: ServiceConnection | None = None
     if args.snac_decode == "none" and args.switch_interval_ab:
@@ -306,7 +308,7 @@ async def _pipeline(
         service = await asyncio.to_thread(
             EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
         )
-        await service.capture_graphs(windows.graph_shapes)
+        await service.capture_graphs(shapes)
         closers.append(service.close)
         control = service.connection
     if args.snac_decode in ("none", "idle"):
@@ -316,8 +318,7 @@ async def _pipeline(
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
         decoder = await asyncio.to_thread(load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
         control = decoder.connection
-    # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
-    await decoder.capture_graphs(windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes)
+    await decoder.capture_graphs(shapes)
     closers.append(decoder.close)
     return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len), control
 

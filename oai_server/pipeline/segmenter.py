@@ -370,10 +370,15 @@ def split_text(text: str, max_chars: int = 300) -> list[str]:
     words = " ".join(text.split())
     if len(words) <= max_chars:
         return [words] if words else []
+    return segment_and_pack(text, max_chars)
+
+
+def segment_and_pack(text: str, max_chars: int = 300) -> list[str]:
+    """`split_text` without its shortcut for input that fits one piece: every input through the segmenter, its
+    sentences packed greedily (what `split_text` did for every input before session 33; `bench/intake_cost.py`)."""
     seg = SentenceSegmenter(max_chars=max_chars, min_chars=0, first_segment_words=None)
-    sentences = seg.push(text) + seg.flush()
     out: list[str] = []
-    for sentence in sentences:
+    for sentence in seg.push(text) + seg.flush():
         if out and len(out[-1]) + 1 + len(sentence) <= max_chars:
             out[-1] = f"{out[-1]} {sentence}"
         else:
