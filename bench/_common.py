@@ -145,6 +145,9 @@ class StreamResult:
     first_stall_audio_s: float | None = None
     """Seconds of audio played when the first underrun came (a chat reply's segment boundary, the ramp, ...)."""
     rtf: float | None = None
+    rtf_after_first_audio: float | None = None
+    """The wall time after the first audio over the audio after the first chunk: how fast the stream ran once it had
+    started, apart from its TTFA (which `rtf` holds too, and weighs most in the shortest streams)."""
     first_text_s: float | None = None
     """Chat only: when the first transcript arrived (the first segment was cut and its TTS started)."""
     first_text_words: int | None = None
@@ -178,6 +181,8 @@ class StreamResult:
         self.audio_s = samples / SAMPLE_RATE
         self.ttfa_s = self.arrivals[0][0] if self.arrivals else None
         self.rtf = wall_s / self.audio_s if self.audio_s > 0 else None
+        if self.arrivals and self.ttfa_s is not None and samples > self.arrivals[0][1]:
+            self.rtf_after_first_audio = (wall_s - self.ttfa_s) / ((samples - self.arrivals[0][1]) / SAMPLE_RATE)
         stalls = playback_stalls(self.arrivals, wall_s, prebuffer_ms / 1000)
         self.underruns, self.stall_ms = len(stalls), sum(gap for _, gap in stalls) * 1000
         self.first_stall_audio_s = stalls[0][0] if stalls else None
@@ -282,6 +287,8 @@ def summarize(concurrency: int, results: Sequence[StreamResult], wall_s: float) 
             for phase in ("connected", "sent", "headers")
         },
         "rtf": spread([r.rtf for r in ok if r.rtf is not None]),
+        "rtf_after_first_audio": spread([r.rtf_after_first_audio for r in ok if r.rtf_after_first_audio is not None]),
+        "audio_s": {"min": min((r.audio_s for r in ok), default=None), **spread([r.audio_s for r in ok])},
         **_first_text(ok),
         "underruns": spread([float(r.underruns) for r in ok]),
         "stall_ms": spread([r.stall_ms for r in ok]),

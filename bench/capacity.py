@@ -199,7 +199,9 @@ async def search(
 
 
 def _timings(level: dict[str, Any]) -> str:
-    """`; TTFA p95 X ms, server: <series> p95 Y ms, ...` for a search log line (what is known of it)."""
+    """`; TTFA p95 X ms, RTF p99 R (R' after the first audio), shortest stream S s, client p95 ms: ..., server:
+    <series> p95 Y ms, ...` for a search log line (what is known of it). The RTF after the first audio tells a level
+    that failed RTF p99 on its shortest streams' TTFA from one whose streams ran slower than real time."""
     ttfa = (level.get("ttfa_ms") or {}).get("p95")
     server = ", ".join(
         f"{name} p95 {view['p95_ms']:.0f} ms"
@@ -213,8 +215,14 @@ def _timings(level: dict[str, Any]) -> str:
         for name, view in (level.get("client_phases_ms") or {}).items()
         if view.get("p95") is not None
     )
+    rtf = (level.get("rtf") or {}).get("p99")
+    after = (level.get("rtf_after_first_audio") or {}).get("p99")
+    shortest = (level.get("audio_s") or {}).get("min")
     return (
         (f"; TTFA p95 {ttfa:.0f} ms" if ttfa is not None else "")
+        + (f", RTF p99 {rtf:.3f}" if rtf is not None else "")
+        + (f" ({after:.3f} after the first audio)" if rtf is not None and after is not None else "")
+        + (f", shortest stream {shortest:.2f} s" if shortest is not None else "")
         + (f", client p95 ms: {phases}" if phases else "")
         + (f", server: {server}" if server else "")
     )

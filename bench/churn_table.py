@@ -6,7 +6,9 @@ of a step, the streams started a second, churn ÷ steady, what one new stream co
 time churn lost, over the streams started: ms of engine time a new stream), and where SNAC ran, its busy share and a
 window's wait for its round while streams came and went; then every variant's churn tokens a second against the first
 variant's (the run's reference, e.g. raw vLLM). A variant run with `--switch-interval-ab` gets a second table: each of
-its measurements on its one engine at the GIL switch interval it ran with, against its first churn measurement:
+its measurements on its one engine at the GIL switch interval it ran with, against its first churn measurement, and
+one run with `--churn-repeats` a third: its churn measured again and again on one engine, by the seconds since its
+streams began churning:
 
     python3 bench/churn_table.py /tmp/s6/churn_ab/summary.txt
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,31 +60,62 @@ def read_summary(text: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 
 
 SWITCH_COLUMNS = ("variant", "GIL switch interval (ms)", "churn tokens/s (ms a step)", "÷ the variant's first churn")
+OVER_TIME_COLUMNS = (
+    "variant", "seconds since the streams began churning", "churn tokens/s (ms a step)", "÷ the variant's first churn",
+)  # fmt: skip
 
 
-def read_switch_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
-    """(variant, its churn, its `--switch-interval-ab` runs) per variant of a summary.txt that has any: the runs are
-    its `unprofiled, churn, switch <ms> ms:` lines, in order."""
+def _later_runs(text: str, prefix: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """(variant, its churn, its later runs on the same engine) per variant of a summary.txt that has any: the runs are
+    its lines whose head starts with `prefix`, in order."""
     out = []
     for name, lines in _variant_lines(text):
         churn = next((run for head, run in lines if head == "unprofiled, churn"), None)
-        runs = [run for head, run in lines if head.startswith("unprofiled, churn, switch ")]
+        runs = [run for head, run in lines if head.startswith(prefix)]
         if churn and runs:
             out.append((name, churn, runs))
     return out
 
 
-def switch_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
-    """One row per measurement of each variant's switch-interval A/B on one engine, its first churn run first."""
+def read_switch_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """(variant, its churn, its `--switch-interval-ab` runs) per variant of a summary.txt that has any: the runs are
+    its `unprofiled, churn, switch <ms> ms:` lines, in order."""
+    return _later_runs(text, "unprofiled, churn, switch ")
+
+
+def read_churn_over_time(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """(variant, its churn, its `--churn-repeats` runs) per variant of a summary.txt that has any: the runs are its
+    `unprofiled, churn, at <s> s:` lines, in order."""
+    return _later_runs(text, "unprofiled, churn, at ")
+
+
+def _against_first(
+    variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]],
+    first_label: Callable[[dict[str, Any]], str],
+    label: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
+    """One row per run of each variant on its one engine, its first churn run first (labelled `first_label(churn)`),
+    each labelled `label(run)` and set against that first run's tokens a second."""
     out: list[list[str]] = []
     for name, churn, runs in variants:
         first = churn["aggregate_tokens_per_s"]
-        out.append([name, "as started", _tokens(churn), "1.00"])
-        out.extend(
-            [name, f"{run['switch_interval_ms']:g}", _tokens(run), f"{run['aggregate_tokens_per_s'] / first:.2f}"]
-            for run in runs
-        )
+        out.append([name, first_label(churn), _tokens(churn), "1.00"])
+        out.extend([name, label(run), _tokens(run), f"{run['aggregate_tokens_per_s'] / first:.2f}"] for run in runs)
     return out
+
+
+def switch_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per measurement of each variant's switch-interval A/B on one engine, its first churn run first."""
+    return _against_first(variants, lambda _: "as started", lambda run: f"{run['switch_interval_ms']:g}")
+
+
+def over_time_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per measurement of each variant's churn over time on one engine, its first churn run first."""
+
+    def since(run: dict[str, Any]) -> str:
+        return "—" if run.get("churn_s") is None else f"{run['churn_s']:.0f}"
+
+    return _against_first(variants, since, since)
 
 
 def _tokens(run: dict[str, Any]) -> str:
@@ -124,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     if switches:  # --switch-interval-ab: the interval's A/B, each on its own engine
         print()
         print(markdown(switch_rows(switches), SWITCH_COLUMNS))
+    over_time = read_churn_over_time(text)
+    if over_time:  # --churn-repeats: one engine's churn measured again and again
+        print()
+        print(markdown(over_time_rows(over_time), OVER_TIME_COLUMNS))
     return 0
 
 

@@ -339,6 +339,18 @@ async def switch_interval_ab(
     return {"switch_interval_ms_before": 1000 * before, "runs": runs}
 
 
+async def churn_over_time(measure: Callable[[float], Awaitable[dict[str, Any]]], args: argparse.Namespace) -> list[Any]:
+    """`--churn-repeats N`: the churning engine measured N times more, `--churn-gap-s` apart, each run's line printed as
+    it comes (its `churn_s`: seconds since the lanes began). Whether a figure taken `--churn-settle-s` after the lanes
+    began is the churn's steady state: every lane starts at once, so the streams in flight only reach the length mix's
+    share of long ones after its longest stream (session 34: ours fell 25 % between 8 and 24 s)."""
+    runs: list[dict[str, Any]] = []
+    for _ in range(args.churn_repeats):
+        runs.append(await measure(args.churn_gap_s))
+        print(f"unprofiled, churn, at {runs[-1]['churn_s']:.0f} s: {json.dumps(runs[-1])}", flush=True)
+    return runs
+
+
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     """Build, warm up, measure, profile; the report."""
     from vllm.config import ProfilerConfig
@@ -445,12 +457,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if args.churn:  # then, on the same engine, lanes of streams that end and start as arrivals do
             await _cancel(tasks)
             tasks = [asyncio.create_task(_lane(one_stream, lane, LengthMix(), started)) for lane in range(n)]
-            report["unprofiled_churn"] = await measure(args.churn_settle_s, spy=True)
+            churn_began = time.perf_counter()
+
+            async def churn_run(settle_s: float, spy: bool = False) -> dict[str, Any]:
+                """A measurement of the churning engine, with its start in seconds since the lanes began."""
+                await asyncio.sleep(settle_s)
+                return {"churn_s": time.perf_counter() - churn_began, **await measure(0.0, spy)}
+
+            report["unprofiled_churn"] = await churn_run(args.churn_settle_s, spy=True)
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
             if control is not None and args.switch_interval_ab:
-                report["churn_switch_interval_ab"] = await switch_interval_ab(
-                    control, lambda settle_s: measure(settle_s, spy=False), args
-                )
+                report["churn_switch_interval_ab"] = await switch_interval_ab(control, churn_run, args)
+            if args.churn_repeats:
+                report["churn_over_time"] = await churn_over_time(churn_run, args)
         if not args.trace:
             await _cancel(tasks)
             return report
@@ -518,6 +537,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--switch-repeats times, each measured after --switch-settle-s (0: off)",
     )  # fmt: skip
     p.add_argument("--switch-repeats", type=int, default=2)
+    p.add_argument(
+        "--churn-repeats", type=int, default=0, metavar="N",
+        help="--churn: then measure the churning engine N times more, --churn-gap-s apart (0: off)",
+    )  # fmt: skip
+    p.add_argument("--churn-gap-s", type=float, default=2.0)
     p.add_argument("--switch-settle-s", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=30, help="engine steps to profile")
     p.add_argument(

@@ -46,6 +46,8 @@ LEVEL_KEYS = {
     "errors",
     "ttfa_ms",
     "rtf",
+    "rtf_after_first_audio",
+    "audio_s",
     "underruns",
     "stall_ms",
     "streams_zero_underruns",
@@ -115,6 +117,26 @@ def test_playback_starts_after_prebuffer_and_counts_underruns() -> None:
     result = StreamResult(ok=True, arrivals=arrivals).finish(0.5, 250)
     assert result.first_stall_audio_s == pytest.approx(3 * FRAME / 24000)  # dry after the 3 frames it had
     assert result.underruns == 1 and result.stall_ms == pytest.approx(stall * 1000)
+
+
+def test_a_short_streams_rtf_counts_its_ttfa_and_its_rtf_after_the_first_audio_does_not() -> None:
+    """A 4-frame stream whose first frame came at 0.5 s and the rest at real time: its RTF is past 1 on the TTFA alone,
+    its RTF after the first audio is what it ran at once started; the level's line says both and the shortest stream."""
+    frame_s = FRAME / 24000
+    arrivals = [(0.5 + i * frame_s * 0.9, (i + 1) * FRAME) for i in range(4)]
+    result = StreamResult(ok=True, arrivals=arrivals).finish(arrivals[-1][0], 250)
+    assert result.underruns == 0 and result.rtf == pytest.approx(arrivals[-1][0] / (4 * frame_s))
+    assert result.rtf > 1 and result.rtf_after_first_audio == pytest.approx(0.9)
+    long = StreamResult(ok=True, arrivals=[(0.1 + i * frame_s, (i + 1) * FRAME) for i in range(40)]).finish(3.5, 250)
+    level = summarize(2, [result, long], wall_s=3.5)
+    assert level["audio_s"]["min"] == pytest.approx(4 * frame_s)
+    assert level["audio_s"]["max"] == pytest.approx(40 * frame_s)
+    assert level["rtf_after_first_audio"]["max"] == pytest.approx(max(0.9, (3.5 - 0.1) / (39 * frame_s)))
+    line = _timings(level)
+    assert line.startswith(f"; TTFA p95 {level['ttfa_ms']['p95']:.0f} ms, RTF p99 {level['rtf']['p99']:.3f} (")
+    assert "after the first audio), shortest stream 0.34 s" in line
+    lone = StreamResult(ok=True, arrivals=arrivals[:1]).finish(0.5, 250)  # one chunk: nothing after the first audio
+    assert lone.rtf_after_first_audio is None
 
 
 def test_playback_real_time_arrivals_never_stall() -> None:
@@ -984,6 +1006,40 @@ def test_churn_table_reads_a_real_churn_ab_summary() -> None:
     assert table[2][5:8] == ["18.9", "0.45 / 0.84", "8.97"]
     text_table = markdown(table)
     assert text_table.count("\n") == 1 + len(table) and text_table.startswith("| variant |")
+
+
+async def test_churn_over_time_measures_the_churning_engine_again_and_again_and_prints_each_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`profile_engine.py --churn-repeats 3 --churn-gap-s 0.5`: three more measurements, each after the gap, each
+    printed as a line `churn_table.py` reads into its over-time table."""
+    import profile_engine
+    from churn_table import over_time_rows, read_churn_over_time
+
+    args = profile_engine.parse_args(
+        ["--tts-model", "m", "--churn", "--churn-repeats", "3", "--churn-gap-s", "0.5", "--out", "o"]
+    )
+    gaps: list[float] = []
+
+    async def measure(settle_s: float) -> dict[str, Any]:
+        gaps.append(settle_s)
+        tokens = 12_000.0 - 1_000 * len(gaps)
+        return {"churn_s": 8 + 2.5 * len(gaps), "aggregate_tokens_per_s": tokens, "wall_ms_per_step": 192_000 / tokens}
+
+    runs = await profile_engine.churn_over_time(measure, args)
+    assert gaps == [0.5, 0.5, 0.5] and [run["aggregate_tokens_per_s"] for run in runs] == [11_000, 10_000, 9_000]
+    printed = capsys.readouterr().out
+    assert [line.split(": ")[0] for line in printed.splitlines()] == [
+        "unprofiled, churn, at 10 s", "unprofiled, churn, at 13 s", "unprofiled, churn, at 16 s"
+    ]  # fmt: skip
+    first = {"churn_s": 8.0, "aggregate_tokens_per_s": 12_000.0, "wall_ms_per_step": 16.0}
+    summary = f"v1: --mode raw\nunprofiled, churn: {json.dumps(first)}\n{printed}v2: --mode ours_in_engine\n"
+    assert over_time_rows(read_churn_over_time(summary)) == [
+        ["--mode raw", "8", "12 000 (16.00)", "1.00"],
+        ["--mode raw", "10", "11 000 (17.45)", "0.92"],
+        ["--mode raw", "13", "10 000 (19.20)", "0.83"],
+        ["--mode raw", "16", "9 000 (21.33)", "0.75"],
+    ]
 
 
 def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_path: Path) -> None:
