@@ -278,8 +278,9 @@ class Settings(BaseSettings):
     """vLLM: the GIL switch interval of the Orpheus engine's process, in ms (0: Python's, 5 ms). SNAC's service thread
     there wakes for every worker round and may wait this long for the GIL while the engine's scheduler holds it. On
     an H200 at 192 streams in process, a round trip a round to that thread, no SNAC work, cost the engine 30 % of
-    its steady tokens/s at 5 ms and 1 % at 0.5 (session 33, one engine each, whose spread is 16-19 %: an A/B to
-    repeat before it is the default; bench/README.md)."""
+    its steady tokens/s at 5 ms and 1 % at 0.5 (session 33, one engine each, whose spread is 16-19 %). As an A/B on
+    one engine while streams came and went (session 34) 0.5 ms changed ours by -5 to +8 %, within the drift of the
+    measurement itself: it stays off (bench/README.md)."""
     tts_prefix_caching: bool = Field(False, validation_alias=_env("tts_prefix_caching"))
     """vLLM prefix caching for Orpheus. Off by default: no stream reuses another's audio, and hashing every block
     of it costs the engine core's host thread (an H200 at 256 streams: +18 % tokens/s without it)."""

@@ -976,7 +976,8 @@ def test_intake_cost_measures_the_old_and_new_text_handling_on_the_demo_tokenize
     demo_models: Any, tmp_path: Path
 ) -> None:
     """`bench/intake_cost.py`: both ways give the same pieces and prompt ids for each text (it asserts that before
-    timing), the direct encoder is in use, and every figure is there."""
+    timing), the direct encoder is in use, every figure is there, and both route classes answered each endpoint's
+    request 200 (it asserts that on every call)."""
     out = tmp_path / "intake.json"
     proc = _run("intake_cost.py", "--tokenizer", str(demo_models.tts_dir), "--repeats", "20", "--out", str(out))
     report = json.loads(out.read_text())
@@ -984,7 +985,11 @@ def test_intake_cost_measures_the_old_and_new_text_handling_on_the_demo_tokenize
     for row in report["texts"].values():
         assert set(row["before"]) == set(row["now"]) == {"split_us", "prompt_us"}
         assert all(value > 0 for value in [*row["before"].values(), *row["now"].values()])
-    assert proc.stdout.count("saved") == 2
+    assert sorted(report["routes"]) == ["chat", "speech"]
+    for row in report["routes"].values():
+        assert row["before_us"] > 0 and row["now_us"] > 0
+        assert row["saved_us"] == pytest.approx(row["before_us"] - row["now_us"])
+    assert proc.stdout.count("saved") == 4 and proc.stdout.count(" route: ") == 2
 
 
 def test_churn_table_reads_a_real_churn_ab_summary() -> None:

@@ -165,6 +165,14 @@ def test_malformed_json_and_unknown_route(live_server: Any) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
+    for path in ("/v1/audio/speech", "/v1/chat/completions"):  # no body at all: curl -X POST without -d
+        empty = httpx.post(f"{live_server.url}{path}", timeout=10)
+        assert empty.status_code == 400 and empty.json()["error"] == {
+            "message": "We could not parse the JSON body of your request: it is empty.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_json",
+        }
     missing = httpx.get(f"{live_server.url}/v1/nothing", timeout=10)
     assert missing.status_code == 404 and "error" in missing.json()
     wrong_method = httpx.get(f"{live_server.url}/v1/audio/speech", timeout=10)

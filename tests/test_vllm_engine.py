@@ -18,6 +18,7 @@ The slot mask is tested with real torch on CPU.
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import types
 import uuid
@@ -644,3 +645,35 @@ def test_processor_repetition_penalty_equals_vllms_and_follows_the_batch() -> No
     expected = vllm_reference(logits, {i: (ids, 1.2) for i, _, _, ids in many} | {0: (c, 1.1), 2: (fresh, 2.0)})
     got = proc.apply(logits.clone())
     assert torch.allclose(got[3:], expected[3:], rtol=1e-6, atol=0) and torch.equal(got[1], logits[1])
+
+
+def test_processor_state_stays_bounded_while_streams_come_and_go() -> None:
+    """Hundreds of streams through a batch of at most 16 rows (vLLM's removed -> added -> moved, condensing as it
+    does): every seen-table line is held by a live row or free, never lost, and the table never outgrows the batch;
+    so a long churn costs each step what a short one does."""
+    proc = OrpheusSlotLogitsProcessor(None, torch.device("cpu"), False)
+    rng = random.Random(7)
+    live: dict[int, list[int]] = {}  # batch index -> output list
+    for step in range(400):
+        removed = [i for i in live if rng.random() < 0.1]
+        for i in removed:
+            del live[i]
+        added = []
+        for i in range(16):
+            if i not in live and rng.random() < 0.3:
+                live[i] = [orpheus.AUDIO_TOKEN_BASE + 5] * rng.randrange(3)
+                added.append((i, opted(), [1], live[i]))
+        moved = []
+        holes = [i for i in range(16) if i not in live]
+        if holes and live and max(live) > holes[0]:  # condense: the last row into the first hole
+            last = max(live)
+            live[holes[0]] = live.pop(last)
+            moved.append((last, holes[0], Direction.UNIDIRECTIONAL))
+        proc.update_state(batch(removed=removed, added=added, moved=moved))
+        for out in live.values():
+            out.append(orpheus.AUDIO_TOKEN_BASE + step % 7 * orpheus.CODEBOOK_SIZE)
+        proc.apply(torch.zeros(max(live, default=0) + 1, V))
+        held = sorted(row.slot for row in proc._rows.values())
+        assert sorted(held + proc._free) == list(range(proc._slots)), step  # every line held once or free
+        assert sorted(proc._rows) == sorted(live)
+    assert proc._slots <= 16 and proc._seen is not None and proc._seen.shape[0] <= 16

@@ -13,6 +13,7 @@ from ..protocol.chat import SpeechRequest
 from ..protocol.speech import SpeechAudioDelta, SpeechAudioDone
 from ..serving.speech import EncodedAudio, SpeechOutput
 from .deps import services
+from .direct_body import DirectBodyRoute
 from .docs import SPEECH_EVENT, binary, sse, streamed
 from .responses import AbortingStreamingResponse, stream_response
 from .sse import b64_pieces, error_event, named_event
@@ -20,7 +21,7 @@ from .sse import b64_pieces, error_event, named_event
 if TYPE_CHECKING:
     from ..serving.services import Services
 
-router = APIRouter()
+router = APIRouter(route_class=DirectBodyRoute)
 
 
 RESPONSES = streamed(

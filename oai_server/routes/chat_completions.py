@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from ..protocol.chat import ChatCompletionRequest
 from .deps import services
+from .direct_body import DirectBodyRoute
 from .docs import chat_responses
 from .render_chat import chat_completion, chat_failure, chat_sse
 from .responses import AbortingStreamingResponse, stream_response, whole_response
@@ -17,7 +18,7 @@ from .responses import AbortingStreamingResponse, stream_response, whole_respons
 if TYPE_CHECKING:
     from ..serving.services import Services
 
-router = APIRouter()
+router = APIRouter(route_class=DirectBodyRoute)
 
 
 @router.post("/v1/chat/completions", response_model=None, responses=chat_responses())

@@ -85,6 +85,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
         return invalid("We could not parse the JSON body of your request.", None, "invalid_json")
     param = _loc_to_param(tuple(first.get("loc", ())))
     message = str(first.get("msg", "Invalid request"))
+    if kind == "missing" and param is None:  # no body at all: not JSON, as OpenAI answers an empty body
+        return invalid("We could not parse the JSON body of your request: it is empty.", None, "invalid_json")
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     return invalid(f"Invalid value for '{param}': {message}" if param else message, param, "invalid_value")
