@@ -180,9 +180,10 @@ class Sweep:
         args = self.args
 
         async def level(n: int) -> dict[str, Any]:
-            summary = (await run_level(mode, n, args, self.seeds))[0]
+            summary, results = await run_level(mode, n, args, self.seeds)
             # a run cut short (the GPU call's time limit) still leaves every level it ran
             self.report.setdefault("search_levels", {}).setdefault(mode, []).append(summary)
+            self.report["streams"].setdefault(mode, {})[f"search {n}"] = [r.public() for r in results]
             self.save()
             return summary
 

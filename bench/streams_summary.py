@@ -1,9 +1,11 @@
-"""Stream by stream: what `load.py`'s arrivals and overload did to each admitted stream, from its results.json.
+"""Stream by stream: what `load.py`'s bursts, arrivals and overload did to each admitted stream, from its results.json.
 
-For every arrivals phase (`rate=...`) and the overload of one or more runs: requests offered, admitted and refused
-(429), admitted streams that stalled, their speed after the first audio (audio seconds per wall second, p10 and
-p50), TTFA p95, where in the audio the first stalls came (the most common positions: 0.587 s is the first 4-frame
-chunk of the ramp 1, 1, 2, 3, 4) and, with `--buckets S`, the same by S seconds of arrival time (streams that
+For every burst (`N`, a capacity search's `search N`), arrivals phase (`rate=...`) and the overload of one or more
+runs: requests offered, admitted and refused (429), admitted streams that stalled, their speed after the first audio
+(audio seconds per wall second, p10 and p50), TTFA p95, where in the audio the first stalls came (the most common
+positions: 0.587 s is the first 4-frame chunk of the ramp 1, 1, 2, 3, 4), the streams with an RTF past 1 (how many
+stalled, their audio's median length against every stream's: RTF counts the TTFA, so short streams can fail a
+level's RTF p99 without a stall) and, with `--buckets S`, the same by S seconds of arrival time (streams that
 stalled / admitted @ median speed), which shows a server slowing down as the run goes on.
 
     python bench/streams_summary.py bench/results/h200_s26_random_weights/onecard_chat/arrivals/results.json.gz \
@@ -46,6 +48,11 @@ def summarize_phase(streams: Sequence[dict[str, Any]], buckets_s: float = 0) -> 
         "speed_p50": percentile(speeds, 50),
         "ttfa_p95_ms": percentile([s["ttfa_s"] * 1000 for s in admitted], 95),
         "first_stalls_at_s": firsts.most_common(3),
+        # RTF counts the TTFA: a level can fail RTF p99 on short streams that never stalled
+        "rtf_over_1": len(slow := [s for s in admitted if s.get("rtf") is not None and s["rtf"] > 1]),
+        "rtf_over_1_stalled": sum(1 for s in slow if s["underruns"] > 0),
+        "rtf_over_1_audio_s_p50": percentile([s["audio_s"] for s in slow], 50),
+        "audio_s_p50": percentile([s["audio_s"] for s in admitted], 50),
     }
     if buckets_s > 0:
         by: dict[int, list[dict[str, Any]]] = {}
@@ -76,7 +83,9 @@ def _line(name: str, s: dict[str, Any]) -> str:
     return (
         f"{name:>12}: offered {s['offered']}, admitted {s['admitted']}, 429 {s['refused_429']}, "
         f"stalled {s['stalled']}, speed p10/p50 {fmt(s['speed_p10'], '.2f')}/{fmt(s['speed_p50'], '.2f')}, "
-        f"TTFA p95 {fmt(s['ttfa_p95_ms'], '.0f')} ms, first stalls at {s['first_stalls_at_s']}"
+        f"TTFA p95 {fmt(s['ttfa_p95_ms'], '.0f')} ms, first stalls at {s['first_stalls_at_s']}, "
+        f"RTF > 1: {s['rtf_over_1']} ({s['rtf_over_1_stalled']} stalled, audio p50 "
+        f"{fmt(s['rtf_over_1_audio_s_p50'], '.2f')} s against {fmt(s['audio_s_p50'], '.2f')} s for all)"
     )
 
 

@@ -679,29 +679,40 @@ def test_streams_summary_reads_each_admitted_stream(tmp_path: Path, capsys: pyte
 
     from streams_summary import main as streams_summary
 
-    def stream(sent_at: float, ok: bool = True, stall_at: float | None = None, wall: float = 2.1) -> dict[str, Any]:
+    def stream(
+        sent_at: float, ok: bool = True, stall_at: float | None = None, wall: float = 2.1, audio: float = 4.0
+    ) -> dict[str, Any]:
         return {
             "ok": ok, "status": 200 if ok else 429, "sent_at_s": sent_at, "ttfa_s": 0.1 if ok else None,
-            "wall_s": wall if ok else 1.5, "audio_s": 4.0 if ok else 0.0, "underruns": int(stall_at is not None),
-            "first_stall_audio_s": stall_at,
+            "wall_s": wall if ok else 1.5, "audio_s": audio if ok else 0.0, "underruns": int(stall_at is not None),
+            "first_stall_audio_s": stall_at, "rtf": wall / audio if ok else None,
         }  # fmt: skip
 
     overload = [stream(1.0), stream(2.0, stall_at=0.587), stream(9.0, stall_at=0.587, wall=4.1), stream(9.5)]
     overload.append(stream(10.0, ok=False))
-    results = {"streams": {"speech": {"rate=4.18": [stream(0.5), stream(1.5)], "overload": overload}}}
+    short = [stream(0.0, wall=0.9, audio=0.5), stream(0.0, wall=1.0, audio=0.6), stream(0.0), stream(0.0)]
+    phases = {"search 4": short, "rate=4.18": [stream(0.5), stream(1.5)], "overload": overload}
+    results = {"streams": {"speech": phases}}
     path = tmp_path / "results.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump(results, f)
     assert streams_summary([str(path), "--buckets", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)[str(path)]
     assert report["rate=4.18"]["admitted"] == 2 and report["rate=4.18"]["stalled"] == 0
+    search = report["search 4"]  # a capacity search's level: RTF past 1 on its two short streams, none stalled
+    assert (search["rtf_over_1"], search["rtf_over_1_stalled"]) == (2, 0)
+    assert search["rtf_over_1_audio_s_p50"] == pytest.approx(0.55) and search["audio_s_p50"] == pytest.approx(2.3)
+    assert report["overload"]["rtf_over_1"] == 1 and report["overload"]["rtf_over_1_stalled"] == 1  # 4.1 s for 4
     over = report["overload"]
     assert (over["offered"], over["admitted"], over["refused_429"], over["stalled"]) == (5, 4, 1, 2)
     assert over["speed_p50"] == pytest.approx(2.0) and over["speed_p10"] == pytest.approx(1.3)  # 4 s in 2 s or 4 s
     assert over["first_stalls_at_s"] == [[0.587, 2]]
     assert [(b["from_s"], b["admitted"], b["stalled"]) for b in over["by_arrival"]] == [(0, 2, 1), (8, 2, 1)]
     assert streams_summary([str(path), "--buckets", "8"]) == 0
-    assert "overload: offered 5, admitted 4, 429 1, stalled 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "overload: offered 5, admitted 4, 429 1, stalled 2" in printed
+    assert "search 4: offered 4, admitted 4" in printed
+    assert "RTF > 1: 2 (0 stalled, audio p50 0.55 s against 2.30 s for all)" in printed
 
 
 def test_profile_churn_lanes_restart_streams_with_lengths_from_the_mix() -> None:
