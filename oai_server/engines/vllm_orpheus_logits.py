@@ -36,8 +36,8 @@ mask functions below need only torch.
 
 from __future__ import annotations
 
+import array
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +48,13 @@ from oai_server.engines.band_graphs import BAND_GRAPHS_KEY, BandGraph, BandGraph
 from oai_server.engines.band_penalty import AUDIO_SPAN, BandPenalty, band_penalty, penalize_band, seen_hits
 from oai_server.engines.band_sampling import (
     BandFilter,
-    BandSampling,
     band_filter,
     band_sampling_of,
     check_band_args,
     column_table,
     filter_band,
 )
+from oai_server.engines.slot_rows import SlotRow, step_rows
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -141,25 +141,6 @@ def log_through_vllm() -> None:
 
 
 @dataclass
-class _Row:
-    """One opted-in request: its live output list, its line of the seen table, its penalty, its band sampling."""
-
-    output_ids: Sequence[int]
-    slot: int
-    penalty: float
-    band: BandSampling | None = None
-    synced: int = 0  # output_ids[:synced] are already marked in the seen table
-    min_tokens: int = 0  # END_OF_SPEECH stays blocked before this position
-
-    def table_row(self) -> int:
-        """Its row of the position tables now: its audio position's slot, or `HELD_STOP_ROW` on a frame boundary
-        before its `min_tokens`."""
-        position = len(self.output_ids)
-        slot = position % orpheus.TOKENS_PER_FRAME
-        return HELD_STOP_ROW if slot == 0 and position < self.min_tokens else slot
-
-
-@dataclass
 class _BandGroup:
     """Rows that sample in the band one way (drawn here or by vLLM): their settings and where they sit."""
 
@@ -172,21 +153,16 @@ class _BandGroup:
 class _Layout:
     """What `apply` needs of the batch that does not change from step to step (rebuilt when vLLM changes it)."""
 
-    rows: list[_Row]  # the opted-in rows, by persistent-batch index
+    rows: list[SlotRow]  # the opted-in rows, by persistent-batch index
     index: torch.Tensor | None  # their batch indices; None when they are every row in order
     penalty: BandPenalty | None  # None when no row has a penalty
     bands: list[_BandGroup]
 
 
-HELD_STOP_ROW = orpheus.TOKENS_PER_FRAME
-"""The position tables' row after the seven slots': slot 0's, `END_OF_SPEECH` blocked too (a frame boundary before a
-request's `min_tokens`)."""
-
-
 @dataclass(frozen=True)
 class _PositionTables:
     """What depends only on an audio position's slot (``k % 7``), on the logits' device: one row per slot, then
-    `HELD_STOP_ROW`."""
+    `slot_rows.HELD_STOP_ROW`."""
 
     blocked: torch.Tensor  # bool [8, vocab]: ids the slot may not emit
     columns: torch.Tensor  # int64 [8, 4097]: the ids it may (`band_columns`; END_OF_SPEECH's column -inf when held)
@@ -212,7 +188,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self._device = torch.device(device)
         self._pin_memory = bool(is_pin_memory) and self._device.type == "cuda"
-        self._rows: dict[int, _Row] = {}  # persistent-batch row -> request state
+        self._rows: dict[int, SlotRow] = {}  # persistent-batch row -> request state
         self._tables: _PositionTables | None = None
         self._seen: torch.Tensor | None = None  # [slots, AUDIO_SPAN] bool
         self._free: list[int] = []
@@ -280,7 +256,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             self._drop(index)
             extra = getattr(params, "extra_args", None)
             if wants_audio_slots(extra):
-                rows[index] = _Row(
+                rows[index] = SlotRow(
                     output_ids,
                     self._take_slot(),
                     penalty_of(extra),
@@ -303,6 +279,16 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         host = torch.tensor(values, dtype=dtype, pin_memory=self._pin_memory)
         return host.to(device, non_blocking=self._pin_memory)
 
+    def _indices_to_device(self, values: list[int], device: torch.device) -> torch.Tensor:
+        """`_to_device` of a step's int64 indices: through an `array`, a third of `torch.tensor`'s host time for a
+        list of a few hundred ints (vLLM's thread pays it every step)."""
+        if not values:
+            return torch.empty(0, dtype=torch.int64, device=device)
+        host = torch.frombuffer(array.array("q", values), dtype=torch.int64)
+        if self._pin_memory:
+            host = host.pin_memory()
+        return host.to(device, non_blocking=self._pin_memory)
+
     def _seen_table(self, device: torch.device) -> torch.Tensor:
         seen = self._seen
         if seen is None or seen.device != device:
@@ -312,22 +298,6 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             seen = torch.cat([seen, extra])
         self._seen = seen
         return seen
-
-    def _new_marks(self, rows: list[_Row]) -> list[int]:
-        """Flat seen-table indices of the tokens that arrived since the last step (placeholders ``-1`` wait for
-        the next)."""
-        marks: list[int] = []
-        low, high = orpheus.AUDIO_TOKEN_BASE, orpheus.AUDIO_TOKEN_END
-        for row in rows:
-            new = row.output_ids[row.synced :]  # a slice: the per-token loop below stays in C
-            if not new:
-                continue
-            if min(new) < 0:
-                new = new[: next(i for i, token in enumerate(new) if token < 0)]
-            row.synced += len(new)
-            offset = row.slot * AUDIO_SPAN - low
-            marks += [offset + token for token in new if low <= token < high]
-        return marks
 
     def _layout_for(self, num_rows: int, device: torch.device) -> _Layout | None:
         """The batch's layout, rebuilt only after vLLM changed the batch (None: no opted-in row)."""
@@ -353,7 +323,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._layout = (key, layout)
         return layout
 
-    def _band_groups(self, rows: list[_Row], device: torch.device) -> list[_BandGroup]:
+    def _band_groups(self, rows: list[SlotRow], device: torch.device) -> list[_BandGroup]:
         """The rows drawn in the band here, then those only filtered here (vLLM draws): one group each."""
         groups = []
         for draw in (True, False):
@@ -397,12 +367,11 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             return logits
         seen = self._seen_table(logits.device)
         if self._stale:  # lines handed to new requests since the last step
-            seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
+            seen.index_fill_(0, self._indices_to_device(self._stale, seen.device), False)
             self._stale.clear()
         # what changes every step, in one copy: each row's slot (its audio position mod 7), then the new tokens
-        marks = self._new_marks(layout.rows)
-        slots = [row.table_row() for row in layout.rows]
-        step = self._to_device(slots + marks, torch.int64, logits.device)
+        slots, marks = step_rows(layout.rows)
+        step = self._indices_to_device(slots + marks, logits.device)
         slot = step[: len(slots)]
         if marks:
             seen.view(-1).index_fill_(0, step[len(slots) :], True)
