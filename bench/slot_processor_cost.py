@@ -13,6 +13,9 @@ penalty and top-p in the band, with vLLM's draw. It reports two numbers per step
   computes nothing, so what is timed is the Python plus the dispatch. A meta op costs more than a CUDA launch,
   so compare variants with each other, not with a GPU.
 
+A batch change (a stream ending, another taking its row) is timed apart on the CPU device: the processor's update
+and the layout its next `apply` rebuilds, which vLLM's thread pays at every step whose batch changed.
+
 `--old REV` runs the processor and its band sampling as they were at git revision REV beside the current code.
 `--band-graphs` also counts the launches of the processor with `--tts-band-graphs`, where the penalty and top-p
 of a step are one CUDA graph replay (counted as one; its host time is not modelled on the meta device).
@@ -130,6 +133,36 @@ def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200, chan
     return (time.perf_counter() - started) / steps * 1e3
 
 
+def batch_change_us(module: types.ModuleType, rows: int, changes: int = 300) -> float:
+    """µs of host time a batch change costs the processor at `rows` speech rows: one stream ending and another
+    taking its row (vLLM's removed, then added), then the layout the next `apply` rebuilds for it (`_layout_for`),
+    on the CPU device (its copies are host copies there; on a GPU small pinned uploads). Under churn vLLM's thread
+    pays it at every step whose batch changed (~40 a second at 192 streams coming and going)."""
+    device = torch.device("cpu")
+    processor = module.OrpheusSlotLogitsProcessor(None, device, False)
+    extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
+    params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
+    added = [(i, params, [1], []) for i in range(rows)]
+    processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
+    started = time.perf_counter()
+    for change in range(changes):
+        row = change % rows
+        update = types.SimpleNamespace(batch_size=rows, removed=[row], added=[(row, params, [1], [])], moved=[])
+        processor.update_state(update)
+        processor._layout_for(rows, device)
+    return (time.perf_counter() - started) / changes * 1e6
+
+
+def batch_change_best_us(modules: dict[str, types.ModuleType], rows: int, rounds: int = 5) -> dict[str, float]:
+    """`batch_change_us` of each variant, the best of `rounds` rounds taken in turn (this host's speed drifts by a
+    third from minute to minute: variants timed one after the other would compare the drift)."""
+    best = dict.fromkeys(modules, float("inf"))
+    for _ in range(rounds):
+        for name, module in modules.items():
+            best[name] = min(best[name], batch_change_us(module, rows))
+    return best
+
+
 def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False, change_every: int = 0) -> Any:
     """One step of a processor on the `meta` device with `rows` speech rows, sampled as the server samples them;
     every `change_every` steps (0: never) one row's stream ends and a new one takes its row (vLLM's batch update:
@@ -178,17 +211,23 @@ def main() -> None:
         variants[args.old] = lambda: load_revision(args.old)
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
+        changes = batch_change_best_us({name: fresh() for name, fresh in variants.items()}, rows)
         for name, fresh in variants.items():
             ops = ops_per_step(fresh(), rows)
             ms = host_ms_per_step(fresh(), rows)
-            result = {"variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops}
+            change_us = changes[name]
+            result = {
+                "variant": name, "rows": rows, "host_ms_per_step": ms, "aten_ops_per_step": ops,
+                "batch_change_us": change_us,
+            }  # fmt: skip
             churn = ""
             if args.change_every:
                 result["host_ms_per_step_churn"] = host_ms_per_step(fresh(), rows, change_every=args.change_every)
                 churn = f", {result['host_ms_per_step_churn']:.3f} ms with a new stream every {args.change_every} steps"
             results.append(result)
             print(
-                f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) per step{churn}"
+                f"{name:>8} {rows:>4} rows: {ops:.0f} ATen ops, {ms:.3f} ms of host time (meta device) a step"
+                f"{churn}; a batch change {change_us:.0f} us (CPU device)"
             )
         if args.band_graphs:  # its host time is not modelled here: on the meta device the graph's work runs eagerly
             ops = ops_per_step(vllm_orpheus_logits, rows, graphs=True)

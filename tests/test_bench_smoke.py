@@ -814,6 +814,7 @@ def test_slot_processor_cost_counts_and_times_both_versions() -> None:
     timed = [r for r in rows if r["variant"] != "graphs"]
     assert all(0 < r["host_ms_per_step"] < 50 for r in timed)
     assert all(0 < r["host_ms_per_step_churn"] < 50 for r in timed)  # a stream coming and going every other step
+    assert all(0 < r["batch_change_us"] < 50_000 for r in timed)  # a stream replaced, the layout rebuilt
     # each ATen op is a kernel launch on a GPU: the same code launches as many at any batch size
     assert rows[0]["aten_ops_per_step"] == rows[3]["aten_ops_per_step"] > 20
     assert rows[1]["aten_ops_per_step"] == rows[4]["aten_ops_per_step"] > 20

@@ -20,6 +20,7 @@ vLLM's draw (its per-request generators make them reproducible); greedy ones nee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -45,7 +46,7 @@ class BandSampling:
     draw: bool = False
     """Draw the token here (vLLM then takes the only finite logit); False: only filter, vLLM draws."""
 
-    @property
+    @cached_property
     def values(self) -> tuple[float, float, float]:
         """(temperature, top_p, top_k) as one row of `sample_band`'s ``settings``."""
         return self.temperature, self.top_p, float(self.top_k)

@@ -178,6 +178,10 @@ class _PositionTables:
         return cls(torch.cat([blocked, held]), columns, columns[:, : orpheus.CODEBOOK_SIZE] - orpheus.AUDIO_TOKEN_BASE)
 
 
+_TYPECODES = {torch.int64: "q", torch.float32: "f"}
+"""`array` type codes of the dtypes the processor hands to the device."""
+
+
 class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
     """Per-position Orpheus audio-band constraint (and band repetition penalty) as a vLLM v1 `LogitsProcessor`.
 
@@ -274,17 +278,13 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
                 else:
                     self._free.append(b_entry.slot)
 
-    def _to_device(self, values: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A small host list on ``device`` without stalling the host (pinned, non-blocking copy)."""
-        host = torch.tensor(values, dtype=dtype, pin_memory=self._pin_memory)
-        return host.to(device, non_blocking=self._pin_memory)
-
-    def _indices_to_device(self, values: list[int], device: torch.device) -> torch.Tensor:
-        """`_to_device` of a step's int64 indices: through an `array`, a third of `torch.tensor`'s host time for a
-        list of a few hundred ints (vLLM's thread pays it every step)."""
+    def _to_device(self, values: list[int] | list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A small flat host list on ``device`` without stalling the host (pinned, non-blocking copy). Through an
+        `array`: a third of `torch.tensor`'s host time for a few hundred values, which vLLM's thread pays every step
+        (the step's indices) and at every batch change (the layout's)."""
         if not values:
-            return torch.empty(0, dtype=torch.int64, device=device)
-        host = torch.frombuffer(array.array("q", values), dtype=torch.int64)
+            return torch.empty(0, dtype=dtype, device=device)
+        host = torch.frombuffer(array.array(_TYPECODES[dtype], values), dtype=dtype)
         if self._pin_memory:
             host = host.pin_memory()
         return host.to(device, non_blocking=self._pin_memory)
@@ -311,7 +311,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             every_row = len(items) == num_rows  # distinct rows < num_rows, sorted: exactly 0..num_rows-1
             penalties = [row.penalty for row in rows]
             penalty = None
-            if any(p != 1.0 for p in penalties):
+            if penalties.count(1.0) != len(penalties):
                 slots = self._to_device([row.slot for row in rows], torch.int64, device)
                 penalty = band_penalty(slots, self._to_device(penalties, torch.float32, device))
             layout = _Layout(
@@ -325,16 +325,22 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
 
     def _band_groups(self, rows: list[SlotRow], device: torch.device) -> list[_BandGroup]:
         """The rows drawn in the band here, then those only filtered here (vLLM draws): one group each."""
+        chosen: dict[bool, tuple[list[int], list[float]]] = {True: ([], []), False: ([], [])}
+        top_k = {True: False, False: False}
+        for i, row in enumerate(rows):  # one pass: vLLM's thread runs this at every batch change
+            band = row.band
+            if band is not None:
+                index, flat = chosen[band.draw]
+                index.append(i)
+                flat += band.values
+                top_k[band.draw] = top_k[band.draw] or band.top_k > 0
         groups = []
         for draw in (True, False):
-            chosen = [(i, row.band) for i, row in enumerate(rows) if row.band is not None and row.band.draw is draw]
-            if chosen:
-                settings = self._to_device([band.values for _, band in chosen], torch.float32, device)
-                index = (
-                    None if len(chosen) == len(rows) else self._to_device([i for i, _ in chosen], torch.int64, device)
-                )
-                any_top_k = any(band.top_k > 0 for _, band in chosen)
-                groups.append(_BandGroup(draw, band_filter(settings, any_top_k), index))
+            index, flat = chosen[draw]
+            if index:
+                settings = self._to_device(flat, torch.float32, device).view(len(index), -1)
+                where = None if len(index) == len(rows) else self._to_device(index, torch.int64, device)
+                groups.append(_BandGroup(draw, band_filter(settings, top_k[draw]), where))
         return groups
 
     def _graph_for(self, layout: _Layout, dtype: torch.dtype) -> BandGraph | None:
@@ -367,11 +373,11 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             return logits
         seen = self._seen_table(logits.device)
         if self._stale:  # lines handed to new requests since the last step
-            seen.index_fill_(0, self._indices_to_device(self._stale, seen.device), False)
+            seen.index_fill_(0, self._to_device(self._stale, torch.int64, seen.device), False)
             self._stale.clear()
         # what changes every step, in one copy: each row's slot (its audio position mod 7), then the new tokens
         slots, marks = step_rows(layout.rows)
-        step = self._indices_to_device(slots + marks, logits.device)
+        step = self._to_device(slots + marks, torch.int64, logits.device)
         slot = step[: len(slots)]
         if marks:
             seen.view(-1).index_fill_(0, step[len(slots) :], True)
