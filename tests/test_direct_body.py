@@ -170,3 +170,17 @@ def test_json_is_what_fastapi_decodes_as_json() -> None:
     assert is_json("application/json; charset=utf-8") and is_json("application/x+json")
     assert not is_json("text/plain") and not is_json("multipart/form-data; boundary=x")
     assert not is_json(None) and not is_json("") and is_json(None, strict=False)  # FastAPI's strict_content_type
+
+
+async def test_an_overridden_dependency_is_honoured_through_fastapis_handler() -> None:
+    """`app.dependency_overrides[services]` (a test's stand-in) reaches the endpoint as under FastAPI's handler."""
+    app = _app()
+
+    async def stand_in() -> str:
+        return "the stand-in"
+
+    app.dependency_overrides[services] = stand_in
+    fastapi_reply, direct_reply = await _both(app, "speech", json.dumps(SPEECH).encode(), "application/json")
+    assert direct_reply == fastapi_reply and direct_reply[1]["svc"] == "the stand-in"
+    del app.dependency_overrides[services]
+    assert (await _both(app, "speech", json.dumps(SPEECH).encode(), "application/json"))[1][1]["svc"] == "the services"
