@@ -133,17 +133,28 @@ def host_ms_per_step(module: types.ModuleType, rows: int, steps: int = 200, chan
     return (time.perf_counter() - started) / steps * 1e3
 
 
+def _speech_rows(
+    module: types.ModuleType, rows: int, device: torch.device, graphs: bool = False
+) -> tuple[Any, Any, list[list[int]]]:
+    """A processor on `device` with `rows` speech rows added, sampled as the server samples them: the processor, the
+    rows' sampling params and their (empty, live) output lists."""
+    config = types.SimpleNamespace(additional_config={band_graphs.BAND_GRAPHS_KEY: True}) if graphs else None
+    processor = module.OrpheusSlotLogitsProcessor(config, device, False)
+    extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
+    params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
+    outputs: list[list[int]] = [[] for _ in range(rows)]
+    added = [(i, params, [1], outputs[i]) for i in range(rows)]
+    processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
+    return processor, params, outputs
+
+
 def batch_change_us(module: types.ModuleType, rows: int, changes: int = 300) -> float:
     """µs of host time a batch change costs the processor at `rows` speech rows: one stream ending and another
     taking its row (vLLM's removed, then added), then the layout the next `apply` rebuilds for it (`_layout_for`),
     on the CPU device (its copies are host copies there; on a GPU small pinned uploads). Under churn vLLM's thread
     pays it at every step whose batch changed (~40 a second at 192 streams coming and going)."""
     device = torch.device("cpu")
-    processor = module.OrpheusSlotLogitsProcessor(None, device, False)
-    extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
-    params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
-    added = [(i, params, [1], []) for i in range(rows)]
-    processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
+    processor, params, _ = _speech_rows(module, rows, device)
     started = time.perf_counter()
     for change in range(changes):
         row = change % rows
@@ -168,13 +179,7 @@ def _speech_batch(module: types.ModuleType, rows: int, graphs: bool = False, cha
     every `change_every` steps (0: never) one row's stream ends and a new one takes its row (vLLM's batch update:
     removed, then added at that index)."""
     device = torch.device("meta")
-    config = types.SimpleNamespace(additional_config={band_graphs.BAND_GRAPHS_KEY: True}) if graphs else None
-    processor = module.OrpheusSlotLogitsProcessor(config, device, False)
-    extra = {module.EXTRA_ARGS_KEY: True, module.PENALTY_KEY: 1.1, TOP_P_KEY: 0.8, TOP_K_KEY: 0}
-    params = types.SimpleNamespace(temperature=0.6, extra_args=extra)
-    outputs: list[list[int]] = [[] for _ in range(rows)]
-    added = [(i, params, [1], outputs[i]) for i in range(rows)]
-    processor.update_state(types.SimpleNamespace(batch_size=rows, removed=[], added=added, moved=[]))
+    processor, params, outputs = _speech_rows(module, rows, device, graphs)
     logits = torch.empty(rows, orpheus.ORPHEUS_VOCAB_SIZE, device=device)
 
     count = [0]
