@@ -295,7 +295,7 @@ async def _pipeline(
     from oai_server.codec.snac_model import resolve_snac_dtype
     from oai_server.codec.snac_windows import WindowPolicy
 
-    dtype = resolve_snac_dtype("auto", "cuda")
+    dtype = resolve_snac_dtype(args.snac_dtype, "cuda")
     windows = WindowPolicy(frames_per_decode=4)
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     shapes = windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes
@@ -501,6 +501,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampling", choices=("vocab", "band"), default="vocab", help="raw: where top-p runs")
     p.add_argument("--snac", default=None, help="ours_in_engine: the SNAC model")
     p.add_argument("--snac-fusion", default="off", choices=["off", "decoder"])
+    p.add_argument(
+        "--snac-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+        help="SNAC's precision, as the server's --snac-dtype (a half precision below 50 dB from float32 keeps float32)",
+    )  # fmt: skip
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
     add_engine_variant_flags(p)
     p.add_argument("--concurrency", type=int, default=128)

@@ -115,6 +115,7 @@ async def test_the_engine_decodes_what_the_server_would(
         await remote.capture_graphs(WindowPolicy().stream_shapes)  # CPU: nothing to capture, and no error
         stats = remote.connection.call("stats")
         assert stats["windows_decoded"] == len(batch) and stats["device"] == "cpu" and stats["graphs"] == []
+        assert stats["dtype"] == "float32"  # the precision it decodes in, after the load's check
         assert stats["eager_windows"] == remote.eager_windows == len(batch)  # CPU: no graphs, every window eager
         assert stats["engine_stream_priority"] is None and stats["stream_priority"] is None  # no CUDA streams
         assert stats["switch_interval_s"] == ENGINE_SWITCH_INTERVAL_S  # the engine process's, as it asked

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
-from .orpheus import SAMPLES_PER_FRAME
+from .orpheus import SAMPLES_PER_FRAME, frames_to_levels
 from .snac_windows import WindowShape
 
+logger = logging.getLogger(__name__)
+
 SNAC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+HALF_PRECISION_MIN_SNR_DB = 50.0
+"""A half-precision SNAC is kept only if it decodes a test utterance within this SNR of float32 (noise off): the
+fidelity bar the streamed decode keeps against a whole one. On the H200, random weights, the compiled decoder's
+graphs: float16 65.7 dB, bfloat16 47.5 dB (`bench/results/h200_s35_random_weights/snac_precision/`)."""
+
+PRECISION_CHECK_FRAMES = 48
+"""Frames (4.1 s) of random codes the precision check decodes."""
 
 
 def resolve_snac_dtype(dtype: str, device: str) -> torch.dtype:
     """`auto` -> float32 everywhere.
 
-    float16 decodes within 66 dB of float32 (CPU, random weights), but on the H200 it halved the
-    pipeline's throughput at 128 streams (7,746 vs 11,376 audio tokens/s in `bench/baselines.py`,
-    `bench/results/h200_baselines_s4_*`), so half precision is opt-in until that is understood.
+    With the compiled decoder's CUDA graphs (`--snac-fusion decoder`) float16 takes 23-30 % less GPU time than
+    float32 on the H200 (1.57 / 2.70 / 9.30 against 2.03 / 3.70 / 13.25 ms at 8 / 16 / 64 steady windows) at
+    65.7 dB from it (session 35, `bench/snac_decode.py`). Eagerly, before graphs, it had halved the pipeline's
+    throughput (session 4, `bench/results/h200_baselines_s4_*`), and the server with it is not yet measured, so
+    half precision stays opt-in (`--snac-dtype float16`), checked at load (`load_snac`).
     """
     del device  # kept for a per-device choice once half precision pays on the GPU
     if dtype == "auto":
@@ -43,7 +60,60 @@ def load_snac(name_or_path: str, device: str, dtype: torch.dtype = torch.float32
             "for the offline demo profile."
         ) from exc
     fold_weight_norm(model)
-    return model.to(device=device, dtype=dtype).eval()
+    return checked_precision(model.to(device=device).eval(), dtype)
+
+
+def checked_precision(
+    model: torch.nn.Module, dtype: torch.dtype, min_snr_db: float = HALF_PRECISION_MIN_SNR_DB
+) -> torch.nn.Module:
+    """`model` (float32) in `dtype` if that decodes within `min_snr_db` of float32, else `model` itself, with a
+    warning: weights whose activations overflow float16 or lose too much in bfloat16 keep float32 instead of
+    streaming degraded audio."""
+    if dtype == torch.float32:
+        return model
+    snr = precision_snr_db(model, dtype)
+    if not snr >= min_snr_db:  # NaN (an overflow) fails too
+        name = str(dtype).removeprefix("torch.")
+        logger.warning("SNAC in %s decodes %.1f dB from float32, below %.0f dB: keeping float32", name, snr, min_snr_db)
+        return model
+    logger.info("SNAC in %s: %.1f dB from float32", str(dtype).removeprefix("torch."), snr)
+    return model.to(dtype)
+
+
+def precision_snr_db(model: Any, dtype: torch.dtype, frames: int = PRECISION_CHECK_FRAMES) -> float:
+    """SNR in dB of `model` cast to `dtype` against `model` (float32) decoding one utterance of random codes whole,
+    with SNAC's noise off (NaN when the cast decodes non-finite samples)."""
+    device = next(model.parameters()).device
+    codes = [
+        torch.from_numpy(level).to(device)
+        for level in frames_to_levels(np.random.default_rng(0).integers(0, 4096, size=(1, frames, 7)))
+    ]
+    with _noise_off(model), torch.inference_mode():
+        reference = model.decode(codes).double()
+        cast = copy.deepcopy(model).to(dtype)
+        decoded = cast.decode(codes).double()
+    if not bool(torch.isfinite(decoded).all()):
+        return math.nan
+    error = float(((decoded - reference) ** 2).sum())
+    return math.inf if error == 0.0 else 10.0 * math.log10(float((reference**2).sum()) / error)
+
+
+@contextmanager
+def _noise_off(model: torch.nn.Module) -> Iterator[None]:
+    """SNAC's NoiseBlocks replaced by identities for the block (equal codes then decode equal), then put back."""
+    swapped = [
+        (parent, name, child)
+        for parent in list(model.modules())
+        for name, child in parent.named_children()
+        if type(child).__name__ == "NoiseBlock"
+    ]
+    for parent, name, _ in swapped:
+        setattr(parent, name, torch.nn.Identity())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def fold_weight_norm(model: torch.nn.Module) -> None:

@@ -160,6 +160,7 @@ class SnacService:
                 "windows_decoded": self.windows_decoded,
                 "eager_windows": self.eager_windows,
                 "device": self.device,
+                "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.") if self.model else None,
                 "graphs": sorted(self.graphs),
                 "engine_stream_priority": self.engine_stream_priority,
                 "stream_priority": self._stream.priority if self._stream is not None else None,
