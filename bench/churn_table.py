@@ -118,6 +118,36 @@ def over_time_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]
     return _against_first(variants, since, since)
 
 
+OVER_TIME_MEAN_COLUMNS = (
+    "variant", "later runs", "churn tokens/s, mean of the first half / the second half", "mean of all",
+    "÷ the first variant's mean",
+)  # fmt: skip
+
+
+def over_time_means(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per variant: the mean churning tokens a second of its later runs (`--churn-repeats`, the first churn run
+    left out), of their first and second half (the longer streams of the length mix reach their share only late), and
+    of all, against the first variant's mean of all. In runs of a few seconds a variant moves ±20 % from one to the
+    next, so the means are what to compare."""
+    out: list[list[str]] = []
+    reference = None
+    for name, _, runs in variants:
+        tokens = [run["aggregate_tokens_per_s"] for run in runs]
+        half = len(tokens) // 2
+        halves = (tokens[:half], tokens[half:]) if half else (tokens, tokens)
+        mean = sum(tokens) / len(tokens)
+        reference = reference or mean
+        out.append([
+            name, str(len(tokens)), " / ".join(_number(sum(part) / len(part)) for part in halves), _number(mean),
+            f"{mean / reference:.2f}",
+        ])  # fmt: skip
+    return out
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}".replace(",", " ")
+
+
 def _tokens(run: dict[str, Any]) -> str:
     return f"{run['aggregate_tokens_per_s']:,.0f} ({run['wall_ms_per_step']:.2f})".replace(",", " ")
 
@@ -162,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if over_time:  # --churn-repeats: one engine's churn measured again and again
         print()
         print(markdown(over_time_rows(over_time), OVER_TIME_COLUMNS))
+        print()
+        print(markdown(over_time_means(over_time), OVER_TIME_MEAN_COLUMNS))
     return 0
 
 

@@ -1059,6 +1059,19 @@ async def test_churn_over_time_measures_the_churning_engine_again_and_again_and_
     ]
 
 
+def test_churn_table_averages_each_variants_later_runs_of_a_real_summary() -> None:
+    """Session 35's summary.txt (raw vLLM's band engine, ours, ours without SNAC; each measured at 4 s and ten times
+    more): the means of the ten later runs, of their halves, and against raw vLLM's mean."""
+    from churn_table import over_time_means, read_churn_over_time
+
+    text = (ROOT / "bench/results/h200_s35_random_weights/churn_over_time/summary.txt").read_text()
+    assert over_time_means(read_churn_over_time(text)) == [
+        ["--mode raw --sampling band", "10", "19 235 / 16 530", "17 882", "1.00"],
+        ["--mode ours_in_engine", "10", "17 079 / 14 163", "15 621", "0.87"],
+        ["--mode ours_in_engine --snac-decode none", "10", "21 975 / 20 971", "21 473", "1.20"],
+    ]
+
+
 def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_path: Path) -> None:
     """`profile_engine.py --switch-interval-ab`'s lines (B, A, B, A on one engine) make a second table, each run against
     the variant's first churn measurement; variants without them are not in it, and the first table is unchanged."""
