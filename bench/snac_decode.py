@@ -45,7 +45,7 @@ from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_sn
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
 from oai_server.codec.snac_fusion import check_fusion, graph_model
-from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
+from oai_server.codec.snac_model import decode_pcm, fold_weight_norm, remove_noise_blocks
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
@@ -64,10 +64,7 @@ def snac_model(path: str | None, device: str, *, fold: bool, noise: bool = True)
     if path:
         model = SNAC.from_pretrained(path)
         if not noise:  # its config has noise on: take the NoiseBlocks out, so equal codes decode equal
-            for parent in list(model.modules()):
-                for name, child in parent.named_children():
-                    if type(child).__name__ == "NoiseBlock":
-                        setattr(parent, name, torch.nn.Identity())
+            remove_noise_blocks(model)
     else:
         torch.manual_seed(0)
         model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": noise})

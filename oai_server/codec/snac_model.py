@@ -71,12 +71,11 @@ def checked_precision(
     streaming degraded audio."""
     if dtype == torch.float32:
         return model
-    snr = precision_snr_db(model, dtype)
+    snr, name = precision_snr_db(model, dtype), str(dtype).removeprefix("torch.")
     if not snr >= min_snr_db:  # NaN (an overflow) fails too
-        name = str(dtype).removeprefix("torch.")
         logger.warning("SNAC in %s decodes %.1f dB from float32, below %.0f dB: keeping float32", name, snr, min_snr_db)
         return model
-    logger.info("SNAC in %s: %.1f dB from float32", str(dtype).removeprefix("torch."), snr)
+    logger.info("SNAC in %s: %.1f dB from float32", name, snr)
     return model.to(dtype)
 
 
@@ -98,21 +97,28 @@ def precision_snr_db(model: Any, dtype: torch.dtype, frames: int = PRECISION_CHE
     return math.inf if error == 0.0 else 10.0 * math.log10(float((reference**2).sum()) / error)
 
 
-@contextmanager
-def _noise_off(model: torch.nn.Module) -> Iterator[None]:
-    """SNAC's NoiseBlocks replaced by identities for the block (equal codes then decode equal), then put back."""
-    swapped = [
+def remove_noise_blocks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """Replace SNAC's NoiseBlocks by identities, so equal codes decode equal; (parent, name, block) of each, to put
+    them back."""
+    removed = [
         (parent, name, child)
         for parent in list(model.modules())
         for name, child in parent.named_children()
         if type(child).__name__ == "NoiseBlock"
     ]
-    for parent, name, _ in swapped:
+    for parent, name, _ in removed:
         setattr(parent, name, torch.nn.Identity())
+    return removed
+
+
+@contextmanager
+def _noise_off(model: torch.nn.Module) -> Iterator[None]:
+    """SNAC's NoiseBlocks removed for the block (`remove_noise_blocks`), then put back."""
+    removed = remove_noise_blocks(model)
     try:
         yield
     finally:
-        for parent, name, child in swapped:
+        for parent, name, child in removed:
             setattr(parent, name, child)
 
 
