@@ -1,15 +1,19 @@
-"""What `--snac-hurry-lead-ms` buys and costs, on the window planner alone (no model, no GPU, seconds).
+"""What `--snac-hurry-lead-ms` and `--snac-grow-lead` buy and cost, on the window planner alone (no model, no GPU,
+seconds).
 
 A stream's frames arrive at `rate` x real time; every `--hiccup-every-s` the whole engine pauses `--hiccup-ms`
 (a step full of prefills: on an H200 the admitted streams of a 1.5x overload ran at ~1.12x and a quarter of them
 stalled once at their first 4-frame chunk, session 25). The real `WindowPlanner` chunks the frames, hurried
-while a listener who plays on arrival would hold less than the hurry lead (the pipeline's `ListenerLead` rule),
-and each window's audio leaves when its last frame arrives. Two players listen: one that starts on 250 ms of
-audio (bench/load.py's) and one that plays on arrival. Reported per (rate, hurry lead), over hiccups at every
+while a listener who plays on arrival would hold less than the hurry lead (the pipeline's `ListenerLead` rule) and
+held short of K while that listener holds less than the grow lead times a K-frame chunk's audio, and each window's
+audio leaves when its last frame arrives. Two players listen: one that starts on 250 ms of audio (bench/load.py's)
+and one that plays on arrival. Reported per (ramp, grow lead, rate, hurry lead), over hiccups at every
 phase of a stream's start: the share of streams that stall and their worst stall, and the SNAC work, as windows
 and as frames decoded per frame emitted (the steady state decodes 1.75 with the defaults).
 
     python bench/snac_hurry.py --out bench/results/cpu_snac_hurry_s25.json
+    python bench/snac_hurry.py --ramps gentle,step --grow-leads 0,0.5,1 --hurry-ms 0 --rates 1.05,1.1,1.15,1.25,1.6 \
+        --hiccup-ms 100 --hiccup-every-s 1 --out bench/results/cpu_snac_grow_lead_s36.json
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def sends(policy: WindowPolicy, times: list[float]) -> tuple[list[tuple[float, i
 
     for index, t in enumerate(times):
         now[0] = t
-        send(planner.add([(index,)], hurry=lead.under(hurry_s)))
+        send(planner.add([(index,)], hurry=lead.under(hurry_s), lead_s=lead.seconds()))
     send(planner.finish())
     return out, len(out), decoded
 
@@ -81,6 +85,7 @@ def main() -> None:
     p.add_argument("--rates", default="1.05,1.1,1.25,1.6,2.0", help="generation speed, x real time")
     p.add_argument("--hurry-ms", default="0,150,250,400", help="hurry leads to compare (0: off)")
     p.add_argument("--ramps", default="step,gentle", help="the chunks' ramps to compare (--snac-ramp)")
+    p.add_argument("--grow-leads", default="0", help="the ramps' grow leads to compare (--snac-grow-lead; 0: off)")
     p.add_argument("--frames", type=int, default=70, help="frames a stream (70: 6 s, the arrivals' mean)")
     p.add_argument("--hiccup-every-s", type=float, default=2.0)
     p.add_argument("--hiccup-ms", type=float, default=200.0)
@@ -91,17 +96,21 @@ def main() -> None:
     print(
         f"(rate: between pauses; effective: with the pauses of {args.hiccup_ms:.0f} ms every {args.hiccup_every_s} s)"
     )
-    print("  ramp  rate  effective  hurry  stalled@250ms  worst ms  stalled@0  worst ms  windows  decoded/emitted")
+    print(
+        "  ramp  grow  rate  effective  hurry  stalled@250ms  worst ms  stalled@0  worst ms  windows  decoded/emitted"
+    )
     plans = [
-        (ramp, float(rate), int(hurry))
+        (ramp, float(grow), float(rate), int(hurry))
         for ramp in args.ramps.split(",")
+        for grow in args.grow_leads.split(",")
         for rate in args.rates.split(",")
         for hurry in args.hurry_ms.split(",")
     ]
-    for ramp, rate, hurry in plans:
-        policy = WindowPolicy(ramp=ramp, hurry_lead_ms=hurry)  # type: ignore[arg-type]
+    for ramp, grow, rate, hurry in plans:
+        policy = WindowPolicy(ramp=ramp, hurry_lead_ms=hurry, grow_lead=grow)  # type: ignore[arg-type]
         effective = rate * (1 - args.hiccup_ms / 1000 / args.hiccup_every_s) if args.hiccup_every_s else rate
-        row = {"ramp": ramp, "rate": rate, "effective_rate": effective, "hurry_lead_ms": hurry, "streams": args.phases}
+        row = {"ramp": ramp, "grow_lead": grow, "rate": rate, "effective_rate": effective}
+        row |= {"hurry_lead_ms": hurry, "streams": args.phases}
         buffered, eager, windows, decoded = [], [], 0, 0
         for k in range(args.phases):
             phase = args.hiccup_every_s * k / args.phases
@@ -121,7 +130,7 @@ def main() -> None:
         }
         rows.append(row)
         cells = (
-            f"{ramp:>6} {rate:5.2f} {effective:10.3f} {hurry:6d}",
+            f"{ramp:>6} {grow:5.2f} {rate:5.2f} {effective:10.3f} {hurry:6d}",
             f"{row['stalled_prebuffer_250ms']:13.0%} {row['worst_stall_ms_prebuffer_250ms']:9.0f}",
             f"{row['stalled_play_on_arrival']:10.0%} {row['worst_stall_ms_play_on_arrival']:9.0f}",
             f"{row['windows_per_stream']:8.1f} {row['decoded_per_emitted_frame']:16.2f}",

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     frame SNAC can decode at once instead of waiting for the rest of its chunk (0: off, chunks follow --snac-ramp
     alone). It costs up to 4 SNAC frames decoded per frame sent; on an H200 under overload, where every stream is
     near real time, that made more streams stall, not fewer (session 26)."""
+    snac_grow_lead: float = Field(1.0, ge=0, le=8, validation_alias=_env("snac_grow_lead"))
+    """Keep a reply's SNAC chunks one frame short of --snac-frames-per-decode until a player that plays its audio on
+    arrival holds this many times a full chunk's audio (0: off, the ramp alone). The first full chunk is the longest
+    wait of a stream's start: on an H200 under a 1.5x overload, 2 of 1 722 admitted streams stalled with 1 against
+    156 of 1 690 with 0 (session 36), for ~6-12 % more SNAC work on streams near real time only."""
     snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""
@@ -159,8 +164,9 @@ class Settings(BaseSettings):
     """Most SNAC windows decoded in one batch across all live streams."""
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
     """Precision of the SNAC decoder (auto: float32). float16 takes 23-30 % less of SNAC's GPU time with the compiled
-    decoder on an H200 at 66 dB from float32 (not yet measured through the server); a half precision that decodes
-    below 50 dB from float32 at load (weights that overflow it) keeps float32, with a warning."""
+    decoder alone on an H200, at 66 dB from float32, but in the engine's process it cost the churning engine 21 % of
+    its tokens/s (session 36), so it stays opt-in; a half precision that decodes below 50 dB from float32 at load
+    (weights that overflow it) keeps float32, with a warning."""
     snac_fusion: Literal["off", "decoder"] = Field("off", validation_alias=_env("snac_fusion"))
     """CUDA graphs of SNAC's torch.compile'd decoder (decoder: 2/3 of the GPU time per frame; compiles at warm-up)."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))

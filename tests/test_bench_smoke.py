@@ -950,6 +950,19 @@ def test_gpu_session_watch_gives_up_at_once_on_a_machine_where_nothing_started(t
     assert time.monotonic() - started < 30
 
 
+def test_snac_hurry_prices_the_grow_lead_on_the_window_planner(tmp_path: Path) -> None:
+    out = tmp_path / "grow.json"
+    _run(
+        "snac_hurry.py", "--rates", "1.1", "--hurry-ms", "0", "--ramps", "gentle", "--grow-leads", "0,1",
+        "--hiccup-ms", "100", "--hiccup-every-s", "1", "--phases", "8", "--out", str(out),
+    )  # fmt: skip
+    ramp_alone, held = json.loads(out.read_text())["rows"]
+    assert [r["grow_lead"] for r in (ramp_alone, held)] == [0.0, 1.0]
+    assert ramp_alone["stalled_prebuffer_250ms"] > 0 and held["stalled_prebuffer_250ms"] == 0
+    # held at 3-frame chunks (2 decoded per emitted) instead of 4 (1.75), near real time only
+    assert ramp_alone["decoded_per_emitted_frame"] < held["decoded_per_emitted_frame"] < 2.1
+
+
 def test_snac_hurry_prices_the_hurry_on_the_window_planner(tmp_path: Path) -> None:
     out = tmp_path / "hurry.json"
     _run(

@@ -41,6 +41,16 @@ ones three times, 1, 1, 2, 2, 3, 3, 3, 4; `"double"` is the earlier 1, 1, 2, 4),
   Hurried, every frame that has its lookahead goes at once, and the ramp resumes from that shorter chunk; the
   pipeline hurries a reply's first segment while a player that plays on arrival would hold less than the lead
   (`ListenerLead`). It costs SNAC work (C+1+L frames decoded for one emitted) only while a stream is that close.
+* a stream near real time can wait at the ramp's last step instead (`WindowPlanner.add(..., lead_s=...)`, the
+  server's `--snac-grow-lead`): its chunks stay one frame short of K until a player that plays on arrival holds
+  `grow_lead` times a K-frame chunk's audio, so the first K-frame chunk, the longest wait of a stream's start,
+  never comes while the player holds less than it takes at real time. That is where most stalls of the H200's
+  overloads began (155 of 339 in session 35, at 1.27 s of audio with the gentle ramp). It costs SNAC work only
+  while a stream is that close, and less than hurrying: C+K-1+L frames decoded for K-1 emitted. On the planner
+  alone (`bench/snac_hurry.py`, 100 ms pauses every second), a `grow_lead` of 1 took the streams of a 250 ms
+  pre-buffer that stall at 1.05-1.1x real time from 22-40 % to none, for 6-12 % more SNAC work there and none at
+  1.6x (`bench/results/cpu_snac_grow_lead_s36.json`). On an H200 under a 1.5x overload, in one run, it took the
+  admitted streams that stalled from 156 of 1 690 to 2 of 1 722 (session 36), so it is on by default (1).
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames. Every
 frame of lookahead adds 85 ms to the first audio; L=1 gives 2048 samples of right context, and the
@@ -59,9 +69,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .orpheus import SAMPLES_PER_FRAME
+from .orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 Frame = tuple[int, ...]
+FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
+
 
 Ramp = Literal["step", "gentle", "double"]
 """How a stream's chunks grow to K frames (`WindowPolicy.ramp`, the server's `--snac-ramp`)."""
@@ -108,9 +120,11 @@ class WindowPlanner:
         seam_samples: int = 0,
         first_lookahead_frames: int | None = None,
         ramp: Ramp = "gentle",
+        grow_lead: float = 1.0,
     ) -> None:
         self.context = context_frames
         self.ramp = ramp
+        self.grow_lead = grow_lead
         self.lookahead = lookahead_frames
         self.first_lookahead = lookahead_frames if first_lookahead_frames is None else first_lookahead_frames
         self.frames_per_decode = frames_per_decode
@@ -120,8 +134,16 @@ class WindowPlanner:
         self._emitted = 0
         self._last_chunk = 0
         self._last_chunk_runs = 0  # chunks of `_last_chunk` frames in a row
+        self._lead_s: float | None = None
 
     def _chunk(self) -> int:
+        chunk = self._ramp_chunk()
+        growing_to_k = chunk == self.frames_per_decode > self._last_chunk > 0
+        if growing_to_k and self._lead_s is not None and self._lead_s < self.grow_lead * chunk * FRAME_SECONDS:
+            return self._last_chunk  # the listener could run dry waiting for the first K-frame chunk
+        return chunk
+
+    def _ramp_chunk(self) -> int:
         # The first audio as early as possible, then fewer, larger decodes, never a chunk longer than the audio
         # already sent (waiting for it cannot drain a pre-buffer below real time); "step" also grows a chunk by
         # one frame at most (each step up spends the cushion the smaller chunks built: see the module docstring).
@@ -144,13 +166,19 @@ class WindowPlanner:
         self._emitted += count
         self._last_chunk_runs = self._last_chunk_runs + 1 if count == self._last_chunk else 1
         self._last_chunk = count
+        if self._lead_s is not None:
+            self._lead_s += count * FRAME_SECONDS
         emit = first - start
         return Window(tuple(self._frames[start:end]), emit, count, min(self.seam_samples, emit * SAMPLES_PER_FRAME))
 
-    def add(self, frames: Sequence[Frame], *, hurry: bool = False) -> list[Window]:
+    def add(self, frames: Sequence[Frame], *, hurry: bool = False, lead_s: float | None = None) -> list[Window]:
         """Add complete frames; return the windows whose frames can now be emitted. With `hurry` (the stream's
         listener is about to run out of audio) every frame that has its lookahead goes now, in a chunk shorter than
-        the ramp's if need be, instead of waiting for the rest of its chunk; the ramp goes on from that chunk."""
+        the ramp's if need be, instead of waiting for the rest of its chunk; the ramp goes on from that chunk.
+        `lead_s`, the audio a listener who plays on arrival holds now, keeps the ramp from its last step, up to K
+        frames, while it is under `grow_lead` times a K-frame chunk's audio (None or a `grow_lead` of 0: the ramp
+        alone)."""
+        self._lead_s = lead_s if self.grow_lead > 0 else None
         self._frames.extend(frames)
         ready = []
         while self._next_emit + self._chunk() + self._lookahead() <= len(self._frames):
@@ -163,6 +191,7 @@ class WindowPlanner:
 
     def finish(self) -> list[Window]:
         """End of stream: the windows of the frames still waiting for lookahead."""
+        self._lead_s = None
         ready = []
         while self._next_emit < len(self._frames):
             ready.append(self._take(min(self._chunk(), len(self._frames) - self._next_emit)))
@@ -193,6 +222,9 @@ class WindowPolicy:
     hurry_lead_ms: int = 0
     """While a stream's audio sent is less than this far ahead of a listener who plays it on arrival, its frames go
     as soon as they can be decoded (`WindowPlanner.add`'s `hurry`); 0: never, chunks follow the ramp alone."""
+    grow_lead: float = 1.0
+    """A stream's ramp takes its last step, to K-frame chunks, only once a listener who plays its audio on arrival
+    holds at least this many times a K-frame chunk's audio (0: the ramp alone); see the module docstring."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
@@ -203,6 +235,7 @@ class WindowPolicy:
             self.seam_samples,
             self.first_lookahead_frames,
             self.ramp,
+            self.grow_lead,
         )
 
     @property

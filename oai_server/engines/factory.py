@@ -362,4 +362,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_first_lookahead_frames,
         settings.snac_ramp,
         settings.snac_hurry_lead_ms,
+        settings.snac_grow_lead,
     )

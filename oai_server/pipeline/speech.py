@@ -167,7 +167,7 @@ class SpeechSynthesizer:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    windows = planner.add(parser.feed(delta), hurry=lead.under(hurry_below_s))
+                    windows = planner.add(parser.feed(delta), hurry=lead.under(hurry_below_s), lead_s=lead.seconds())
                     for pcm in await self._decode(decoder, windows, stats, stitcher):
                         lead.sent(len(pcm) // 2)
                         yield pcm
