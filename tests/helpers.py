@@ -21,7 +21,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME
+from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME, slot_band
 from oai_server.codec.snac_windows import Window
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.speech import CROSSFADE_SAMPLES
@@ -305,6 +305,35 @@ def frames(n: int, start: int = 0) -> list[tuple[int, ...]]:
 def emitted_frames(windows: list[Window]) -> list[tuple[int, ...]]:
     """The frames `windows` emit, in order."""
     return [f for w in windows for f in w.frames[w.emit : w.emit + w.count]]
+
+
+class FrameEngine:
+    """A speech engine that yields one frame of valid Orpheus audio tokens a delta, `frames` of them, one every
+    `frame_s` seconds (0: all at once)."""
+
+    def __init__(self, frames: int, frame_s: float = 0.0) -> None:
+        self.frames, self.frame_s = frames, frame_s
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[list[int]]:
+        for _ in range(self.frames):
+            if self.frame_s:
+                await asyncio.sleep(self.frame_s)
+            yield [slot_band(slot).start + 5 for slot in range(TOKENS_PER_FRAME)]
+
+
+class CountingDecoder:
+    """A SNAC decoder stand-in that records each window's emitted frame count and returns silence of the right
+    length (the window's lead, then 2048 samples a frame)."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def for_stream(self, request_id: str) -> Any:
+        return self
+
+    async def decode(self, window: Window) -> bytes:
+        self.counts.append(window.count)
+        return b"\0\0" * (window.lead + SAMPLES_PER_FRAME * window.count)
 
 
 # --- audio ----------------------------------------------------------------------------------------------

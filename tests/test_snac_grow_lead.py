@@ -8,23 +8,18 @@ once each, in order, and every window keeps a shape the ramp already uses (no ne
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from oai_server.codec import orpheus
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
 from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
-from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions
 from oai_server.settings import Settings
 
-from .helpers import emitted_frames, frames
+from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
 
 FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
 K_CHUNK_S = 4 * FRAME_S  # 341 ms: a K-frame chunk's audio with the defaults
@@ -88,38 +83,14 @@ def test_the_setting_reaches_the_window_policy_and_is_on_by_default() -> None:
     assert WindowPolicy().planner().grow_lead == 1.0
 
 
-class _RealTimeEngine:
-    """One frame of valid Orpheus audio tokens a delta, one every `frame_s` seconds (a stream near real time)."""
-
-    def __init__(self, frames: int, frame_s: float) -> None:
-        self.frames, self.frame_s = frames, frame_s
-
-    async def generate(self, prompt: Any, params: SamplingParams, request_id: str) -> AsyncIterator[list[int]]:
-        for _ in range(self.frames):
-            await asyncio.sleep(self.frame_s)
-            yield [orpheus.slot_band(slot).start + 5 for slot in range(orpheus.TOKENS_PER_FRAME)]
-
-
-class _CountingDecoder:
-    def __init__(self) -> None:
-        self.counts: list[int] = []
-
-    def for_stream(self, request_id: str) -> Any:
-        return self
-
-    async def decode(self, window: Window) -> bytes:
-        self.counts.append(window.count)
-        return b"\0\0" * (window.lead + 2048 * window.count)
-
-
 @pytest.mark.parametrize(("grow_lead", "counts"), [(1.0, [1, 1, 2, 2, 3, 3, 3, 3, 1]), (0.0, [1, 1, 2, 2, 3, 3, 3, 4])])
 async def test_the_pipeline_holds_a_stream_near_real_time_short_of_k(grow_lead: float, counts: list[int]) -> None:
     # Frames at real time: a listener who plays on arrival never holds more than ~1 frame + 20 x (85.3 - 80) ms,
     # well short of a 4-frame chunk, however late the event loop runs (lateness only shortens the lead).
-    decoder = _CountingDecoder()
+    decoder = CountingDecoder()
     tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
     synthesizer = SpeechSynthesizer(
-        _RealTimeEngine(19, 0.080), tokenizer, decoder, windows=WindowPolicy(grow_lead=grow_lead),  # type: ignore[arg-type]
+        FrameEngine(19, 0.080), tokenizer, decoder, windows=WindowPolicy(grow_lead=grow_lead),  # type: ignore[arg-type]
         tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
     )  # fmt: skip
     options = VoiceOptions("tara", 0.0, 1.0, 1.0)

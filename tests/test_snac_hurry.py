@@ -11,7 +11,6 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
@@ -19,9 +18,7 @@ from asgi_lifespan import LifespanManager
 from openai import AsyncOpenAI
 
 from oai_server.app import create_app
-from oai_server.codec import orpheus
 from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPlanner, WindowPolicy
-from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import (
     ListenerLead,
@@ -32,7 +29,7 @@ from oai_server.pipeline.speech import (
 )
 from oai_server.settings import Settings
 
-from .helpers import emitted_frames, frames
+from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -100,33 +97,10 @@ def test_listener_lead_counts_audio_sent_against_time_since_the_first() -> None:
     assert lead.under(0.1)
 
 
-class _FrameEngine:
-    """One frame of valid Orpheus audio tokens a delta, at once."""
-
-    def __init__(self, frames: int) -> None:
-        self.frames = frames
-
-    async def generate(self, prompt: Any, params: SamplingParams, request_id: str) -> AsyncIterator[list[int]]:
-        for _ in range(self.frames):
-            yield [orpheus.slot_band(slot).start + 5 for slot in range(orpheus.TOKENS_PER_FRAME)]
-
-
-class _CountingDecoder:
-    def __init__(self) -> None:
-        self.counts: list[int] = []
-
-    def for_stream(self, request_id: str) -> Any:
-        return self
-
-    async def decode(self, window: Window) -> bytes:
-        self.counts.append(window.count)
-        return b"\0\0" * (window.lead + 2048 * window.count)
-
-
-def _synthesizer(hurry_lead_ms: int, decoder: _CountingDecoder, frames: int = 12) -> SpeechSynthesizer:
+def _synthesizer(hurry_lead_ms: int, decoder: CountingDecoder, frames: int = 12) -> SpeechSynthesizer:
     tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
     return SpeechSynthesizer(
-        _FrameEngine(frames), tokenizer, decoder, windows=WindowPolicy(hurry_lead_ms=hurry_lead_ms),  # type: ignore[arg-type]
+        FrameEngine(frames), tokenizer, decoder, windows=WindowPolicy(hurry_lead_ms=hurry_lead_ms),  # type: ignore[arg-type]
         tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
     )  # fmt: skip
 
@@ -145,7 +119,7 @@ OPTIONS = VoiceOptions("tara", 0.0, 1.0, 1.0)
 async def test_a_first_segment_under_its_hurry_lead_sends_frame_by_frame(
     hurry_lead_ms: int, first: bool, counts: list[int]
 ) -> None:
-    decoder = _CountingDecoder()
+    decoder = CountingDecoder()
     synthesizer = _synthesizer(hurry_lead_ms, decoder)
     pieces = [pcm async for pcm in synthesizer.synthesize("Hello.", OPTIONS, SpeechStats(), first=first)]
     assert decoder.counts == counts
@@ -153,7 +127,7 @@ async def test_a_first_segment_under_its_hurry_lead_sends_frame_by_frame(
 
 
 async def test_only_the_first_of_a_replys_segments_hurries() -> None:
-    decoder = _CountingDecoder()
+    decoder = CountingDecoder()
 
     async def segments() -> AsyncIterator[str]:
         for text in ("One.", "Two."):
