@@ -26,11 +26,13 @@ class ScriptedSynthesizer:
         self.finished: list[str] = []
         self.cancelled: list[str] = []
         self.first: dict[str, bool] = {}
+        self.leads: dict[str, Any] = {}
 
     async def synthesize(
-        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True
+        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True, lead: Any = None
     ) -> AsyncIterator[bytes]:
         self.first[text] = first
+        self.leads[text] = lead
         self.generating += 1
         self.most_at_once = max(self.most_at_once, self.generating)
         try:
@@ -66,6 +68,7 @@ async def test_segments_in_order_with_at_most_depth_generating(depth: int) -> No
     assert spoken == [f"segment {i}" for i in range(6)]
     assert synth.most_at_once == depth
     assert synth.first == {f"segment {i}": i == 0 for i in range(6)}  # only the reply's start may hurry
+    assert len({id(lead) for lead in synth.leads.values()}) == 1 and synth.leads["segment 0"] is not None
 
 
 async def test_next_segment_generates_while_a_slow_reader_still_plays() -> None:
@@ -113,7 +116,7 @@ class TailedSynthesizer:
         self.value = value
 
     async def synthesize(
-        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True
+        self, text: str, options: Any, stats: SpeechStats, *, first: bool = True, lead: Any = None
     ) -> AsyncIterator[bytes]:
         for _ in range(2):
             yield np.full(1000, self.value, "<i2").tobytes()

@@ -9,14 +9,17 @@ once each, in order, and every window keeps a shape the ramp already uses (no ne
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
 from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
+from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
-from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions
+from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
 from oai_server.settings import Settings
 
 from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
@@ -97,3 +100,38 @@ async def test_the_pipeline_holds_a_stream_near_real_time_short_of_k(grow_lead: 
     pieces = [pcm async for pcm in synthesizer.synthesize("Hello.", options, SpeechStats())]
     assert decoder.counts == counts
     assert sum(len(pcm) for pcm in pieces) == 19 * 2048 * 2  # every frame once, 2048 samples each
+
+
+class _FastThenRealTime(FrameEngine):
+    """The reply's first segment at once (24 frames, 2 s of audio), every later one at real time."""
+
+    def __init__(self) -> None:
+        super().__init__(24)
+        self.calls = 0
+
+    async def generate(self, prompt: Any, params: SamplingParams, request_id: str) -> AsyncIterator[list[int]]:
+        self.calls += 1
+        if self.calls == 2:
+            self.frames, self.frame_s = 19, 0.080
+        async for delta in super().generate(prompt, params, request_id):
+            yield delta
+
+
+async def test_a_later_segment_counts_the_audio_the_reply_already_sent() -> None:
+    # The second segment alone would hold at 3 frames (as above); its listener still holds ~1 s of the first one's
+    # 2 s when the 4-frame chunk comes (a 650 ms late event loop would still leave 341 ms).
+    decoder = CountingDecoder()
+    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
+    synthesizer = SpeechSynthesizer(
+        _FastThenRealTime(), tokenizer, decoder, windows=WindowPolicy(grow_lead=1.0),  # type: ignore[arg-type]
+        tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
+    )  # fmt: skip
+
+    async def segments() -> AsyncIterator[str]:
+        for text in ("One.", "Two."):
+            yield text
+
+    options = VoiceOptions("tara", 0.0, 1.0, 1.0)
+    events = [event async for event in synthesize_segments(synthesizer, segments(), options)]
+    assert decoder.counts == [*[1, 1, 2, 2, 3, 3, 3, 4, 4, 1], *[1, 1, 2, 2, 3, 3, 3, 4]]
+    assert sum(len(event.pcm) for event in events) == ((24 + 19) * 2048 - 240) * 2  # one crossfade at the join

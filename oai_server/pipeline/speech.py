@@ -121,12 +121,19 @@ class SpeechSynthesizer:
         return max(TOKENS_PER_FRAME, budget - budget % TOKENS_PER_FRAME)
 
     async def synthesize(
-        self, text: str, options: VoiceOptions, stats: SpeechStats, *, first: bool = True
+        self,
+        text: str,
+        options: VoiceOptions,
+        stats: SpeechStats,
+        *,
+        first: bool = True,
+        lead: ListenerLead | None = None,
     ) -> AsyncIterator[bytes]:
         """PCM (s16le) of one segment, a chunk of frames at a time as SNAC decodes them; every sample is final. Each
         chunk's last samples wait for the next window, which decodes them again (`SeamStitcher`); the segment's last
-        come at its end, as a `TailPcm`. A `first` segment (its listener has no audio before it) hurries its frames
-        out while its lead is under the policy's `hurry_lead_ms` (`ListenerLead`)."""
+        come at its end, as a `TailPcm`. `lead` is the reply's listener (`ListenerLead`; None: this segment's own),
+        which keeps the ramp from its last step while short (the policy's `grow_lead`); a `first` segment (its
+        listener has no audio before it) also hurries its frames out while that lead is under `hurry_lead_ms`."""
         prompt = self.prompt_ids(text, options.voice)
         if len(prompt) + TOKENS_PER_FRAME > self.max_model_len:
             from ..errors import invalid
@@ -152,7 +159,7 @@ class SpeechSynthesizer:
         decoder: SnacDecoding | None = None
         generating = False  # told to the observer from the first tokens on: a queued prefill is not a rate
         hurry_below_s = self.windows.hurry_lead_ms / 1000 if first else 0.0
-        lead = ListenerLead()
+        lead = lead if lead is not None else ListenerLead()
         try:
             request_id = new_request_id("tts")
             deltas = self.engine.generate(prompt, params, request_id)
@@ -298,13 +305,14 @@ async def synthesize_segments(
     aborts their engine requests) before it returns.
     """
     stats = stats if stats is not None else SpeechStats()
+    lead = ListenerLead()  # the reply's listener: a later segment's audio plays after the audio already sent
     order: asyncio.Queue[tuple[str, asyncio.Queue[object], asyncio.Task[None]] | object] = asyncio.Queue(depth + 2)
     generating = asyncio.Semaphore(depth)
     tasks: list[asyncio.Task[None]] = []
 
     async def speak(text: str, out: asyncio.Queue[object], first: bool) -> None:
         try:
-            async for pcm in synthesizer.synthesize(text, options, stats, first=first):
+            async for pcm in synthesizer.synthesize(text, options, stats, first=first, lead=lead):
                 out.put_nowait(pcm)
             out.put_nowait(_END)
         except Exception as exc:
