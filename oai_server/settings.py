@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     """Keep a reply's SNAC chunks one frame short of --snac-frames-per-decode until a player that plays its audio on
     arrival holds this many times a full chunk's audio (0: off, the ramp alone). The first full chunk is the longest
     wait of a stream's start: on an H200 under a 1.5x overload, 2 of 1 722 admitted streams stalled with 1 against
-    156 of 1 690 with 0 (session 36), for ~6-12 % more SNAC work on streams near real time only."""
+    156 of 1 690 with 0 (session 36), for ~6-12 % more SNAC work on streams near real time only. A request with a
+    seed keeps the ramp alone, so its audio repeats byte for byte."""
     snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""

@@ -133,7 +133,8 @@ class SpeechSynthesizer:
         chunk's last samples wait for the next window, which decodes them again (`SeamStitcher`); the segment's last
         come at its end, as a `TailPcm`. `lead` is the reply's listener (`ListenerLead`; None: this segment's own),
         which keeps the ramp from its last step while short (the policy's `grow_lead`); a `first` segment (its
-        listener has no audio before it) also hurries its frames out while that lead is under `hurry_lead_ms`."""
+        listener has no audio before it) also hurries its frames out while that lead is under `hurry_lead_ms`. A
+        request with a seed does neither: its windows, and so its samples, do not depend on timing."""
         prompt = self.prompt_ids(text, options.voice)
         if len(prompt) + TOKENS_PER_FRAME > self.max_model_len:
             from ..errors import invalid
@@ -158,7 +159,9 @@ class SpeechSynthesizer:
         observer = self.observer
         decoder: SnacDecoding | None = None
         generating = False  # told to the observer from the first tokens on: a queued prefill is not a rate
-        hurry_below_s = self.windows.hurry_lead_ms / 1000 if first else 0.0
+        # A seeded request's body must repeat byte for byte, so its chunks never follow the clock: no hurry, no hold.
+        follows_listener = options.seed is None
+        hurry_below_s = self.windows.hurry_lead_ms / 1000 if first and follows_listener else 0.0
         lead = lead if lead is not None else ListenerLead()
         try:
             request_id = new_request_id("tts")
@@ -174,7 +177,8 @@ class SpeechSynthesizer:
                             observer.started()
                             generating = True
                         observer.record(len(delta))
-                    windows = planner.add(parser.feed(delta), hurry=lead.under(hurry_below_s), lead_s=lead.seconds())
+                    lead_s = lead.seconds() if follows_listener else None
+                    windows = planner.add(parser.feed(delta), hurry=lead.under(hurry_below_s), lead_s=lead_s)
                     for pcm in await self._decode(decoder, windows, stats, stitcher):
                         lead.sent(len(pcm) // 2)
                         yield pcm
