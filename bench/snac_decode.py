@@ -43,13 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
-from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_levels
+from oai_server.codec.orpheus import FRAME_SECONDS, frames_to_levels
 from oai_server.codec.snac_fusion import check_fusion, graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm, remove_noise_blocks
 from oai_server.codec.snac_windows import WindowPolicy
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
-
-FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
 
 
 def build_model(args: argparse.Namespace, *, fold: bool, noise: bool = True) -> Any:

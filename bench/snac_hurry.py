@@ -27,18 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import playback_stalls
 
-from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
+from oai_server.codec.orpheus import FRAME_SECONDS, SAMPLES_PER_FRAME
 from oai_server.codec.snac_windows import Window, WindowPolicy
 from oai_server.pipeline.speech import ListenerLead
 
-FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
-
 
 def arrivals(frames: int, rate: float, every_s: float, pause_s: float, phase_s: float) -> list[float]:
-    """When each frame is complete: one every FRAME_S / rate, all held while the engine pauses."""
+    """When each frame is complete: one every FRAME_SECONDS / rate, all held while the engine pauses."""
     times, t = [], 0.0
     for _ in range(frames):
-        t += FRAME_S / rate
+        t += FRAME_SECONDS / rate
         if every_s and pause_s:
             into = (t + phase_s) % every_s
             if into < pause_s:

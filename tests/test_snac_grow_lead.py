@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
+from oai_server.codec.orpheus import FRAME_SECONDS
 from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
@@ -24,8 +24,7 @@ from oai_server.settings import Settings
 
 from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
 
-FRAME_S = SAMPLES_PER_FRAME / SAMPLE_RATE
-K_CHUNK_S = 4 * FRAME_S  # 341 ms: a K-frame chunk's audio with the defaults
+K_CHUNK_S = 4 * FRAME_SECONDS  # 341 ms: a K-frame chunk's audio with the defaults
 
 
 def _counts(planner: WindowPlanner, n: int, lead_s: float | None) -> list[int]:

@@ -69,11 +69,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
+from .orpheus import FRAME_SECONDS, SAMPLES_PER_FRAME
 
 Frame = tuple[int, ...]
-FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
-
 
 Ramp = Literal["step", "gentle", "double"]
 """How a stream's chunks grow to K frames (`WindowPolicy.ramp`, the server's `--snac-ramp`)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
+from ..codec.orpheus import FRAME_SECONDS
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -58,7 +58,7 @@ class StreamMeter:
         self.finished = True
         if self.metrics is None or frames <= 0:
             return
-        audio_seconds = frames * SAMPLES_PER_FRAME / SAMPLE_RATE
+        audio_seconds = frames * FRAME_SECONDS
         self.metrics.observe_rtf(self.endpoint, (time.monotonic() - self.start) / audio_seconds)
         self.metrics.count_frames(frames)
 
