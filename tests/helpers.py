@@ -24,15 +24,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME, slot_band
-from oai_server.codec.snac_windows import Window
+from oai_server.codec.snac_windows import Window, WindowPolicy
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
-from oai_server.pipeline.speech import CROSSFADE_SAMPLES
+from oai_server.pipeline.speech import CROSSFADE_SAMPLES, SpeechSynthesizer
 from oai_server.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
@@ -334,6 +335,15 @@ class CountingDecoder:
     async def decode(self, window: Window) -> bytes:
         self.counts.append(window.count)
         return b"\0\0" * (window.lead + SAMPLES_PER_FRAME * window.count)
+
+
+def frame_synthesizer(engine: Any, decoder: Any, windows: WindowPolicy) -> SpeechSynthesizer:
+    """The real `SpeechSynthesizer` over a scripted engine and decoder (`FrameEngine`, `CountingDecoder`), with a
+    stub tokenizer and a token budget that never cuts a test's frames short."""
+    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
+    return SpeechSynthesizer(
+        engine, tokenizer, decoder, windows=windows, tokens_per_char=100.0, max_tokens=1024, max_model_len=2048
+    )
 
 
 # --- audio ----------------------------------------------------------------------------------------------

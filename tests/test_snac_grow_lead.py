@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,10 +18,10 @@ from oai_server.codec.orpheus import FRAME_SECONDS
 from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
-from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions, synthesize_segments
+from oai_server.pipeline.speech import SpeechStats, VoiceOptions, synthesize_segments
 from oai_server.settings import Settings
 
-from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
+from .helpers import CountingDecoder, FrameEngine, emitted_frames, frame_synthesizer, frames
 
 K_CHUNK_S = 4 * FRAME_SECONDS  # 341 ms: a K-frame chunk's audio with the defaults
 
@@ -99,11 +98,7 @@ async def test_the_pipeline_holds_a_stream_near_real_time_short_of_k(
     # Frames at real time: a listener who plays on arrival never holds more than ~1 frame + 20 x (85.3 - 80) ms,
     # well short of a 4-frame chunk, however late the event loop runs (lateness only shortens the lead).
     decoder = CountingDecoder()
-    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
-    synthesizer = SpeechSynthesizer(
-        FrameEngine(19, 0.080), tokenizer, decoder, windows=WindowPolicy(grow_lead=grow_lead),  # type: ignore[arg-type]
-        tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
-    )  # fmt: skip
+    synthesizer = frame_synthesizer(FrameEngine(19, 0.080), decoder, WindowPolicy(grow_lead=grow_lead))
     options = VoiceOptions("tara", 0.0, 1.0, 1.0, seed=seed)
     pieces = [pcm async for pcm in synthesizer.synthesize("Hello.", options, SpeechStats())]
     assert decoder.counts == counts
@@ -129,11 +124,7 @@ async def test_a_later_segment_counts_the_audio_the_reply_already_sent() -> None
     # The second segment alone would hold at 3 frames (as above); its listener still holds ~1 s of the first one's
     # 2 s when the 4-frame chunk comes (a 650 ms late event loop would still leave 341 ms).
     decoder = CountingDecoder()
-    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
-    synthesizer = SpeechSynthesizer(
-        _FastThenRealTime(), tokenizer, decoder, windows=WindowPolicy(grow_lead=1.0),  # type: ignore[arg-type]
-        tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
-    )  # fmt: skip
+    synthesizer = frame_synthesizer(_FastThenRealTime(), decoder, WindowPolicy(grow_lead=1.0))
 
     async def segments() -> AsyncIterator[str]:
         for text in ("One.", "Two."):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -29,7 +28,7 @@ from oai_server.pipeline.speech import (
 )
 from oai_server.settings import Settings
 
-from .helpers import CountingDecoder, FrameEngine, emitted_frames, frames
+from .helpers import CountingDecoder, FrameEngine, emitted_frames, frame_synthesizer, frames
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -98,11 +97,7 @@ def test_listener_lead_counts_audio_sent_against_time_since_the_first() -> None:
 
 
 def _synthesizer(hurry_lead_ms: int, decoder: CountingDecoder, frames: int = 12) -> SpeechSynthesizer:
-    tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2, 3])
-    return SpeechSynthesizer(
-        FrameEngine(frames), tokenizer, decoder, windows=WindowPolicy(hurry_lead_ms=hurry_lead_ms),  # type: ignore[arg-type]
-        tokens_per_char=100.0, max_tokens=1024, max_model_len=2048,
-    )  # fmt: skip
+    return frame_synthesizer(FrameEngine(frames), decoder, WindowPolicy(hurry_lead_ms=hurry_lead_ms))
 
 
 OPTIONS = VoiceOptions("tara", 0.0, 1.0, 1.0)
