@@ -307,7 +307,9 @@ async def build(args: argparse.Namespace) -> Bench:
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
     windows = WindowPolicy(
-        frames_per_decode=args.frames_per_decode, first_lookahead_frames=args.snac_first_lookahead_frames
+        frames_per_decode=args.frames_per_decode,
+        first_lookahead_frames=args.snac_first_lookahead_frames,
+        fill=args.snac_device.startswith("cuda"),  # as the server's --snac-fill-windows auto
     )
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
@@ -340,7 +342,7 @@ async def build(args: argparse.Namespace) -> Bench:
     bench = Bench(args, engine, tokenizer, seed_snac)
     bench.services = in_engine_decoders if in_engine else []
     for mode, decoder in decoders.items():
-        await decoder.capture_graphs(windows.graph_shapes)  # as the server's warm-up does (CUDA only)
+        await decoder.capture_graphs(windows.decode_shapes)  # as the server's warm-up does (CUDA only)
         bench.synthesizers[mode] = speech_synthesizer(
             engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len
         )

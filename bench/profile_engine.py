@@ -28,6 +28,9 @@ SNAC's presence costs the engine, apart from its round trips). `--engine-switch-
 GIL switch interval (the server's `--tts-engine-switch-interval-ms`).
 `--trace` after `--no-trace` (a variant of `gpu_session.sh`'s churn_ab) profiles the churning engine too: the trace's
 GPU time per CUDA stream (the engine's, SNAC's, their overlap) against the wall time of a step.
+`--snac-fill-windows off` decodes each window shape as a batch of its own, as the server did before session 37 (an
+A/B of filling the ramp's and the last windows to the steady length, so they batch with the steady ones);
+`--snac-context-frames` is the server's C.
 `--snac-graph-shapes stream` captures SNAC graphs of the ramp's and the steady shape only, as the server did before
 session 28 (every stream's last window eager); an A/B takes two runs, since a capture while the engine samples
 fails it (session 28: "Offset increment outside graph capture").
@@ -252,7 +255,7 @@ class WaitPerShape(EngineSnacDecoder):
         """Each group in a request of its own, decoded and waited for before the next."""
         for windows in groups:
             try:
-                pcm = self.connection.call("decode", window_frames(windows), windows[0].shape)
+                pcm = self.connection.call("decode", window_frames(windows), windows[0].decode_shape)
             except Exception as exc:
                 yield exc
                 continue
@@ -273,7 +276,7 @@ class RoundTripOnly(EngineSnacDecoder):
                 yield exc
             return
         for windows in groups:
-            yield self._pcm_of(windows, silence(len(windows), windows[0].shape))
+            yield self._pcm_of(windows, silence(len(windows), windows[0].decode_shape))
 
 
 def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
@@ -293,12 +296,15 @@ async def _pipeline(
     to that service (None with `--snac-decode none` unless `--switch-interval-ab` needs one); what to close at the
     end, its decoder's and the service's connection, goes to `closers`."""
     from oai_server.codec.snac_model import resolve_snac_dtype
-    from oai_server.codec.snac_windows import WindowPolicy
+    from oai_server.codec.snac_windows import WindowPolicy, decode_shape
 
     dtype = resolve_snac_dtype(args.snac_dtype, "cuda")
-    windows = WindowPolicy(frames_per_decode=4)
+    windows = WindowPolicy(
+        context_frames=args.snac_context_frames, frames_per_decode=4, fill=args.snac_fill_windows == "on"
+    )
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
-    shapes = windows.stream_shapes if args.snac_graph_shapes == "stream" else windows.graph_shapes
+    stream = tuple(dict.fromkeys(map(decode_shape, windows.stream_shapes)))
+    shapes = stream if args.snac_graph_shapes == "stream" else windows.decode_shapes
     decoder: SnacDecoder
     control: ServiceConnection | None = None
     if args.snac_decode == "none" and args.switch_interval_ab:
@@ -506,6 +512,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SNAC's precision, as the server's --snac-dtype (a half precision below 50 dB from float32 keeps float32)",
     )  # fmt: skip
     p.add_argument("--snac-low-priority", action="store_true", help="the server's --snac-low-priority")
+    p.add_argument(
+        "--snac-fill-windows", choices=("on", "off"), default="on",
+        help="ours_in_engine: the server's --snac-fill-windows (on: its default on CUDA; off: each window shape a "
+        "batch of its own, as before session 37)",
+    )  # fmt: skip
+    p.add_argument(
+        "--snac-context-frames", type=int, default=2, help="ours_in_engine: the server's --snac-context-frames"
+    )
     add_engine_variant_flags(p)
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=1024)

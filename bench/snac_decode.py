@@ -265,9 +265,14 @@ def seams(args: argparse.Namespace, model: Any, codes: np.ndarray, whole_pcm: np
         for context, lookahead in args.windows
         for row in streamed_snr(
             model, args.device, codes, whole_pcm, args.frames_per_decode, args.snr_target_db,
-            WindowPolicy(context, lookahead, ramp=args.ramp),
+            WindowPolicy(context, lookahead, ramp=args.ramp, fill=fill_windows(args)),
         )
     ]  # fmt: skip
+
+
+def fill_windows(args: argparse.Namespace) -> bool:
+    """`--fill-windows`: the server's --snac-fill-windows (auto: on CUDA)."""
+    return args.fill_windows == "on" or (args.fill_windows == "auto" and args.device.startswith("cuda"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
     p.add_argument("--ramp", default=WindowPolicy().ramp, help="the chunks' ramp of the streamed SNRs (--snac-ramp)")
+    p.add_argument(
+        "--fill-windows", choices=("auto", "on", "off"), default="auto",
+        help="the streamed SNRs' windows filled to the steady length (the server's --snac-fill-windows; auto: on CUDA)",
+    )  # fmt: skip
     p.add_argument("--snr-frames", type=int, default=48, help="frames of the utterance the SNRs are measured on")
     p.add_argument("--snr-target-db", type=float, default=50.0, help="streamed vs whole target")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

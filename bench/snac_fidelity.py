@@ -131,7 +131,7 @@ def _stitch_pcm(decoder: SnacDecoder, windows: list[Window], policy: WindowPolic
 def _decoder(model: Any, device: str, policy: WindowPolicy, graphs: bool) -> SnacDecoder:
     decoder = SnacDecoder(model, device, max_batch=64)
     if graphs and device.startswith("cuda"):
-        asyncio.run(decoder.capture_graphs(policy.graph_shapes))  # what the server's warm-up does
+        asyncio.run(decoder.capture_graphs(policy.decode_shapes))  # what the server's warm-up does
     return decoder
 
 
@@ -139,7 +139,7 @@ def streamed_pcm(
     model: Any, device: str, codes: np.ndarray, policy: WindowPolicy, graphs: bool = True
 ) -> tuple[np.ndarray, list[Window], list[WindowShape]]:
     """The server's windowed decode of `codes` under `policy`, stitched: its int16 PCM, its windows, and the window
-    shapes that ran as CUDA graphs."""
+    lengths (decode shapes) that ran as CUDA graphs."""
     windows = plan_windows(codes, policy)
     decoder = _decoder(model, device, policy, graphs)
     try:

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     wait of a stream's start: on an H200 under a 1.5x overload, 2 of 1 722 admitted streams stalled with 1 against
     156 of 1 690 with 0 (session 36), for ~6-12 % more SNAC work on streams near real time only. A request with a
     seed keeps the ramp alone, so its audio repeats byte for byte."""
+    snac_fill_windows: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("snac_fill_windows"))
+    """Decode a SNAC chunk shorter than --snac-frames-per-decode (a stream's ramp, its last) with more frames of left
+    context, up to the steady window's length, where the stream has them, so past its first three windows every
+    window of every stream is one batch, one CUDA graph replay (auto: on where SNAC decodes on CUDA with graphs;
+    it changes those chunks' samples, towards a whole decode)."""
     snac_seam_samples: int = Field(240, ge=0, le=2048, validation_alias=_env("snac_seam_samples"))
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""

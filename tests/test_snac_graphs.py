@@ -27,7 +27,7 @@ from oai_server.codec.orpheus import SAMPLES_PER_FRAME, frames_to_levels
 from oai_server.codec.snac_graphs import GraphSet, batch_ladder
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape
+from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape, decode_shape
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG, SNAC_DEMO_CONFIG
 
 POLICY = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=2)
@@ -82,9 +82,9 @@ class StandIn:
             return decode_pcm(self.model, [torch.from_numpy(level) for level in levels], self.shape).numpy()
 
 
-def stand_in_set(max_batch: int, model: Any = None) -> tuple[GraphSet, dict[int, StandIn]]:
-    graphs = {size: StandIn(size, model) for size in batch_ladder(max_batch)}
-    return GraphSet(STEADY, graphs), graphs  # type: ignore[arg-type]
+def stand_in_set(max_batch: int, model: Any = None, shape: WindowShape = STEADY) -> tuple[GraphSet, dict[int, StandIn]]:
+    graphs = {size: StandIn(size, model, shape) for size in batch_ladder(max_batch)}
+    return GraphSet(shape, graphs), graphs  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -125,8 +125,8 @@ def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eage
         steady = windows(3, STEADY, seed=2)
         other = windows(2, (3, 0, 1, 0), seed=3)
         expected_steady, expected_other = decoder.decode_sync(steady), decoder.decode_sync(other)  # eager
-        graph_set, graphs = stand_in_set(4, model)
-        decoder.graphs = {STEADY: graph_set}
+        graph_set, graphs = stand_in_set(4, model, decode_shape(STEADY))  # a graph decodes a length, whole
+        decoder.graphs = {decode_shape(STEADY): graph_set}
         assert decoder.decode_sync(steady) == expected_steady  # same numbers, through the graph set
         assert graphs[3].runs == [3]
         assert decoder.decode_sync(other) == expected_other
@@ -324,3 +324,25 @@ def test_a_round_queued_whole_decodes_what_each_batch_decodes_alone() -> None:
         alone = graphs[shape].run(frames_to_levels(frames.astype(np.int64)))
         assert isinstance(pcm, np.ndarray) and int(np.abs(alone).max()) > 0
         np.testing.assert_array_equal(pcm, alone)
+
+
+def test_windows_of_one_length_share_a_graph_replay_and_each_keeps_its_span() -> None:
+    """A steady window and a filled one of the ramp (a 2-frame chunk after 4 frames of context: as long, other
+    samples emitted) are one batch, one replay of their length's graph, and each gets the samples an eager decode of
+    its own shape gives."""
+    model = quiet_model(SNAC_DEMO_CONFIG)
+    decoder = SnacDecoder(model, "cpu", max_batch=4)
+    try:
+        steady = windows(1, STEADY, seed=4)[0]  # (5, 2, 2, lead)
+        ramp = windows(1, (STEADY[0], 3, 1, STEADY[3]), seed=5)[0]
+        expected = [eager(model, [steady])[0], eager(model, [ramp])[0]]
+        graph_set, graphs = stand_in_set(4, model, decode_shape(STEADY))
+        decoder.graphs = {decode_shape(STEADY): graph_set}
+        got = decoder.decode_sync([steady, ramp])
+        assert graphs[2].runs == [2]  # both, in one replay of two rows
+        for pcm, want in zip(got, expected, strict=True):  # a batch of two sums in another order than one alone
+            np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), want, atol=1)
+        assert [len(pcm) // 2 for pcm in got] == [STEADY[3] + 2 * SAMPLES_PER_FRAME, STEADY[3] + SAMPLES_PER_FRAME]
+        assert decoder.eager_windows == 0 and decoder.frames_decoded == 2 * STEADY[0] and decoder.frames_emitted == 3
+    finally:
+        decoder.close()

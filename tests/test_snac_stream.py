@@ -190,7 +190,9 @@ def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
 
     async def round_of_three() -> None:
         decoder._jobs.put(release.wait)  # the worker waits here while the round is queued
-        queued = [decoder.decode(w) for w in (Window((), 2, 2), Window((), 1, 2), Window((), 0, 1))]
+        lengths = ((7, 2, 4), (3, 1, 1), (2, 0, 1))  # a steady window, a stream's second, a stream's first
+        windows = [Window(((0,),) * length, emit, count) for length, emit, count in lengths]
+        queued = [decoder.decode(w) for w in windows]
         tasks = [asyncio.ensure_future(q) for q in queued]
         await asyncio.sleep(0.05)
         release.set()
@@ -198,7 +200,7 @@ def test_a_decoder_round_decodes_first_windows_before_steady_ones() -> None:
 
     try:
         asyncio.run(round_of_three())
-        assert order == [(0, 0, 1, 0), (0, 1, 2, 0), (0, 2, 2, 0)]
+        assert order == [(2, 0, 1, 0), (3, 1, 1, 0), (7, 2, 4, 0)]
     finally:
         decoder.close()
 
@@ -216,7 +218,8 @@ def test_a_failing_shape_fails_its_own_windows_alone() -> None:
 
     async def round_of_two() -> list[Any]:
         decoder._jobs.put(release.wait)
-        tasks = [asyncio.ensure_future(decoder.decode(w)) for w in (Window((), 0, 1), Window((), 1, 2))]
+        windows = (Window(((0,),) * 2, 0, 1), Window(((0,),) * 7, 2, 4))  # two lengths: two groups
+        tasks = [asyncio.ensure_future(decoder.decode(w)) for w in windows]
         await asyncio.sleep(0.05)
         release.set()
         return await asyncio.gather(*tasks, return_exceptions=True)

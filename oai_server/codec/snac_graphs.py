@@ -5,8 +5,9 @@ small batch costs ~5 ms of launch overhead on an H100 (0.6 ms as a graph; ../sha
 time also competes with the vLLM engines for the GPU (and holds the GIL the event loop needs).
 Streams spend almost all their windows in one shape (`WindowPolicy.steady_shape`), their first
 windows (the ramp, `WindowPolicy.stream_shapes`) decide the time to first audio, and every stream ends
-with a window of its own (`WindowPolicy.finish_shapes`), so each of those shapes is captured at a ladder
-of batch sizes (`WindowPolicy.graph_shapes`); a batch replays the smallest graph that holds it,
+with a window of its own (`WindowPolicy.finish_shapes`), so the decode of each of those shapes' lengths is
+captured at a ladder of batch sizes (`WindowPolicy.decode_shapes`: windows of one length share a decode, each
+cutting its span after); a batch replays the smallest graph that holds it,
 padded, and larger batches run in slices. SNAC's NoiseBlocks draw fresh noise on every replay (CUDA
 graphs advance the RNG offset), as in eager mode.
 """

@@ -310,7 +310,7 @@ class EngineSnacDecoder(SnacDecoder):
         from the thread that schedules the engine's steps, and streams coming and going make rounds of several
         shapes (the ramp's first windows, the last ones). A failure fails the round."""
         try:
-            pcms = self.connection.call("decode_many", [(window_frames(w), w[0].shape) for w in groups])
+            pcms = self.connection.call("decode_many", [(window_frames(w), w[0].decode_shape) for w in groups])
         except Exception as exc:
             for _ in groups:
                 yield exc

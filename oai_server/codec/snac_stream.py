@@ -4,8 +4,8 @@ Which frames go into a window, and why (C=2 frames of context, L=1 of lookahead,
 `snac_windows`'s business; the model and one batched decode are `snac_model`'s.
 
 Decoding happens in one worker thread per decoder that batches the windows of all live
-streams (grouped by window shape), converts to int16 on the device and copies to the host
-once per group, so the event loop never runs SNAC.
+streams (grouped by the length they decode, `Window.decode_shape`), converts to int16 on the device and copies
+to the host once per group, so the event loop never runs SNAC; each window then cuts its span of its row.
 """
 
 from __future__ import annotations
@@ -146,13 +146,13 @@ class SnacDecoder:
         return decode_frames(self.model, self.device, self.graphs, frames, shape)
 
     def decode_sync(self, windows: Sequence[Window]) -> list[bytes]:
-        """Decode windows of one shape in one batch."""
-        return self._pcm_of(windows, self.decode_frames(window_frames(windows), windows[0].shape))
+        """Decode windows of one length in one batch."""
+        return self._pcm_of(windows, self.decode_frames(window_frames(windows), windows[0].decode_shape))
 
     def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
-        """A worker round: each group's PCM (windows of one shape each), or the exception that failed it, in order
+        """A worker round: each group's PCM (windows of one length each), or the exception that failed it, in order
         (`decode_frame_batches`: the groups' graphs are queued together and waited for once)."""
-        results = self.decode_batches([(window_frames(windows), windows[0].shape) for windows in groups])
+        results = self.decode_batches([(window_frames(windows), windows[0].decode_shape) for windows in groups])
         for windows, pcm in zip(groups, results, strict=True):
             yield pcm if isinstance(pcm, Exception) else self._pcm_of(windows, pcm)
 
@@ -162,14 +162,17 @@ class SnacDecoder:
         return decode_frame_batches(self.model, self.device, self.graphs, batches)
 
     def _pcm_of(self, windows: Sequence[Window], pcm: np.ndarray) -> list[bytes]:
-        """Count a decoded batch of one shape and cut its PCM ``[B, samples]`` into one s16le string a window."""
-        shape = windows[0].shape
+        """Count a decoded batch of one length and cut each window's span (`Window.span`) of its row of the PCM
+        ``[B, 2048 * frames]`` into one s16le string."""
         self.windows_decoded += len(windows)
-        self.eager_windows += 0 if self.has_graph(shape) else len(windows)
-        self.frames_decoded += shape[0] * len(windows)
-        self.frames_emitted += shape[2] * len(windows)
+        self.eager_windows += 0 if self.has_graph(windows[0].decode_shape) else len(windows)
+        self.frames_decoded += len(windows[0].frames) * len(windows)
+        self.frames_emitted += sum(window.count for window in windows)
         self.batches += 1
-        return [np.ascontiguousarray(row).astype("<i2", copy=False).tobytes() for row in pcm]
+        return [
+            np.ascontiguousarray(row[window.span]).astype("<i2", copy=False).tobytes()
+            for window, row in zip(windows, pcm, strict=True)
+        ]
 
     def _run(self) -> None:
         while True:
@@ -192,14 +195,14 @@ class SnacDecoder:
             self._decode_jobs(jobs)
 
     def _decode_jobs(self, jobs: list[_Job]) -> None:
-        """Decode a round's windows, grouped by shape, count the round, then hand each window its PCM (or the error)
-        on its loop: whoever holds a window's PCM finds its round counted."""
+        """Decode a round's windows, grouped by the length they decode, count the round, then hand each window its
+        PCM (or the error) on its loop: whoever holds a window's PCM finds its round counted."""
         began = time.perf_counter()
         groups: dict[WindowShape, list[_Job]] = {}
         for job in jobs:
             if not job.future.cancelled():
-                groups.setdefault(job.window.shape, []).append(job)
-        ordered = sorted(groups.values(), key=lambda group: group[0].window.emit)
+                groups.setdefault(job.window.decode_shape, []).append(job)
+        ordered = sorted(groups.values(), key=lambda group: min(job.window.emit for job in group))
         decoded: list[list[bytes] | Exception]
         try:
             decoded = list(self.decode_groups([[job.window for job in group] for group in ordered]))
@@ -227,7 +230,7 @@ class SnacDecoder:
 
 
 def window_frames(windows: Sequence[Window]) -> np.ndarray:
-    """The frames of windows of one shape as one batch, int16 ``[B, F, 7]``."""
+    """The frames of windows of one length as one batch, int16 ``[B, F, 7]``."""
     return np.asarray([w.frames for w in windows], dtype=np.int16)
 
 

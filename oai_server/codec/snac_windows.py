@@ -52,6 +52,18 @@ ones three times, 1, 1, 2, 2, 3, 3, 3, 4; `"double"` is the earlier 1, 1, 2, 4),
   1.6x (`bench/results/cpu_snac_grow_lead_s36.json`). On an H200 under a 1.5x overload, in one run, it took the
   admitted streams that stalled from 156 of 1 690 to 2 of 1 722 (session 36), so it is on by default (1).
 
+* windows decode by length, not by shape (`Window.decode_shape`): a decode returns all its frames' samples and
+  each window cuts its own span after, so windows of one length are one batch, one CUDA graph replay, whatever
+  they emit. With `fill` (the server's `--snac-fill-windows`, on where SNAC runs on CUDA) a window whose chunk is
+  shorter than K (the ramp's 2- and 3-frame chunks, a stream's last, a hurried or held one) takes more frames of
+  left context, up to the steady length C+K+L, where the stream has them: past its first three windows (C+L+1,
+  C+L+2 ... frames: 2, 3 and 5 with the defaults) every window of every stream decodes as one length. While streams
+  come and go, the ramps' windows of the different shapes each replayed a graph of their own, a few windows each
+  (on an H200 at 192 churning streams SNAC's thread took 1.09 ms a window against 0.61 steady: twice the rounds
+  for as many windows, session 35); a replay costs ~0.45 ms before its first window (`snac_graphs.batch_ladder`'s
+  timings). The longer windows decode more frames (C+K+L for k emitted) and only add left context, which brings a
+  chunk closer to a whole decode, never further.
+
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames. Every
 frame of lookahead adds 85 ms to the first audio; L=1 gives 2048 samples of right context, and the
 seams it leaves are small (SNAC's NoiseBlocks add fresh noise on every decode anyway). Set L=2 for
@@ -100,11 +112,29 @@ class Window:
 
     @property
     def shape(self) -> WindowShape:
-        """(frames decoded, first emitted, emitted, lead): windows of one shape decode as one batch."""
+        """(frames decoded, first emitted, emitted, lead): what the window is."""
         return (len(self.frames), self.emit, self.count, self.lead)
+
+    @property
+    def decode_shape(self) -> WindowShape:
+        """What its decode is (`decode_shape`): windows of one length decode as one batch, and each keeps its span
+        of the batch's PCM (`span`)."""
+        return decode_shape(self.shape)
+
+    @property
+    def span(self) -> slice:
+        """The samples of its whole decode that it emits: its `lead`, then 2048 per emitted frame."""
+        return slice(self.emit * SAMPLES_PER_FRAME - self.lead, (self.emit + self.count) * SAMPLES_PER_FRAME)
 
 
 WindowShape = tuple[int, int, int, int]
+
+
+def decode_shape(shape: WindowShape) -> WindowShape:
+    """The decode of a window of `shape`: all its frames' samples, (frames, 0, frames, 0). Windows of one length
+    share it whatever they emit, so they decode as one batch (one CUDA graph replay), each cutting its own span
+    after."""
+    return (shape[0], 0, shape[0], 0)
 
 
 class WindowPlanner:
@@ -119,8 +149,10 @@ class WindowPlanner:
         first_lookahead_frames: int | None = None,
         ramp: Ramp = "gentle",
         grow_lead: float = 1.0,
+        fill: bool = False,
     ) -> None:
         self.context = context_frames
+        self.fill = fill
         self.ramp = ramp
         self.grow_lead = grow_lead
         self.lookahead = lookahead_frames
@@ -156,10 +188,16 @@ class WindowPlanner:
     def _lookahead(self) -> int:
         return self.first_lookahead if self._emitted == 0 else self.lookahead
 
+    @property
+    def _steady_length(self) -> int:
+        return self.context + self.frames_per_decode + self.lookahead
+
     def _take(self, count: int) -> Window:
         first = self._next_emit
         start = max(0, first - self.context)
         end = min(len(self._frames), first + count + self._lookahead())
+        if self.fill:  # as long as a steady window where the frames before allow: more context, one decode batch
+            start = max(0, min(start, end - self._steady_length))
         self._next_emit += count
         self._emitted += count
         self._last_chunk_runs = self._last_chunk_runs + 1 if count == self._last_chunk else 1
@@ -197,7 +235,7 @@ class WindowPlanner:
 
     def _trim(self) -> None:
         # Keep only the frames later windows can still need, so memory stays O(C + K + L).
-        drop = max(0, self._next_emit - self.context)
+        drop = max(0, self._next_emit - (self._steady_length - 1 if self.fill else self.context))
         if drop > 64:
             del self._frames[:drop]
             self._next_emit -= drop
@@ -223,6 +261,10 @@ class WindowPolicy:
     grow_lead: float = 1.0
     """A stream's ramp takes its last step, to K-frame chunks, only once a listener who plays its audio on arrival
     holds at least this many times a K-frame chunk's audio (0: the ramp alone); see the module docstring."""
+    fill: bool = False
+    """Every window as long as the steady one (C + K + L frames) where the stream has the frames before it: a chunk
+    shorter than K (the ramp's, a stream's last) takes more left context, so past a stream's first three windows
+    all decode as one length, one batch (see the module docstring)."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
@@ -234,6 +276,7 @@ class WindowPolicy:
             self.first_lookahead_frames,
             self.ramp,
             self.grow_lead,
+            self.fill,
         )
 
     @property
@@ -282,11 +325,22 @@ class WindowPolicy:
         extra = list(self.finish_shapes)
         if self.hurry_lead_ms > 0:
             decoded, context, steady, lead = self.steady_shape
-            extra += [(decoded - steady + count, context, count, lead) for count in range(1, steady)]
+            lookahead = decoded - context - steady
+            extra += [
+                (decoded, decoded - count - lookahead, count, lead)
+                if self.fill
+                else (decoded - steady + count, context, count, lead)
+                for count in range(1, steady)
+            ]
         for shape in extra:
             if shape not in shapes:
                 shapes.append(shape)
         return tuple(shapes)
+
+    @property
+    def decode_shapes(self) -> tuple[WindowShape, ...]:
+        """The decodes of `graph_shapes` (`decode_shape`), each once: what the server captures as CUDA graphs."""
+        return tuple(dict.fromkeys(decode_shape(shape) for shape in self.graph_shapes))
 
     @property
     def steady_shape(self) -> WindowShape:

@@ -363,4 +363,13 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_ramp,
         settings.snac_hurry_lead_ms,
         settings.snac_grow_lead,
+        fill_windows(settings),
     )
+
+
+def fill_windows(settings: Settings) -> bool:
+    """Whether SNAC windows are filled to the steady length (`--snac-fill-windows`; auto: where SNAC decodes on CUDA
+    with graphs, the replays it saves)."""
+    if settings.snac_fill_windows != "auto":
+        return settings.snac_fill_windows == "on"
+    return settings.snac_cuda_graphs and resolve_device(settings.snac_device).startswith("cuda")

@@ -62,7 +62,7 @@ async def warm_up(
     snac_graphs: bool = False,
 ) -> float:
     """Warm Orpheus at `sizes`, Gemma at `llm_sizes` and SNAC at every window length `windows` can
-    produce (first capturing CUDA graphs of the shapes streams use, ramp and steady, when `snac_graphs`
+    produce (first capturing CUDA graphs of the lengths streams decode, ramp and steady, when `snac_graphs`
     and the decoder is on CUDA); returns the seconds it took."""
     start = time.monotonic()
     tts_prompt, tts_params = tts_warmup_request(engines.tts_tokenizer)
@@ -76,7 +76,7 @@ async def warm_up(
     )
     if snac_graphs:  # after the engines' warm-up: a capture in the engine's process while it samples would fail it
         try:
-            await engines.snac.capture_graphs(windows.graph_shapes)
+            await engines.snac.capture_graphs(windows.decode_shapes)
         except Exception:
             logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME
