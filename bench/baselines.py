@@ -293,7 +293,7 @@ async def build(args: argparse.Namespace) -> Bench:
 
     from oai_server.codec.snac_model import load_snac, resolve_snac_dtype
     from oai_server.codec.snac_service import EngineSnacDecoder, SnacService, service_address
-    from oai_server.codec.snac_windows import WindowPolicy
+    from oai_server.codec.snac_windows import WindowPolicy, fills_windows
     from oai_server.engines.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.tts_model)
@@ -309,7 +309,7 @@ async def build(args: argparse.Namespace) -> Bench:
     windows = WindowPolicy(
         frames_per_decode=args.frames_per_decode,
         first_lookahead_frames=args.snac_first_lookahead_frames,
-        fill=args.snac_device.startswith("cuda"),  # as the server's --snac-fill-windows auto
+        fill=fills_windows("auto", args.snac_device),  # as the server's --snac-fill-windows
     )
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine

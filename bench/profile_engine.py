@@ -296,15 +296,18 @@ async def _pipeline(
     to that service (None with `--snac-decode none` unless `--switch-interval-ab` needs one); what to close at the
     end, its decoder's and the service's connection, goes to `closers`."""
     from oai_server.codec.snac_model import resolve_snac_dtype
-    from oai_server.codec.snac_windows import WindowPolicy, decode_shape
+    from oai_server.codec.snac_windows import WindowPolicy, decode_shape, fills_windows
 
     dtype = resolve_snac_dtype(args.snac_dtype, "cuda")
     windows = WindowPolicy(
-        context_frames=args.snac_context_frames, frames_per_decode=4, fill=args.snac_fill_windows == "on"
+        context_frames=args.snac_context_frames, frames_per_decode=4, fill=fills_windows(args.snac_fill_windows, "cuda")
     )
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
-    stream = tuple(dict.fromkeys(map(decode_shape, windows.stream_shapes)))
-    shapes = stream if args.snac_graph_shapes == "stream" else windows.decode_shapes
+    shapes = (
+        windows.decode_shapes
+        if args.snac_graph_shapes == "all"
+        else tuple(dict.fromkeys(map(decode_shape, windows.stream_shapes)))
+    )
     decoder: SnacDecoder
     control: ServiceConnection | None = None
     if args.snac_decode == "none" and args.switch_interval_ab:

@@ -46,7 +46,7 @@ from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_sn
 from oai_server.codec.orpheus import FRAME_SECONDS, frames_to_levels
 from oai_server.codec.snac_fusion import check_fusion, graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm, remove_noise_blocks
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_windows import WindowPolicy, fills_windows
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
 
@@ -265,14 +265,9 @@ def seams(args: argparse.Namespace, model: Any, codes: np.ndarray, whole_pcm: np
         for context, lookahead in args.windows
         for row in streamed_snr(
             model, args.device, codes, whole_pcm, args.frames_per_decode, args.snr_target_db,
-            WindowPolicy(context, lookahead, ramp=args.ramp, fill=fill_windows(args)),
+            WindowPolicy(context, lookahead, ramp=args.ramp, fill=fills_windows(args.fill_windows, args.device)),
         )
     ]  # fmt: skip
-
-
-def fill_windows(args: argparse.Namespace) -> bool:
-    """`--fill-windows`: the server's --snac-fill-windows (auto: on CUDA)."""
-    return args.fill_windows == "on" or (args.fill_windows == "auto" and args.device.startswith("cuda"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,14 @@ def decode_shape(shape: WindowShape) -> WindowShape:
     return (shape[0], 0, shape[0], 0)
 
 
+def fills_windows(setting: str, device: str, cuda_graphs: bool = True) -> bool:
+    """Whether a `WindowPolicy` fills its windows (`fill`) for the `--snac-fill-windows` value `setting` (auto, on,
+    off) with SNAC decoding on `device`: auto fills where SNAC replays CUDA graphs, the replays filling saves."""
+    if setting != "auto":
+        return setting == "on"
+    return cuda_graphs and device.startswith("cuda")
+
+
 class WindowPlanner:
     """Decides which window to decode for each chunk of frames of one stream (pure; no I/O)."""
 

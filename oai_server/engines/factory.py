@@ -12,7 +12,7 @@ from typing import Any
 from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_service import EngineSnacDecoder
 from ..codec.snac_stream import SnacDecoder, SnacDecoding
-from ..codec.snac_windows import WindowPolicy
+from ..codec.snac_windows import WindowPolicy, fills_windows
 from ..settings import Settings
 from .asr_factory import build_asr, build_vad
 from .balanced import BalancedEngine
@@ -363,13 +363,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_ramp,
         settings.snac_hurry_lead_ms,
         settings.snac_grow_lead,
-        fill_windows(settings),
+        fills_windows(settings.snac_fill_windows, resolve_device(settings.snac_device), settings.snac_cuda_graphs),
     )
-
-
-def fill_windows(settings: Settings) -> bool:
-    """Whether SNAC windows are filled to the steady length (`--snac-fill-windows`; auto: where SNAC decodes on CUDA
-    with graphs, the replays it saves)."""
-    if settings.snac_fill_windows != "auto":
-        return settings.snac_fill_windows == "on"
-    return settings.snac_cuda_graphs and resolve_device(settings.snac_device).startswith("cuda")
