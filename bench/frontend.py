@@ -173,6 +173,7 @@ def build(args: argparse.Namespace) -> tuple[Settings, Engines]:
             tts_max_tokens=args.tts_max_tokens,
             snac_hurry_lead_ms=args.snac_hurry_lead_ms,
             headroom_margin=args.headroom_margin,
+            headroom_overload_margin=args.headroom_overload_margin,
             snac_ramp=args.snac_ramp,
         )
     )
@@ -237,6 +238,10 @@ def main() -> None:
         help="the server's --tts-arrival-window-ms: arrivals into the busy engine enter in groups, one pause a group",
     )  # fmt: skip
     p.add_argument("--headroom-margin", type=float, default=1.1, help="the server's --headroom-margin")
+    p.add_argument(
+        "--headroom-overload-margin", type=float, default=Settings().headroom_overload_margin,
+        help="the server's --headroom-overload-margin (the --headroom-margin's value: not tightened after a 429)",
+    )  # fmt: skip
     p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")
     p.add_argument("--snac-ramp", default=Settings().snac_ramp, help="the server's --snac-ramp")
     p.add_argument("--max-streams", type=int, default=1024)

@@ -46,6 +46,7 @@ GAUGES = {
     "headroom_safe_streams": "oai_headroom_safe_streams",
     "headroom_step_slope_s": "oai_headroom_step_slope_seconds",
     "headroom_refused_total": "oai_headroom_refused_total",
+    "headroom_overloaded": "oai_headroom_overloaded",
 }
 """Name in the report -> the headroom gate's gauge, read after the level (what the gate had learned by then)."""
 

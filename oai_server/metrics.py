@@ -21,9 +21,10 @@ Series (all names prefixed `oai_`):
   SNAC's wait and decode and the write.
 - `real_time_factor{endpoint}`: synthesis time / audio duration (< 1 is faster than real time).
 - `active_streams`, `queued_streams`: live from the admission object.
-- `headroom_generating`, `headroom_safe_streams`, `headroom_step_slope_seconds`, `headroom_refused_total`: live
-  from the real-time headroom gate (speech requests generating; the concurrency its last settled measurement
-  said keeps real time; what one more stream adds to the engine's step, once learned; requests refused).
+- `headroom_generating`, `headroom_safe_streams`, `headroom_step_slope_seconds`, `headroom_refused_total`,
+  `headroom_overloaded`: live from the real-time headroom gate (speech requests generating; the concurrency its last
+  settled measurement said keeps real time; what one more stream adds to the engine's step, once learned; requests
+  refused; 1 while it admits at its overload margin after a refusal).
 - `engine_active_requests{engine}`: live from each engine's `active_requests()`.
 - `snac_windows_total{path}`: SNAC windows decoded, live from the decoder: `graph` (a CUDA graph replay) or `eager`
   (a shape without a graph, or no CUDA). On a GPU nearly all should be `graph`: an eager window is a few hundred
@@ -106,6 +107,11 @@ class HeadroomLike(Protocol):
     safe_streams: int
     refused: int
 
+    @property
+    def overloaded(self) -> bool:
+        """Whether the gate admits at its overload margin now (it refused a stream lately)."""
+        ...
+
     def step_slope(self) -> float | None:
         """Seconds one more stream adds to the engine's step, once learned."""
         ...
@@ -184,6 +190,9 @@ class _LiveCollector(Collector):
                 "oai_headroom_step_slope_seconds", "What one more speech stream adds to the engine step, once learned."
             ),
             CounterMetricFamily("oai_headroom_refused", "Speaking requests refused for lack of real-time headroom."),
+            GaugeMetricFamily(
+                "oai_headroom_overloaded", "1 while the gate admits at its overload margin (a 429 came lately)."
+            ),
             CounterMetricFamily(
                 "oai_snac_windows", "SNAC windows decoded, by path: a CUDA graph replay or eager.", labels=["path"]
             ),
@@ -200,7 +209,8 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
         families = self._families()
-        active, queued, engines, connections, generating, safe, step_slope, refused, snac, busy, waited = families
+        active, queued, engines, connections, generating, safe, step_slope, refused, overloaded = families[:9]
+        snac, busy, waited = families[9:]
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
@@ -223,6 +233,7 @@ class _LiveCollector(Collector):
                 generating.add_metric([], headroom.generating)
                 safe.add_metric([], headroom.safe_streams)
                 refused.add_metric([], headroom.refused)
+                overloaded.add_metric([], int(headroom.overloaded))
                 if slope is not None:
                     step_slope.add_metric([], slope)
         except Exception:

@@ -380,6 +380,13 @@ class Settings(BaseSettings):
     """Speech requests generating below which the real-time headroom check never refuses."""
     headroom_margin: float = Field(1.1, ge=1.0, le=4.0, validation_alias=_env("headroom_margin"))
     """Per-stream audio-token rate a new stream must leave the running ones, in multiples of real time."""
+    headroom_overload_margin: float = Field(1.25, ge=1.0, le=4.0, validation_alias=_env("headroom_overload_margin"))
+    """The margin while the gate is refusing (for `--headroom-overload-hold-seconds` after a 429; at least
+    `--headroom-margin`): admitted streams keep more speed for their first chunks when the server is past capacity."""
+    headroom_overload_hold_seconds: float = Field(
+        5.0, ge=0, le=600, validation_alias=_env("headroom_overload_hold_seconds")
+    )
+    """How long after a 429 the gate keeps `--headroom-overload-margin` (0: never)."""
     headroom_wait_seconds: float = Field(1.5, ge=0, le=60, validation_alias=_env("headroom_wait_seconds"))
     """How long a new speech stream waits for real-time headroom before its 429."""
     # --- Realtime API (/v1/realtime) ---

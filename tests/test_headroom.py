@@ -405,3 +405,57 @@ def test_a_ramping_burst_is_projected_from_the_streams_running_now() -> None:
     assert gate.generating == 190 and gate._mean_generating(clock.now) < 50
     assert gate.has_headroom()  # 100 x 190 / 191 = 99.5 >= 90.2
     assert gate.steps.fitted_slope() is None  # and a ramp is no measurement of a concurrency
+
+
+async def test_a_refusal_tightens_the_gate_to_its_overload_margin_for_the_hold() -> None:
+    """100 streams at 120 tokens/s: ~133 keep 1.1x real time, ~117 keep 1.25x. Before any 429 the gate admits to
+    the first; after one it admits only to the second while the hold lasts, and to the first once it has passed."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, overload_margin=1.25, overload_hold_s=5.0, wait_s=0.0, clock=clock)
+    _settled(gate, clock, 100, 120.0)
+    margin_limit, overload_limit = gate.safe_streams, gate._overload_safe_streams
+    assert abs(margin_limit - 100 * 120.0 / gate.required) < 3  # 133 (the test's token clock reads ~1 % fast)
+    assert abs(overload_limit - 100 * 120.0 / gate.overload_required) < 3  # 117
+    assert not gate.overloaded
+    gate._pending.extend([clock.now] * (overload_limit - 101))  # the next one brings it to the overload limit
+    await gate.admit()
+    await gate.admit()  # one past the overload limit: not overloaded, the margin alone counts
+    gate._pending.extend([clock.now] * (margin_limit - overload_limit - 1))  # the next one is past the margin
+    with pytest.raises(APIError) as refused:
+        await gate.admit()
+    assert refused.value.status == 429 and gate.overloaded
+    while gate.generating + len(gate._pending) >= overload_limit + 1:
+        gate._pending.pop()  # admitted streams started elsewhere: the next one is one past the overload limit
+    assert not gate.has_headroom()  # within the margin, but the gate admits to the overload limit while overloaded
+    gate._pending.pop()
+    assert gate.has_headroom()  # at the overload limit
+    gate._pending.append(clock.now)
+    clock.now += 5.0
+    assert not gate.overloaded and gate.has_headroom()  # the hold has passed: the margin again
+
+
+def test_the_burst_rule_uses_the_overload_limit_while_overloaded() -> None:
+    """A wave of admissions after streams ended puts the gate in its burst rule (most of the admitted still in
+    their prefills); while it is overloaded, the wave stops at the overload margin's concurrency, not the margin's."""
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, overload_margin=1.25, clock=clock)
+    _settled(gate, clock, 100, 120.0)  # 133 at 1.1x, 117 at 1.25x
+    _mid_burst(gate, clock, running=40, pending=80, rate=60.0)  # 121 with the next one
+    assert gate.has_headroom()
+    gate._refused_at = clock.now  # a 429 a moment ago
+    assert gate.overloaded and not gate.has_headroom()
+
+
+def test_without_an_overload_margin_a_refusal_changes_nothing() -> None:
+    clock = Clock()
+    gate = HeadroomGate(min_streams=16, margin=1.1, clock=clock)
+    _settled(gate, clock, 100, 120.0)
+    assert gate.overload_required == gate.required and gate._overload_safe_streams == gate.safe_streams
+    gate._refused_at = clock.now
+    gate._pending.extend([clock.now] * (gate.safe_streams - 101))
+    assert gate.overloaded and gate.has_headroom()  # up to the margin's 133, as before
+
+
+def test_the_overload_margin_is_never_looser_than_the_margin() -> None:
+    gate = HeadroomGate(margin=1.3, overload_margin=1.1)
+    assert gate.overload_required == gate.required == REAL_TIME_TOKENS_PER_SECOND * 1.3

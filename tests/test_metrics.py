@@ -36,6 +36,7 @@ METRIC_NAMES = (
     "oai_headroom_generating",
     "oai_headroom_safe_streams",
     "oai_headroom_refused_total",
+    "oai_headroom_overloaded",
     "oai_snac_windows_total",
     "oai_snac_busy_seconds_total",
     "oai_snac_queue_wait_seconds_total",
@@ -158,6 +159,11 @@ def test_headroom_gauges_read_the_gate_and_its_learned_slope() -> None:
     assert get("oai_headroom_generating") == 20 and get("oai_headroom_safe_streams") == gate.safe_streams > 20
     slope = get("oai_headroom_step_slope_seconds")
     assert slope is not None and slope == pytest.approx(0.0001, rel=0.2)
+    assert get("oai_headroom_overloaded") == 0
+    gate._refused_at = clock[0]  # a 429 now: the gate admits at its overload margin for the hold
+    assert get("oai_headroom_overloaded") == 1
+    clock[0] += gate.overload_hold_s
+    assert get("oai_headroom_overloaded") == 0
 
 
 def test_snac_windows_are_counted_by_path_from_the_decoder() -> None:

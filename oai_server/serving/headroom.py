@@ -22,6 +22,14 @@ capacity (on an H200, streams 97-112 of a burst of 112 waited ~0.5 s, where 128 
 real time). Then the gate admits up to the concurrency its last settled measurement said keeps real time
 (`safe_streams`, by the same projection), so a burst inside it starts at once and one past it still waits
 for the measurement and its 429. Before any measurement (a fresh server) a burst is admitted blind.
+
+Overload tightens the gate: for `overload_hold_s` after a 429 the projection must keep `overload_margin` (at least
+`margin`) instead. Under a sustained overload the gate refuses all the time, so it admits at the stricter margin
+throughout; a burst of a server that refused nobody lately, and Poisson arrivals below capacity, see `margin` alone.
+At 1.1x real time a new stream's lead on its listener grows ~8 ms a frame, too little for its first chunks when the
+engine hiccups: an H200 at 1.5x its capacity of 240 admitted a wave of streams as many others ended (arrivals 8.8-10.1 s
+in) and every one of them stalled 37-74 ms in its first second of audio, while the gate's margin had refused others
+for two seconds (session 38). A stricter margin costs admissions only while the server is already refusing.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class HeadroomGate:
         self,
         *,
         margin: float = 1.1,
+        overload_margin: float | None = None,
+        overload_hold_s: float = 5.0,
         min_streams: int = 16,
         window_s: float = 2.0,
         wait_s: float = 1.5,
@@ -50,6 +60,10 @@ class HeadroomGate:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.required = REAL_TIME_TOKENS_PER_SECOND * margin
+        self.overload_required = REAL_TIME_TOKENS_PER_SECOND * max(margin, overload_margin or margin)
+        """The per-stream rate a new stream must leave the running ones for `overload_hold_s` after a refusal."""
+        self.overload_hold_s = overload_hold_s
+        self._refused_at = float("-inf")
         self.min_streams = min_streams
         self.window_s = window_s
         self.wait_s = wait_s
@@ -68,6 +82,8 @@ class HeadroomGate:
         the window and every one inside it. The running integral makes the window's mean O(1) per admission."""
         self.safe_streams = 0
         """Concurrent streams the last settled measurement said keep real time (0: never measured)."""
+        self._overload_safe_streams = 0
+        """The same at `overload_margin`: the limit while the gate is tightened by a recent refusal."""
         self.steps = StepTimeModel(clock=clock)
         """How the step time grows with the streams generating, learned from the settled measurements."""
         self._observed_at = float("-inf")
@@ -93,6 +109,11 @@ class HeadroomGate:
         self._events.append((now, tokens))
         self._tokens_in_window += tokens
         self._trim(now)
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether the gate refused a stream within `overload_hold_s` (it admits at `overload_margin` then)."""
+        return self._clock() - self._refused_at < self.overload_hold_s
 
     def step_slope(self) -> float | None:
         """Seconds one more generating stream adds to the engine's step, once learned (None before)."""
@@ -120,9 +141,10 @@ class HeadroomGate:
             # Projected from the streams running now, not the window's mean: while a burst ramps up the mean lags
             # far behind (50 of 192), and projecting from it shut the gate on bursts the GPU carried (an H200, 192).
             self.safe_streams = self.steps.streams_within(running, step_s, 1.0 / self.required)
-            return running + pending + 1 <= self.safe_streams
+            self._overload_safe_streams = self.steps.streams_within(running, step_s, 1.0 / self.overload_required)
+            return running + pending + 1 <= self._limit()
         # no rate yet, or a burst still in its prefills: up to the concurrency last measured to keep real time
-        return self.safe_streams == 0 or running + pending + 1 <= self.safe_streams
+        return self.safe_streams == 0 or running + pending + 1 <= self._limit()
 
     async def admit(self) -> None:
         """Wait up to `wait_s` for headroom, then reserve it; 429 with `retry-after` if none came."""
@@ -130,9 +152,14 @@ class HeadroomGate:
         while not self.has_headroom():
             if self._clock() >= deadline:
                 self.refused += 1
+                self._refused_at = self._clock()
                 raise rate_limited("The server is at its real-time capacity; please retry shortly.", 1)
             await asyncio.sleep(0.05)
         self._pending.append(self._clock())
+
+    def _limit(self) -> int:
+        """The concurrency a new stream may bring the running and pending ones to: stricter while overloaded."""
+        return self._overload_safe_streams if self.overloaded else self.safe_streams
 
     def _measure(self, now: float) -> tuple[float, float | None]:
         """(mean generating over the window, tokens/s per generating request or None without enough history)."""

@@ -51,6 +51,8 @@ def build_services(settings: Settings, engines: Engines, metrics: Metrics | None
     headroom = (
         HeadroomGate(
             margin=settings.headroom_margin,
+            overload_margin=settings.headroom_overload_margin,
+            overload_hold_s=settings.headroom_overload_hold_seconds,
             min_streams=settings.headroom_min_streams,
             wait_s=settings.headroom_wait_seconds,
         )
