@@ -27,9 +27,9 @@ Overload tightens the gate: for `overload_hold_s` after a 429 the projection mus
 `margin`) instead. Under a sustained overload the gate refuses all the time, so it admits at the stricter margin
 throughout; a burst of a server that refused nobody lately, and Poisson arrivals below capacity, see `margin` alone.
 At 1.1x real time a new stream's lead on its listener grows ~8 ms a frame, too little for its first chunks when the
-engine hiccups: an H200 at 1.5x its capacity of 240 admitted a wave of streams as many others ended (arrivals 8.8-10.1 s
-in) and every one of them stalled 37-74 ms in its first second of audio, while the gate's margin had refused others
-for two seconds (session 38). A stricter margin costs admissions only while the server is already refusing.
+engine hiccups: an H200 at 1.5x its capacity of 240 let a wave of waiting streams in as many others ended, and 124 of
+the 127 admitted in those 1.3 s stalled 37-74 ms in their first second of audio, after two seconds of refusals
+(session 38). A stricter margin costs admissions only while the server is already refusing.
 """
 
 from __future__ import annotations
