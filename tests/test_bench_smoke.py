@@ -708,6 +708,17 @@ def test_streams_summary_reads_each_admitted_stream(tmp_path: Path, capsys: pyte
     assert over["speed_p50"] == pytest.approx(2.0) and over["speed_p10"] == pytest.approx(1.3)  # 4 s in 2 s or 4 s
     assert over["first_stalls_at_s"] == [[0.587, 2]]
     assert [(b["from_s"], b["admitted"], b["stalled"]) for b in over["by_arrival"]] == [(0, 2, 1), (8, 2, 1)]
+    overload[2]["headers_s"] = 1.0  # the stream sent at 9 s was admitted at 10 s
+    with gzip.open(path, "wt") as f:
+        json.dump(results, f)
+    assert streams_summary([str(path), "--buckets", "8", "--json"]) == 0
+    by_arrival = json.loads(capsys.readouterr().out)[str(path)]["overload"]["by_arrival"]
+    assert [(b["from_s"], b["admitted"], b["stalled"]) for b in by_arrival] == [(0, 2, 1), (8, 2, 1)]  # as sent
+    assert streams_summary([str(path), "--buckets", "0.5", "--by-admission", "--json"]) == 0
+    by_admission = json.loads(capsys.readouterr().out)[str(path)]["overload"]["by_arrival"]
+    assert [(b["from_s"], b["admitted"], b["stalled"]) for b in by_admission] == [
+        (1.0, 1, 0), (2.0, 1, 1), (9.5, 1, 0), (10.0, 1, 1)
+    ]  # fmt: skip
     assert streams_summary([str(path), "--buckets", "8"]) == 0
     printed = capsys.readouterr().out
     assert "overload: offered 5, admitted 4, 429 1, stalled 2" in printed
