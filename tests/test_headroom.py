@@ -318,6 +318,9 @@ def test_speech_past_the_real_time_capacity_gets_429_and_text_chat_does_not(gate
         assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert text_chat.status_code == 200  # a text reply does not speak: not gated
     assert gate.refused == 2
+    # the refusals tightened the gate to the settings' overload margin for its hold, and /metrics says so
+    assert gate.overload_required == pytest.approx(REAL_TIME_TOKENS_PER_SECOND * 1.25) and gate.overload_hold_s == 5.0
+    assert "oai_headroom_overloaded 1.0" in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
     again = httpx.post(f"{url}/v1/audio/speech", json={**speech, "seed": 3}, timeout=60)
     assert again.status_code == 200 and again.content
 
