@@ -240,7 +240,7 @@ def main() -> None:
     p.add_argument("--headroom-margin", type=float, default=1.1, help="the server's --headroom-margin")
     p.add_argument(
         "--headroom-overload-margin", type=float, default=Settings().headroom_overload_margin,
-        help="the server's --headroom-overload-margin (the --headroom-margin's value: not tightened after a 429)",
+        help="the server's --headroom-overload-margin (--headroom-margin's value: never tightened after a 429)",
     )  # fmt: skip
     p.add_argument("--snac-hurry-lead-ms", type=int, default=0, help="the server's --snac-hurry-lead-ms")
     p.add_argument("--snac-ramp", default=Settings().snac_ramp, help="the server's --snac-ramp")
