@@ -209,8 +209,20 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """Read the sources now; a failing source drops its samples rather than the scrape."""
         families = self._families()
-        active, queued, engines, connections, generating, safe, step_slope, refused, overloaded = families[:9]
-        snac, busy, waited = families[9:]
+        (
+            active,
+            queued,
+            engines,
+            connections,
+            generating,
+            safe,
+            step_slope,
+            refused,
+            overloaded,
+            snac,
+            busy,
+            waited,
+        ) = families
         try:
             admission = self.admission()
             active.add_metric([], admission.active if admission is not None else 0)
