@@ -300,7 +300,10 @@ async def _pipeline(
 
     dtype = resolve_snac_dtype(args.snac_dtype, "cuda")
     windows = WindowPolicy(
-        context_frames=args.snac_context_frames, frames_per_decode=4, fill=fills_windows(args.snac_fill_windows, "cuda")
+        context_frames=args.snac_context_frames,
+        frames_per_decode=4,
+        fill=fills_windows(args.snac_fill_windows, "cuda"),
+        stretch_frames=args.snac_stretch_frames,
     )
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     shapes = (
@@ -522,6 +525,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--snac-context-frames", type=int, default=2, help="ours_in_engine: the server's --snac-context-frames"
+    )
+    p.add_argument(
+        "--snac-stretch-frames", type=int, default=0, help="ours_in_engine: the server's --snac-stretch-frames (0: off)"
     )
     add_engine_variant_flags(p)
     p.add_argument("--concurrency", type=int, default=128)

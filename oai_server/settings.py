@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     wait of a stream's start: on an H200 under a 1.5x overload, 2 of 1 722 admitted streams stalled with 1 against
     156 of 1 690 with 0 (session 36), for ~6-12 % more SNAC work on streams near real time only. A request with a
     seed keeps the ramp alone, so its audio repeats byte for byte."""
+    snac_stretch_frames: int = Field(0, ge=0, le=16, validation_alias=_env("snac_stretch_frames"))
+    """Frames of a stretched SNAC chunk (0: off; else more than --snac-frames-per-decode): a reply whose player, playing
+    on arrival, holds --snac-grow-lead times that chunk's audio gets chunks this long, fewer decoded frames per frame
+    sent (11 for 8 against 7 for 4 with the defaults), shrinking back as its lead falls short. One more window length
+    for SNAC (a CUDA graph set, a compiled specialisation); off with --snac-grow-lead 0 and for seeded requests."""
     snac_fill_windows: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("snac_fill_windows"))
     """Decode a SNAC chunk shorter than --snac-frames-per-decode (a stream's ramp, its last) with more frames of left
     context, up to the steady window's length, where the stream has them, so past its first three windows every
@@ -430,6 +435,11 @@ class Settings(BaseSettings):
             raise ValueError(f"default_voice {self.default_voice!r} is not in voices {self.voices}")
         if self.engine == "remote" and not (self.llm_remote_url and self.tts_remote_url):
             raise ValueError("engine=remote needs llm_remote_url and tts_remote_url")
+        if 0 < self.snac_stretch_frames <= self.snac_frames_per_decode:
+            raise ValueError(
+                f"snac_stretch_frames {self.snac_stretch_frames} must be 0 (off) or more than "
+                f"snac_frames_per_decode {self.snac_frames_per_decode}"
+            )
         return self
 
     @property

@@ -51,7 +51,14 @@ ones three times, 1, 1, 2, 2, 3, 3, 3, 4; `"double"` is the earlier 1, 1, 2, 4),
   pre-buffer that stall at 1.05-1.1x real time from 22-40 % to none, for 6-12 % more SNAC work there and none at
   1.6x (`bench/results/cpu_snac_grow_lead_s36.json`). On an H200 under a 1.5x overload, in one run, it took the
   admitted streams that stalled from 156 of 1 690 to 2 of 1 722 (session 36), so it is on by default (1).
-
+* a stream far ahead of its listener can stretch its chunks (`WindowPlanner.add(..., lead_s=...)` with
+  `stretch_frames` K2 > K, the server's `--snac-stretch-frames`): once a player that plays on arrival holds `grow_lead`
+  times a K2-frame chunk's audio (682 ms for K2 = 8), its chunks are K2 frames, C+K2+L decoded for K2 emitted (1.375
+  decoded frames an emitted one for K2 = 8 against 1.75 at K = 4), in half as many windows. The lead is checked again
+  at every `add`, so a stretched chunk still waiting for its frames goes back to K-frame chunks, at once for the frames
+  it has, as soon as the lead falls short: no listener waits on a stretched chunk holding less than K2 frames' audio.
+  Streams run far ahead of real time below capacity (2x at 80 % of it on an H200), where SNAC's windows compete with
+  the engine's steps for the GPU and the GIL of the engine's process; streams near real time never stretch.
 * windows decode by length, not by shape (`Window.decode_shape`): a decode returns all its frames' samples and
   each window cuts its own span after, so windows of one length are one batch, one CUDA graph replay, whatever
   they emit. With `fill` (the server's `--snac-fill-windows`, on where SNAC runs on CUDA) a window whose chunk is
@@ -159,9 +166,11 @@ class WindowPlanner:
         ramp: Ramp = "gentle",
         grow_lead: float = 1.0,
         fill: bool = False,
+        stretch_frames: int = 0,
     ) -> None:
         self.context = context_frames
         self.fill = fill
+        self.stretch = stretch_frames if stretch_frames > frames_per_decode else 0
         self.ramp = ramp
         self.grow_lead = grow_lead
         self.lookahead = lookahead_frames
@@ -180,7 +189,21 @@ class WindowPlanner:
         growing_to_k = chunk == self.frames_per_decode > self._last_chunk > 0
         if growing_to_k and self._lead_s is not None and self._lead_s < self.grow_lead * chunk * FRAME_SECONDS:
             return self._last_chunk  # the listener could run dry waiting for the first K-frame chunk
+        if self._stretches(chunk):
+            return self.stretch
         return chunk
+
+    def _stretches(self, chunk: int) -> bool:
+        """Whether the next chunk is a stretched one (`stretch_frames`): the ramp is at K, the stream has sent that
+        much audio, and its listener holds `grow_lead` times the stretched chunk's audio. Checked again at every
+        `add`, so a stretched chunk still waiting for its frames shrinks back to K once the lead falls short."""
+        return (
+            self.stretch > 0
+            and chunk == self.frames_per_decode
+            and self._emitted >= self.stretch
+            and self._lead_s is not None
+            and self._lead_s >= self.grow_lead * self.stretch * FRAME_SECONDS
+        )
 
     def _ramp_chunk(self) -> int:
         # The first audio as early as possible, then fewer, larger decodes, never a chunk longer than the audio
@@ -274,6 +297,10 @@ class WindowPolicy:
     """Every window as long as the steady one (C + K + L frames) where the stream has the frames before it: a chunk
     shorter than K (the ramp's, a stream's last) takes more left context, so past a stream's first three windows
     all decode as one length, one batch (see the module docstring)."""
+    stretch_frames: int = 0
+    """Frames of a stretched chunk (K2 > K; 0: off): a stream whose listener holds `grow_lead` times K2 frames' audio
+    sends K2-frame chunks instead of K, C + K2 + L frames decoded for K2 emitted (see the module docstring). Needs
+    `grow_lead` > 0: without a listener's lead no chunk stretches."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
@@ -286,18 +313,27 @@ class WindowPolicy:
             self.ramp,
             self.grow_lead,
             self.fill,
+            self.stretch_frames,
         )
 
     @property
     def stream_shapes(self) -> tuple[WindowShape, ...]:
-        """The window shapes a stream uses before its end, in order: the ramp's, then the steady one."""
+        """The window shapes a stream uses before its end, in order: the ramp's, the steady one, then the stretched
+        one (`stretched_shape`) where chunks stretch."""
         planner = self.planner()
         shapes: list[WindowShape] = []
         while self.steady_shape not in shapes:
             for window in planner.add([(0,)]):
                 if window.shape not in shapes:
                     shapes.append(window.shape)
+        if self.stretched_shape is not None:
+            shapes.append(self.stretched_shape)
         return tuple(shapes)
+
+    @property
+    def longest_window(self) -> int:
+        """Frames of the longest window a stream decodes: the stretched one's, else the steady one's."""
+        return max(self.steady_shape[0], self.stretched_shape[0] if self.stretched_shape is not None else 0)
 
     @property
     def finish_shapes(self) -> tuple[WindowShape, ...]:
@@ -350,6 +386,15 @@ class WindowPolicy:
     def decode_shapes(self) -> tuple[WindowShape, ...]:
         """The decodes of `graph_shapes` (`decode_shape`), each once: what the server captures as CUDA graphs."""
         return tuple(dict.fromkeys(decode_shape(shape) for shape in self.graph_shapes))
+
+    @property
+    def stretched_shape(self) -> WindowShape | None:
+        """The shape of a stretched chunk's window (`stretch_frames`), None when chunks never stretch."""
+        if self.stretch_frames <= self.frames_per_decode or self.grow_lead <= 0:
+            return None
+        decoded = self.context_frames + self.stretch_frames + self.lookahead_frames
+        lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
+        return (decoded, self.context_frames, self.stretch_frames, lead)
 
     @property
     def steady_shape(self) -> WindowShape:

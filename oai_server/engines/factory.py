@@ -364,4 +364,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_hurry_lead_ms,
         settings.snac_grow_lead,
         fills_windows(settings.snac_fill_windows, resolve_device(settings.snac_device), settings.snac_cuda_graphs),
+        settings.snac_stretch_frames,
     )

@@ -80,7 +80,7 @@ async def warm_up(
         except Exception:
             logger.exception("SNAC CUDA graph capture failed; decoding eagerly")
     frame = (0,) * TOKENS_PER_FRAME
-    for length in range(1, windows.steady_shape[0] + 1):  # no window is longer than the steady one
+    for length in range(1, windows.longest_window + 1):
         await asyncio.gather(*(engines.snac.decode(Window((frame,) * length, 0)) for _ in range(4)))
     elapsed = time.monotonic() - start
     logger.info("warm-up done in %.1f s (batch sizes %s)", elapsed, list(sizes))
