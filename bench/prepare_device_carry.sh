@@ -11,8 +11,11 @@
 #   .devcarry/p2    vLLM's Python tree, its wheels and import stubs (call B)
 #   .devcarry/p3    PyAV and watchfiles, which the server imports, and compressed-tensors and loguru, for fp8
 #                   Orpheus (call C, with vllm_env.sh; ~37 MB)
-#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop, the VAD wheels and pytest (every call
-#                   after C: `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
+#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop and pytest (every call after C:
+#                   `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
+#   .devcarry2/p4   the VAD's wheels (onnxruntime, silero-vad), only for calls that load speech input (ASR, Realtime):
+#                   with them, .devcarry2 and the tree passed the 64 MiB a call may carry (session 39), so a speech-input
+#                   call carries .devcarry2/p2 and .devcarry2/p4, one after a call that carried .devcarry2/p2 and p3
 # The download is cached in /tmp/vllm-carry-cache (../shared/gpu/prepare_carry.sh, which does the vLLM part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,13 +54,25 @@ for folder in sys.argv[1:]:
 PY
 cp .devcarry/p2/vllm_env.sh .devcarry/p3/
 
-mkdir -p .devcarry2/p2 .devcarry2/p3
-cp .devcarry/p2/vllm_env.sh .devcarry2/p2/
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux1_x86_64 -d .devcarry2/p3 \
-  py-spy httptools uvloop onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3 pytest pluggy iniconfig pygments
+mkdir -p .devcarry2/p2 .devcarry2/p3 .devcarry2/p4
+cp .devcarry/p2/vllm_env.sh .devcarry2/p2/ && chmod u+w .devcarry2/p2/vllm_env.sh
+cat >> .devcarry2/p2/vllm_env.sh <<'SH'
+_d=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)  # the script above unsets it at its end
+if compgen -G "$_d/p4/*.whl" >/dev/null && ! [ -d /tmp/site/silero_vad ]; then  # the VAD's, for speech input
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$_d"/p4/*.whl
+fi
+unset _d
+SH
+rm -f .devcarry2/p3/onnxruntime-*.whl .devcarry2/p3/flatbuffers-*.whl .devcarry2/p3/silero_vad-*.whl  # earlier layout
+for folder_wheels in "p3 py-spy httptools uvloop pytest pluggy iniconfig pygments" \
+  "p4 onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3"; do
+  read -r folder wheels <<< "$folder_wheels"
+  # shellcheck disable=SC2086  # the wheels are words
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux1_x86_64 -d ".devcarry2/$folder" $wheels
+done
 for wheel in av- watchfiles- compressed_tensors- loguru-; do  # call C imports every one (session 25 went without av)
   compgen -G ".devcarry/p3/$wheel*.whl" > /dev/null || { echo "no $wheel wheel in .devcarry/p3" >&2; exit 1; }
 done
-du -sh .devcarry/p1 .devcarry/p1b .devcarry/p1c .devcarry/p2 .devcarry/p3 .devcarry2/p2 .devcarry2/p3
+du -sh .devcarry/p1 .devcarry/p1b .devcarry/p1c .devcarry/p2 .devcarry/p3 .devcarry2/p2 .devcarry2/p3 .devcarry2/p4
