@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME, slot_band
-from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.codec.snac_windows import SeamStitcher, Window, WindowPolicy
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.speech import CROSSFADE_SAMPLES, SpeechSynthesizer
 from oai_server.settings import Settings
@@ -335,6 +335,22 @@ class CountingDecoder:
     async def decode(self, window: Window) -> bytes:
         self.counts.append(window.count)
         return b"\0\0" * (window.lead + SAMPLES_PER_FRAME * window.count)
+
+
+def stitched_snr(
+    decoder: Any, codes: list[tuple[int, ...]], policy: WindowPolicy, lead_s: float | None = None
+) -> tuple[float, int]:
+    """(SNR in dB of `codes` streamed in `policy`'s windows, one at a time and stitched, against one decode of the
+    whole utterance; the windows it took), `lead_s` the listener's lead at every frame. Every frame comes out as
+    2048 samples."""
+    whole = np.frombuffer(decoder.decode_sync([Window(tuple(codes), 0, len(codes))])[0], "<i2").astype(float)
+    planner = policy.planner()
+    windows = [w for code in codes for w in planner.add([code], lead_s=lead_s)] + planner.finish()
+    stitcher = SeamStitcher()
+    pcm = b"".join(stitcher.add(decoder.decode_sync([w])[0], w.lead) for w in windows) + stitcher.finish()
+    got = np.frombuffer(pcm, "<i2").astype(float)
+    assert len(got) == len(codes) * SAMPLES_PER_FRAME
+    return float(10 * np.log10(np.sum(whole**2) / np.sum((got - whole) ** 2))), len(windows)
 
 
 def frame_synthesizer(engine: Any, decoder: Any, windows: WindowPolicy) -> SpeechSynthesizer:

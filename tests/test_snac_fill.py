@@ -14,10 +14,10 @@ import pytest
 
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SEAM_SAMPLES, SeamStitcher, Window, WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG
 
-from .helpers import emitted_frames, frames, quiet_settings, quiet_snac, start_server
+from .helpers import emitted_frames, frames, quiet_settings, quiet_snac, start_server, stitched_snr
 from .test_snac_graphs import quiet_model
 
 FILLED = WindowPolicy(fill=True)
@@ -85,18 +85,7 @@ def test_filled_windows_bring_the_stream_as_close_or_closer_to_decoding_it_whole
     rng = np.random.default_rng(7)
     codes = [tuple(int(c) for c in f) for f in rng.integers(0, 4096, (23, 7))]
     try:
-        whole = np.frombuffer(decoder.decode_sync([Window(tuple(codes), 0, len(codes))])[0], "<i2").astype(float)
-
-        def snr(policy: WindowPolicy) -> float:
-            planner = policy.planner()
-            windows = [w for code in codes for w in planner.add([code])] + planner.finish()
-            stitcher = SeamStitcher()
-            pcm = b"".join(stitcher.add(decoder.decode_sync([w])[0], w.lead) for w in windows) + stitcher.finish()
-            got = np.frombuffer(pcm, "<i2").astype(float)
-            assert len(got) == len(codes) * SAMPLES_PER_FRAME
-            return float(10 * np.log10(np.sum(whole**2) / np.sum((got - whole) ** 2)))
-
-        plain, filled = snr(WindowPolicy()), snr(FILLED)
+        (plain, _), (filled, _) = stitched_snr(decoder, codes, WindowPolicy()), stitched_snr(decoder, codes, FILLED)
     finally:
         decoder.close()
     assert filled >= plain - 0.05 and filled > 30

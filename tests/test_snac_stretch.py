@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from oai_server.codec.orpheus import FRAME_SECONDS, SAMPLES_PER_FRAME
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SeamStitcher, Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
 from oai_server.engines.demo import SNAC_DEMO_CONFIG
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import SpeechStats, VoiceOptions
@@ -28,6 +28,7 @@ from .helpers import (
     frame_synthesizer,
     frames,
     start_server,
+    stitched_snr,
 )
 from .test_snac_graphs import quiet_model
 
@@ -122,18 +123,8 @@ def test_stretched_chunks_bring_the_stream_as_close_or_closer_to_decoding_it_who
     rng = np.random.default_rng(11)
     codes = [tuple(int(c) for c in f) for f in rng.integers(0, 4096, (41, 7))]
     try:
-        whole = np.frombuffer(decoder.decode_sync([Window(tuple(codes), 0, len(codes))])[0], "<i2").astype(float)
-
-        def snr(policy: WindowPolicy) -> tuple[float, int]:
-            planner = policy.planner()
-            windows = [w for code in codes for w in planner.add([code], lead_s=10.0)] + planner.finish()
-            stitcher = SeamStitcher()
-            pcm = b"".join(stitcher.add(decoder.decode_sync([w])[0], w.lead) for w in windows) + stitcher.finish()
-            got = np.frombuffer(pcm, "<i2").astype(float)
-            assert len(got) == len(codes) * SAMPLES_PER_FRAME
-            return float(10 * np.log10(np.sum(whole**2) / np.sum((got - whole) ** 2))), len(windows)
-
-        (plain, plain_windows), (stretched, stretched_windows) = snr(WindowPolicy(fill=True)), snr(STRETCHED)
+        plain, plain_windows = stitched_snr(decoder, codes, WindowPolicy(fill=True), lead_s=10.0)
+        stretched, stretched_windows = stitched_snr(decoder, codes, STRETCHED, lead_s=10.0)
     finally:
         decoder.close()
     assert stretched_windows < plain_windows
