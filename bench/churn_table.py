@@ -8,9 +8,13 @@ window's wait for its round while streams came and went; then every variant's ch
 variant's (the run's reference, e.g. raw vLLM). A variant run with `--switch-interval-ab` gets a second table: each of
 its measurements on its one engine at the GIL switch interval it ran with, against its first churn measurement, and
 one run with `--churn-repeats` a third: its churn measured again and again on one engine, by the seconds since its
-streams began churning:
+streams began churning. The engine that runs later on one card churns slower, by more than ours ÷ raw's gap (session
+39: ours ÷ raw 1.09 with ours first, 0.83 with raw first), so a variant listed again in `CHURN_VARIANTS` (best in the
+order A, B, B, A), or in several summaries given together, gets a fifth table: its engines' means pooled, against the
+first variant's pooled mean:
 
     python3 bench/churn_table.py /tmp/s6/churn_ab/summary.txt
+    python3 bench/churn_table.py call1/summary.txt call2/summary.txt    # one call's order, then the other's
 """
 
 from __future__ import annotations
@@ -144,6 +148,27 @@ def over_time_means(variants: list[tuple[str, dict[str, Any], list[dict[str, Any
     return out
 
 
+POOLED_COLUMNS = (
+    "variant", "engines (their places in the order)", "pooled mean of their later runs", "÷ the first variant's",
+)  # fmt: skip
+
+
+def pooled_means(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per distinct variant, in the order each first ran: how many engines ran it and where in the order (1 =
+    first), the mean of their later runs' means (each engine weighs alike), against the first variant's."""
+    places: dict[str, list[int]] = {}
+    means: dict[str, list[float]] = {}
+    for place, (name, _, runs) in enumerate(variants, start=1):
+        places.setdefault(name, []).append(place)
+        means.setdefault(name, []).append(sum(run["aggregate_tokens_per_s"] for run in runs) / len(runs))
+    pooled = {name: sum(values) / len(values) for name, values in means.items()}
+    reference = next(iter(pooled.values()), 0.0)
+    return [
+        [name, f"{len(places[name])} ({', '.join(map(str, places[name]))})", _number(mean), f"{mean / reference:.2f}"]
+        for name, mean in pooled.items()
+    ]
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}".replace(",", " ")
 
@@ -180,9 +205,9 @@ def markdown(table: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the table of a summary.txt."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("summary", type=Path)
+    p.add_argument("summary", type=Path, nargs="+", help="summary.txt files, read as one, in order")
     args = p.parse_args(argv)
-    text = args.summary.read_text()
+    text = "\n".join(path.read_text() for path in args.summary)
     print(markdown(rows(read_summary(text))))
     switches = read_switch_runs(text)
     if switches:  # --switch-interval-ab: the interval's A/B, each on its own engine
@@ -194,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(over_time_rows(over_time), OVER_TIME_COLUMNS))
         print()
         print(markdown(over_time_means(over_time), OVER_TIME_MEAN_COLUMNS))
+        if len({name for name, _, _ in over_time}) < len(over_time):  # a variant ran on more than one engine
+            print()
+            print(markdown(pooled_means(over_time), POOLED_COLUMNS))
     return 0
 
 

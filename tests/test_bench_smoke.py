@@ -1096,6 +1096,28 @@ def test_churn_table_averages_each_variants_later_runs_of_a_real_summary() -> No
     ]
 
 
+def test_churn_table_pools_a_variant_that_ran_on_several_engines_across_summaries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Session 39's two calls, ours first then raw first: each variant's engines pooled (ours 17 730 and 14 700, raw
+    16 295 and 17 606 on their later runs' means: ours ÷ raw 0.96 pooled), printed as a fifth table only when a
+    variant repeats."""
+    from churn_table import main, pooled_means, read_churn_over_time
+
+    results = ROOT / "bench/results/h200_s39_random_weights"
+    paths = [str(results / name / "summary.txt") for name in ("churn_stretch", "churn_raw_first")]
+    text = "\n".join(Path(path).read_text() for path in paths)
+    assert pooled_means(read_churn_over_time(text)) == [
+        ["--mode ours_in_engine", "2 (1, 5)", "16 215", "1.00"],
+        ["--mode ours_in_engine --snac-stretch-frames 8", "1 (2)", "16 335", "1.01"],
+        ["--mode raw --sampling band", "2 (3, 4)", "16 950", "1.05"],
+    ]
+    assert main(paths) == 0
+    assert "| pooled mean of their later runs |" in capsys.readouterr().out
+    assert main(paths[:1]) == 0
+    assert "pooled mean" not in capsys.readouterr().out  # no variant ran twice
+
+
 def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_path: Path) -> None:
     """`profile_engine.py --switch-interval-ab`'s lines (B, A, B, A on one engine) make a second table, each run against
     the variant's first churn measurement; variants without them are not in it, and the first table is unchanged."""
