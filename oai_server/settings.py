@@ -162,7 +162,9 @@ class Settings(BaseSettings):
     """Frames of a stretched SNAC chunk (0: off; else more than --snac-frames-per-decode): a reply whose player, playing
     on arrival, holds --snac-grow-lead times that chunk's audio gets chunks this long, fewer decoded frames per frame
     sent (11 for 8 against 7 for 4 with the defaults), shrinking back as its lead falls short. One more window length
-    for SNAC (a CUDA graph set, a compiled specialisation); off with --snac-grow-lead 0 and for seeded requests."""
+    for SNAC (a CUDA graph set, a compiled specialisation); off with --snac-grow-lead 0 and for seeded requests. On an
+    H200 8 cost bursts at capacity (208 streams against 240: a second window length, a second graph replay a round)
+    and changed nothing under Poisson arrivals (session 39), so it stays off."""
     snac_fill_windows: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("snac_fill_windows"))
     """Decode a SNAC chunk shorter than --snac-frames-per-decode (a stream's ramp, its last) with more frames of left
     context, up to the steady window's length, where the stream has them, so past its first three windows every

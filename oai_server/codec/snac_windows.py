@@ -53,12 +53,15 @@ ones three times, 1, 1, 2, 2, 3, 3, 3, 4; `"double"` is the earlier 1, 1, 2, 4),
   admitted streams that stalled from 156 of 1 690 to 2 of 1 722 (session 36), so it is on by default (1).
 * a stream far ahead of its listener can stretch its chunks (`WindowPlanner.add(..., lead_s=...)` with
   `stretch_frames` K2 > K, the server's `--snac-stretch-frames`): once a player that plays on arrival holds `grow_lead`
-  times a K2-frame chunk's audio (682 ms for K2 = 8), its chunks are K2 frames, C+K2+L decoded for K2 emitted (1.375
+  times a K2-frame chunk's audio (683 ms for K2 = 8), its chunks are K2 frames, C+K2+L decoded for K2 emitted (1.375
   decoded frames an emitted one for K2 = 8 against 1.75 at K = 4), in half as many windows. The lead is checked again
   at every `add`, so a stretched chunk still waiting for its frames goes back to K-frame chunks, at once for the frames
   it has, as soon as the lead falls short: no listener waits on a stretched chunk holding less than K2 frames' audio.
   Streams run far ahead of real time below capacity (2x at 80 % of it on an H200), where SNAC's windows compete with
-  the engine's steps for the GPU and the GIL of the engine's process; streams near real time never stretch.
+  the engine's steps for the GPU and the GIL of the engine's process; streams near real time never stretch. On an
+  H200 (session 39, one run each) it left Poisson arrivals below capacity as they were and cost bursts at capacity
+  (208 streams against 240): there the few streams that stretch add a second window length, a second graph replay a
+  round. So it is off by default.
 * windows decode by length, not by shape (`Window.decode_shape`): a decode returns all its frames' samples and
   each window cuts its own span after, so windows of one length are one batch, one CUDA graph replay, whatever
   they emit. With `fill` (the server's `--snac-fill-windows`, on where SNAC runs on CUDA) a window whose chunk is
