@@ -395,16 +395,19 @@ class WindowPolicy:
         """The shape of a stretched chunk's window (`stretch_frames`), None when chunks never stretch."""
         if self.stretch_frames <= self.frames_per_decode or self.grow_lead <= 0:
             return None
-        decoded = self.context_frames + self.stretch_frames + self.lookahead_frames
-        lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
-        return (decoded, self.context_frames, self.stretch_frames, lead)
+        return self._running_shape(self.stretch_frames)
 
     @property
     def steady_shape(self) -> WindowShape:
         """The shape of every window once a stream is past its first few frames."""
-        decoded = self.context_frames + self.frames_per_decode + self.lookahead_frames
+        return self._running_shape(self.frames_per_decode)
+
+    def _running_shape(self, count: int) -> WindowShape:
+        """The window of a chunk of `count` frames past a stream's start: C frames of context, the chunk, L of
+        lookahead, and the seam it decodes again."""
+        decoded = self.context_frames + count + self.lookahead_frames
         lead = min(self.seam_samples, self.context_frames * SAMPLES_PER_FRAME)
-        return (decoded, self.context_frames, self.frames_per_decode, lead)
+        return (decoded, self.context_frames, count, lead)
 
 
 class SeamStitcher:
