@@ -9,10 +9,12 @@
 #   .devcarry/p1c   the rest of it (call A2, which joins the two in /tmp/vl)
 #   .devcarry/p1    FlashAttention 3 (xz) and the snac wheel, with .devcarry/p2 (call B)
 #   .devcarry/p2    vLLM's Python tree, its wheels and import stubs (call B)
-#   .devcarry/p3    PyAV and watchfiles, which the server imports, and compressed-tensors and loguru, for fp8
-#                   Orpheus (call C, with vllm_env.sh; ~37 MB)
-#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop and pytest (every call after C:
-#                   `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made)
+#   .devcarry/p3    PyAV, which the server imports (call C, with vllm_env.sh; ~36 MB)
+#   .devcarry2/p2   vllm_env.sh alone, and .devcarry2/p3: py-spy, httptools, uvloop, websockets (uvicorn's WebSocket
+#                   protocol, which the guarded Realtime protocol needs), pytest, and watchfiles, which the server
+#                   imports, and compressed-tensors and loguru, for fp8 Orpheus (every call after C:
+#                   `. .devcarry2/p2/vllm_env.sh` installs them into the /tmp/site call B made); the last three were in
+#                   .devcarry/p3 until it and the tree passed the 64 MiB a call may carry
 #   .devcarry2/p4   the VAD's wheels (onnxruntime, silero-vad), only for calls that load speech input (ASR, Realtime):
 #                   with them, .devcarry2 and the tree passed the 64 MiB a call may carry (session 39), so a speech-input
 #                   call carries .devcarry2/p2 and .devcarry2/p4, one after a call that carried .devcarry2/p2 and p3
@@ -22,7 +24,8 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED_GPU:-../shared/gpu}
 PART=28M
 
-bash "$SHARED/prepare_carry.sh" .devcarry av==18.1.0 watchfiles compressed-tensors==0.17.0 loguru
+bash "$SHARED/prepare_carry.sh" .devcarry av==18.1.0
+rm -f .devcarry/p3/watchfiles-*.whl .devcarry/p3/compressed_tensors-*.whl .devcarry/p3/loguru-*.whl  # now in .devcarry2/p3
 if [ -s .devcarry/p1/C.xz ]; then  # prepare_carry.sh writes it whole: split it over the two calls A1 and A2
   rm -rf .devcarry/p1b .devcarry/p1c
   mkdir -p .devcarry/p1b .devcarry/p1c
@@ -64,7 +67,8 @@ fi
 unset _d
 SH
 rm -f .devcarry2/p3/onnxruntime-*.whl .devcarry2/p3/flatbuffers-*.whl .devcarry2/p3/silero_vad-*.whl  # earlier layout
-for folder_wheels in "p3 py-spy httptools uvloop pytest pluggy iniconfig pygments" \
+for folder_wheels in "p3 py-spy httptools uvloop websockets==15.0.1 pytest pluggy iniconfig pygments watchfiles \
+compressed-tensors==0.17.0 loguru" \
   "p4 onnxruntime==1.24.1 flatbuffers silero-vad==6.2.3"; do
   read -r folder wheels <<< "$folder_wheels"
   # shellcheck disable=SC2086  # the wheels are words
@@ -72,7 +76,9 @@ for folder_wheels in "p3 py-spy httptools uvloop pytest pluggy iniconfig pygment
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 -d ".devcarry2/$folder" $wheels
 done
-for wheel in av- watchfiles- compressed_tensors- loguru-; do  # call C imports every one (session 25 went without av)
-  compgen -G ".devcarry/p3/$wheel*.whl" > /dev/null || { echo "no $wheel wheel in .devcarry/p3" >&2; exit 1; }
+for folder_wheel in ".devcarry/p3 av-" ".devcarry2/p3 watchfiles-" ".devcarry2/p3 compressed_tensors-" \
+  ".devcarry2/p3 loguru-" ".devcarry2/p3 websockets-"; do  # the server imports every one (session 25 went without av)
+  read -r folder wheel <<< "$folder_wheel"
+  compgen -G "$folder/$wheel*.whl" > /dev/null || { echo "no $wheel wheel in $folder" >&2; exit 1; }
 done
 du -sh .devcarry/p1 .devcarry/p1b .devcarry/p1c .devcarry/p2 .devcarry/p3 .devcarry2/p2 .devcarry2/p3 .devcarry2/p4

@@ -13,9 +13,13 @@
   read it at start); the Dockerfiles, compose file and k8s manifests set it too.
 
 `uvicorn_options(settings, app)` is the extra `uvicorn.Config` keyword arguments: the guarded
-HTTP and WebSocket protocols of `routes.connections` (header limits, header/body timeouts,
-write-stall abort, the connection cap), bound to the app's metrics, and the idle keep-alive
-timeout (`keep_alive_timeout_seconds`, longer than clients' connection pools keep a connection).
+HTTP protocol of `routes.connections` (header limits, header/body timeouts, write-stall abort,
+the connection cap) and WebSocket protocol of `routes.websocket_guard` (write-stall abort), bound
+to the app's metrics, and the idle keep-alive timeout (`keep_alive_timeout_seconds`, longer than
+clients' connection pools keep a connection). Without `httptools`, uvicorn's h11 serves HTTP with
+only the header size bounded; without `websockets` (the WebSocket guard's base), HTTP keeps every
+guard and uvicorn picks its WebSocket protocol itself (`ws="auto"`: wsproto if installed, else
+none); either case logs a warning.
 """
 
 from __future__ import annotations
@@ -136,5 +140,17 @@ def uvicorn_options(settings: Settings, app: FastAPI) -> dict[str, Any]:
     events = ConnectionEvents(metrics)
     if metrics is not None:
         metrics.set_live_sources(connections=lambda: len(events.connections))
-    http, ws = bind(limits, events)
+    ws: type | str
+    try:
+        from .routes.websocket_guard import bind_websocket
+    except ImportError as exc:  # websockets missing: HTTP keeps its guards, uvicorn picks wsproto or no WebSocket
+        logger.warning(
+            "the WebSocket (Realtime) protocol is unguarded (%s): without the websockets package uvicorn "
+            "serves WebSockets through wsproto if installed, else not at all; HTTP keeps every connection guard",
+            exc,
+        )
+        ws = "auto"
+    else:
+        ws = bind_websocket(limits, events)
+    http = bind(limits, events)
     return {"http": http, "ws": ws, "h11_max_incomplete_event_size": settings.max_header_bytes, **keep_alive}

@@ -654,7 +654,8 @@ def test_flow_control_reaches_both_the_uvicorn_protocol_and_the_write_watch() ->
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    from oai_server.routes.connections import GuardedHttpToolsProtocol, GuardedWebSocketProtocol
+    from oai_server.routes.connections import GuardedHttpToolsProtocol
+    from oai_server.routes.websocket_guard import GuardedWebSocketProtocol
     from oai_server.routes.write_stall import WriteStallGuard
 
     for guarded, uvicorn_protocol in (

@@ -27,9 +27,11 @@ client still sends is read and dropped for up to `LINGER_SECONDS`, then the sock
 plain close with unread input would send an RST, which can destroy the answer before the client
 reads it).
 
-`GuardedWebSocketProtocol` gives WebSocket connections (after their upgrade, whose headers went
-through all of the above, and which count against the cap) the same write-stall abort; a silent
-peer is closed by uvicorn's ping timeout. Every refusal and cut is counted and logged through
+WebSocket connections (after their upgrade, whose headers went through all of the above, and which
+count against the cap) get the same write-stall abort from `websocket_guard.GuardedWebSocketProtocol`,
+in its own module because it needs the `websockets` package and this one does not: without
+`websockets`, HTTP keeps every guard here (`runtime_limits.uvicorn_options`). A silent WebSocket peer
+is closed by uvicorn's ping timeout. Every refusal and cut is counted and logged through
 `connection_events.ConnectionEvents`.
 """
 
@@ -37,10 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, cast
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..errors import APIError
 from .connection_events import ConnectionEvents, ConnectionLimits
@@ -297,32 +298,8 @@ class GuardedHttpToolsProtocol(WriteStallGuard, HttpToolsProtocol):
             self._answer_and_close(error)
 
 
-class GuardedWebSocketProtocol(WriteStallGuard, WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol with the write-stall abort, watched for the connection's whole life."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """uvicorn's setup, then the write watch."""
-        super().connection_made(transport)
-        self._watch_writes()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the watch, then uvicorn's bookkeeping."""
-        self._stop_watching_writes()
-        super().connection_lost(exc)
-
-    async def send(self, message: Any) -> None:
-        """uvicorn's send; a refused handshake answered with an HTTP response (`routes.errors.reject_websocket`)
-        is a finished handshake, not the "returned without completing handshake" error uvicorn would log."""
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
-            self.handshake_complete = True
-
-
-def bind(
-    limits: ConnectionLimits, events: ConnectionEvents
-) -> tuple[type[GuardedHttpToolsProtocol], type[GuardedWebSocketProtocol]]:
-    """The HTTP and WebSocket protocol classes for uvicorn's `http=` and `ws=`, bound to `limits` and `events`."""
+def bind(limits: ConnectionLimits, events: ConnectionEvents) -> type[GuardedHttpToolsProtocol]:
+    """The HTTP protocol class for uvicorn's `http=`, bound to `limits` and `events` (the WebSocket one:
+    `websocket_guard.bind_websocket`)."""
     attrs = {"limits": limits, "events": events}
-    http = type("BoundGuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
-    ws = type("BoundGuardedWebSocketProtocol", (GuardedWebSocketProtocol,), attrs)
-    return http, ws
+    return type("BoundGuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
