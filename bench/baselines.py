@@ -293,7 +293,7 @@ async def build(args: argparse.Namespace) -> Bench:
 
     from oai_server.codec.snac_model import load_snac, resolve_snac_dtype
     from oai_server.codec.snac_service import EngineSnacDecoder, SnacService, service_address
-    from oai_server.codec.snac_windows import WindowPolicy, fills_windows
+    from oai_server.codec.snac_windows import WindowPolicy, crops_decodes, fills_windows
     from oai_server.engines.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.tts_model)
@@ -310,6 +310,7 @@ async def build(args: argparse.Namespace) -> Bench:
         frames_per_decode=args.frames_per_decode,
         first_lookahead_frames=args.snac_first_lookahead_frames,
         fill=fills_windows("auto", args.snac_device),  # as the server's --snac-fill-windows
+        crop=crops_decodes(args.snac_crop_decodes, args.snac_device),  # as the server's --snac-crop-decodes
     )
     in_engine = "ours_in_engine" in args.modes
     engine: TokenEngine
@@ -460,6 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snac-device", default=None)
     p.add_argument("--modes", default="raw,seed,ours")
     p.add_argument("--snac-dtype", default="auto", help="ours: SNAC precision (the server's --snac-dtype)")
+    p.add_argument("--snac-crop-decodes", default="auto", choices=("auto", "on", "off"), help="ours: the server's flag")
     p.add_argument(
         "--snac-fusion", default="off", choices=["off", "decoder"],
         help="ours: SNAC's CUDA graphs of its compiled decoder (the server's --snac-fusion)",

@@ -304,6 +304,7 @@ async def _pipeline(
         frames_per_decode=4,
         fill=fills_windows(args.snac_fill_windows, "cuda"),
         stretch_frames=args.snac_stretch_frames,
+        crop=args.snac_crop_decodes == "on",
     )
     # as the server's warm-up does ("stream": as it did before session 28, every stream's last window eager)
     shapes = (
@@ -526,6 +527,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--snac-context-frames", type=int, default=2, help="ours_in_engine: the server's --snac-context-frames"
     )
+    p.add_argument(
+        "--snac-crop-decodes", choices=("on", "off"), default="off",
+        help="ours_in_engine: the server's --snac-crop-decodes (off: its default on CUDA; on: SNAC's later stages only "
+        "where the kept samples depend on them, session 40)",
+    )  # fmt: skip
     p.add_argument(
         "--snac-stretch-frames", type=int, default=0, help="ours_in_engine: the server's --snac-stretch-frames (0: off)"
     )

@@ -10,6 +10,8 @@ Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac 
   other than fp32 (fp32, bf16, fp16: those the device runs; `precision` lists which ran);
 * ``graph-K-decoder``: ours with each of `--fusions` other than off (the server's ``--snac-fusion``:
   the CUDA graphs of the decoder compiled by torch.compile; on the CPU, eager calls of it).
+* ``...-crop``: the steady window's decode cropped to what it keeps (the server's ``--snac-crop-decodes``,
+  `codec/snac_crop.py`; `--crops off,on` times both, the default).
 
 ``--kernel-profile`` adds, per fusion, torch.profiler's GPU kernels of eager decodes of the steady
 window at the largest batch, grouped (convolutions, elementwise kernels, the rest), so the
@@ -115,13 +117,17 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
             for context, lookahead in args.windows:
                 tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
                 for k in args.frames_per_decode:
-                    policy = WindowPolicy(context, lookahead, k)
-                    if fusion == "off" or not args.device.startswith("cuda"):
-                        schemes.append((f"eager-K{k}{tag}{suffix}", precision, model, policy, False))
-                    if args.device.startswith("cuda"):
-                        schemes.append((f"graph-K{k}{tag}{suffix}", precision, model, policy, True))
+                    for crop in args.crops:
+                        policy = WindowPolicy(context, lookahead, k, crop=crop == "on")
+                        name = f"K{k}{tag}{suffix}" + ("-crop" if crop == "on" else "")
+                        if fusion == "off" or not args.device.startswith("cuda"):
+                            schemes.append((f"eager-{name}", precision, model, policy, False))
+                        if args.device.startswith("cuda"):
+                            schemes.append((f"graph-{name}", precision, model, policy, True))
     for name, precision, model, policy, graphs in schemes:
-        shape = policy.steady_shape
+        # the steady window's decode as the server runs it: whole, or cropped (--snac-crop-decodes); K frames kept
+        shape = policy.decode_of(policy.steady_shape)
+        emitted = policy.frames_per_decode
         graph_set, capture_s = None, None
         if graphs:
             from oai_server.codec.snac_graphs import GraphSet
@@ -149,7 +155,7 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                         return decode_pcm(model, codes, shape).cpu().numpy()
 
             seconds = time_batches(run, args.device, args.repeats)
-            per_frame = seconds / (batch * shape[2])
+            per_frame = seconds / (batch * emitted)
             rows.append(
                 {
                     "scheme": name,
@@ -158,7 +164,8 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
                     "context_frames": policy.context_frames,
                     "lookahead_frames": policy.lookahead_frames,
                     "window_frames": shape[0],
-                    "emitted_frames": shape[2],
+                    "emitted_frames": emitted,
+                    "decoded_samples": shape[3] + 2048 * shape[2],
                     "ms_per_batch": round(seconds * 1e3, 3),
                     "us_per_emitted_frame": round(per_frame * 1e6, 1),
                     "realtime_streams_snac_alone": int(FRAME_SECONDS / per_frame),
@@ -195,7 +202,9 @@ def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     """GPU time per kernel group of eager decodes of the steady window at the largest batch, per fusion."""
     from torch.profiler import ProfilerActivity, profile
 
-    shape = WindowPolicy(frames_per_decode=max(args.frames_per_decode)).steady_shape
+    policy = WindowPolicy(frames_per_decode=max(args.frames_per_decode))
+    shape = policy.steady_shape
+    decoded = policy.decode_of(shape)  # the steady window's whole decode, as the server's without --snac-crop-decodes
     batch = max(args.batch)
     codes = [torch.from_numpy(level).to(args.device) for level in windows(batch, shape[0])]
     runs, rows = 5, []
@@ -203,11 +212,11 @@ def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         model = graph_model(build_model(args, fold=True), fusion)
         with torch.inference_mode():
             for _ in range(3):
-                decode_pcm(model, codes, shape)
+                decode_pcm(model, codes, decoded)
             synchronize(args.device)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(runs):
-                    decode_pcm(model, codes, shape)
+                    decode_pcm(model, codes, decoded)
                 synchronize(args.device)
         kernels: dict[str, float] = {}
         for event in prof.key_averages():
@@ -284,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         "frames decode less per emitted frame, the streamed-vs-whole SNR says what it costs)",
     )
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--crops", default="off,on", type=lambda s: [x for x in s.split(",") if x],
+        help="the steady window's decode whole (off) and cropped (on: --snac-crop-decodes), each a scheme",
+    )  # fmt: skip
     p.add_argument("--precisions", default="fp32,bf16,fp16", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument(
         "--fusions", default="off", type=lambda s: [check_fusion(x) for x in s.split(",") if x],

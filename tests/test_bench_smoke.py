@@ -622,10 +622,16 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     assert shapes == [
         ("seed", "fp32", 4, 1),
         ("eager-K2", "fp32", 5, 2),
+        ("eager-K2-crop", "fp32", 5, 2),
         ("eager-K2-decoder", "fp32", 5, 2),
+        ("eager-K2-decoder-crop", "fp32", 5, 2),
         ("eager-K2-bf16", "bf16", 5, 2),
+        ("eager-K2-bf16-crop", "bf16", 5, 2),
         ("eager-K2-bf16-decoder", "bf16", 5, 2),
+        ("eager-K2-bf16-decoder-crop", "bf16", 5, 2),
     ]
+    decoded = {r["scheme"]: r["decoded_samples"] for r in rows if "decoded_samples" in r}
+    assert decoded["eager-K2"] == 5 * 2048 and decoded["eager-K2-crop"] == 240 + 3 * 2048  # from the context's end
     assert report["fusion_vs_eager_max_abs_diff_int16"]["decoder"] <= 1
     assert all(r["us_per_emitted_frame"] > 0 for r in rows)
     assert report["precisions_ran"] == ["fp32", "bf16"]

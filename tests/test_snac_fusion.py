@@ -27,6 +27,7 @@ def test_the_compiled_decoder_decodes_what_the_eager_one_does(noiseless_snac: Pa
     eager = load_snac(str(noiseless_snac), "cpu")
     compiled = graph_model(eager, "decoder")
     assert isinstance(compiled, CompiledSnac) and type(compiled.decoder).__name__ == "OptimizedModule"
+    assert {type(run).__name__ for run in compiled.cropped.runs} == {"OptimizedModule"}  # cropped: stage by stage
     assert type(eager.decoder).__name__ == "Decoder"  # the eager model is not touched
     with torch.inference_mode():
         for batch in (1, 3):
@@ -36,6 +37,11 @@ def test_the_compiled_decoder_decodes_what_the_eager_one_does(noiseless_snac: Pa
                 got = decode_pcm(compiled, codes, shape).numpy().astype(np.int32)
                 assert got.shape == want.shape == (batch, shape[3] + 2048 * shape[2])  # the seam, then the chunk
                 assert np.abs(got - want).max() <= 1, (batch, shape)
+            for shape in WindowPolicy(fill=True, crop=True).decode_shapes:  # whole decodes and cropped ones
+                codes = codes_of(batch, shape[0])
+                want = decode_pcm(eager, codes, shape).numpy().astype(np.int32)
+                got = decode_pcm(compiled, codes, shape).numpy().astype(np.int32)
+                assert got.shape == want.shape and np.abs(got - want).max() <= 1, (batch, shape)
 
 
 def test_off_captures_the_model_itself_and_an_unknown_fusion_is_refused(noiseless_snac: Path) -> None:

@@ -8,6 +8,10 @@ whole, inductor fuses each residual addition and noise block with the Snakes aro
 per frame at batch 128 (51.8 at 64), as CUDA graphs both. (Compiling only the Snakes gave 68 us; the
 depthwise convolutions written as shifted sums for inductor to fuse gave 56 us, slower than ATen's kernel.)
 
+A cropped decode (`--snac-crop-decodes`, `snac_crop.py`) runs the decoder's stages one by one, each compiled on its
+own: compiled whole with a crop's bounds, the decoder recompiled for every pair of them. A whole decode keeps the
+decoder compiled whole, as measured above.
+
 The compiled decoder serves only the CUDA graphs captured at warm-up: every compile happens then
 (dynamic shapes; torch.compile specialises batch 1 and some window lengths, ~20 s each on the H200),
 and a replay never enters torch.compile again. Windows of other shapes (a stream's last one) decode
@@ -18,25 +22,39 @@ mode. The outputs equal the eager decoder's to float rounding (CPU: within 1 int
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
+from .snac_crop import CroppedDecoder
+
 SnacFusion = Literal["off", "decoder"]
 SNAC_FUSIONS: tuple[SnacFusion, ...] = ("off", "decoder")
+COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"fallback_random": True}
+"""SNAC's noise keeps torch's own random generator."""
 
 
 class CompiledSnac:
-    """A SNAC model's `decode` with its decoder compiled; the eager model is untouched (weights shared)."""
+    """A SNAC model's decode of a span (`snac_crop`) with its decoder compiled; the eager model is untouched
+    (weights shared)."""
 
     def __init__(self, model: Any) -> None:
         self.quantizer = model.quantizer
-        self.decoder = torch.compile(model.decoder, dynamic=True, options={"fallback_random": True})
+        self.decoder = torch.compile(model.decoder, dynamic=True, options=COMPILE_OPTIONS)
+        # a crop's bounds are Python ints, and a whole decoder compiled with them recompiled for every pair: stage by
+        # stage instead, each compiled for any length
+        stages = [torch.compile(stage, dynamic=True, options=COMPILE_OPTIONS) for stage in model.decoder.model]
+        self.cropped = CroppedDecoder(model.decoder, stages)
+        self.upsampling = math.prod(plan.upsampling for plan in self.cropped.plans)
 
-    def decode(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Audio [B, 1, samples] of codes, as `snac.SNAC.decode`."""
-        audio: torch.Tensor = self.decoder(self.quantizer.from_codes(list(codes)))
+    def decode_span(self, codes: Sequence[torch.Tensor], start: int, end: int) -> torch.Tensor:
+        """Audio [B, 1, end - start]: samples ``[start, end)`` of the codes' whole decode, by the whole compiled
+        decoder or, for a part of it, by the compiled stages cropped (`snac_crop.decode_span`)."""
+        latents = self.quantizer.from_codes(list(codes))
+        whole = start == 0 and end == latents.shape[-1] * self.upsampling
+        audio: torch.Tensor = self.decoder(latents) if whole else self.cropped(latents, start, end)
         return audio
 
 

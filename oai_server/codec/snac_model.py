@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .orpheus import SAMPLES_PER_FRAME, frames_to_levels
+from .snac_crop import decode_span_of
 from .snac_windows import WindowShape
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,6 @@ def decode_pcm(model: Any, codes: Sequence[torch.Tensor], shape: WindowShape) ->
     frames, after the `lead` samples before them (the previous chunk's last ones, decoded again)."""
     _, emit, count, lead = shape
     start = emit * SAMPLES_PER_FRAME - lead
-    audio = model.decode(list(codes))[:, 0, start : (emit + count) * SAMPLES_PER_FRAME]
+    audio = decode_span_of(model, codes, start, (emit + count) * SAMPLES_PER_FRAME)[:, 0]  # only what is kept
     # Scale in float32: float16 cannot hold 32767 * x to the nearest integer near full scale.
     return (audio.float().clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)

@@ -162,15 +162,15 @@ class SnacDecoder:
         return decode_frame_batches(self.model, self.device, self.graphs, batches)
 
     def _pcm_of(self, windows: Sequence[Window], pcm: np.ndarray) -> list[bytes]:
-        """Count a decoded batch of one length and cut each window's span (`Window.span`) of its row of the PCM
-        ``[B, 2048 * frames]`` into one s16le string."""
+        """Count a decoded batch of one decode shape and cut each window's span (`Window.cut`) of its row of the PCM
+        into one s16le string."""
         self.windows_decoded += len(windows)
         self.eager_windows += 0 if self.has_graph(windows[0].decode_shape) else len(windows)
         self.frames_decoded += len(windows[0].frames) * len(windows)
         self.frames_emitted += sum(window.count for window in windows)
         self.batches += 1
         return [
-            np.ascontiguousarray(row[window.span]).astype("<i2", copy=False).tobytes()
+            np.ascontiguousarray(row[window.cut]).astype("<i2", copy=False).tobytes()
             for window, row in zip(windows, pcm, strict=True)
         ]
 

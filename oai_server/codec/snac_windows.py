@@ -74,6 +74,10 @@ ones three times, 1, 1, 2, 2, 3, 3, 3, 4; `"double"` is the earlier 1, 1, 2, 4),
   timings). The longer windows decode more frames (C+K+L for k emitted) and only add left context, which brings a
   chunk closer to a whole decode, never further. On an H200 with 192 streams coming and going it made the engine
   1.42x as fast as the same code without it, in one run (session 37).
+* with `crop` (the server's `--snac-crop-decodes`) a window past a stream's start is cut from a decode of its frames
+  from its context's end on (`cropped_decode`: ``(7, 2, 5, 240)`` for every 7-frame window with the defaults), whose
+  later stages `snac_crop` computes only where the kept samples depend on them: the same samples, less SNAC work,
+  and still one decode, one batch, per length.
 
 Why L=1, C=2: SNAC 24 kHz is purely convolutional with a receptive radius of ~2.3 frames. Every
 frame of lookahead adds 85 ms to the first audio; L=1 gives 2048 samples of right context, and the
@@ -120,6 +124,8 @@ class Window:
     """How many frames, from `emit` on, are emitted."""
     lead: int = 0
     """Samples decoded before the emitted frames: the end of the stream's previous chunk, again (a seam)."""
+    cropped: WindowShape | None = None
+    """The cropped decode it is cut from (`snac_crop.cropped_decode`; None: its frames' whole decode)."""
 
     @property
     def shape(self) -> WindowShape:
@@ -128,14 +134,21 @@ class Window:
 
     @property
     def decode_shape(self) -> WindowShape:
-        """What its decode is (`decode_shape`): windows of one length decode as one batch, and each keeps its span
-        of the batch's PCM (`span`)."""
-        return decode_shape(self.shape)
+        """What its decode is (`decode_shape`, or its `cropped` one): windows of one length decode as one batch, and
+        each keeps its span of the batch's PCM (`cut`)."""
+        return self.cropped or decode_shape(self.shape)
 
     @property
     def span(self) -> slice:
         """The samples of its whole decode that it emits: its `lead`, then 2048 per emitted frame."""
         return slice(self.emit * SAMPLES_PER_FRAME - self.lead, (self.emit + self.count) * SAMPLES_PER_FRAME)
+
+    @property
+    def cut(self) -> slice:
+        """Its `span` in the samples its decode returns (`decode_shape`: from that decode's lead on)."""
+        _, emit, _, lead = self.decode_shape
+        start = emit * SAMPLES_PER_FRAME - lead
+        return slice(self.span.start - start, self.span.stop - start)
 
 
 WindowShape = tuple[int, int, int, int]
@@ -146,6 +159,27 @@ def decode_shape(shape: WindowShape) -> WindowShape:
     share it whatever they emit, so they decode as one batch (one CUDA graph replay), each cutting its own span
     after."""
     return (shape[0], 0, shape[0], 0)
+
+
+def cropped_decode(shape: WindowShape, context: int, chunk: int, lookahead: int, seam: int) -> WindowShape | None:
+    """The decode a window of `shape` (frames, emit, count, lead) is cut from when decodes are cropped: its frames
+    from the context's end on, ``(frames, e, frames - e, lead)`` with ``e = min(context, frames - chunk - lookahead)``
+    (None: its frames' whole decode). Every window of a length past a stream's start lies in it: a running chunk
+    ends at the lookahead and is at most `chunk` frames long, a stream's last ones end at the window's end. A window
+    emitting before it (a stream's first ones) is not cropped."""
+    frames, emit = shape[0], shape[1]
+    start = max(0, min(context, frames - chunk - lookahead))
+    if start == 0 or emit < start:
+        return None
+    return (frames, start, frames - start, min(seam, start * SAMPLES_PER_FRAME))
+
+
+def crops_decodes(setting: str, device: str) -> bool:
+    """Whether a `WindowPolicy` crops its decodes (`crop`) for the `--snac-crop-decodes` value `setting` (auto, on,
+    off) with SNAC decoding on `device`: auto crops on the CPU, where it was measured."""
+    if setting != "auto":
+        return setting == "on"
+    return device == "cpu"
 
 
 def fills_windows(setting: str, device: str, cuda_graphs: bool = True) -> bool:
@@ -170,9 +204,11 @@ class WindowPlanner:
         grow_lead: float = 1.0,
         fill: bool = False,
         stretch_frames: int = 0,
+        crop: bool = False,
     ) -> None:
         self.context = context_frames
         self.fill = fill
+        self.crop = crop
         self.stretch = stretch_frames if stretch_frames > frames_per_decode else 0
         self.ramp = ramp
         self.grow_lead = grow_lead
@@ -240,7 +276,14 @@ class WindowPlanner:
         if self._lead_s is not None:
             self._lead_s += count * FRAME_SECONDS
         emit = first - start
-        return Window(tuple(self._frames[start:end]), emit, count, min(self.seam_samples, emit * SAMPLES_PER_FRAME))
+        lead = min(self.seam_samples, emit * SAMPLES_PER_FRAME)
+        shape = (end - start, emit, count, lead)
+        cropped = (
+            cropped_decode(shape, self.context, self.frames_per_decode, self.lookahead, self.seam_samples)
+            if self.crop
+            else None
+        )
+        return Window(tuple(self._frames[start:end]), emit, count, lead, cropped)
 
     def add(self, frames: Sequence[Frame], *, hurry: bool = False, lead_s: float | None = None) -> list[Window]:
         """Add complete frames; return the windows whose frames can now be emitted. With `hurry` (the stream's
@@ -304,6 +347,9 @@ class WindowPolicy:
     """Frames of a stretched chunk (K2 > K; 0: off): a stream whose listener holds `grow_lead` times K2 frames' audio
     sends K2-frame chunks instead of K, C + K2 + L frames decoded for K2 emitted (see the module docstring). Needs
     `grow_lead` > 0: without a listener's lead no chunk stretches."""
+    crop: bool = False
+    """Windows past a stream's start decode only from their context's end on (`snac_crop`): the same samples, less
+    SNAC work."""
 
     def planner(self) -> WindowPlanner:
         """A planner for one stream."""
@@ -317,6 +363,7 @@ class WindowPolicy:
             self.grow_lead,
             self.fill,
             self.stretch_frames,
+            self.crop,
         )
 
     @property
@@ -387,8 +434,15 @@ class WindowPolicy:
 
     @property
     def decode_shapes(self) -> tuple[WindowShape, ...]:
-        """The decodes of `graph_shapes` (`decode_shape`), each once: what the server captures as CUDA graphs."""
-        return tuple(dict.fromkeys(decode_shape(shape) for shape in self.graph_shapes))
+        """The decodes of `graph_shapes` (`decode_of`), each once: what the server captures as CUDA graphs."""
+        return tuple(dict.fromkeys(self.decode_of(shape) for shape in self.graph_shapes))
+
+    def decode_of(self, shape: WindowShape) -> WindowShape:
+        """The decode a window of `shape` is cut from: its frames' whole one, or the cropped one with `crop`."""
+        if not self.crop:
+            return decode_shape(shape)
+        context, chunk, lookahead = self.context_frames, self.frames_per_decode, self.lookahead_frames
+        return cropped_decode(shape, context, chunk, lookahead, self.seam_samples) or decode_shape(shape)
 
     @property
     def stretched_shape(self) -> WindowShape | None:

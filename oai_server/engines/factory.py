@@ -12,7 +12,7 @@ from typing import Any
 from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_service import EngineSnacDecoder
 from ..codec.snac_stream import SnacDecoder, SnacDecoding
-from ..codec.snac_windows import WindowPolicy, fills_windows
+from ..codec.snac_windows import WindowPolicy, crops_decodes, fills_windows
 from ..settings import Settings
 from .asr_factory import build_asr, build_vad
 from .balanced import BalancedEngine
@@ -365,4 +365,5 @@ def window_policy(settings: Settings) -> WindowPolicy:
         settings.snac_grow_lead,
         fills_windows(settings.snac_fill_windows, resolve_device(settings.snac_device), settings.snac_cuda_graphs),
         settings.snac_stretch_frames,
+        crops_decodes(settings.snac_crop_decodes, resolve_device(settings.snac_device)),
     )
