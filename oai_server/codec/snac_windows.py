@@ -125,7 +125,7 @@ class Window:
     lead: int = 0
     """Samples decoded before the emitted frames: the end of the stream's previous chunk, again (a seam)."""
     cropped: WindowShape | None = None
-    """The cropped decode it is cut from (`snac_crop.cropped_decode`; None: its frames' whole decode)."""
+    """The cropped decode it is cut from (`cropped_decode`; None: its frames' whole decode)."""
 
     @property
     def shape(self) -> WindowShape:
