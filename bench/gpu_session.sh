@@ -297,7 +297,9 @@ onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
   W=$S/gap; mkdir -p $W
-  OUT=$W CARDS=${GAP_CARDS:-2} PLACEMENT=${PL:-speech} PHASES=${GAP_PHASES:-ttfa,burst} BURST_N=${BURST_N:-288} PYSPY_S=${PYSPY_S-15} \
+  # NO_CLEANUP: placement stops its own server by its process group; gpu_load.sh's cleanup kills by a pattern this
+  # job runner's command line holds too, which took the jobs named after gap with it (session 40)
+  NO_CLEANUP=1 OUT=$W CARDS=${GAP_CARDS:-2} PLACEMENT=${PL:-speech} PHASES=${GAP_PHASES:-ttfa,burst} BURST_N=${BURST_N:-288} PYSPY_S=${PYSPY_S-15} \
     TOP_S=${TOP_S-20} PYSPY=/tmp/site/bin/py-spy LOAD_ARGS="--client-procs ${CLIENT_PROCS:-8}" BUDGET_S=${BUD:-540} \
     bash bench/gpu_load.sh placement > $W/placement.log 2>&1
 }
