@@ -12,8 +12,9 @@ generated tokens. Once the status line is out the server must end the stream rec
 
 Failures below the engine seam come from the real parts: a forward hook on the real model makes the
 engine's worker thread raise (`EngineError` at the seam, "The engine failed: ..." on the wire), and one
-on SNAC's decoder makes the batched decode fail (any other exception: the generic 500 message, with no
-internals leaked), streamed and whole. After each fault the server serves the next request normally.
+on the first stage of SNAC's decoder (which every decode runs, whole or cropped) makes the batched decode
+fail (any other exception: the generic 500 message, with no internals leaked), streamed and whole. After each
+fault the server serves the next request normally.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def test_a_snac_failure_mid_stream_is_a_generic_error_event(
     error (nothing of the internals on the wire) and the failure is logged with its traceback."""
     snac = fault_server.live.services.engines.snac
     caplog.set_level(logging.ERROR)
-    with broken(snac.model.decoder, after=3, error=RuntimeError("secret internals")):
+    with broken(snac.model.decoder.model[0], after=3, error=RuntimeError("secret internals")):
         events = sse_payloads(fault_server, speech_body())
     deltas, last = events[:-1], events[-1]
     assert deltas and base64.b64decode("".join(event["audio"] for event in deltas))
@@ -281,7 +282,7 @@ def test_a_snac_failure_mid_stream_is_a_generic_error_event(
 def test_a_generic_failure_in_a_whole_reply_is_a_generic_500(fault_server: FaultServer) -> None:
     """Any exception that is not an engine's, in a non-streamed spoken chat reply: the generic 500 envelope."""
     snac = fault_server.live.services.engines.snac
-    with broken(snac.model.decoder, after=1, error=ValueError("secret internals")):
+    with broken(snac.model.decoder.model[0], after=1, error=ValueError("secret internals")):
         response = httpx.post(
             f"{fault_server.live.url}/v1/chat/completions",
             json={"model": MODEL, "messages": MESSAGES, "max_tokens": 20, "seed": 1,
