@@ -110,14 +110,16 @@ class CroppedDecoder(torch.nn.Module):
 
 
 def decode_span_of(model: Any, codes: Sequence[torch.Tensor], start: int, end: int) -> torch.Tensor:
-    """Samples ``[start, end)`` (``[B, 1, end - start]``) of the codes' whole decode by `model`: a SNAC model, one that
-    decodes spans itself (``decode_span``, `snac_fusion.CompiledSnac`), or anything else with a ``decode`` (a stand-in
-    in a test or a bench: its whole decode, cut)."""
-    decode = getattr(model, "decode_span", None)
-    if decode is not None:
-        audio: torch.Tensor = decode(codes, start, end)
-        return audio
+    """Samples ``[start, end)`` (``[B, 1, end - start]``) of the codes' whole decode by `model`: a SNAC model or its
+    `snac_fusion.CompiledSnac` (the whole span through its ``decoder``, a part through its ``cropped`` decoder, or one
+    built here), or anything else with a ``decode`` (a stand-in in a test or a bench: its whole decode, cut)."""
     if not hasattr(model, "decoder"):
         whole: torch.Tensor = model.decode(list(codes))
         return whole[..., start:end]
-    return CroppedDecoder(model.decoder)(model.quantizer.from_codes(list(codes)), start, end)
+    latents = model.quantizer.from_codes(list(codes))
+    if start == 0 and end == latents.shape[-1] * int(model.hop_length):  # nothing to crop: the decoder as it is
+        audio: torch.Tensor = model.decoder(latents)
+        return audio
+    cropped = getattr(model, "cropped", None) or CroppedDecoder(model.decoder)
+    span: torch.Tensor = cropped(latents, start, end)
+    return span

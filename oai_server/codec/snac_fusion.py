@@ -22,8 +22,7 @@ mode. The outputs equal the eager decoder's to float rounding (CPU: within 1 int
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -37,25 +36,17 @@ COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"fallback_r
 
 
 class CompiledSnac:
-    """A SNAC model's decode of a span (`snac_crop`) with its decoder compiled; the eager model is untouched
-    (weights shared)."""
+    """A SNAC model with its decoder compiled, whole and stage by stage for cropped decodes (`snac_crop.decode_span_of`
+    decodes with it as with the model); the eager model is untouched (weights shared)."""
 
     def __init__(self, model: Any) -> None:
         self.quantizer = model.quantizer
+        self.hop_length = model.hop_length
         self.decoder = torch.compile(model.decoder, dynamic=True, options=COMPILE_OPTIONS)
         # a crop's bounds are Python ints, and a whole decoder compiled with them recompiled for every pair: stage by
         # stage instead, each compiled for any length
         stages = [torch.compile(stage, dynamic=True, options=COMPILE_OPTIONS) for stage in model.decoder.model]
         self.cropped = CroppedDecoder(model.decoder, stages)
-        self.upsampling = math.prod(plan.upsampling for plan in self.cropped.plans)
-
-    def decode_span(self, codes: Sequence[torch.Tensor], start: int, end: int) -> torch.Tensor:
-        """Audio [B, 1, end - start]: samples ``[start, end)`` of the codes' whole decode, by the whole compiled
-        decoder or, for a part of it, by the compiled stages cropped (`snac_crop.decode_span`)."""
-        latents = self.quantizer.from_codes(list(codes))
-        whole = start == 0 and end == latents.shape[-1] * self.upsampling
-        audio: torch.Tensor = self.decoder(latents) if whole else self.cropped(latents, start, end)
-        return audio
 
 
 def check_fusion(fusion: str) -> SnacFusion:
