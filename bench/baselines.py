@@ -302,7 +302,10 @@ async def build(args: argparse.Namespace) -> Bench:
     decoders: dict[str, SnacDecoder] = {}
     if "ours" in args.modes:
         decoders["ours"] = SnacDecoder(
-            load_snac(args.snac, args.snac_device, snac_dtype), args.snac_device, 64, args.snac_fusion
+            load_snac(args.snac, args.snac_device, snac_dtype, args.snac_depthwise),
+            args.snac_device,
+            64,
+            args.snac_fusion,
         )
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
@@ -331,7 +334,14 @@ async def build(args: argparse.Namespace) -> Bench:
     if in_engine:
         in_engine_decoders = [
             await asyncio.to_thread(
-                EngineSnacDecoder.load, service, args.snac, args.snac_device, snac_dtype, 64, args.snac_fusion
+                EngineSnacDecoder.load,
+                service,
+                args.snac,
+                args.snac_device,
+                snac_dtype,
+                64,
+                args.snac_fusion,
+                args.snac_depthwise,
             )
             for service in snac_services(args.engines)
         ]
@@ -462,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default="raw,seed,ours")
     p.add_argument("--snac-dtype", default="auto", help="ours: SNAC precision (the server's --snac-dtype)")
     p.add_argument("--snac-crop-decodes", default="auto", choices=("auto", "on", "off"), help="ours: the server's flag")
+    p.add_argument("--snac-depthwise", default="auto", choices=("auto", "aten", "triton"), help="ours: the server's")
     p.add_argument(
         "--snac-fusion", default="off", choices=["off", "decoder"],
         help="ours: SNAC's CUDA graphs of its compiled decoder (the server's --snac-fusion)",

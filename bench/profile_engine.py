@@ -319,7 +319,7 @@ async def _pipeline(
         closers.append(control.close)
     if args.snac_decode == "idle":  # SNAC loaded, compiled and captured in the engine's process, then never asked
         service = await asyncio.to_thread(
-            EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion
+            EngineSnacDecoder.load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion, args.snac_depthwise
         )
         await service.capture_graphs(shapes)
         closers.append(service.close)
@@ -329,7 +329,9 @@ async def _pipeline(
     else:
         gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
-        decoder = await asyncio.to_thread(load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion)
+        decoder = await asyncio.to_thread(
+            load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion, args.snac_depthwise
+        )
         control = decoder.connection
     await decoder.capture_graphs(shapes)
     closers.append(decoder.close)
@@ -531,6 +533,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snac-crop-decodes", choices=("on", "off"), default="off",
         help="ours_in_engine: the server's --snac-crop-decodes (off: its default on CUDA; on: SNAC's later stages only "
         "where the kept samples depend on them, session 40)",
+    )  # fmt: skip
+    p.add_argument(
+        "--snac-depthwise", choices=("aten", "triton"), default="aten",
+        help="ours_in_engine: the server's --snac-depthwise (aten: its default; triton: SNAC's depthwise convolutions "
+        "by one Triton kernel each, session 41)",
     )  # fmt: skip
     p.add_argument(
         "--snac-stretch-frames", type=int, default=0, help="ours_in_engine: the server's --snac-stretch-frames (0: off)"

@@ -12,8 +12,10 @@ Schemes (all on the real SNAC 24 kHz architecture; random weights unless --snac 
   the CUDA graphs of the decoder compiled by torch.compile; on the CPU, eager calls of it).
 * ``...-crop``: the steady window's decode cropped to what it keeps (the server's ``--snac-crop-decodes``,
   `codec/snac_crop.py`; `--crops off,on` times both, the default).
+* ``...-triton``: SNAC's depthwise convolutions by the Triton kernel (the server's ``--snac-depthwise triton``,
+  `codec/snac_depthwise.py`; `--depthwise aten,triton` times both; off CUDA it is ATen's anyway).
 
-``--kernel-profile`` adds, per fusion, torch.profiler's GPU kernels of eager decodes of the steady
+``--kernel-profile`` adds, per fusion and depthwise kernel, torch.profiler's GPU kernels of eager decodes of the steady
 window at the largest batch, grouped (convolutions, elementwise kernels, the rest), so the
 cost per frame is split into where it goes.
 
@@ -31,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
 from oai_server.codec.orpheus import FRAME_SECONDS, frames_to_levels
+from oai_server.codec.snac_depthwise import check_depthwise, use_depthwise
 from oai_server.codec.snac_fusion import check_fusion, graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm, remove_noise_blocks
 from oai_server.codec.snac_windows import WindowPolicy, fills_windows
@@ -71,6 +75,11 @@ def snac_model(path: str | None, device: str, *, fold: bool, noise: bool = True)
     if fold:
         fold_weight_norm(model)
     return model.to(device).eval()
+
+
+def with_depthwise(model: Any, depthwise: str) -> Any:
+    """`model` itself for ATen's depthwise kernel; for ``triton`` a copy with the Triton kernel swapped in."""
+    return model if depthwise == "aten" else use_depthwise(copy.deepcopy(model), "triton")
 
 
 def synchronize(device: str) -> None:
@@ -109,11 +118,13 @@ def measure(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
     schemes: list[tuple[str, str, Any, WindowPolicy, bool]] = [
         ("seed", "fp32", seed_model, WindowPolicy(2, 1, 1), False)
     ]
-    for precision in precisions:
-        cast_model = cast(ours, precision)  # a copy per precision, shared by its fusions (they only wrap it)
+    for precision, depthwise in [(precision, depthwise) for precision in precisions for depthwise in args.depthwise]:
+        # a copy per precision and kernel, shared by its fusions (they only wrap it)
+        cast_model = with_depthwise(cast(ours, precision), depthwise)
         for fusion in args.fusions:
             model = graph_model(cast_model, fusion)
             suffix = ("" if precision == "fp32" else f"-{precision}") + ("" if fusion == "off" else f"-{fusion}")
+            suffix += "" if depthwise == "aten" else f"-{depthwise}"
             for context, lookahead in args.windows:
                 tag = "" if (context, lookahead) == DEFAULT_WINDOWS else f"-C{context}L{lookahead}"
                 for k in args.frames_per_decode:
@@ -184,11 +195,13 @@ def fusion_matches_eager(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         eager = decode_pcm(model, codes, shape).cpu().numpy().astype(np.int32)
         out = {}
-        for fusion in args.fusions:
-            if fusion != "off":
-                got = decode_pcm(graph_model(model, fusion), codes, shape).cpu().numpy().astype(np.int32)
-                out[fusion] = int(np.abs(got - eager).max())
-                out[f"{fusion}_snr_db"] = snr_db(eager.astype(np.float64), got.astype(np.float64))
+        for fusion, depthwise in [(fusion, depthwise) for fusion in args.fusions for depthwise in args.depthwise]:
+            if fusion != "off" or depthwise != "aten":
+                variant = graph_model(with_depthwise(model, depthwise), fusion)
+                got = decode_pcm(variant, codes, shape).cpu().numpy().astype(np.int32)
+                key = fusion + ("" if depthwise == "aten" else f"-{depthwise}")
+                out[key] = int(np.abs(got - eager).max())
+                out[f"{key}_snr_db"] = snr_db(eager.astype(np.float64), got.astype(np.float64))
     return out
 
 
@@ -199,7 +212,8 @@ KERNEL_GROUPS = (  # first match wins: inductor names its fused kernels after th
 
 
 def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """GPU time per kernel group of eager decodes of the steady window at the largest batch, per fusion."""
+    """GPU time per kernel group of eager decodes of the steady window at the largest batch, per fusion and depthwise
+    kernel."""
     from torch.profiler import ProfilerActivity, profile
 
     policy = WindowPolicy(frames_per_decode=max(args.frames_per_decode))
@@ -208,8 +222,8 @@ def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     batch = max(args.batch)
     codes = [torch.from_numpy(level).to(args.device) for level in windows(batch, shape[0])]
     runs, rows = 5, []
-    for fusion in args.fusions:
-        model = graph_model(build_model(args, fold=True), fusion)
+    for fusion, depthwise in [(fusion, depthwise) for fusion in args.fusions for depthwise in args.depthwise]:
+        model = graph_model(with_depthwise(build_model(args, fold=True), depthwise), fusion)
         with torch.inference_mode():
             for _ in range(3):
                 decode_pcm(model, codes, decoded)
@@ -234,6 +248,7 @@ def kernel_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append(
             {
                 "fusion": fusion,
+                "depthwise": depthwise,
                 "batch": batch,
                 "window": list(shape),
                 "gpu_us_per_decode": round(total, 1),
@@ -302,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fusions", default="off", type=lambda s: [check_fusion(x) for x in s.split(",") if x],
         help="the server's --snac-fusion values to time: off,decoder (torch.compile; off is the reference)",
     )  # fmt: skip
+    p.add_argument(
+        "--depthwise", default="aten", type=lambda s: [check_depthwise(x) for x in s.split(",") if x],
+        help="the server's --snac-depthwise kernels to time: aten,triton (the Triton kernel on CUDA; ATen's elsewhere)",
+    )  # fmt: skip
     p.add_argument("--kernel-profile", action="store_true", help="GPU time per kernel group (CUDA only)")
     p.add_argument("--ramp", default=WindowPolicy().ramp, help="the chunks' ramp of the streamed SNRs (--snac-ramp)")
     p.add_argument(
@@ -358,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         report["graph_vs_eager"] = graph_matches_eager(args)
         print("graph vs eager:", report["graph_vs_eager"], flush=True)
-    if any(fusion != "off" for fusion in args.fusions):
+    if any(fusion != "off" for fusion in args.fusions) or args.depthwise != ["aten"]:
         report["fusion_vs_eager_max_abs_diff_int16"] = fusion_matches_eager(args)
         print("fusion vs eager:", report["fusion_vs_eager_max_abs_diff_int16"], flush=True)
     if args.kernel_profile and args.device.startswith("cuda"):

@@ -14,6 +14,7 @@ import torch
 
 from .orpheus import SAMPLES_PER_FRAME, frames_to_levels
 from .snac_crop import decode_span_of
+from .snac_depthwise import SnacDepthwise, resolve_snac_depthwise, use_depthwise
 from .snac_windows import WindowShape
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ def resolve_snac_dtype(dtype: str, device: str) -> torch.dtype:
     return SNAC_DTYPES[dtype]
 
 
-def load_snac(name_or_path: str, device: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_snac(
+    name_or_path: str, device: str, dtype: torch.dtype = torch.float32, depthwise: SnacDepthwise = "auto"
+) -> torch.nn.Module:
     """Load a SNAC model from a local dir (config.json + pytorch_model.bin) or a Hub id, ready for
     inference: eval mode, weight norm folded into the weights (the same outputs, without recomputing
-    every weight on every decode), in `dtype`."""
+    every weight on every decode), in `dtype`, its depthwise convolutions computed by `depthwise`
+    (`snac_depthwise.resolve_snac_depthwise` on `device`)."""
     from snac import SNAC
 
     from ..errors import ModelLoadError
@@ -61,7 +65,8 @@ def load_snac(name_or_path: str, device: str, dtype: torch.dtype = torch.float32
             "for the offline demo profile."
         ) from exc
     fold_weight_norm(model)
-    return checked_precision(model.to(device=device).eval(), dtype)
+    checked = checked_precision(model.to(device=device).eval(), dtype)
+    return use_depthwise(checked, resolve_snac_depthwise(depthwise, device))
 
 
 def checked_precision(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .snac_depthwise import SnacDepthwise, check_depthwise
 from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
@@ -127,13 +128,13 @@ class SnacService:
                 return  # the server went away mid-answer; wait for the next one
 
     def handle(self, op: str, *args: Any) -> Any:
-        """One request: ``load(name, dtype, max_batch, fusion)``, ``capture(shapes)``, ``decode(frames, shape)``,
-        ``decode_many([(frames, shape), ...])``, ``switch_interval(seconds | None)`` (the process's GIL switch interval,
-        set unless None; the one in force back) or ``stats()``."""
+        """One request: ``load(name, dtype, max_batch, fusion[, depthwise])``, ``capture(shapes)``,
+        ``decode(frames, shape)``, ``decode_many([(frames, shape), ...])``, ``switch_interval(seconds | None)`` (the
+        process's GIL switch interval, set unless None; the one in force back) or ``stats()``."""
         if op == "load":
-            name, dtype, self.max_batch, fusion = args
+            name, dtype, self.max_batch, fusion, *depthwise = args  # depthwise: a server before session 41 sends none
             self.fusion = check_fusion(fusion)
-            self.model = load_snac(name, self.device, getattr(torch, dtype))
+            self.model = load_snac(name, self.device, getattr(torch, dtype), check_depthwise(*depthwise or ["auto"]))
             self.graphs = {}
             return None
         if self.model is None and op in ("capture", "decode", "decode_many"):
@@ -280,11 +281,12 @@ class EngineSnacDecoder(SnacDecoder):
         dtype: torch.dtype,
         max_batch: int = 64,
         fusion: SnacFusion = "off",
+        depthwise: SnacDepthwise = "auto",
     ) -> EngineSnacDecoder:
         """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
         connection = ServiceConnection.open(name)
         try:
-            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch, fusion)
+            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch, fusion, depthwise)
         except BaseException:
             connection.close()
             raise

@@ -232,7 +232,9 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     snac_hosts = snac_hosts_of(settings, layout)
     snac: SnacDecoding | None = None
     if not snac_hosts:
-        snac_model = await asyncio.to_thread(load_snac, settings.snac_model_name, device, dtype)
+        snac_model = await asyncio.to_thread(
+            load_snac, settings.snac_model_name, device, dtype, settings.snac_depthwise
+        )
         snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch, fusion=settings.snac_fusion)
     try:
         llm, tts = await _build(settings, kind, layout, snac_hosts)
@@ -306,6 +308,7 @@ async def engine_snac_decoders(
                     dtype,
                     settings.snac_max_batch,
                     settings.snac_fusion,
+                    settings.snac_depthwise,
                 )
             )
     except BaseException:

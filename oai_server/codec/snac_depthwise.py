@@ -1,0 +1,207 @@
+"""SNAC's depthwise convolutions as one Triton kernel each on CUDA (`--snac-depthwise triton`): the same samples.
+
+SNAC's decoder has thirteen depthwise convolutions (one filter per channel, kernel 7): the input's, and one in each
+of the twelve residual units (dilations 1, 3 and 9). On CUDA in float32, ATen runs them with its generic depthwise
+kernel, a loop with no reuse of what neighbouring outputs read, and on an H200 that kernel took 45 % of the compiled
+decoder's GPU time: 10.8 of 24.1 ms for 128 steady windows (`bench/results/h200x2_s14_random_weights/`, `snac_decode.py
+--kernel-profile`), for a stencil that reads and writes each activation once. Written as shifted sums for inductor to
+fuse (session 14) it got slower (56 against 48 us a frame): inductor recomputed the Snake before it for every tap.
+
+`depthwise_conv1d` is that stencil as a Triton kernel: one program per row (a batch item's channel) and block of
+output samples, the seven taps loaded from the input as it lies (any strides: a cropped decode's slices), summed in
+float32. `use_triton_depthwise` swaps SNAC's depthwise `Conv1d`s for `TritonDepthwiseConv1d`, a `Conv1d` that calls
+it through the `oai_server::snac_depthwise_conv1d` custom operator on CUDA (torch.compile and CUDA graphs see one
+opaque call) and is ATen's convolution anywhere else. Its samples equal ATen's to float rounding (the sum's order).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Literal
+
+import torch
+
+SnacDepthwise = Literal["auto", "aten", "triton"]
+SNAC_DEPTHWISE: tuple[SnacDepthwise, ...] = ("auto", "aten", "triton")
+
+
+def check_depthwise(depthwise: str) -> SnacDepthwise:
+    """`depthwise` if it is one of `SNAC_DEPTHWISE`, else ValueError."""
+    if depthwise not in SNAC_DEPTHWISE:
+        raise ValueError(f"unknown SNAC depthwise kernel {depthwise!r}; one of {', '.join(SNAC_DEPTHWISE)}")
+    return depthwise
+
+
+def resolve_snac_depthwise(depthwise: SnacDepthwise, device: str) -> Literal["aten", "triton"]:
+    """`auto` -> ATen's kernel everywhere, until the Triton kernel is measured in the server on the GPU; `triton`
+    -> ATen's off CUDA too (the kernel is CUDA's)."""
+    if depthwise == "triton" and device.startswith("cuda"):
+        return "triton"
+    return "aten"
+
+
+def is_depthwise(module: torch.nn.Module) -> bool:
+    """Whether `module` is a depthwise convolution `TritonDepthwiseConv1d` computes: one filter per channel, stride 1,
+    zero padding given as a number."""
+    return (
+        type(module) is torch.nn.Conv1d
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+        and module.stride == (1,)
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+    )
+
+
+def output_length(length: Any, kernel: int, padding: int, dilation: int) -> Any:
+    """Samples out of a stride-1 convolution of `length` samples (an int, or torch.compile's symbolic size)."""
+    return length + 2 * padding - dilation * (kernel - 1)
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The Triton kernel, compiled per kernel size and block on first use (imported late: CPU installs have no
+    Triton, and `TRITON_INTERPRET=1` must be set before it decorates)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def depthwise_conv1d_kernel(  # type: ignore[no-untyped-def]
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        out_ptr,
+        channels,
+        length_in,
+        length_out,
+        stride_b,
+        stride_c,
+        stride_t,
+        padding,
+        dilation,
+        HAS_BIAS: tl.constexpr,
+        KERNEL: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0)  # batch item * channels + channel
+        batch, channel = row // channels, row % channels
+        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        keep = t < length_out
+        row_ptr = x_ptr + batch * stride_b + channel * stride_c
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for tap in tl.static_range(KERNEL):
+            source = t + tap * dilation - padding
+            inside = keep & (source >= 0) & (source < length_in)
+            x = tl.load(row_ptr + source * stride_t, mask=inside, other=0.0)
+            acc += x.to(tl.float32) * tl.load(w_ptr + channel * KERNEL + tap).to(tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + channel).to(tl.float32)
+        tl.store(out_ptr + row * length_out + t, acc.to(out_ptr.dtype.element_ty), mask=keep)
+
+    return depthwise_conv1d_kernel
+
+
+def _block(length: int) -> int:
+    """Output samples a program computes: the row's length to the next power of two, 32 to 1024."""
+    return max(32, min(1024, 1 << max(0, length - 1).bit_length()))
+
+
+def depthwise_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+) -> torch.Tensor:
+    """``conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=C)`` of `x` ``[B, C, T]`` (weight
+    ``[C, 1, K]``) by the Triton kernel, contiguous ``[B, C, T']``, in `x`'s dtype (float32 sums)."""
+    batch, channels, length = x.shape
+    kernel = weight.shape[-1]
+    length_out = output_length(length, kernel, padding, dilation)
+    out = torch.empty((batch, channels, length_out), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    weight = weight.reshape(channels, kernel).contiguous()
+    block = _block(length_out)
+    grid = (batch * channels, -(-length_out // block))
+    _kernel()[grid](
+        x,
+        weight,
+        bias if bias is not None else weight,  # never read without HAS_BIAS
+        out,
+        channels,
+        length,
+        length_out,
+        *x.stride(),
+        padding,
+        dilation,
+        HAS_BIAS=bias is not None,
+        KERNEL=kernel,
+        BLOCK=block,
+    )
+    return out
+
+
+@torch.library.custom_op("oai_server::snac_depthwise_conv1d", mutates_args=())
+def snac_depthwise_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+) -> torch.Tensor:
+    """SNAC's depthwise convolution: the Triton kernel on CUDA (`depthwise_conv1d`), and on the CPU under Triton's
+    interpreter (``TRITON_INTERPRET=1``: the tests); ATen's elsewhere."""
+    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return depthwise_conv1d(x, weight, bias, padding, dilation)
+    return torch.nn.functional.conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+@snac_depthwise_conv1d.register_fake
+def _snac_depthwise_conv1d_shape(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+) -> torch.Tensor:
+    length_out = output_length(x.shape[-1], weight.shape[-1], padding, dilation)
+    return x.new_empty((x.shape[0], x.shape[1], length_out))
+
+
+class TritonDepthwiseConv1d(torch.nn.Conv1d):
+    """A depthwise `Conv1d` (`is_depthwise`) computed by `snac_depthwise_conv1d`; its weight and bias are the
+    replaced convolution's own (shared), and `snac_crop` plans it as the convolution it is."""
+
+    @classmethod
+    def replacing(cls, conv: torch.nn.Conv1d) -> TritonDepthwiseConv1d:
+        """The module computing `conv` (`is_depthwise`) with the Triton kernel."""
+        module = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size[0],
+            padding=int(conv.padding[0]),
+            dilation=conv.dilation[0],
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device="meta",
+        )
+        module.weight = conv.weight
+        module.bias = conv.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of `x` ``[B, C, T]``."""
+        out: torch.Tensor = torch.ops.oai_server.snac_depthwise_conv1d(
+            x,
+            self.weight,
+            self.bias,
+            int(self.padding[0]),
+            int(self.dilation[0]),
+        )
+        return out
+
+
+def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
+    """`model` (a loaded SNAC) with its decoder's depthwise convolutions computed by `depthwise`, swapped in place
+    (`TritonDepthwiseConv1d`; ATen's: as loaded); returns it."""
+    if depthwise == "triton":
+        for parent in list(model.decoder.modules()):
+            for name, child in list(parent.named_children()):
+                if is_depthwise(child):
+                    setattr(parent, name, TritonDepthwiseConv1d.replacing(child))
+    return model
+
+
+def uses_triton_depthwise(model: Any) -> bool:
+    """Whether any of `model`'s decoder convolutions is a `TritonDepthwiseConv1d`."""
+    return any(isinstance(module, TritonDepthwiseConv1d) for module in model.decoder.modules())
