@@ -135,6 +135,7 @@ def depthwise_conv1d(
         HAS_BIAS=bias is not None,
         KERNEL=kernel,
         BLOCK=block,
+        num_warps=max(1, min(8, block // 256)),  # 8 samples a thread at full blocks; a short row's block, one warp
     )
     return out
 
