@@ -646,6 +646,35 @@ def test_snac_decode_bench_compares_schemes_and_fidelity(tmp_path: Path) -> None
     assert streamed["snr_db"] >= 50 and streamed["meets_target"]
 
 
+def test_snac_decode_bench_times_the_triton_depthwise_kernel_beside_aten_s(tmp_path: Path) -> None:
+    out = tmp_path / "snac.json"
+    _run(
+        "snac_decode.py", "--batch", "1", "--frames-per-decode", "2", "--repeats", "1", "--precisions", "fp32",
+        "--snr-frames", "8", "--threads", "1", "--crops", "off", "--depthwise", "aten,triton", "--out", str(out),
+        timeout=240,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [r["scheme"] for r in report["rows"]] == ["seed", "eager-K2", "eager-K2-triton"]
+    # off CUDA the swapped modules run ATen's convolution through the custom operator: the same samples
+    assert report["fusion_vs_eager_max_abs_diff_int16"]["off-triton"] == 0
+
+
+def test_depthwise_kernel_bench_records_the_real_decoders_thirteen_layers(tmp_path: Path) -> None:
+    out = tmp_path / "depthwise.json"
+    _run("depthwise_kernel.py", "--batch", "2", "--frames", "3", "--repeats", "1", "--out", str(out), timeout=120)
+    report = json.loads(out.read_text())
+    layers = [(r["channels"], r["dilation"], r["length"]) for r in report["rows"]]
+    # the input's convolution at the codes' rate (4 a frame), then each block's three residual units after its
+    # upsampling by 8, 8, 4 and 2 (2048 samples a frame at the last)
+    assert layers == [(768, 1, 12)] + [
+        (channels, dilation, length)
+        for channels, length in ((512, 96), (256, 768), (128, 3072), (64, 6144))
+        for dilation in (1, 3, 9)
+    ]
+    assert all(r["batch"] == 2 and r["aten_ms"] > 0 and r["triton"] == [] for r in report["rows"])  # no CUDA here
+    assert report["random_weights"] and report["totals"]["2"]["layers"] == 13
+
+
 def test_snac_first_frame_prices_a_first_frame_without_lookahead(noiseless_snac: Path) -> None:
     from snac_first_frame import first_frame_snr
     from snac_holdback import load

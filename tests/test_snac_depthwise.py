@@ -85,7 +85,7 @@ def test_load_snac_on_the_cpu_keeps_aten_even_when_triton_is_asked(noiseless_sna
 def test_the_engine_side_service_loads_with_the_kernel_it_is_told_and_refuses_an_unknown_one(
     noiseless_snac: Path,
 ) -> None:
-    service = SnacService("\0oai-snac-test-depthwise-%d" % os.getpid(), "cpu")
+    service = SnacService(f"\0oai-snac-test-depthwise-{os.getpid()}", "cpu")
     try:
         assert service.handle("load", str(noiseless_snac), "float32", 8, "off", "aten") is None
         assert service.model is not None and not uses_triton_depthwise(service.model)

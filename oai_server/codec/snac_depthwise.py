@@ -108,10 +108,17 @@ def _block(length: int) -> int:
 
 
 def depthwise_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    dilation: int,
+    block: int | None = None,
+    warps: int | None = None,
 ) -> torch.Tensor:
     """``conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=C)`` of `x` ``[B, C, T]`` (weight
-    ``[C, 1, K]``) by the Triton kernel, contiguous ``[B, C, T']``, in `x`'s dtype (float32 sums)."""
+    ``[C, 1, K]``) by the Triton kernel, contiguous ``[B, C, T']``, in `x`'s dtype (float32 sums); `block` output
+    samples a program and `warps` warps for it (a bench's sweep; by default chosen from the row's length)."""
     batch, channels, length = x.shape
     kernel = weight.shape[-1]
     length_out = output_length(length, kernel, padding, dilation)
@@ -119,7 +126,7 @@ def depthwise_conv1d(
     if out.numel() == 0:
         return out
     weight = weight.reshape(channels, kernel).contiguous()
-    block = _block(length_out)
+    block = block or _block(length_out)
     grid = (batch * channels, -(-length_out // block))
     _kernel()[grid](
         x,
@@ -135,7 +142,7 @@ def depthwise_conv1d(
         HAS_BIAS=bias is not None,
         KERNEL=kernel,
         BLOCK=block,
-        num_warps=max(1, min(8, block // 256)),  # 8 samples a thread at full blocks; a short row's block, one warp
+        num_warps=warps or max(1, min(8, block // 256)),  # 8 samples a thread at full blocks; a short row's, one warp
     )
     return out
 
