@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_json
 
 from oai_server.codec.orpheus import frames_to_levels
 from oai_server.codec.snac_depthwise import depthwise_conv1d, is_depthwise
@@ -170,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("totals:", json.dumps(report["totals"]), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
     return 0
 
 

@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import write_json
 from snac_fidelity import cast, decode_whole, precision_snr, snr_db, streamed_snr, utterance
 
 from oai_server.codec.orpheus import FRAME_SECONDS, frames_to_levels
@@ -383,8 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernel_profile and args.device.startswith("cuda"):
         report["kernel_profile"] = kernel_profile(args)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
     return 0
 
 
