@@ -66,7 +66,22 @@ def _kernel() -> Any:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # One compile per kernel size, block (`_block`) and bias, at warm-up: Triton would otherwise specialise on each
+    # length's and stride's divisibility by 16 and the input's alignment (a cropped decode's slice), and a window of a
+    # new length met while serving would stall SNAC's thread for a compile.
+    @triton.jit(
+        do_not_specialize=[
+            "channels",
+            "length_in",
+            "length_out",
+            "stride_b",
+            "stride_c",
+            "stride_t",
+            "padding",
+            "dilation",
+        ],
+        do_not_specialize_on_alignment=["x_ptr"],
+    )
     def depthwise_conv1d_kernel(  # type: ignore[no-untyped-def]
         x_ptr,
         w_ptr,
@@ -103,8 +118,9 @@ def _kernel() -> Any:
 
 
 def _block(length: int) -> int:
-    """Output samples a program computes: the row's length to the next power of two, 32 to 1024."""
-    return max(32, min(1024, 1 << max(0, length - 1).bit_length()))
+    """Output samples a program computes: 1024, or 256 for a row that short (the codes' rate, SNAC's first block).
+    Two sizes, so every compile happens at warm-up, whatever lengths cropped decodes meet later."""
+    return 256 if length <= 256 else 1024
 
 
 def depthwise_conv1d(
