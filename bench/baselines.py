@@ -293,7 +293,7 @@ async def build(args: argparse.Namespace) -> Bench:
 
     from oai_server.codec.snac_model import load_snac, resolve_snac_dtype
     from oai_server.codec.snac_service import EngineSnacDecoder, SnacService, service_address
-    from oai_server.codec.snac_windows import WindowPolicy, crops_decodes, fills_windows
+    from oai_server.codec.snac_window_policy import WindowPolicy, crops_decodes, fills_windows
     from oai_server.engines.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.tts_model)

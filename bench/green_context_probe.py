@@ -88,7 +88,7 @@ def snac_decoder(batch: int) -> tuple[Any, list[torch.Tensor]]:
     loads it) and one batch of the server's steady window's codes on the GPU."""
     from snac_decode import snac_model, windows
 
-    from oai_server.codec.snac_windows import WindowPolicy
+    from oai_server.codec.snac_window_policy import WindowPolicy
 
     levels = windows(batch, WindowPolicy().steady_shape[0])
     return snac_model(None, "cuda", fold=True), [torch.from_numpy(level).to("cuda") for level in levels]

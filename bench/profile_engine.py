@@ -296,7 +296,8 @@ async def _pipeline(
     to that service (None with `--snac-decode none` unless `--switch-interval-ab` needs one); what to close at the
     end, its decoder's and the service's connection, goes to `closers`."""
     from oai_server.codec.snac_model import resolve_snac_dtype
-    from oai_server.codec.snac_windows import WindowPolicy, decode_shape, fills_windows
+    from oai_server.codec.snac_window_policy import WindowPolicy, fills_windows
+    from oai_server.codec.snac_windows import decode_shape
 
     dtype = resolve_snac_dtype(args.snac_dtype, "cuda")
     windows = WindowPolicy(

@@ -53,7 +53,7 @@ from oai_server.codec.orpheus import FRAME_SECONDS, frames_to_levels
 from oai_server.codec.snac_depthwise import check_depthwise, use_depthwise
 from oai_server.codec.snac_fusion import check_fusion, graph_model
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm, remove_noise_blocks
-from oai_server.codec.snac_windows import WindowPolicy, fills_windows
+from oai_server.codec.snac_window_policy import WindowPolicy, fills_windows
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
 

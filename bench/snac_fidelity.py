@@ -31,7 +31,8 @@ import torch
 from oai_server.codec.orpheus import frames_to_levels
 from oai_server.codec.snac_model import decode_pcm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowShape
 from oai_server.pipeline.speech import seam_stitcher
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

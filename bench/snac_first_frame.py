@@ -35,7 +35,8 @@ from snac_fidelity import decode_whole, snr_db, streamed_pcm, utterance  # type:
 from snac_holdback import fidelity_args, snac_draws, write_report  # type: ignore[import-not-found]
 
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
-from oai_server.codec.snac_windows import SEAM_SAMPLES, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES
 
 
 def first_frame_snr(

@@ -38,7 +38,7 @@ from snac_decode import snac_model  # type: ignore[import-not-found]
 from snac_fidelity import decode_whole, streamed_snr, utterance  # type: ignore[import-not-found]
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
 
 F = SAMPLES_PER_FRAME
 

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import playback_stalls
 
 from oai_server.codec.orpheus import FRAME_SECONDS, SAMPLES_PER_FRAME
-from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window
 from oai_server.pipeline.speech import ListenerLead
 
 

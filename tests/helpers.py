@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 from oai_server.codec.orpheus import SAMPLE_RATE, SAMPLES_PER_FRAME, TOKENS_PER_FRAME, slot_band
-from oai_server.codec.snac_windows import SeamStitcher, Window, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SeamStitcher, Window
 from oai_server.pipeline.encode import WAV_UNKNOWN_SIZE
 from oai_server.pipeline.speech import CROSSFADE_SAMPLES, SpeechSynthesizer
 from oai_server.settings import Settings

@@ -694,7 +694,8 @@ def test_snac_holdback_stitches_the_servers_stream_and_prices_the_delay(noiseles
     from snac_fidelity import decode_whole, streamed_snr, utterance
     from snac_holdback import held_back_snr, least_slack_ms, load
 
-    from oai_server.codec.snac_windows import SEAM_SAMPLES, WindowPolicy
+    from oai_server.codec.snac_window_policy import WindowPolicy
+    from oai_server.codec.snac_windows import SEAM_SAMPLES
 
     model = load(str(noiseless_snac))
     snr = held_back_snr(model, 12, [0, SEAM_SAMPLES, 1024])

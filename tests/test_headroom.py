@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from oai_server.codec.orpheus import REAL_TIME_TOKENS_PER_SECOND, slot_band
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
 from oai_server.engines.base import EngineError
 from oai_server.errors import APIError
 from oai_server.pipeline.speech import SpeechStats, SpeechSynthesizer, VoiceOptions

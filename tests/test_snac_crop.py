@@ -13,14 +13,8 @@ from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.codec.snac_crop import CROP_FROM, CroppedDecoder, decode_span, receptive_plan
 from oai_server.codec.snac_model import decode_pcm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import (
-    SeamStitcher,
-    Window,
-    WindowPolicy,
-    cropped_decode,
-    crops_decodes,
-    decode_shape,
-)
+from oai_server.codec.snac_window_policy import WindowPolicy, crops_decodes
+from oai_server.codec.snac_windows import SeamStitcher, Window, cropped_decode, decode_shape
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG, SNAC_DEMO_CONFIG
 from oai_server.engines.factory import window_policy
 from oai_server.settings import Settings

@@ -14,7 +14,8 @@ import pytest
 
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Window
 from oai_server.engines.demo import SNAC_DEMO_CONFIG
 
 from .helpers import emitted_frames, frames, quiet_settings, quiet_snac, start_server, stitched_snr

@@ -14,7 +14,7 @@ import torch
 from oai_server.codec.snac_fusion import SNAC_FUSIONS, CompiledSnac, graph_model
 from oai_server.codec.snac_model import decode_pcm, load_snac
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
 from oai_server.settings import Settings
 
 

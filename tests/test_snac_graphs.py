@@ -27,7 +27,8 @@ from oai_server.codec.orpheus import SAMPLES_PER_FRAME, frames_to_levels
 from oai_server.codec.snac_graphs import GraphSet, batch_ladder
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPolicy, WindowShape, decode_shape
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowShape, decode_shape
 from oai_server.engines.demo import SNAC_24KHZ_CONFIG, SNAC_DEMO_CONFIG
 
 POLICY = WindowPolicy(context_frames=2, lookahead_frames=1, frames_per_decode=2)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from oai_server.codec.orpheus import FRAME_SECONDS
-from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowPlanner
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import SpeechStats, VoiceOptions, synthesize_segments

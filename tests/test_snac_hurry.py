@@ -17,7 +17,8 @@ from asgi_lifespan import LifespanManager
 from openai import AsyncOpenAI
 
 from oai_server.app import create_app
-from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPlanner
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import (
     ListenerLead,

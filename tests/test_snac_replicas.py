@@ -19,7 +19,8 @@ import torch
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME, slot_band
 from oai_server.codec.snac_model import load_snac
 from oai_server.codec.snac_stream import SnacDecoder, SnacDecoding
-from oai_server.codec.snac_windows import Window, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window
 from oai_server.engines.balanced import BalancedEngine
 from oai_server.engines.base import EngineInfo, SamplingParams
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, write_random_snac

@@ -33,7 +33,8 @@ from oai_server.codec.snac_service import (
     service_address,
 )
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SEAM_SAMPLES, Window, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Window
 from oai_server.engines.factory import snac_hosts_of
 from oai_server.engines.layout import LayoutRequest, plan_layout
 from oai_server.settings import Settings

@@ -16,7 +16,8 @@ import torch
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME, SLOT_LEVELS, frames_to_levels
 from oai_server.codec.snac_model import fold_weight_norm, load_snac
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import SEAM_SAMPLES, Ramp, SeamStitcher, Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import SEAM_SAMPLES, Ramp, SeamStitcher, Window, WindowPlanner
 from oai_server.engines.demo import SNAC_DEMO_CONFIG, DemoModels
 
 from .helpers import emitted_frames, frames

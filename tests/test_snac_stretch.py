@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from oai_server.codec.orpheus import FRAME_SECONDS, SAMPLES_PER_FRAME
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import Window, WindowPlanner, WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import Window, WindowPlanner
 from oai_server.engines.demo import SNAC_DEMO_CONFIG
 from oai_server.engines.factory import window_policy
 from oai_server.pipeline.speech import SpeechStats, VoiceOptions

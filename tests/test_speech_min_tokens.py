@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.sampling import TokenSampler
 from oai_server.pipeline.speech import MIN_SPEECH_TOKENS, SpeechStats, SpeechSynthesizer, VoiceOptions

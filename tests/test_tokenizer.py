@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from oai_server.codec.orpheus import speech_prompt
-from oai_server.codec.snac_windows import WindowPolicy
+from oai_server.codec.snac_window_policy import WindowPolicy
 from oai_server.codec.tokenizer import DirectEncoder, direct_encoder
 from oai_server.engines.demo import DemoModels
 from oai_server.engines.loading import load_tokenizer

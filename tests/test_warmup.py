@@ -16,7 +16,8 @@ from typing import Any
 
 from oai_server.codec.snac_model import load_snac
 from oai_server.codec.snac_stream import SnacDecoder
-from oai_server.codec.snac_windows import WindowPolicy, WindowShape, decode_shape
+from oai_server.codec.snac_window_policy import WindowPolicy
+from oai_server.codec.snac_windows import WindowShape, decode_shape
 from oai_server.engines.base import SamplingParams
 from oai_server.engines.demo import DemoModels
 from oai_server.engines.warmup import warm_up

@@ -12,7 +12,7 @@ from typing import Any
 from ..codec.snac_model import load_snac, resolve_device, resolve_snac_dtype
 from ..codec.snac_service import EngineSnacDecoder
 from ..codec.snac_stream import SnacDecoder, SnacDecoding
-from ..codec.snac_windows import WindowPolicy, crops_decodes, fills_windows
+from ..codec.snac_window_policy import WindowPolicy, crops_decodes, fills_windows
 from ..settings import Settings
 from .asr_factory import build_asr, build_vad
 from .balanced import BalancedEngine

@@ -17,7 +17,8 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from ..codec.orpheus import STOP_TOKEN_IDS, TOKENS_PER_FRAME, speech_prompt
-from ..codec.snac_windows import Window, WindowPolicy
+from ..codec.snac_window_policy import WindowPolicy
+from ..codec.snac_windows import Window
 from .base import SamplingParams, TokenEngine, new_request_id
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..codec.orpheus import SAMPLE_RATE, STOP_TOKEN_IDS, TOKENS_PER_FRAME, AudioTokenParser, speech_prompt
 from ..codec.snac_stream import SnacDecoding
-from ..codec.snac_windows import SeamStitcher, Window, WindowPolicy
+from ..codec.snac_window_policy import WindowPolicy
+from ..codec.snac_windows import SeamStitcher, Window
 from ..codec.tokenizer import TextTokenizer, direct_encoder
 from ..engines.base import SamplingParams, TokenEngine, new_request_id
 
