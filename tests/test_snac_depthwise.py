@@ -89,6 +89,7 @@ def test_the_engine_side_service_loads_with_the_kernel_it_is_told_and_refuses_an
     try:
         assert service.handle("load", str(noiseless_snac), "float32", 8, "off", "aten") is None
         assert service.model is not None and not uses_triton_depthwise(service.model)
+        assert service.handle("stats")["depthwise"] == "aten"  # what a bench's log shows of the engine's SNAC
         assert service.handle("load", str(noiseless_snac), "float32", 8, "off") is None  # a server before it
         with pytest.raises(ValueError, match="unknown SNAC depthwise kernel"):
             service.handle("load", str(noiseless_snac), "float32", 8, "off", "bogus")

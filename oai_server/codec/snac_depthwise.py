@@ -17,10 +17,13 @@ opaque call) and is ATen's convolution anywhere else. Its samples equal ATen's t
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Any, Literal
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 SnacDepthwise = Literal["auto", "aten", "triton"]
 SNAC_DEPTHWISE: tuple[SnacDepthwise, ...] = ("auto", "aten", "triton")
@@ -219,10 +222,13 @@ def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
     """`model` (a loaded SNAC) with its decoder's depthwise convolutions computed by `depthwise`, swapped in place
     (`TritonDepthwiseConv1d`; ATen's: as loaded); returns it."""
     if depthwise == "triton":
+        swapped = 0
         for parent in list(model.decoder.modules()):
             for name, child in list(parent.named_children()):
                 if is_depthwise(child):
                     setattr(parent, name, TritonDepthwiseConv1d.replacing(child))
+                    swapped += 1
+        logger.info("SNAC's %d depthwise convolutions run the Triton kernel", swapped)
     return model
 
 

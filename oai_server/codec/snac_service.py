@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .snac_depthwise import SnacDepthwise, check_depthwise
+from .snac_depthwise import SnacDepthwise, check_depthwise, uses_triton_depthwise
 from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
@@ -162,6 +162,7 @@ class SnacService:
                 "eager_windows": self.eager_windows,
                 "device": self.device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.") if self.model else None,
+                "depthwise": ("triton" if uses_triton_depthwise(self.model) else "aten") if self.model else None,
                 "graphs": sorted(self.graphs),
                 "engine_stream_priority": self.engine_stream_priority,
                 "stream_priority": self._stream.priority if self._stream is not None else None,
