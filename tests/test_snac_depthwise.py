@@ -38,6 +38,15 @@ from .test_snac_graphs import quiet_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def interpreted(script: str) -> list[str]:
+    """The lines `script` prints, run by this Python with ``TRITON_INTERPRET=1`` from the project's root."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-c", script]
+    result = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()
+
+
 def test_the_swap_replaces_every_depthwise_convolution_and_keeps_weights_and_plan() -> None:
     model = quiet_model(SNAC_DEMO_CONFIG)
     depthwise = [m for m in model.decoder.modules() if is_depthwise(m)]
@@ -103,7 +112,7 @@ INTERPRETED = textwrap.dedent(
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
     from oai_server.codec.snac_crop import decode_span_of
-    from oai_server.codec.snac_depthwise import depthwise_conv1d, use_depthwise
+    from oai_server.codec.snac_depthwise import depthwise_conv1d, use_depthwise, uses_triton_depthwise
     from oai_server.codec.snac_fusion import CompiledSnac
     from oai_server.engines.demo import SNAC_DEMO_CONFIG
     from tests.test_snac_crop import latents_of
@@ -126,6 +135,7 @@ INTERPRETED = textwrap.dedent(
 
     reference = quiet_model(SNAC_DEMO_CONFIG)
     model = use_depthwise(quiet_model(SNAC_DEMO_CONFIG), "triton")
+    out["swapped"] = uses_triton_depthwise(model)  # the kernel passed its check under the interpreter
     codes = [torch.randint(0, 4096, (1, 3 << level), generator=generator) for level in range(3)]
     with torch.inference_mode():
         whole = reference.decode(codes)
@@ -137,15 +147,36 @@ INTERPRETED = textwrap.dedent(
 )
 
 
+def test_without_triton_the_swap_keeps_aten_s_kernel_with_a_warning() -> None:
+    """Where the kernel would run (here Triton's interpreter) but Triton cannot be imported, the model keeps ATen's
+    convolutions and decodes, rather than failing every decode."""
+    script = textwrap.dedent(
+        """
+        import builtins, logging, sys
+        real_import = builtins.__import__
+        def no_triton(name, *args, **kwargs):
+            if name == "triton" or name.startswith("triton."):
+                raise ImportError("no Triton here")
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = no_triton
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+        from oai_server.codec.snac_depthwise import uses_triton_depthwise, use_depthwise
+        from oai_server.engines.demo import SNAC_DEMO_CONFIG
+        from tests.test_snac_graphs import quiet_model
+        model = use_depthwise(quiet_model(SNAC_DEMO_CONFIG), "triton")
+        print("swapped" if uses_triton_depthwise(model) else "kept")
+        """
+    )
+    lines = interpreted(script)
+    assert lines[-1] == "kept"
+    assert any("keep ATen's kernel: the Triton kernel failed (ImportError: no Triton here)" in line for line in lines)
+
+
 def test_the_triton_kernel_equals_aten_under_triton_s_interpreter() -> None:
     pytest.importorskip("triton", reason="the test extra installs Triton (its interpreter runs the kernel on CPU)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(interpreted(INTERPRETED)[-1])
     assert [ok for ok, _ in out["kernel"]] == [True, True, True]
     assert max(diff for _, diff in out["kernel"]) < 1e-5
     assert out["half"][0] == "torch.float16" and out["half"][1] < 2e-2  # float32 sums, one float16 rounding
+    assert out["swapped"]
     assert out["whole"] < 1e-5 and out["cropped"] < 1e-5 and out["compiled"] < 1e-5, out

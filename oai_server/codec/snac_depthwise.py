@@ -220,16 +220,39 @@ class TritonDepthwiseConv1d(torch.nn.Conv1d):
 
 def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
     """`model` (a loaded SNAC) with its decoder's depthwise convolutions computed by `depthwise`, swapped in place
-    (`TritonDepthwiseConv1d`; ATen's: as loaded); returns it."""
-    if depthwise == "triton":
-        swapped = 0
-        for parent in list(model.decoder.modules()):
-            for name, child in list(parent.named_children()):
-                if is_depthwise(child):
-                    setattr(parent, name, TritonDepthwiseConv1d.replacing(child))
-                    swapped += 1
-        logger.info("SNAC's %d depthwise convolutions run the Triton kernel", swapped)
+    (`TritonDepthwiseConv1d`; ATen's: as loaded); returns it. Where the kernel would run and fails its check
+    (`triton_problem`: no Triton, a compile error, other samples), ATen's stay, with a warning, instead of every
+    decode failing."""
+    if depthwise != "triton":
+        return model
+    problem = triton_problem(next(model.parameters()).device)
+    if problem is not None:
+        logger.warning("SNAC's depthwise convolutions keep ATen's kernel: the Triton kernel %s", problem)
+        return model
+    swapped = 0
+    for parent in list(model.decoder.modules()):
+        for name, child in list(parent.named_children()):
+            if is_depthwise(child):
+                setattr(parent, name, TritonDepthwiseConv1d.replacing(child))
+                swapped += 1
+    logger.info("SNAC's %d depthwise convolutions run the Triton kernel", swapped)
     return model
+
+
+def triton_problem(device: torch.device) -> str | None:
+    """Why the Triton kernel cannot serve on `device` (it fails, or differs from ATen's on a small case), or None.
+    Off CUDA, and not under Triton's interpreter, the swapped modules run ATen's convolution: None."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator).to(device) for shape in ((2, 8, 100), (8, 1, 7), (8,)))
+    try:
+        got = depthwise_conv1d(x, weight, bias, 9, 3)
+        want = torch.nn.functional.conv1d(x, weight, bias, padding=9, dilation=3, groups=8)
+        error = float((got - want).abs().max())
+    except Exception as exc:  # no Triton, a compile or launch failure: whatever it is, ATen's kernel still works
+        return f"failed ({type(exc).__name__}: {exc})"
+    return None if error < 1e-3 else f"differs from ATen's by {error:.3g}"
 
 
 def uses_triton_depthwise(model: Any) -> bool:
