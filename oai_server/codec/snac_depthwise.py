@@ -5,13 +5,14 @@ of the twelve residual units (dilations 1, 3 and 9). On CUDA in float32, ATen ru
 kernel, a loop with no reuse of what neighbouring outputs read, and on an H200 that kernel took 45 % of the compiled
 decoder's GPU time: 10.8 of 24.1 ms for 128 steady windows (`bench/results/h200x2_s14_random_weights/`, `snac_decode.py
 --kernel-profile`), for a stencil that reads and writes each activation once. Written as shifted sums for inductor to
-fuse (session 14) it got slower (56 against 48 us a frame): inductor recomputed the Snake before it for every tap.
+fuse (session 14) the decoder got slower, 56 against 48 us a frame.
 
 `depthwise_conv1d` is that stencil as a Triton kernel: one program per row (a batch item's channel) and block of
 output samples, the seven taps loaded from the input as it lies (any strides: a cropped decode's slices), summed in
-float32. `use_triton_depthwise` swaps SNAC's depthwise `Conv1d`s for `TritonDepthwiseConv1d`, a `Conv1d` that calls
-it through the `oai_server::snac_depthwise_conv1d` custom operator on CUDA (torch.compile and CUDA graphs see one
-opaque call) and is ATen's convolution anywhere else. Its samples equal ATen's to float rounding (the sum's order).
+float32. `use_depthwise` swaps SNAC's depthwise `Conv1d`s for `TritonDepthwiseConv1d`, a `Conv1d` that calls it
+through the `oai_server::snac_depthwise_conv1d` custom operator on CUDA (torch.compile and CUDA graphs see one opaque
+call) and is ATen's convolution anywhere else, once the kernel has passed a check against ATen's on the device
+(`triton_problem`). Its samples equal ATen's to float rounding (the sum's order).
 """
 
 from __future__ import annotations
