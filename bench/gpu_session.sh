@@ -25,6 +25,8 @@
 #                 `git archive`), into baselines_rev/: the same host measures what changed between two revisions.
 #   snac          (GPU SNAC_GPU, else BASE_GPU): bench/snac_decode.py at batch 32-128, K 2/4/8, fp32/bf16/fp16, with and without
 #                 cuDNN's benchmark mode (SNAC_ARGS replaces those flags, e.g. "--fusions off,decoder --kernel-profile").
+#   depthwise     (GPU SNAC_GPU, else BASE_GPU): bench/depthwise_kernel.py, SNAC's 13 depthwise convolutions, ATen's kernel
+#                 against the Triton kernel (--snac-depthwise triton) per block and warps (DEPTHWISE_ARGS: --batch 8,64).
 #   baselines_fused (after snac and baselines): baselines' ours_in_engine again with the --snac-fusion the snac job found
 #                 fastest among those within 50 dB of eager (best_fusion), into baselines_fused/.
 #   step_profile  (GPU BASE_GPU): bench/profile_engine.py, the raw engine's decode step at PROF_CONC (192) streams
@@ -240,6 +242,11 @@ snac() {  # SNAC's GPU cost per emitted frame: precisions, K, cuDNN's own algori
     python3 bench/snac_decode.py --device cuda --snac "$RAND/snac" ${SNAC_ARGS:---batch 32,64,128 --frames-per-decode 2,4,8 \
       --repeats 20} $bench --out $W/snac_decode${bench:+_cudnn_benchmark}.json > $W/snac_decode${bench:+_cudnn_benchmark}.log 2>&1
   done
+}
+depthwise() {  # SNAC's depthwise convolutions alone: ATen's kernel against the Triton kernel (bench/depthwise_kernel.py)
+  W=$S/depthwise; local -x CUDA_VISIBLE_DEVICES=${SNAC_GPU:-${BASE_GPU:-${ONECARD_GPU:-0}}}
+  python3 bench/depthwise_kernel.py --device cuda ${DEPTHWISE_ARGS:---batch 8,64} --out $W/depthwise_kernel.json \
+    > $W/depthwise_kernel.log 2>&1
 }
 both_cards() {  # wait for the other card's job (or CARDS_WAIT_S, 300), then stop every GPU process: both cards are free
   local t0; t0=$(date +%s)
