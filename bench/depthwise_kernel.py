@@ -27,21 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import write_json
+from snac_decode import snac_model
 
 from oai_server.codec.orpheus import frames_to_levels
 from oai_server.codec.snac_depthwise import depthwise_conv1d, is_depthwise
-from oai_server.codec.snac_model import fold_weight_norm
-from oai_server.engines.demo import SNAC_24KHZ_CONFIG
 
 
 def depthwise_layers(frames: int) -> list[dict[str, Any]]:
     """Each depthwise convolution of the real 24 kHz decoder as one decode of `frames` frames meets it."""
-    from snac import SNAC
-
-    torch.manual_seed(0)
-    model = SNAC(**{**SNAC_24KHZ_CONFIG, "noise": False})
-    fold_weight_norm(model)
-    model.eval()
+    model = snac_model(None, "cpu", fold=True, noise=False)  # the seed-0 draw snac_decode.py times
     layers: list[dict[str, Any]] = []
 
     def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
