@@ -166,13 +166,19 @@ def depthwise_conv1d(
     return out
 
 
+def kernel_runs_on(device: torch.device) -> bool:
+    """Whether the custom operator runs the Triton kernel on `device`: on CUDA, and on the CPU under Triton's
+    interpreter (``TRITON_INTERPRET=1``: the tests); elsewhere it is ATen's convolution."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @torch.library.custom_op("oai_server::snac_depthwise_conv1d", mutates_args=())
 def snac_depthwise_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
 ) -> torch.Tensor:
-    """SNAC's depthwise convolution: the Triton kernel on CUDA (`depthwise_conv1d`), and on the CPU under Triton's
-    interpreter (``TRITON_INTERPRET=1``: the tests); ATen's elsewhere."""
-    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    """SNAC's depthwise convolution: the Triton kernel (`depthwise_conv1d`) where it runs (`kernel_runs_on`), else
+    ATen's."""
+    if kernel_runs_on(x.device):
         return depthwise_conv1d(x, weight, bias, padding, dilation)
     return torch.nn.functional.conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
 
@@ -241,8 +247,8 @@ def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
 
 def triton_problem(device: torch.device) -> str | None:
     """Why the Triton kernel cannot serve on `device` (it fails, or differs from ATen's on a small case), or None.
-    Off CUDA, and not under Triton's interpreter, the swapped modules run ATen's convolution: None."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    Where it does not run (`kernel_runs_on`), the swapped modules run ATen's convolution: None."""
+    if not kernel_runs_on(device):
         return None
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=generator).to(device) for shape in ((2, 8, 100), (8, 1, 7), (8,)))
