@@ -4,9 +4,12 @@ The shapes are the real 24 kHz decoder's, recorded from one decode of the steady
 L=1) at each of `--batch`: every depthwise convolution's channels, dilation and input length. For each, on CUDA, the
 median GPU time of ATen's ``conv1d(groups=C)`` and of `snac_depthwise.depthwise_conv1d` at each Triton block size
 and warp count of `--blocks` and `--warps` (CUDA events over `--repeats` calls after a warm-up), the bandwidth that
-is (the input read once, the output written once, in float32), and the largest difference from ATen. Without CUDA
-it records the shapes and times ATen's alone (the kernel is CUDA's; a CI smoke test). No vLLM needed: on the GPU
-it runs after call B of bench/README.md's setup. Random weights (the timing does not depend on them).
+is (the input read once, the output written once, in float32), and the largest difference from ATen. For the twelve
+convolutions a Snake follows (the residual units'), also that pair: ATen's convolution then the Snake as inductor
+compiles it (the compiled decoder's two kernels), against the kernel with the Snake fused (as the server runs it).
+Without CUDA it records the shapes and times ATen's alone, and the pair with an eager Snake (the kernel is CUDA's; a
+CI smoke test). No vLLM needed: on the GPU it runs after call B of bench/README.md's setup. Random weights (the
+timing does not depend on them).
 
     python bench/depthwise_kernel.py --device cuda --batch 8,64 --out $OUT/depthwise_kernel.json
 """
@@ -30,13 +33,20 @@ from _common import write_json
 from snac_decode import snac_model
 
 from oai_server.codec.orpheus import frames_to_levels
-from oai_server.codec.snac_depthwise import depthwise_conv1d, is_depthwise
+from oai_server.codec.snac_depthwise import depthwise_conv1d, fusable_snake, is_depthwise, snake
 
 
 def depthwise_layers(frames: int) -> list[dict[str, Any]]:
-    """Each depthwise convolution of the real 24 kHz decoder as one decode of `frames` frames meets it."""
+    """Each depthwise convolution of the real 24 kHz decoder as one decode of `frames` frames meets it, with the alpha
+    of the Snake right after it (None where none is)."""
     model = snac_model(None, "cpu", fold=True, noise=False)  # the seed-0 draw snac_decode.py times
     layers: list[dict[str, Any]] = []
+    alpha_after: dict[torch.nn.Module, torch.Tensor] = {}
+    for parent in model.decoder.modules():
+        if isinstance(parent, torch.nn.Sequential):
+            for conv, after in zip(parent, list(parent)[1:], strict=False):
+                if is_depthwise(conv) and fusable_snake(after, conv.out_channels):
+                    alpha_after[conv] = after.alpha.detach().clone()
 
     def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
         layers.append(
@@ -48,6 +58,7 @@ def depthwise_layers(frames: int) -> list[dict[str, Any]]:
                 "length": inputs[0].shape[-1],
                 "weight": module.weight.detach().clone(),  # type: ignore[operator]
                 "bias": None if module.bias is None else module.bias.detach().clone(),  # type: ignore[operator]
+                "snake_alpha": alpha_after.get(module),
             }
         )
 
@@ -83,6 +94,8 @@ def gpu_ms(run: Any, device: str, repeats: int) -> float:
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every layer at every batch size (`measure_layer`)."""
     rows = []
+    # the compiled decoder's Snake after an (opaque) convolution: one inductor kernel; eager off CUDA (a smoke test)
+    args.snake = torch.compile(snake, dynamic=True) if args.device.startswith("cuda") else snake
     for batch in args.batch:
         for index, layer in enumerate(depthwise_layers(args.frames)):
             rows.append(measure_layer(args, batch, index, layer))
@@ -103,7 +116,16 @@ def measure_layer(args: argparse.Namespace, batch: int, index: int, layer: dict[
         return torch.nn.functional.conv1d(x, weight, bias, padding=pad, dilation=dilation, groups=x.shape[1])
 
     def triton(block: int | None = None, warps: int | None = None) -> torch.Tensor:
-        return depthwise_conv1d(x, weight, bias, pad, dilation, block, warps)
+        return depthwise_conv1d(x, weight, bias, pad, dilation, block=block, warps=warps)
+
+    alpha = None if layer["snake_alpha"] is None else layer["snake_alpha"].to(args.device)
+
+    def aten_snake() -> torch.Tensor:
+        out: torch.Tensor = args.snake(aten(), alpha)
+        return out
+
+    def triton_snake() -> torch.Tensor:
+        return depthwise_conv1d(x, weight, bias, pad, dilation, alpha)
 
     with torch.inference_mode():
         reference = aten()
@@ -130,12 +152,19 @@ def measure_layer(args: argparse.Namespace, batch: int, index: int, layer: dict[
                         }
                     )
             row["triton_default_ms"] = round(gpu_ms(triton, args.device, args.repeats), 4)
+        if alpha is not None:
+            row["aten_snake_ms"] = round(gpu_ms(aten_snake, args.device, args.repeats), 4)
+            if args.device.startswith("cuda"):
+                row["triton_snake_ms"] = round(gpu_ms(triton_snake, args.device, args.repeats), 4)
+                row["triton_snake_max_abs_diff"] = float((triton_snake() - aten_snake()).abs().max())
     row["aten_gb_per_s"] = round(megabytes / row["aten_ms"], 1)
     return row
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per batch size, the decode's depthwise convolutions summed: ATen's, the kernel's default, its best per layer."""
+    """Per batch size, the decode's depthwise convolutions summed: ATen's, the kernel's default, its best per layer;
+    and with the Snakes after them: ATen's and the compiled Snake's (what the compiled decoder runs) against the
+    server's kernels (the Snake fused where one follows)."""
     out: dict[str, Any] = {}
     for batch in sorted({row["batch"] for row in rows}):
         of_batch = [row for row in rows if row["batch"] == batch]
@@ -143,6 +172,10 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if all("triton_default_ms" in r for r in of_batch):
             entry["triton_default_ms"] = round(sum(r["triton_default_ms"] for r in of_batch), 3)
             entry["triton_best_ms"] = round(sum(min(t["ms"] for t in r["triton"]) for r in of_batch if r["triton"]), 3)
+        entry["with_snakes_aten_ms"] = round(sum(r.get("aten_snake_ms", r["aten_ms"]) for r in of_batch), 3)
+        if all("triton_default_ms" in r for r in of_batch):
+            fused = sum(r.get("triton_snake_ms", r["triton_default_ms"]) for r in of_batch)
+            entry["with_snakes_triton_ms"] = round(fused, 3)
         out[str(batch)] = entry
     return out
 

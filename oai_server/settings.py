@@ -188,8 +188,8 @@ class Settings(BaseSettings):
     """CUDA graphs of SNAC's torch.compile'd decoder (decoder: 2/3 of the GPU time per frame; compiles at warm-up)."""
     snac_depthwise: Literal["auto", "aten", "triton"] = Field("auto", validation_alias=_env("snac_depthwise"))
     """What computes SNAC's depthwise convolutions on CUDA: ATen's generic kernel (45 % of the compiled decoder's GPU
-    time on an H200) or one Triton kernel each (triton: the same samples to float rounding; elsewhere ATen's). auto:
-    ATen's until the Triton kernel is measured on the GPU."""
+    time on an H200) or one Triton kernel each, with the Snake after a residual unit's convolution fused (triton: the
+    same samples to float rounding; elsewhere ATen's). auto: ATen's until the Triton kernel is measured on the GPU."""
     snac_cuda_graphs: bool = Field(True, validation_alias=_env("snac_cuda_graphs"))
     """On CUDA, capture SNAC decodes of the window shapes streams use (ramp, steady, a stream's last) as CUDA graphs
     at warm-up."""

@@ -672,7 +672,11 @@ def test_depthwise_kernel_bench_records_the_real_decoders_thirteen_layers(tmp_pa
         for dilation in (1, 3, 9)
     ]
     assert all(r["batch"] == 2 and r["aten_ms"] > 0 and r["triton"] == [] for r in report["rows"])  # no CUDA here
-    assert report["random_weights"] and report["totals"]["2"]["layers"] == 13
+    # a Snake follows each residual unit's convolution, not the input's: the kernel fuses those twelve
+    assert ["aten_snake_ms" in r for r in report["rows"]] == [False] + [True] * 12
+    totals = report["totals"]["2"]
+    assert report["random_weights"] and totals["layers"] == 13
+    assert totals["with_snakes_aten_ms"] > totals["aten_ms"]
 
 
 def test_snac_first_frame_prices_a_first_frame_without_lookahead(noiseless_snac: Path) -> None:

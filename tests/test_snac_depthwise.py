@@ -22,6 +22,7 @@ from oai_server.codec.snac_crop import receptive_plan
 from oai_server.codec.snac_depthwise import (
     TritonDepthwiseConv1d,
     check_depthwise,
+    fusable_snake,
     is_depthwise,
     resolve_snac_depthwise,
     use_depthwise,
@@ -56,16 +57,40 @@ def test_the_swap_replaces_every_depthwise_convolution_and_keeps_weights_and_pla
     with torch.inference_mode():
         before = model.decoder(latents)
     weights = [m.weight for m in depthwise]
+    units = [m.block for m in model.decoder.modules() if type(m).__name__ == "ResidualUnit"]
+    alphas = [unit[2].alpha for unit in units]  # each unit: Snake, depthwise convolution, Snake, 1x1 convolution
+    snakes = sum(type(m).__name__ == "Snake1d" for m in model.decoder.modules())
 
     assert use_depthwise(model, "triton") is model
     swapped = [m for m in model.decoder.modules() if isinstance(m, TritonDepthwiseConv1d)]
     assert len(swapped) == 13 and uses_triton_depthwise(model)
     assert not any(is_depthwise(m) for m in model.decoder.modules())  # none left behind
     assert all(new.weight is old for new, old in zip(swapped, weights, strict=True))  # shared, not copied
+    # the Snake after each unit's convolution is the kernel's now (the input's convolution has none after it)
+    assert swapped[0].snake_alpha is None
+    assert all(new.snake_alpha is old for new, old in zip(swapped[1:], alphas, strict=True))
+    assert all(isinstance(unit[2], torch.nn.Identity) and type(unit[0]).__name__ == "Snake1d" for unit in units)
+    assert sum(type(m).__name__ == "Snake1d" for m in model.decoder.modules()) == snakes - 12
     assert receptive_plan(list(model.decoder.model)) == plans  # the crop plans it as the convolution it is
     with torch.inference_mode():
-        after = model.decoder(latents)  # no interpreter here: ATen's convolution through the custom operator
+        after = model.decoder(latents)  # no interpreter here: ATen's convolution and Snake through the custom operator
     assert torch.equal(before, after)
+
+
+def test_only_a_snake_of_the_convolution_s_channels_right_after_it_is_fused() -> None:
+    from snac.layers import Snake1d
+
+    conv = torch.nn.Conv1d(4, 4, 7, padding=3, groups=4)
+    unit = torch.nn.Sequential(Snake1d(4), conv, Snake1d(4), torch.nn.Conv1d(4, 4, 1))
+    other = torch.nn.Sequential(torch.nn.Conv1d(3, 3, 7, padding=3, groups=3), torch.nn.Tanh())
+    model = torch.nn.Module()
+    model.decoder = torch.nn.Sequential(unit, other)
+    use_depthwise(model, "triton")
+    assert isinstance(unit[1], TritonDepthwiseConv1d) and unit[1].snake_alpha is not None
+    assert isinstance(unit[2], torch.nn.Identity) and isinstance(unit[0], Snake1d)  # the Snake before it stays
+    assert isinstance(other[0], TritonDepthwiseConv1d) and other[0].snake_alpha is None
+    assert isinstance(other[1], torch.nn.Tanh)
+    assert not fusable_snake(Snake1d(3), 4) and not fusable_snake(None, 4) and fusable_snake(Snake1d(4), 4)
 
 
 def test_aten_leaves_the_model_as_loaded() -> None:
@@ -112,13 +137,13 @@ INTERPRETED = textwrap.dedent(
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
     from oai_server.codec.snac_crop import decode_span_of
-    from oai_server.codec.snac_depthwise import depthwise_conv1d, use_depthwise, uses_triton_depthwise
+    from oai_server.codec.snac_depthwise import depthwise_conv1d, snake, use_depthwise, uses_triton_depthwise
     from oai_server.codec.snac_fusion import CompiledSnac
     from oai_server.engines.demo import SNAC_DEMO_CONFIG
     from tests.test_snac_crop import latents_of
     from tests.test_snac_graphs import quiet_model
 
-    out = {"kernel": []}
+    out = {"kernel": [], "snake": []}
     generator = torch.Generator().manual_seed(0)
     for batch, channels, length, dilation, bias in [(2, 5, 40, 1, True), (1, 4, 100, 9, False), (1, 3, 5, 3, True)]:
         x = torch.randn(batch, channels, length + 10, generator=generator)[..., 4 : 4 + length]  # a strided view
@@ -127,6 +152,9 @@ INTERPRETED = textwrap.dedent(
         got = depthwise_conv1d(x, weight, b, 3 * dilation, dilation)
         want = torch.nn.functional.conv1d(x, weight, b, padding=3 * dilation, dilation=dilation, groups=channels)
         out["kernel"].append([list(got.shape) == list(want.shape), float((got - want).abs().max())])
+        alpha = torch.rand(1, channels, 1, generator=generator) * 2 + 0.1
+        fused = depthwise_conv1d(x, weight, b, 3 * dilation, dilation, alpha)
+        out["snake"].append([float((fused - snake(want, alpha)).abs().max()), float((fused - got).abs().max())])
     x = torch.randn(1, 2, 10, generator=generator).half()
     weight = torch.randn(2, 1, 7, generator=generator).half()
     got = depthwise_conv1d(x, weight, None, 3, 1)
@@ -177,6 +205,8 @@ def test_the_triton_kernel_equals_aten_under_triton_s_interpreter() -> None:
     out = json.loads(interpreted(INTERPRETED)[-1])
     assert [ok for ok, _ in out["kernel"]] == [True, True, True]
     assert max(diff for _, diff in out["kernel"]) < 1e-5
+    assert max(diff for diff, _ in out["snake"]) < 1e-5  # the Snake applied to the sums, as SNAC's after ATen's
+    assert min(change for _, change in out["snake"]) > 1e-2  # and applied at all
     assert out["half"][0] == "torch.float16" and out["half"][1] < 2e-2  # float32 sums, one float16 rounding
     assert out["swapped"]
     assert out["whole"] < 1e-5 and out["cropped"] < 1e-5 and out["compiled"] < 1e-5, out

@@ -9,10 +9,14 @@ fuse (session 14) the decoder got slower, 56 against 48 us a frame.
 
 `depthwise_conv1d` is that stencil as a Triton kernel: one program per row (a batch item's channel) and block of
 output samples, the seven taps loaded from the input as it lies (any strides: a cropped decode's slices), summed in
-float32. `use_depthwise` swaps SNAC's depthwise `Conv1d`s for `TritonDepthwiseConv1d`, a `Conv1d` that calls it
-through the `oai_server::snac_depthwise_conv1d` custom operator on CUDA (torch.compile and CUDA graphs see one opaque
-call) and is ATen's convolution anywhere else, once the kernel has passed a check against ATen's on the device
-(`triton_problem`). Its samples equal ATen's to float rounding (the sum's order).
+float32. In a residual unit (Snake, depthwise convolution, Snake, 1x1 convolution) the kernel also applies the Snake
+after it to its sums before it stores them: inductor cannot fuse that Snake into an opaque call or into the 1x1
+convolution (an external kernel), so on its own it would write the activation and read it back once more, the
+unit's largest avoidable traffic. `use_depthwise` swaps SNAC's depthwise `Conv1d`s for `TritonDepthwiseConv1d`, a
+`Conv1d` that calls it through the `oai_server::snac_depthwise_conv1d` custom operator on CUDA (torch.compile and
+CUDA graphs see one opaque call) and is ATen's convolution (and `snake`) anywhere else, once the kernel has passed a
+check against ATen's on the device (`triton_problem`); a fused Snake is replaced by an identity. Its samples equal
+ATen's to float rounding (the sum's order).
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def _kernel() -> Any:
         x_ptr,
         w_ptr,
         b_ptr,
+        alpha_ptr,
         out_ptr,
         channels,
         length_in,
@@ -99,6 +104,7 @@ def _kernel() -> Any:
         padding,
         dilation,
         HAS_BIAS: tl.constexpr,
+        HAS_SNAKE: tl.constexpr,
         KERNEL: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -115,6 +121,10 @@ def _kernel() -> Any:
             acc += x.to(tl.float32) * tl.load(w_ptr + channel * KERNEL + tap).to(tl.float32)
         if HAS_BIAS:
             acc += tl.load(b_ptr + channel).to(tl.float32)
+        if HAS_SNAKE:  # SNAC's Snake: x + 1 / (alpha + 1e-9) * sin(alpha * x) ** 2
+            alpha = tl.load(alpha_ptr + channel).to(tl.float32)
+            wave = tl.sin(alpha * acc)
+            acc += (1.0 / (alpha + 1e-9)) * (wave * wave)
         tl.store(out_ptr + row * length_out + t, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     return depthwise_conv1d_kernel
@@ -132,12 +142,15 @@ def depthwise_conv1d(
     bias: torch.Tensor | None,
     padding: int,
     dilation: int,
+    snake_alpha: torch.Tensor | None = None,
+    *,
     block: int | None = None,
     warps: int | None = None,
 ) -> torch.Tensor:
     """``conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=C)`` of `x` ``[B, C, T]`` (weight
-    ``[C, 1, K]``) by the Triton kernel, contiguous ``[B, C, T']``, in `x`'s dtype (float32 sums); `block` output
-    samples a program and `warps` warps for it (a bench's sweep; by default chosen from the row's length)."""
+    ``[C, 1, K]``) by the Triton kernel, then ``snake(·, snake_alpha)`` (C values) if given, contiguous ``[B, C, T']``,
+    in `x`'s dtype (float32 sums); `block` output samples a program and `warps` warps for it (a bench's sweep; by
+    default chosen from the row's length)."""
     batch, channels, length = x.shape
     kernel = weight.shape[-1]
     length_out = output_length(length, kernel, padding, dilation)
@@ -145,12 +158,14 @@ def depthwise_conv1d(
     if out.numel() == 0:
         return out
     weight = weight.reshape(channels, kernel).contiguous()
+    alpha = snake_alpha.reshape(channels).contiguous() if snake_alpha is not None else None
     block = block or _block(length_out)
     grid = (batch * channels, -(-length_out // block))
     _kernel()[grid](
         x,
         weight,
         bias if bias is not None else weight,  # never read without HAS_BIAS
+        alpha if alpha is not None else weight,  # never read without HAS_SNAKE
         out,
         channels,
         length,
@@ -159,6 +174,7 @@ def depthwise_conv1d(
         padding,
         dilation,
         HAS_BIAS=bias is not None,
+        HAS_SNAKE=alpha is not None,
         KERNEL=kernel,
         BLOCK=block,
         num_warps=warps or max(1, min(8, block // 256)),  # 8 samples a thread at full blocks; a short row's, one warp
@@ -172,32 +188,52 @@ def kernel_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """SNAC's Snake activation of `x` ``[B, C, T]`` with `alpha` ``[1, C, 1]``, as `snac.layers.snake` computes it."""
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
 @torch.library.custom_op("oai_server::snac_depthwise_conv1d", mutates_args=())
 def snac_depthwise_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    snake_alpha: torch.Tensor | None,
+    padding: int,
+    dilation: int,
 ) -> torch.Tensor:
-    """SNAC's depthwise convolution: the Triton kernel (`depthwise_conv1d`) where it runs (`kernel_runs_on`), else
-    ATen's."""
+    """SNAC's depthwise convolution, and the Snake after it if `snake_alpha` is given: the Triton kernel
+    (`depthwise_conv1d`) where it runs (`kernel_runs_on`), else ATen's convolution and `snake`."""
     if kernel_runs_on(x.device):
-        return depthwise_conv1d(x, weight, bias, padding, dilation)
-    return torch.nn.functional.conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+        return depthwise_conv1d(x, weight, bias, padding, dilation, snake_alpha)
+    out = torch.nn.functional.conv1d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+    return out if snake_alpha is None else snake(out, snake_alpha)
 
 
 @snac_depthwise_conv1d.register_fake
 def _snac_depthwise_conv1d_shape(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    snake_alpha: torch.Tensor | None,
+    padding: int,
+    dilation: int,
 ) -> torch.Tensor:
     length_out = output_length(x.shape[-1], weight.shape[-1], padding, dilation)
     return x.new_empty((x.shape[0], x.shape[1], length_out))
 
 
 class TritonDepthwiseConv1d(torch.nn.Conv1d):
-    """A depthwise `Conv1d` (`is_depthwise`) computed by `snac_depthwise_conv1d`; its weight and bias are the
-    replaced convolution's own (shared), and `snac_crop` plans it as the convolution it is."""
+    """A depthwise `Conv1d` (`is_depthwise`) computed by `snac_depthwise_conv1d`, with the Snake after it fused when
+    `snake_alpha` is set; its weight, bias and alpha are the replaced modules' own (shared), and `snac_crop` plans it
+    as the convolution it is (a Snake is pointwise)."""
+
+    snake_alpha: torch.nn.Parameter | None
 
     @classmethod
-    def replacing(cls, conv: torch.nn.Conv1d) -> TritonDepthwiseConv1d:
-        """The module computing `conv` (`is_depthwise`) with the Triton kernel."""
+    def replacing(cls, conv: torch.nn.Conv1d, snake_after: torch.nn.Module | None = None) -> TritonDepthwiseConv1d:
+        """The module computing `conv` (`is_depthwise`) with the Triton kernel, and then `snake_after` (a SNAC
+        `Snake1d`, `fusable_snake`) if given."""
         module = cls(
             conv.in_channels,
             conv.out_channels,
@@ -210,6 +246,7 @@ class TritonDepthwiseConv1d(torch.nn.Conv1d):
         )
         module.weight = conv.weight
         module.bias = conv.bias
+        module.snake_alpha = snake_after.alpha if snake_after is not None else None  # type: ignore[assignment]
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,30 +255,49 @@ class TritonDepthwiseConv1d(torch.nn.Conv1d):
             x,
             self.weight,
             self.bias,
+            self.snake_alpha,
             int(self.padding[0]),
             int(self.dilation[0]),
         )
         return out
 
 
+def fusable_snake(module: torch.nn.Module | None, channels: int) -> bool:
+    """Whether `module` is SNAC's Snake over `channels` channels (`Snake1d`: a per-channel ``alpha`` of shape
+    ``[1, C, 1]``), which the kernel can apply to a depthwise convolution's output."""
+    alpha = getattr(module, "alpha", None)
+    return (
+        type(module).__name__ == "Snake1d"
+        and isinstance(alpha, torch.nn.Parameter)
+        and tuple(alpha.shape) == (1, channels, 1)
+    )
+
+
 def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
     """`model` (a loaded SNAC) with its decoder's depthwise convolutions computed by `depthwise`, swapped in place
-    (`TritonDepthwiseConv1d`; ATen's: as loaded); returns it. Where the kernel would run and fails its check
-    (`triton_problem`: no Triton, a compile error, other samples), ATen's stay, with a warning, instead of every
-    decode failing."""
+    (`TritonDepthwiseConv1d`, each with the Snake right after it in its `Sequential` fused, that Snake replaced by an
+    identity; ATen's: as loaded); returns it. Where the kernel would run and fails its check (`triton_problem`: no
+    Triton, a compile error, other samples), ATen's stay, with a warning, instead of every decode failing."""
     if depthwise != "triton":
         return model
     problem = triton_problem(next(model.parameters()).device)
     if problem is not None:
         logger.warning("SNAC's depthwise convolutions keep ATen's kernel: the Triton kernel %s", problem)
         return model
-    swapped = 0
+    swapped = fused = 0
     for parent in list(model.decoder.modules()):
-        for name, child in list(parent.named_children()):
-            if is_depthwise(child):
-                setattr(parent, name, TritonDepthwiseConv1d.replacing(child))
-                swapped += 1
-    logger.info("SNAC's %d depthwise convolutions run the Triton kernel", swapped)
+        children = list(parent.named_children())
+        for index, (name, child) in enumerate(children):
+            if not is_depthwise(child):
+                continue
+            next_name, after = children[index + 1] if index + 1 < len(children) else ("", None)
+            fuse = isinstance(parent, torch.nn.Sequential) and fusable_snake(after, child.out_channels)
+            setattr(parent, name, TritonDepthwiseConv1d.replacing(child, after if fuse else None))
+            swapped += 1
+            if fuse:  # the Sequential runs its parts in order: the Snake's place becomes a pass-through
+                setattr(parent, next_name, torch.nn.Identity())
+                fused += 1
+    logger.info("SNAC's %d depthwise convolutions run the Triton kernel (%d with the Snake after them)", swapped, fused)
     return model
 
 
@@ -251,11 +307,12 @@ def triton_problem(device: torch.device) -> str | None:
     if not kernel_runs_on(device):
         return None
     generator = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(shape, generator=generator).to(device) for shape in ((2, 8, 100), (8, 1, 7), (8,)))
+    shapes = ((2, 8, 100), (8, 1, 7), (8,), (1, 8, 1))
+    x, weight, bias, alpha = (torch.randn(shape, generator=generator).to(device) for shape in shapes)
     try:
-        got = depthwise_conv1d(x, weight, bias, 9, 3)
-        want = torch.nn.functional.conv1d(x, weight, bias, padding=9, dilation=3, groups=8)
-        error = float((got - want).abs().max())
+        conv = torch.nn.functional.conv1d(x, weight, bias, padding=9, dilation=3, groups=8)
+        got = (depthwise_conv1d(x, weight, bias, 9, 3), depthwise_conv1d(x, weight, bias, 9, 3, alpha))
+        error = max(float((g - want).abs().max()) for g, want in zip(got, (conv, snake(conv, alpha)), strict=True))
     except Exception as exc:  # no Triton, a compile or launch failure: whatever it is, ATen's kernel still works
         return f"failed ({type(exc).__name__}: {exc})"
     return None if error < 1e-3 else f"differs from ATen's by {error:.3g}"

@@ -7,7 +7,8 @@ already fuses into one kernel each on CUDA) 23 us, and the residual and noise ad
 whole, inductor fuses each residual addition and noise block with the Snakes around it: 72 -> 48 us
 per frame at batch 128 (51.8 at 64), as CUDA graphs both. (Compiling only the Snakes gave 68 us; the
 depthwise convolutions written as shifted sums for inductor to fuse gave 56 us, slower than ATen's kernel; one
-Triton kernel each, `--snac-depthwise triton` (`snac_depthwise.py`), is an opaque call inductor leaves as it is.)
+Triton kernel each, `--snac-depthwise triton` (`snac_depthwise.py`), is an opaque call inductor leaves as it is, so
+the kernel applies the Snake after each residual unit's convolution itself.)
 
 A cropped decode (`--snac-crop-decodes`, `snac_crop.py`) runs the decoder's stages one by one, each compiled on its
 own: compiled whole with a crop's bounds, the decoder recompiled for every pair of them. A whole decode keeps the
