@@ -15,7 +15,8 @@ ordering and futures stay the server's; only `decode_frames` and `capture` cross
 pickled tuples over `multiprocessing.connection`, authenticated with the multiprocessing authkey the
 engine core inherits from the server that spawned it: ``(op, *args)`` in, ``("ok", value)`` or
 ``("error", text)`` out, with ops ``load``, ``capture``, ``decode``, ``decode_many``, ``switch_interval`` and
-``stats``.
+``stats``. Who answers the rounds (``decode_many``), the service's thread or the engine's own steps, is
+`snac_rounds`'s business (``--snac-rounds``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ from .snac_depthwise import SnacDepthwise, check_depthwise, uses_triton_depthwis
 from .snac_fusion import SnacFusion, check_fusion
 from .snac_graphs import GraphSet
 from .snac_model import load_snac
-from .snac_stream import SnacDecoder, capture_graph_sets, decode_frame_batches, decode_frames, window_frames
+from .snac_rounds import SnacRounds, StepRounds, check_rounds
+from .snac_stream import (
+    LaunchedRound,
+    SnacDecoder,
+    capture_graph_sets,
+    decode_frame_batches,
+    decode_frames,
+    launch_frame_batches,
+    window_frames,
+)
 from .snac_windows import Window, WindowShape
 
 logger = logging.getLogger(__name__)
@@ -49,6 +59,10 @@ SERVICE_KEY = "oai_snac_service"
 LOW_PRIORITY_KEY = "oai_snac_low_priority"
 """Key in vLLM's ``additional_config``: true gives the engine's own work a high-priority CUDA stream,
 so the SNAC service's kernels (on a stream of the lowest priority) fill the gaps of its steps."""
+
+ROUNDS_KEY = "oai_snac_rounds"
+"""Key in vLLM's ``additional_config``: who answers the SNAC service's rounds, its thread or the engine's steps
+(`snac_rounds.SnacRounds`)."""
 
 SWITCH_INTERVAL_KEY = "oai_engine_switch_interval_s"
 """Key in vLLM's ``additional_config``: the engine process's GIL switch interval in seconds (``sys.setswitchinterval``),
@@ -74,7 +88,7 @@ def _authkey() -> bytes:
 class SnacService:
     """Decodes SNAC windows for the server, on its own CUDA stream of the process it runs in."""
 
-    def __init__(self, address: str, device: str) -> None:
+    def __init__(self, address: str, device: str, rounds: SnacRounds = "thread") -> None:
         self.address = address
         self.device = device
         self.model: Any = None
@@ -88,6 +102,8 @@ class SnacService:
         # priority 0 is CUDA's lowest: an engine stream of higher priority (`prioritize_engine_stream`)
         # has its pending blocks scheduled first, and SNAC's run where the engine leaves the GPU idle
         self._stream = torch.cuda.Stream(device, priority=0) if device.startswith("cuda") else None
+        self.rounds = StepRounds(self) if check_rounds(rounds) == "step" else None
+        """Who answers the rounds besides this service's thread: the engine's steps (`step`), or no one."""
         self._listener = Listener(address, family="AF_UNIX", authkey=_authkey())
         self._thread = threading.Thread(target=self._serve, name="snac-service", daemon=True)
 
@@ -95,6 +111,17 @@ class SnacService:
         """Serve connections on a daemon thread."""
         self._thread.start()
         return self
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """SNAC's CUDA stream (None off CUDA)."""
+        return self._stream
+
+    def step(self, rows: int) -> None:
+        """The engine's thread, once a step, with `rows` speech requests running: the rounds' turn (`StepRounds.step`)
+        when the engine's steps serve them, else nothing."""
+        if self.rounds is not None:
+            self.rounds.step(rows)
 
     def _serve(self) -> None:
         stream = self._stream
@@ -108,24 +135,43 @@ class SnacService:
                     logger.warning("SNAC service: a connection was refused", exc_info=True)
                     continue
                 with connection:
-                    self._answer(connection)
+                    if self.rounds is not None:
+                        self.rounds.serve(connection)
+                    else:
+                        self._answer_each(connection)
 
-    def _answer(self, connection: Connection) -> None:
+    def _answer_each(self, connection: Connection) -> None:
         while True:
             try:
-                request = connection.recv()
+                connection.send(self.answer(connection.recv()))
             except (EOFError, OSError):
                 return  # the server went away; wait for the next one
-            op = request[0] if isinstance(request, tuple) and request else repr(request)
-            try:
-                reply: tuple[str, Any] = ("ok", self.handle(op, *request[1:]))
-            except Exception as exc:
-                logger.exception("SNAC service: %s failed", op)
-                reply = ("error", f"{type(exc).__name__}: {exc}")
-            try:
-                connection.send(reply)
-            except (EOFError, OSError):
-                return  # the server went away mid-answer; wait for the next one
+
+    def answer(self, request: Any) -> tuple[str, Any]:
+        """The reply to one request (`handle`): ``("ok", value)``, or ``("error", text)`` for any failure."""
+        op = request[0] if isinstance(request, tuple) and request else repr(request)
+        try:
+            return ("ok", self.handle(op, *request[1:]))
+        except Exception as exc:
+            logger.exception("SNAC service: %s failed", op)
+            return ("error", f"{type(exc).__name__}: {exc}")
+
+    def launch_round(self, batches: Sequence[tuple[np.ndarray, Sequence[int]]]) -> LaunchedRound | None:
+        """A round's batches launched on the current stream without waiting, an event recorded after them; None,
+        with nothing launched, when a batch has no graph (it would decode eagerly, waiting)."""
+        if self.model is None or any(tuple(shape) not in self.graphs for _, shape in batches):
+            return None
+        counted = [self._counted(frames, shape) for frames, shape in batches]
+        return launch_frame_batches(self.model, self.device, self.graphs, counted, record=True)
+
+    @staticmethod
+    def round_reply(results: list[np.ndarray | Exception]) -> tuple[str, Any]:
+        """The reply to a round: every batch's PCM, or the first failure (a failure fails the round)."""
+        failed = next((result for result in results if isinstance(result, Exception)), None)
+        if failed is not None:
+            logger.error("SNAC service: decode_many failed", exc_info=failed)
+            return ("error", f"{type(failed).__name__}: {failed}")
+        return ("ok", results)
 
     def handle(self, op: str, *args: Any) -> Any:
         """One request: ``load(name, dtype, max_batch, fusion[, depthwise])``, ``capture(shapes)``,
@@ -167,6 +213,7 @@ class SnacService:
                 "engine_stream_priority": self.engine_stream_priority,
                 "stream_priority": self._stream.priority if self._stream is not None else None,
                 "switch_interval_s": sys.getswitchinterval(),
+                "rounds": self.rounds.stats() if self.rounds is not None else {"mode": "thread"},
             }
         raise SnacServiceError(f"unknown operation {op!r}")
 
@@ -182,12 +229,12 @@ class SnacService:
         self._listener.close()
 
 
-def start_service(name: str, device: str) -> SnacService | None:
-    """Start the service `name` for the server that spawned this process (the engine core's side);
-    None when this process already serves it."""
+def start_service(name: str, device: str, rounds: SnacRounds = "thread") -> SnacService | None:
+    """Start the service `name` for the server that spawned this process (the engine core's side), its rounds
+    answered as `rounds` says; None when this process already serves it."""
     address = service_address(name, os.getppid())
     try:
-        service = SnacService(address, device).start()
+        service = SnacService(address, device, rounds).start()
     except OSError as exc:  # the address is taken: a second processor instance in the same engine
         logger.info("SNAC service %s not started again: %s", name, exc)
         return None

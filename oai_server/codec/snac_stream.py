@@ -258,13 +258,44 @@ def decode_frame_batches(
     batches: Sequence[tuple[np.ndarray, WindowShape]],
 ) -> list[np.ndarray | Exception]:
     """A round of batches (``frames`` ``[B, F, 7]`` of one shape each): each one's int16 PCM, or the exception that
-    failed it, in order.
+    failed it, in order (`launch_frame_batches`, then waited for once)."""
+    return launch_frame_batches(model, device, graphs, batches).collect()
 
-    The batches with a graph are queued one after another and the stream is waited for once, at the end. In the
-    engine's process SNAC's stream has the lowest priority, so a wait can last until the engine's kernels leave SMs
-    free, and each wait hands the GIL back and forth with the engine's scheduler: a round of several shapes
-    (streams starting and ending) that waited for each in turn could span several engine steps. A shape met twice
-    is waited for before its second launch (its graph's buffers are in use); eager batches wait as they go.
+
+@dataclass
+class LaunchedRound:
+    """A round's batches queued on a CUDA stream (`launch_frame_batches`): what each will read once the stream has
+    done (or its PCM or error already), and an event recorded after them to ask whether it has."""
+
+    results: list[np.ndarray | Exception | Callable[[], np.ndarray]]
+    device: str
+    done: Any = None
+    """A CUDA event recorded after the round's work (`record`), or None."""
+
+    def ready(self) -> bool:
+        """Whether `collect` would not wait: the event has passed, or there is none to wait for."""
+        return self.done is None or bool(self.done.query())
+
+    def collect(self) -> list[np.ndarray | Exception]:
+        """Wait for the stream (this thread's current one, the round's), then each batch's PCM or error, in order."""
+        return _collect(self.results, self.device)
+
+
+def launch_frame_batches(
+    model: Any,
+    device: str,
+    graphs: dict[WindowShape, GraphSet],
+    batches: Sequence[tuple[np.ndarray, WindowShape]],
+    record: bool = False,
+) -> LaunchedRound:
+    """Queue a round of batches on the current stream without waiting for them, and with `record` an event after
+    them (on CUDA, when any batch replays a graph): `LaunchedRound`.
+
+    The batches with a graph are queued one after another, to be waited for once. In the engine's process SNAC's
+    stream has the lowest priority, so a wait can last until the engine's kernels leave SMs free, and each wait hands
+    the GIL back and forth with the engine's scheduler: a round of several shapes (streams starting and ending) that
+    waited for each in turn could span several engine steps. A shape met twice is waited for before its second
+    launch (its graph's buffers are in use); eager batches decode, and wait, as they go.
     """
     results: list[np.ndarray | Exception | Callable[[], np.ndarray]] = []
     pending: set[WindowShape] = set()
@@ -281,7 +312,11 @@ def decode_frame_batches(
             pending.add(shape)
         except Exception as exc:
             results.append(exc)
-    return _collect(results, device)
+    done = None
+    if record and pending and device.startswith("cuda"):
+        done = torch.cuda.Event()
+        done.record()
+    return LaunchedRound(results, device, done)
 
 
 def _collect(

@@ -122,6 +122,7 @@ async def _build(
                 orpheus_slots=True,
                 snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
                 snac_low_priority=settings.snac_low_priority,
+                snac_rounds=settings.snac_rounds,
                 switch_interval_ms=settings.tts_engine_switch_interval_ms,
                 band_graphs=settings.tts_band_graphs,
                 frame_deltas=settings.tts_frame_deltas,

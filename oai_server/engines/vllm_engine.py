@@ -111,6 +111,7 @@ def engine_kwargs(
     orpheus_slots: bool = False,
     snac_service: str | None = None,
     snac_low_priority: bool = False,
+    snac_rounds: str = "thread",
     switch_interval_ms: float = 0.0,
     band_graphs: bool = False,
     log_stats: bool = False,
@@ -146,9 +147,11 @@ def engine_kwargs(
         kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
         config: dict[str, Any] = {}
         if snac_service:  # the processor starts the SNAC service in the engine's process
-            from oai_server.codec.snac_service import LOW_PRIORITY_KEY, SERVICE_KEY
+            from oai_server.codec.snac_service import LOW_PRIORITY_KEY, ROUNDS_KEY, SERVICE_KEY
 
             config.update({SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority})
+            if snac_rounds != "thread":
+                config[ROUNDS_KEY] = snac_rounds
         if switch_interval_ms:  # the engine process's GIL switch interval, set by the processor there
             from oai_server.codec.snac_service import SWITCH_INTERVAL_KEY
 
@@ -267,6 +270,7 @@ class VLLMEngine(AsyncLLMLifecycle):
         orpheus_slots: bool = False,
         snac_service: str | None = None,
         snac_low_priority: bool = False,
+        snac_rounds: str = "thread",
         switch_interval_ms: float = 0.0,
         band_graphs: bool = False,
         frame_deltas: bool = True,
@@ -285,7 +289,8 @@ class VLLMEngine(AsyncLLMLifecycle):
         ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
         ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
         too, its processor serves SNAC decoding under that name in the engine's process
-        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``; a
+        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``, its rounds answered
+        by the engine's steps with ``snac_rounds="step"`` (`oai_server.codec.snac_rounds`); a
         ``switch_interval_ms`` other than 0 is the GIL switch interval of the engine's process; with
         ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). With ``frame_deltas``, an
         Orpheus engine whose ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
@@ -306,6 +311,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            snac_rounds=snac_rounds,
             switch_interval_ms=switch_interval_ms,
             band_graphs=band_graphs,
             log_stats=log_stats,
@@ -331,6 +337,7 @@ class VLLMEngine(AsyncLLMLifecycle):
             orpheus_slots=orpheus_slots,
             snac_service=snac_service,
             snac_low_priority=snac_low_priority,
+            snac_rounds=snac_rounds,
             switch_interval_ms=switch_interval_ms,
             band_graphs=band_graphs,
             frame_deltas=frame_deltas,

@@ -26,9 +26,10 @@ over the whole vocabulary.
 
 An engine built with ``additional_config={"oai_snac_service": name}`` also starts the server's SNAC
 decoding in its process here (`oai_server.codec.snac_service`), and with ``"oai_snac_low_priority": True``
-moves the engine's own work to a CUDA stream of higher priority than SNAC's; ``"oai_engine_switch_interval_s"`` sets the
-engine process's GIL switch interval. With ``"oai_band_graphs": True`` the
-band work of a step runs as one CUDA graph (`band_graphs`).
+moves the engine's own work to a CUDA stream of higher priority than SNAC's; with ``"oai_snac_rounds": "step"`` the
+engine's thread serves SNAC's rounds itself at every `update_state` while enough speech requests run
+(`oai_server.codec.snac_rounds`); ``"oai_engine_switch_interval_s"`` sets the engine process's GIL switch interval.
+With ``"oai_band_graphs": True`` the band work of a step runs as one CUDA graph (`band_graphs`).
 
 The module imports without vLLM (CI): the base class falls back to `object`, and the pure
 mask functions below need only torch.
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 
 from oai_server.codec import orpheus, snac_service
+from oai_server.codec.snac_rounds import check_rounds
 from oai_server.engines.band_graphs import BAND_GRAPHS_KEY, BandGraph, BandGraphs
 from oai_server.engines.band_penalty import AUDIO_SPAN, BandPenalty, band_penalty, penalize_band, seen_hits
 from oai_server.engines.band_sampling import (
@@ -204,7 +206,8 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         config = getattr(vllm_config, "additional_config", None) or {}
         service = config.get(snac_service.SERVICE_KEY)
         # the one hook of this project in the engine-core process: SNAC decoding joins the engine's CUDA context
-        self.snac_service = snac_service.start_service(str(service), str(device)) if service else None
+        rounds = check_rounds(str(config.get(snac_service.ROUNDS_KEY) or "thread"))
+        self.snac_service = snac_service.start_service(str(service), str(device), rounds) if service else None
         if service and config.get(snac_service.LOW_PRIORITY_KEY):
             snac_service.prioritize_engine_stream(self._device)
         snac_service.set_switch_interval(config.get(snac_service.SWITCH_INTERVAL_KEY))
@@ -249,9 +252,14 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             self._free.append(row.slot)
 
     def update_state(self, batch_update: Any) -> None:
-        """Track opted-in rows through vLLM's removed -> added -> moved batch changes."""
-        if batch_update is None:
-            return
+        """Track opted-in rows through vLLM's removed -> added -> moved batch changes; then, once a step, SNAC's
+        rounds get their turn on this thread (`snac_rounds.StepRounds`, with ``--snac-rounds step``)."""
+        if batch_update is not None:
+            self._update_rows(batch_update)
+        if self.snac_service is not None:
+            self.snac_service.step(len(self._rows))
+
+    def _update_rows(self, batch_update: Any) -> None:
         self._version += 1
         rows = self._rows
         for index in batch_update.removed:
