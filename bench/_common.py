@@ -80,7 +80,7 @@ def speech_synthesizer(
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
     them), `--cudagraph-mode`, `--arrival-window-ms`, `--no-prefix-caching` (vLLM's default is on; the server runs
-    Orpheus without it), `--engine-switch-interval-ms`."""
+    Orpheus without it), `--engine-switch-interval-ms`, `--snac-rounds`."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -108,6 +108,11 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine-switch-interval-ms", type=float, default=0.0,
         help="the server's --tts-engine-switch-interval-ms: the engine process's GIL switch interval (0: Python's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--snac-rounds", choices=("thread", "step"), default="thread",
+        help="with SNAC in the engine: the server's --snac-rounds (thread: its default, the service's thread answers "
+        "each round; step: the engine's thread serves them between its steps, session 42)",
     )  # fmt: skip
 
 

@@ -387,6 +387,7 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
                     orpheus_slots=True,
                     snac_service=service if in_engine else None,
                     snac_low_priority=args.snac_low_priority,
+                    snac_rounds=args.snac_rounds,
                     switch_interval_ms=args.engine_switch_interval_ms,
                     band_graphs=args.band_graphs,
                     frame_deltas=args.frame_deltas,

@@ -405,6 +405,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         orpheus_slots=True,
         snac_service=SNAC_SERVICE if args.mode == "ours_in_engine" else None,
         snac_low_priority=args.snac_low_priority,
+        snac_rounds=args.snac_rounds,
         switch_interval_ms=args.engine_switch_interval_ms,
         band_graphs=args.band_graphs,
         frame_deltas=args.frame_deltas,
@@ -486,6 +487,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 report["churn_switch_interval_ab"] = await switch_interval_ab(control, churn_run, args)
             if args.churn_repeats:
                 report["churn_over_time"] = await churn_over_time(churn_run, args)
+        if control is not None:  # the service's own counts: who answered its rounds (--snac-rounds), its graphs
+            report["snac_service"] = await asyncio.to_thread(control.call, "stats")
         if not args.trace:
             await _cancel(tasks)
             return report
