@@ -234,6 +234,34 @@ def test_a_failed_batch_fails_alone_and_eager_batches_decode_between_graphs(monk
     assert log == [("launch", STEADY, 3), ("read", STEADY)]
 
 
+def test_a_launched_round_is_read_without_a_wait_once_its_event_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's steps collect a round (`--snac-rounds step`) only once its event has passed, and then must not
+    wait on the stream: a wait lets go of the GIL, and the engine's thread may wait to get it back."""
+    from oai_server.codec import snac_stream
+
+    log: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda: SimpleNamespace(synchronize=lambda: log.append(("wait",)))
+    )
+    batches = [batch_of(3, STEADY, 1), batch_of(2, OTHER, 2)]
+    launched = snac_stream.launch_frame_batches(None, "cuda", launching_sets([STEADY, OTHER], log), batches)
+    passed = [False]
+    launched.done = SimpleNamespace(query=lambda: passed[0])
+    assert not launched.ready()
+    passed[0] = True
+    assert launched.ready()
+    results = launched.collect()
+    assert ("wait",) not in log and [first_codes(pcm) for pcm in results] == wants_of(batches)
+    passed[0] = False  # read before its event passed (the service's thread, finishing a step's round): it waits
+    launched = snac_stream.launch_frame_batches(None, "cuda", launching_sets([STEADY], log), batches[:1])
+    launched.done = SimpleNamespace(query=lambda: passed[0])
+    assert first_codes(launched.collect()[0]) == wants_of(batches)[0] and log[-2:] == [("wait",), ("read", STEADY)]
+
+
+def wants_of(batches: list[tuple[np.ndarray, WindowShape]]) -> list[list[int]]:
+    return [[int(f[0][0]) for f in frames] for frames, _ in batches]
+
+
 def test_when_the_wait_fails_every_queued_batch_gets_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from oai_server.codec import snac_stream
 

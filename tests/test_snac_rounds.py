@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
 from oai_server.codec import snac_rounds
@@ -34,7 +33,7 @@ from oai_server.codec.snac_stream import LaunchedRound
 from oai_server.engines.vllm_engine import engine_kwargs
 from oai_server.settings import Settings
 
-from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets
+from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets, wants_of
 
 ROWS = STEP_FROM_ROWS + 8
 
@@ -92,10 +91,6 @@ def first_codes(pcm: Any) -> list[int]:
     return [int(row[0]) for row in pcm]
 
 
-def wants(batches: list[tuple[np.ndarray, Any]]) -> list[list[int]]:
-    return [[int(frames[i][0][0]) for i in range(len(frames))] for frames, _ in batches]
-
-
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -108,7 +103,7 @@ def test_the_engine_s_steps_answer_the_rounds_while_enough_speech_requests_run(s
     wait_for(service.rounds.engine_serves)
     for seed in range(3):
         batches = [batch_of(3, STEADY, seed)]
-        assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants(batches)
+        assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants_of(batches)
     stats = service.client.call("stats")["rounds"]
     assert (stats["by_step"], stats["by_thread"]) == (3, 0)  # no round woke the service's thread
     assert stats["left_to_thread"] == 1 and stats["mode"] == "step"  # the stats request itself went to the thread
@@ -117,12 +112,12 @@ def test_the_engine_s_steps_answer_the_rounds_while_enough_speech_requests_run(s
 
 def test_below_the_threshold_and_without_steps_the_service_s_thread_answers(service: Service) -> None:
     batches = [batch_of(2, STEADY, 1)]
-    assert wants(batches) == [first_codes(pcm) for pcm in service.client.call("decode_many", batches)]  # no steps
+    assert wants_of(batches) == [first_codes(pcm) for pcm in service.client.call("decode_many", batches)]  # no steps
     service.rows = STEP_FROM_ROWS - 1
     service.steps(True)
     time.sleep(0.05)
     assert not service.rounds.engine_serves()
-    assert wants(batches) == [first_codes(pcm) for pcm in service.client.call("decode_many", batches)]
+    assert wants_of(batches) == [first_codes(pcm) for pcm in service.client.call("decode_many", batches)]
     stats = service.client.call("stats")["rounds"]
     assert (stats["by_step"], stats["by_thread"], stats["left_to_thread"]) == (0, 2, 0)
 
@@ -134,7 +129,7 @@ def test_a_step_leaves_what_would_make_it_wait_to_the_thread(service: Service) -
     wait_for(service.rounds.engine_serves)
     eager = [batch_of(2, STEADY, 2), batch_of(1, OTHER, 3)]
     pcms = service.client.call("decode_many", eager)
-    assert first_codes(pcms[0]) == wants(eager)[0] and pcms[1].shape[0] == 1  # OTHER decoded by the model
+    assert first_codes(pcms[0]) == wants_of(eager)[0] and pcms[1].shape[0] == 1  # OTHER decoded by the model
     assert service.client.call("switch_interval", None) > 0
     with pytest.raises(SnacServiceError, match="unknown operation 'bogus'"):
         service.client.call("bogus")
@@ -170,7 +165,7 @@ def test_a_round_a_step_launched_is_finished_by_the_thread_once_the_steps_stop(
     assert not replied  # in flight: no step may wait for it
     service.steps(False)
     caller.join(10)
-    assert [first_codes(pcm) for pcm in replied[0]] == wants(batches)
+    assert [first_codes(pcm) for pcm in replied[0]] == wants_of(batches)
     assert service.rounds.by_thread == 0  # the thread finished the step's round; it answered none of its own
 
 
@@ -185,7 +180,7 @@ def test_a_step_that_fails_hands_every_later_round_to_the_thread_without_raising
     assert "a step failed; the service's thread serves every round from now on" in caplog.text
     monkeypatch.undo()
     batches = [batch_of(2, STEADY, 5)]
-    assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants(batches)
+    assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants_of(batches)
     assert service.rounds.stats()["by_thread"] == 1 and not service.rounds.engine_serves()
 
 
@@ -210,7 +205,7 @@ def test_a_server_that_goes_away_mid_steps_leaves_the_service_to_the_next_one(se
     service.client.call("decode_many", batches)
     service.client.close()  # the server process exits
     service.client = ServiceConnection.open(service.name)
-    assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants(batches)
+    assert [first_codes(pcm) for pcm in service.client.call("decode_many", batches)] == wants_of(batches)
     assert service.rounds.by_step == 2
 
 
@@ -219,7 +214,7 @@ def test_the_thread_mode_answers_each_request_on_the_service_s_thread(noiseless_
     try:
         made.steps(True)
         batches = [batch_of(2, STEADY, 8)]
-        assert [first_codes(pcm) for pcm in made.client.call("decode_many", batches)] == wants(batches)
+        assert [first_codes(pcm) for pcm in made.client.call("decode_many", batches)] == wants_of(batches)
         assert made.service.rounds is None and made.client.call("stats")["rounds"] == {"mode": "thread"}
     finally:
         made.close()

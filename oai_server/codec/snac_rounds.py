@@ -174,9 +174,9 @@ class StepRounds:
                     self._handoff.wait(IDLE_CHECK_S)
                     self._handoff.clear()
                     continue
-                if self._deferred is None and self._inflight is None:
-                    if not waiting.poll(POLL_S * 1000) or self.engine_serves():
-                        continue  # nothing came, or the engine's steps took over while this thread waited
+                idle = self._deferred is None and self._inflight is None
+                if idle and (not waiting.poll(POLL_S * 1000) or self.engine_serves()):
+                    continue  # nothing came, or the engine's steps took over while this thread waited
                 with self._lock, self._on_stream():
                     if self._connection is connection:
                         self._advance(wait=True)

@@ -277,8 +277,11 @@ class LaunchedRound:
         return self.done is None or bool(self.done.query())
 
     def collect(self) -> list[np.ndarray | Exception]:
-        """Wait for the stream (this thread's current one, the round's), then each batch's PCM or error, in order."""
-        return _collect(self.results, self.device)
+        """Each batch's PCM or error, in order: at once if the event has passed, else after waiting for the stream
+        (this thread's current one, the round's). A step must not wait: a wait hands the GIL to whichever thread
+        wants it, and the engine's thread may then wait for it back."""
+        passed = self.done is not None and bool(self.done.query())
+        return _collect(self.results, self.device, wait=not passed)
 
 
 def launch_frame_batches(
@@ -320,13 +323,13 @@ def launch_frame_batches(
 
 
 def _collect(
-    results: Sequence[np.ndarray | Exception | Callable[[], np.ndarray]], device: str
+    results: Sequence[np.ndarray | Exception | Callable[[], np.ndarray]], device: str, wait: bool = True
 ) -> list[np.ndarray | Exception]:
-    """Wait for the stream once, then read every launched batch's PCM (each of them the device's error if it failed
-    the queued work)."""
+    """Wait for the stream once (unless told its work is done), then read every launched batch's PCM (each of them
+    the device's error if it failed the queued work)."""
     if any(callable(result) for result in results):
         try:
-            if device.startswith("cuda"):
+            if wait and device.startswith("cuda"):
                 torch.cuda.current_stream().synchronize()
         except Exception as exc:
             return [exc if callable(result) else result for result in results]
