@@ -178,7 +178,8 @@ class Settings(BaseSettings):
     """Samples at the end of each SNAC chunk that wait for the stream's next window, which decodes them again with
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=_env("snac_max_batch"))
-    """Most SNAC windows decoded in one batch across all live streams."""
+    """Most SNAC windows a CUDA graph decodes in one replay (the largest captured); on CUDA a round takes up to four
+    times as many (a burst's first windows), queued as slices of it and waited for once."""
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", validation_alias=_env("snac_dtype"))
     """Precision of the SNAC decoder (auto: float32). float16 takes 23-30 % less of SNAC's GPU time with the compiled
     decoder alone on an H200, at 66 dB from float32, but in the engine's process it cost the churning engine 21 % of

@@ -1182,3 +1182,21 @@ def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_p
         main([str(summary)])
     first, second = printed.getvalue().strip().split("\n\n")
     assert first.count("\n") == 6 and second.count("\n") == 4 and "GIL switch interval" in second
+
+
+def test_rounds_gil_bench_runs_the_real_service_s_rounds_in_an_engine_like_loop(tmp_path: Path) -> None:
+    out = tmp_path / "gil.json"
+    _run(
+        "rounds_gil.py", "--modes", "none,step,thread", "--seconds", "1", "--rounds-per-s", "40",
+        "--step-python-us", "1000", "--out", str(out), timeout=180,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    none, step, thread = report["runs"]
+    assert none["steps_per_s"] > 0 and "rounds_sent" not in none  # nothing sent: the engine alone
+    # every round sent was answered, by the engine's steps once they ran (the first may beat the first step)
+    assert (
+        step["rounds"]["by_step"] >= 1
+        and step["rounds"]["by_step"] + step["rounds"]["by_thread"] == step["rounds_sent"]
+    )
+    assert thread["rounds"] == {"mode": "thread"} and thread["rounds_sent"] >= 1
+    assert report["summary"]["none"]["of_none"] == 1.0 and set(report["summary"]) == {"none", "step", "thread"}

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from oai_server.codec.orpheus import SAMPLES_PER_FRAME, frames_to_levels
-from oai_server.codec.snac_graphs import GraphSet, batch_ladder
+from oai_server.codec.snac_graphs import QUEUED_SLICES, GraphSet, batch_ladder
 from oai_server.codec.snac_model import decode_pcm, fold_weight_norm
 from oai_server.codec.snac_stream import SnacDecoder
 from oai_server.codec.snac_window_policy import WindowPolicy
@@ -119,6 +119,37 @@ def test_batches_beyond_the_largest_graph_run_in_slices_in_order() -> None:
     assert out[:, 0].tolist() == [w.frames[0][0] for w in batch]
 
 
+def test_a_batch_past_the_largest_graph_is_queued_in_slices_each_with_its_own_host_buffers() -> None:
+    """A burst's first windows come as one round of up to `QUEUED_SLICES` times the largest graph: its slices are
+    queued one after another, each through host buffers of its own, to be waited for once; past the buffers, the
+    batch runs in slices waited for at once, as before."""
+    log: list[tuple[Any, ...]] = []
+    graph_set = GraphSet(STEADY, {4: Launching(4, STEADY, log), 8: Launching(8, STEADY, log, QUEUED_SLICES)})  # type: ignore[dict-item]
+    batch = windows(8 + 8 + 8 + 3, STEADY, seed=4)
+    read = graph_set.launch(levels_of(batch))
+    assert log == [("launch", STEADY, 8), ("launch", STEADY, 8, 1), ("launch", STEADY, 8, 2), ("launch", STEADY, 3)]
+    assert read()[:, 0].tolist() == [w.frames[0][0] for w in batch]  # rows in order, the remainder in the 4-graph
+    log.clear()
+    too_many = windows(8 * (QUEUED_SLICES + 1), STEADY, seed=5)
+    assert graph_set.launch(levels_of(too_many))()[:, 0].tolist() == [w.frames[0][0] for w in too_many]
+    assert log == []  # run slice by slice, each waited for (a stand-in's run), none queued
+
+
+def test_on_cuda_a_round_takes_a_burst_s_windows_at_once_and_eager_shapes_decode_max_batch_at_a_time() -> None:
+    from oai_server.codec.snac_stream import _Job
+
+    on_cuda, on_cpu = SnacDecoder(None, "cuda", max_batch=4), SnacDecoder(None, "cpu", max_batch=4)
+    try:
+        assert (on_cuda.round_limit, on_cpu.round_limit) == (4 * QUEUED_SLICES, 4)
+        on_cuda.graphs = {decode_shape(STEADY): stand_in_set(4)[0]}
+        jobs = [_Job(window, None, None, 0.0) for window in windows(10, STEADY, seed=6)]  # type: ignore[arg-type]
+        assert [len(b) for b in on_cuda._batches_of(decode_shape(STEADY), jobs)] == [10]  # queued in slices
+        assert [len(b) for b in on_cuda._batches_of((3, 0, 1, 0), jobs)] == [4, 4, 2]  # no graph: eager, 4 at a time
+    finally:
+        on_cuda.close()
+        on_cpu.close()
+
+
 def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eager() -> None:
     model = quiet_model(SNAC_DEMO_CONFIG)
     decoder = SnacDecoder(model, "cpu", max_batch=4)
@@ -166,20 +197,22 @@ class Launching(StandIn):
     """A stand-in graph that is launched and read later, as a round queues it (`decode_frame_batches`); what happens
     goes into `log`."""
 
-    def __init__(self, size: int, shape: WindowShape, log: list[tuple[Any, ...]]) -> None:
+    def __init__(self, size: int, shape: WindowShape, log: list[tuple[Any, ...]], slots: int = 1) -> None:
         super().__init__(size, shape=shape)
         self.log = log
+        self.slots = slots
 
-    def launch(self, levels: list[np.ndarray]) -> Any:
+    def launch(self, levels: list[np.ndarray], slot: int = 0) -> Any:
+        assert slot < self.slots, "a slot this graph has no host buffers for"
         pcm = self.run(levels)
-        self.log.append(("launch", self.shape, len(pcm)))
+        self.log.append(("launch", self.shape, len(pcm)) if slot == 0 else ("launch", self.shape, len(pcm), slot))
         return lambda: (self.log.append(("read", self.shape)), pcm)[1]
 
 
 class Refusing(Launching):
     """A graph whose launch the device refuses."""
 
-    def launch(self, levels: list[np.ndarray]) -> Any:
+    def launch(self, levels: list[np.ndarray], slot: int = 0) -> Any:
         raise RuntimeError("replay refused")
 
 
@@ -280,14 +313,19 @@ def test_when_the_wait_fails_every_queued_batch_gets_the_error(monkeypatch: pyte
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n", [1, 3, 8, 11])
-def test_captured_graphs_replay_like_eager_decoding(n: int) -> None:
-    """Real SNAC 24 kHz shapes: graph replay (padded to a captured size, or sliced past the largest) gives the
-    samples eager decoding gives, the same kernels on the same inputs."""
+@pytest.mark.parametrize(("n", "queued"), [(1, False), (3, False), (8, False), (11, False), (11, True), (29, True)])
+def test_captured_graphs_replay_like_eager_decoding(n: int, queued: bool) -> None:
+    """Real SNAC 24 kHz shapes: graph replay (padded to a captured size, or sliced past the largest, waited for
+    slice by slice or queued whole) gives the samples eager decoding gives, the same kernels on the same inputs."""
     model = quiet_model(SNAC_24KHZ_CONFIG, "cuda")
     graph_set = GraphSet.capture(model, STEADY, max_batch=8, device="cuda")
     batch = windows(n, STEADY, seed=n)
-    replayed = graph_set.run(levels_of(batch))
+    if queued:
+        read = graph_set.launch(levels_of(batch))
+        torch.cuda.current_stream().synchronize()
+        replayed = read()
+    else:
+        replayed = graph_set.run(levels_of(batch))
     reference = eager(model, batch, "cuda")
     assert replayed.dtype == np.int16 and replayed.shape == reference.shape == (n, STEADY[3] + SAMPLES_PER_FRAME * 2)
     assert int(np.abs(replayed.astype(np.int32) - reference).max()) <= 2

@@ -8,7 +8,8 @@ windows (the ramp, `WindowPolicy.stream_shapes`) decide the time to first audio,
 with a window of its own (`WindowPolicy.finish_shapes`), so the decode of each of those shapes' lengths is
 captured at a ladder of batch sizes (`WindowPolicy.decode_shapes`: windows of one length share a decode, each
 cutting its span after); a batch replays the smallest graph that holds it,
-padded, and larger batches run in slices. SNAC's NoiseBlocks draw fresh noise on every replay (CUDA
+padded, and larger batches (a burst's first windows) are queued as slices of the largest graph and waited for
+once (`QUEUED_SLICES`). SNAC's NoiseBlocks draw fresh noise on every replay (CUDA
 graphs advance the RNG offset), as in eager mode.
 """
 
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 EXACT_BATCHES = 8
 """Every batch size up to this one has a graph of its own (no padding)."""
 
+QUEUED_SLICES = 4
+"""A batch past the largest graph is queued as up to this many slices of it, each with host buffers of its own, and
+waited for once: a burst's first windows (a round of up to this many times `max_batch`) in one wait, not one each."""
+
 
 def batch_ladder(max_batch: int) -> list[int]:
     """Captured batch sizes: every size up to `EXACT_BATCHES`, then powers of two and one and a half times them,
@@ -51,24 +56,45 @@ def batch_ladder(max_batch: int) -> list[int]:
 
 
 @dataclass
+class _Staging:
+    """Pinned host buffers of one queued replay: its inputs, read by the copy in, and its PCM, written by the copy
+    out."""
+
+    codes: list[torch.Tensor]  # host copies of the graph's static inputs, one per SNAC level
+    pcm: torch.Tensor  # host copy of the graph's static output
+
+    @classmethod
+    def like(cls, codes: Sequence[torch.Tensor], pcm: torch.Tensor) -> _Staging:
+        """Host buffers shaped as a graph's `codes` and `pcm`."""
+        pinned = [torch.empty(code.shape, dtype=code.dtype, pin_memory=True) for code in codes]
+        return cls(pinned, torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=True))
+
+
+@dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
     codes: list[torch.Tensor]  # static inputs, one per SNAC level
-    staged: list[torch.Tensor]  # pinned host copies of `codes`, what the next replay reads
     pcm: torch.Tensor  # static output, int16 on the device
-    host: torch.Tensor  # pinned host copy of `pcm`
+    stagings: list[_Staging]  # host buffers, one per replay queued at once (`slots`)
 
-    def launch(self, levels: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
-        """Queue the copies in, the replay and the copy out on the current stream, without waiting for them; the
-        returned function reads the PCM once the stream has been synchronized. Until then this graph may not be
-        launched again (its staged inputs and host output are in use)."""
+    @property
+    def slots(self) -> int:
+        """Replays of this graph that may be queued at once (each with its own host buffers)."""
+        return len(self.stagings)
+
+    def launch(self, levels: Sequence[np.ndarray], slot: int = 0) -> Callable[[], np.ndarray]:
+        """Queue the copies in, the replay and the copy out on the current stream, without waiting for them, through
+        the host buffers of `slot`; the returned function reads the PCM once the stream has been synchronized. Until
+        then that slot may not be launched again. Replays queued one after another share the graph's device buffers
+        in stream order: each copy in comes after the copy out before it."""
         n = levels[0].shape[0]
-        for static, staged, level in zip(self.codes, self.staged, levels, strict=True):
+        staging = self.stagings[slot]
+        for static, staged, level in zip(self.codes, staging.codes, levels, strict=True):
             staged[:n].numpy()[...] = level
             static[:n].copy_(staged[:n], non_blocking=True)
         self.graph.replay()
-        self.host[:n].copy_(self.pcm[:n], non_blocking=True)
-        return lambda: self.host[:n].numpy().copy()
+        staging.pcm[:n].copy_(self.pcm[:n], non_blocking=True)
+        return lambda: staging.pcm[:n].numpy().copy()
 
     def run(self, levels: Sequence[np.ndarray]) -> np.ndarray:
         collect = self.launch(levels)
@@ -104,9 +130,8 @@ class GraphSet:
             # thread_local: other threads' CUDA calls stay legal (SNAC may capture inside the engine's process)
             with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 pcm = decode_pcm(model, codes, shape)
-            host = torch.empty(pcm.shape, dtype=torch.int16, pin_memory=True)
-            staged = [torch.empty(code.shape, dtype=code.dtype, pin_memory=True) for code in codes]
-            graphs[batch] = _Graph(graph, codes, staged, pcm, host)
+            slots = QUEUED_SLICES if batch == max_batch else 1  # slices past the largest queue on it
+            graphs[batch] = _Graph(graph, codes, pcm, [_Staging.like(codes, pcm) for _ in range(slots)])
         logger.info("SNAC CUDA graphs captured for window shape %s at batch sizes %s", shape, sorted(graphs))
         return cls(shape, graphs)
 
@@ -121,14 +146,29 @@ class GraphSet:
 
     def launch(self, levels: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
         """`run` without waiting: the batch is queued on the current stream, and the returned function reads its PCM
-        once the stream has been synchronized (a batch past the largest graph runs in slices, waited for at once).
-        Until then no other batch of this shape may be launched."""
+        once the stream has been synchronized; a batch past the largest graph is queued in slices of it (and its
+        remainder in the graph that holds it), each through host buffers of its own, or, past those
+        (`QUEUED_SLICES`), run in slices waited for at once. Until then no other batch of this shape may be
+        launched."""
         n = levels[0].shape[0]
-        if n > self._sizes[-1]:
+        largest = self._sizes[-1]
+        if n <= largest:
+            return self._graph_for(n).launch(levels)
+        starts = range(0, n, largest)
+        sizes = [self._size_for(min(largest, n - start)) for start in starts]
+        if any(sizes.count(size) > self._graphs[size].slots for size in sizes):
             pcm = self.run(levels)
             return lambda: pcm
-        return self._graph_for(n).launch(levels)
+        reads = [
+            self._graphs[size].launch([level[start : start + largest] for level in levels], sizes[:index].count(size))
+            for index, (size, start) in enumerate(zip(sizes, starts, strict=True))
+        ]
+        return lambda: np.concatenate([read() for read in reads])
 
     def _graph_for(self, n: int) -> _Graph:
         """The smallest graph that holds `n` windows."""
-        return self._graphs[next(s for s in self._sizes if s >= n)]
+        return self._graphs[self._size_for(n)]
+
+    def _size_for(self, n: int) -> int:
+        """The batch size of the smallest graph that holds `n` windows."""
+        return next(s for s in self._sizes if s >= n)

@@ -24,7 +24,7 @@ import torch
 
 from .orpheus import frames_to_levels
 from .snac_fusion import SnacFusion, check_fusion, graph_model
-from .snac_graphs import GraphSet
+from .snac_graphs import QUEUED_SLICES, GraphSet
 from .snac_model import decode_pcm
 from .snac_windows import Window, WindowShape
 
@@ -80,6 +80,9 @@ class SnacDecoder:
         self.model = model
         self.device = device
         self.max_batch = max_batch
+        self.round_limit = max_batch * (QUEUED_SLICES if device.startswith("cuda") else 1)
+        """Windows a worker round takes at most: on CUDA a burst's first windows in one round, its graphs queued in
+        slices and waited for once (`GraphSet.launch`); eager decodes still go `max_batch` at a time."""
         self.fusion = check_fusion(fusion)
         self.windows_decoded = 0
         self.eager_windows = 0
@@ -183,7 +186,7 @@ class SnacDecoder:
                 job()
                 continue
             jobs = [job]
-            while len(jobs) < self.max_batch:
+            while len(jobs) < self.round_limit:
                 try:
                     more = self._jobs.get_nowait()
                 except queue.Empty:
@@ -198,11 +201,12 @@ class SnacDecoder:
         """Decode a round's windows, grouped by the length they decode, count the round, then hand each window its
         PCM (or the error) on its loop: whoever holds a window's PCM finds its round counted."""
         began = time.perf_counter()
-        groups: dict[WindowShape, list[_Job]] = {}
+        by_shape: dict[WindowShape, list[_Job]] = {}
         for job in jobs:
             if not job.future.cancelled():
-                groups.setdefault(job.window.decode_shape, []).append(job)
-        ordered = sorted(groups.values(), key=lambda group: min(job.window.emit for job in group))
+                by_shape.setdefault(job.window.decode_shape, []).append(job)
+        groups = [batch for shape, group in by_shape.items() for batch in self._batches_of(shape, group)]
+        ordered = sorted(groups, key=lambda group: min(job.window.emit for job in group))
         decoded: list[list[bytes] | Exception]
         try:
             decoded = list(self.decode_groups([[job.window for job in group] for group in ordered]))
@@ -222,6 +226,12 @@ class SnacDecoder:
                 by_loop.setdefault(job.loop, []).append((job.future, pcm))
             for loop, done in by_loop.items():  # one wake-up of each loop per batch, not one per window
                 loop.call_soon_threadsafe(_set_results, done)
+
+    def _batches_of(self, shape: WindowShape, jobs: list[_Job]) -> list[list[_Job]]:
+        """A round's windows of one shape as the batches they decode in: one through its graphs (queued in slices
+        past the largest), or, without a graph, `max_batch` at a time (eager decoding's memory grows with it)."""
+        size = len(jobs) if self.has_graph(shape) else self.max_batch
+        return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
     def close(self) -> None:
         """Stop the worker thread after the queued work."""
