@@ -126,6 +126,7 @@ def test_a_batch_past_the_largest_graph_is_queued_in_slices_each_with_its_own_ho
     log: list[tuple[Any, ...]] = []
     graph_set = GraphSet(STEADY, {4: Launching(4, STEADY, log), 8: Launching(8, STEADY, log, QUEUED_SLICES)})  # type: ignore[dict-item]
     batch = windows(8 + 8 + 8 + 3, STEADY, seed=4)
+    assert graph_set.queues(27) and graph_set.queues(36) and not graph_set.queues(37)  # 37: a fifth slice of 8
     read = graph_set.launch(levels_of(batch))
     assert log == [("launch", STEADY, 8), ("launch", STEADY, 8, 1), ("launch", STEADY, 8, 2), ("launch", STEADY, 3)]
     assert read()[:, 0].tolist() == [w.frames[0][0] for w in batch]  # rows in order, the remainder in the 4-graph

@@ -130,11 +130,13 @@ def test_a_step_leaves_what_would_make_it_wait_to_the_thread(service: Service) -
     eager = [batch_of(2, STEADY, 2), batch_of(1, OTHER, 3)]
     pcms = service.client.call("decode_many", eager)
     assert first_codes(pcms[0]) == wants_of(eager)[0] and pcms[1].shape[0] == 1  # OTHER decoded by the model
+    sliced = [batch_of(9, STEADY, 9)]  # past the one 8-window graph, which has host buffers for one slice at a time
+    assert [first_codes(pcm) for pcm in service.client.call("decode_many", sliced)] == wants_of(sliced)
     assert service.client.call("switch_interval", None) > 0
     with pytest.raises(SnacServiceError, match="unknown operation 'bogus'"):
         service.client.call("bogus")
     stats = service.client.call("stats")["rounds"]
-    assert (stats["by_step"], stats["by_thread"], stats["left_to_thread"]) == (0, 1, 4)
+    assert (stats["by_step"], stats["by_thread"], stats["left_to_thread"]) == (0, 2, 5)
     assert service.rounds.engine_serves()  # still the steps' to serve
 
 

@@ -154,16 +154,23 @@ class GraphSet:
         largest = self._sizes[-1]
         if n <= largest:
             return self._graph_for(n).launch(levels)
-        starts = range(0, n, largest)
-        sizes = [self._size_for(min(largest, n - start)) for start in starts]
-        if any(sizes.count(size) > self._graphs[size].slots for size in sizes):
+        if not self.queues(n):
             pcm = self.run(levels)
             return lambda: pcm
+        starts = range(0, n, largest)
+        sizes = [self._size_for(min(largest, n - start)) for start in starts]
         reads = [
             self._graphs[size].launch([level[start : start + largest] for level in levels], sizes[:index].count(size))
             for index, (size, start) in enumerate(zip(sizes, starts, strict=True))
         ]
         return lambda: np.concatenate([read() for read in reads])
+
+    def queues(self, n: int) -> bool:
+        """Whether `launch` queues a batch of `n` windows without waiting (its slices' graphs have host buffers for
+        each of them)."""
+        largest = self._sizes[-1]
+        sizes = [self._size_for(min(largest, n - start)) for start in range(0, n, largest)]
+        return all(sizes.count(size) <= self._graphs[size].slots for size in sizes)
 
     def _graph_for(self, n: int) -> _Graph:
         """The smallest graph that holds `n` windows."""

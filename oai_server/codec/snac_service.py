@@ -158,11 +158,18 @@ class SnacService:
 
     def launch_round(self, batches: Sequence[tuple[np.ndarray, Sequence[int]]]) -> LaunchedRound | None:
         """A round's batches launched on the current stream without waiting, an event recorded after them; None,
-        with nothing launched, when a batch has no graph (it would decode eagerly, waiting)."""
-        if self.model is None or any(tuple(shape) not in self.graphs for _, shape in batches):
+        with nothing launched, when a batch has no graph (it would decode eagerly, waiting) or more windows than its
+        graphs queue at once (`GraphSet.queues`)."""
+        if self.model is None or not all(self._queues(frames, shape) for frames, shape in batches):
             return None
         counted = [self._counted(frames, shape) for frames, shape in batches]
         return launch_frame_batches(self.model, self.device, self.graphs, counted, record=True)
+
+    def _queues(self, frames: np.ndarray, shape: Sequence[int]) -> bool:
+        """Whether a batch of `frames` of `shape` has graphs that queue it without waiting (`GraphSet.queues`)."""
+        key: WindowShape = tuple(shape)  # type: ignore[assignment]
+        graph_set = self.graphs.get(key)
+        return graph_set is not None and graph_set.queues(len(frames))
 
     @staticmethod
     def round_reply(results: list[np.ndarray | Exception]) -> tuple[str, Any]:
