@@ -51,10 +51,12 @@ STEADY: WindowShape = WindowPolicy(frames_per_decode=4).steady_shape
 class SilentGraph:
     """A captured graph's stand-in: launches at once, reads back silence of the shape's real length."""
 
+    slots = 1  # replays queued at once (`GraphSet.queues`): a round here fits one
+
     def __init__(self, shape: WindowShape) -> None:
         self.samples = shape[3] + SAMPLES_PER_FRAME * shape[2]
 
-    def launch(self, levels: list[np.ndarray]) -> Any:
+    def launch(self, levels: list[np.ndarray], slot: int = 0) -> Any:
         n = levels[0].shape[0]
         return lambda: np.zeros((n, self.samples), dtype=np.int16)
 
