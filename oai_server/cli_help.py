@@ -36,7 +36,7 @@ SECTIONS = {
 }
 """The first setting of each group of `serve --help`."""
 
-DEFAULT_TEXT = {"system_prompt": "a short voice-style prompt (settings.py)"}
+DEFAULT_TEXT = {"system_prompt": "a short voice-style prompt (oai_server/settings)"}
 """Defaults too long to print."""
 
 
