@@ -8,6 +8,8 @@ that launch now and are read later (`tests/test_snac_graphs.py`), each PCM row i
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import threading
 import time
@@ -17,23 +19,29 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from oai_server.codec import snac_rounds
+from oai_server.codec.snac_model import load_snac
 from oai_server.codec.snac_rounds import STEP_FROM_ROWS, StepRounds, check_rounds
 from oai_server.codec.snac_service import (
     ROUNDS_KEY,
     SERVICE_KEY,
+    EngineSnacDecoder,
     ServiceConnection,
     SnacService,
     SnacServiceError,
     service_address,
 )
-from oai_server.codec.snac_stream import LaunchedRound
+from oai_server.codec.snac_stream import LaunchedRound, SnacDecoder
+from oai_server.codec.snac_window_policy import WindowPolicy
 from oai_server.engines.vllm_engine import engine_kwargs
 from oai_server.settings import Settings
 
 from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets, wants_of
+from .test_snac_service import windows
 
 ROWS = STEP_FROM_ROWS + 8
 
@@ -251,3 +259,49 @@ def test_the_setting_reaches_the_engine_and_its_processor_steps_the_service(monk
         assert steps == [0, 3]
     finally:
         processor.snac_service.close()
+
+
+def stepping_engine_core(name: str, ready: Any) -> None:
+    """vLLM's engine core with `--snac-rounds step`: the Orpheus logits processor, then a step loop calling its
+    `update_state` as vLLM's model runner does, with 40 speech requests in the batch."""
+    from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+
+    config = {SERVICE_KEY: name, ROUNDS_KEY: "step"}
+    processor = OrpheusSlotLogitsProcessor(SimpleNamespace(additional_config=config), "cpu", False)
+    processor._rows = dict.fromkeys(range(ROWS))  # type: ignore[arg-type]
+    ready.set()
+    while True:
+        processor.update_state(None)
+        time.sleep(0.003)
+
+
+async def test_the_server_s_decoder_decodes_through_an_engine_whose_steps_serve_the_rounds(
+    noiseless_snac: Path,
+) -> None:
+    """The real pair in two processes, as the server and vLLM's engine core run them: the server's decoder loads,
+    captures and decodes through a spawned engine whose steps serve the rounds; on the CPU there are no graphs, so
+    every round goes to the service's thread, whole, and decodes what a local decoder decodes."""
+    context = multiprocessing.get_context("spawn")
+    name = f"rounds-{uuid.uuid4().hex[:8]}"
+    ready = context.Event()
+    process = context.Process(target=stepping_engine_core, args=(name, ready), daemon=True)
+    process.start()
+    try:
+        assert ready.wait(60), "the engine process did not start"
+        remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
+        local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
+        try:
+            await remote.capture_graphs(WindowPolicy().stream_shapes)
+            batch = windows()
+            got = await asyncio.wait_for(asyncio.gather(*(remote.decode(window) for window in batch)), 30)
+            for pcm, want in zip(got, local.decode_sync(batch), strict=True):
+                np.testing.assert_allclose(np.frombuffer(pcm, "<i2"), np.frombuffer(want, "<i2"), atol=1)
+            rounds = remote.connection.call("stats")["rounds"]
+            assert rounds["mode"] == "step" and rounds["by_step"] == 0 and not rounds["broken"]
+            assert rounds["left_to_thread"] >= 2  # the decode rounds (no graphs here) and this very stats request
+        finally:
+            remote.close()
+            local.close()
+    finally:
+        process.kill()
+        process.join(10)
