@@ -154,22 +154,28 @@ class GraphSet:
         largest = self._sizes[-1]
         if n <= largest:
             return self._graph_for(n).launch(levels)
-        if not self.queues(n):
+        sizes = self._slice_sizes(n)
+        if not self._fits(sizes):
             pcm = self.run(levels)
             return lambda: pcm
-        starts = range(0, n, largest)
-        sizes = [self._size_for(min(largest, n - start)) for start in starts]
         reads = [
             self._graphs[size].launch([level[start : start + largest] for level in levels], sizes[:index].count(size))
-            for index, (size, start) in enumerate(zip(sizes, starts, strict=True))
+            for index, (size, start) in enumerate(zip(sizes, range(0, n, largest), strict=True))
         ]
         return lambda: np.concatenate([read() for read in reads])
 
     def queues(self, n: int) -> bool:
         """Whether `launch` queues a batch of `n` windows without waiting (its slices' graphs have host buffers for
         each of them)."""
+        return self._fits(self._slice_sizes(n))
+
+    def _slice_sizes(self, n: int) -> list[int]:
+        """The graph (by batch size) each slice of `n` windows replays: the largest, and the remainder's own."""
         largest = self._sizes[-1]
-        sizes = [self._size_for(min(largest, n - start)) for start in range(0, n, largest)]
+        return [self._size_for(min(largest, n - start)) for start in range(0, n, largest)]
+
+    def _fits(self, sizes: list[int]) -> bool:
+        """Whether each graph of `sizes` has host buffers for every slice it replays."""
         return all(sizes.count(size) <= self._graphs[size].slots for size in sizes)
 
     def _graph_for(self, n: int) -> _Graph:
