@@ -9,7 +9,6 @@ that launch now and are read later (`tests/test_snac_graphs.py`), each PCM row i
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import threading
 import time
@@ -41,7 +40,7 @@ from oai_server.engines.vllm_engine import engine_kwargs
 from oai_server.settings import Settings
 
 from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets, wants_of
-from .test_snac_service import windows
+from .test_snac_service import spawned_engine, windows
 
 ROWS = STEP_FROM_ROWS + 8
 
@@ -281,13 +280,7 @@ async def test_the_server_s_decoder_decodes_through_an_engine_whose_steps_serve_
     """The real pair in two processes, as the server and vLLM's engine core run them: the server's decoder loads,
     captures and decodes through a spawned engine whose steps serve the rounds; on the CPU there are no graphs, so
     every round goes to the service's thread, whole, and decodes what a local decoder decodes."""
-    context = multiprocessing.get_context("spawn")
-    name = f"rounds-{uuid.uuid4().hex[:8]}"
-    ready = context.Event()
-    process = context.Process(target=stepping_engine_core, args=(name, ready), daemon=True)
-    process.start()
-    try:
-        assert ready.wait(60), "the engine process did not start"
+    with spawned_engine(stepping_engine_core) as (name, _):
         remote = await asyncio.to_thread(EngineSnacDecoder.load, name, str(noiseless_snac), "cpu", torch.float32, 8)
         local = SnacDecoder(load_snac(str(noiseless_snac), "cpu"), "cpu", max_batch=8)
         try:
@@ -302,6 +295,3 @@ async def test_the_server_s_decoder_decodes_through_an_engine_whose_steps_serve_
         finally:
             remote.close()
             local.close()
-    finally:
-        process.kill()
-        process.join(10)

@@ -6,12 +6,13 @@ Which engine hosts it is the layout's decision, checked on fake card counts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -67,12 +68,14 @@ def engine_core(name: str, ready: Any) -> None:
     threading.Event().wait()
 
 
-@pytest.fixture
-def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]]:
+@contextlib.contextmanager
+def spawned_engine(target: Callable[[str, Any], None]) -> Iterator[tuple[str, multiprocessing.process.BaseProcess]]:
+    """`target(name, ready)` in a spawned process, as vLLM spawns its engine core: (the service's name, the process)
+    once it set `ready`; killed at the end."""
     context = multiprocessing.get_context("spawn")
     name = f"test-{uuid.uuid4().hex[:8]}"
     ready = context.Event()
-    process = context.Process(target=engine_core, args=(name, ready), daemon=True)
+    process = context.Process(target=target, args=(name, ready), daemon=True)
     process.start()
     try:
         assert ready.wait(60), "the engine process did not start its SNAC service"
@@ -80,6 +83,12 @@ def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]
     finally:
         process.kill()
         process.join(10)
+
+
+@pytest.fixture
+def engine_process() -> Iterator[tuple[str, multiprocessing.process.BaseProcess]]:
+    with spawned_engine(engine_core) as engine:
+        yield engine
 
 
 def control_decoder(kind: str) -> type[EngineSnacDecoder]:
