@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -150,11 +150,7 @@ class SnacService:
     def answer(self, request: Any) -> tuple[str, Any]:
         """The reply to one request (`handle`): ``("ok", value)``, or ``("error", text)`` for any failure."""
         op = request[0] if isinstance(request, tuple) and request else repr(request)
-        try:
-            return ("ok", self.handle(op, *request[1:]))
-        except Exception as exc:
-            logger.exception("SNAC service: %s failed", op)
-            return ("error", f"{type(exc).__name__}: {exc}")
+        return _reply(op, lambda: self.handle(op, *request[1:]))
 
     def launch_round(self, batches: Sequence[tuple[np.ndarray, Sequence[int]]]) -> LaunchedRound | None:
         """A round's batches launched on the current stream without waiting, an event recorded after them; None,
@@ -173,12 +169,8 @@ class SnacService:
 
     @staticmethod
     def round_reply(results: list[np.ndarray | Exception]) -> tuple[str, Any]:
-        """The reply to a round: every batch's PCM, or the first failure (a failure fails the round)."""
-        failed = next((result for result in results if isinstance(result, Exception)), None)
-        if failed is not None:
-            logger.error("SNAC service: decode_many failed", exc_info=failed)
-            return ("error", f"{type(failed).__name__}: {failed}")
-        return ("ok", results)
+        """The reply to a launched round, as `answer` replies to a ``decode_many`` (`round_pcm`)."""
+        return _reply("decode_many", lambda: round_pcm(results))
 
     def handle(self, op: str, *args: Any) -> Any:
         """One request: ``load(name, dtype, max_batch, fusion[, depthwise])``, ``capture(shapes)``,
@@ -201,11 +193,7 @@ class SnacService:
             return decode_frames(self.model, self.device, self.graphs, frames, shape)
         if op == "decode_many":  # a worker round, batches of one shape each: one round trip, one wait for them all
             batches = [self._counted(frames, shape) for frames, shape in args[0]]
-            results = decode_frame_batches(self.model, self.device, self.graphs, batches)
-            failed = next((result for result in results if isinstance(result, Exception)), None)
-            if failed is not None:
-                raise failed
-            return results
+            return round_pcm(decode_frame_batches(self.model, self.device, self.graphs, batches))
         if op == "switch_interval":  # an A/B of the engine process's GIL switch interval on one engine (a bench)
             set_switch_interval(args[0] if args else None)
             return sys.getswitchinterval()
@@ -234,6 +222,23 @@ class SnacService:
     def close(self) -> None:
         """Stop accepting connections."""
         self._listener.close()
+
+
+def round_pcm(results: list[np.ndarray | Exception]) -> list[np.ndarray]:
+    """A round's PCM, batch by batch; the first batch's failure raised instead (a failure fails the round)."""
+    failed = next((result for result in results if isinstance(result, Exception)), None)
+    if failed is not None:
+        raise failed
+    return results  # type: ignore[return-value]
+
+
+def _reply(op: str, compute: Callable[[], Any]) -> tuple[str, Any]:
+    """``("ok", compute())``, or ``("error", text)`` for any failure, logged."""
+    try:
+        return ("ok", compute())
+    except Exception as exc:
+        logger.exception("SNAC service: %s failed", op)
+        return ("error", f"{type(exc).__name__}: {exc}")
 
 
 def start_service(name: str, device: str, rounds: SnacRounds = "thread") -> SnacService | None:
