@@ -33,7 +33,7 @@ from _common import write_json
 from snac_decode import snac_model
 
 from oai_server.codec.orpheus import frames_to_levels
-from oai_server.codec.snac_depthwise import depthwise_conv1d, fusable_snake, is_depthwise, snake
+from oai_server.codec.snac_depthwise import depthwise_conv1d, depthwise_sites, snake
 
 
 def depthwise_layers(frames: int) -> list[dict[str, Any]]:
@@ -41,12 +41,10 @@ def depthwise_layers(frames: int) -> list[dict[str, Any]]:
     of the Snake right after it (None where none is)."""
     model = snac_model(None, "cpu", fold=True, noise=False)  # the seed-0 draw snac_decode.py times
     layers: list[dict[str, Any]] = []
-    alpha_after: dict[torch.nn.Module, torch.Tensor] = {}
-    for parent in model.decoder.modules():
-        if isinstance(parent, torch.nn.Sequential):
-            for conv, after in zip(parent, list(parent)[1:], strict=False):
-                if is_depthwise(conv) and fusable_snake(after, conv.out_channels):
-                    alpha_after[conv] = after.alpha.detach().clone()
+    sites = depthwise_sites(model.decoder)
+    alpha_after = {
+        conv: getattr(parent, snake_name).alpha.detach().clone() for parent, _, conv, snake_name in sites if snake_name
+    }
 
     def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
         layers.append(
@@ -62,9 +60,8 @@ def depthwise_layers(frames: int) -> list[dict[str, Any]]:
             }
         )
 
-    for module in model.decoder.modules():
-        if is_depthwise(module):
-            module.register_forward_hook(record)
+    for _, _, conv, _ in sites:
+        conv.register_forward_hook(record)
     codes = [torch.from_numpy(level) for level in frames_to_levels(np.zeros((1, frames, 7), dtype=np.int64))]
     with torch.inference_mode():
         model.decode(codes)

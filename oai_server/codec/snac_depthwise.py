@@ -284,21 +284,32 @@ def use_depthwise(model: Any, depthwise: Literal["aten", "triton"]) -> Any:
     if problem is not None:
         logger.warning("SNAC's depthwise convolutions keep ATen's kernel: the Triton kernel %s", problem)
         return model
-    swapped = fused = 0
-    for parent in list(model.decoder.modules()):
+    sites = depthwise_sites(model.decoder)
+    for parent, name, conv, snake_name in sites:
+        snake_after = getattr(parent, snake_name) if snake_name else None
+        setattr(parent, name, TritonDepthwiseConv1d.replacing(conv, snake_after))
+        if snake_name:  # the Sequential runs its parts in order: the Snake's place becomes a pass-through
+            setattr(parent, snake_name, torch.nn.Identity())
+    fused = sum(1 for *_, snake_name in sites if snake_name)
+    logger.info(
+        "SNAC's %d depthwise convolutions run the Triton kernel (%d with the Snake after them)", len(sites), fused
+    )
+    return model
+
+
+def depthwise_sites(decoder: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Conv1d, str | None]]:
+    """Each depthwise convolution of `decoder` (`is_depthwise`): its parent, its name, and the name of the Snake right
+    after it in a `Sequential` that the kernel can apply (`fusable_snake`), else None."""
+    sites: list[tuple[torch.nn.Module, str, torch.nn.Conv1d, str | None]] = []
+    for parent in decoder.modules():
         children = list(parent.named_children())
         for index, (name, child) in enumerate(children):
-            if not is_depthwise(child):
+            if not isinstance(child, torch.nn.Conv1d) or not is_depthwise(child):
                 continue
             next_name, after = children[index + 1] if index + 1 < len(children) else ("", None)
             fuse = isinstance(parent, torch.nn.Sequential) and fusable_snake(after, child.out_channels)
-            setattr(parent, name, TritonDepthwiseConv1d.replacing(child, after if fuse else None))
-            swapped += 1
-            if fuse:  # the Sequential runs its parts in order: the Snake's place becomes a pass-through
-                setattr(parent, next_name, torch.nn.Identity())
-                fused += 1
-    logger.info("SNAC's %d depthwise convolutions run the Triton kernel (%d with the Snake after them)", swapped, fused)
-    return model
+            sites.append((parent, name, child, next_name if fuse else None))
+    return sites
 
 
 def triton_problem(device: torch.device) -> str | None:
