@@ -9,7 +9,8 @@
 #                 again without admission by real-time headroom; also `arrivals` (Poisson at OC_ARRIVAL_LOADS, fractions
 #                 of the speech capacity or of CAPACITY, default 0.8, one after another: TTFA against offered load;
 #                 then the 1.5x overload), `burst` (one burst of BURST_N, default 1.7x the
-#                 capacity) and `mixed`. Bursts go out from CLIENT_PROCS (8) client processes. OC_PYSPY_S (seconds;
+#                 capacity), `levels` (bursts at OC_LEVELS, no search) and `mixed`.
+#                 Bursts go out from CLIENT_PROCS (8) client processes. OC_PYSPY_S (seconds;
 #                 empty: off) samples the server and its engine cores with py-spy from OC_PYSPY_DELAY (20) s into the
 #                 arrivals phase (arrivals_spy.txt, raw, by thread); arrivals_streams.txt reads the arrivals stream by
 #                 stream (bench/streams_summary.py).
@@ -38,6 +39,10 @@
 #                 between them), each with CHURN_ARGS, at PROF_CONC (128): per variant the engine's steady and churning
 #                 step (no py-spy, no torch profile: a variant adds `--py-spy /tmp/site/bin/py-spy` or `--trace`), into
 #                 churn_ab/v<i>/ and churn_ab/summary.txt, and its table (bench/churn_table.py) in churn_ab/table.md.
+#   servers_ab    (GPU ONECARD_GPU): onecard once per variant of SERVER_VARIANTS (';' between the server flags of each,
+#                 replacing ONECARD_ARGS), one server after another, with ONECARD_PHASES (e.g. `levels`: bursts at the fixed
+#                 OC_LEVELS, default 192,240,192,240, rather than a search whose bisection one short stream can turn),
+#                 into servers_ab/v<i>/.
 #   cards         (CARD0_JOBS="onecard cards": after onecard, and once the other card's job is done or CARDS_WAIT_S, 300,
 #                 passed): one server on both cards, bench/gpu_load.sh placement with PL (speech), BUD (720 s) and PH
 #                 (ttfa,speech,chat,mixed); its search starts SPEECH_START, CHAT_START, MIXED_START (onecard's: OC_SPEECH_START
@@ -120,6 +125,8 @@ onecard() {  # phases in ONECARD_PHASES (default ttfa,speech,chat,nogate), in th
         load --mode speech --arrival-rates "$RATE" --arrival-duration-s 40 --overload "$C" --overload-duration-s 40 \
           --out $W/arrivals > $W/arrivals.log 2>&1
         python3 bench/streams_summary.py $W/arrivals/results.json --buckets 8 > $W/arrivals_streams.txt 2>&1 ;;
+      levels)  # bursts at fixed levels (OC_LEVELS, default 192,240,192,240), no search: an A/B of servers level by level
+        load --mode speech --concurrency "${OC_LEVELS:-192,240,192,240}" --out $W/levels > $W/levels.log 2>&1 ;;
       burst)  # one burst far past the capacity (BURST_N, default 1.7x): every admitted stream must stay clean
         C=${CAPACITY:-$(capacity_of $W/speech speech)}; [ "$C" -gt 0 ] || C=128
         load --mode speech --concurrency "${BURST_N:-$(( C * 17 / 10 ))}" --out $W/burst > $W/burst.log 2>&1 ;;
@@ -300,6 +307,15 @@ onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed
   echo "onecard_chat server flags: $args"
   OC_DIR=onecard_chat OC_PORT=8083 ONECARD_GPU=${SI_GPU:-1} ONECARD_PHASES=${OCC_PHASES:-chat,mixed} \
     ONECARD_ARGS=$args onecard
+}
+servers_ab() {  # onecard once per server variant of SERVER_VARIANTS (';' between their flags, which replace ONECARD_ARGS),
+  # one after another on ONECARD_GPU with ONECARD_PHASES (e.g. levels), into servers_ab/v<i>/ (variants.txt names them)
+  local i=0 variant
+  IFS=';' read -ra variants <<< "${SERVER_VARIANTS:-}"
+  for variant in "${variants[@]}"; do
+    i=$((i + 1)); mkdir -p $S/servers_ab/v$i; echo "v$i: $variant" >> $S/servers_ab/variants.txt
+    OC_DIR=servers_ab/v$i ONECARD_ARGS=$variant onecard
+  done
 }
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)

@@ -151,6 +151,17 @@ def test_on_cuda_a_round_takes_a_burst_s_windows_at_once_and_eager_shapes_decode
         on_cpu.close()
 
 
+def test_round_slices_bound_a_cuda_round_and_one_slice_is_one_graph_batch() -> None:
+    one_slice = SnacDecoder(None, "cuda", max_batch=4, round_slices=1)
+    try:
+        assert one_slice.round_limit == 4
+    finally:
+        one_slice.close()
+    for wrong in (0, QUEUED_SLICES + 1):
+        with pytest.raises(ValueError, match="round_slices"):
+            SnacDecoder(None, "cuda", max_batch=4, round_slices=wrong)
+
+
 def test_the_decoder_sends_the_captured_shape_through_its_graphs_and_others_eager() -> None:
     model = quiet_model(SNAC_DEMO_CONFIG)
     decoder = SnacDecoder(model, "cpu", max_batch=4)

@@ -37,7 +37,7 @@ import torch
 
 from .snac_depthwise import SnacDepthwise, check_depthwise, uses_triton_depthwise
 from .snac_fusion import SnacFusion, check_fusion
-from .snac_graphs import GraphSet
+from .snac_graphs import QUEUED_SLICES, GraphSet
 from .snac_model import load_snac
 from .snac_rounds import SnacRounds, StepRounds, check_rounds
 from .snac_stream import (
@@ -326,9 +326,14 @@ class EngineSnacDecoder(SnacDecoder):
     """A `SnacDecoder` whose batches are decoded by an engine's `SnacService`."""
 
     def __init__(
-        self, connection: ServiceConnection, device: str, max_batch: int = 64, fusion: SnacFusion = "off"
+        self,
+        connection: ServiceConnection,
+        device: str,
+        max_batch: int = 64,
+        fusion: SnacFusion = "off",
+        round_slices: int = QUEUED_SLICES,
     ) -> None:
-        super().__init__(None, device, max_batch, fusion)
+        super().__init__(None, device, max_batch, fusion, round_slices)
         self.connection = connection
         self._captured: set[WindowShape] = set()
 
@@ -342,6 +347,7 @@ class EngineSnacDecoder(SnacDecoder):
         max_batch: int = 64,
         fusion: SnacFusion = "off",
         depthwise: SnacDepthwise = "auto",
+        round_slices: int = QUEUED_SLICES,
     ) -> EngineSnacDecoder:
         """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
         connection = ServiceConnection.open(name)
@@ -350,7 +356,7 @@ class EngineSnacDecoder(SnacDecoder):
         except BaseException:
             connection.close()
             raise
-        return cls(connection, device, max_batch, fusion)
+        return cls(connection, device, max_batch, fusion, round_slices)
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
         """Capture the shapes' graphs in the engine's process, only while it generates nothing (the server's

@@ -76,13 +76,23 @@ class SnacDecoder:
     windows first (smallest emit index: the ramp of streams that have no audio yet).
     """
 
-    def __init__(self, model: Any, device: str, max_batch: int = 64, fusion: SnacFusion = "off") -> None:
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        max_batch: int = 64,
+        fusion: SnacFusion = "off",
+        round_slices: int = QUEUED_SLICES,
+    ) -> None:
         self.model = model
         self.device = device
         self.max_batch = max_batch
-        self.round_limit = max_batch * (QUEUED_SLICES if device.startswith("cuda") else 1)
-        """Windows a worker round takes at most: on CUDA a burst's first windows in one round, its graphs queued in
-        slices and waited for once (`GraphSet.launch`); eager decodes still go `max_batch` at a time."""
+        if not 1 <= round_slices <= QUEUED_SLICES:
+            raise ValueError(f"round_slices must be 1 to {QUEUED_SLICES}, not {round_slices}")
+        self.round_limit = max_batch * (round_slices if device.startswith("cuda") else 1)
+        """Windows a worker round takes at most: on CUDA up to `round_slices` graph batches (a burst's first windows
+        in one round), queued in slices and waited for once (`GraphSet.launch`); eager decodes still go `max_batch`
+        at a time."""
         self.fusion = check_fusion(fusion)
         self.windows_decoded = 0
         self.eager_windows = 0

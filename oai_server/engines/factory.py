@@ -236,7 +236,9 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
         snac_model = await asyncio.to_thread(
             load_snac, settings.snac_model_name, device, dtype, settings.snac_depthwise
         )
-        snac = SnacDecoder(snac_model, device, max_batch=settings.snac_max_batch, fusion=settings.snac_fusion)
+        snac = SnacDecoder(
+            snac_model, device, settings.snac_max_batch, settings.snac_fusion, settings.snac_round_slices
+        )
     try:
         llm, tts = await _build(settings, kind, layout, snac_hosts)
     except BaseException:
@@ -310,6 +312,7 @@ async def engine_snac_decoders(
                     settings.snac_max_batch,
                     settings.snac_fusion,
                     settings.snac_depthwise,
+                    settings.snac_round_slices,
                 )
             )
     except BaseException:
