@@ -335,7 +335,7 @@ def _check_capacity_block(block: dict[str, Any], levels: list[dict[str, Any]], t
 def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     out = tmp_path / "load"
     proc = _run(
-        "load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2",
+        "load.py", "--demo", "--cache-dir", str(demo_cache), "--out", str(out), "--concurrency", "1,2,2",
         "--arrival-rates", "1", "--arrival-duration-s", "3", "--overload", "2", "--overload-arrivals", "burst",
         "--server-args", "--max-concurrent-streams 2 --max-queued 0", "--client-procs", "2",
     )  # fmt: skip
@@ -346,7 +346,7 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
     plan = poisson_plan(1.0, 3.0, LengthMix(), seed=0)
     assert plan  # the demo's Poisson run sends something
     for mode, levels in report["modes"].items():
-        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        assert [lv["concurrency"] for lv in levels] == [1, 2, 2]  # a level run again (an A/B's fixed levels)
         for level in levels:
             assert set(level) >= LEVEL_KEYS
             assert level["ok"] == level["requests"], level["error_samples"]  # seeded: no empty reply
@@ -363,7 +363,7 @@ def test_load_demo_writes_results(tmp_path: Path, demo_cache: Path) -> None:
             assert phases["connected"]["max"] <= phases["sent"]["max"] <= phases["headers"]["max"]
             assert 0 < phases["sent"]["p50"] <= phases["headers"]["p50"] <= level["ttfa_ms"]["p50"]
         _check_capacity_block(report["capacity"][mode], levels, 500.0 if mode == "speech" else 800.0)
-        assert len(report["streams"][mode]["2"]) == 2
+        assert [len(report["streams"][mode][key]) for key in ("1", "2", "2 #2")] == [1, 2, 2]  # each run's own
 
         (rate,) = report["arrivals"][mode]
         assert rate["offered_requests"] == rate["requests"] == len(plan)
