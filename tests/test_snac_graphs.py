@@ -139,7 +139,8 @@ def test_a_batch_past_the_largest_graph_is_queued_in_slices_each_with_its_own_ho
 def test_on_cuda_a_round_takes_a_burst_s_windows_at_once_and_eager_shapes_decode_max_batch_at_a_time() -> None:
     from oai_server.codec.snac_stream import _Job
 
-    on_cuda, on_cpu = SnacDecoder(None, "cuda", max_batch=4), SnacDecoder(None, "cpu", max_batch=4)
+    on_cuda = SnacDecoder(None, "cuda", max_batch=4, round_slices=QUEUED_SLICES)
+    on_cpu = SnacDecoder(None, "cpu", max_batch=4, round_slices=QUEUED_SLICES)
     try:
         assert (on_cuda.round_limit, on_cpu.round_limit) == (4 * QUEUED_SLICES, 4)
         on_cuda.graphs = {decode_shape(STEADY): stand_in_set(4)[0]}
@@ -151,12 +152,13 @@ def test_on_cuda_a_round_takes_a_burst_s_windows_at_once_and_eager_shapes_decode
         on_cpu.close()
 
 
-def test_round_slices_bound_a_cuda_round_and_one_slice_is_one_graph_batch() -> None:
-    one_slice = SnacDecoder(None, "cuda", max_batch=4, round_slices=1)
+def test_a_round_is_one_graph_batch_unless_told_to_take_more_slices() -> None:
+    by_default, two = SnacDecoder(None, "cuda", max_batch=4), SnacDecoder(None, "cuda", max_batch=4, round_slices=2)
     try:
-        assert one_slice.round_limit == 4
+        assert (by_default.round_limit, two.round_limit) == (4, 8)
     finally:
-        one_slice.close()
+        by_default.close()
+        two.close()
     for wrong in (0, QUEUED_SLICES + 1):
         with pytest.raises(ValueError, match="round_slices"):
             SnacDecoder(None, "cuda", max_batch=4, round_slices=wrong)

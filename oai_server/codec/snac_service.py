@@ -37,7 +37,7 @@ import torch
 
 from .snac_depthwise import SnacDepthwise, check_depthwise, uses_triton_depthwise
 from .snac_fusion import SnacFusion, check_fusion
-from .snac_graphs import QUEUED_SLICES, GraphSet
+from .snac_graphs import GraphSet
 from .snac_model import load_snac
 from .snac_rounds import SnacRounds, StepRounds, check_rounds
 from .snac_stream import (
@@ -331,7 +331,7 @@ class EngineSnacDecoder(SnacDecoder):
         device: str,
         max_batch: int = 64,
         fusion: SnacFusion = "off",
-        round_slices: int = QUEUED_SLICES,
+        round_slices: int = 1,
     ) -> None:
         super().__init__(None, device, max_batch, fusion, round_slices)
         self.connection = connection
@@ -347,7 +347,7 @@ class EngineSnacDecoder(SnacDecoder):
         max_batch: int = 64,
         fusion: SnacFusion = "off",
         depthwise: SnacDepthwise = "auto",
-        round_slices: int = QUEUED_SLICES,
+        round_slices: int = 1,
     ) -> EngineSnacDecoder:
         """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
         connection = ServiceConnection.open(name)

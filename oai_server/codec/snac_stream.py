@@ -82,7 +82,7 @@ class SnacDecoder:
         device: str,
         max_batch: int = 64,
         fusion: SnacFusion = "off",
-        round_slices: int = QUEUED_SLICES,
+        round_slices: int = 1,
     ) -> None:
         self.model = model
         self.device = device
@@ -90,9 +90,9 @@ class SnacDecoder:
         if not 1 <= round_slices <= QUEUED_SLICES:
             raise ValueError(f"round_slices must be 1 to {QUEUED_SLICES}, not {round_slices}")
         self.round_limit = max_batch * (round_slices if device.startswith("cuda") else 1)
-        """Windows a worker round takes at most: on CUDA up to `round_slices` graph batches (a burst's first windows
-        in one round), queued in slices and waited for once (`GraphSet.launch`); eager decodes still go `max_batch`
-        at a time."""
+        """Windows a worker round takes at most: on CUDA up to `round_slices` (at most `QUEUED_SLICES`) graph batches,
+        a burst's first windows in one round, queued in slices and waited for once (`GraphSet.launch`); eager decodes
+        still go `max_batch` at a time."""
         self.fusion = check_fusion(fusion)
         self.windows_decoded = 0
         self.eager_windows = 0

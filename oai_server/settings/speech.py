@@ -116,10 +116,11 @@ class SpeechOutputSettings(BaseSettings):
     more right context (up to 240: free, the crossfade holds them back anyway; more: that much later; 0: off)."""
     snac_max_batch: int = Field(64, ge=1, le=1024, validation_alias=env_aliases("snac_max_batch"))
     """Most SNAC windows a CUDA graph decodes in one replay (the largest captured); on CUDA a round takes up to
-    --snac-round-slices times as many (a burst's first windows), queued as slices of it and waited for once."""
-    snac_round_slices: int = Field(4, ge=1, le=4, validation_alias=env_aliases("snac_round_slices"))
+    --snac-round-slices times as many."""
+    snac_round_slices: int = Field(1, ge=1, le=4, validation_alias=env_aliases("snac_round_slices"))
     """Batches of --snac-max-batch windows one SNAC round takes at most on CUDA, queued on SNAC's stream and waited
-    for once (4: a burst's first 256 windows in one round; 1: a round is one graph's batch, as before session 42)."""
+    for once (up to 4: a burst's first 256 windows in one round, not yet measured through the server, so 1: a round
+    is one graph's batch)."""
     snac_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", validation_alias=env_aliases("snac_dtype")
     )
