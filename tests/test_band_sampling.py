@@ -20,7 +20,7 @@ from oai_server.engines.band_sampling import (
     sample_band,
 )
 from oai_server.engines.base import SamplingParams
-from oai_server.engines.vllm_engine import sampling_kwargs
+from oai_server.engines.vllm_args import sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     MIN_TOKENS_KEY,

@@ -36,7 +36,7 @@ from oai_server.codec.snac_service import (
 )
 from oai_server.codec.snac_stream import LaunchedRound, SnacDecoder
 from oai_server.codec.snac_window_policy import WindowPolicy
-from oai_server.engines.vllm_engine import engine_kwargs
+from oai_server.engines.vllm_args import engine_kwargs
 from oai_server.settings import Settings
 
 from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets, wants_of

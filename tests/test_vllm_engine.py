@@ -33,7 +33,8 @@ import torch
 from oai_server.codec import orpheus
 from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
-from oai_server.engines.vllm_engine import VLLMEngine, sampling_kwargs
+from oai_server.engines.vllm_args import sampling_kwargs
+from oai_server.engines.vllm_engine import VLLMEngine
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     MIN_TOKENS_KEY,
@@ -253,7 +254,7 @@ def test_default_factory_builds_delta_vllm_params(monkeypatch: pytest.MonkeyPatc
     sub.RequestOutputKind = Kind  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sub)
-    from oai_server.engines.vllm_engine import vllm_sampling_params
+    from oai_server.engines.vllm_args import vllm_sampling_params
 
     built = vllm_sampling_params(sampling_kwargs(PARAMS))
     assert built["output_kind"] is Kind.DELTA and built["max_tokens"] == 32

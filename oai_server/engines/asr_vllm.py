@@ -46,7 +46,8 @@ from oai_server.engines.asr import (
 )
 from oai_server.engines.base import EngineError, EngineInfo
 from oai_server.engines.placement import Placement, visible_devices
-from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe, build_async_llm, vllm_sampling_params
+from oai_server.engines.vllm_args import vllm_sampling_params
+from oai_server.engines.vllm_engine import AsyncLLMLifecycle, _describe, build_async_llm
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """`TokenEngine` on vLLM's in-process `AsyncLLM` (v1 engine), written against vLLM 0.26.0.
 
 vLLM is imported lazily (in `create` and in the default sampling-params factory), so this module
-imports without it. The pure mappings (`sampling_kwargs`, `engine_kwargs`) produce plain dicts;
-only the ``vllm.SamplingParams(**kwargs)`` / ``AsyncEngineArgs(**kwargs)`` calls need vLLM.
+imports without it. The pure mappings (`vllm_args`: `sampling_kwargs`, `engine_kwargs`) produce plain
+dicts; only the ``vllm.SamplingParams(**kwargs)`` / ``AsyncEngineArgs(**kwargs)`` calls need vLLM.
 
 Streaming: requests use ``RequestOutputKind.DELTA`` and ``detokenize=False``; each
 ``RequestOutput.outputs[0].token_ids`` is a delta (vLLM merges deltas when we lag, so one delta
@@ -30,139 +30,12 @@ from oai_server.engines.arrival_window import ArrivalWindow
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
 from oai_server.engines.frame_deltas import deliver_on_frame_boundaries, frames_per_delta
 from oai_server.engines.placement import Placement, visible_devices
+from oai_server.engines.vllm_args import engine_kwargs, sampling_kwargs, vllm_sampling_params
 
 logger = logging.getLogger(__name__)
 
 SamplingParamsFactory = Callable[[dict[str, Any]], Any]
 EngineFactory = Callable[[dict[str, Any]], Any]
-
-
-def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Map our `SamplingParams` onto ``vllm.SamplingParams`` keyword arguments (plain values).
-
-    ``output_kind`` (a vLLM enum) is added by the factory. ``top_k=0`` means "disabled" in both
-    (vLLM 0.26.0 documents 0 as the preferred disabled value and tolerates -1).
-    """
-    kwargs: dict[str, Any] = {
-        "n": 1,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": max(params.top_k, 0),
-        "repetition_penalty": params.repetition_penalty,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "seed": params.seed,
-        "stop_token_ids": list(params.stop_token_ids),
-        "min_tokens": params.min_tokens,
-        "detokenize": False,
-        "skip_special_tokens": False,
-    }
-    if params.orpheus_audio_slots:
-        from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
-        from oai_server.engines.sampling import GREEDY_BELOW
-        from oai_server.engines.vllm_orpheus_logits import EXTRA_ARGS_KEY, MIN_TOKENS_KEY, PENALTY_KEY
-
-        # The slot processor applies the repetition penalty incrementally; vLLM's own would rebuild
-        # every request's whole output history on the host at every step. It holds the end of speech
-        # back too (`MIN_TOKENS_KEY`), where vLLM's min_tokens would rebuild tensors at every batch change.
-        extra: dict[str, Any] = {
-            EXTRA_ARGS_KEY: True,
-            PENALTY_KEY: params.repetition_penalty,
-            MIN_TOKENS_KEY: params.min_tokens,
-        }
-        kwargs["repetition_penalty"], kwargs["min_tokens"] = 1.0, 0
-        if params.orpheus_band_sampling:  # filter (and draw) over the 4097 ids that can be emitted, not 156 940
-            extra |= {TOP_P_KEY: params.top_p, TOP_K_KEY: max(params.top_k, 0)}
-            kwargs["top_p"], kwargs["top_k"] = 1.0, 0
-            # the draw too when asked for (seeded requests keep vLLM's generators)
-            if params.orpheus_band_draw and params.seed is None and params.temperature >= GREEDY_BELOW:
-                extra[TEMPERATURE_KEY] = params.temperature
-                kwargs["temperature"] = 0.0  # vLLM's greedy path takes the one id the processor left
-        kwargs["extra_args"] = extra
-    return kwargs
-
-
-def vllm_sampling_params(kwargs: dict[str, Any]) -> Any:
-    """Default factory: ``vllm.SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA, skip_clone=True)``.
-
-    Each request gets its own params object, so vLLM may take it as is: without ``skip_clone`` its input
-    processing deep-copies the params of every request on the event loop.
-    """
-    from vllm import SamplingParams as VllmSamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA, skip_clone=True)
-
-
-def engine_kwargs(
-    model: str,
-    *,
-    tokenizer: str | None,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    dtype: str = "auto",
-    enforce_eager: bool = False,
-    max_num_seqs: int | None = None,
-    stream_interval: int = 1,
-    kv_cache_dtype: str = "auto",
-    quantization: str | None = None,
-    enable_prefix_caching: bool = True,
-    orpheus_slots: bool = False,
-    snac_service: str | None = None,
-    snac_low_priority: bool = False,
-    snac_rounds: str = "thread",
-    switch_interval_ms: float = 0.0,
-    band_graphs: bool = False,
-    log_stats: bool = False,
-    cudagraph_mode: str = "auto",
-) -> dict[str, Any]:
-    """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
-
-    Without ``log_stats`` vLLM keeps no per-step statistics (``disable_log_stats``): its output handler
-    would otherwise update them for every token of every request on the server's event loop. A
-    ``cudagraph_mode`` other than "auto" goes to vLLM's ``compilation_config`` (its ``CUDAGraphMode``, upper case).
-    """
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "tokenizer": tokenizer,
-        "dtype": dtype,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
-        "kv_cache_dtype": kv_cache_dtype,
-        "quantization": quantization,
-        "enable_prefix_caching": enable_prefix_caching,
-        "disable_log_stats": not log_stats,
-    }
-    if max_num_seqs is not None:
-        kwargs["max_num_seqs"] = max_num_seqs
-    if cudagraph_mode != "auto":
-        kwargs["compilation_config"] = {"cudagraph_mode": cudagraph_mode.upper()}
-    if stream_interval != 1:  # vLLM delivers a request's tokens every `stream_interval` steps (and its first at once)
-        kwargs["stream_interval"] = stream_interval
-    if orpheus_slots:
-        from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
-
-        kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
-        config: dict[str, Any] = {}
-        if snac_service:  # the processor starts the SNAC service in the engine's process
-            from oai_server.codec.snac_service import LOW_PRIORITY_KEY, ROUNDS_KEY, SERVICE_KEY
-
-            config.update({SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority})
-            if snac_rounds != "thread":
-                config[ROUNDS_KEY] = snac_rounds
-        if switch_interval_ms:  # the engine process's GIL switch interval, set by the processor there
-            from oai_server.codec.snac_service import SWITCH_INTERVAL_KEY
-
-            config[SWITCH_INTERVAL_KEY] = switch_interval_ms / 1000
-        if band_graphs:
-            from oai_server.engines.band_graphs import BAND_GRAPHS_KEY
-
-            config[BAND_GRAPHS_KEY] = True
-        if config:
-            kwargs["additional_config"] = config
-    return kwargs
 
 
 def build_async_llm(kwargs: dict[str, Any]) -> Any:
