@@ -80,7 +80,7 @@ def speech_synthesizer(
 def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     """The Orpheus engine's A/B flags: `--no-band-graphs` and `--no-frame-deltas` (on by default, as the server runs
     them), `--cudagraph-mode`, `--arrival-window-ms`, `--no-prefix-caching` (vLLM's default is on; the server runs
-    Orpheus without it), `--engine-switch-interval-ms`, `--snac-rounds`."""
+    Orpheus without it), `--engine-switch-interval-ms`, `--snac-rounds`, `--snac-round-slices`."""
     p.add_argument(
         "--band-graphs", action=argparse.BooleanOptionalAction, default=True,
         help="the server's --tts-band-graphs (on, as the server runs): the band work of a step as one CUDA graph",
@@ -113,6 +113,10 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
         "--snac-rounds", choices=("thread", "step"), default="thread",
         help="with SNAC in the engine: the server's --snac-rounds (thread: its default, the service's thread answers "
         "each round; step: the engine's thread serves them between its steps, session 42)",
+    )  # fmt: skip
+    p.add_argument(
+        "--snac-round-slices", type=int, choices=range(1, 5), default=1, metavar="{1..4}",
+        help="the server's --snac-round-slices: graph batches of 64 windows one SNAC round takes at most on CUDA",
     )  # fmt: skip
 
 

@@ -306,6 +306,7 @@ async def build(args: argparse.Namespace) -> Bench:
             args.snac_device,
             64,
             args.snac_fusion,
+            args.snac_round_slices,
         )
     if "silent" in args.modes:
         decoders["silent"] = SilentDecoder(None, "cpu", 64)
@@ -342,6 +343,7 @@ async def build(args: argparse.Namespace) -> Bench:
                 64,
                 args.snac_fusion,
                 args.snac_depthwise,
+                args.snac_round_slices,
             )
             for service in snac_services(args.engines)
         ]

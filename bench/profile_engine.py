@@ -331,8 +331,9 @@ async def _pipeline(
         gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
         decoder = await asyncio.to_thread(
-            load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion, args.snac_depthwise
-        )
+            load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion, args.snac_depthwise,
+            args.snac_round_slices,
+        )  # fmt: skip
         control = decoder.connection
     await decoder.capture_graphs(shapes)
     closers.append(decoder.close)
