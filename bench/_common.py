@@ -120,6 +120,35 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def orpheus_engine_spec(
+    args: argparse.Namespace, *, max_num_seqs: int, snac_service: str | None, enforce_eager: bool = False
+) -> Any:
+    """The Orpheus engine's `EngineSpec` as the server builds it, from `add_engine_variant_flags`' flags (and the
+    bench's model, length, memory, quantization and stream-interval flags), with SNAC's service under
+    ``snac_service`` (None: SNAC decodes elsewhere, or not at all)."""
+    from oai_server.engines.vllm_args import EngineSpec
+
+    return EngineSpec(
+        args.tts_model,
+        tokenizer=args.tts_model,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=enforce_eager,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+        stream_interval=args.stream_interval,
+        orpheus_slots=True,
+        snac_service=snac_service,
+        snac_low_priority=args.snac_low_priority,
+        snac_rounds=args.snac_rounds,
+        switch_interval_ms=args.engine_switch_interval_ms,
+        band_graphs=args.band_graphs,
+        enable_prefix_caching=args.prefix_caching,
+        cudagraph_mode=args.cudagraph_mode,
+    )
+
+
 def orpheus_params(max_tokens: int, band_sampling: bool = True, band_draw: bool = False) -> Any:
     """The server's Orpheus sampling defaults (`SamplingParams`) with a fixed token budget; with
     ``band_sampling`` off, top-p is left to vLLM's sampler over the whole vocabulary (raw vLLM's way);

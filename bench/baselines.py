@@ -65,6 +65,7 @@ from _common import (
     SENTENCES,
     StreamResult,
     add_engine_variant_flags,
+    orpheus_engine_spec,
     orpheus_params,
     orpheus_prompt,
     speech_synthesizer,
@@ -377,24 +378,13 @@ async def vllm_engines(args: argparse.Namespace, in_engine: bool) -> TokenEngine
         for service in snac_services(args.engines):
             engines.append(
                 await VLLMEngine.create(
-                    args.tts_model,
-                    tokenizer=args.tts_model,
-                    max_model_len=args.max_model_len,
-                    gpu_memory_utilization=args.gpu_memory_utilization,
-                    max_num_seqs=-(-max(args.concurrency) // args.engines),
-                    enforce_eager=args.enforce_eager,
-                    quantization=args.quantization,
-                    kv_cache_dtype=args.kv_cache_dtype,
-                    stream_interval=args.stream_interval,
-                    orpheus_slots=True,
-                    snac_service=service if in_engine else None,
-                    snac_low_priority=args.snac_low_priority,
-                    snac_rounds=args.snac_rounds,
-                    switch_interval_ms=args.engine_switch_interval_ms,
-                    band_graphs=args.band_graphs,
+                    orpheus_engine_spec(
+                        args,
+                        max_num_seqs=-(-max(args.concurrency) // args.engines),
+                        snac_service=service if in_engine else None,
+                        enforce_eager=args.enforce_eager,
+                    ),
                     frame_deltas=args.frame_deltas,
-                    enable_prefix_caching=args.prefix_caching,
-                    cudagraph_mode=args.cudagraph_mode,
                     arrival_window_ms=args.arrival_window_ms,
                     kind="vllm-orpheus",
                 )

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from oai_server.engines.arrival_window import BUSY_FROM, ArrivalWindow
+from oai_server.engines.vllm_args import EngineSpec
 from oai_server.engines.vllm_engine import VLLMEngine
 
 from .helpers import settle
@@ -70,10 +71,12 @@ async def test_a_cancelled_waiter_leaves_its_group_to_the_others() -> None:
 
 async def _busy_engine(double: FakeAsyncLLM) -> VLLMEngine:
     engine = await VLLMEngine.create(
-        "m",
-        tokenizer=None,
-        max_model_len=4096,
-        gpu_memory_utilization=0.3,
+        EngineSpec(
+            "m",
+            tokenizer=None,
+            max_model_len=4096,
+            gpu_memory_utilization=0.3,
+        ),
         arrival_window_ms=WINDOW_S * 1000,
         engine_factory=lambda kwargs: double,
         sampling_params_factory=identity_params,

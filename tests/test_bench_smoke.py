@@ -802,6 +802,32 @@ def test_profile_churn_lanes_restart_streams_with_lengths_from_the_mix() -> None
     assert again[2][:10] == budgets[2][:10]  # seeded per lane: a rerun offers the same lengths
 
 
+def test_the_benchs_orpheus_engine_is_the_servers_with_their_variant_flags() -> None:
+    """profile_engine.py and baselines.py build Orpheus's engine alike (`orpheus_engine_spec`), from their flags."""
+    from _common import orpheus_engine_spec
+    from baselines import parse_args as baselines_args
+    from profile_engine import parse_args as profile_args
+
+    from oai_server.codec.snac_service import ROUNDS_KEY, SERVICE_KEY
+
+    flags = ["--no-prefix-caching", "--snac-rounds", "step", "--cudagraph-mode", "full"]
+    model = ["--tts-model", "/models/orpheus"]
+    profiled = orpheus_engine_spec(
+        profile_args([*model, *flags, "--out", "/tmp/unused"]), max_num_seqs=192, snac_service="orpheus-0"
+    )
+    kwargs = profiled.engine_kwargs()
+    assert (kwargs["max_num_seqs"], kwargs["enable_prefix_caching"], kwargs["enforce_eager"]) == (192, False, False)
+    assert kwargs["compilation_config"] == {"cudagraph_mode": "FULL"}
+    assert kwargs["additional_config"][SERVICE_KEY] == "orpheus-0" and kwargs["additional_config"][ROUNDS_KEY] == "step"
+    compared = orpheus_engine_spec(
+        baselines_args([*model, "--snac", "/models/snac", *flags, "--enforce-eager"]),
+        max_num_seqs=192,
+        snac_service="orpheus-0",
+        enforce_eager=True,
+    )
+    assert compared == profiled.__class__(**{**vars(profiled), "enforce_eager": True})  # the same engine but for that
+
+
 def test_profile_reports_how_late_the_benchs_loop_ran() -> None:
     """A loop busy elsewhere starts a lane's next stream late: the report says how late its timers ran."""
     from profile_engine import loop_lateness

@@ -142,6 +142,7 @@ def test_vllm_delivers_an_orpheus_stream_in_whole_frames(demo_models: Any, tmp_p
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from oai_server.engines.base import SamplingParams
+    from oai_server.engines.vllm_args import EngineSpec
     from oai_server.engines.vllm_engine import VLLMEngine
 
     # the demo Orpheus with heads of 64 (its 16 are below what vLLM's GPU attention backends take)
@@ -153,14 +154,16 @@ def test_vllm_delivers_an_orpheus_stream_in_whole_frames(demo_models: Any, tmp_p
 
     async def deltas() -> list[list[int]]:
         engine = await VLLMEngine.create(
-            str(tts_dir),
-            tokenizer=str(tts_dir),
-            max_model_len=256,
-            gpu_memory_utilization=0.1,
-            enforce_eager=True,
-            max_num_seqs=4,
-            stream_interval=7,
-            orpheus_slots=True,
+            EngineSpec(
+                str(tts_dir),
+                tokenizer=str(tts_dir),
+                max_model_len=256,
+                gpu_memory_utilization=0.1,
+                enforce_eager=True,
+                max_num_seqs=4,
+                stream_interval=7,
+                orpheus_slots=True,
+            ),
         )
         try:
             assert engine.info.details["frame_deltas"] is True

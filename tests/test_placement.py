@@ -17,6 +17,7 @@ from oai_server.engines.placement import (
     placements,
     visible_devices,
 )
+from oai_server.engines.vllm_args import EngineSpec
 from oai_server.engines.vllm_engine import VLLMEngine
 from oai_server.settings import Settings
 
@@ -91,10 +92,12 @@ def test_engine_starts_with_its_cards_and_parallel_args(monkeypatch: pytest.Monk
     placement = make_placement("tts", "2,3", 2, 1)
     engine = asyncio.run(
         VLLMEngine.create(
-            "m",
-            tokenizer="m",
-            max_model_len=64,
-            gpu_memory_utilization=0.5,
+            EngineSpec(
+                "m",
+                tokenizer="m",
+                max_model_len=64,
+                gpu_memory_utilization=0.5,
+            ),
             placement=placement,
             engine_factory=factory,
         )

@@ -36,7 +36,7 @@ from oai_server.codec.snac_service import (
 )
 from oai_server.codec.snac_stream import LaunchedRound, SnacDecoder
 from oai_server.codec.snac_window_policy import WindowPolicy
-from oai_server.engines.vllm_args import engine_kwargs
+from oai_server.engines.vllm_args import EngineSpec
 from oai_server.settings import Settings
 
 from .test_snac_graphs import OTHER, STEADY, batch_of, launching_sets, wants_of
@@ -237,10 +237,10 @@ def test_the_setting_reaches_the_engine_and_its_processor_steps_the_service(monk
         check_rounds("fibers")
 
     def config(rounds: str) -> dict[str, Any]:
-        kwargs = engine_kwargs(
+        kwargs = EngineSpec(
             "m", tokenizer=None, max_model_len=64, gpu_memory_utilization=0.5, orpheus_slots=True,
             snac_service="orpheus-0", snac_rounds=rounds,
-        )  # fmt: skip
+        ).engine_kwargs()  # fmt: skip
         extra: dict[str, Any] = kwargs["additional_config"]
         return extra
 

@@ -33,7 +33,7 @@ import torch
 from oai_server.codec import orpheus
 from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
-from oai_server.engines.vllm_args import sampling_kwargs
+from oai_server.engines.vllm_args import EngineSpec, sampling_kwargs
 from oai_server.engines.vllm_engine import VLLMEngine
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
@@ -179,11 +179,13 @@ def identity_params(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 async def make_engine(double: FakeAsyncLLM, *, orpheus_slots: bool = False) -> VLLMEngine:
     return await VLLMEngine.create(
-        "m",
-        tokenizer=None,
-        max_model_len=4096,
-        gpu_memory_utilization=0.3,
-        orpheus_slots=orpheus_slots,
+        EngineSpec(
+            "m",
+            tokenizer=None,
+            max_model_len=4096,
+            gpu_memory_utilization=0.3,
+            orpheus_slots=orpheus_slots,
+        ),
         engine_factory=lambda kwargs: double,
         sampling_params_factory=identity_params,
     )
@@ -304,18 +306,20 @@ async def test_create_passes_engine_args_and_info() -> None:
         return double
 
     engine = await VLLMEngine.create(
-        "orpheus",
-        tokenizer="tok",
-        max_model_len=2048,
-        gpu_memory_utilization=0.35,
-        dtype="bfloat16",
-        enforce_eager=True,
-        max_num_seqs=64,
-        stream_interval=7,
-        kv_cache_dtype="fp8",
-        quantization="fp8",
-        enable_prefix_caching=False,
-        orpheus_slots=True,
+        EngineSpec(
+            "orpheus",
+            tokenizer="tok",
+            max_model_len=2048,
+            gpu_memory_utilization=0.35,
+            dtype="bfloat16",
+            enforce_eager=True,
+            max_num_seqs=64,
+            stream_interval=7,
+            kv_cache_dtype="fp8",
+            quantization="fp8",
+            enable_prefix_caching=False,
+            orpheus_slots=True,
+        ),
         kind="vllm-tts",
         engine_factory=factory,
     )

@@ -106,48 +106,53 @@ async def _build(
 ) -> tuple[TokenEngine, TokenEngine]:
     if kind == "vllm":
         assert layout is not None, "the vLLM engines are built from a layout"
+        from .vllm_args import EngineSpec
         from .vllm_engine import VLLMEngine
 
         async def orpheus(plan: EnginePlan) -> TokenEngine:
             return await VLLMEngine.create(
-                settings.tts_model_name,
-                tokenizer=settings.tts_model_name,
-                max_model_len=settings.tts_max_model_len,
-                gpu_memory_utilization=plan.memory,
-                max_num_seqs=settings.tts_max_num_seqs,
-                stream_interval=settings.tts_stream_interval,
-                kv_cache_dtype=settings.tts_kv_cache_dtype,
-                quantization=settings.tts_quantization,
-                enable_prefix_caching=settings.tts_prefix_caching,
-                orpheus_slots=True,
-                snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
-                snac_low_priority=settings.snac_low_priority,
-                snac_rounds=settings.snac_rounds,
-                switch_interval_ms=settings.tts_engine_switch_interval_ms,
-                band_graphs=settings.tts_band_graphs,
+                EngineSpec(
+                    settings.tts_model_name,
+                    tokenizer=settings.tts_model_name,
+                    max_model_len=settings.tts_max_model_len,
+                    gpu_memory_utilization=plan.memory,
+                    max_num_seqs=settings.tts_max_num_seqs,
+                    stream_interval=settings.tts_stream_interval,
+                    kv_cache_dtype=settings.tts_kv_cache_dtype,
+                    quantization=settings.tts_quantization,
+                    enable_prefix_caching=settings.tts_prefix_caching,
+                    orpheus_slots=True,
+                    snac_service=snac_service_name(snac_hosts.index(plan)) if plan in snac_hosts else None,
+                    snac_low_priority=settings.snac_low_priority,
+                    snac_rounds=settings.snac_rounds,
+                    switch_interval_ms=settings.tts_engine_switch_interval_ms,
+                    band_graphs=settings.tts_band_graphs,
+                    cudagraph_mode=settings.tts_cudagraph_mode,
+                    dtype=settings.dtype,
+                    enforce_eager=settings.enforce_eager,
+                    log_stats=settings.engine_log_stats,
+                ),
                 frame_deltas=settings.tts_frame_deltas,
-                cudagraph_mode=settings.tts_cudagraph_mode,
                 arrival_window_ms=settings.tts_arrival_window_ms,
                 placement=plan.placement,
                 kind="vllm-orpheus",
-                dtype=settings.dtype,
-                enforce_eager=settings.enforce_eager,
-                log_stats=settings.engine_log_stats,
             )
 
         async def gemma(plan: EnginePlan) -> TokenEngine:
             return await VLLMEngine.create(
-                settings.llm_model_name,
-                tokenizer=settings.llm_model_name,
-                max_model_len=settings.llm_max_model_len,
-                gpu_memory_utilization=plan.memory,
-                max_num_seqs=settings.llm_max_num_seqs,
-                stream_interval=settings.llm_stream_interval,
+                EngineSpec(
+                    settings.llm_model_name,
+                    tokenizer=settings.llm_model_name,
+                    max_model_len=settings.llm_max_model_len,
+                    gpu_memory_utilization=plan.memory,
+                    max_num_seqs=settings.llm_max_num_seqs,
+                    stream_interval=settings.llm_stream_interval,
+                    dtype=settings.dtype,
+                    enforce_eager=settings.enforce_eager,
+                    log_stats=settings.engine_log_stats,
+                ),
                 placement=plan.placement,
                 kind="vllm-gemma",
-                dtype=settings.dtype,
-                enforce_eager=settings.enforce_eager,
-                log_stats=settings.engine_log_stats,
             )
 
         tts = await start_replicas(layout.role("tts"), orpheus)

@@ -1,9 +1,11 @@
 """vLLM's arguments from ours, as plain keyword dicts: a request's `SamplingParams` (`sampling_kwargs`), and an
-engine's (`engine_kwargs`). Only `vllm_sampling_params` imports vLLM, when called, so this module imports without it.
+engine's `EngineSpec` (`EngineSpec.engine_kwargs`). Only `vllm_sampling_params` imports vLLM, when called, so this
+module imports without it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from oai_server.engines.base import SamplingParams
@@ -67,71 +69,83 @@ def vllm_sampling_params(kwargs: dict[str, Any]) -> Any:
     return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA, skip_clone=True)
 
 
-def engine_kwargs(
-    model: str,
-    *,
-    tokenizer: str | None,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    dtype: str = "auto",
-    enforce_eager: bool = False,
-    max_num_seqs: int | None = None,
-    stream_interval: int = 1,
-    kv_cache_dtype: str = "auto",
-    quantization: str | None = None,
-    enable_prefix_caching: bool = True,
-    orpheus_slots: bool = False,
-    snac_service: str | None = None,
-    snac_low_priority: bool = False,
-    snac_rounds: str = "thread",
-    switch_interval_ms: float = 0.0,
-    band_graphs: bool = False,
-    log_stats: bool = False,
-    cudagraph_mode: str = "auto",
-) -> dict[str, Any]:
-    """``AsyncEngineArgs`` keyword arguments for one model (plain values plus the processor class).
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one vLLM engine is asked to be: its model and vLLM's engine arguments as we set them (`engine_kwargs`),
+    and with ``orpheus_slots`` the Orpheus slot processor (`OrpheusSlotLogitsProcessor`) and what it hosts: SNAC's
+    service under ``snac_service`` (`oai_server.codec.snac_service`), below the engine's own work with
+    ``snac_low_priority``, its rounds answered by the engine's steps with ``snac_rounds="step"``; the engine process's
+    GIL switch interval unless ``switch_interval_ms`` is 0; its band work as CUDA graphs with ``band_graphs``."""
 
-    Without ``log_stats`` vLLM keeps no per-step statistics (``disable_log_stats``): its output handler
-    would otherwise update them for every token of every request on the server's event loop. A
-    ``cudagraph_mode`` other than "auto" goes to vLLM's ``compilation_config`` (its ``CUDAGraphMode``, upper case).
-    """
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "tokenizer": tokenizer,
-        "dtype": dtype,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
-        "kv_cache_dtype": kv_cache_dtype,
-        "quantization": quantization,
-        "enable_prefix_caching": enable_prefix_caching,
-        "disable_log_stats": not log_stats,
-    }
-    if max_num_seqs is not None:
-        kwargs["max_num_seqs"] = max_num_seqs
-    if cudagraph_mode != "auto":
-        kwargs["compilation_config"] = {"cudagraph_mode": cudagraph_mode.upper()}
-    if stream_interval != 1:  # vLLM delivers a request's tokens every `stream_interval` steps (and its first at once)
-        kwargs["stream_interval"] = stream_interval
-    if orpheus_slots:
-        from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+    model: str
+    tokenizer: str | None
+    max_model_len: int
+    gpu_memory_utilization: float
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None
+    stream_interval: int = 1
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+    orpheus_slots: bool = False
+    snac_service: str | None = None
+    snac_low_priority: bool = False
+    snac_rounds: str = "thread"
+    switch_interval_ms: float = 0.0
+    band_graphs: bool = False
+    log_stats: bool = False
+    cudagraph_mode: str = "auto"
 
-        kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
+    def engine_kwargs(self) -> dict[str, Any]:
+        """``AsyncEngineArgs`` keyword arguments (plain values plus the processor class).
+
+        Without ``log_stats`` vLLM keeps no per-step statistics (``disable_log_stats``): its output handler
+        would otherwise update them for every token of every request on the server's event loop. A
+        ``cudagraph_mode`` other than "auto" goes to vLLM's ``compilation_config`` (its ``CUDAGraphMode``, upper
+        case).
+        """
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "tokenizer": self.tokenizer,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enforce_eager": self.enforce_eager,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "quantization": self.quantization,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "disable_log_stats": not self.log_stats,
+        }
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.cudagraph_mode != "auto":
+            kwargs["compilation_config"] = {"cudagraph_mode": self.cudagraph_mode.upper()}
+        if self.stream_interval != 1:  # a request's tokens every `stream_interval` steps (and its first at once)
+            kwargs["stream_interval"] = self.stream_interval
+        if self.orpheus_slots:
+            from oai_server.engines.vllm_orpheus_logits import OrpheusSlotLogitsProcessor
+
+            kwargs["logits_processors"] = [OrpheusSlotLogitsProcessor]
+            if config := self._processor_config():
+                kwargs["additional_config"] = config
+        return kwargs
+
+    def _processor_config(self) -> dict[str, Any]:
+        """What the slot processor reads from vLLM's ``additional_config`` in the engine's process."""
         config: dict[str, Any] = {}
-        if snac_service:  # the processor starts the SNAC service in the engine's process
+        if self.snac_service:  # the processor starts the SNAC service in the engine's process
             from oai_server.codec.snac_service import LOW_PRIORITY_KEY, ROUNDS_KEY, SERVICE_KEY
 
-            config.update({SERVICE_KEY: snac_service, LOW_PRIORITY_KEY: snac_low_priority})
-            if snac_rounds != "thread":
-                config[ROUNDS_KEY] = snac_rounds
-        if switch_interval_ms:  # the engine process's GIL switch interval, set by the processor there
+            config.update({SERVICE_KEY: self.snac_service, LOW_PRIORITY_KEY: self.snac_low_priority})
+            if self.snac_rounds != "thread":
+                config[ROUNDS_KEY] = self.snac_rounds
+        if self.switch_interval_ms:  # the engine process's GIL switch interval, set by the processor there
             from oai_server.codec.snac_service import SWITCH_INTERVAL_KEY
 
-            config[SWITCH_INTERVAL_KEY] = switch_interval_ms / 1000
-        if band_graphs:
+            config[SWITCH_INTERVAL_KEY] = self.switch_interval_ms / 1000
+        if self.band_graphs:
             from oai_server.engines.band_graphs import BAND_GRAPHS_KEY
 
             config[BAND_GRAPHS_KEY] = True
-        if config:
-            kwargs["additional_config"] = config
-    return kwargs
+        return config

@@ -1,8 +1,8 @@
 """`TokenEngine` on vLLM's in-process `AsyncLLM` (v1 engine), written against vLLM 0.26.0.
 
 vLLM is imported lazily (in `create` and in the default sampling-params factory), so this module
-imports without it. The pure mappings (`vllm_args`: `sampling_kwargs`, `engine_kwargs`) produce plain
-dicts; only the ``vllm.SamplingParams(**kwargs)`` / ``AsyncEngineArgs(**kwargs)`` calls need vLLM.
+imports without it. The pure mappings (`vllm_args`: `sampling_kwargs`, `EngineSpec.engine_kwargs`) produce
+plain dicts; only the ``vllm.SamplingParams(**kwargs)`` / ``AsyncEngineArgs(**kwargs)`` calls need vLLM.
 
 Streaming: requests use ``RequestOutputKind.DELTA`` and ``detokenize=False``; each
 ``RequestOutput.outputs[0].token_ids`` is a delta (vLLM merges deltas when we lag, so one delta
@@ -30,7 +30,7 @@ from oai_server.engines.arrival_window import ArrivalWindow
 from oai_server.engines.base import EngineError, EngineInfo, SamplingParams
 from oai_server.engines.frame_deltas import deliver_on_frame_boundaries, frames_per_delta
 from oai_server.engines.placement import Placement, visible_devices
-from oai_server.engines.vllm_args import engine_kwargs, sampling_kwargs, vllm_sampling_params
+from oai_server.engines.vllm_args import EngineSpec, sampling_kwargs, vllm_sampling_params
 
 logger = logging.getLogger(__name__)
 
@@ -128,75 +128,32 @@ class VLLMEngine(AsyncLLMLifecycle):
     @classmethod
     async def create(
         cls,
-        model: str,
+        spec: EngineSpec,
         *,
-        tokenizer: str | None,
-        max_model_len: int,
-        gpu_memory_utilization: float,
-        dtype: str = "auto",
-        enforce_eager: bool = False,
-        max_num_seqs: int | None = None,
-        stream_interval: int = 1,
-        kv_cache_dtype: str = "auto",
-        quantization: str | None = None,
-        enable_prefix_caching: bool = True,
-        orpheus_slots: bool = False,
-        snac_service: str | None = None,
-        snac_low_priority: bool = False,
-        snac_rounds: str = "thread",
-        switch_interval_ms: float = 0.0,
-        band_graphs: bool = False,
         frame_deltas: bool = True,
-        log_stats: bool = False,
-        cudagraph_mode: str = "auto",
         arrival_window_ms: float = 0.0,
         placement: Placement | None = None,
         kind: str = "vllm",
         engine_factory: EngineFactory | None = None,
         sampling_params_factory: SamplingParamsFactory | None = None,
     ) -> VLLMEngine:
-        """Start an `AsyncLLM` for ``model`` (blocking this thread while vLLM loads, 45-120 s).
+        """Start an `AsyncLLM` as ``spec`` asks (blocking this thread while vLLM loads, 45-120 s).
 
         ``engine_factory(kwargs)`` replaces ``AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))``
-        (tests inject a double); it may return the engine or an awaitable of it. With
-        ``orpheus_slots`` the engine gets `OrpheusSlotLogitsProcessor`, and requests with
-        ``orpheus_audio_slots`` are constrained to the audio band of each position; with ``snac_service``
-        too, its processor serves SNAC decoding under that name in the engine's process
-        (`oai_server.codec.snac_service`), below the engine's own work with ``snac_low_priority``, its rounds answered
-        by the engine's steps with ``snac_rounds="step"`` (`oai_server.codec.snac_rounds`); a
-        ``switch_interval_ms`` other than 0 is the GIL switch interval of the engine's process; with
-        ``band_graphs`` the processor runs its band work as CUDA graphs (`band_graphs`). With ``frame_deltas``, an
-        Orpheus engine whose ``stream_interval`` is whole frames gets its deltas on frame boundaries (`frame_deltas`).
-        With ``arrival_window_ms``, new requests into a busy engine are let in in groups (`ArrivalWindow`).
+        (tests inject a double); it may return the engine or an awaitable of it. With ``spec.orpheus_slots``,
+        requests with ``orpheus_audio_slots`` are constrained to the audio band of each position (`EngineSpec` says
+        what else that processor hosts). With ``frame_deltas``, an Orpheus engine whose ``stream_interval`` is whole
+        frames gets its deltas on frame boundaries (`frame_deltas`). With ``arrival_window_ms``, new requests into a
+        busy engine are let in in groups (`ArrivalWindow`).
         """
-        kwargs = engine_kwargs(
-            model,
-            tokenizer=tokenizer,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype,
-            enforce_eager=enforce_eager,
-            max_num_seqs=max_num_seqs,
-            stream_interval=stream_interval,
-            kv_cache_dtype=kv_cache_dtype,
-            quantization=quantization,
-            enable_prefix_caching=enable_prefix_caching,
-            orpheus_slots=orpheus_slots,
-            snac_service=snac_service,
-            snac_low_priority=snac_low_priority,
-            snac_rounds=snac_rounds,
-            switch_interval_ms=switch_interval_ms,
-            band_graphs=band_graphs,
-            log_stats=log_stats,
-            cudagraph_mode=cudagraph_mode,
-        )
+        kwargs = spec.engine_kwargs()
         placement = placement or Placement(None)
         kwargs.update(placement.engine_kwargs())
         # Built on the event-loop thread on purpose: AsyncLLM binds its ZMQ/asyncio clients there.
         with visible_devices(placement.gpus):
             built = (engine_factory or build_async_llm)(kwargs)
             engine = await built if inspect.isawaitable(built) else built
-        frame_deltas = frame_deltas and orpheus_slots and frames_per_delta(stream_interval)
+        frame_deltas = frame_deltas and spec.orpheus_slots and frames_per_delta(spec.stream_interval)
         if frame_deltas:
             deliver_on_frame_boundaries(engine)
         details: dict[str, object] = {
@@ -204,26 +161,26 @@ class VLLMEngine(AsyncLLMLifecycle):
             for key in ("dtype", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "stream_interval")
         }
         details.update(
-            kv_cache_dtype=kv_cache_dtype,
-            quantization=quantization,
-            enable_prefix_caching=enable_prefix_caching,
-            orpheus_slots=orpheus_slots,
-            snac_service=snac_service,
-            snac_low_priority=snac_low_priority,
-            snac_rounds=snac_rounds,
-            switch_interval_ms=switch_interval_ms,
-            band_graphs=band_graphs,
+            kv_cache_dtype=spec.kv_cache_dtype,
+            quantization=spec.quantization,
+            enable_prefix_caching=spec.enable_prefix_caching,
+            orpheus_slots=spec.orpheus_slots,
+            snac_service=spec.snac_service,
+            snac_low_priority=spec.snac_low_priority,
+            snac_rounds=spec.snac_rounds,
+            switch_interval_ms=spec.switch_interval_ms,
+            band_graphs=spec.band_graphs,
             frame_deltas=frame_deltas,
-            cudagraph_mode=cudagraph_mode,
+            cudagraph_mode=spec.cudagraph_mode,
             arrival_window_ms=arrival_window_ms,
             gpus=placement.gpus,
             **placement.engine_kwargs(),
         )
-        info = EngineInfo(kind=kind, model=model, max_model_len=max_model_len, details=details)
+        info = EngineInfo(kind=kind, model=spec.model, max_model_len=spec.max_model_len, details=details)
         return cls(
             engine,
             info,
-            orpheus_slots=orpheus_slots,
+            orpheus_slots=spec.orpheus_slots,
             sampling_params_factory=sampling_params_factory,
             arrival_window_ms=arrival_window_ms,
         )
