@@ -23,9 +23,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from oai_server.engines.vllm_args import EngineSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "tara"
@@ -122,7 +125,7 @@ def add_engine_variant_flags(p: argparse.ArgumentParser) -> None:
 
 def orpheus_engine_spec(
     args: argparse.Namespace, *, max_num_seqs: int, snac_service: str | None, enforce_eager: bool = False
-) -> Any:
+) -> EngineSpec:
     """The Orpheus engine's `EngineSpec` as the server builds it, from `add_engine_variant_flags`' flags (and the
     bench's model, length, memory, quantization and stream-interval flags), with SNAC's service under
     ``snac_service`` (None: SNAC decodes elsewhere, or not at all)."""

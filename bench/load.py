@@ -170,9 +170,9 @@ class Sweep:
         for n in self.args.concurrency:
             summary, results = await run_level(mode, n, self.args, self.seeds)
             levels.append(summary)
-            streams = self.report["streams"].setdefault(mode, {})
-            key = next(k for k in (str(n), *(f"{n} #{i}" for i in range(2, len(streams) + 3))) if k not in streams)
-            streams[key] = [r.public() for r in results]  # a level run again keeps its own streams
+            run = sum(level["concurrency"] == n for level in levels)  # a level run again keeps its own streams
+            key = str(n) if run == 1 else f"{n} #{run}"
+            self.report["streams"].setdefault(mode, {})[key] = [r.public() for r in results]
             print(f"[{mode}] N={n}: {json.dumps(summary)}", flush=True)
             self.report["modes"][mode] = levels
             self.report["capacity"][mode] = capacity_block(levels, criteria(mode, self.args))

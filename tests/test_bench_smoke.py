@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -825,7 +826,7 @@ def test_the_benchs_orpheus_engine_is_the_servers_with_their_variant_flags() -> 
         snac_service="orpheus-0",
         enforce_eager=True,
     )
-    assert compared == profiled.__class__(**{**vars(profiled), "enforce_eager": True})  # the same engine but for that
+    assert compared == replace(profiled, enforce_eager=True)  # the same engine but for that
 
 
 def test_profile_reports_how_late_the_benchs_loop_ran() -> None:

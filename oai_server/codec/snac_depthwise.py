@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 
@@ -49,7 +49,7 @@ def resolve_snac_depthwise(depthwise: SnacDepthwise, device: str) -> Literal["at
     return "aten"
 
 
-def is_depthwise(module: torch.nn.Module) -> bool:
+def is_depthwise(module: torch.nn.Module) -> TypeGuard[torch.nn.Conv1d]:
     """Whether `module` is a depthwise convolution `TritonDepthwiseConv1d` computes: one filter per channel, stride 1,
     zero padding given as a number."""
     return (
@@ -304,7 +304,7 @@ def depthwise_sites(decoder: torch.nn.Module) -> list[tuple[torch.nn.Module, str
     for parent in decoder.modules():
         children = list(parent.named_children())
         for index, (name, child) in enumerate(children):
-            if not isinstance(child, torch.nn.Conv1d) or not is_depthwise(child):
+            if not is_depthwise(child):
                 continue
             next_name, after = children[index + 1] if index + 1 < len(children) else ("", None)
             fuse = isinstance(parent, torch.nn.Sequential) and fusable_snake(after, child.out_channels)
