@@ -214,17 +214,24 @@ profile_step() {  # profile_step <dir> <engine args>: one engine's decode step a
 }
 step_profile() { profile_step $S/step_profile "${PROF_ARGS-${ENGINE_ARGS:-}}"; }  # the raw engine unless PROF_ARGS
 step_profile_b() { profile_step $S/step_profile_b "${PROF_B_ARGS:-}"; }  # a second variant (e.g. the other mode)
+each_variant() {  # each_variant LIST DIR JOB: for each ';'-separated entry of LIST, in order, DIR/v<i>/ made, named in
+  # DIR/variants.txt, and JOB run with i and the entry
+  local i=0 variant variants
+  IFS=';' read -ra variants <<< "$1"
+  for variant in "${variants[@]}"; do
+    i=$((i + 1)); mkdir -p "$2/v$i"; echo "v$i: $variant" >> "$2/variants.txt"; "$3" "$i" "$variant"
+  done
+}
 churn_ab() {  # bench/profile_engine.py --churn --no-trace once per variant of CHURN_VARIANTS (';' between them), each with
   # CHURN_ARGS, at PROF_CONC (128): steady against churn per engine variant, one after another, into churn_ab/v<i>/
-  W=$S/churn_ab; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15; local i=0 variant
-  IFS=';' read -ra variants <<< "${CHURN_VARIANTS:-}"
-  for variant in "${variants[@]}"; do
-    i=$((i + 1)); mkdir -p $W/v$i
-    timeout "${CHURN_TIMEOUT:-300}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" --snac "$RAND/snac" \
-      --concurrency "${PROF_CONC:-128}" --churn --no-trace --out $W/v$i ${CHURN_ARGS:-} $variant > $W/v$i/profile.log 2>&1
-    echo "v$i: $variant" >> $W/summary.txt; grep "^unprofiled" $W/v$i/profile.log >> $W/summary.txt
-  done
+  W=$S/churn_ab; local -x CUDA_VISIBLE_DEVICES=${BASE_GPU:-${ONECARD_GPU:-0}}; sleep 15
+  each_variant "${CHURN_VARIANTS:-}" $W churn_variant
   python3 bench/churn_table.py $W/summary.txt | tee $W/table.md
+}
+churn_variant() {  # churn_ab's variant $1, flags $2
+  timeout "${CHURN_TIMEOUT:-300}" python3 bench/profile_engine.py --tts-model "$RAND/orpheus" --snac "$RAND/snac" \
+    --concurrency "${PROF_CONC:-128}" --churn --no-trace --out $W/v$1 ${CHURN_ARGS:-} $2 > $W/v$1/profile.log 2>&1
+  echo "v$1: $2" >> $W/summary.txt; grep "^unprofiled" $W/v$1/profile.log >> $W/summary.txt
 }
 best_fusion() {  # the --snac-fusion whose CUDA graphs decoded K=4 fastest at batch 64 in the snac job (off if none ran)
   python3 - "$S/snac/snac_decode.json" <<'PY' 2>/dev/null || echo off
@@ -310,13 +317,9 @@ onecard_chat() {  # SI_JOB=onecard_chat: onecard's phases OCC_PHASES (chat,mixed
 }
 servers_ab() {  # onecard once per server variant of SERVER_VARIANTS (';' between their flags, which replace ONECARD_ARGS),
   # one after another on ONECARD_GPU with ONECARD_PHASES (e.g. levels), into servers_ab/v<i>/ (variants.txt names them)
-  local i=0 variant
-  IFS=';' read -ra variants <<< "${SERVER_VARIANTS:-}"
-  for variant in "${variants[@]}"; do
-    i=$((i + 1)); mkdir -p $S/servers_ab/v$i; echo "v$i: $variant" >> $S/servers_ab/variants.txt
-    OC_DIR=servers_ab/v$i ONECARD_ARGS=$variant onecard
-  done
+  each_variant "${SERVER_VARIANTS:-}" $S/servers_ab server_variant
 }
+server_variant() { OC_DIR=servers_ab/v$1 ONECARD_ARGS=$2 onecard; }  # servers_ab's variant $1, server flags $2
 none() { :; }  # SI_JOB=none: the second card runs nothing (a job that needs both cards runs alone)
 gap() {  # where a burst's TTFA goes beyond the server's own figures: one burst under py-spy and top (bench/gpu_load.sh)
   W=$S/gap; mkdir -p $W

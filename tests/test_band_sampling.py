@@ -20,14 +20,13 @@ from oai_server.engines.band_sampling import (
     sample_band,
 )
 from oai_server.engines.base import SamplingParams
+from oai_server.engines.slot_tables import apply_slot_mask, build_slot_table
 from oai_server.engines.vllm_args import sampling_kwargs
 from oai_server.engines.vllm_orpheus_logits import (
     EXTRA_ARGS_KEY,
     MIN_TOKENS_KEY,
     PENALTY_KEY,
     OrpheusSlotLogitsProcessor,
-    apply_slot_mask,
-    build_slot_table,
 )
 
 V = orpheus.ORPHEUS_VOCAB_SIZE

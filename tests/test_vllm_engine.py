@@ -33,6 +33,7 @@ import torch
 from oai_server.codec import orpheus
 from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
+from oai_server.engines.slot_tables import apply_slot_mask, build_slot_table
 from oai_server.engines.vllm_args import EngineSpec, sampling_kwargs
 from oai_server.engines.vllm_engine import VLLMEngine
 from oai_server.engines.vllm_orpheus_logits import (
@@ -40,8 +41,6 @@ from oai_server.engines.vllm_orpheus_logits import (
     MIN_TOKENS_KEY,
     PENALTY_KEY,
     OrpheusSlotLogitsProcessor,
-    apply_slot_mask,
-    build_slot_table,
 )
 
 from .helpers import settle

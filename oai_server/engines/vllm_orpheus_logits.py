@@ -11,7 +11,7 @@ For an opted-in row, audio position k is the number of tokens it has generated s
 ``len(output_tok_ids)`` from the live list vLLM hands over in `BatchUpdate.added` (under async
 scheduling the list may end in ``-1`` placeholders, which still count). Only
 ``orpheus.slot_band(k)`` is allowed, plus ``END_OF_SPEECH`` where ``orpheus.stop_allowed(k)``.
-The mask is one gather from a precomputed ``[7, vocab]`` bool table on the logits' device; the
+The mask is one gather from a precomputed ``[7, vocab]`` bool table on the logits' device (`slot_tables`); the
 Python work per step is O(opted-in rows), and what only changes with the batch (the rows' order, seen-table
 lines, penalties, band settings, as device tensors) is built once per change vLLM reports: vLLM's thread
 runs `apply` between steps, while the GPU may be waiting for it.
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from oai_server.codec import orpheus, snac_service
+from oai_server.codec import snac_service
 from oai_server.codec.snac_rounds import check_rounds
 from oai_server.engines.band_graphs import BAND_GRAPHS_KEY, BandGraph, BandGraphs
 from oai_server.engines.band_penalty import AUDIO_SPAN, BandPenalty, band_penalty, penalize_band, seen_hits
@@ -53,10 +53,10 @@ from oai_server.engines.band_sampling import (
     band_filter,
     band_sampling_of,
     check_band_args,
-    column_table,
     filter_band,
 )
 from oai_server.engines.slot_rows import SlotRow, step_rows
+from oai_server.engines.slot_tables import PositionTables
 
 try:  # vLLM is an optional extra; without it the class is still importable and testable.
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -94,41 +94,6 @@ def penalty_of(extra_args: dict[str, Any] | None) -> float:
     return 1.0 if value is None else float(value)
 
 
-def build_slot_table(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The ``[7, vocab_size]`` bool table of ids allowed at audio position ``k`` (row ``k % 7``)."""
-    if vocab_size < orpheus.AUDIO_TOKEN_END:
-        raise ValueError(
-            f"vocab size {vocab_size} is smaller than the Orpheus audio band end {orpheus.AUDIO_TOKEN_END}"
-        )
-    table = torch.zeros((orpheus.TOKENS_PER_FRAME, vocab_size), dtype=torch.bool)
-    for slot in range(orpheus.TOKENS_PER_FRAME):
-        band = orpheus.slot_band(slot)
-        table[slot, band.start : band.stop] = True
-        if orpheus.stop_allowed(slot):
-            table[slot, orpheus.END_OF_SPEECH] = True
-    return table.to(device)
-
-
-def apply_slot_mask(
-    logits: torch.Tensor, table: torch.Tensor, rows: torch.Tensor | None, positions: torch.Tensor
-) -> torch.Tensor:
-    """Set to -inf, in place, every logit of ``rows`` outside the band of its audio position.
-
-    ``rows`` and ``positions`` are int64 tensors of equal length on ``logits.device``; rows not
-    listed are untouched. ``rows=None`` means every row in order (the common case of a batch of
-    speech requests only): one masked fill of ``logits``, without gathering rows out and back in,
-    which at 128 rows of a 157k vocabulary saves two full passes over the logits. Returns ``logits``.
-    """
-    if positions.numel() == 0:
-        return logits
-    blocked = table.index_select(0, torch.remainder(positions, orpheus.TOKENS_PER_FRAME)).logical_not_()
-    if rows is None:
-        return logits.masked_fill_(blocked, float("-inf"))
-    masked = logits.index_select(0, rows).masked_fill_(blocked, float("-inf"))
-    logits.index_copy_(0, rows, masked)
-    return logits
-
-
 def log_through_vllm() -> None:
     """In vLLM's engine core only vLLM's own logger has a handler, so this project's lines (the SNAC service, the
     stream priority, a failed graph capture) would be lost or bare: hand them to vLLM's handlers, at INFO. Nothing
@@ -161,25 +126,6 @@ class _Layout:
     bands: list[_BandGroup]
 
 
-@dataclass(frozen=True)
-class _PositionTables:
-    """What depends only on an audio position's slot (``k % 7``), on the logits' device: one row per slot, then
-    `slot_rows.HELD_STOP_ROW`."""
-
-    blocked: torch.Tensor  # bool [8, vocab]: ids the slot may not emit
-    columns: torch.Tensor  # int64 [8, 4097]: the ids it may (`band_columns`; END_OF_SPEECH's column -inf when held)
-    seen_offsets: torch.Tensor  # int64 [8, 4096]: its band's columns of the seen table
-
-    @classmethod
-    def build(cls, vocab_size: int, device: torch.device) -> _PositionTables:
-        columns = column_table(device)
-        columns = torch.cat([columns, columns[:1]])
-        blocked = build_slot_table(vocab_size, device).logical_not_()
-        held = blocked[:1].clone()
-        held[0, orpheus.END_OF_SPEECH] = True
-        return cls(torch.cat([blocked, held]), columns, columns[:, : orpheus.CODEBOOK_SIZE] - orpheus.AUDIO_TOKEN_BASE)
-
-
 _TYPECODES = {torch.int64: "q", torch.float32: "f"}
 """`array` type codes of the dtypes the processor hands to the device."""
 
@@ -195,7 +141,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
         self._device = torch.device(device)
         self._pin_memory = bool(is_pin_memory) and self._device.type == "cuda"
         self._rows: dict[int, SlotRow] = {}  # persistent-batch row -> request state
-        self._tables: _PositionTables | None = None
+        self._tables: PositionTables | None = None
         self._seen: torch.Tensor | None = None  # [slots, AUDIO_SPAN] bool
         self._free: list[int] = []
         self._slots = 0
@@ -375,7 +321,7 @@ class OrpheusSlotLogitsProcessor(_LogitsProcessorBase):
             return logits
         tables = self._tables
         if tables is None or tables.blocked.shape[1] != logits.shape[1] or tables.blocked.device != logits.device:
-            tables = self._tables = _PositionTables.build(logits.shape[1], logits.device)
+            tables = self._tables = PositionTables.build(logits.shape[1], logits.device)
         layout = self._layout_for(logits.shape[0], logits.device)
         if layout is None:
             return logits

@@ -147,7 +147,8 @@ class SpeechOutputSettings(BaseSettings):
     """Who answers SNAC's rounds in the Orpheus engine's process: the service's own thread, waking for each (thread),
     or the engine's thread between its steps while 32 or more speech requests run (step: no thread wakes for the GIL
     the engine's scheduler holds; a round trip to that thread cost the engine 30 % of its tokens/s at 192 streams on
-    an H200). thread until step is measured on the GPU."""
+    an H200). Measured on an H200 while 192 streams came and went, step made the same tokens/s (15 074 against
+    15 050) but each window waited 8.9 ms for its round against 1.0-1.7: thread stays the default."""
 
 
 class SpeechInputSettings(BaseSettings):
