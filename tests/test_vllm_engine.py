@@ -33,7 +33,8 @@ import torch
 from oai_server.codec import orpheus
 from oai_server.engines.band_sampling import TEMPERATURE_KEY, TOP_K_KEY, TOP_P_KEY
 from oai_server.engines.base import EngineError, SamplingParams, TokenEngine, new_request_id
-from oai_server.engines.slot_tables import apply_slot_mask, build_slot_table
+from oai_server.engines.slot_rows import HELD_STOP_ROW
+from oai_server.engines.slot_tables import PositionTables, apply_slot_mask, build_slot_table
 from oai_server.engines.vllm_args import EngineSpec, sampling_kwargs
 from oai_server.engines.vllm_engine import VLLMEngine
 from oai_server.engines.vllm_orpheus_logits import (
@@ -526,6 +527,24 @@ def test_slot_mask_of_every_row_in_order_matches_the_row_gather() -> None:
     every = apply_slot_mask(logits.clone(), table, None, positions)
     assert torch.equal(every, by_rows)
     assert [allowed_ids(row) for row in every] == [band_of(int(k)) for k in positions]
+
+
+def test_position_tables_hold_each_slots_band_and_a_held_stop_row() -> None:
+    tables = PositionTables.build(V, torch.device("cpu"))
+    assert (
+        tables.blocked.shape == (8, V) and tables.columns.shape == (8, 4097) and tables.seen_offsets.shape == (8, 4096)
+    )
+    for slot in range(7):
+        allowed = set(torch.nonzero(~tables.blocked[slot]).flatten().tolist())
+        assert allowed == band_of(slot)
+        assert set(tables.columns[slot].tolist()) == set(orpheus.slot_band(slot)) | {orpheus.END_OF_SPEECH}
+        band = orpheus.slot_band(slot)
+        assert tables.seen_offsets[slot].tolist() == list(
+            range(band.start - orpheus.AUDIO_TOKEN_BASE, band.stop - orpheus.AUDIO_TOKEN_BASE)
+        )
+    # the held row: slot 0's band with END_OF_SPEECH blocked (a frame boundary before a request's min_tokens)
+    assert set(torch.nonzero(~tables.blocked[HELD_STOP_ROW]).flatten().tolist()) == set(orpheus.slot_band(0))
+    assert torch.equal(tables.columns[HELD_STOP_ROW], tables.columns[0])
 
 
 class Direction(Enum):

@@ -62,6 +62,7 @@ class PositionTables:
 
     @classmethod
     def build(cls, vocab_size: int, device: torch.device) -> PositionTables:
+        """The tables for a vocabulary of `vocab_size` ids, on `device` (once per device: vLLM's thread waits)."""
         columns = column_table(device)
         columns = torch.cat([columns, columns[:1]])
         blocked = build_slot_table(vocab_size, device).logical_not_()
