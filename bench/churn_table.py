@@ -5,12 +5,13 @@ while streams came and went (`unprofiled_churn`); this prints, per variant, both
 of a step, the streams started a second, churn ÷ steady, what one new stream cost the engine (the share of the wall
 time churn lost, over the streams started: ms of engine time a new stream), and where SNAC ran, its busy share and a
 window's wait for its round while streams came and went; then every variant's churn tokens a second against the first
-variant's (the run's reference, e.g. raw vLLM). A variant run with `--switch-interval-ab` gets a second table: each of
-its measurements on its one engine at the GIL switch interval it ran with, against its first churn measurement, and
-one run with `--churn-repeats` a third: its churn measured again and again on one engine, by the seconds since its
-streams began churning. The engine that runs later on one card churns slower, by more than ours ÷ raw's gap (session
+variant's (the run's reference, e.g. raw vLLM). Tables follow for what a variant measured again on its one engine:
+`--switch-interval-ab`, each measurement at the GIL switch interval it ran with, against its first churn measurement;
+`--snac-ab`, each measurement with the SNAC variant it ran (`snac_ab.py`), then each SNAC variant's mean against the
+first's; `--churn-repeats`, its churn measured again and again, by the seconds since its streams began churning, and
+the means of those runs. The engine that runs later on one card churns slower, by more than ours ÷ raw's gap (session
 39: ours ÷ raw 1.09 with ours first, 0.83 with raw first), so a variant listed again in `CHURN_VARIANTS` (best in the
-order A, B, B, A), or in several summaries given together, gets a fifth table: its engines' means pooled, against the
+order A, B, B, A), or in several summaries given together, gets one more table: its engines' means pooled, against the
 first variant's pooled mean:
 
     python3 bench/churn_table.py /tmp/s6/churn_ab/summary.txt
@@ -87,6 +88,12 @@ def read_switch_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str
     return _later_runs(text, "unprofiled, churn, switch ")
 
 
+def read_snac_ab_runs(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """(variant, its churn, its `--snac-ab` runs) per variant of a summary.txt that has any: the runs are its
+    `unprofiled, churn, snac <SNAC variant>:` lines, in order."""
+    return _later_runs(text, "unprofiled, churn, snac ")
+
+
 def read_churn_over_time(text: str) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """(variant, its churn, its `--churn-repeats` runs) per variant of a summary.txt that has any: the runs are its
     `unprofiled, churn, at <s> s:` lines, in order."""
@@ -111,6 +118,37 @@ def _against_first(
 def switch_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
     """One row per measurement of each variant's switch-interval A/B on one engine, its first churn run first."""
     return _against_first(variants, lambda _: "as started", lambda run: f"{run['switch_interval_ms']:g}")
+
+
+SNAC_AB_COLUMNS = ("variant", "SNAC variant", "churn tokens/s (ms a step)", "÷ the variant's first churn")
+SNAC_AB_MEAN_COLUMNS = (
+    "variant", "SNAC variant", "runs", "mean churn tokens/s (mean ms a step)", "÷ the first SNAC variant's",
+)  # fmt: skip
+
+
+def snac_ab_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per measurement of each variant's SNAC A/B on one engine, its first churn run first."""
+    return _against_first(variants, lambda _: "as started", lambda run: run["snac_variant"])
+
+
+def snac_ab_means(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
+    """One row per SNAC variant of each engine's A/B, in the order each first ran: its runs' mean tokens a second and
+    step, against the engine's first SNAC variant's mean (the runs of one variant spread more than the A/B's effects:
+    the means over the order A, B, B, A are what to compare)."""
+    out: list[list[str]] = []
+    for name, _, runs in variants:
+        by_variant: dict[str, list[dict[str, Any]]] = {}
+        for run in runs:
+            by_variant.setdefault(run["snac_variant"], []).append(run)
+        reference = None
+        for label, of_label in by_variant.items():
+            tokens = sum(run["aggregate_tokens_per_s"] for run in of_label) / len(of_label)
+            step = sum(run["wall_ms_per_step"] for run in of_label) / len(of_label)
+            reference = reference or tokens
+            out.append(
+                [name, label, str(len(of_label)), f"{_number(tokens)} ({step:.2f})", f"{tokens / reference:.2f}"]
+            )
+    return out
 
 
 def over_time_rows(variants: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> list[list[str]]:
@@ -213,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     if switches:  # --switch-interval-ab: the interval's A/B, each on its own engine
         print()
         print(markdown(switch_rows(switches), SWITCH_COLUMNS))
+    snac_ab = read_snac_ab_runs(text)
+    if snac_ab:  # --snac-ab: SNAC variants in turn on one engine, each run, then each SNAC variant's mean
+        print()
+        print(markdown(snac_ab_rows(snac_ab), SNAC_AB_COLUMNS))
+        print()
+        print(markdown(snac_ab_means(snac_ab), SNAC_AB_MEAN_COLUMNS))
     over_time = read_churn_over_time(text)
     if over_time:  # --churn-repeats: one engine's churn measured again and again
         print()

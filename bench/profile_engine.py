@@ -26,6 +26,9 @@ what streams coming and going cost ours into SNAC's GPU work, its thread in the 
 loads, compiles and captures SNAC in the engine core as `gpu` does and then decodes silence here, never asking it (what
 SNAC's presence costs the engine, apart from its round trips). `--engine-switch-interval-ms` sets the engine process's
 GIL switch interval (the server's `--tts-engine-switch-interval-ms`).
+`--snac-ab VARIANTS` (with `--churn`) then runs SNAC variants in turn on the same churning engine, the order reversed
+each repeat (`snac_ab.py`): ATen's depthwise kernel against the Triton kernel, against no SNAC work, one engine's
+measurements apart from the next engine's drift.
 `--trace` after `--no-trace` (a variant of `gpu_session.sh`'s churn_ab) profiles the churning engine too: the trace's
 GPU time per CUDA stream (the engine's, SNAC's, their overlap) against the wall time of a step.
 `--snac-fill-windows off` decodes each window shape as a batch of its own, as the server did before session 37 (an
@@ -70,8 +73,9 @@ from _common import (
     write_json,
 )
 from arrivals import LengthMix
-from baselines import SilentDecoder, silence
+from baselines import SilentDecoder
 from engine_spy import spy_engine_core
+from snac_ab import SnacVariant, SwitchableDecoder, parse_variants, prepare, snac_ab
 
 from oai_server.codec.snac_service import EngineSnacDecoder, ServiceConnection
 from oai_server.codec.snac_stream import SnacDecoder, window_frames
@@ -263,21 +267,12 @@ class WaitPerShape(EngineSnacDecoder):
             yield self._pcm_of(windows, pcm)
 
 
-class RoundTripOnly(EngineSnacDecoder):
+class RoundTripOnly(SwitchableDecoder):
     """`--snac-decode round-trip`: a round costs the engine core what the server's does on the host side of a wait
     (its SNAC thread wakes, takes the GIL, answers) but no frames cross and no GPU work runs; each window gets silence
     of its decoded length."""
 
-    def decode_groups(self, groups: Sequence[Sequence[Window]]) -> Iterator[list[bytes] | Exception]:
-        """One `stats` request for the round, then silence for each group."""
-        try:
-            self.connection.call("stats")
-        except Exception as exc:
-            for _ in groups:
-                yield exc
-            return
-        for windows in groups:
-            yield self._pcm_of(windows, silence(len(windows), windows[0].decode_shape))
+    decode_mode = "round-trip"
 
 
 def _snac_counts(synthesizer: Any) -> tuple[int, int, int, float, float]:
@@ -329,7 +324,8 @@ async def _pipeline(
     if args.snac_decode in ("none", "idle"):
         decoder = SilentDecoder(None, "cpu", 64)
     else:
-        gpu = WaitPerShape if args.snac_round_wait == "each" else EngineSnacDecoder
+        served = SwitchableDecoder if args.snac_ab else EngineSnacDecoder
+        gpu = WaitPerShape if args.snac_round_wait == "each" else served
         load = {"round-trip": RoundTripOnly, "gpu": gpu}[args.snac_decode].load
         decoder = await asyncio.to_thread(
             load, SNAC_SERVICE, args.snac, "cuda", dtype, 64, args.snac_fusion, args.snac_depthwise,
@@ -338,7 +334,14 @@ async def _pipeline(
         control = decoder.connection
     await decoder.capture_graphs(shapes)
     closers.append(decoder.close)
+    if isinstance(decoder, SwitchableDecoder) and args.snac_ab:
+        await prepare(decoder, snac_variants(args), args.snac, shapes)
     return speech_synthesizer(engine, tokenizer, decoder, windows, args.max_tokens, args.max_model_len), control
+
+
+def snac_variants(args: argparse.Namespace) -> list[SnacVariant]:
+    """`--snac-ab`'s variants, what a variant does not set from the run's own SNAC flags."""
+    return parse_variants(args.snac_ab, args.snac_depthwise, args.snac_dtype, args.snac_fusion)
 
 
 async def switch_interval_ab(
@@ -472,6 +475,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             print(f"unprofiled, churn: {json.dumps(report['unprofiled_churn'])}", flush=True)
             if control is not None and args.switch_interval_ab:
                 report["churn_switch_interval_ab"] = await switch_interval_ab(control, churn_run, args)
+            if args.snac_ab and synthesizer is not None:
+                report["churn_snac_ab"] = await snac_ab(
+                    synthesizer.decoder, snac_variants(args), churn_run, args.snac, args.snac_ab_repeats,
+                    args.snac_ab_settle_s,
+                )  # fmt: skip
             if args.churn_repeats:
                 report["churn_over_time"] = await churn_over_time(churn_run, args)
         if control is not None:  # the service's own counts: who answered its rounds (--snac-rounds), its graphs
@@ -569,6 +577,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--switch-repeats", type=int, default=2)
     p.add_argument(
+        "--snac-ab", default="", metavar="VARIANTS",
+        help="ours_in_engine --churn: then, on the same engine, SNAC variants in turn (snac_ab.py), e.g. "
+        "depthwise=aten,depthwise=triton,decode=none: each --snac-ab-repeats times, the order reversed each time",
+    )  # fmt: skip
+    p.add_argument("--snac-ab-repeats", type=int, default=2)
+    p.add_argument("--snac-ab-settle-s", type=float, default=1.0, help="--snac-ab: run this long after a switch")
+    p.add_argument(
         "--churn-repeats", type=int, default=0, metavar="N",
         help="--churn: then measure the churning engine N times more, --churn-gap-s apart (0: off)",
     )  # fmt: skip
@@ -596,6 +611,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--mode ours_in_engine needs --snac")
     if args.switch_interval_ab and not (args.mode == "ours_in_engine" and args.churn):
         raise SystemExit("--switch-interval-ab needs --mode ours_in_engine --churn (the SNAC service sets it)")
+    if args.snac_ab:
+        rounds = (args.snac_decode, args.snac_round_wait)
+        if not (args.mode == "ours_in_engine" and args.churn and rounds == ("gpu", "once")):
+            raise SystemExit(
+                "--snac-ab needs --mode ours_in_engine --churn, --snac-decode gpu and --snac-round-wait once (its "
+                "variants set what a round does)"
+            )
+        try:
+            snac_variants(args)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
     report = asyncio.run(amain(args))
     write_json(args.out / "profile.json", report)
     if not args.trace:

@@ -1211,6 +1211,58 @@ def test_churn_table_adds_the_switch_interval_ab_of_a_variant_that_ran_one(tmp_p
     assert first.count("\n") == 6 and second.count("\n") == 4 and "GIL switch interval" in second
 
 
+def test_snac_ab_variants_take_the_runs_flags_for_what_they_leave_out_and_run_a_b_b_a() -> None:
+    """`--snac-ab`'s variants: ``key=value`` settings joined by ``+``, the run's own SNAC flags for the rest; a
+    malformed one is refused before any GPU work (`profile_engine.main`); the order reverses each repeat."""
+    import profile_engine
+    from snac_ab import parse_variants, schedule
+
+    a, b, c = parse_variants("depthwise=aten,depthwise=triton+dtype=float16,decode=none", "aten", "auto", "decoder")
+    assert (a.label, a.depthwise, a.dtype, a.fusion, a.decode) == ("depthwise=aten", "aten", "auto", "decoder", "gpu")
+    assert (b.depthwise, b.dtype, b.fusion, b.decode) == ("triton", "float16", "decoder", "gpu")
+    assert (c.depthwise, c.decode) == ("aten", "none")
+    assert b.load_args("/snac", 64) == ("/snac", "float16", 64, "decoder", "triton")
+    assert a.load_args("/snac", 64)[1] == "float32"  # auto: what the server resolves it to
+    order = [v.label for v in schedule([a, b, c], 3)]
+    assert order == [a.label, b.label, c.label, c.label, b.label, a.label, a.label, b.label, c.label]
+    for bad in ("depthwise=cudnn,decode=none", "speed=fast,decode=none", "decode=none", "decode=none,decode=none"):
+        with pytest.raises(ValueError, match="--snac-ab"):
+            parse_variants(bad, "aten", "auto", "off")
+    base = ["--tts-model", "m", "--snac", "s", "--mode", "ours_in_engine", "--out", "o"]
+    with pytest.raises(SystemExit, match="needs --mode ours_in_engine --churn"):
+        profile_engine.main([*base, "--snac-ab", "decode=gpu,decode=none"])
+    with pytest.raises(SystemExit, match="needs --mode ours_in_engine --churn"):
+        profile_engine.main([*base, "--churn", "--snac-decode", "none", "--snac-ab", "decode=gpu,decode=none"])
+    with pytest.raises(SystemExit, match="speed=fast"):
+        profile_engine.main([*base, "--churn", "--snac-ab", "speed=fast,decode=none"])
+
+
+def test_churn_table_adds_the_snac_ab_of_a_variant_that_ran_one(tmp_path: Path) -> None:
+    """`profile_engine.py --snac-ab`'s lines make two more tables: each run against the variant's first churn, then
+    each SNAC variant's mean (tokens a second, step) against the first SNAC variant's."""
+    from churn_table import main, read_snac_ab_runs, snac_ab_means, snac_ab_rows
+
+    text = (ROOT / "bench/results/h200_s33_random_weights/churn_split/summary.txt").read_text()
+    aten, triton = "depthwise=aten", "depthwise=triton"
+    for label, tokens in ((aten, 15_000.0), (triton, 16_000.0), (triton, 17_000.0), (aten, 14_000.0)):
+        run = {"snac_variant": label, "aggregate_tokens_per_s": tokens, "wall_ms_per_step": 192_000 / tokens}
+        text += f"unprofiled, churn, snac {label}: {json.dumps(run)}\n"
+    variants = read_snac_ab_runs(text)
+    assert [(name, len(runs)) for name, _, runs in variants] == [("--mode ours_in_engine --trace", 4)]
+    assert snac_ab_rows(variants)[1] == ["--mode ours_in_engine --trace", "depthwise=aten", "15 000 (12.80)", "1.10"]
+    assert snac_ab_means(variants) == [
+        ["--mode ours_in_engine --trace", "depthwise=aten", "2", "14 500 (13.26)", "1.00"],
+        ["--mode ours_in_engine --trace", "depthwise=triton", "2", "16 500 (11.65)", "1.14"],
+    ]
+    summary = tmp_path / "summary.txt"
+    summary.write_text(text)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main([str(summary)])
+    tables = printed.getvalue().strip().split("\n\n")
+    assert len(tables) == 3 and "SNAC variant" in tables[1] and "÷ the first SNAC variant's" in tables[2]
+
+
 def test_rounds_gil_bench_runs_the_real_service_s_rounds_in_an_engine_like_loop(tmp_path: Path) -> None:
     out = tmp_path / "gil.json"
     _run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import sys
@@ -256,6 +257,103 @@ async def test_a_switch_interval_ab_sets_the_engines_interval_and_back_around_ea
         connection.close()
     with pytest.raises(SystemExit, match="needs --mode ours_in_engine --churn"):
         profile_engine.main(["--tts-model", "m", "--snac", "s", "--switch-interval-ab", "2", "--out", "o"])
+
+
+def test_a_load_of_arguments_loaded_before_switches_back_to_that_model_and_its_graphs(
+    noiseless_snac: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`SnacService`'s ``load`` keeps every model it loaded, with the graphs captured of it: a ``load`` of the same
+    arguments switches back without loading or capturing (what `bench/profile_engine.py --snac-ab` needs on an engine
+    that samples, where a capture fails it), and ``capture`` captures only the shapes the model lacks."""
+    from oai_server.codec import snac_service
+
+    loaded: list[tuple[Any, ...]] = []
+    captured: list[list[tuple[int, ...]]] = []
+
+    def load_snac(name: str, device: str, dtype: torch.dtype, depthwise: str) -> object:
+        loaded.append((name, device, dtype, depthwise))
+        return object()
+
+    def capture_graph_sets(model: Any, shapes: Any, max_batch: int, device: str, fusion: str) -> dict[Any, Any]:
+        captured.append([tuple(shape) for shape in shapes])
+        return {tuple(shape): (model, fusion) for shape in shapes}
+
+    # the service's CUDA path on a machine without CUDA: its model and graphs stood in for, its bookkeeping real
+    monkeypatch.setattr(snac_service, "load_snac", load_snac)
+    monkeypatch.setattr(snac_service, "capture_graph_sets", capture_graph_sets)
+    service = snac_service.SnacService(service_address(f"test-{uuid.uuid4().hex[:8]}", os.getpid()), "cpu")
+    service.device = "cuda:0"
+    snac = str(noiseless_snac)
+    try:
+        service.handle("load", snac, "float32", 8, "off", "aten")
+        assert loaded == [(snac, "cuda:0", torch.float32, "aten")]
+        first, first_graphs = service.model, service.graphs
+        assert service.handle("capture", [(7, 0, 7, 0), (4, 0, 4, 0)]) == [(4, 0, 4, 0), (7, 0, 7, 0)]
+        assert service.handle("capture", [(7, 0, 7, 0), (5, 0, 5, 0)]) == [(4, 0, 4, 0), (5, 0, 5, 0), (7, 0, 7, 0)]
+        assert captured == [[(7, 0, 7, 0), (4, 0, 4, 0)], [(5, 0, 5, 0)]]  # the shape it had is not captured again
+        service.handle("load", snac, "float32", 8, "decoder", "aten")  # another variant: loaded, no graphs yet
+        assert service.model is not first and service.graphs == {} and service.fusion == "decoder"
+        assert service.handle("capture", [(7, 0, 7, 0)]) == [(7, 0, 7, 0)]
+        assert service.graphs[(7, 0, 7, 0)] == (service.model, "decoder")
+        service.handle("load", snac, "float32", 8, "off", "aten")  # back: the same model, its graphs, its fusion
+        assert service.model is first and service.graphs is first_graphs and service.fusion == "off"
+        assert service.handle("capture", [(7, 0, 7, 0), (5, 0, 5, 0)]) == [(4, 0, 4, 0), (5, 0, 5, 0), (7, 0, 7, 0)]
+        assert len(captured) == 3 and len(loaded) == 2  # nothing loaded or captured again
+        with pytest.raises(ValueError, match="unknown SNAC fusion"):
+            service.handle("load", snac, "float32", 8, "fused", "aten")
+        assert service.model is first  # a refused load leaves the model in use as it was
+    finally:
+        service.close()
+
+
+async def test_a_snac_ab_runs_each_variant_in_turn_on_one_engine(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess],
+    noiseless_snac: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`bench/profile_engine.py --snac-ab`: on one engine, the variants in the order A, B, C, C, B, A, each measured
+    while the engine's service and the server's decoder do what it names: decode in the engine (its windows counted
+    there), one round trip and silence, or silence without asking; each run's line as `churn_table.py` reads it."""
+    name, _ = engine_process
+    control_decoder("round_trip")  # puts bench/ on the path
+    from churn_table import read_snac_ab_runs
+    from snac_ab import SwitchableDecoder, parse_variants, prepare, snac_ab
+
+    snac = str(noiseless_snac)
+    decoder = await asyncio.to_thread(SwitchableDecoder.load, name, snac, "cpu", torch.float32, 8)
+    variants = parse_variants("fusion=off,decode=none,fusion=decoder+decode=round-trip", "aten", "auto", "off")
+    seen: list[tuple[str, bool, int]] = []
+
+    async def measure(settle_s: float) -> dict[str, Any]:
+        assert settle_s == 0.5
+        pcm = np.frombuffer(await decoder.decode(windows()[0]), "<i2")
+        stats = await asyncio.to_thread(decoder.connection.call, "stats")
+        seen.append((decoder.decode_mode, bool(pcm.any()), stats["windows_decoded"]))
+        return {"aggregate_tokens_per_s": 1000.0 * len(seen), "wall_ms_per_step": 192_000 / (1000.0 * len(seen))}
+
+    try:
+        await prepare(decoder, variants, snac, WindowPolicy().stream_shapes)
+        report = await snac_ab(decoder, variants, measure, snac, repeats=2, settle_s=0.5)
+        assert [run["snac_variant"] for run in report["runs"]] == [
+            "fusion=off", "decode=none", "fusion=decoder+decode=round-trip",
+            "fusion=decoder+decode=round-trip", "decode=none", "fusion=off",
+        ]  # fmt: skip
+        # decoded in the engine (a window more there, audio back), or silence: asked for nothing, or one round trip
+        assert seen == [
+            ("gpu", True, 1), ("none", False, 1), ("round-trip", False, 1),
+            ("round-trip", False, 1), ("none", False, 1), ("gpu", True, 2),
+        ]  # fmt: skip
+        assert decoder.decode_mode == "gpu"  # left on the first variant
+        lines = "v1: --mode ours_in_engine\nunprofiled, churn: " + json.dumps(
+            {"aggregate_tokens_per_s": 500.0, "wall_ms_per_step": 384.0}
+        )
+        lines += "\n" + "\n".join(line for line in capsys.readouterr().out.splitlines() if line.startswith("unpro"))
+        [(variant, _, runs)] = read_snac_ab_runs(lines)
+        assert variant == "--mode ours_in_engine" and [run["snac_variant"] for run in runs] == [
+            run["snac_variant"] for run in report["runs"]
+        ]
+    finally:
+        decoder.close()
 
 
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(

@@ -95,6 +95,8 @@ class SnacService:
         self.max_batch = 64
         self.fusion: SnacFusion = "off"
         self.graphs: dict[WindowShape, GraphSet] = {}
+        self._loaded: dict[tuple[Any, ...], tuple[Any, dict[WindowShape, GraphSet]]] = {}
+        """Every model a ``load`` asked for, by its arguments, with the graphs captured of it."""
         self.windows_decoded = 0
         self.eager_windows = 0
         self.engine_stream_priority: int | None = None
@@ -175,18 +177,26 @@ class SnacService:
     def handle(self, op: str, *args: Any) -> Any:
         """One request: ``load(name, dtype, max_batch, fusion[, depthwise])``, ``capture(shapes)``,
         ``decode(frames, shape)``, ``decode_many([(frames, shape), ...])``, ``switch_interval(seconds | None)`` (the
-        process's GIL switch interval, set unless None; the one in force back) or ``stats()``."""
+        process's GIL switch interval, set unless None; the one in force back) or ``stats()``.
+
+        A ``load`` of arguments loaded before switches back to that model and the graphs captured of it, loading and
+        capturing nothing: `bench/profile_engine.py --snac-ab` compares SNAC variants on one engine while it
+        generates, where a capture would fail the engine. ``capture`` captures only the shapes the model has no graphs
+        of."""
         if op == "load":
-            name, dtype, self.max_batch, fusion, *depthwise = args  # depthwise: a server before session 41 sends none
-            self.fusion = check_fusion(fusion)
-            self.model = load_snac(name, self.device, getattr(torch, dtype), check_depthwise(*depthwise or ["auto"]))
-            self.graphs = {}
+            name, dtype, max_batch, fusion, *depthwise = args  # depthwise: a server before session 41 sends none
+            key = (name, dtype, max_batch, check_fusion(fusion), check_depthwise(*depthwise or ["auto"]))
+            if key not in self._loaded:
+                self._loaded[key] = (load_snac(name, self.device, getattr(torch, dtype), key[4]), {})
+            self.max_batch, self.fusion = max_batch, key[3]
+            self.model, self.graphs = self._loaded[key]
             return None
         if self.model is None and op in ("capture", "decode", "decode_many"):
             raise SnacServiceError("no SNAC model loaded")
         if op == "capture":
-            if self.device.startswith("cuda"):
-                self.graphs.update(capture_graph_sets(self.model, args[0], self.max_batch, self.device, self.fusion))
+            missing = [shape for shape in args[0] if tuple(shape) not in self.graphs]
+            if self.device.startswith("cuda") and missing:
+                self.graphs.update(capture_graph_sets(self.model, missing, self.max_batch, self.device, self.fusion))
             return sorted(self.graphs)
         if op == "decode":
             frames, shape = self._counted(*args)
