@@ -127,6 +127,7 @@ async def test_the_engine_decodes_what_the_server_would(
         stats = remote.connection.call("stats")
         assert stats["windows_decoded"] == len(batch) and stats["device"] == "cpu" and stats["graphs"] == []
         assert stats["dtype"] == "float32"  # the precision it decodes in, after the load's check
+        assert stats["fusion"] == "off" and stats["models_loaded"] == 1
         assert stats["eager_windows"] == remote.eager_windows == len(batch)  # CPU: no graphs, every window eager
         assert stats["engine_stream_priority"] is None and stats["stream_priority"] is None  # no CUDA streams
         assert stats["switch_interval_s"] == ENGINE_SWITCH_INTERVAL_S  # the engine process's, as it asked
@@ -354,6 +355,34 @@ async def test_a_snac_ab_runs_each_variant_in_turn_on_one_engine(
         ]
     finally:
         decoder.close()
+
+
+async def test_profile_engines_pipeline_with_a_snac_ab_loads_every_variant_before_the_streams(
+    engine_process: tuple[str, multiprocessing.process.BaseProcess],
+    noiseless_snac: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bench/profile_engine.py --snac-ab`: the pipeline's decoder can switch what its rounds do, and the engine's
+    service holds every variant's model (captured there on CUDA) before any stream starts, on the first variant."""
+    name, _ = engine_process
+    control_decoder("round_trip")  # puts bench/ on the path
+    import profile_engine
+    from snac_ab import SwitchableDecoder
+
+    monkeypatch.setattr(profile_engine, "SNAC_SERVICE", name)
+    args = profile_engine.parse_args(
+        ["--tts-model", "m", "--mode", "ours_in_engine", "--churn", "--snac", str(noiseless_snac),
+         "--snac-ab", "fusion=decoder,fusion=off+decode=none", "--out", "o"]
+    )  # fmt: skip
+    closers: list[Any] = []
+    synthesizer, control = await profile_engine._pipeline(args, None, None, closers)
+    try:
+        assert type(synthesizer.decoder) is SwitchableDecoder and synthesizer.decoder.decode_mode == "gpu"
+        stats = control.call("stats")
+        assert stats["models_loaded"] == 2 and stats["fusion"] == "decoder"  # both loaded, the first in use
+    finally:
+        for close in closers:
+            close()
 
 
 async def test_a_failed_request_is_an_error_and_the_service_keeps_serving(

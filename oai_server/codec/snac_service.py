@@ -214,6 +214,8 @@ class SnacService:
                 "device": self.device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.") if self.model else None,
                 "depthwise": ("triton" if uses_triton_depthwise(self.model) else "aten") if self.model else None,
+                "fusion": self.fusion,
+                "models_loaded": len(self._loaded),
                 "graphs": sorted(self.graphs),
                 "engine_stream_priority": self.engine_stream_priority,
                 "stream_priority": self._stream.priority if self._stream is not None else None,
