@@ -36,12 +36,11 @@ from oai_server.codec.snac_model import resolve_snac_dtype
 from oai_server.codec.snac_service import EngineSnacDecoder
 from oai_server.codec.snac_windows import Window, WindowShape
 
-DECODES = ("gpu", "round-trip", "none")
 CHOICES = {
     "depthwise": ("aten", "triton"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
     "fusion": ("off", "decoder"),
-    "decode": DECODES,
+    "decode": ("gpu", "round-trip", "none"),
 }
 
 
@@ -54,11 +53,6 @@ class SnacVariant:
     dtype: str
     fusion: str
     decode: str
-
-    def load_args(self, snac: str, max_batch: int) -> tuple[Any, ...]:
-        """The service's ``load`` arguments for this variant's model (`EngineSnacDecoder.load`'s)."""
-        dtype = str(resolve_snac_dtype(self.dtype, "cuda")).removeprefix("torch.")
-        return (snac, dtype, max_batch, self.fusion, self.depthwise)
 
 
 def parse_variants(text: str, depthwise: str, dtype: str, fusion: str) -> list[SnacVariant]:
@@ -111,7 +105,8 @@ class SwitchableDecoder(EngineSnacDecoder):
 
 async def switch(decoder: SwitchableDecoder, variant: SnacVariant, snac: str) -> None:
     """The engine's service on `variant`'s model (loaded the first time), the decoder's rounds as `variant` does."""
-    await asyncio.to_thread(decoder.connection.call, "load", *variant.load_args(snac, decoder.max_batch))
+    dtype = resolve_snac_dtype(variant.dtype, "cuda")
+    await asyncio.to_thread(decoder.use_model, snac, dtype, variant.fusion, variant.depthwise)  # type: ignore[arg-type]
     decoder.decode_mode = variant.decode
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -1215,14 +1216,20 @@ def test_snac_ab_variants_take_the_runs_flags_for_what_they_leave_out_and_run_a_
     """`--snac-ab`'s variants: ``key=value`` settings joined by ``+``, the run's own SNAC flags for the rest; a
     malformed one is refused before any GPU work (`profile_engine.main`); the order reverses each repeat."""
     import profile_engine
-    from snac_ab import parse_variants, schedule
+    import torch
+    from snac_ab import parse_variants, schedule, switch
 
     a, b, c = parse_variants("depthwise=aten,depthwise=triton+dtype=float16,decode=none", "aten", "auto", "decoder")
     assert (a.label, a.depthwise, a.dtype, a.fusion, a.decode) == ("depthwise=aten", "aten", "auto", "decoder", "gpu")
     assert (b.depthwise, b.dtype, b.fusion, b.decode) == ("triton", "float16", "decoder", "gpu")
     assert (c.depthwise, c.decode) == ("aten", "none")
-    assert b.load_args("/snac", 64) == ("/snac", "float16", 64, "decoder", "triton")
-    assert a.load_args("/snac", 64)[1] == "float32"  # auto: what the server resolves it to
+    used: list[tuple[Any, ...]] = []
+    decoder = SimpleNamespace(use_model=lambda *model: used.append(model), decode_mode="gpu")
+    asyncio.run(switch(decoder, b, "/snac"))  # type: ignore[arg-type]
+    asyncio.run(switch(decoder, c, "/snac"))  # type: ignore[arg-type]
+    # the service's model as each variant names it (auto: what the server resolves it to), what a round does too
+    assert used == [("/snac", torch.float16, "decoder", "triton"), ("/snac", torch.float32, "decoder", "aten")]
+    assert decoder.decode_mode == "none"
     order = [v.label for v in schedule([a, b, c], 3)]
     assert order == [a.label, b.label, c.label, c.label, b.label, a.label, a.label, b.label, c.label]
     for bad in ("depthwise=cudnn,decode=none", "speed=fast,decode=none", "decode=none", "decode=none,decode=none"):

@@ -184,11 +184,14 @@ class SnacService:
         generates, where a capture would fail the engine. ``capture`` captures only the shapes the model has no graphs
         of."""
         if op == "load":
-            name, dtype, max_batch, fusion, *depthwise = args  # depthwise: a server before session 41 sends none
-            key = (name, dtype, max_batch, check_fusion(fusion), check_depthwise(*depthwise or ["auto"]))
+            name, dtype, max_batch, fusion, *rest = (
+                args  # rest: the depthwise kernel (a server before session 41 sends none)
+            )
+            fusion, depthwise = check_fusion(fusion), check_depthwise(*rest or ["auto"])
+            key = (name, dtype, max_batch, fusion, depthwise)
             if key not in self._loaded:
-                self._loaded[key] = (load_snac(name, self.device, getattr(torch, dtype), key[4]), {})
-            self.max_batch, self.fusion = max_batch, key[3]
+                self._loaded[key] = (load_snac(name, self.device, getattr(torch, dtype), depthwise), {})
+            self.max_batch, self.fusion = max_batch, fusion
             self.model, self.graphs = self._loaded[key]
             return None
         if self.model is None and op in ("capture", "decode", "decode_many"):
@@ -362,13 +365,20 @@ class EngineSnacDecoder(SnacDecoder):
         round_slices: int = 1,
     ) -> EngineSnacDecoder:
         """Connect to the engine's service `name` and have it load SNAC `model_name` (blocking)."""
-        connection = ServiceConnection.open(name)
+        decoder = cls(ServiceConnection.open(name), device, max_batch, fusion, round_slices)
         try:
-            connection.call("load", model_name, str(dtype).removeprefix("torch."), max_batch, fusion, depthwise)
+            decoder.use_model(model_name, dtype, fusion, depthwise)
         except BaseException:
-            connection.close()
+            decoder.close()
             raise
-        return cls(connection, device, max_batch, fusion, round_slices)
+        return decoder
+
+    def use_model(
+        self, model_name: str, dtype: torch.dtype, fusion: SnacFusion = "off", depthwise: SnacDepthwise = "auto"
+    ) -> None:
+        """Have the engine's service decode with SNAC `model_name` so built: loaded the first time, switched back to
+        with its graphs after that (`SnacService.handle`'s ``load``; blocking)."""
+        self.connection.call("load", model_name, str(dtype).removeprefix("torch."), self.max_batch, fusion, depthwise)
 
     def capture(self, shapes: Sequence[WindowShape]) -> None:
         """Capture the shapes' graphs in the engine's process, only while it generates nothing (the server's
